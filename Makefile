@@ -1,0 +1,38 @@
+# The two commands: `make run` (the gateway on embedded defaults) and `make test`.
+# Both build their own virtual environment, so they work on a fresh Debian machine as root.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages the tests need; empty until a test needs an outside peer.
+DEB_PACKAGES :=
+
+.PHONY: run test deps venv lint coverage bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+deps:
+ifneq ($(strip $(DEB_PACKAGES)),)
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+endif
+
+run: $(STAMP)
+	$(BIN)/dots-gateway --help
+
+test: $(STAMP) deps
+	$(BIN)/python -m pytest --cov=gateway/dots --cov=certs --cov-report=term-missing:skip-covered
+
+lint: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .coverage .hypothesis

@@ -1,0 +1,7 @@
+"""The sans-I/O DOTS signal-channel core (RFC 9132).
+
+Owns the CBOR key table, the typed message model, JSON<->CBOR conversion, URI paths,
+request validation with exact response codes, and the server/client state machines.
+It must not import asyncio, socket, time, selectors, sqlite3 or any transport library:
+time arrives as ``now`` arguments and randomness is injected.
+"""
