@@ -1,0 +1,386 @@
+"""CBOR and JSON codecs for DOTS signal-channel messages; the only cbor2 user.
+
+Bytes become a *tree* (nested dicts keyed by the integer CBOR keys, values checked against
+the YANG types of Table 5), and the tree becomes a typed message (``gateway.dots.model``).
+JSON uses the YANG names of RFC 7951, as in the RFC's examples, so people can read and
+write requests. Any decoding problem surfaces as a ``DotsProtocolError``; nothing else may
+escape a decoder (property-tested).
+"""
+
+from __future__ import annotations
+
+import decimal
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import cbor2
+
+from gateway.dots.codes import CBOR_TAG_DOTS
+from gateway.dots.errors import MalformedPayload, UnknownRequiredKeys
+from gateway.dots.keys import BY_NAME, CHILDREN, KEYS, UINT_BOUNDS, KeyInfo, Kind
+from gateway.dots.keys import is_comprehension_optional as _optional
+from gateway.dots.model import Message, message_from_tree, message_to_tree
+
+Tree = dict[int, Any]
+
+_CBOR_TAG_DECIMAL_FRACTION = 4
+_CBOR_TAG_EPOCH_TIME = 1
+_DECIMAL64_MANTISSA = 2**63
+_HUNDREDTH = decimal.Decimal("0.01")
+#: Deeper nesting than any DOTS message has; stops pathological inputs early.
+_MAX_DEPTH = 16
+
+
+# --- bytes <-> plain CBOR objects -------------------------------------------------------------
+
+
+def decode_cbor(data: bytes) -> Any:
+    """Plain CBOR decoding; any failure is a ``MalformedPayload`` (4.00)."""
+    if not data:
+        raise MalformedPayload("empty payload where a DOTS CBOR body is required")
+    try:
+        # Tag 1 would come back as a datetime; mitigation-start must be a plain uint
+        # (RFC 9132 §4.4.2), so keep tags we do not handle as raw CBORTag values.
+        return cbor2.loads(data, tag_hook=_keep_tag)
+    except RecursionError:
+        raise MalformedPayload("CBOR nesting too deep") from None
+    except Exception as exc:  # cbor2 raises many types (ValueError, OverflowError, ...)
+        raise MalformedPayload(f"undecodable CBOR: {exc}") from None
+
+
+def _keep_tag(_decoder: Any, tag: cbor2.CBORTag) -> cbor2.CBORTag:
+    return tag
+
+
+def encode_cbor(obj: Any) -> bytes:
+    """Deterministic encoding (RFC 8949 §4.2: shortest forms, sorted map keys)."""
+    return cbor2.dumps(obj, canonical=True)
+
+
+# --- plain CBOR objects -> checked tree ---------------------------------------------------------
+
+
+def tree_from_cbor(obj: Any) -> Tree:
+    """Check a decoded CBOR object against the key table and return the tree.
+
+    Unknown comprehension-optional keys are kept (so a gateway can relay them); unknown
+    comprehension-required keys are collected over the whole message and reported together.
+    """
+    if isinstance(obj, cbor2.CBORTag) and obj.tag == CBOR_TAG_DOTS:
+        obj = obj.value  # RFC 9132 §10.5: the tag may prefix the whole object
+    unknown: list[int] = []
+    tree = _map_from_cbor(obj, None, "message", unknown, 0)
+    if unknown:
+        raise UnknownRequiredKeys(unknown)
+    _check_single_message(tree)
+    return tree
+
+
+def _map_from_cbor(
+    obj: Any, parent: int | None, where: str, unknown: list[int], depth: int
+) -> Tree:
+    if depth > _MAX_DEPTH:
+        raise MalformedPayload("CBOR nesting too deep")
+    if not isinstance(obj, dict):
+        raise MalformedPayload(f"{where}: expected a CBOR map, got {_cbor_type(obj)}")
+    allowed = CHILDREN[parent]
+    tree: Tree = {}
+    for key, value in obj.items():
+        if type(key) is not int:
+            raise MalformedPayload(f"{where}: map keys must be integers, got {_cbor_type(key)}")
+        info = KEYS.get(key)
+        if info is None:
+            if _optional(key):
+                tree[key] = value
+            else:
+                unknown.append(key)
+            continue
+        if key not in allowed:
+            raise MalformedPayload(f"{where}: '{info.short_name}' (key {key}) is not allowed here")
+        tree[key] = _value_from_cbor(value, info, unknown, depth + 1)
+    return tree
+
+
+def _value_from_cbor(value: Any, info: KeyInfo, unknown: list[int], depth: int) -> Any:
+    where = info.short_name
+    if info.kind is Kind.CONTAINER:
+        return _map_from_cbor(value, info.key, where, unknown, depth)
+    if info.kind is Kind.LIST:
+        if not isinstance(value, list):
+            raise MalformedPayload(f"{where}: expected an array, got {_cbor_type(value)}")
+        return [
+            _map_from_cbor(entry, info.key, f"{where}[{i}]", unknown, depth)
+            for i, entry in enumerate(value)
+        ]
+    if info.kind is Kind.LEAF_LIST:
+        if not isinstance(value, list):
+            raise MalformedPayload(f"{where}: expected an array, got {_cbor_type(value)}")
+        assert info.item is not None
+        return [_scalar_from_cbor(v, info.item, f"{where}[{i}]") for i, v in enumerate(value)]
+    return _scalar_from_cbor(value, info.kind, where)
+
+
+def _scalar_from_cbor(value: Any, kind: Kind, where: str) -> Any:
+    if kind is Kind.STRING:
+        if not isinstance(value, str):
+            raise MalformedPayload(f"{where}: expected a text string, got {_cbor_type(value)}")
+        return value
+    if kind is Kind.BOOLEAN:
+        if type(value) is not bool:
+            raise MalformedPayload(f"{where}: expected true or false, got {_cbor_type(value)}")
+        return value
+    if kind is Kind.DECIMAL64:
+        return _decimal_from_cbor(value, where)
+    if kind is Kind.LIFETIME:
+        # RFC 9132 §4.4.1.1: uint32, or -1 for indefinite; nothing else negative.
+        if type(value) is not int or not (-1 <= value <= UINT_BOUNDS[Kind.UINT32]):
+            raise MalformedPayload(f"{where}: expected a uint32 or -1, got {_describe(value)}")
+        return value
+    if isinstance(value, cbor2.CBORTag) and value.tag == _CBOR_TAG_EPOCH_TIME:
+        raise MalformedPayload(f"{where}: CBOR tag 1 must be omitted (RFC 9132 §4.4.2)")
+    bound = UINT_BOUNDS.get(kind, UINT_BOUNDS[Kind.UINT32])  # ENUM values are uint32-sized
+    if type(value) is not int or not (0 <= value <= bound):
+        raise MalformedPayload(
+            f"{where}: expected an unsigned integer <= {bound}, got {_describe(value)}"
+        )
+    return value
+
+
+def _decimal_from_cbor(value: Any, where: str) -> decimal.Decimal:
+    # cbor2 turns tag 4 into a Decimal itself; a tag it could not turn stays a CBORTag.
+    if not isinstance(value, decimal.Decimal):
+        raise MalformedPayload(
+            f"{where}: expected a decimal64 (CBOR tag 4 [-2, mantissa]), got {_cbor_type(value)}"
+        )
+    return _checked_decimal(value, where)
+
+
+def _checked_decimal(value: decimal.Decimal, where: str) -> decimal.Decimal:
+    try:
+        quantized = value.quantize(_HUNDREDTH)
+    except (ArithmeticError, ValueError):
+        raise MalformedPayload(f"{where}: decimal out of range") from None
+    if quantized != value or not value.is_finite():
+        raise MalformedPayload(
+            f"{where}: decimal64 with at most 2 fraction digits expected, got {value}"
+        )
+    if not -_DECIMAL64_MANTISSA <= int(quantized.scaleb(2)) < _DECIMAL64_MANTISSA:
+        raise MalformedPayload(f"{where}: decimal out of the decimal64 range")
+    return quantized
+
+
+def _check_single_message(tree: Tree) -> None:
+    kinds = [k for k in tree if k in CHILDREN[None]]
+    if len(kinds) != 1:
+        found = ", ".join(KEYS[k].name for k in kinds) or "none"
+        raise MalformedPayload(
+            "a DOTS message holds exactly one of mitigation-scope, signal-config, "
+            f"redirected-signal or heartbeat; found {found}"
+        )
+
+
+def _cbor_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, str):
+        return "a text string"
+    if isinstance(value, bytes | bytearray):
+        return "a byte string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a map"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, cbor2.CBORTag):
+        return f"tag {value.tag}"
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def _describe(value: Any) -> str:
+    return repr(value) if type(value) is int else _cbor_type(value)
+
+
+# --- tree -> plain CBOR objects -----------------------------------------------------------------
+
+
+def tree_to_cbor(tree: Mapping[int, Any]) -> dict[int, Any]:
+    return {key: _value_to_cbor(key, value) for key, value in tree.items()}
+
+
+def _value_to_cbor(key: int, value: Any) -> Any:
+    info = KEYS.get(key)
+    if info is None:
+        return value  # a relayed comprehension-optional key, untouched
+    if info.kind is Kind.CONTAINER:
+        return tree_to_cbor(value)
+    if info.kind is Kind.LIST:
+        return [tree_to_cbor(entry) for entry in value]
+    if info.kind is Kind.DECIMAL64:
+        return cbor2.CBORTag(_CBOR_TAG_DECIMAL_FRACTION, [-2, int(value.scaleb(2))])
+    if isinstance(value, list):
+        return [int(v) if isinstance(v, int) else v for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)  # IntEnum members encode as plain numbers
+    return value
+
+
+# --- messages ----------------------------------------------------------------------------------
+
+
+def decode_message(data: bytes) -> Message:
+    """Bytes of an ``application/dots+cbor`` body -> typed message, or a DotsProtocolError."""
+    return message_from_tree(tree_from_cbor(decode_cbor(data)))
+
+
+def encode_message(message: Message) -> bytes:
+    return encode_cbor(tree_to_cbor(message_to_tree(message)))
+
+
+# --- JSON (RFC 7951 names, as in the RFC's examples) --------------------------------------------
+
+
+def tree_from_json(obj: Any) -> Tree:
+    """JSON object (already parsed) -> checked tree, with the same errors as the CBOR path."""
+    cbor_like = _json_map_to_cbor(obj, "message", 0)
+    return tree_from_cbor(cbor_like)
+
+
+def _json_map_to_cbor(obj: Any, where: str, depth: int) -> dict[int, Any]:
+    if depth > _MAX_DEPTH:
+        raise MalformedPayload("JSON nesting too deep")
+    if not isinstance(obj, dict):
+        raise MalformedPayload(f"{where}: expected a JSON object")
+    out: dict[int, Any] = {}
+    for name, value in obj.items():
+        info = _info_for_json_name(name)
+        if info is None:
+            if isinstance(name, str) and name.isdigit():
+                out[int(name)] = value  # an extension key written as its number
+                continue
+            raise MalformedPayload(f"{where}: unknown attribute {name!r}")
+        out[info.key] = _json_value_to_cbor(value, info, depth + 1)
+    return out
+
+
+def _info_for_json_name(name: Any) -> KeyInfo | None:
+    if not isinstance(name, str):
+        return None
+    info = BY_NAME.get(name)
+    if info is None and ":" not in name:
+        info = BY_NAME.get(f"ietf-dots-signal-channel:{name}")
+    return info
+
+
+def _json_value_to_cbor(value: Any, info: KeyInfo, depth: int) -> Any:
+    where = info.short_name
+    if info.kind is Kind.CONTAINER:
+        return _json_map_to_cbor(value, where, depth)
+    if info.kind is Kind.LIST:
+        if not isinstance(value, list):
+            raise MalformedPayload(f"{where}: expected a JSON array")
+        return [_json_map_to_cbor(v, where, depth) for v in value]
+    if info.kind is Kind.LEAF_LIST:
+        if not isinstance(value, list):
+            raise MalformedPayload(f"{where}: expected a JSON array")
+        return [_json_scalar(v, info, where) for v in value]
+    return _json_scalar(value, info, where)
+
+
+def _json_scalar(value: Any, info: KeyInfo, where: str) -> Any:
+    kind = info.item if info.kind is Kind.LEAF_LIST else info.kind
+    if kind is Kind.ENUM and isinstance(value, str) and info.enum is not None:
+        try:
+            return int(info.enum.from_label(value))
+        except ValueError:
+            raise MalformedPayload(f"{where}: unknown label {value!r}") from None
+    if kind is Kind.DECIMAL64 and isinstance(value, str | int | float) and type(value) is not bool:
+        try:
+            return _checked_decimal(decimal.Decimal(str(value)), where)
+        except decimal.InvalidOperation:
+            raise MalformedPayload(f"{where}: not a decimal: {value!r}") from None
+    if kind in UINT_BOUNDS and isinstance(value, str):
+        # Table 5 writes 64-bit numbers and retry-timer as JSON strings.
+        if not value.isascii() or not value.isdigit():
+            raise MalformedPayload(f"{where}: expected a number, got {value!r}")
+        return int(value)
+    return value
+
+
+def tree_to_json(tree: Mapping[int, Any]) -> dict[str, Any]:
+    return {_json_name(key): _value_to_json(key, value) for key, value in tree.items()}
+
+
+def _json_name(key: int) -> str:
+    info = KEYS.get(key)
+    return info.name if info is not None else str(key)
+
+
+def _value_to_json(key: int, value: Any) -> Any:
+    info = KEYS.get(key)
+    if info is None:
+        return _generic_json(value)
+    if info.kind is Kind.CONTAINER:
+        return tree_to_json(value)
+    if info.kind is Kind.LIST:
+        return [tree_to_json(entry) for entry in value]
+    if info.kind is Kind.LEAF_LIST:
+        return [_scalar_to_json(v, info) for v in value]
+    return _scalar_to_json(value, info)
+
+
+def _scalar_to_json(value: Any, info: KeyInfo) -> Any:
+    if info.kind is Kind.ENUM and info.enum is not None:
+        try:
+            return info.enum(value).label
+        except ValueError:
+            return str(int(value))
+    if info.kind is Kind.DECIMAL64:
+        return f"{value:.2f}"
+    if info.json_string:
+        return str(int(value))
+    return value
+
+
+def _generic_json(value: Any) -> Any:
+    """Best-effort JSON view of a relayed extension value (bytes as hex)."""
+    if isinstance(value, dict):
+        return {str(k): _generic_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_generic_json(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return value.hex()
+    if isinstance(value, cbor2.CBORTag):
+        return {"tag": value.tag, "value": _generic_json(value.value)}
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    return value
+
+
+def message_from_json(text_or_obj: str | Mapping[str, Any]) -> Message:
+    """JSON text (or parsed JSON) in the RFC's notation -> typed message."""
+    if isinstance(text_or_obj, str):
+        try:
+            obj = json.loads(text_or_obj)
+        except (ValueError, RecursionError) as exc:
+            raise MalformedPayload(f"invalid JSON: {exc}") from None
+    else:
+        obj = text_or_obj
+    return message_from_tree(tree_from_json(obj))
+
+
+def message_to_json(message: Message) -> dict[str, Any]:
+    return tree_to_json(message_to_tree(message))
+
+
+def json_to_cbor(text_or_obj: str | Mapping[str, Any]) -> bytes:
+    return encode_message(message_from_json(text_or_obj))
+
+
+def cbor_to_json(data: bytes) -> dict[str, Any]:
+    return message_to_json(decode_message(data))

@@ -1,0 +1,708 @@
+"""Server-side mitigation store: the RFC 9132 §4.4 semantics, with the clock passed in.
+
+Mitigations are bound to the client (its ``cuid``, and the credential that first used it),
+not to a signal session (RFC 8811 §3.1). The store decides response codes for PUT, DELETE
+and GET, keeps lifetimes, the active-but-terminating period, mid ordering and conflicts,
+and emits commands for the mitigator (``ApplyMitigation``/``WithdrawMitigation``) and events
+for observers (``MitigationStatusChanged``, ``MitigationRemoved``). It never reads a clock:
+every call takes ``now`` (monotonic seconds); ``wall_offset`` turns it into epoch seconds
+for ``mitigation-start``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+from gateway.dots.codes import ConflictCause, ConflictStatus, Status
+from gateway.dots.conflict import (
+    DEFAULT_RESOLVER,
+    ConflictDecision,
+    ConflictingMitigation,
+    ConflictResolver,
+)
+from gateway.dots.errors import (
+    ConflictingRequest,
+    DotsUsageError,
+    InvalidValue,
+    NotFound,
+)
+from gateway.dots.model import (
+    ConflictInformation,
+    ConflictScope,
+    MitigationScope,
+    PortRange,
+    Scope,
+    Targets,
+)
+from gateway.dots.uri import ContentFilter
+
+log = logging.getLogger(__name__)
+
+INDEFINITE = -1
+#: RFC 9132 §4.4.1.3: a deactivated request is kept retry-timer + 45 s.
+DEACTIVATED_GRACE = 45
+#: RFC 9132 Table 3: status 3 (preconfigured) and 7 (preconfigured displaced) are reported
+#: four times, then the request reverts to 8.
+TRANSIENT_REPORTS = 4
+#: Largest lifetime a uint32 can carry; also what retry-timer uses for indefinite winners.
+UINT32_MAX = 2**32 - 1
+
+
+class MitigationState(enum.Enum):
+    AWAIT_SIGNAL_LOSS = "await-signal-loss"  # trigger-mitigation=false, status 8
+    MITIGATING = "mitigating"  # statuses 1-4, reported by the mitigator
+    DEACTIVATED = "deactivated"  # lost a conflict with another client, status 7
+    TERMINATING = "terminating"  # withdrawn by the client, active-but-terminating, status 5
+    ENDED = "ended"  # gone from the store
+
+
+class Trigger(enum.Enum):
+    SIGNAL_LOST = "signal-lost"
+    PREEMPTED = "preempted"  # a preconfigured mitigation yields to an immediate one
+    ATTACK_STOPPED = "attack-stopped"  # mitigator says status 3 on a preconfigured request
+    WITHDRAWN = "withdrawn"  # DELETE from the client
+    REREQUESTED = "rerequested"  # PUT during active-but-terminating
+    CONFLICT_LOST = "conflict-lost"
+    REACTIVATED = "reactivated"  # refresh of a deactivated request once the conflict is gone
+    SUPERSEDED = "superseded"  # replaced by the same client's request with a higher mid
+    SERVER_WITHDREW = "server-withdrew"  # yields to preconfigured requests on signal loss
+    TERMINATION_ELAPSED = "termination-elapsed"
+    LIFETIME_EXPIRED = "lifetime-expired"
+
+
+S, T = MitigationState, Trigger
+_TRANSITIONS: dict[tuple[MitigationState, Trigger], MitigationState] = {
+    (S.AWAIT_SIGNAL_LOSS, T.SIGNAL_LOST): S.MITIGATING,
+    (S.AWAIT_SIGNAL_LOSS, T.WITHDRAWN): S.ENDED,
+    (S.AWAIT_SIGNAL_LOSS, T.SUPERSEDED): S.ENDED,
+    (S.AWAIT_SIGNAL_LOSS, T.LIFETIME_EXPIRED): S.ENDED,
+    (S.MITIGATING, T.PREEMPTED): S.AWAIT_SIGNAL_LOSS,
+    (S.MITIGATING, T.ATTACK_STOPPED): S.AWAIT_SIGNAL_LOSS,
+    (S.MITIGATING, T.WITHDRAWN): S.TERMINATING,
+    (S.MITIGATING, T.CONFLICT_LOST): S.DEACTIVATED,
+    (S.MITIGATING, T.SUPERSEDED): S.ENDED,
+    (S.MITIGATING, T.SERVER_WITHDREW): S.ENDED,
+    (S.MITIGATING, T.LIFETIME_EXPIRED): S.ENDED,
+    (S.DEACTIVATED, T.REACTIVATED): S.MITIGATING,
+    (S.DEACTIVATED, T.WITHDRAWN): S.ENDED,
+    (S.DEACTIVATED, T.SUPERSEDED): S.ENDED,
+    (S.DEACTIVATED, T.LIFETIME_EXPIRED): S.ENDED,
+    (S.TERMINATING, T.REREQUESTED): S.MITIGATING,
+    (S.TERMINATING, T.SUPERSEDED): S.ENDED,
+    (S.TERMINATING, T.TERMINATION_ELAPSED): S.ENDED,
+    (S.TERMINATING, T.LIFETIME_EXPIRED): S.ENDED,
+}
+#: States in which the mitigator is (still) acting on the request.
+ACTIVE_STATES = frozenset({S.MITIGATING, S.TERMINATING})
+
+
+class TransitionRefused(DotsUsageError):
+    """A trigger that has no entry for the current state; the state is left unchanged."""
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The credential (and, behind a trusted gateway, the cdid) that created a cuid's requests."""
+
+    credential_id: str
+    cdid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MitigationPolicy:
+    active_but_terminating: int = 120  # RFC 9132 §4.4.4 default
+    active_but_terminating_max: int = 300  # RFC 9132 §4.4.4 ceiling
+    allow_indefinite_lifetime: bool = True
+    max_lifetime: int = 0  # 0 = no cap
+    #: What an indefinite request is granted when policy refuses -1 and there is no cap.
+    refused_indefinite_lifetime: int = 3600
+
+    def grant(self, requested: int) -> int:
+        """The lifetime the server grants (RFC 9132 §4.4.1.1: it returns the granted value)."""
+        if requested == INDEFINITE:
+            if self.allow_indefinite_lifetime and not self.max_lifetime:
+                return INDEFINITE
+            return self.max_lifetime or self.refused_indefinite_lifetime
+        return min(requested, self.max_lifetime) if self.max_lifetime else requested
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    bytes_dropped: int | None = None
+    bps_dropped: int | None = None
+    pkts_dropped: int | None = None
+    pps_dropped: int | None = None
+
+
+# --- outputs -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyMitigation:
+    """Command: the mitigator should start (or keep) mitigating this scope."""
+
+    cuid: str
+    mid: int
+    scope: Scope
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawMitigation:
+    """Command: the mitigator should stop mitigating this request."""
+
+    cuid: str
+    mid: int
+    reason: Trigger
+
+
+@dataclass(frozen=True, slots=True)
+class MitigationStatusChanged:
+    """Event: what observers of this request (or of all of its client's) should be told."""
+
+    cuid: str
+    mid: int
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class MitigationRemoved:
+    """Event: the request no longer exists; its final status was ``status``."""
+
+    cuid: str
+    mid: int
+    status: Status
+    reason: Trigger
+
+
+StoreOutput = ApplyMitigation | WithdrawMitigation | MitigationStatusChanged | MitigationRemoved
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    """How a PUT was processed: 2.01 when ``created``, else 2.04; the body to return."""
+
+    created: bool
+    body: MitigationScope
+
+
+# --- the record --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Mitigation:
+    cuid: str
+    mid: int
+    owner: Owner
+    scope: Scope  # as requested (targets, lifetime, trigger-mitigation)
+    lifetime: int  # granted, -1 = indefinite
+    expires_at: float | None
+    state: MitigationState
+    status: Status
+    mitigation_start: int | None = None
+    counters: Counters = field(default_factory=Counters)
+    conflict: ConflictInformation | None = None
+    terminate_at: float | None = None
+    #: A status reported a limited number of times before the record shows ``status``.
+    transient_status: Status | None = None
+    transient_reports_left: int = 0
+
+    @property
+    def immediate(self) -> bool:
+        return self.scope.triggers_immediately
+
+    def remaining_lifetime(self, now: float) -> int:
+        if self.expires_at is None:
+            return INDEFINITE
+        return max(0, math.ceil(self.expires_at - now))
+
+    def deadline(self) -> float | None:
+        times = [t for t in (self.expires_at, self.terminate_at) if t is not None]
+        return min(times) if times else None
+
+
+class MitigationStore:
+    """All mitigation requests of all clients, with RFC 9132 §4.4 semantics."""
+
+    def __init__(
+        self,
+        policy: MitigationPolicy | None = None,
+        resolver: ConflictResolver = DEFAULT_RESOLVER,
+        wall_offset: float = 0.0,
+    ) -> None:
+        self.policy = policy or MitigationPolicy()
+        self.resolver = resolver
+        self.wall_offset = wall_offset
+        self._records: dict[tuple[str, int], Mitigation] = {}
+        self._owners: dict[str, Owner] = {}
+        self._termination_period: dict[str, int] = {}
+        self._outputs: deque[StoreOutput] = deque()
+
+    # --- pulled outputs ----------------------------------------------------------------------
+
+    def next_event(self) -> StoreOutput | None:
+        return self._outputs.popleft() if self._outputs else None
+
+    def get_timer(self) -> float | None:
+        deadlines = [d for r in self._records.values() if (d := r.deadline()) is not None]
+        return min(deadlines) if deadlines else None
+
+    # --- queries -----------------------------------------------------------------------------
+
+    def records(self, cuid: str | None = None) -> Iterator[Mitigation]:
+        for (record_cuid, _mid), record in sorted(self._records.items()):
+            if cuid is None or record_cuid == cuid:
+                yield record
+
+    def lookup(self, cuid: str, mid: int) -> Mitigation | None:
+        return self._records.get((cuid, mid))
+
+    def is_mitigating(self, cuid: str) -> bool:
+        """Whether any request of this client is active: selects mitigating-config (§4.5)."""
+        return any(r.state in ACTIVE_STATES for r in self.records(cuid))
+
+    def owner_of(self, cuid: str) -> Owner | None:
+        return self._owners.get(cuid)
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def put(
+        self,
+        cuid: str,
+        mid: int,
+        scope: Scope,
+        owner: Owner,
+        now: float,
+        *,
+        efficacy_update: bool = False,
+    ) -> PutResult | None:
+        """Process a validated mitigation PUT. None means "silently ignore" (§4.4.3)."""
+        self._check_owner(cuid, owner)
+        existing = self._records.get((cuid, mid))
+        if existing is not None and existing.state is not S.TERMINATING:
+            return self._refresh(existing, scope, now, efficacy_update)
+        if efficacy_update:
+            return None  # RFC 9132 §4.4.3: If-Match on an unknown mid is silently ignored
+        return self._create(cuid, mid, scope, owner, now)
+
+    def delete(self, cuid: str, mid: int, owner: Owner, now: float) -> None:
+        """Withdraw (§4.4.4). Unknown mids are fine: the answer is 2.02 either way."""
+        self._check_owner(cuid, owner)
+        record = self._records.get((cuid, mid))
+        if record is None or record.state is S.TERMINATING:
+            return
+        if record.state is S.MITIGATING:
+            period = self._termination_period.get(cuid, self.policy.active_but_terminating)
+            record.terminate_at = now + period
+            record.transient_status = None
+            self._fire(record, T.WITHDRAWN, now)
+            self._set_status(record, Status.DOTS_CLIENT_WITHDRAWN_MITIGATION)
+            if period == 0:
+                self._fire(record, T.TERMINATION_ELAPSED, now)
+        else:
+            self._fire(record, T.WITHDRAWN, now)
+
+    def get(
+        self,
+        cuid: str,
+        mid: int | None,
+        owner: Owner,
+        now: float,
+        content: ContentFilter = ContentFilter.ALL,
+    ) -> MitigationScope:
+        """The GET view (§4.4.2): one mid or all of the client's; 4.04 when there is nothing."""
+        self._check_owner(cuid, owner)
+        if mid is not None:
+            record = self._records.get((cuid, mid))
+            if record is None:
+                raise NotFound(f"no mitigation with mid {mid} for this client")
+            records = [record]
+        else:
+            records = list(self.records(cuid))
+            if not records:
+                raise NotFound("this client has no mitigation requests")
+        return MitigationScope(tuple(self.view(r, now, content) for r in records))
+
+    def view(
+        self,
+        record: Mitigation,
+        now: float,
+        content: ContentFilter = ContentFilter.ALL,
+        *,
+        count_report: bool = True,
+    ) -> Scope:
+        """A record as the client sees it; each call counts as one report of its status."""
+        status = record.status
+        if record.transient_status is not None:
+            status = record.transient_status
+            if count_report:
+                record.transient_reports_left -= 1
+                if record.transient_reports_left <= 0:
+                    record.transient_status = None
+        lifetime = record.remaining_lifetime(now)
+        if record.terminate_at is not None:
+            left = max(0, math.ceil(record.terminate_at - now))
+            lifetime = left if lifetime == INDEFINITE else min(lifetime, left)
+        config = content is not ContentFilter.NON_CONFIG
+        state = content is not ContentFilter.CONFIG
+        base = record.scope.targets() if config else Targets()
+        return Scope(
+            **{f: getattr(base, f) for f in Targets.__dataclass_fields__},
+            lifetime=lifetime,
+            trigger_mitigation=record.scope.trigger_mitigation if config else None,
+            mid=record.mid,
+            # §4.4.2: mandatory while active, never for status 8
+            mitigation_start=record.mitigation_start
+            if state and status is not Status.ATTACK_MITIGATION_SIGNAL_LOSS
+            else None,
+            status=status if state else None,
+            conflict_information=record.conflict if state else None,
+            extensions=record.scope.extensions if config else (),
+            **(_counters(record.counters) if state else {}),
+        )
+
+    # --- mitigator and session inputs --------------------------------------------------------
+
+    def signal_lost(self, cuid: str, now: float) -> None:
+        """The client's signal session is lost (§4.7): arm its preconfigured requests.
+
+        Active immediate requests overlapping them are withdrawn without an
+        active-but-terminating period (§4.4.1.3: preconfigured ones take precedence).
+        """
+        armed = [r for r in self.records(cuid) if r.state is S.AWAIT_SIGNAL_LOSS]
+        for record in armed:
+            self._fire(record, T.SIGNAL_LOST, now)
+            record.transient_status = None
+            record.mitigation_start = self._epoch(now)
+            self._set_status(record, Status.ATTACK_MITIGATION_IN_PROGRESS)
+            self._outputs.append(ApplyMitigation(cuid, record.mid, record.scope))
+        for record in list(self.records(cuid)):
+            if (
+                record.immediate
+                and record.state is S.MITIGATING
+                and any(record.scope.overlap(p.scope) for p in armed)
+            ):
+                self._fire(record, T.SERVER_WITHDREW, now)
+
+    def update_status(
+        self, cuid: str, mid: int, status: Status, now: float, counters: Counters | None = None
+    ) -> None:
+        """The mitigator reports progress (statuses 1-4) and counters for an active request."""
+        record = self._records.get((cuid, mid))
+        if record is None or record.state not in ACTIVE_STATES:
+            return
+        if counters is not None:
+            record.counters = counters
+        if record.state is S.TERMINATING or status is record.status:
+            return
+        if status not in _MITIGATOR_STATUSES:
+            raise DotsUsageError(f"the mitigator cannot report status {status.label}")
+        if status is Status.ATTACK_STOPPED and not record.immediate:
+            # Table 3: report "attack-stopped" four times, then back to signal-loss standby.
+            self._fire(record, T.ATTACK_STOPPED, now)
+            self._outputs.append(WithdrawMitigation(cuid, mid, T.ATTACK_STOPPED))
+            self._set_status(
+                record, Status.ATTACK_MITIGATION_SIGNAL_LOSS, transient=Status.ATTACK_STOPPED
+            )
+            return
+        self._set_status(record, status)
+
+    def handle_timer(self, now: float) -> None:
+        for record in list(self._records.values()):
+            if record.terminate_at is not None and now >= record.terminate_at:
+                self._fire(record, T.TERMINATION_ELAPSED, now)
+                # The client let the period run out: the next withdrawal starts at the default.
+                self._termination_period.pop(record.cuid, None)
+            elif record.expires_at is not None and now >= record.expires_at:
+                self._fire(record, T.LIFETIME_EXPIRED, now)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _check_owner(self, cuid: str, owner: Owner) -> None:
+        current = self._owners.get(cuid)
+        if current is not None and current.credential_id != owner.credential_id:
+            # RFC 9132 §4.4.1.1: 4.09 with cause 3 and nothing else.
+            raise ConflictingRequest(
+                f"cuid {cuid} is in use by another DOTS client",
+                ConflictInformation(ConflictCause.CUID_COLLISION),
+            )
+
+    def _refresh(
+        self, record: Mitigation, scope: Scope, now: float, efficacy_update: bool
+    ) -> PutResult:
+        if scope.request_key() != record.scope.request_key():
+            # §4.4.1.3 / §4.4.3: a refresh repeats every parameter but lifetime.
+            raise InvalidValue(
+                f"mid {record.mid} exists with different parameters; only lifetime may change "
+                "in a refresh or efficacy update"
+            )
+        requested = scope.lifetime if scope.lifetime is not None else record.scope.lifetime
+        assert requested is not None
+        lifetime = self.policy.grant(requested)
+        if record.state is S.DEACTIVATED:
+            conflicts = self._other_client_conflicts(record.cuid, scope, now)
+            if conflicts:
+                return PutResult(False, self._body(record, now))
+            self._fire(record, T.REACTIVATED, now)
+            record.conflict = None
+            record.mitigation_start = self._epoch(now)
+            self._set_status(record, Status.ATTACK_MITIGATION_IN_PROGRESS)
+            self._outputs.append(ApplyMitigation(record.cuid, record.mid, scope))
+        record.lifetime = lifetime
+        record.expires_at = None if lifetime == INDEFINITE else now + lifetime
+        record.scope = replace(record.scope, lifetime=requested, attack_status=None)
+        if efficacy_update:
+            log.info(
+                "efficacy update cuid=%s mid=%d attack-status=%s",
+                record.cuid,
+                record.mid,
+                scope.attack_status.label if scope.attack_status else "-",
+            )
+        return PutResult(False, self._body(record, now))
+
+    def _create(self, cuid: str, mid: int, scope: Scope, owner: Owner, now: float) -> PutResult:
+        assert scope.lifetime is not None
+        same_type, other_type = [], []
+        for record in self.records(cuid):
+            if record.state is S.ENDED or not record.scope.overlap(scope):
+                continue
+            (same_type if record.immediate == scope.triggers_immediately else other_type).append(
+                record
+            )
+        for record in same_type:
+            if record.mid > mid and record.state is not S.TERMINATING:
+                overlap = record.scope.overlap(scope)
+                assert overlap is not None
+                raise ConflictingRequest(  # §4.4.1.3: a lower mid arrived late
+                    f"overlaps mitigation mid {record.mid}, which has a higher mid",
+                    ConflictInformation(
+                        ConflictCause.OVERLAPPING_TARGETS,
+                        conflict_scope=_conflict_scope(overlap, record.mid),
+                    ),
+                )
+        conflict: ConflictInformation | None = None
+        losers: list[Mitigation] = []
+        if scope.triggers_immediately:
+            conflicts = self._other_client_conflicts(cuid, scope, now)
+            if conflicts:
+                conflict, losers = self._resolve(scope, conflicts, now)
+        lifetime = self.policy.grant(scope.lifetime)
+        rerequest = any(r.state is S.TERMINATING for r in same_type)
+        for record in same_type:
+            self._fire(record, T.SUPERSEDED, now)
+        if rerequest:
+            # §4.4.4: mitigation requested again during active-but-terminating: the next
+            # period doubles, up to the maximum.
+            current = self._termination_period.get(cuid, self.policy.active_but_terminating)
+            self._termination_period[cuid] = min(
+                max(current, 1) * 2, self.policy.active_but_terminating_max
+            )
+        record = Mitigation(
+            cuid=cuid,
+            mid=mid,
+            owner=owner,
+            scope=replace(scope, attack_status=None),
+            lifetime=lifetime,
+            expires_at=None if lifetime == INDEFINITE else now + lifetime,
+            state=S.MITIGATING if scope.triggers_immediately else S.AWAIT_SIGNAL_LOSS,
+            status=(
+                Status.ATTACK_MITIGATION_IN_PROGRESS
+                if scope.triggers_immediately
+                else Status.ATTACK_MITIGATION_SIGNAL_LOSS
+            ),
+            conflict=conflict,
+        )
+        self._records[(cuid, mid)] = record
+        self._owners.setdefault(cuid, owner)
+        log.info(
+            "mitigation created cuid=%s mid=%d state=%s lifetime=%d",
+            cuid,
+            mid,
+            record.state.value,
+            lifetime,
+        )
+        if record.state is S.MITIGATING:
+            record.mitigation_start = self._epoch(now)
+            self._outputs.append(ApplyMitigation(cuid, mid, record.scope))
+            for other in other_type:
+                if other.state is S.MITIGATING:  # §4.4.1.3: the preconfigured one yields
+                    self._fire(other, T.PREEMPTED, now)
+                    self._outputs.append(WithdrawMitigation(cuid, other.mid, T.PREEMPTED))
+                    self._set_status(
+                        other,
+                        Status.ATTACK_MITIGATION_SIGNAL_LOSS,
+                        transient=Status.ATTACK_MITIGATION_WITHDRAWN,
+                    )
+        self._outputs.append(MitigationStatusChanged(cuid, mid, record.status))
+        for loser in losers:
+            self._deactivate(loser, record, now)
+        return PutResult(True, self._body(record, now))
+
+    def _other_client_conflicts(
+        self, cuid: str, scope: Scope, now: float
+    ) -> list[tuple[Mitigation, ConflictingMitigation]]:
+        found = []
+        for record in self._records.values():
+            if record.cuid == cuid or record.state is not S.MITIGATING or not record.immediate:
+                continue
+            overlap = record.scope.overlap(scope)
+            if overlap is not None:
+                found.append(
+                    (
+                        record,
+                        ConflictingMitigation(
+                            record.cuid, record.mid, overlap, record.remaining_lifetime(now)
+                        ),
+                    )
+                )
+        return found
+
+    def _resolve(
+        self, scope: Scope, conflicts: list[tuple[Mitigation, ConflictingMitigation]], now: float
+    ) -> tuple[ConflictInformation, list[Mitigation]]:
+        views = [c for _r, c in conflicts]
+        decision = self.resolver(scope, views)
+        overlap = _merge_overlaps([c.overlap for c in views])
+        if decision is ConflictDecision.REJECT_NEW:
+            remaining = [c.remaining_lifetime for c in views]
+            retry = UINT32_MAX if INDEFINITE in remaining else max(remaining)
+            raise ConflictingRequest(
+                "overlaps an active mitigation of another DOTS client",
+                ConflictInformation(
+                    ConflictCause.OVERLAPPING_TARGETS,
+                    ConflictStatus.REQUEST_INACTIVE_OTHER_ACTIVE,
+                    retry_timer=retry,
+                    conflict_scope=_conflict_scope(overlap),
+                ),
+            )
+        info = ConflictInformation(
+            ConflictCause.OVERLAPPING_TARGETS,
+            ConflictStatus.REQUEST_ACTIVE,
+            conflict_scope=_conflict_scope(overlap),
+        )
+        if decision is ConflictDecision.ACCEPT_BOTH:
+            for record, c in conflicts:
+                record.conflict = ConflictInformation(
+                    ConflictCause.OVERLAPPING_TARGETS,
+                    ConflictStatus.REQUEST_ACTIVE,
+                    conflict_scope=_conflict_scope(c.overlap),
+                )
+                self._outputs.append(
+                    MitigationStatusChanged(record.cuid, record.mid, record.status)
+                )
+            return info, []
+        return info, [record for record, _c in conflicts]
+
+    def _deactivate(self, loser: Mitigation, winner: Mitigation, now: float) -> None:
+        retry = UINT32_MAX if winner.lifetime == INDEFINITE else winner.lifetime
+        overlap = loser.scope.overlap(winner.scope)
+        loser.conflict = ConflictInformation(
+            ConflictCause.OVERLAPPING_TARGETS,
+            ConflictStatus.REQUEST_INACTIVE_OTHER_ACTIVE,
+            retry_timer=retry,
+            conflict_scope=None if overlap is None else _conflict_scope(overlap),
+        )
+        self._fire(loser, T.CONFLICT_LOST, now)
+        # §4.4.1.3: kept for retry-timer + 45 s so the client can refresh and re-check.
+        loser.expires_at = now + min(retry, UINT32_MAX - DEACTIVATED_GRACE) + DEACTIVATED_GRACE
+        self._outputs.append(WithdrawMitigation(loser.cuid, loser.mid, T.CONFLICT_LOST))
+        self._set_status(loser, Status.ATTACK_MITIGATION_WITHDRAWN)
+
+    def _fire(self, record: Mitigation, trigger: Trigger, now: float) -> None:
+        new = _TRANSITIONS.get((record.state, trigger))
+        if new is None:
+            raise TransitionRefused(
+                f"mitigation cuid={record.cuid} mid={record.mid}: trigger {trigger.value} "
+                f"is not allowed in state {record.state.value}"
+            )
+        self._set_state(record, new, trigger, now)
+
+    def _set_state(
+        self, record: Mitigation, new: MitigationState, trigger: Trigger, now: float
+    ) -> None:
+        old = record.state
+        record.state = new
+        log.info(
+            "mitigation cuid=%s mid=%d %s -> %s (%s)",
+            record.cuid,
+            record.mid,
+            old.value,
+            new.value,
+            trigger.value,
+        )
+        if new is S.ENDED:
+            final = (
+                Status.ATTACK_MITIGATION_WITHDRAWN
+                if trigger is T.SERVER_WITHDREW
+                else Status.ATTACK_MITIGATION_TERMINATED
+                if old in ACTIVE_STATES
+                else record.status
+            )
+            del self._records[(record.cuid, record.mid)]
+            if old in ACTIVE_STATES:
+                self._outputs.append(WithdrawMitigation(record.cuid, record.mid, trigger))
+            self._outputs.append(MitigationRemoved(record.cuid, record.mid, final, trigger))
+            if not any(cuid == record.cuid for cuid, _mid in self._records):
+                self._owners.pop(record.cuid, None)
+
+    def _set_status(
+        self, record: Mitigation, status: Status, *, transient: Status | None = None
+    ) -> None:
+        record.status = status
+        record.transient_status = transient
+        record.transient_reports_left = TRANSIENT_REPORTS if transient else 0
+        self._outputs.append(MitigationStatusChanged(record.cuid, record.mid, transient or status))
+
+    def _body(self, record: Mitigation, now: float) -> MitigationScope:
+        """Figure 10: the 2.xx body carries mid and the granted lifetime (+ conflicts)."""
+        return MitigationScope(
+            (
+                Scope(
+                    mid=record.mid,
+                    lifetime=record.remaining_lifetime(now)
+                    if record.lifetime != INDEFINITE
+                    else INDEFINITE,
+                    conflict_information=record.conflict,
+                ),
+            )
+        )
+
+    def _epoch(self, now: float) -> int:
+        return int(now + self.wall_offset)
+
+
+_MITIGATOR_STATUSES = frozenset(
+    {
+        Status.ATTACK_MITIGATION_IN_PROGRESS,
+        Status.ATTACK_SUCCESSFULLY_MITIGATED,
+        Status.ATTACK_STOPPED,
+        Status.ATTACK_EXCEEDED_CAPABILITY,
+    }
+)
+
+
+def _counters(c: Counters) -> dict[str, int | None]:
+    return {
+        "bytes_dropped": c.bytes_dropped,
+        "bps_dropped": c.bps_dropped,
+        "pkts_dropped": c.pkts_dropped,
+        "pps_dropped": c.pps_dropped,
+    }
+
+
+def _conflict_scope(overlap: Targets, mid: int | None = None) -> ConflictScope:
+    return ConflictScope(**{f: getattr(overlap, f) for f in Targets.__dataclass_fields__}, mid=mid)
+
+
+def _merge_overlaps(overlaps: list[Targets]) -> Targets:
+    merged: dict[str, dict[object, object]] = {f: {} for f in Targets.__dataclass_fields__}
+    for o in overlaps:
+        for f, values in merged.items():
+            for v in getattr(o, f):
+                # port ranges are keyed by lower-port (RFC 9132 §5.1 list key)
+                values.setdefault(v.lower_port if isinstance(v, PortRange) else v, v)
+    return Targets(**{f: tuple(v.values()) for f, v in merged.items()})

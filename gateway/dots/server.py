@@ -1,0 +1,229 @@
+"""The DOTS server core: routes decoded requests to the store, config and heartbeat machines.
+
+``DotsServerCore.receive_request(session, request, now)`` is the one boundary where
+``DotsProtocolError`` becomes a response; anything else raised here is a bug and is left to
+the transport's boundary (logged, counted, answered 5.00). Sessions are per signal channel;
+the mitigation store is shared, because mitigations belong to clients, not sessions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from gateway.dots.codec import encode_message
+from gateway.dots.codes import Code, Method
+from gateway.dots.errors import DotsProtocolError, MethodNotAllowed, MissingAttribute
+from gateway.dots.heartbeat import HeartbeatMonitor, Role, SendHeartbeat, SignalLost
+from gateway.dots.message import DotsRequest, DotsResponse, Requester
+from gateway.dots.mitigation import MitigationStore, Owner, StoreOutput
+from gateway.dots.session_config import ConfigLimits, ServerSessionConfig
+from gateway.dots.uri import DotsPath, Resource, parse_path, parse_query
+from gateway.dots.validate import (
+    decode_request_body,
+    is_efficacy_update,
+    validate_config_request,
+    validate_heartbeat,
+    validate_mitigation_request,
+)
+
+log = logging.getLogger(__name__)
+_session_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class SendSessionHeartbeat:
+    """Command: send a server heartbeat on this session."""
+
+    session_id: int
+    peer_hb_status: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLost:
+    """Event: the session's client went silent; its preconfigured requests were armed."""
+
+    session_id: int
+    cuids: frozenset[str]
+
+
+ServerOutput = StoreOutput | SendSessionHeartbeat | SessionLost
+
+
+@dataclass(eq=False)
+class ServerSession:
+    """Per signal-channel state: who is on the other end, its config, its heartbeats."""
+
+    requester: Requester
+    config: ServerSessionConfig
+    heartbeat: HeartbeatMonitor
+    id: int = field(default_factory=lambda: next(_session_ids))
+    #: Every cuid used on this session: signal loss arms their preconfigured requests.
+    cuids: set[str] = field(default_factory=set)
+    closed: bool = False
+
+
+class DotsServerCore:
+    def __init__(self, store: MitigationStore | None = None, *,
+                 mitigating_limits: ConfigLimits | None = None,
+                 idle_limits: ConfigLimits | None = None, config_max_age: int = 3600) -> None:
+        self.store = store or MitigationStore()
+        self.mitigating_limits = mitigating_limits or ConfigLimits()
+        self.idle_limits = idle_limits or ConfigLimits()
+        self.config_max_age = config_max_age
+        self.sessions: dict[int, ServerSession] = {}
+        self._outputs: deque[ServerOutput] = deque()
+        self._now = 0.0  # the latest time an input brought; used when loss is processed
+
+    # --- sessions ----------------------------------------------------------------------------
+
+    def open_session(self, requester: Requester, now: float, *,
+                     reliable: bool = False) -> ServerSession:
+        config = ServerSessionConfig(self.mitigating_limits, self.idle_limits,
+                                     max_age=self.config_max_age, reliable=reliable)
+        params = config.parameters(mitigating=False)
+        monitor = HeartbeatMonitor(Role.SERVER, now, heartbeat_interval=params.heartbeat_interval,
+                                   missing_hb_allowed=params.missing_hb_allowed)
+        session = ServerSession(requester, config, monitor)
+        self.sessions[session.id] = session
+        return session
+
+    def close_session(self, session: ServerSession) -> None:
+        session.closed = True
+        self.sessions.pop(session.id, None)
+
+    def mitigating(self, session: ServerSession) -> bool:
+        return any(self.store.is_mitigating(cuid) for cuid in session.cuids)
+
+    # --- pulled outputs ----------------------------------------------------------------------
+
+    def next_event(self) -> ServerOutput | None:
+        self._collect()
+        return self._outputs.popleft() if self._outputs else None
+
+    def events(self) -> Iterator[ServerOutput]:
+        while (event := self.next_event()) is not None:
+            yield event
+
+    def get_timer(self) -> float | None:
+        timers = [t for s in self.sessions.values() if (t := s.heartbeat.get_timer()) is not None]
+        if (t := self.store.get_timer()) is not None:
+            timers.append(t)
+        return min(timers) if timers else None
+
+    def handle_timer(self, now: float) -> None:
+        self._now = now
+        self.store.handle_timer(now)
+        for session in list(self.sessions.values()):
+            self._sync_parameters(session, now)
+            session.heartbeat.handle_timer(now)
+        self._collect()
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def receive_request(self, session: ServerSession, request: DotsRequest,
+                        now: float) -> DotsResponse | None:
+        """Answer one request; None means the RFC wants no answer (ignored efficacy update)."""
+        self._now = now
+        session.heartbeat.traffic_received(now)
+        try:
+            path = parse_path(request.path)
+            if path.resource is Resource.MITIGATE:
+                response = self._mitigate(session, path, request, now)
+            elif path.resource is Resource.CONFIG:
+                response = self._config(session, path, request, now)
+            else:
+                response = self._heartbeat(session, request, now)
+        except DotsProtocolError as exc:
+            log.info("request refused session=%d method=%s path=/%s code=%s diagnostic=%r",
+                     session.id, request.method.name, "/".join(request.path), exc.code.dotted,
+                     exc.diagnostic)
+            response = exc.to_response()
+        self._sync_parameters(session, now)
+        return response
+
+    def _owner(self, session: ServerSession, path: DotsPath) -> Owner:
+        # §4.4.1.2: a cdid is honoured only from trusted gateways; from anyone else it is
+        # ignored, not an error.
+        cdid = path.cdid if session.requester.trusted_gateway else None
+        return Owner(session.requester.credential_id, cdid)
+
+    def _mitigate(self, session: ServerSession, path: DotsPath, request: DotsRequest,
+                  now: float) -> DotsResponse | None:
+        assert path.cuid is not None
+        owner = self._owner(session, path)
+        if request.method is Method.GET:
+            body = self.store.get(path.cuid, path.mid, owner, now, parse_query(request.query))
+            session.cuids.add(path.cuid)
+            return DotsResponse.with_body(Code.CONTENT, encode_message(body))
+        if request.method not in (Method.PUT, Method.DELETE):
+            raise MethodNotAllowed(f"{request.method.name} is not used on mitigate "
+                                   "(GET, PUT and DELETE are)")
+        if path.mid is None:
+            raise MissingAttribute(f"{request.method.name} on mitigate needs the 'mid' "
+                                   "Uri-Path parameter")
+        session.cuids.add(path.cuid)
+        if request.method is Method.DELETE:
+            self.store.delete(path.cuid, path.mid, owner, now)
+            return DotsResponse(Code.DELETED)
+        efficacy = is_efficacy_update(request)
+        scope = validate_mitigation_request(decode_request_body(request), efficacy_update=efficacy)
+        result = self.store.put(path.cuid, path.mid, scope, owner, now, efficacy_update=efficacy)
+        if result is None:
+            return None
+        code = Code.CREATED if result.created else Code.CHANGED
+        return DotsResponse.with_body(code, encode_message(result.body))
+
+    def _config(self, session: ServerSession, path: DotsPath, request: DotsRequest,
+                now: float) -> DotsResponse:
+        config = session.config
+        if request.method is Method.GET:
+            body = config.get(path.sid)
+            return DotsResponse.with_body(Code.CONTENT, encode_message(body), config.max_age)
+        if request.method is Method.DELETE:
+            config.delete()
+            return DotsResponse(Code.DELETED)
+        if request.method is not Method.PUT:
+            raise MethodNotAllowed(f"{request.method.name} is not used on config")
+        if path.sid is None:
+            raise MissingAttribute("PUT on config needs the 'sid' Uri-Path parameter")
+        created = config.put(path.sid, validate_config_request(decode_request_body(request)))
+        return DotsResponse(Code.CREATED if created else Code.CHANGED)
+
+    def _heartbeat(self, session: ServerSession, request: DotsRequest,
+                   now: float) -> DotsResponse:
+        if request.method is not Method.PUT:
+            raise MethodNotAllowed(f"{request.method.name} is not used on hb (PUT is)")
+        heartbeat = validate_heartbeat(decode_request_body(request))
+        session.heartbeat.peer_heartbeat_received(now, heartbeat.peer_hb_status)
+        return DotsResponse(Code.CHANGED)  # §4.7: 2.04 with an empty body
+
+    def heartbeat_answered(self, session: ServerSession, now: float) -> None:
+        """The client answered one of our heartbeats (the role calls this on its 2.04)."""
+        session.heartbeat.response_received(now)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _sync_parameters(self, session: ServerSession, now: float) -> None:
+        params = session.config.parameters(self.mitigating(session))
+        session.heartbeat.configure(params.heartbeat_interval, params.missing_hb_allowed, now)
+
+    def _collect(self) -> None:
+        while (out := self.store.next_event()) is not None:
+            self._outputs.append(out)
+        for session in list(self.sessions.values()):
+            while (hb := session.heartbeat.next_event()) is not None:
+                if isinstance(hb, SendHeartbeat):
+                    self._outputs.append(SendSessionHeartbeat(session.id, hb.peer_hb_status))
+                elif isinstance(hb, SignalLost):
+                    log.warning("signal lost session=%d cuids=%s", session.id,
+                                ",".join(sorted(session.cuids)) or "-")
+                    for cuid in session.cuids:
+                        self.store.signal_lost(cuid, self._now)
+                    self.close_session(session)
+                    self._outputs.append(SessionLost(session.id, frozenset(session.cuids)))
+                    while (out := self.store.next_event()) is not None:
+                        self._outputs.append(out)
