@@ -1,1 +1,1 @@
-"""Identity: cuid/cdid derivation from X.509 SPKI, raw public keys and PSK identities, peer identity objects, and the dev PKI."""
+"""Identity: cuid/cdid derivation (RFC 9132 App. B), peer identity objects, the dev PKI."""
