@@ -1,0 +1,579 @@
+"""Configuration of dots-gateway: one TOML file -> typed, frozen ``Settings``.
+
+This module owns the schema: which sections and keys exist, their defaults and ranges, the
+rules that tie keys together, and the embedded defaults used when there is no file at all
+(terminal mode, dev PKI in the state directory, 127.0.0.1 and ::1, port 4646, UDP and TCP).
+The typed readers it uses (exact TOML types, key paths, unknown keys) are in
+``gateway.config_schema``.
+
+Every problem names its key by full dotted path (``session.idle.ack_timeout.max``,
+``clients[2].prefixes[0]``); all problems in a file are raised together as one ``ConfigError``
+whose ``errors`` lists them. Relative paths are resolved against the config file's directory.
+
+It reads the one file and does nothing else: no sockets, no DNS, no checks that the paths it
+names exist (whoever opens them reports that). Imports: standard library, ``cryptography``'s
+X.509 name parser, ``gateway.config_schema``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from functools import partial
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from gateway.config_schema import (
+    ConfigError as ConfigError,  # re-exported: callers catch it from here
+)
+from gateway.config_schema import (
+    IPAddress,
+    IPNetwork,
+    Table,
+    Unique,
+    parse_cuid,
+    parse_dn,
+    parse_dns_name,
+    parse_host_port,
+    parse_ip,
+    parse_prefix,
+)
+
+DEFAULT_STATE_DIR = Path("/var/lib/dots-gateway")
+DEFAULT_PORT = 4646  # RFC 9132 §3: same number for UDP and TCP
+UINT16_MAX = 2**16 - 1
+UINT32_MAX = 2**32 - 1
+# YANG decimal64 with fraction-digits 2 (RFC 9132 §5.3): the largest value it can carry.
+DECIMAL64_2_MAX = Decimal("92233720368547758.07")
+# AF_UNIX sun_path is 108 bytes on Linux, one of them the terminating NUL.
+UNIX_PATH_MAX = 107
+
+
+class Mode(StrEnum):
+    TERMINAL = "terminal"  # the gateway is the DOTS server
+    GATEWAY = "gateway"  # relay to upstream DOTS servers
+
+
+class LogFormat(StrEnum):
+    KV = "kv"
+    JSON = "json"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class Transport(StrEnum):
+    UDP = "udp"  # coaps: CoAP over DTLS
+    TCP = "tcp"  # coaps+tcp: CoAP over TLS
+
+
+class ConflictPolicy(StrEnum):
+    """Overlapping requests from different clients: server policy (RFC 9132 §4.4.1.3)."""
+
+    REJECT_NEW = "reject-new"
+    ACCEPT_BOTH = "accept-both"
+    REPLACE_EXISTING = "replace-existing"
+
+
+class Backend(StrEnum):
+    LOG = "log"
+    COMMAND = "command"
+
+
+N = TypeVar("N", int, Decimal)
+
+
+@dataclass(frozen=True, slots=True)
+class GeneralSettings:
+    state_dir: Path
+    mode: Mode
+    node_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    format: LogFormat
+    level: LogLevel
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    addresses: tuple[IPAddress, ...]
+    port: int
+    transports: tuple[Transport, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """Either the three operator files, or ``dev_pki_dir`` (no ``[tls]``: dev PKI there)."""
+
+    ca: Path | None
+    cert: Path | None
+    key: Path | None
+    dev_pki_dir: Path | None
+
+    @property
+    def dev_pki(self) -> bool:
+        return self.dev_pki_dir is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PskEntry:
+    identity: str
+    key: bytes = field(repr=False)  # never in logs or tracebacks
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds(Generic[N]):
+    """What the server offers for one session parameter: RFC 9132 min-value/max-value and the
+    value used when the client does not negotiate (current-value)."""
+
+    min: N
+    max: N
+    default: N
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """One RFC 9132 §4.5 parameter set (idle-config or mitigating-config)."""
+
+    heartbeat_interval: Bounds[int]
+    missing_hb_allowed: Bounds[int]
+    probing_rate: Bounds[int]
+    max_retransmit: Bounds[int]
+    ack_timeout: Bounds[Decimal]
+    ack_random_factor: Bounds[Decimal]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    idle: SessionConfig
+    mitigating: SessionConfig
+    max_age: int
+
+
+@dataclass(frozen=True, slots=True)
+class MitigationSettings:
+    active_but_terminating: int
+    active_but_terminating_max: int
+    allow_indefinite_lifetime: bool
+    max_lifetime: int  # 0: no cap
+    conflict_policy: ConflictPolicy
+    backend: Backend
+    command: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    name: str
+    cuid: str | None
+    psk_identity: str | None
+    cert_subject: str | None  # RFC 4514 form as cryptography prints it
+    prefixes: tuple[IPNetwork, ...]
+    fqdns: tuple[str, ...]
+    allow_any_cuid: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedGatewaysSettings:
+    identities: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    name: str
+    address: IPAddress | None
+    host: str | None
+    reference_identifier: str | None
+    port: int
+    transport: Transport
+
+    @property
+    def server_name(self) -> str | None:
+        """The name the server's certificate must match (RFC 9132 §8: DNS-ID)."""
+        return self.reference_identifier or self.host
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    listen: tuple[str, int] | None  # None: no metrics endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class ControlSettings:
+    socket: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    source: str  # the file it came from, or "<defaults>"
+    general: GeneralSettings
+    logging: LoggingSettings
+    server: ServerSettings
+    tls: TlsSettings
+    psk: tuple[PskEntry, ...]
+    session: SessionSettings
+    mitigation: MitigationSettings
+    clients: tuple[ClientSettings, ...]
+    trusted_gateways: TrustedGatewaysSettings
+    upstream: tuple[UpstreamSettings, ...]
+    metrics: MetricsSettings
+    control: ControlSettings
+
+
+# Offered by default in both sets: the ranges of RFC 9132's Figure 20 example, the defaults of
+# its YANG module and Appendix C.
+_SESSION_DEFAULTS: dict[str, Bounds[Any]] = {
+    "heartbeat_interval": Bounds(15, 240, 30),
+    "missing_hb_allowed": Bounds(3, 20, 15),
+    "probing_rate": Bounds(5, 20, 5),
+    "max_retransmit": Bounds(2, 15, 3),
+    "ack_timeout": Bounds(Decimal("1.00"), Decimal("30.00"), Decimal("2.00")),
+    "ack_random_factor": Bounds(Decimal("1.10"), Decimal("4.00"), Decimal("1.50")),
+}
+# Lowest value of each parameter (uint16 or decimal64). A heartbeat-interval of 0 disables
+# heartbeats (RFC 9132 §4.7); 0 missing heartbeats would declare loss before any was missed and
+# 0 bytes/s would forbid sending anything, so those start at 1. ACK_TIMEOUT must be above 0 and
+# ACK_RANDOM_FACTOR above 1 (RFC 7252 §4.8): the decimal floors are exclusive.
+_FLOORS: dict[str, Any] = {
+    "heartbeat_interval": 0,
+    "missing_hb_allowed": 1,
+    "probing_rate": 1,
+    "max_retransmit": 0,
+    "ack_timeout": Decimal(0),
+    "ack_random_factor": Decimal(1),
+}
+
+
+def load_config(path: Path, *, default_state_dir: Path | None = None) -> Settings:
+    """Read and check one config file. Raises ConfigError listing every problem found.
+
+    ``default_state_dir`` is used when the file sets no ``general.state_dir``.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        message = f"cannot read config file: {exc.strerror or exc}"
+        raise ConfigError("", message, source=str(path)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        message = f"not UTF-8 text (line {line}, byte offset {exc.start})"
+        raise ConfigError("", message, source=str(path)) from None
+    return parse_config(
+        text, str(path), base_dir=path.absolute().parent, default_state_dir=default_state_dir
+    )
+
+
+def parse_config(
+    text: str,
+    source: str = "<string>",
+    *,
+    base_dir: Path | None = None,
+    default_state_dir: Path | None = None,
+) -> Settings:
+    """Check TOML text. Relative paths are joined to ``base_dir`` (kept relative when None)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # The message carries "(at line L, column C)"; the line itself is not echoed because
+        # it may hold a PSK.
+        raise ConfigError("", f"TOML syntax error: {exc}", source=source) from None
+    return _build(data, source, base_dir, default_state_dir or DEFAULT_STATE_DIR)
+
+
+def default_settings(state_dir: Path | None = None) -> Settings:
+    """The embedded defaults: what ``dots-gateway run`` uses without a config file."""
+    return _build({}, "<defaults>", None, state_dir or DEFAULT_STATE_DIR)
+
+
+def check_config(path: Path) -> list[str]:
+    """Every problem in the file as one "file: key: what is wrong" line; [] when it is fine."""
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        return [str(error) for error in exc.errors]
+    return []
+
+
+def _build(data: dict[str, Any], source: str, base_dir: Path | None, state_dir: Path) -> Settings:
+    errors: list[ConfigError] = []
+    root = Table(data, "", errors)
+    # Sections are read in the order the example file documents them, so problems are
+    # listed in that order too.
+    general = _general(root.table("general"), base_dir, state_dir)
+    logging = _logging(root.table("logging"))
+    server = _server(root.table("server"))
+    tls = _tls(root.table("tls"), base_dir, general.state_dir)
+    psk, psk_identities = _psk(root)
+    session = _session(root.table("session"))
+    mitigation = _mitigation(root.table("mitigation"))
+    clients = _clients(root, psk_identities)
+    trusted_gateways = _trusted_gateways(root.table("trusted_gateways"))
+    upstream = _upstream(root)
+    metrics = _metrics(root.table("metrics"))
+    control = _control(root.table("control"), base_dir, general.state_dir)
+    root.finish()
+    if errors:
+        found = [ConfigError(e.key, e.message, source=source) for e in errors]
+        if len(found) == 1:
+            raise found[0]
+        raise ConfigError("", f"{len(found)} problems", source=source, errors=found)
+    return Settings(
+        source, general, logging, server, tls, psk, session, mitigation, clients,
+        trusted_gateways, upstream, metrics, control,
+    )  # fmt: skip
+
+
+def _general(t: Table, base_dir: Path | None, default_state_dir: Path) -> GeneralSettings:
+    state_dir = t.opt_path("state_dir", base_dir) or default_state_dir
+    mode = t.choice("mode", Mode, Mode.TERMINAL)
+    node_name = t.opt_string("node_name", empty_ok=True) or "dots-gateway"
+    # It goes into log lines and the 5.08 diagnostic payload (RFC 8768), both one-line text.
+    if not node_name.isprintable() or len(node_name.encode()) > 255:
+        t.error("node_name", "must be printable text of at most 255 bytes")
+    t.finish()
+    return GeneralSettings(state_dir, mode, node_name)
+
+
+def _logging(t: Table) -> LoggingSettings:
+    settings = LoggingSettings(
+        t.choice("format", LogFormat, LogFormat.KV), t.choice("level", LogLevel, LogLevel.INFO)
+    )
+    t.finish()
+    return settings
+
+
+def _server(t: Table) -> ServerSettings:
+    before = t.error_count
+    seen = Unique("address")
+    addresses = [
+        address
+        for key, address in t.parsed_list("addresses", parse_ip, ("127.0.0.1", "::1"))
+        if seen.check(t, key, address)
+    ]
+    if not addresses and t.error_count == before:
+        t.error("addresses", "must list at least one address to listen on")
+    port = t.integer("port", DEFAULT_PORT, 1, 65535)
+    before = t.error_count
+    seen = Unique("transport")
+    transports = []
+    for key, text in t.strings("transports", ("udp", "tcp")):
+        if text not in {"udp", "tcp"}:
+            t.error_at(key, f"must be 'udp' or 'tcp', got {text!r}")
+        elif seen.check(t, key, text):
+            transports.append(Transport(text))
+    if not transports and t.error_count == before:
+        t.error("transports", "must list at least one of 'udp', 'tcp'")
+    t.finish()
+    return ServerSettings(tuple(addresses), port, tuple(transports))
+
+
+def _tls(t: Table, base_dir: Path | None, state_dir: Path) -> TlsSettings:
+    names = ("ca", "cert", "key")
+    given = [name for name in names if t.has(name)]
+    paths = [t.opt_path(name, base_dir) for name in names]
+    listed = " and ".join(f"tls.{name}" for name in given)
+    for name in names:
+        if given and name not in given:
+            t.error(name, f"required when {listed} is set (all three, or none for the dev PKI)")
+    t.finish()
+    if given:
+        return TlsSettings(paths[0], paths[1], paths[2], dev_pki_dir=None)
+    return TlsSettings(None, None, None, dev_pki_dir=state_dir / "pki")
+
+
+def _psk(root: Table) -> tuple[tuple[PskEntry, ...], set[str]]:
+    """The entries, and every identity named, even with a bad key: a client that refers to one
+    should not get a second, misleading error."""
+    entries: list[PskEntry] = []
+    identities: set[str] = set()
+    seen = Unique("identity")
+    for t in root.tables("psk"):
+        identity = t.opt_string("identity", required=True)
+        if identity is not None and len(identity.encode()) > 128:
+            t.error("identity", f"must be at most 128 bytes of UTF-8, got {len(identity.encode())}")
+        elif identity is not None:
+            seen.check(t, t.key("identity"), identity)
+            identities.add(identity)
+        has_text, has_hex = t.has("key"), t.has("key_hex")
+        text = t.opt_string("key", secret=True)
+        hex_text = t.opt_string("key_hex", secret=True)
+        secret, which = None, "key"
+        if has_text and has_hex:
+            t.error("key_hex", "give either key or key_hex, not both")
+        elif not has_text and not has_hex:
+            t.error(None, "needs a key: key (text) or key_hex (hex digits)")
+        elif text is not None:
+            if text.isprintable():
+                secret = text.encode()
+            else:
+                t.error("key", "must be printable text; write other keys as key_hex")
+        elif hex_text is not None:
+            which = "key_hex"
+            if re.fullmatch(r"(?:[0-9A-Fa-f]{2})+", hex_text):
+                secret = bytes.fromhex(hex_text)
+            else:
+                t.error("key_hex", "must be an even number of hex digits (no spaces, no 0x)")
+        # Short PSKs fall to offline guessing; 128 bits is the floor.
+        if secret is not None and len(secret) < 16:
+            t.error(which, f"must be at least 16 bytes, got {len(secret)}")
+        t.finish()
+        if identity is not None and secret is not None:
+            entries.append(PskEntry(identity, secret))
+    return tuple(entries), identities
+
+
+def _session(t: Table) -> SessionSettings:
+    idle = _session_config(t.table("idle"))
+    mitigating = _session_config(t.table("mitigating"))
+    max_age = t.integer("max_age", 3600, 1, UINT32_MAX, " seconds (RFC 9132 §4.5.3 Max-Age)")
+    t.finish()
+    return SessionSettings(idle, mitigating, max_age)
+
+
+def _session_config(t: Table) -> SessionConfig:
+    values: dict[str, Bounds[Any]] = {}
+    for name, default in _SESSION_DEFAULTS.items():
+        defaults = {"min": default.min, "max": default.max, "default": default.default}
+        if isinstance(default.min, int):
+            read: Any = partial(Table.integer, lo=_FLOORS[name], hi=UINT16_MAX)
+        else:
+            read = partial(Table.decimal, above=_FLOORS[name], hi=DECIMAL64_2_MAX)
+        values[name] = Bounds(**t.min_max_default(name, defaults, read))
+    t.finish()
+    return SessionConfig(**values)
+
+
+def _mitigation(t: Table) -> MitigationSettings:
+    before = t.error_count
+    # RFC 9132 §4.4.4: 120 s by default, extendable up to 300 s.
+    abt = t.integer("active_but_terminating", 120, 0, 300, " seconds (RFC 9132 §4.4.4)")
+    abt_max = t.integer("active_but_terminating_max", 300, 0, 300, " seconds (RFC 9132 §4.4.4)")
+    if t.error_count == before and abt_max < abt:
+        t.error(
+            "active_but_terminating_max",
+            f"must be at least active_but_terminating ({abt}), got {abt_max}",
+        )
+    indefinite = t.boolean("allow_indefinite_lifetime", True)
+    max_lifetime = t.integer("max_lifetime", 0, 0, UINT32_MAX, " seconds (0: no cap)")
+    policy = t.choice("conflict_policy", ConflictPolicy, ConflictPolicy.REJECT_NEW)
+    before = t.error_count
+    backend = t.choice("backend", Backend, Backend.LOG)
+    command = t.string("command", "")
+    if t.error_count == before:
+        if backend is Backend.COMMAND and not command:
+            t.error("command", 'required (non-empty) when backend = "command"')
+        elif backend is not Backend.COMMAND and command:
+            t.error("command", f'only used with backend = "command", but backend is "{backend}"')
+    t.finish()
+    return MitigationSettings(abt, abt_max, indefinite, max_lifetime, policy, backend, command)
+
+
+def _clients(root: Table, psk_identities: set[str]) -> tuple[ClientSettings, ...]:
+    clients: list[ClientSettings] = []
+    # One credential must map to one client entry, or authorization would depend on order.
+    seen = {name: Unique(name) for name in ("name", "cuid", "psk_identity", "cert_subject")}
+    for t in root.tables("clients"):
+        if not any(t.has(name) for name in ("cuid", "psk_identity", "cert_subject")):
+            t.error(None, "needs cuid, psk_identity or cert_subject to recognise the client by")
+        values = {
+            "name": t.opt_string("name", required=True),
+            "cuid": t.parsed("cuid", parse_cuid),
+            "psk_identity": t.opt_string("psk_identity"),
+            "cert_subject": t.parsed("cert_subject", parse_dn),
+        }
+        if values["psk_identity"] not in psk_identities | {None}:
+            t.error(
+                "psk_identity",
+                f"{values['psk_identity']!r} is not the identity of any [[psk]] entry",
+            )
+        for name, value in values.items():
+            if value is not None:
+                seen[name].check(t, t.key(name), value)
+        before = t.error_count
+        prefixes = tuple(prefix for _, prefix in t.parsed_list("prefixes", parse_prefix))
+        if not t.has("prefixes"):
+            t.error("prefixes", "required key is missing: the prefixes this client may protect")
+        elif not prefixes and t.error_count == before:
+            t.error("prefixes", "must list at least one prefix")
+        clients.append(
+            ClientSettings(
+                name=values["name"] or "",
+                cuid=values["cuid"],
+                psk_identity=values["psk_identity"],
+                cert_subject=values["cert_subject"],
+                prefixes=prefixes,
+                fqdns=tuple(name for _, name in t.parsed_list("fqdns", parse_dns_name)),
+                allow_any_cuid=t.boolean("allow_any_cuid", False),
+            )
+        )
+        t.finish()
+    return tuple(clients)
+
+
+def _trusted_gateways(t: Table) -> TrustedGatewaysSettings:
+    seen = Unique("identity")
+    identities = tuple(
+        text for key, text in t.strings("identities", ()) if seen.check(t, key, text)
+    )
+    t.finish()
+    return TrustedGatewaysSettings(identities)
+
+
+def _upstream(root: Table) -> tuple[UpstreamSettings, ...]:
+    # mode = "gateway" with no [[upstream]] is fine: discovery finds the servers.
+    servers: list[UpstreamSettings] = []
+    seen = Unique("name")
+    for t in root.tables("upstream"):
+        name = t.opt_string("name", required=True)
+        if name is not None:
+            seen.check(t, t.key("name"), name)
+        address = t.parsed("address", parse_ip)
+        host = t.parsed("host", parse_dns_name)
+        reference_identifier = t.parsed("reference_identifier", parse_dns_name)
+        if not t.has("address") and not t.has("host"):
+            t.error(None, "needs address or host")
+        elif not t.has("host") and not t.has("reference_identifier"):
+            # Seed §5 / RFC 8973: with only an address there is no name to authenticate the
+            # server's certificate against, so one must be configured.
+            t.error(
+                "reference_identifier",
+                "required when only an address is given: the DNS "
+                "name the server's certificate must match",
+            )
+        port = t.integer("port", DEFAULT_PORT, 1, 65535)
+        transport = t.choice("transport", Transport, Transport.UDP)
+        t.finish()
+        servers.append(
+            UpstreamSettings(name or "", address, host, reference_identifier, port, transport)
+        )
+    return tuple(servers)
+
+
+def _metrics(t: Table) -> MetricsSettings:
+    listen = t.parsed("listen", parse_host_port, empty_ok=True)  # "" disables metrics
+    t.finish()
+    return MetricsSettings(listen)
+
+
+def _control(t: Table, base_dir: Path | None, state_dir: Path) -> ControlSettings:
+    path = t.opt_path("socket", base_dir, empty_ok=True)
+    socket = path or state_dir / "control.sock"
+    if len(str(socket).encode()) > UNIX_PATH_MAX:
+        origin = "" if path else " (derived from general.state_dir)"
+        t.error(
+            "socket",
+            f"{str(socket)!r}{origin} is longer than the {UNIX_PATH_MAX} bytes "
+            "a Unix socket path can have",
+        )
+    t.finish()
+    return ControlSettings(socket)
