@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests need; empty until a test needs an outside peer.
 DEB_PACKAGES :=
 
-.PHONY: run test deps venv lint coverage bench clean
+.PHONY: run test deps venv lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,8 @@ run: $(STAMP)
 	$(BIN)/dots-gateway --help
 
 test: $(STAMP) deps
-	$(BIN)/python -m pytest --cov=gateway/dots --cov=certs --cov-report=term-missing:skip-covered
+	$(BIN)/python -m pytest --cov=gateway/dots --cov=certs --cov=gateway.config --cov=gateway.config_schema \
+		--cov-report=term-missing:skip-covered --cov-fail-under=90
 
 lint: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev]'

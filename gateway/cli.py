@@ -1,0 +1,119 @@
+"""``dots-gateway``: the operator's command.
+
+Subcommands grow with the project. Today: ``check-config FILE`` (every problem, with its
+key), ``certs init DIR`` (the dev PKI), ``show-config`` (the effective settings), and
+``version``. The daemon (``run``/``server``) arrives with the transports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from certs.devpki import DevPkiError, init_dev_pki
+from gateway import __version__
+from gateway.config import ConfigError, check_config, default_settings, load_config
+from gateway.core_settings import build_server_core
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    problems = check_config(Path(args.file))
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return EXIT_FAILURE
+    # The core re-checks what it receives; a config it refuses is a config error too.
+    build_server_core(load_config(Path(args.file)))
+    print(f"{args.file}: OK")
+    return EXIT_OK
+
+
+def _show_config(args: argparse.Namespace) -> int:
+    try:
+        settings = load_config(Path(args.config)) if args.config else default_settings(
+            Path(args.state_dir) if args.state_dir else None)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(_plain(dataclasses.asdict(settings)), indent=2))
+    return EXIT_OK
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if k != "key"}  # never print PSKs
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def _certs_init(args: argparse.Namespace) -> int:
+    try:
+        pki = init_dev_pki(Path(args.directory), hostnames=tuple(args.hostname or ("localhost",)),
+                           addresses=tuple(args.address or ("127.0.0.1", "::1")),
+                           overwrite=args.force)
+    except DevPkiError as exc:
+        print(f"certs init: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"dev PKI in {pki.directory}")
+    print(f"  CA:     {pki.ca_cert}")
+    print(f"  server: {pki.server_cert} {pki.server_key}")
+    print(f"  client: {pki.client_cert} {pki.client_key} (cuid {pki.client_cuid})")
+    print(f"  PSK:    {pki.psk_file} (identity {pki.psk_identity}, cuid {pki.psk_cuid})")
+    return EXIT_OK
+
+
+def _version(_args: argparse.Namespace) -> int:
+    print(f"dots-gateway {__version__}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dots-gateway",
+        description="Anycast DOTS (RFC 9132) gateway with signal-channel redirect.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("check-config", help="validate a configuration file; list every problem")
+    p.add_argument("file")
+    p.set_defaults(func=_check_config)
+
+    p = sub.add_parser("show-config", help="print the effective settings as JSON")
+    p.add_argument("--config", help="configuration file (default: embedded defaults)")
+    p.add_argument("--state-dir", help="state directory for the embedded defaults")
+    p.set_defaults(func=_show_config)
+
+    certs = sub.add_parser("certs", help="certificates and keys")
+    certs_sub = certs.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
+    p = certs_sub.add_parser("init", help="write a development PKI (CA, server, client, PSK)")
+    p.add_argument("directory")
+    p.add_argument("--hostname", action="append", help="server/client DNS SAN (repeatable)")
+    p.add_argument("--address", action="append", help="server/client IP SAN (repeatable)")
+    p.add_argument("--force", action="store_true", help="regenerate even if files exist")
+    p.set_defaults(func=_certs_init)
+
+    p = sub.add_parser("version", help="print the version")
+    p.set_defaults(func=_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The two command-line entry points and the log format, run in-process."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway import cli, client_cli
+from gateway.logsetup import configure_logging
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "dots-gateway.example.toml"
+
+
+def test_check_config_accepts_the_example(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check-config", str(EXAMPLE)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_check_config_lists_every_problem_with_its_key(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nport = "4646"\nprot = 1\n[mitigation]\nbackend = "command"\n')
+    assert cli.main(["check-config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "server.port: expected an integer" in err
+    assert "server.prot: unknown key; did you mean 'port'?" in err
+    assert "mitigation.command" in err
+
+
+def test_certs_init_writes_the_named_files(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["certs", "init", str(tmp_path / "pki")]) == 0
+    names = sorted(p.name for p in (tmp_path / "pki").iterdir())
+    assert names == ["ca.key", "ca.pem", "client.key", "client.pem", "psk.json", "server.key",
+                     "server.pem"]
+    assert "cuid" in capsys.readouterr().out
+    assert cli.main(["certs", "init", str(tmp_path / "pki")]) == 0  # idempotent
+
+
+def test_show_config_prints_defaults_without_secrets(capsys: pytest.CaptureFixture[str],
+                                                     tmp_path: Path) -> None:
+    assert cli.main(["show-config", "--state-dir", str(tmp_path)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["server"]["port"] == 4646
+    assert shown["general"]["mode"] == "terminal"
+
+
+def test_client_encode_decode_round_trip(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    request = tmp_path / "req.json"
+    request.write_text(json.dumps({"ietf-dots-signal-channel:mitigation-scope": {"scope": [
+        {"target-prefix": ["192.0.2.0/24"], "lifetime": 3600}]}}))
+    binary = tmp_path / "req.cbor"
+    assert client_cli.main(["encode", str(request), "-o", str(binary)]) == 0
+    assert client_cli.main(["decode", str(binary)]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(request.read_text())
+
+
+def test_client_reports_dots_errors_with_code(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"ietf-dots-signal-channel:heartbeat": {"peer-hb-status": 1}}')
+    assert client_cli.main(["encode", str(bad)]) == client_cli.EXIT_DOTS_ERROR
+    assert "4.00" in capsys.readouterr().err
+    assert client_cli.main(["decode", str(tmp_path / "missing")]) == client_cli.EXIT_USAGE
+
+
+def test_console_scripts_are_installed() -> None:
+    bindir = Path(sys.executable).parent
+    out = subprocess.run([str(bindir / "dots-gateway"), "--help"], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    assert "check-config" in out
+    out = subprocess.run([str(bindir / "dots-client"), "--help"], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    assert "encode" in out
+
+
+@pytest.mark.parametrize("fmt", ["kv", "json"])
+def test_log_lines_are_one_per_event(fmt: str) -> None:
+    stream = io.StringIO()
+    configure_logging(fmt, "info", stream)
+    try:
+        logging.getLogger("gateway.test").info("mitigation created cuid=%s mid=%d", "abc", 7,
+                                               extra={"peer": "192.0.2.1"})
+        logging.getLogger("gateway.test").debug("hidden")
+        try:
+            raise ValueError("boom\nsecond line")
+        except ValueError:
+            logging.getLogger("gateway.test").exception("failed")
+    finally:
+        logging.getLogger().handlers.clear()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    if fmt == "json":
+        first = json.loads(lines[0])
+        assert first["msg"] == "mitigation created cuid=abc mid=7" and first["peer"] == "192.0.2.1"
+        assert "boom" in json.loads(lines[1])["exc"]
+    else:
+        assert 'msg="mitigation created cuid=abc mid=7"' in lines[0]
+        assert "peer=192.0.2.1" in lines[0] and "level=info" in lines[0]
