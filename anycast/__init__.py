@@ -1,1 +1,4 @@
-"""Anycast service addresses: holder interface via netlink, health state machine, route announcement and drain (not yet implemented)."""
+"""Anycast service addresses: netlink holder, health state machine, announcement and drain.
+
+Not yet implemented. DOTS has no IANA anycast address; addresses are operator configuration.
+"""

@@ -1,1 +1,4 @@
-"""Signal-channel redirect: server-side redirect policy and client-side rules for following a 5.03 redirect (not yet implemented)."""
+"""Signal-channel redirect (RFC 9132 §4.6): server-side policy, client-side following rules.
+
+Not yet implemented; the wire format (``redirected-signal``) lives in ``gateway.dots.model``.
+"""

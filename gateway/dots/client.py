@@ -136,9 +136,10 @@ class DotsClientCore:
         return DotsRequest(Method.PUT, build_path(Resource.HB), payload=encode_message(body),
                            content_format=CONTENT_FORMAT_DOTS_CBOR)
 
-    def _put(self, resource: Resource, body: Message, **params: int) -> DotsRequest:
+    def _put(self, resource: Resource, body: Message, *, mid: int | None = None,
+             sid: int | None = None) -> DotsRequest:
         cuid = self.cuid if resource is Resource.MITIGATE else None
-        return DotsRequest(Method.PUT, build_path(resource, cuid=cuid, **params),
+        return DotsRequest(Method.PUT, build_path(resource, cuid=cuid, mid=mid, sid=sid),
                            payload=encode_message(body),
                            content_format=CONTENT_FORMAT_DOTS_CBOR)
 

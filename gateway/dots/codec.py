@@ -42,7 +42,7 @@ def decode_cbor(data: bytes) -> Any:
     try:
         # Tag 1 would come back as a datetime; mitigation-start must be a plain uint
         # (RFC 9132 §4.4.2), so keep tags we do not handle as raw CBORTag values.
-        return cbor2.loads(data, tag_hook=_keep_tag)
+        return cbor2.loads(data, tag_hook=_keep_tag)  # type: ignore[arg-type]
     except RecursionError:
         raise MalformedPayload("CBOR nesting too deep") from None
     except Exception as exc:  # cbor2 raises many types (ValueError, OverflowError, ...)

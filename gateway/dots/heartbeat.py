@@ -159,7 +159,7 @@ class HeartbeatMonitor:
             self._outputs.append(HeartbeatMissed(self.outstanding))
         if self.outstanding >= self.missing_hb_allowed:
             self._threshold_reached(now)
-            if self.state is HeartbeatState.SIGNAL_LOST:
+            if self.next_send_at is None:  # loss declared: this session sends no more
                 return
         self._outputs.append(SendHeartbeat(self.peer_hb_status(now)))
         self.outstanding += 1
@@ -215,7 +215,8 @@ class ReconnectBackoff:
     def __init__(self, interval: float = RECOMMENDED,
                  jitter: Callable[[], float] = random.random) -> None:
         if interval < self.MINIMUM:
-            raise DotsUsageError(f"reconnect interval below {self.MINIMUM} s violates RFC 9132 §4.7")
+            raise DotsUsageError(
+                f"reconnect interval below {self.MINIMUM} s violates RFC 9132 §4.7")
         self.interval = interval
         self._jitter = jitter
         self.next_attempt_at: float | None = None

@@ -362,7 +362,7 @@ class MitigationStore:
             status=status if state else None,
             conflict_information=record.conflict if state else None,
             extensions=record.scope.extensions if config else (),
-            **(_counters(record.counters) if state else {}),
+            **(_counters(record.counters) if state else {}),  # type: ignore[arg-type]
         )
 
     # --- mitigator and session inputs --------------------------------------------------------
@@ -466,7 +466,8 @@ class MitigationStore:
 
     def _create(self, cuid: str, mid: int, scope: Scope, owner: Owner, now: float) -> PutResult:
         assert scope.lifetime is not None
-        same_type, other_type = [], []
+        same_type: list[Mitigation] = []
+        other_type: list[Mitigation] = []
         for record in self.records(cuid):
             if record.state is S.ENDED or not record.scope.overlap(scope):
                 continue
@@ -705,4 +706,4 @@ def _merge_overlaps(overlaps: list[Targets]) -> Targets:
             for v in getattr(o, f):
                 # port ranges are keyed by lower-port (RFC 9132 §5.1 list key)
                 values.setdefault(v.lower_port if isinstance(v, PortRange) else v, v)
-    return Targets(**{f: tuple(v.values()) for f, v in merged.items()})
+    return Targets(**{f: tuple(v.values()) for f, v in merged.items()})  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from gateway.dots.codes import AttackStatus, ConflictCause, ConflictStatus, LabelledEnum, Status
@@ -58,7 +58,7 @@ def parse_prefix(text: str) -> IPNetwork:
     except ValueError:
         raise InvalidValue(f"target-prefix {text!r} is not a valid IP prefix") from None
     for forbidden in _FORBIDDEN_TARGETS:
-        if network.version == forbidden.version and network.overlaps(forbidden):  # type: ignore[arg-type]
+        if network.version == forbidden.version and network.overlaps(forbidden):
             raise InvalidValue(
                 f"target-prefix {text} covers loopback, multicast or broadcast addresses "
                 "(RFC 9132 §4.4.1.1)"
@@ -161,7 +161,7 @@ class Targets:
             a if a.prefixlen >= b.prefixlen else b
             for a in self.target_prefix
             for b in other.target_prefix
-            if a.version == b.version and a.overlaps(b)  # type: ignore[arg-type]
+            if a.version == b.version and a.overlaps(b)
         )
         fqdns = tuple(
             sorted(
@@ -284,7 +284,7 @@ class MitigationScope:
 # --- session configuration ---------------------------------------------------------------------
 
 
-Number = Union[int, Decimal]
+Number = int | Decimal
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,7 +350,7 @@ class Heartbeat:
     extensions: Extensions = field(default=(), compare=False)
 
 
-Message = Union[MitigationScope, SignalConfig, RedirectedSignal, Heartbeat]
+Message = MitigationScope | SignalConfig | RedirectedSignal | Heartbeat
 
 
 # --- tree <-> model ----------------------------------------------------------------------------
@@ -514,6 +514,7 @@ def _config_from_tree(node: Mapping[int, Any]) -> SignalConfig:
 
 
 def message_to_tree(message: Message) -> dict[int, Any]:
+    body: dict[int, Any]
     if isinstance(message, MitigationScope):
         body = {K.SCOPE: [_scope_to_tree(s) for s in message.scope]}
         return {K.MITIGATION_SCOPE: _with_ext(body, message.extensions)}

@@ -77,7 +77,7 @@ def _params_to_set(params: SessionParameters, limits: ConfigLimits | None,
         values[name] = ConfigValue(getattr(params, name),
                                    limit.min_value if limit else None,
                                    limit.max_value if limit else None)
-    return ConfigSet(**values)
+    return ConfigSet(**values)  # type: ignore[arg-type]
 
 
 class ServerSessionConfig:
@@ -192,7 +192,7 @@ class ClientSessionConfig:
                 if value.max_value is not None:
                     want = min(want, value.max_value)
                 values[name] = ConfigValue(want)
-            return ConfigSet(**values)
+            return ConfigSet(**values)  # type: ignore[arg-type]
 
         return SignalConfig(clamp(True, offered.mitigating_config),
                             clamp(False, offered.idle_config))
@@ -205,7 +205,7 @@ class ClientSessionConfig:
                 continue
             chosen = {name: v.current_value for name, v in config_set.items()
                       if v.current_value is not None}
-            self.current[mitigating] = replace(self.current[mitigating], **chosen)
+            self.current[mitigating] = replace(self.current[mitigating], **chosen)  # type: ignore[arg-type]
         age = DEFAULT_MAX_AGE if max_age is None else max_age
         self.refresh_at = None if age >= MAX_AGE_INFINITE else now + age
 

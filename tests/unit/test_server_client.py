@@ -13,7 +13,7 @@ from gateway.dots.errors import DotsUsageError
 from gateway.dots.message import DotsRequest, DotsResponse, Requester
 from gateway.dots.mitigation import ApplyMitigation, MitigationRemoved
 from gateway.dots.model import MitigationScope, RedirectedSignal, Scope, SignalConfig, parse_prefix
-from gateway.dots.server import DotsServerCore, SendSessionHeartbeat, ServerSession, SessionLost
+from gateway.dots.server import DotsServerCore, SendSessionHeartbeat, SessionLost
 from gateway.dots.uri import ContentFilter
 
 CUID = "dz6pHjaADkaFTbjr0JGBpw"
