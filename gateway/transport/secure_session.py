@@ -1,0 +1,370 @@
+"""One (D)TLS connection on memory BIOs: bytes in, plaintext and bytes out, no sockets.
+
+The endpoint owns sockets and timers; a ``SecureSession`` only transforms bytes. Its OpenSSL
+state (~100 KiB during a handshake, less once established with RELEASE_BUFFERS) is freed
+the moment ``free()`` is called, which endpoints do on close, so nothing outlives a session
+(the prototype kept closed sessions alive for 247 s in a CoAP library cache).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from gateway.transport.openssl_ffi import (
+    BIO_C_SET_BUF_MEM_EOF_RETURN,
+    BIO_CTRL_PENDING,
+    DTLS_CTRL_GET_TIMEOUT,
+    DTLS_CTRL_HANDLE_TIMEOUT,
+    SSL_CTRL_SET_MTU,
+    SSL_CTRL_SET_TLSEXT_HOSTNAME,
+    SSL_ERROR_SSL,
+    SSL_ERROR_SYSCALL,
+    SSL_ERROR_WANT_READ,
+    SSL_ERROR_WANT_WRITE,
+    SSL_ERROR_ZERO_RETURN,
+    SSL_OP_NO_QUERY_MTU,
+    TLSEXT_NAMETYPE_host_name,
+    X509_V_OK,
+    OpenSSLError,
+    crypto,
+    der_of,
+    error_queue,
+    ffi,
+    ssl,
+)
+from gateway.transport.tls_context import ClientContext, Kind, ServerContext, ssl_address
+
+log = logging.getLogger(__name__)
+
+#: Datagram payload we allow for DTLS: the IPv6 minimum MTU less IPv6 and UDP headers
+#: (RFC 9132 §7.3: assume 1280 when the PMTU is unknown).
+DEFAULT_DATAGRAM_SIZE = 1280 - 40 - 8
+_DTLS_RECORD_HEADER = 13
+_READ_CHUNK = 16 * 1024 + 512
+
+
+class State(enum.Enum):
+    HANDSHAKING = "handshaking"
+    ESTABLISHED = "established"
+    CLOSED = "closed"  # orderly close_notify, either side
+    FAILED = "failed"  # handshake or record error; the peer got an alert if possible
+
+
+class HandshakeFailed(Exception):
+    """The handshake was refused (bad certificate, unknown PSK, no shared cipher...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCredential:
+    """What authenticated the peer: the certificate (DER) or the PSK identity."""
+
+    certificate: bytes | None = None
+    psk_identity: bytes | None = None
+
+
+class SecureSession:
+    """A (D)TLS connection driven by ``feed()``; outputs are pulled with ``take_output()``."""
+
+    def __init__(self, context: ServerContext | ClientContext, *, ssl_ptr: Any = None,
+                 datagram_size: int = DEFAULT_DATAGRAM_SIZE, server_name: str | None = None,
+                 resume: bytes | None = None) -> None:
+        self.kind = context.kind
+        self.context = context  # keeps the SSL_CTX (and its callbacks) alive
+        self.is_server = isinstance(context, ServerContext)
+        self.datagram_size = datagram_size
+        self.state = State.HANDSHAKING
+        self.failure: str | None = None
+        self.peer: PeerCredential | None = None
+        if ssl_ptr is None:
+            ssl_ptr = ssl.SSL_new(context.ptr)
+            if ssl_ptr == ffi.NULL:
+                raise OpenSSLError("SSL_new failed: " + error_queue())
+            attach_memory_bios(ssl_ptr)
+            if self.is_server:
+                ssl.SSL_set_accept_state(ssl_ptr)
+            else:
+                ssl.SSL_set_connect_state(ssl_ptr)
+        self._ssl = ssl_ptr
+        self._rbio, self._wbio = _bios_of(ssl_ptr)
+        if self.kind is Kind.DTLS:
+            ssl.SSL_set_options(ssl_ptr, SSL_OP_NO_QUERY_MTU)
+            ssl.SSL_ctrl(ssl_ptr, SSL_CTRL_SET_MTU, datagram_size, ffi.NULL)
+        if server_name is not None and not self.is_server:
+            self._expect_server_name(server_name)
+        if resume is not None and not self.is_server:
+            self._set_resumption(resume)
+        self._buffer = ffi.new("unsigned char[]", _READ_CHUNK)
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Client side: produce the ClientHello."""
+        self._progress()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Bytes from the network (one datagram for DTLS); returns application data."""
+        if self.state in (State.CLOSED, State.FAILED) or self._ssl is None:
+            return []
+        if data and ssl.BIO_write(self._rbio, data, len(data)) != len(data):
+            self._fail("BIO_write failed")
+            return []
+        if self.state is State.HANDSHAKING:
+            self._progress()
+            if self.state is not State.ESTABLISHED:
+                return []
+        return self._read_application_data()
+
+    def send(self, plaintext: bytes) -> None:
+        """Encrypt application data (one CoAP message); output via ``take_output()``."""
+        if self.state is not State.ESTABLISHED or self._ssl is None:
+            raise OpenSSLError(f"cannot send in state {self.state.value}")
+        if self.kind is Kind.DTLS and len(plaintext) + 64 > self.datagram_size:
+            # A record must fit one datagram (RFC 9132 §7.3); callers use Block-wise transfer.
+            raise OpenSSLError(f"{len(plaintext)} bytes do not fit one DTLS datagram")
+        crypto.ERR_clear_error()
+        written = ssl.SSL_write(self._ssl, plaintext, len(plaintext))
+        if written != len(plaintext):
+            self._fail("SSL_write failed: " + error_queue())
+            raise OpenSSLError(self.failure or "SSL_write failed")
+
+    def timeout(self) -> float | None:
+        """Seconds until the DTLS handshake retransmission timer fires, or None."""
+        if self.kind is not Kind.DTLS or self.state is not State.HANDSHAKING or self._ssl is None:
+            return None
+        tv = ffi.new("struct timeval *")
+        if ssl.SSL_ctrl(self._ssl, DTLS_CTRL_GET_TIMEOUT, 0, tv) <= 0:
+            return None
+        return tv.tv_sec + tv.tv_usec / 1e6
+
+    def handle_timeout(self) -> None:
+        """Retransmit the last handshake flight if its timer expired (RFC 6347 §4.2.4)."""
+        if self.kind is Kind.DTLS and self.state is State.HANDSHAKING and self._ssl is not None:
+            if ssl.SSL_ctrl(self._ssl, DTLS_CTRL_HANDLE_TIMEOUT, 0, ffi.NULL) < 0:
+                self._fail("handshake timed out: " + error_queue())
+
+    def close(self) -> None:
+        """Send close_notify (if established) and move to CLOSED; call ``free()`` after
+        taking the output."""
+        if self._ssl is not None and self.state is State.ESTABLISHED:
+            crypto.ERR_clear_error()
+            ssl.SSL_shutdown(self._ssl)
+        if self.state is not State.FAILED:
+            self.state = State.CLOSED
+
+    def free(self) -> None:
+        """Release the OpenSSL state now (the BIOs go with the SSL object)."""
+        if self._ssl is not None:
+            self._take_psk_identity()
+            ssl.SSL_free(self._ssl)
+            self._ssl = None
+            self._rbio = self._wbio = None
+        if self.state in (State.HANDSHAKING, State.ESTABLISHED):
+            self.state = State.CLOSED
+
+    # --- outputs -----------------------------------------------------------------------------
+
+    def take_output(self) -> list[bytes]:
+        """Bytes to send: datagrams (DTLS, records packed up to the datagram size) or one
+        stream chunk (TLS)."""
+        if self._wbio is None:
+            return []
+        pending = ssl.BIO_ctrl(self._wbio, BIO_CTRL_PENDING, 0, ffi.NULL)
+        if pending <= 0:
+            return []
+        out = ffi.new("unsigned char[]", pending)
+        n = ssl.BIO_read(self._wbio, out, pending)
+        data = bytes(ffi.buffer(out, n)) if n > 0 else b""
+        if self.kind is Kind.TLS:
+            return [data] if data else []
+        return pack_records(data, self.datagram_size)
+
+    @property
+    def cipher(self) -> str:
+        if self._ssl is None:
+            return ""
+        c = ssl.SSL_get_current_cipher(self._ssl)
+        return "" if c == ffi.NULL else ffi.string(ssl.SSL_CIPHER_get_name(c)).decode()
+
+    @property
+    def version(self) -> str:
+        return "" if self._ssl is None else ffi.string(ssl.SSL_get_version(self._ssl)).decode()
+
+    @property
+    def resumed(self) -> bool:
+        return self._ssl is not None and bool(ssl.SSL_session_reused(self._ssl))
+
+    def session_ticket(self) -> bytes | None:
+        """Client side: the session to offer next time (DER), for resumption."""
+        if self._ssl is None or self.state is not State.ESTABLISHED:
+            return None
+        session = ssl.SSL_get1_session(self._ssl)
+        if session == ffi.NULL:
+            return None
+        try:
+            out = ffi.new("unsigned char **")
+            length = ssl.i2d_SSL_SESSION(session, out)
+            if length <= 0:
+                return None
+            try:
+                return bytes(ffi.buffer(out[0], length))
+            finally:
+                crypto.CRYPTO_free(out[0], b"secure_session", 0)
+        finally:
+            ssl.SSL_SESSION_free(session)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _progress(self) -> None:
+        crypto.ERR_clear_error()
+        result = ssl.SSL_do_handshake(self._ssl)
+        if result == 1:
+            self._established()
+            return
+        error = ssl.SSL_get_error(self._ssl, result)
+        if error in (SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE):
+            return
+        self._fail("handshake failed: " + (error_queue() or f"SSL error {error}"))
+
+    def _established(self) -> None:
+        certificate = None
+        x = ssl.SSL_get1_peer_certificate(self._ssl)
+        if x != ffi.NULL:
+            try:
+                certificate = der_of(x)
+            finally:
+                crypto.X509_free(x)
+        psk_identity = self._take_psk_identity()
+        if certificate is not None:
+            verify = ssl.SSL_get_verify_result(self._ssl)
+            if verify != X509_V_OK:
+                self._fail(f"peer certificate not verified (X509 error {verify})")
+                return
+            problem = leaf_problem(certificate, client=self.is_server)
+            if problem is not None:
+                self._fail(problem)
+                return
+        elif psk_identity is None and self.is_server:
+            self._fail("peer presented neither a certificate nor a PSK identity")
+            return
+        self.peer = PeerCredential(certificate, psk_identity)
+        self.state = State.ESTABLISHED
+
+    def _take_psk_identity(self) -> bytes | None:
+        if not isinstance(self.context, ServerContext) or self._ssl is None:
+            return None
+        return self.context.psk_identities.pop(ssl_address(self._ssl), None)
+
+    def _read_application_data(self) -> list[bytes]:
+        records = []
+        for _ in range(64):  # bounded: one datagram holds few records
+            crypto.ERR_clear_error()
+            n = ssl.SSL_read(self._ssl, self._buffer, _READ_CHUNK)
+            if n > 0:
+                records.append(bytes(ffi.buffer(self._buffer, n)))
+                continue
+            error = ssl.SSL_get_error(self._ssl, n)
+            if error == SSL_ERROR_ZERO_RETURN:
+                self.state = State.CLOSED
+            elif error in (SSL_ERROR_SSL, SSL_ERROR_SYSCALL):
+                if self.kind is Kind.DTLS:
+                    crypto.ERR_clear_error()  # a bad DTLS record is dropped, not fatal
+                else:
+                    self._fail("record error: " + error_queue())
+            break
+        return records
+
+    def _fail(self, reason: str) -> None:
+        self.state = State.FAILED
+        self.failure = reason
+        log.info("secure session failed kind=%s role=%s reason=%s", self.kind.value,
+                 "server" if self.is_server else "client", reason)
+
+    def _expect_server_name(self, name: str) -> None:
+        # RFC 9132 §7.1: match the server's identity per RFC 6125, and send SNI.
+        try:
+            ipaddress.ip_address(name)
+            param = ssl.SSL_get0_param(self._ssl)
+            if ssl.X509_VERIFY_PARAM_set1_ip_asc(param, name.encode()) != 1:
+                raise OpenSSLError(f"cannot expect IP address {name}")
+        except ValueError:
+            if ssl.SSL_set1_host(self._ssl, name.encode()) != 1:
+                raise OpenSSLError(f"cannot expect host name {name}") from None
+            ssl.SSL_ctrl(self._ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+                         ffi.new("char[]", name.encode()))
+
+    def _set_resumption(self, der: bytes) -> None:
+        buf = ffi.new("unsigned char[]", der)
+        pp = ffi.new("const unsigned char **", buf)
+        session = ssl.d2i_SSL_SESSION(ffi.NULL, pp, len(der))
+        if session == ffi.NULL:
+            crypto.ERR_clear_error()
+            return  # a stale or corrupt ticket: do a full handshake
+        ssl.SSL_set_session(self._ssl, session)
+        ssl.SSL_SESSION_free(session)
+
+
+def attach_memory_bios(ssl_ptr: Any) -> None:
+    rbio = ssl.BIO_new(ssl.BIO_s_mem())
+    wbio = ssl.BIO_new(ssl.BIO_s_mem())
+    if rbio == ffi.NULL or wbio == ffi.NULL:
+        raise OpenSSLError("BIO_new failed")
+    # An empty read BIO means "no data yet" (retry), not end of file.
+    ssl.BIO_ctrl(rbio, BIO_C_SET_BUF_MEM_EOF_RETURN, -1, ffi.NULL)
+    ssl.SSL_set_bio(ssl_ptr, rbio, wbio)  # the SSL object owns both from now on
+
+
+def _bios_of(ssl_ptr: Any) -> tuple[Any, Any]:
+    return ssl.SSL_get_rbio(ssl_ptr), ssl.SSL_get_wbio(ssl_ptr)
+
+
+def pack_records(data: bytes, datagram_size: int) -> list[bytes]:
+    """Split DTLS output into datagrams at record boundaries, packing records together."""
+    datagrams: list[bytes] = []
+    current = b""
+    offset = 0
+    while offset + _DTLS_RECORD_HEADER <= len(data):
+        length = int.from_bytes(data[offset + 11:offset + 13], "big")
+        record = data[offset:offset + _DTLS_RECORD_HEADER + length]
+        offset += len(record)
+        if current and len(current) + len(record) > datagram_size:
+            datagrams.append(current)
+            current = b""
+        current += record
+    if current:
+        datagrams.append(current)
+    return datagrams
+
+
+def leaf_problem(der: bytes, *, client: bool) -> str | None:
+    """Why a verified peer certificate may still not identify a DOTS agent, or None.
+
+    OpenSSL accepts a trust anchor presented as the peer certificate; the prototype saw the
+    CA certificate itself accepted as a client identity. A DOTS agent is an end entity whose
+    EKU, when present, allows its role.
+    """
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        return f"unparsable peer certificate: {exc}"
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if constraints.ca:
+            return "peer certificate is a CA certificate, not an end entity"
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    wanted = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+    if wanted not in usages and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages:
+        role = "clientAuth" if client else "serverAuth"
+        return f"peer certificate's extended key usage does not allow {role}"
+    return None
