@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests need; empty until a test needs an outside peer.
-DEB_PACKAGES :=
+DEB_PACKAGES := libssl3 libcoap3-bin
 
 .PHONY: run test deps venv lint clean
 

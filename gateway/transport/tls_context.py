@@ -241,8 +241,11 @@ class ServerContext(_Context):
         self.credentials = credentials
         self.cookies = cookies or CookieSecrets()
         self.tickets = tickets or TicketKeyRing()
-        #: Set by the endpoint before DTLSv1_listen: the cookie binds the client's address.
+        #: The client address a cookie binds: the listener's current datagram source, or,
+        #: for sessions adopted after DTLSv1_listen (possibly running in a worker thread),
+        #: their own address registered in ``peers``.
         self.current_peer = b""
+        self.peers: dict[int, bytes] = {}
         #: PSK identity chosen during a handshake, by SSL* address. TLS 1.3 does not expose
         #: it through SSL_get_psk_identity, so the callback records it; sessions pop it.
         self.psk_identities: dict[int, bytes] = {}
@@ -293,17 +296,21 @@ class ServerContext(_Context):
         ssl.SSL_CTX_set_psk_server_callback(self._ptr, psk_server)
         self._callbacks.append(psk_server)
 
+    def peer_of(self, ssl_ptr: Any) -> bytes:
+        return self.peers.get(ssl_address(ssl_ptr), self.current_peer)
+
     def _install_cookies(self) -> None:
         @ffi.callback("int(SSL *, unsigned char *, unsigned int *)")
-        def generate(_ssl: Any, cookie: Any, length: Any) -> int:
-            value = self.cookies.generate(self.current_peer)
+        def generate(ssl_ptr: Any, cookie: Any, length: Any) -> int:
+            value = self.cookies.generate(self.peer_of(ssl_ptr))
             ffi.memmove(cookie, value, len(value))
             length[0] = len(value)
             return 1
 
         @ffi.callback("int(SSL *, const unsigned char *, unsigned int)")
-        def verify(_ssl: Any, cookie: Any, length: int) -> int:
-            return int(self.cookies.verify(self.current_peer, bytes(ffi.buffer(cookie, length))))
+        def verify(ssl_ptr: Any, cookie: Any, length: int) -> int:
+            peer = self.peer_of(ssl_ptr)
+            return int(self.cookies.verify(peer, bytes(ffi.buffer(cookie, length))))
 
         ssl.SSL_CTX_set_cookie_generate_cb(self._ptr, generate)
         ssl.SSL_CTX_set_cookie_verify_cb(self._ptr, verify)

@@ -1,0 +1,466 @@
+"""The DTLS server endpoint: sockets, stateless cookies, sessions, limits, timers.
+
+Every datagram from an unknown (local, remote) pair goes through ``DTLSv1_listen`` on one
+reusable listener object, so a spoofed or unfinished ClientHello costs a HelloVerifyRequest
+and no state. Only a ClientHello with a valid cookie becomes a session, and only while the
+session and handshake caps and the per-source rate allow it; otherwise the client gets no
+cookie (it retries later) and we count and log it. Handshake crypto runs in worker threads
+(OpenSSL releases the GIL), one job at a time per session, so established sessions keep
+their latency during a reconnect storm. A session's OpenSSL state is freed as soon as it
+closes, fails, misses its handshake deadline or idles out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import socket
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway.transport.openssl_ffi import BIO_CTRL_PENDING, crypto, error_queue, ffi, ssl
+from gateway.transport.secure_session import (
+    DEFAULT_DATAGRAM_SIZE,
+    PeerCredential,
+    SecureSession,
+    State,
+    attach_memory_bios,
+)
+from gateway.transport.tls_context import Kind, ServerContext, ssl_address
+from gateway.transport.udp import Address, open_udp_socket, receive, send
+
+log = logging.getLogger(__name__)
+_BIO_CTRL_RESET = 1
+_BATCH = 64  # datagrams per readiness callback: fairness between sockets
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_sessions: int = 20_000
+    max_handshakes: int = 512
+    handshake_deadline: float = 20.0
+    #: DOTS sessions are quiet for long stretches (heartbeats may be disabled when idle),
+    #: so the default is long; heartbeats normally detect dead peers first.
+    idle_timeout: float = 6 * 3600.0
+    handshakes_per_source_per_second: float = 20.0
+    handshake_burst: int = 40
+    tracked_sources: int = 8192
+    datagram_size: int = DEFAULT_DATAGRAM_SIZE
+    handshake_threads: int = 2
+
+
+@dataclass
+class Counters:
+    datagrams_in: int = 0
+    datagrams_out: int = 0
+    hello_verify_requests: int = 0
+    handshakes_started: int = 0
+    handshakes_completed: int = 0
+    handshakes_failed: int = 0
+    handshakes_timed_out: int = 0
+    refused_session_limit: int = 0
+    refused_handshake_limit: int = 0
+    refused_rate_limit: int = 0
+    dropped_garbage: int = 0
+    dropped_truncated: int = 0
+    sessions_closed: int = 0
+    sessions_idle_closed: int = 0
+    sessions_resumed: int = 0
+
+
+class SessionHandler(Protocol):
+    """What the layer above (CoAP) implements for one established session."""
+
+    def data_received(self, data: bytes) -> None: ...
+
+    def connection_lost(self, reason: str) -> None: ...
+
+
+class DtlsConnection:
+    """An established (or establishing) session, as the layer above sees it."""
+
+    def __init__(self, endpoint: DtlsServer, sock: socket.socket, local: Address,
+                 remote: Address, session: SecureSession, now: float) -> None:
+        self.endpoint = endpoint
+        self.sock = sock
+        self.local = local
+        self.remote = remote
+        self.session = session
+        self.created_at = now
+        self.last_activity = now
+        self.handler: SessionHandler | None = None
+        self.busy = False  # a handshake job is running in a worker thread
+        self.backlog: deque[bytes] = deque(maxlen=16)
+        self.retransmit: asyncio.TimerHandle | None = None
+
+    @property
+    def kind(self) -> Kind:
+        return Kind.DTLS
+
+    @property
+    def peer(self) -> PeerCredential | None:
+        return self.session.peer
+
+    @property
+    def established(self) -> bool:
+        return self.session.state is State.ESTABLISHED
+
+    def send(self, plaintext: bytes) -> None:
+        """Encrypt and send one application message (one CoAP message)."""
+        self.session.send(plaintext)
+        self.endpoint._flush(self)
+
+    def close(self, reason: str = "closed locally") -> None:
+        self.endpoint._close(self, reason, notify=True)
+
+
+Key = tuple[Address, Address]  # (local, remote)
+
+
+class DtlsServer:
+    """Serve DTLS on one or more UDP sockets; hand established sessions to ``on_session``."""
+
+    def __init__(self, context: ServerContext, on_session: Callable[[DtlsConnection], SessionHandler],
+                 limits: Limits | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if context.kind is not Kind.DTLS:
+            raise ValueError("DtlsServer needs a DTLS context")
+        self.context = context
+        self.on_session = on_session
+        self.limits = limits or Limits()
+        self.counters = Counters()
+        self.clock = clock
+        self.sessions: dict[Key, DtlsConnection] = {}
+        self.handshaking = 0
+        self._sockets: list[socket.socket] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            self.limits.handshake_threads, thread_name_prefix="dtls-handshake")
+        self._listener: Any = None
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._log_suppressed_until: dict[str, float] = {}
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, addresses: list[tuple[str, int]], *, freebind: bool = True) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            for host, port in addresses:
+                sock = open_udp_socket(host, port, freebind=freebind)
+                self._sockets.append(sock)
+                self._loop.add_reader(sock.fileno(), self._readable, sock)
+                log.info("dtls listening on %s", Address(host, sock.getsockname()[1]))
+        except BaseException:
+            await self.stop()
+            raise
+        self._new_listener()
+        self._schedule_sweep()
+
+    @property
+    def bound(self) -> list[Address]:
+        return [Address(*s.getsockname()[:2]) for s in self._sockets]
+
+    async def stop(self) -> None:
+        """Close every session (close_notify), free all OpenSSL state, release the port."""
+        for conn in list(self.sessions.values()):
+            self._close(conn, "server shutting down", notify=True)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for sock in self._sockets:
+            if self._loop is not None:
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._sockets.clear()
+        if self._listener is not None:
+            ssl.SSL_free(self._listener)
+            self._listener = None
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # --- datagrams in ------------------------------------------------------------------------
+
+    def _readable(self, sock: socket.socket) -> None:
+        for _ in range(_BATCH):
+            got = receive(sock)
+            if got is None:
+                return
+            data, remote, local = got
+            self.counters.datagrams_in += 1
+            if not data:
+                self.counters.dropped_truncated += 1
+                continue
+            try:
+                self._datagram(sock, data, local, remote)
+            except Exception:  # one bad datagram must never take the endpoint down
+                self.counters.dropped_garbage += 1
+                log.exception("unexpected error handling a datagram from %s", remote)
+
+    def _datagram(self, sock: socket.socket, data: bytes, local: Address, remote: Address) -> None:
+        conn = self.sessions.get((local, remote))
+        if conn is not None:
+            conn.last_activity = self.clock()
+            if conn.session.state is State.HANDSHAKING:
+                self._handshake_step(conn, data)
+            else:
+                self._application(conn, data)
+            return
+        if data[0] != 22:  # not a handshake record: nothing to talk about without a session
+            self.counters.dropped_garbage += 1
+            return
+        self._listen(sock, data, local, remote)
+
+    def _listen(self, sock: socket.socket, data: bytes, local: Address, remote: Address) -> None:
+        listener = self._listener
+        rbio, wbio = ssl.SSL_get_rbio(listener), ssl.SSL_get_wbio(listener)
+        self.context.current_peer = remote.key()
+        crypto.ERR_clear_error()
+        ssl.BIO_write(rbio, data, len(data))
+        addr = ssl.BIO_ADDR_new()
+        try:
+            result = ssl.DTLSv1_listen(listener, addr)
+        finally:
+            ssl.BIO_ADDR_free(addr)
+        if result <= 0:
+            out = _drain(wbio)
+            ssl.BIO_ctrl(rbio, _BIO_CTRL_RESET, 0, ffi.NULL)
+            if result < 0:
+                crypto.ERR_clear_error()
+                self.counters.dropped_garbage += 1
+                self._new_listener()  # a listener in an error state is not reused
+                return
+            if out:
+                refusal = self._refusal(remote)
+                if refusal is not None:
+                    self._rate_limited_log(refusal, "no cookie for %s: %s", remote, refusal)
+                    return
+                self.counters.hello_verify_requests += 1
+                self._send(sock, out, remote, local)
+            return
+        # A valid cookie: this listener object becomes the session.
+        refusal = self._refusal(remote, consume=True)
+        if refusal is not None:
+            self._rate_limited_log(refusal, "refusing handshake from %s: %s", remote, refusal)
+            self._new_listener(free_old=True)
+            return
+        session_ptr = listener
+        self._new_listener(free_old=False)
+        self.context.peers[ssl_address(session_ptr)] = remote.key()
+        session = SecureSession(self.context, ssl_ptr=session_ptr,
+                                datagram_size=self.limits.datagram_size)
+        now = self.clock()
+        conn = DtlsConnection(self, sock, local, remote, session, now)
+        self.sessions[(local, remote)] = conn
+        self.handshaking += 1
+        self.counters.handshakes_started += 1
+        self._handshake_step(conn, b"")  # the ClientHello is already inside the SSL object
+
+    def _refusal(self, remote: Address, *, consume: bool = False) -> str | None:
+        if len(self.sessions) >= self.limits.max_sessions:
+            self.counters.refused_session_limit += 1
+            return "session limit reached"
+        if self.handshaking >= self.limits.max_handshakes:
+            self.counters.refused_handshake_limit += 1
+            return "concurrent handshake limit reached"
+        if consume and not self._take_token(remote.host):
+            self.counters.refused_rate_limit += 1
+            return "per-source handshake rate exceeded"
+        return None
+
+    def _take_token(self, source: str) -> bool:
+        now = self.clock()
+        rate, burst = self.limits.handshakes_per_source_per_second, self.limits.handshake_burst
+        tokens, stamp = self._buckets.pop(source, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - stamp) * rate)
+        allowed = tokens >= 1.0
+        self._buckets[source] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self._buckets) > self.limits.tracked_sources:  # bounded, oldest first
+            self._buckets.popitem(last=False)
+        return allowed
+
+    # --- handshakes (worker threads) ---------------------------------------------------------
+
+    def _handshake_step(self, conn: DtlsConnection, data: bytes) -> None:
+        if conn.busy:
+            conn.backlog.append(data)  # bounded: a flood of retransmissions drops the oldest
+            return
+        conn.busy = True
+        assert self._loop is not None
+        future = self._loop.run_in_executor(self._executor, conn.session.feed, data)
+        future.add_done_callback(lambda f: self._handshake_done(conn, f))
+
+    def _handshake_done(self, conn: DtlsConnection, future: asyncio.Future[list[bytes]]) -> None:
+        conn.busy = False
+        if self.sessions.get((conn.local, conn.remote)) is not conn:
+            return  # closed while the worker ran; already freed by _close
+        if future.cancelled() or future.exception() is not None:
+            self._close(conn, f"handshake error: {future.exception()!r}", notify=False)
+            return
+        self._flush(conn)
+        state = conn.session.state
+        if state is State.FAILED:
+            self.counters.handshakes_failed += 1
+            self._rate_limited_log("handshake-failed", "dtls handshake from %s failed: %s",
+                                   conn.remote, conn.session.failure)
+            self._close(conn, conn.session.failure or "handshake failed", notify=False)
+            return
+        if state is State.ESTABLISHED:
+            self._established(conn, future.result())
+        else:
+            self._arm_retransmit(conn)
+        if conn.backlog and self.sessions.get((conn.local, conn.remote)) is conn:
+            next_data = conn.backlog.popleft()
+            if conn.session.state is State.HANDSHAKING:
+                self._handshake_step(conn, next_data)
+            else:
+                self._application(conn, next_data)
+
+    def _arm_retransmit(self, conn: DtlsConnection) -> None:
+        if conn.retransmit is not None:
+            conn.retransmit.cancel()
+        delay = conn.session.timeout()
+        if delay is None or self._loop is None:
+            return
+        conn.retransmit = self._loop.call_later(max(delay, 0.001), self._retransmit, conn)
+
+    def _retransmit(self, conn: DtlsConnection) -> None:
+        conn.retransmit = None
+        if conn.busy or conn.session.state is not State.HANDSHAKING:
+            return
+        conn.session.handle_timeout()
+        self._flush(conn)
+        if conn.session.state is State.FAILED:
+            self._close(conn, conn.session.failure or "handshake timed out", notify=False)
+        else:
+            self._arm_retransmit(conn)
+
+    def _established(self, conn: DtlsConnection, early: list[bytes]) -> None:
+        self.handshaking -= 1
+        self.context.peers.pop(ssl_address(conn.session._ssl), None)
+        if conn.retransmit is not None:
+            conn.retransmit.cancel()
+            conn.retransmit = None
+        self.counters.handshakes_completed += 1
+        if conn.session.resumed:
+            self.counters.sessions_resumed += 1
+        log.info("dtls session established peer=%s local=%s cipher=%s resumed=%s", conn.remote,
+                 conn.local, conn.session.cipher, conn.session.resumed)
+        try:
+            conn.handler = self.on_session(conn)
+        except Exception:
+            log.exception("session handler refused %s", conn.remote)
+            self._close(conn, "no handler", notify=True)
+            return
+        for record in early:
+            conn.handler.data_received(record)
+
+    # --- established sessions ----------------------------------------------------------------
+
+    def _application(self, conn: DtlsConnection, data: bytes) -> None:
+        if conn.busy:
+            conn.backlog.append(data)
+            return
+        records = conn.session.feed(data)
+        self._flush(conn)  # e.g. a retransmitted Finished flight
+        for record in records:
+            if conn.handler is not None:
+                try:
+                    conn.handler.data_received(record)
+                except Exception:
+                    log.exception("handler error for %s", conn.remote)
+        if conn.session.state in (State.CLOSED, State.FAILED):
+            self._close(conn, conn.session.failure or "peer closed", notify=True)
+
+    def _flush(self, conn: DtlsConnection) -> None:
+        for datagram in conn.session.take_output():
+            self._send(conn.sock, datagram, conn.remote, conn.local)
+
+    def _send(self, sock: socket.socket, data: bytes, remote: Address, local: Address) -> None:
+        if send(sock, data, remote, local):
+            self.counters.datagrams_out += 1
+
+    def _close(self, conn: DtlsConnection, reason: str, *, notify: bool) -> None:
+        if self.sessions.get((conn.local, conn.remote)) is not conn:
+            return
+        del self.sessions[(conn.local, conn.remote)]
+        if conn.retransmit is not None:
+            conn.retransmit.cancel()
+        was_handshaking = conn.session.state is State.HANDSHAKING or conn.handler is None
+        if was_handshaking:
+            self.handshaking -= 1
+        if conn.session._ssl is not None:
+            self.context.peers.pop(ssl_address(conn.session._ssl), None)
+        if not conn.busy:
+            conn.session.close()
+            self._flush(conn)
+            conn.session.free()
+        else:
+            # A worker still uses the SSL object: free it when the job returns.
+            conn.backlog.clear()
+            self._free_later(conn)
+        self.counters.sessions_closed += 1
+        if notify and conn.handler is not None:
+            try:
+                conn.handler.connection_lost(reason)
+            except Exception:
+                log.exception("handler error on close for %s", conn.remote)
+
+    def _free_later(self, conn: DtlsConnection) -> None:
+        assert self._loop is not None
+
+        def check() -> None:
+            if conn.busy:
+                self._loop.call_later(0.05, check)  # type: ignore[union-attr]
+            else:
+                conn.session.free()
+
+        self._loop.call_soon(check)
+
+    # --- timers ------------------------------------------------------------------------------
+
+    def _schedule_sweep(self) -> None:
+        assert self._loop is not None
+        self._sweeper = self._loop.call_later(1.0, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.clock()
+        for conn in list(self.sessions.values()):
+            if conn.session.state is State.HANDSHAKING or conn.handler is None:
+                if now - conn.created_at >= self.limits.handshake_deadline:
+                    self.counters.handshakes_timed_out += 1
+                    self._close(conn, "handshake deadline passed", notify=False)
+            elif now - conn.last_activity >= self.limits.idle_timeout:
+                self.counters.sessions_idle_closed += 1
+                self._close(conn, "idle timeout", notify=True)
+        self._schedule_sweep()
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _new_listener(self, *, free_old: bool = True) -> None:
+        if self._listener is not None and free_old:
+            ssl.SSL_free(self._listener)
+        listener = ssl.SSL_new(self.context.ptr)
+        if listener == ffi.NULL:
+            raise RuntimeError("SSL_new failed: " + error_queue())
+        attach_memory_bios(listener)
+        ssl.SSL_set_accept_state(listener)
+        self._listener = listener
+
+    def _rate_limited_log(self, key: str, message: str, *args: object) -> None:
+        now = self.clock()
+        if self._log_suppressed_until.get(key, 0.0) > now:
+            return
+        self._log_suppressed_until[key] = now + 10.0  # at most one line per reason per 10 s
+        log.warning(message, *args)
+
+
+def _drain(bio: Any) -> bytes:
+    pending = ssl.BIO_ctrl(bio, BIO_CTRL_PENDING, 0, ffi.NULL)
+    if pending <= 0:
+        return b""
+    buf = ffi.new("unsigned char[]", pending)
+    n = ssl.BIO_read(bio, buf, pending)
+    return bytes(ffi.buffer(buf, n)) if n > 0 else b""
+
