@@ -1,0 +1,236 @@
+"""DTLS and TLS endpoints on real loopback sockets: handshakes, limits, garbage, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certs.devpki import init_dev_pki
+from gateway.transport.dtls_client import HandshakeError, connect_dtls
+from gateway.transport.dtls_server import DtlsServer, Limits
+from gateway.transport.tls_context import (
+    ClientContext,
+    ClientCredentials,
+    Kind,
+    ServerContext,
+    ServerCredentials,
+)
+from gateway.transport.tls_stream import StreamLimits, TlsServer, connect_tls
+from gateway.transport.udp import PortInUse, open_udp_socket
+
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("pki")
+    init_dev_pki(directory)
+    return directory
+
+
+def server_context(kind: Kind, pki: Path) -> ServerContext:
+    psk = json.loads((pki / "psk.json").read_text())
+    return ServerContext(kind, ServerCredentials(pki / "server.pem", pki / "server.key",
+                                                 pki / "ca.pem",
+                                                 psk={psk["identity"].encode(): psk["key"].encode()}))
+
+
+def cert_client(kind: Kind, pki: Path) -> ClientContext:
+    return ClientContext(kind, ClientCredentials(pki / "client.pem", pki / "client.key",
+                                                 pki / "ca.pem"))
+
+
+class Echo:
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.lost: list[str] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.send(b"echo:" + data)
+
+    def connection_lost(self, reason: str) -> None:
+        self.lost.append(reason)
+
+
+@pytest.fixture
+async def dtls_server(pki: Path) -> AsyncIterator[DtlsServer]:
+    server = DtlsServer(server_context(Kind.DTLS, pki), Echo,
+                        Limits(max_handshakes=4, max_sessions=6, handshake_deadline=1.0,
+                               handshake_burst=100))
+    await server.start([("127.0.0.1", 0), ("::1", 0)])
+    yield server
+    await server.stop()
+
+
+async def roundtrip(connect: Callable[..., Any], host: str, port: int, ctx: ClientContext,
+                    payload: bytes = b"ping", **kw: Any) -> tuple[bytes, Any]:
+    loop = asyncio.get_running_loop()
+    got: asyncio.Future[bytes] = loop.create_future()
+    conn = await connect(host, port, ctx, lambda b: got.done() or got.set_result(b),
+                         server_name="localhost", timeout=5, **kw)
+    conn.send(payload)
+    return await asyncio.wait_for(got, 5), conn
+
+
+async def test_dtls_over_ipv4_and_ipv6_with_cookie_exchange(dtls_server: DtlsServer,
+                                                            pki: Path) -> None:
+    for address in dtls_server.bound:
+        reply, conn = await roundtrip(connect_dtls, address.host, address.port,
+                                      cert_client(Kind.DTLS, pki))
+        assert reply == b"echo:ping"
+        local = {c.local.host for c in dtls_server.sessions.values()}
+        assert address.host in local  # the session knows the address the client targeted
+        conn.close()
+    assert dtls_server.counters.hello_verify_requests >= 2
+    assert dtls_server.counters.handshakes_completed == 2
+
+
+async def test_refused_handshake_leaves_no_state(dtls_server: DtlsServer, pki: Path,
+                                                 tmp_path: Path) -> None:
+    rogue = tmp_path / "rogue"
+    init_dev_pki(rogue)
+    ctx = ClientContext(Kind.DTLS, ClientCredentials(rogue / "client.pem", rogue / "client.key",
+                                                     pki / "ca.pem"))
+    address = dtls_server.bound[0]
+    with pytest.raises(HandshakeError):
+        await connect_dtls(address.host, address.port, ctx, lambda b: None,
+                           server_name="localhost", timeout=3)
+    for _ in range(50):
+        if not dtls_server.sessions:
+            break
+        await asyncio.sleep(0.02)
+    assert dtls_server.sessions == {} and dtls_server.handshaking == 0
+    assert dtls_server.counters.handshakes_failed == 1
+
+
+async def test_garbage_datagrams_do_not_disturb_sessions(dtls_server: DtlsServer,
+                                                         pki: Path) -> None:
+    address = dtls_server.bound[0]
+    reply, conn = await roundtrip(connect_dtls, address.host, address.port,
+                                  cert_client(Kind.DTLS, pki))
+    junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for payload in (b"", b"\x00", b"\x16" * 13, b"\x16\xfe\xfd" + bytes(200), bytes(1500),
+                        b"\x17\xfe\xfd\x00\x01" + bytes(30)):
+            junk.sendto(payload, (address.host, address.port))
+    finally:
+        junk.close()
+    await asyncio.sleep(0.1)
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    conn.on_data = lambda b: got.done() or got.set_result(b)
+    conn.send(b"after junk")
+    assert await asyncio.wait_for(got, 5) == b"echo:after junk"
+    assert dtls_server.counters.handshakes_completed == 1
+    conn.close()
+
+
+async def test_unfinished_handshakes_expire_and_caps_hold(dtls_server: DtlsServer) -> None:
+    address = dtls_server.bound[0]
+    # Real ClientHellos that never continue past the cookie: the cookie exchange keeps no
+    # state, so none of them may create a session.
+    from gateway.transport.secure_session import SecureSession
+
+    ctx = ClientContext(Kind.DTLS, ClientCredentials(psk_identity=b"x", psk_key=b"y" * 16))
+    socks = []
+    try:
+        for _ in range(20):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            socks.append(s)
+            hello = SecureSession(ctx)
+            hello.start()
+            for datagram in hello.take_output():
+                s.sendto(datagram, (address.host, address.port))
+            hello.free()
+        await asyncio.sleep(0.2)
+        assert dtls_server.sessions == {}
+        assert dtls_server.counters.hello_verify_requests >= 20
+    finally:
+        for s in socks:
+            s.close()
+
+
+async def test_port_in_use_refuses_to_start(dtls_server: DtlsServer) -> None:
+    taken = dtls_server.bound[0]
+    with pytest.raises(PortInUse, match="already in use"):
+        open_udp_socket(taken.host, taken.port)
+
+
+def test_freebind_binds_an_address_not_on_the_host() -> None:
+    sock = open_udp_socket("192.0.2.46", 0)  # documentation address, never configured here
+    try:
+        assert sock.getsockname()[0] == "192.0.2.46"
+    finally:
+        sock.close()
+    with pytest.raises(OSError):
+        open_udp_socket("192.0.2.46", 0, freebind=False).close()
+
+
+@pytest.mark.parametrize("use_psk", [False, True])
+async def test_tls_echo_and_resumption(pki: Path, use_psk: bool) -> None:
+    server = TlsServer(server_context(Kind.TLS, pki), Echo)
+    await server.start([("127.0.0.1", 0), ("::1", 0)])
+    try:
+        if use_psk:
+            psk = json.loads((pki / "psk.json").read_text())
+            ctx = ClientContext(Kind.TLS, ClientCredentials(psk_identity=psk["identity"].encode(),
+                                                            psk_key=psk["key"].encode()))
+        else:
+            ctx = cert_client(Kind.TLS, pki)
+        for address in server.bound:
+            reply, conn = await roundtrip(connect_tls, address.host, address.port, ctx)
+            assert reply == b"echo:ping"
+            ticket = conn.ticket
+            conn.close()
+            if not use_psk:
+                reply, again = await roundtrip(connect_tls, address.host, address.port, ctx,
+                                               resume=ticket)
+                assert again.session.resumed
+                again.close()
+    finally:
+        await server.stop()
+    assert server.connections == set()
+
+
+async def test_tls_unfinished_handshakes_are_closed_at_the_deadline(pki: Path) -> None:
+    server = TlsServer(server_context(Kind.TLS, pki), Echo,
+                       StreamLimits(handshake_deadline=1.0, max_handshakes=50))
+    await server.start([("127.0.0.1", 0)])
+    address = server.bound[0]
+    writers = []
+    try:
+        for _ in range(30):
+            _reader, writer = await asyncio.open_connection(address.host, address.port)
+            writers.append(writer)
+        await asyncio.sleep(0.2)
+        assert len(server.connections) == 30
+        await asyncio.sleep(2.0)
+        assert server.connections == set()
+        assert server.counters.handshakes_timed_out == 30
+    finally:
+        for w in writers:
+            w.close()
+        await server.stop()
+
+
+async def test_tls_connection_cap_refuses_extra_clients(pki: Path) -> None:
+    server = TlsServer(server_context(Kind.TLS, pki), Echo, StreamLimits(max_handshakes=3))
+    await server.start([("127.0.0.1", 0)])
+    address = server.bound[0]
+    writers = []
+    try:
+        for _ in range(5):
+            _reader, writer = await asyncio.open_connection(address.host, address.port)
+            writers.append(writer)
+        await asyncio.sleep(0.2)
+        assert len(server.connections) == 3
+        assert server.counters.refused_handshake_limit == 2
+    finally:
+        for w in writers:
+            w.close()
+        await server.stop()
