@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway.transport.memory import release_freed_memory
 from gateway.transport.openssl_ffi import BIO_CTRL_PENDING, crypto, error_queue, ffi, ssl
 from gateway.transport.secure_session import (
     DEFAULT_DATAGRAM_SIZE,
@@ -143,6 +144,7 @@ class DtlsServer:
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._sweeper: asyncio.TimerHandle | None = None
         self._log_suppressed_until: dict[str, float] = {}
+        self._closed_at_last_trim = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -434,6 +436,9 @@ class DtlsServer:
             elif now - conn.last_activity >= self.limits.idle_timeout:
                 self.counters.sessions_idle_closed += 1
                 self._close(conn, "idle timeout", notify=True)
+        if self.counters.sessions_closed != self._closed_at_last_trim:
+            if release_freed_memory():
+                self._closed_at_last_trim = self.counters.sessions_closed
         self._schedule_sweep()
 
     # --- helpers -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.transport.dtls_server import SessionHandler
+from gateway.transport.memory import release_freed_memory
 from gateway.transport.openssl_ffi import OpenSSLError
 from gateway.transport.secure_session import PeerCredential, SecureSession, State
 from gateway.transport.tls_context import ClientContext, Kind, ServerContext
@@ -208,6 +209,7 @@ class TlsServer:
         self._servers: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._log_suppressed_until: dict[str, float] = {}
+        self._closed_at_last_trim = 0
 
     async def start(self, addresses: list[tuple[str, int]], *, freebind: bool = True) -> None:
         loop = asyncio.get_running_loop()
@@ -278,6 +280,8 @@ class TlsServer:
             elif conn.handler is not None and now - conn.last_activity >= self.limits.idle_timeout:
                 self.counters.idle_closed += 1
                 conn.close("idle timeout")
+        if self.counters.closed != self._closed_at_last_trim and release_freed_memory():
+            self._closed_at_last_trim = self.counters.closed
         self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
 
     def _rate_limited_log(self, key: str, message: str, *args: object) -> None:
