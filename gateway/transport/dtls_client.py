@@ -25,8 +25,12 @@ class HandshakeError(ConnectionError):
 class DtlsClientConnection(asyncio.DatagramProtocol):
     """A DTLS session to one server. ``on_data`` gets each decrypted application record."""
 
-    def __init__(self, session: SecureSession, on_data: Callable[[bytes], None],
-                 on_lost: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        session: SecureSession,
+        on_data: Callable[[bytes], None],
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
         self.session = session
         self.on_data = on_data
         self.on_lost = on_lost
@@ -123,22 +127,31 @@ class DtlsClientConnection(asyncio.DatagramProtocol):
             self.on_lost(reason)
 
 
-async def connect_dtls(host: str, port: int, context: ClientContext,
-                       on_data: Callable[[bytes], None], *, server_name: str | None = None,
-                       resume: bytes | None = None, timeout: float = 10.0,
-                       on_lost: Callable[[str], None] | None = None,
-                       datagram_size: int = DEFAULT_DATAGRAM_SIZE) -> DtlsClientConnection:
+async def connect_dtls(
+    host: str,
+    port: int,
+    context: ClientContext,
+    on_data: Callable[[bytes], None],
+    *,
+    server_name: str | None = None,
+    resume: bytes | None = None,
+    timeout: float = 10.0,
+    on_lost: Callable[[str], None] | None = None,
+    datagram_size: int = DEFAULT_DATAGRAM_SIZE,
+) -> DtlsClientConnection:
     """Open a DTLS session; raises ``HandshakeError`` (refused, timed out) or OSError."""
     if context.kind is not Kind.DTLS:
         raise ValueError("connect_dtls needs a DTLS client context")
     try:
-        session = SecureSession(context, server_name=server_name, resume=resume,
-                                datagram_size=datagram_size)
+        session = SecureSession(
+            context, server_name=server_name, resume=resume, datagram_size=datagram_size
+        )
     except OpenSSLError as exc:
         raise HandshakeError(str(exc)) from None
     loop = asyncio.get_running_loop()
     _transport, protocol = await loop.create_datagram_endpoint(
-        lambda: DtlsClientConnection(session, on_data, on_lost), remote_addr=(host, port))
+        lambda: DtlsClientConnection(session, on_data, on_lost), remote_addr=(host, port)
+    )
     try:
         await asyncio.wait_for(asyncio.shield(protocol.established), timeout)
     except TimeoutError:

@@ -84,8 +84,15 @@ class SessionHandler(Protocol):
 class DtlsConnection:
     """An established (or establishing) session, as the layer above sees it."""
 
-    def __init__(self, endpoint: DtlsServer, sock: socket.socket, local: Address,
-                 remote: Address, session: SecureSession, now: float) -> None:
+    def __init__(
+        self,
+        endpoint: DtlsServer,
+        sock: socket.socket,
+        local: Address,
+        remote: Address,
+        session: SecureSession,
+        now: float,
+    ) -> None:
         self.endpoint = endpoint
         self.sock = sock
         self.local = local
@@ -125,8 +132,14 @@ Key = tuple[Address, Address]  # (local, remote)
 class DtlsServer:
     """Serve DTLS on one or more UDP sockets; hand established sessions to ``on_session``."""
 
-    def __init__(self, context: ServerContext, on_session: Callable[[DtlsConnection], SessionHandler],
-                 limits: Limits | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        context: ServerContext,
+        on_session: Callable[[DtlsConnection], SessionHandler],
+        limits: Limits | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if context.kind is not Kind.DTLS:
             raise ValueError("DtlsServer needs a DTLS context")
         self.context = context
@@ -139,7 +152,8 @@ class DtlsServer:
         self._sockets: list[socket.socket] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            self.limits.handshake_threads, thread_name_prefix="dtls-handshake")
+            self.limits.handshake_threads, thread_name_prefix="dtls-handshake"
+        )
         self._listener: Any = None
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -250,8 +264,9 @@ class DtlsServer:
         session_ptr = listener
         self._new_listener(free_old=False)
         self.context.peers[ssl_address(session_ptr)] = remote.key()
-        session = SecureSession(self.context, ssl_ptr=session_ptr,
-                                datagram_size=self.limits.datagram_size)
+        session = SecureSession(
+            self.context, ssl_ptr=session_ptr, datagram_size=self.limits.datagram_size
+        )
         now = self.clock()
         conn = DtlsConnection(self, sock, local, remote, session, now)
         self.sessions[(local, remote)] = conn
@@ -304,8 +319,12 @@ class DtlsServer:
         state = conn.session.state
         if state is State.FAILED:
             self.counters.handshakes_failed += 1
-            self._rate_limited_log("handshake-failed", "dtls handshake from %s failed: %s",
-                                   conn.remote, conn.session.failure)
+            self._rate_limited_log(
+                "handshake-failed",
+                "dtls handshake from %s failed: %s",
+                conn.remote,
+                conn.session.failure,
+            )
             self._close(conn, conn.session.failure or "handshake failed", notify=False)
             return
         if state is State.ESTABLISHED:
@@ -347,8 +366,13 @@ class DtlsServer:
         self.counters.handshakes_completed += 1
         if conn.session.resumed:
             self.counters.sessions_resumed += 1
-        log.info("dtls session established peer=%s local=%s cipher=%s resumed=%s", conn.remote,
-                 conn.local, conn.session.cipher, conn.session.resumed)
+        log.info(
+            "dtls session established peer=%s local=%s cipher=%s resumed=%s",
+            conn.remote,
+            conn.local,
+            conn.session.cipher,
+            conn.session.resumed,
+        )
         try:
             conn.handler = self.on_session(conn)
         except Exception:
@@ -468,4 +492,3 @@ def _drain(bio: Any) -> bytes:
     buf = ffi.new("unsigned char[]", pending)
     n = ssl.BIO_read(bio, buf, pending)
     return bytes(ffi.buffer(buf, n)) if n > 0 else b""
-

@@ -25,7 +25,9 @@ _MIN_INTERVAL = 5.0
 _last_trim = 0.0
 
 
-def release_freed_memory(*, force: bool = False, clock: Callable[[], float] = time.monotonic) -> bool:
+def release_freed_memory(
+    *, force: bool = False, clock: Callable[[], float] = time.monotonic
+) -> bool:
     """Trim the C heap if it has not been trimmed in the last few seconds."""
     global _last_trim
     now = clock()

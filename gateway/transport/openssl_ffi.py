@@ -32,6 +32,7 @@ ffi.cdef(
     typedef ... X509;
     typedef ... X509_STORE_CTX;
     typedef ... X509_VERIFY_PARAM;
+    typedef ... X509_STORE;
     typedef ... EVP_CIPHER;
     typedef ... EVP_CIPHER_CTX;
     typedef ... EVP_MAC_CTX;
@@ -124,6 +125,10 @@ ffi.cdef(
     BIO_ADDR *BIO_ADDR_new(void);
     void BIO_ADDR_free(BIO_ADDR *);
 
+    X509_STORE *SSL_CTX_get_cert_store(const SSL_CTX *ctx);
+    int X509_STORE_load_file(X509_STORE *ctx, const char *file);
+    int X509_STORE_set_flags(X509_STORE *ctx, unsigned long flags);
+
     int i2d_X509(X509 *a, unsigned char **out);
     void X509_free(X509 *a);
     void CRYPTO_free(void *ptr, const char *file, int line);
@@ -179,6 +184,8 @@ DTLS1_2_VERSION = 0xFEFD
 BIO_CTRL_PENDING = 10
 BIO_C_SET_BUF_MEM_EOF_RETURN = 130
 X509_V_OK = 0
+X509_V_FLAG_CRL_CHECK = 0x4
+X509_V_FLAG_CRL_CHECK_ALL = 0x8
 OSSL_PARAM_UTF8_STRING = 4
 OSSL_PARAM_OCTET_STRING = 5
 OSSL_PARAM_UNMODIFIED = 2**64 - 1

@@ -30,9 +30,9 @@ from gateway.transport.openssl_ffi import (
     SSL_ERROR_WANT_WRITE,
     SSL_ERROR_ZERO_RETURN,
     SSL_OP_NO_QUERY_MTU,
-    TLSEXT_NAMETYPE_host_name,
     X509_V_OK,
     OpenSSLError,
+    TLSEXT_NAMETYPE_host_name,
     crypto,
     der_of,
     error_queue,
@@ -72,9 +72,15 @@ class PeerCredential:
 class SecureSession:
     """A (D)TLS connection driven by ``feed()``; outputs are pulled with ``take_output()``."""
 
-    def __init__(self, context: ServerContext | ClientContext, *, ssl_ptr: Any = None,
-                 datagram_size: int = DEFAULT_DATAGRAM_SIZE, server_name: str | None = None,
-                 resume: bytes | None = None) -> None:
+    def __init__(
+        self,
+        context: ServerContext | ClientContext,
+        *,
+        ssl_ptr: Any = None,
+        datagram_size: int = DEFAULT_DATAGRAM_SIZE,
+        server_name: str | None = None,
+        resume: bytes | None = None,
+    ) -> None:
         self.kind = context.kind
         self.context = context  # keeps the SSL_CTX (and its callbacks) alive
         self.is_server = isinstance(context, ServerContext)
@@ -283,8 +289,12 @@ class SecureSession:
     def _fail(self, reason: str) -> None:
         self.state = State.FAILED
         self.failure = reason
-        log.info("secure session failed kind=%s role=%s reason=%s", self.kind.value,
-                 "server" if self.is_server else "client", reason)
+        log.info(
+            "secure session failed kind=%s role=%s reason=%s",
+            self.kind.value,
+            "server" if self.is_server else "client",
+            reason,
+        )
 
     def _expect_server_name(self, name: str) -> None:
         # RFC 9132 §7.1: match the server's identity per RFC 6125, and send SNI.
@@ -296,8 +306,12 @@ class SecureSession:
         except ValueError:
             if ssl.SSL_set1_host(self._ssl, name.encode()) != 1:
                 raise OpenSSLError(f"cannot expect host name {name}") from None
-            ssl.SSL_ctrl(self._ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
-                         ffi.new("char[]", name.encode()))
+            ssl.SSL_ctrl(
+                self._ssl,
+                SSL_CTRL_SET_TLSEXT_HOSTNAME,
+                TLSEXT_NAMETYPE_host_name,
+                ffi.new("char[]", name.encode()),
+            )
 
     def _set_resumption(self, der: bytes) -> None:
         buf = ffi.new("unsigned char[]", der)
@@ -330,8 +344,8 @@ def pack_records(data: bytes, datagram_size: int) -> list[bytes]:
     current = b""
     offset = 0
     while offset + _DTLS_RECORD_HEADER <= len(data):
-        length = int.from_bytes(data[offset + 11:offset + 13], "big")
-        record = data[offset:offset + _DTLS_RECORD_HEADER + length]
+        length = int.from_bytes(data[offset + 11 : offset + 13], "big")
+        record = data[offset : offset + _DTLS_RECORD_HEADER + length]
         offset += len(record)
         if current and len(current) + len(record) > datagram_size:
             datagrams.append(current)

@@ -40,6 +40,8 @@ from gateway.transport.openssl_ffi import (
     SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
     SSL_VERIFY_PEER,
     TLS1_2_VERSION,
+    X509_V_FLAG_CRL_CHECK,
+    X509_V_FLAG_CRL_CHECK_ALL,
     OpenSSLError,
     check,
     crypto,
@@ -75,8 +77,11 @@ TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256
 
 
 def _read_secret_lines(path: Path, length: int, what: str) -> list[bytes]:
-    lines = [ln.strip() for ln in path.read_text().splitlines()
-             if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = [
+        ln.strip()
+        for ln in path.read_text().splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
     keys = []
     for number, line in enumerate(lines, 1):
         try:
@@ -84,8 +89,10 @@ def _read_secret_lines(path: Path, length: int, what: str) -> list[bytes]:
         except ValueError:
             raise ValueError(f"{path}: line {number}: {what} is not hex") from None
         if len(key) != length:
-            raise ValueError(f"{path}: line {number}: {what} must be {length} bytes "
-                             f"({2 * length} hex digits), got {len(key)}")
+            raise ValueError(
+                f"{path}: line {number}: {what} must be {length} bytes "
+                f"({2 * length} hex digits), got {len(key)}"
+            )
         keys.append(key)
     if not keys:
         raise ValueError(f"{path}: no {what} found")
@@ -119,8 +126,10 @@ class CookieSecrets:
         return hmac.new(self.keys[0], peer, hashlib.sha256).digest()[:16]
 
     def verify(self, peer: bytes, cookie: bytes) -> bool:
-        return any(hmac.compare_digest(hmac.new(k, peer, hashlib.sha256).digest()[:16], cookie)
-                   for k in self.keys)
+        return any(
+            hmac.compare_digest(hmac.new(k, peer, hashlib.sha256).digest()[:16], cookie)
+            for k in self.keys
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +180,8 @@ class ServerCredentials:
     #: PSK identity -> key (RFC 9132 §7.1 PSK with ECDHE).
     psk: Mapping[bytes, bytes] = field(default_factory=dict)
     allow_legacy_psk: bool = False
+    #: A CRL (PEM) for client certificates; the whole chain is checked when set.
+    crl: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -199,10 +210,14 @@ class _Context:
         self._callbacks: list[Any] = []
         min_version = DTLS1_2_VERSION if kind is Kind.DTLS else TLS1_2_VERSION
         # RFC 9132 §7.1: (D)TLS 1.2 or later only.
-        check(ssl.SSL_CTX_ctrl(self._ptr, SSL_CTRL_SET_MIN_PROTO_VERSION, min_version,
-                               ffi.NULL), "setting the minimum protocol version")
-        check(ssl.SSL_CTX_ctrl(self._ptr, SSL_CTRL_SET_GROUPS_LIST, 0, ffi.new("char[]", GROUPS)),
-              "setting ECDHE groups")
+        check(
+            ssl.SSL_CTX_ctrl(self._ptr, SSL_CTRL_SET_MIN_PROTO_VERSION, min_version, ffi.NULL),
+            "setting the minimum protocol version",
+        )
+        check(
+            ssl.SSL_CTX_ctrl(self._ptr, SSL_CTRL_SET_GROUPS_LIST, 0, ffi.new("char[]", GROUPS)),
+            "setting ECDHE groups",
+        )
         # RELEASE_BUFFERS: ~10 KiB less per idle session (measured in the prototype).
         ssl.SSL_CTX_ctrl(self._ptr, SSL_CTRL_MODE, SSL_MODE_RELEASE_BUFFERS, ffi.NULL)
         ssl.SSL_CTX_set_options(self._ptr, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION)
@@ -223,21 +238,31 @@ class _Context:
         check(ssl.SSL_CTX_set_cipher_list(self._ptr, spec.encode()), "setting the cipher list")
 
     def _load_chain(self, chain: Path, key: Path) -> None:
-        check(ssl.SSL_CTX_use_certificate_chain_file(self._ptr, bytes(chain)),
-              f"loading certificate chain {chain}")
-        check(ssl.SSL_CTX_use_PrivateKey_file(self._ptr, bytes(key), SSL_FILETYPE_PEM),
-              f"loading private key {key}")
+        check(
+            ssl.SSL_CTX_use_certificate_chain_file(self._ptr, bytes(chain)),
+            f"loading certificate chain {chain}",
+        )
+        check(
+            ssl.SSL_CTX_use_PrivateKey_file(self._ptr, bytes(key), SSL_FILETYPE_PEM),
+            f"loading private key {key}",
+        )
         check(ssl.SSL_CTX_check_private_key(self._ptr), f"matching {key} with {chain}")
 
 
 class ServerContext(_Context):
     """A server ``SSL_CTX``: certificates and/or PSK, cookies (DTLS), shared ticket keys."""
 
-    def __init__(self, kind: Kind, credentials: ServerCredentials, *,
-                 cookies: CookieSecrets | None = None,
-                 tickets: TicketKeyRing | None = None) -> None:
-        super().__init__(kind, ssl.DTLS_server_method() if kind is Kind.DTLS
-                         else ssl.TLS_server_method())
+    def __init__(
+        self,
+        kind: Kind,
+        credentials: ServerCredentials,
+        *,
+        cookies: CookieSecrets | None = None,
+        tickets: TicketKeyRing | None = None,
+    ) -> None:
+        super().__init__(
+            kind, ssl.DTLS_server_method() if kind is Kind.DTLS else ssl.TLS_server_method()
+        )
         self.credentials = credentials
         self.cookies = cookies or CookieSecrets()
         self.tickets = tickets or TicketKeyRing()
@@ -254,22 +279,41 @@ class ServerContext(_Context):
             assert credentials.private_key is not None
             self._load_chain(credentials.cert_chain, credentials.private_key)  # type: ignore[arg-type]
         if credentials.client_ca is not None:
-            check(ssl.SSL_CTX_load_verify_locations(self._ptr, bytes(credentials.client_ca),
-                                                    ffi.NULL), "loading client CAs")
+            check(
+                ssl.SSL_CTX_load_verify_locations(
+                    self._ptr, bytes(credentials.client_ca), ffi.NULL
+                ),
+                "loading client CAs",
+            )
             names = ssl.SSL_load_client_CA_file(bytes(credentials.client_ca))
             if names == ffi.NULL:
                 raise OpenSSLError(f"reading CA names from {credentials.client_ca}")
             ssl.SSL_CTX_set_client_CA_list(self._ptr, names)  # every CA is announced
-            ssl.SSL_CTX_set_verify(self._ptr,
-                                   SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, ffi.NULL)
+            if credentials.crl is not None:
+                store = ssl.SSL_CTX_get_cert_store(self._ptr)
+                check(
+                    crypto.X509_STORE_load_file(store, bytes(credentials.crl)),
+                    f"loading CRL {credentials.crl}",
+                )
+                crypto.X509_STORE_set_flags(
+                    store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL
+                )
+            ssl.SSL_CTX_set_verify(
+                self._ptr, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, ffi.NULL
+            )
         if not has_certs and not credentials.psk:
             raise ValueError("a server needs a certificate, PSKs, or both")
-        self._set_ciphers(certificates=has_certs, psk=bool(credentials.psk),
-                          legacy_psk=credentials.allow_legacy_psk)
+        self._set_ciphers(
+            certificates=has_certs,
+            psk=bool(credentials.psk),
+            legacy_psk=credentials.allow_legacy_psk,
+        )
         ssl.SSL_CTX_set_options(self._ptr, SSL_OP_CIPHER_SERVER_PREFERENCE)
         sid_context = b"dots-gateway"
-        check(ssl.SSL_CTX_set_session_id_context(self._ptr, sid_context, len(sid_context)),
-              "setting the session id context")
+        check(
+            ssl.SSL_CTX_set_session_id_context(self._ptr, sid_context, len(sid_context)),
+            "setting the session id context",
+        )
         # Stateless resumption only: no server-side session cache to grow with clients.
         ssl.SSL_CTX_ctrl(self._ptr, SSL_CTRL_SET_SESS_CACHE_MODE, SSL_SESS_CACHE_OFF, ffi.NULL)
         if credentials.psk:
@@ -321,8 +365,9 @@ class ServerContext(_Context):
         names = {"key": ffi.new("char[]", b"key"), "digest": ffi.new("char[]", b"digest")}
         keep: list[Any] = [digest, names]
 
-        @ffi.callback("int(SSL *, unsigned char *, unsigned char *, EVP_CIPHER_CTX *, "
-                      "EVP_MAC_CTX *, int)")
+        @ffi.callback(
+            "int(SSL *, unsigned char *, unsigned char *, EVP_CIPHER_CTX *, EVP_MAC_CTX *, int)"
+        )
         def ticket_key(_ssl: Any, key_name: Any, iv: Any, cctx: Any, mctx: Any, enc: int) -> int:
             try:
                 if enc:
@@ -339,10 +384,20 @@ class ServerContext(_Context):
                     return -1
                 params = ffi.new("OSSL_PARAM[3]")
                 hmac_key = ffi.new("unsigned char[]", key.hmac_key)
-                params[0] = (names["key"], OSSL_PARAM_OCTET_STRING, hmac_key, 32,
-                             OSSL_PARAM_UNMODIFIED)
-                params[1] = (names["digest"], OSSL_PARAM_UTF8_STRING, digest, 6,
-                             OSSL_PARAM_UNMODIFIED)
+                params[0] = (
+                    names["key"],
+                    OSSL_PARAM_OCTET_STRING,
+                    hmac_key,
+                    32,
+                    OSSL_PARAM_UNMODIFIED,
+                )
+                params[1] = (
+                    names["digest"],
+                    OSSL_PARAM_UTF8_STRING,
+                    digest,
+                    6,
+                    OSSL_PARAM_UNMODIFIED,
+                )
                 params[2] = (ffi.NULL, 0, ffi.NULL, 0, 0)
                 if crypto.EVP_MAC_CTX_set_params(mctx, params) != 1:
                     return -1
@@ -351,8 +406,10 @@ class ServerContext(_Context):
                 log.exception("session ticket callback failed")
                 return -1
 
-        check(ssl.SSL_CTX_set_tlsext_ticket_key_evp_cb(self._ptr, ticket_key),
-              "installing the ticket key callback")
+        check(
+            ssl.SSL_CTX_set_tlsext_ticket_key_evp_cb(self._ptr, ticket_key),
+            "installing the ticket key callback",
+        )
         self._callbacks += [ticket_key, keep]
 
 
@@ -360,8 +417,9 @@ class ClientContext(_Context):
     """A client ``SSL_CTX``: our certificate or PSK, and the CAs we trust for servers."""
 
     def __init__(self, kind: Kind, credentials: ClientCredentials) -> None:
-        super().__init__(kind, ssl.DTLS_client_method() if kind is Kind.DTLS
-                         else ssl.TLS_client_method())
+        super().__init__(
+            kind, ssl.DTLS_client_method() if kind is Kind.DTLS else ssl.TLS_client_method()
+        )
         self.credentials = credentials
         has_certs = credentials.cert_chain is not None
         has_psk = credentials.psk_identity is not None
@@ -369,15 +427,19 @@ class ClientContext(_Context):
             assert credentials.private_key is not None
             self._load_chain(credentials.cert_chain, credentials.private_key)  # type: ignore[arg-type]
         if credentials.server_ca is not None:
-            check(ssl.SSL_CTX_load_verify_locations(self._ptr, bytes(credentials.server_ca),
-                                                    ffi.NULL), "loading server CAs")
+            check(
+                ssl.SSL_CTX_load_verify_locations(
+                    self._ptr, bytes(credentials.server_ca), ffi.NULL
+                ),
+                "loading server CAs",
+            )
             ssl.SSL_CTX_set_verify(self._ptr, SSL_VERIFY_PEER, ffi.NULL)
         elif not has_psk:
             raise ValueError("a certificate client needs the CA that signs the server")
-        self._set_ciphers(certificates=not has_psk, psk=has_psk,
-                          legacy_psk=credentials.allow_legacy_psk)
-        ssl.SSL_CTX_ctrl(self._ptr, SSL_CTRL_SET_SESS_CACHE_MODE, SSL_SESS_CACHE_CLIENT,
-                         ffi.NULL)
+        self._set_ciphers(
+            certificates=not has_psk, psk=has_psk, legacy_psk=credentials.allow_legacy_psk
+        )
+        ssl.SSL_CTX_ctrl(self._ptr, SSL_CTRL_SET_SESS_CACHE_MODE, SSL_SESS_CACHE_CLIENT, ffi.NULL)
         if has_psk:
             self._install_psk()
 
@@ -385,10 +447,12 @@ class ClientContext(_Context):
         identity = self.credentials.psk_identity or b""
         key = self.credentials.psk_key or b""
 
-        @ffi.callback("unsigned int(SSL *, const char *, char *, unsigned int, "
-                      "unsigned char *, unsigned int)")
-        def psk_client(_ssl: Any, _hint: Any, out_identity: Any, max_identity: int,
-                       out_psk: Any, max_psk: int) -> int:
+        @ffi.callback(
+            "unsigned int(SSL *, const char *, char *, unsigned int, unsigned char *, unsigned int)"
+        )
+        def psk_client(
+            _ssl: Any, _hint: Any, out_identity: Any, max_identity: int, out_psk: Any, max_psk: int
+        ) -> int:
             if len(identity) + 1 > max_identity or len(key) > max_psk:
                 return 0
             ffi.memmove(out_identity, identity + b"\0", len(identity) + 1)
@@ -406,4 +470,3 @@ def ssl_address(ssl_ptr: Any) -> int:
 def disable_tickets(context: _Context) -> None:
     """For tests and peers that mishandle tickets (libcoap 4.3.1 refuses resumption)."""
     ssl.SSL_CTX_set_options(context.ptr, SSL_OP_NO_TICKET)
-

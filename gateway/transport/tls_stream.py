@@ -85,8 +85,9 @@ class TlsConnection(asyncio.Protocol):
         self.remote = Address(peername[0], peername[1])
         refusal = self.server._admit(self)
         if refusal is not None:
-            self.server._rate_limited_log(refusal, "refusing TLS connection from %s: %s",
-                                          self.remote, refusal)
+            self.server._rate_limited_log(
+                refusal, "refusing TLS connection from %s: %s", self.remote, refusal
+            )
             self._teardown(refusal, notify=False)
 
     def data_received(self, data: bytes) -> None:
@@ -103,8 +104,9 @@ class TlsConnection(asyncio.Protocol):
         self._deliver(self.session.feed(data))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._teardown("peer closed the connection" if exc is None else f"connection error: {exc}",
-                       notify=True)
+        self._teardown(
+            "peer closed the connection" if exc is None else f"connection error: {exc}", notify=True
+        )
 
     # API for the layer above
     def send(self, plaintext: bytes) -> None:
@@ -139,8 +141,9 @@ class TlsConnection(asyncio.Protocol):
         state = self.session.state
         if state is State.FAILED:
             self.server.counters.handshakes_failed += 1
-            self.server._rate_limited_log("tls-failed", "TLS handshake from %s failed: %s",
-                                          self.remote, self.session.failure)
+            self.server._rate_limited_log(
+                "tls-failed", "TLS handshake from %s failed: %s", self.remote, self.session.failure
+            )
             self._teardown(self.session.failure or "handshake failed", notify=False)
             return
         if state is State.ESTABLISHED and self.handler is None:
@@ -193,9 +196,14 @@ class TlsConnection(asyncio.Protocol):
 
 
 class TlsServer:
-    def __init__(self, context: ServerContext, on_session: Callable[[TlsConnection], SessionHandler],
-                 limits: StreamLimits | None = None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        context: ServerContext,
+        on_session: Callable[[TlsConnection], SessionHandler],
+        limits: StreamLimits | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if context.kind is not Kind.TLS:
             raise ValueError("TlsServer needs a TLS context")
         self.context = context
@@ -205,7 +213,8 @@ class TlsServer:
         self.clock = clock
         self.connections: set[TlsConnection] = set()
         self.executor = concurrent.futures.ThreadPoolExecutor(
-            self.limits.handshake_threads, thread_name_prefix="tls-handshake")
+            self.limits.handshake_threads, thread_name_prefix="tls-handshake"
+        )
         self._servers: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._log_suppressed_until: dict[str, float] = {}
@@ -258,8 +267,13 @@ class TlsServer:
         self.counters.handshakes_completed += 1
         if conn.session.resumed:
             self.counters.resumed += 1
-        log.info("tls session established peer=%s local=%s cipher=%s resumed=%s", conn.remote,
-                 conn.local, conn.session.cipher, conn.session.resumed)
+        log.info(
+            "tls session established peer=%s local=%s cipher=%s resumed=%s",
+            conn.remote,
+            conn.local,
+            conn.session.cipher,
+            conn.session.resumed,
+        )
         try:
             conn.handler = self.on_session(conn)
         except Exception:
@@ -292,8 +306,9 @@ class TlsServer:
         log.warning(message, *args)
 
 
-def open_tcp_listener(host: str, port: int, *, freebind: bool = True,
-                      backlog: int = 1024) -> socket.socket:
+def open_tcp_listener(
+    host: str, port: int, *, freebind: bool = True, backlog: int = 1024
+) -> socket.socket:
     ip = ipaddress.ip_address(host)
     family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -322,8 +337,12 @@ def open_tcp_listener(host: str, port: int, *, freebind: bool = True,
 
 
 class TlsClientConnection(asyncio.Protocol):
-    def __init__(self, session: SecureSession, on_data: Callable[[bytes], None],
-                 on_lost: Callable[[str], None] | None) -> None:
+    def __init__(
+        self,
+        session: SecureSession,
+        on_data: Callable[[bytes], None],
+        on_lost: Callable[[str], None] | None,
+    ) -> None:
         self.session = session
         self.on_data = on_data
         self.on_lost = on_lost
@@ -387,10 +406,17 @@ class TlsClientConnection(asyncio.Protocol):
             self.on_lost(reason)
 
 
-async def connect_tls(host: str, port: int, context: ClientContext,
-                      on_data: Callable[[bytes], None], *, server_name: str | None = None,
-                      resume: bytes | None = None, timeout: float = 10.0,
-                      on_lost: Callable[[str], None] | None = None) -> TlsClientConnection:
+async def connect_tls(
+    host: str,
+    port: int,
+    context: ClientContext,
+    on_data: Callable[[bytes], None],
+    *,
+    server_name: str | None = None,
+    resume: bytes | None = None,
+    timeout: float = 10.0,
+    on_lost: Callable[[str], None] | None = None,
+) -> TlsClientConnection:
     from gateway.transport.dtls_client import HandshakeError
 
     if context.kind is not Kind.TLS:
@@ -400,8 +426,10 @@ async def connect_tls(host: str, port: int, context: ClientContext,
     except OpenSSLError as exc:
         raise HandshakeError(str(exc)) from None
     loop = asyncio.get_running_loop()
-    _transport, protocol = await asyncio.wait_for(loop.create_connection(
-        lambda: TlsClientConnection(session, on_data, on_lost), host, port), timeout)
+    _transport, protocol = await asyncio.wait_for(
+        loop.create_connection(lambda: TlsClientConnection(session, on_data, on_lost), host, port),
+        timeout,
+    )
     try:
         await asyncio.wait_for(asyncio.shield(protocol.established), timeout)
     except TimeoutError:

@@ -42,8 +42,9 @@ class PortInUse(OSError):
     """The address and port are taken by another socket: refuse to start (no takeover)."""
 
 
-def open_udp_socket(host: str, port: int, *, freebind: bool = True,
-                    receive_buffer: int = 4 * 1024 * 1024) -> socket.socket:
+def open_udp_socket(
+    host: str, port: int, *, freebind: bool = True, receive_buffer: int = 4 * 1024 * 1024
+) -> socket.socket:
     """A non-blocking UDP socket on ``host``:``port`` with PKTINFO and (optionally) FREEBIND."""
     ip = ipaddress.ip_address(host)
     family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET

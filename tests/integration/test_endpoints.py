@@ -25,7 +25,6 @@ from gateway.transport.tls_stream import StreamLimits, TlsServer, connect_tls
 from gateway.transport.udp import PortInUse, open_udp_socket
 
 
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("pki")
@@ -35,14 +34,21 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def server_context(kind: Kind, pki: Path) -> ServerContext:
     psk = json.loads((pki / "psk.json").read_text())
-    return ServerContext(kind, ServerCredentials(pki / "server.pem", pki / "server.key",
-                                                 pki / "ca.pem",
-                                                 psk={psk["identity"].encode(): psk["key"].encode()}))
+    return ServerContext(
+        kind,
+        ServerCredentials(
+            pki / "server.pem",
+            pki / "server.key",
+            pki / "ca.pem",
+            psk={psk["identity"].encode(): psk["key"].encode()},
+        ),
+    )
 
 
 def cert_client(kind: Kind, pki: Path) -> ClientContext:
-    return ClientContext(kind, ClientCredentials(pki / "client.pem", pki / "client.key",
-                                                 pki / "ca.pem"))
+    return ClientContext(
+        kind, ClientCredentials(pki / "client.pem", pki / "client.key", pki / "ca.pem")
+    )
 
 
 class Echo:
@@ -59,29 +65,46 @@ class Echo:
 
 @pytest.fixture
 async def dtls_server(pki: Path) -> AsyncIterator[DtlsServer]:
-    server = DtlsServer(server_context(Kind.DTLS, pki), Echo,
-                        Limits(max_handshakes=4, max_sessions=6, handshake_deadline=1.0,
-                               handshake_burst=100))
+    server = DtlsServer(
+        server_context(Kind.DTLS, pki),
+        Echo,
+        Limits(max_handshakes=4, max_sessions=6, handshake_deadline=1.0, handshake_burst=100),
+    )
     await server.start([("127.0.0.1", 0), ("::1", 0)])
     yield server
     await server.stop()
 
 
-async def roundtrip(connect: Callable[..., Any], host: str, port: int, ctx: ClientContext,
-                    payload: bytes = b"ping", **kw: Any) -> tuple[bytes, Any]:
+async def roundtrip(
+    connect: Callable[..., Any],
+    host: str,
+    port: int,
+    ctx: ClientContext,
+    payload: bytes = b"ping",
+    **kw: Any,
+) -> tuple[bytes, Any]:
     loop = asyncio.get_running_loop()
     got: asyncio.Future[bytes] = loop.create_future()
-    conn = await connect(host, port, ctx, lambda b: got.done() or got.set_result(b),
-                         server_name="localhost", timeout=5, **kw)
+    conn = await connect(
+        host,
+        port,
+        ctx,
+        lambda b: got.done() or got.set_result(b),
+        server_name="localhost",
+        timeout=5,
+        **kw,
+    )
     conn.send(payload)
     return await asyncio.wait_for(got, 5), conn
 
 
-async def test_dtls_over_ipv4_and_ipv6_with_cookie_exchange(dtls_server: DtlsServer,
-                                                            pki: Path) -> None:
+async def test_dtls_over_ipv4_and_ipv6_with_cookie_exchange(
+    dtls_server: DtlsServer, pki: Path
+) -> None:
     for address in dtls_server.bound:
-        reply, conn = await roundtrip(connect_dtls, address.host, address.port,
-                                      cert_client(Kind.DTLS, pki))
+        reply, conn = await roundtrip(
+            connect_dtls, address.host, address.port, cert_client(Kind.DTLS, pki)
+        )
         assert reply == b"echo:ping"
         local = {c.local.host for c in dtls_server.sessions.values()}
         assert address.host in local  # the session knows the address the client targeted
@@ -90,16 +113,19 @@ async def test_dtls_over_ipv4_and_ipv6_with_cookie_exchange(dtls_server: DtlsSer
     assert dtls_server.counters.handshakes_completed == 2
 
 
-async def test_refused_handshake_leaves_no_state(dtls_server: DtlsServer, pki: Path,
-                                                 tmp_path: Path) -> None:
+async def test_refused_handshake_leaves_no_state(
+    dtls_server: DtlsServer, pki: Path, tmp_path: Path
+) -> None:
     rogue = tmp_path / "rogue"
     init_dev_pki(rogue)
-    ctx = ClientContext(Kind.DTLS, ClientCredentials(rogue / "client.pem", rogue / "client.key",
-                                                     pki / "ca.pem"))
+    ctx = ClientContext(
+        Kind.DTLS, ClientCredentials(rogue / "client.pem", rogue / "client.key", pki / "ca.pem")
+    )
     address = dtls_server.bound[0]
     with pytest.raises(HandshakeError):
-        await connect_dtls(address.host, address.port, ctx, lambda b: None,
-                           server_name="localhost", timeout=3)
+        await connect_dtls(
+            address.host, address.port, ctx, lambda b: None, server_name="localhost", timeout=3
+        )
     for _ in range(50):
         if not dtls_server.sessions:
             break
@@ -108,15 +134,23 @@ async def test_refused_handshake_leaves_no_state(dtls_server: DtlsServer, pki: P
     assert dtls_server.counters.handshakes_failed == 1
 
 
-async def test_garbage_datagrams_do_not_disturb_sessions(dtls_server: DtlsServer,
-                                                         pki: Path) -> None:
+async def test_garbage_datagrams_do_not_disturb_sessions(
+    dtls_server: DtlsServer, pki: Path
+) -> None:
     address = dtls_server.bound[0]
-    reply, conn = await roundtrip(connect_dtls, address.host, address.port,
-                                  cert_client(Kind.DTLS, pki))
+    reply, conn = await roundtrip(
+        connect_dtls, address.host, address.port, cert_client(Kind.DTLS, pki)
+    )
     junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        for payload in (b"", b"\x00", b"\x16" * 13, b"\x16\xfe\xfd" + bytes(200), bytes(1500),
-                        b"\x17\xfe\xfd\x00\x01" + bytes(30)):
+        for payload in (
+            b"",
+            b"\x00",
+            b"\x16" * 13,
+            b"\x16\xfe\xfd" + bytes(200),
+            bytes(1500),
+            b"\x17\xfe\xfd\x00\x01" + bytes(30),
+        ):
             junk.sendto(payload, (address.host, address.port))
     finally:
         junk.close()
@@ -178,8 +212,12 @@ async def test_tls_echo_and_resumption(pki: Path, use_psk: bool) -> None:
     try:
         if use_psk:
             psk = json.loads((pki / "psk.json").read_text())
-            ctx = ClientContext(Kind.TLS, ClientCredentials(psk_identity=psk["identity"].encode(),
-                                                            psk_key=psk["key"].encode()))
+            ctx = ClientContext(
+                Kind.TLS,
+                ClientCredentials(
+                    psk_identity=psk["identity"].encode(), psk_key=psk["key"].encode()
+                ),
+            )
         else:
             ctx = cert_client(Kind.TLS, pki)
         for address in server.bound:
@@ -188,8 +226,9 @@ async def test_tls_echo_and_resumption(pki: Path, use_psk: bool) -> None:
             ticket = conn.ticket
             conn.close()
             if not use_psk:
-                reply, again = await roundtrip(connect_tls, address.host, address.port, ctx,
-                                               resume=ticket)
+                reply, again = await roundtrip(
+                    connect_tls, address.host, address.port, ctx, resume=ticket
+                )
                 assert again.session.resumed
                 again.close()
     finally:
@@ -198,8 +237,9 @@ async def test_tls_echo_and_resumption(pki: Path, use_psk: bool) -> None:
 
 
 async def test_tls_unfinished_handshakes_are_closed_at_the_deadline(pki: Path) -> None:
-    server = TlsServer(server_context(Kind.TLS, pki), Echo,
-                       StreamLimits(handshake_deadline=1.0, max_handshakes=50))
+    server = TlsServer(
+        server_context(Kind.TLS, pki), Echo, StreamLimits(handshake_deadline=1.0, max_handshakes=50)
+    )
     await server.start([("127.0.0.1", 0)])
     address = server.bound[0]
     writers = []

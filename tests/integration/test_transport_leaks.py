@@ -36,10 +36,21 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def server(pki: Path) -> Iterator[tuple[subprocess.Popen[str], int, int]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.echo_server", str(pki),
-         "--handshake-deadline", "2", "--idle-timeout", "3"],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-m",
+            "tests.support.echo_server",
+            str(pki),
+            "--handshake-deadline",
+            "2",
+            "--idle-timeout",
+            "3",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         assert proc.stdout is not None
         words = proc.stdout.readline().split()
@@ -65,11 +76,14 @@ def counters(proc: subprocess.Popen[str]) -> dict[str, object]:
 
 @pytest.mark.parametrize("kind", ["dtls", "tls"])
 async def test_cycles_and_abandoned_handshakes_do_not_grow_memory(
-        kind: str, pki: Path, server: tuple[subprocess.Popen[str], int, int]) -> None:
+    kind: str, pki: Path, server: tuple[subprocess.Popen[str], int, int]
+) -> None:
     proc, dtls_port, tls_port = server
     port = dtls_port if kind == "dtls" else tls_port
-    ctx = ClientContext(Kind.DTLS if kind == "dtls" else Kind.TLS,
-                        ClientCredentials(pki / "client.pem", pki / "client.key", pki / "ca.pem"))
+    ctx = ClientContext(
+        Kind.DTLS if kind == "dtls" else Kind.TLS,
+        ClientCredentials(pki / "client.pem", pki / "client.key", pki / "ca.pem"),
+    )
     await connect_cycles(kind, "127.0.0.1", port, ctx, 500)
     await asyncio.sleep(3.5)  # idle timeout and a trim pass
     baseline = rss_kib(proc.pid)
@@ -87,8 +101,10 @@ async def test_cycles_and_abandoned_handshakes_do_not_grow_memory(
     await asyncio.sleep(6.0)
     final = rss_kib(proc.pid)
     state = counters(proc)
-    print(f"{kind}: {rate:.0f} cycles/s, RSS baseline {baseline} KiB, peak {peak} KiB, "
-          f"final {final} KiB ({(final - baseline) / baseline:+.1%})")
+    print(
+        f"{kind}: {rate:.0f} cycles/s, RSS baseline {baseline} KiB, peak {peak} KiB, "
+        f"final {final} KiB ({(final - baseline) / baseline:+.1%})"
+    )
     if kind == "dtls":
         assert state["dtls_sessions"] == 0
         dtls = state["dtls"]

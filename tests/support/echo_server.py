@@ -41,17 +41,32 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--max-handshakes", type=int, default=4096)
     args = parser.parse_args(argv)
     psk = json.loads((args.pki / "psk.json").read_text())
-    creds = ServerCredentials(args.pki / "server.pem", args.pki / "server.key",
-                              args.pki / "ca.pem",
-                              psk={psk["identity"].encode(): psk["key"].encode()})
-    dtls = DtlsServer(ServerContext(Kind.DTLS, creds), Echo,
-                      Limits(handshake_deadline=args.handshake_deadline,
-                             idle_timeout=args.idle_timeout, max_handshakes=args.max_handshakes,
-                             handshakes_per_source_per_second=1e9, handshake_burst=10**9))
-    tls = TlsServer(ServerContext(Kind.TLS, creds), Echo,
-                    StreamLimits(handshake_deadline=args.handshake_deadline,
-                                 idle_timeout=args.idle_timeout,
-                                 max_handshakes=args.max_handshakes))
+    creds = ServerCredentials(
+        args.pki / "server.pem",
+        args.pki / "server.key",
+        args.pki / "ca.pem",
+        psk={psk["identity"].encode(): psk["key"].encode()},
+    )
+    dtls = DtlsServer(
+        ServerContext(Kind.DTLS, creds),
+        Echo,
+        Limits(
+            handshake_deadline=args.handshake_deadline,
+            idle_timeout=args.idle_timeout,
+            max_handshakes=args.max_handshakes,
+            handshakes_per_source_per_second=1e9,
+            handshake_burst=10**9,
+        ),
+    )
+    tls = TlsServer(
+        ServerContext(Kind.TLS, creds),
+        Echo,
+        StreamLimits(
+            handshake_deadline=args.handshake_deadline,
+            idle_timeout=args.idle_timeout,
+            max_handshakes=args.max_handshakes,
+        ),
+    )
     await dtls.start([("127.0.0.1", 0)])
     await tls.start([("127.0.0.1", 0)])
     loop = asyncio.get_running_loop()
@@ -59,10 +74,17 @@ async def main(argv: list[str]) -> None:
     loop.add_signal_handler(signal.SIGTERM, lambda: stop.done() or stop.set_result(None))
 
     def report() -> None:
-        print(json.dumps({"dtls": dataclasses.asdict(dtls.counters),
-                          "tls": dataclasses.asdict(tls.counters),
-                          "dtls_sessions": len(dtls.sessions),
-                          "tls_connections": len(tls.connections)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "dtls": dataclasses.asdict(dtls.counters),
+                    "tls": dataclasses.asdict(tls.counters),
+                    "dtls_sessions": len(dtls.sessions),
+                    "tls_connections": len(tls.connections),
+                }
+            ),
+            flush=True,
+        )
 
     loop.add_signal_handler(signal.SIGUSR1, report)
     print(f"ready {dtls.bound[0].port} {tls.bound[0].port}", flush=True)

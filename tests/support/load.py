@@ -21,8 +21,15 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-async def connect_cycles(kind: str, host: str, port: int, ctx: ClientContext, count: int,
-                         concurrency: int = 16, deadline: float = 300.0) -> float:
+async def connect_cycles(
+    kind: str,
+    host: str,
+    port: int,
+    ctx: ClientContext,
+    count: int,
+    concurrency: int = 16,
+    deadline: float = 300.0,
+) -> float:
     """``count`` full handshake + one echo + close cycles; returns cycles per second."""
     connect = connect_dtls if kind == "dtls" else connect_tls
     remaining = count
@@ -34,8 +41,14 @@ async def connect_cycles(kind: str, host: str, port: int, ctx: ClientContext, co
         while remaining > 0 and time.monotonic() - started < deadline:
             remaining -= 1
             got: asyncio.Future[bytes] = loop.create_future()
-            conn = await connect(host, port, ctx, lambda b: got.done() or got.set_result(b),
-                                 server_name="localhost", timeout=10)
+            conn = await connect(
+                host,
+                port,
+                ctx,
+                lambda b, f=got: f.done() or f.set_result(b),
+                server_name="localhost",
+                timeout=10,
+            )
             conn.send(b"x")
             await asyncio.wait_for(got, 10)
             conn.close()
@@ -69,8 +82,9 @@ class _HalfHandshake(asyncio.DatagramProtocol):
         self.done.set_result(None)
 
 
-async def abandoned_dtls(host: str, port: int, ctx: ClientContext, count: int,
-                         concurrency: int = 32) -> None:
+async def abandoned_dtls(
+    host: str, port: int, ctx: ClientContext, count: int, concurrency: int = 32
+) -> None:
     """Handshakes that pass the cookie (so the server creates a session) and then stop."""
     loop = asyncio.get_running_loop()
     remaining = count
@@ -82,7 +96,8 @@ async def abandoned_dtls(host: str, port: int, ctx: ClientContext, count: int,
             session = SecureSession(ctx)
             done: asyncio.Future[None] = loop.create_future()
             transport, _ = await loop.create_datagram_endpoint(
-                lambda s=session, d=done: _HalfHandshake(s, d), remote_addr=(host, port))
+                lambda s=session, d=done: _HalfHandshake(s, d), remote_addr=(host, port)
+            )
             try:
                 await asyncio.wait_for(done, 5)
                 await asyncio.sleep(0.01)  # let the cookie ClientHello leave

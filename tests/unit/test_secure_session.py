@@ -51,8 +51,9 @@ def psk(pki: Path) -> tuple[bytes, bytes]:
 
 
 def server_creds(pki: Path, psk: tuple[bytes, bytes]) -> ServerCredentials:
-    return ServerCredentials(pki / "server.pem", pki / "server.key", pki / "ca.pem",
-                             psk={psk[0]: psk[1]})
+    return ServerCredentials(
+        pki / "server.pem", pki / "server.key", pki / "ca.pem", psk={psk[0]: psk[1]}
+    )
 
 
 def cert_client(pki: Path, cert: str = "client", ca: str = "ca.pem") -> ClientCredentials:
@@ -73,8 +74,9 @@ def handshake(client: SecureSession, server: SecureSession, rounds: int = 12) ->
             return
 
 
-def pair(kind: Kind, client_creds: ClientCredentials, server_ctx: ServerContext,
-         **client_kw: object) -> tuple[SecureSession, SecureSession]:
+def pair(
+    kind: Kind, client_creds: ClientCredentials, server_ctx: ServerContext, **client_kw: object
+) -> tuple[SecureSession, SecureSession]:
     client = SecureSession(ClientContext(kind, client_creds), **client_kw)  # type: ignore[arg-type]
     server = SecureSession(server_ctx)
     handshake(client, server)
@@ -82,16 +84,19 @@ def pair(kind: Kind, client_creds: ClientCredentials, server_ctx: ServerContext,
 
 
 @pytest.mark.parametrize("kind", list(Kind))
-def test_certificate_handshake_carries_application_data(kind: Kind, pki: Path,
-                                                        psk: tuple[bytes, bytes]) -> None:
+def test_certificate_handshake_carries_application_data(
+    kind: Kind, pki: Path, psk: tuple[bytes, bytes]
+) -> None:
     ctx = ServerContext(kind, server_creds(pki, psk))
     client, server = pair(kind, cert_client(pki), ctx, server_name="localhost")
     assert (client.state, server.state) == (State.ESTABLISHED, State.ESTABLISHED)
     assert client.version in ("DTLSv1.2", "TLSv1.2", "TLSv1.3")
     assert "ECDHE" in client.cipher or client.version == "TLSv1.3"
     assert server.peer is not None and server.peer.certificate is not None
-    assert x509.load_der_x509_certificate(server.peer.certificate).subject == x509.load_pem_x509_certificate(
-        (pki / "client.pem").read_bytes()).subject
+    assert (
+        x509.load_der_x509_certificate(server.peer.certificate).subject
+        == x509.load_pem_x509_certificate((pki / "client.pem").read_bytes()).subject
+    )
     client.send(b"\x40\x01\x00\x01")
     received = [r for d in client.take_output() for r in server.feed(d)]
     assert received == [b"\x40\x01\x00\x01"]
@@ -100,8 +105,9 @@ def test_certificate_handshake_carries_application_data(kind: Kind, pki: Path,
 
 
 @pytest.mark.parametrize("kind", list(Kind))
-def test_psk_handshake_uses_ecdhe_and_reports_identity(kind: Kind, pki: Path,
-                                                       psk: tuple[bytes, bytes]) -> None:
+def test_psk_handshake_uses_ecdhe_and_reports_identity(
+    kind: Kind, pki: Path, psk: tuple[bytes, bytes]
+) -> None:
     ctx = ServerContext(kind, server_creds(pki, psk))
     client, server = pair(kind, ClientCredentials(psk_identity=psk[0], psk_key=psk[1]), ctx)
     assert server.state is State.ESTABLISHED
@@ -112,10 +118,20 @@ def test_psk_handshake_uses_ecdhe_and_reports_identity(kind: Kind, pki: Path,
 
 
 @pytest.mark.parametrize("kind", list(Kind))
-@pytest.mark.parametrize("case", ["untrusted-ca", "no-cert", "ca-as-client", "server-as-client",
-                                  "wrong-psk", "wrong-server-name"])
-def test_refused_handshakes(kind: Kind, case: str, pki: Path, psk: tuple[bytes, bytes],
-                            tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "case",
+    [
+        "untrusted-ca",
+        "no-cert",
+        "ca-as-client",
+        "server-as-client",
+        "wrong-psk",
+        "wrong-server-name",
+    ],
+)
+def test_refused_handshakes(
+    kind: Kind, case: str, pki: Path, psk: tuple[bytes, bytes], tmp_path: Path
+) -> None:
     ctx = ServerContext(kind, server_creds(pki, psk))
     kw: dict[str, object] = {}
     if case == "untrusted-ca":
@@ -140,25 +156,33 @@ def test_refused_handshakes(kind: Kind, case: str, pki: Path, psk: tuple[bytes, 
     assert ctx.psk_identities == {}
 
 
-def test_expired_client_certificate_is_refused(pki: Path, psk: tuple[bytes, bytes],
-                                               tmp_path: Path) -> None:
+def test_expired_client_certificate_is_refused(
+    pki: Path, psk: tuple[bytes, bytes], tmp_path: Path
+) -> None:
     ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
     ca = x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "expired")]))
-            .issuer_name(ca.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=10))
-            .not_valid_after(now - datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "expired")]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=10))
+        .not_valid_after(now - datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # type: ignore[arg-type]
     (tmp_path / "expired.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "expired.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    (tmp_path / "expired.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     ctx = ServerContext(Kind.DTLS, server_creds(pki, psk))
     creds = ClientCredentials(tmp_path / "expired.pem", tmp_path / "expired.key", pki / "ca.pem")
     _client, server = pair(Kind.DTLS, creds, ctx)
@@ -166,9 +190,9 @@ def test_expired_client_certificate_is_refused(pki: Path, psk: tuple[bytes, byte
 
 
 @pytest.mark.parametrize("kind", list(Kind))
-def test_resumption_on_another_server_sharing_ticket_keys(kind: Kind, pki: Path,
-                                                          psk: tuple[bytes, bytes],
-                                                          tmp_path: Path) -> None:
+def test_resumption_on_another_server_sharing_ticket_keys(
+    kind: Kind, pki: Path, psk: tuple[bytes, bytes], tmp_path: Path
+) -> None:
     keyfile = tmp_path / "tickets"
     write_secret_file(keyfile, TicketKey.LENGTH)
     node_a = ServerContext(kind, server_creds(pki, psk), tickets=TicketKeyRing.from_file(keyfile))
@@ -184,8 +208,9 @@ def test_resumption_on_another_server_sharing_ticket_keys(kind: Kind, pki: Path,
     assert full.state is State.ESTABLISHED and not full.resumed
 
 
-def test_ticket_key_rotation_keeps_accepting_the_previous_key(pki: Path,
-                                                              psk: tuple[bytes, bytes]) -> None:
+def test_ticket_key_rotation_keeps_accepting_the_previous_key(
+    pki: Path, psk: tuple[bytes, bytes]
+) -> None:
     old = TicketKeyRing()
     ctx = ServerContext(Kind.DTLS, server_creds(pki, psk), tickets=old)
     client, _ = pair(Kind.DTLS, cert_client(pki), ctx)
@@ -241,8 +266,9 @@ def test_leaf_policy() -> None:
     assert leaf_problem(b"garbage", client=True) is not None
 
 
-def test_garbage_never_breaks_an_established_dtls_session(pki: Path,
-                                                          psk: tuple[bytes, bytes]) -> None:
+def test_garbage_never_breaks_an_established_dtls_session(
+    pki: Path, psk: tuple[bytes, bytes]
+) -> None:
     ctx = ServerContext(Kind.DTLS, server_creds(pki, psk))
     client, server = pair(Kind.DTLS, cert_client(pki), ctx)
     for junk in (b"", b"\x17\xfe\xfd" + bytes(20), bytes(range(256)), b"\x16" * 100):
@@ -250,3 +276,67 @@ def test_garbage_never_breaks_an_established_dtls_session(pki: Path,
     assert server.state is State.ESTABLISHED
     client.send(b"still here")
     assert [r for d in client.take_output() for r in server.feed(d)] == [b"still here"]
+
+
+def _crl(pki: Path, revoked_cert: Path, path: Path) -> None:
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    ca = x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes())
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(now - datetime.timedelta(hours=1))
+        .next_update(now + datetime.timedelta(days=1))
+    )
+    for cert_path in (revoked_cert,) if revoked_cert else ():
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(cert.serial_number)
+            .revocation_date(now - datetime.timedelta(minutes=5))
+            .build()
+        )
+    crl = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_revoked_client_certificate_is_refused_with_a_crl(
+    kind: Kind, pki: Path, psk: tuple[bytes, bytes], tmp_path: Path
+) -> None:
+    crl = tmp_path / "clients.crl"
+    _crl(pki, pki / "client.pem", crl)
+    creds = ServerCredentials(pki / "server.pem", pki / "server.key", pki / "ca.pem", crl=crl)
+    _client, server = pair(kind, cert_client(pki), ServerContext(kind, creds))
+    assert server.state is State.FAILED and "certificate" in (server.failure or "")
+    # An empty CRL from the same CA lets the same client in.
+    crl_ok = tmp_path / "empty.crl"
+    _crl(pki, None, crl_ok)  # type: ignore[arg-type]
+    creds = ServerCredentials(pki / "server.pem", pki / "server.key", pki / "ca.pem", crl=crl_ok)
+    _client, server = pair(kind, cert_client(pki), ServerContext(kind, creds))
+    assert server.state is State.ESTABLISHED
+
+
+def test_every_declared_openssl_function_resolves() -> None:
+    """The binding names OpenSSL 3.0 symbols; a libssl without one must fail here, loudly."""
+    import re
+
+    from gateway.transport import openssl_ffi
+
+    source = Path(openssl_ffi.__file__).read_text()
+    cdef = source.split("ffi.cdef(", 1)[1].split('"""\n)', 1)[0]
+    declared = re.findall(r"\b([A-Za-z0-9_]+)\(", cdef)
+    names = {n for n in declared if n[0].isupper() or n.startswith(("i2d_", "d2i_"))}
+    assert len(names) > 60
+    missing = []
+    for name in sorted(names):
+        lib = (
+            openssl_ffi.ssl
+            if name.startswith(("SSL_", "DTLS", "TLS_", "d2i_SSL", "i2d_SSL"))
+            else openssl_ffi.crypto
+        )
+        try:
+            getattr(lib, name)
+        except AttributeError:
+            missing.append(name)
+    assert missing == []
