@@ -10,6 +10,7 @@ escape a decoder (property-tested).
 from __future__ import annotations
 
 import decimal
+import io
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import cbor2
 
 from gateway.dots.codes import CBOR_TAG_DOTS
-from gateway.dots.errors import MalformedPayload, UnknownRequiredKeys
+from gateway.dots.errors import MalformedPayload, UnknownRequiredKeys, safe_int
 from gateway.dots.keys import BY_NAME, CHILDREN, KEYS, UINT_BOUNDS, KeyInfo, Kind
 from gateway.dots.keys import is_comprehension_optional as _optional
 from gateway.dots.model import Message, message_from_tree, message_to_tree
@@ -30,27 +31,51 @@ _DECIMAL64_MANTISSA = 2**63
 _HUNDREDTH = decimal.Decimal("0.01")
 #: Deeper nesting than any DOTS message has; stops pathological inputs early.
 _MAX_DEPTH = 16
+_DOTS_TAG_HEADER = bytes([0xD9, CBOR_TAG_DOTS >> 8, CBOR_TAG_DOTS & 0xFF])
 
 
 # --- bytes <-> plain CBOR objects -------------------------------------------------------------
 
 
 def decode_cbor(data: bytes) -> Any:
-    """Plain CBOR decoding; any failure is a ``MalformedPayload`` (4.00)."""
+    """Plain CBOR decoding of exactly one data item; any failure is ``MalformedPayload``.
+
+    Every tag stays a raw ``CBORTag``: cbor2's own decoders would turn tag 1 into a
+    datetime (mitigation-start must be a plain uint, RFC 9132 §4.4.2), tag 4 into a Decimal
+    we cannot bound, and tags 28/29/36 into objects that cannot be re-encoded when a gateway
+    relays an extension value. Duplicate map keys make a map invalid (RFC 8949 §5.6), and
+    bytes after the item are an error because a body is one data item (RFC 8949 App. F).
+    """
     if not data:
         raise MalformedPayload("empty payload where a DOTS CBOR body is required")
+    if data[:3] == _DOTS_TAG_HEADER:
+        data = data[3:]  # RFC 9132 §10.5: tag 271 may prefix the whole DOTS object
+    stream = io.BytesIO(data)
     try:
-        # Tag 1 would come back as a datetime; mitigation-start must be a plain uint
-        # (RFC 9132 §4.4.2), so keep tags we do not handle as raw CBORTag values.
-        return cbor2.loads(data, tag_hook=_keep_tag)  # type: ignore[arg-type]
+        decoder = cbor2.CBORDecoder(
+            stream, tag_hook=_keep_tag, semantic_decoders=_RAW_TAGS, allow_duplicate_keys=False,
+            max_depth=_MAX_DEPTH + 8)
+        item = decoder.decode()
     except RecursionError:
         raise MalformedPayload("CBOR nesting too deep") from None
     except Exception as exc:  # cbor2 raises many types (ValueError, OverflowError, ...)
         raise MalformedPayload(f"undecodable CBOR: {exc}") from None
+    if stream.tell() != len(data):
+        raise MalformedPayload(f"{len(data) - stream.tell()} bytes after the CBOR data item")
+    return item
 
 
-def _keep_tag(_decoder: Any, tag: cbor2.CBORTag) -> cbor2.CBORTag:
+def _keep_tag(tag: cbor2.CBORTag, _immutable: bool) -> cbor2.CBORTag:
     return tag
+
+
+# Tags cbor2 6 decodes itself, handed back raw instead (the decoder gets the tag's content
+# already decoded, and whether it must be immutable).
+_RAW_TAGS = {
+    number: (lambda value, _immutable, number=number: cbor2.CBORTag(number, value))
+    # Bignums (2, 3) stay native: they re-encode to the same bytes.
+    for number in (0, 1, *range(4, 64), 100, 256, 258, 260, 261, 1004, 55799)
+}
 
 
 def encode_cbor(obj: Any) -> bytes:
@@ -148,12 +173,20 @@ def _scalar_from_cbor(value: Any, kind: Kind, where: str) -> Any:
 
 
 def _decimal_from_cbor(value: Any, where: str) -> decimal.Decimal:
-    # cbor2 turns tag 4 into a Decimal itself; a tag it could not turn stays a CBORTag.
-    if not isinstance(value, decimal.Decimal):
+    """RFC 9132 Table 5: tag 4 (decimal fraction) ``[-2, mantissa]``."""
+    if (isinstance(value, decimal.Decimal)):
+        return _checked_decimal(value, where)  # from the JSON path
+    if not (isinstance(value, cbor2.CBORTag) and value.tag == _CBOR_TAG_DECIMAL_FRACTION
+            and isinstance(value.value, list | tuple) and len(value.value) == 2
+            and all(type(v) is int for v in value.value)):
         raise MalformedPayload(
             f"{where}: expected a decimal64 (CBOR tag 4 [-2, mantissa]), got {_cbor_type(value)}"
         )
-    return _checked_decimal(value, where)
+    exponent, mantissa = value.value
+    # Bound both before building a Decimal: a huge exponent would make quantize() slow or fail.
+    if not -18 <= exponent <= 18 or not -_DECIMAL64_MANTISSA <= mantissa < _DECIMAL64_MANTISSA:
+        raise MalformedPayload(f"{where}: decimal out of the decimal64 range")
+    return _checked_decimal(decimal.Decimal(mantissa).scaleb(exponent), where)
 
 
 def _checked_decimal(value: decimal.Decimal, where: str) -> decimal.Decimal:
@@ -203,7 +236,9 @@ def _cbor_type(value: Any) -> str:
 
 
 def _describe(value: Any) -> str:
-    return repr(value) if type(value) is int else _cbor_type(value)
+    if type(value) is int:
+        return safe_int(value)
+    return _cbor_type(value)
 
 
 # --- tree -> plain CBOR objects -----------------------------------------------------------------
@@ -260,7 +295,7 @@ def _json_map_to_cbor(obj: Any, where: str, depth: int) -> dict[int, Any]:
     for name, value in obj.items():
         info = _info_for_json_name(name)
         if info is None:
-            if isinstance(name, str) and name.isdigit():
+            if isinstance(name, str) and name.isascii() and name.isdigit() and len(name) <= 5:
                 out[int(name)] = value  # an extension key written as its number
                 continue
             raise MalformedPayload(f"{where}: unknown attribute {name!r}")
@@ -300,14 +335,16 @@ def _json_scalar(value: Any, info: KeyInfo, where: str) -> Any:
         except ValueError:
             raise MalformedPayload(f"{where}: unknown label {value!r}") from None
     if kind is Kind.DECIMAL64 and isinstance(value, str | int | float) and type(value) is not bool:
+        if isinstance(value, int) and value.bit_length() > 64 or len(str(value)[:64]) >= 64:
+            raise MalformedPayload(f"{where}: decimal out of the decimal64 range")
         try:
             return _checked_decimal(decimal.Decimal(str(value)), where)
         except decimal.InvalidOperation:
             raise MalformedPayload(f"{where}: not a decimal: {value!r}") from None
     if kind in UINT_BOUNDS and isinstance(value, str):
         # Table 5 writes 64-bit numbers and retry-timer as JSON strings.
-        if not value.isascii() or not value.isdigit():
-            raise MalformedPayload(f"{where}: expected a number, got {value!r}")
+        if not value.isascii() or not value.isdigit() or len(value) > 20:
+            raise MalformedPayload(f"{where}: expected a number, got {value[:32]!r}")
         return int(value)
     return value
 

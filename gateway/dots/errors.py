@@ -17,6 +17,13 @@ if TYPE_CHECKING:
     from gateway.dots.model import ConflictInformation
 
 
+def safe_int(value: int) -> str:
+    """An integer for a diagnostic: Python refuses str() of huge ones, and peers send them."""
+    if value.bit_length() > 64:
+        return f"<{value.bit_length()}-bit integer>"
+    return str(value)
+
+
 class DotsError(Exception):
     """Base of every error the core raises on purpose."""
 
@@ -80,7 +87,7 @@ class UnknownRequiredKeys(DotsProtocolError):
     def __init__(self, keys: Iterable[int]) -> None:
         self.keys = tuple(sorted(set(keys)))
         super().__init__(
-            "unknown comprehension-required CBOR keys: " + ", ".join(map(str, self.keys))
+            "unknown comprehension-required CBOR keys: " + ", ".join(map(safe_int, self.keys))
         )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -107,6 +107,7 @@ def _unique(values: Iterable[Any], what: str) -> None:
 class PortRange:
     lower_port: int
     upper_port: int | None = None
+    extensions: Extensions = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.lower_port <= 65535:
@@ -131,6 +132,7 @@ class PortRange:
 class AclEntry:
     acl_name: str
     acl_type: str | None = None
+    extensions: Extensions = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +213,7 @@ def _validate_targets(t: Targets) -> None:
 class ConflictScope(Targets):
     acl_list: tuple[AclEntry, ...] = ()
     mid: int | None = None
+    extensions: Extensions = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +222,7 @@ class ConflictInformation:
     conflict_status: ConflictStatus | None = None
     retry_timer: int | None = None
     conflict_scope: ConflictScope | None = None
+    extensions: Extensions = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         # RFC 9132 §4.4.1.3: a cuid collision carries the cause alone.
@@ -279,6 +283,8 @@ class Scope(Targets):
 class MitigationScope:
     scope: tuple[Scope, ...]
     extensions: Extensions = field(default=(), compare=False)
+    #: Unknown comprehension-optional keys beside the container, at the top of the message.
+    outer_extensions: Extensions = field(default=(), compare=False)
 
 
 # --- session configuration ---------------------------------------------------------------------
@@ -294,6 +300,7 @@ class ConfigValue:
     current_value: Number | None = None
     min_value: Number | None = None
     max_value: Number | None = None
+    extensions: Extensions = field(default=(), compare=False)
 
 
 CONFIG_PARAMETERS: tuple[tuple[str, int, bool], ...] = (
@@ -329,6 +336,8 @@ class SignalConfig:
     mitigating_config: ConfigSet | None = None
     idle_config: ConfigSet | None = None
     extensions: Extensions = field(default=(), compare=False)
+    #: Unknown comprehension-optional keys beside the container, at the top of the message.
+    outer_extensions: Extensions = field(default=(), compare=False)
 
 
 # --- redirect and heartbeat --------------------------------------------------------------------
@@ -339,6 +348,8 @@ class RedirectedSignal:
     alt_server: str
     alt_server_record: tuple[IPAddress, ...] = ()
     extensions: Extensions = field(default=(), compare=False)
+    #: Unknown comprehension-optional keys beside the container, at the top of the message.
+    outer_extensions: Extensions = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         check_domain_name(self.alt_server, "alt-server")
@@ -348,6 +359,8 @@ class RedirectedSignal:
 class Heartbeat:
     peer_hb_status: bool
     extensions: Extensions = field(default=(), compare=False)
+    #: Unknown comprehension-optional keys beside the container, at the top of the message.
+    outer_extensions: Extensions = field(default=(), compare=False)
 
 
 Message = MitigationScope | SignalConfig | RedirectedSignal | Heartbeat
@@ -358,6 +371,12 @@ Message = MitigationScope | SignalConfig | RedirectedSignal | Heartbeat
 
 def message_from_tree(tree: Mapping[int, Any]) -> Message:
     """A checked tree (see ``gateway.dots.codec``) -> typed message."""
+    message = _message_from_tree(tree)
+    outer = _extensions(tree)
+    return replace(message, outer_extensions=outer) if outer else message
+
+
+def _message_from_tree(tree: Mapping[int, Any]) -> Message:
     if K.MITIGATION_SCOPE in tree:
         return _mitigation_from_tree(tree[K.MITIGATION_SCOPE])
     if K.SIGNAL_CONFIG in tree:
@@ -419,7 +438,8 @@ def _targets_kwargs(node: Mapping[int, Any]) -> dict[str, Any]:
     for entry in ranges or ():
         if K.LOWER_PORT not in entry:
             raise InvalidValue("target-port-range entry without lower-port")
-        port_ranges.append(PortRange(entry[K.LOWER_PORT], entry.get(K.UPPER_PORT)))
+        port_ranges.append(PortRange(entry[K.LOWER_PORT], entry.get(K.UPPER_PORT),
+                                     _extensions(entry)))
     return {
         "target_prefix": _leaf_list(node, K.TARGET_PREFIX, "target-prefix", parse_prefix),
         "target_port_range": tuple(port_ranges),
@@ -467,17 +487,19 @@ def _conflict_from_tree(node: Mapping[int, Any]) -> ConflictInformation:
     scope = None
     if scope_node is not None:
         acls = tuple(
-            AclEntry(_required(e, K.ACL_NAME, "acl-name"), e.get(K.ACL_TYPE))
+            AclEntry(_required(e, K.ACL_NAME, "acl-name"), e.get(K.ACL_TYPE), _extensions(e))
             for e in scope_node.get(K.ACL_LIST, ())
         )
         scope = ConflictScope(
-            **_targets_kwargs(scope_node), acl_list=acls, mid=scope_node.get(K.MID)
+            **_targets_kwargs(scope_node), acl_list=acls, mid=scope_node.get(K.MID),
+            extensions=_extensions(scope_node),
         )
     return ConflictInformation(
         conflict_cause=cause,
         conflict_status=_enum(ConflictStatus, node.get(K.CONFLICT_STATUS), "conflict-status"),
         retry_timer=node.get(K.RETRY_TIMER),
         conflict_scope=scope,
+        extensions=_extensions(node),
     )
 
 
@@ -505,7 +527,8 @@ def _config_from_tree(node: Mapping[int, Any]) -> SignalConfig:
                 if is_decimal
                 else (K.CURRENT_VALUE, K.MIN_VALUE, K.MAX_VALUE)
             )
-            values[name] = ConfigValue(*(p.get(k) for k in keys))
+            current, low, high = (p.get(k) for k in keys)
+            values[name] = ConfigValue(current, low, high, extensions=_extensions(p))
         return ConfigSet(**values, extensions=_extensions(set_node))
 
     return SignalConfig(
@@ -514,6 +537,10 @@ def _config_from_tree(node: Mapping[int, Any]) -> SignalConfig:
 
 
 def message_to_tree(message: Message) -> dict[int, Any]:
+    return _with_ext(_message_to_tree(message), message.outer_extensions)
+
+
+def _message_to_tree(message: Message) -> dict[int, Any]:
     body: dict[int, Any]
     if isinstance(message, MitigationScope):
         body = {K.SCOPE: [_scope_to_tree(s) for s in message.scope]}
@@ -548,9 +575,8 @@ def _targets_to_tree(t: Targets, node: dict[int, Any]) -> dict[int, Any]:
         node[K.TARGET_PREFIX] = [str(p) for p in t.target_prefix]
     if t.target_port_range:
         node[K.TARGET_PORT_RANGE] = [
-            {K.LOWER_PORT: r.lower_port}
-            if r.upper_port is None
-            else {K.LOWER_PORT: r.lower_port, K.UPPER_PORT: r.upper_port}
+            _with_ext({K.LOWER_PORT: r.lower_port} if r.upper_port is None
+                      else {K.LOWER_PORT: r.lower_port, K.UPPER_PORT: r.upper_port}, r.extensions)
             for r in t.target_port_range
         ]
     for key, values in (
@@ -595,15 +621,14 @@ def _conflict_to_tree(c: ConflictInformation) -> dict[int, Any]:
         scope = _targets_to_tree(c.conflict_scope, {})
         if c.conflict_scope.acl_list:
             scope[K.ACL_LIST] = [
-                {K.ACL_NAME: a.acl_name}
-                if a.acl_type is None
-                else {K.ACL_NAME: a.acl_name, K.ACL_TYPE: a.acl_type}
+                _with_ext({K.ACL_NAME: a.acl_name} if a.acl_type is None
+                          else {K.ACL_NAME: a.acl_name, K.ACL_TYPE: a.acl_type}, a.extensions)
                 for a in c.conflict_scope.acl_list
             ]
         if c.conflict_scope.mid is not None:
             scope[K.MID] = c.conflict_scope.mid
-        node[K.CONFLICT_SCOPE] = scope
-    return node
+        node[K.CONFLICT_SCOPE] = _with_ext(scope, c.conflict_scope.extensions)
+    return _with_ext(node, c.extensions)
 
 
 def _config_set_to_tree(c: ConfigSet) -> dict[int, Any]:
@@ -618,11 +643,11 @@ def _config_set_to_tree(c: ConfigSet) -> dict[int, Any]:
             else (K.CURRENT_VALUE, K.MIN_VALUE, K.MAX_VALUE)
         )
         # The RFC's figures list max, min, current; the CBOR encoder sorts keys anyway.
-        node[param_key] = {
+        node[param_key] = _with_ext({
             k: v
             for k, v in zip(
                 keys, (value.current_value, value.min_value, value.max_value), strict=True
             )
             if v is not None
-        }
+        }, value.extensions)
     return _with_ext(node, c.extensions)

@@ -116,7 +116,7 @@ def _misordered(name: str, after: str) -> str:
 
 def _uint32(text: str, name: str) -> int:
     # int() would accept "+5", " 5" and "5_0"; the wire form is plain decimal digits.
-    if not text.isascii() or not text.isdigit() or int(text) > _UINT32_MAX:
+    if not text.isascii() or not text.isdigit() or len(text) > 10 or int(text) > _UINT32_MAX:
         raise InvalidPath(f"'{name}' must be an unsigned 32-bit integer, got {text!r}")
     return int(text)
 
