@@ -1,0 +1,99 @@
+"""Our own lean CoAP: framing and message-layer state for the DOTS signal channel, sans-I/O.
+
+Owns the CoAP wire formats (RFC 7252 §3 for DTLS/UDP, RFC 8323 §3.2 for TLS/TCP), option
+formats and the rules for unknown options, and the per-session message layer: message IDs,
+tokens, retransmission, deduplication, piggybacked and separate responses, Resets, and the
+RFC 8323 signaling messages. The DTLS/TLS transports feed it decrypted bytes and send what it
+returns; the roles translate its :class:`CoapMessage` values to and from the DOTS core's
+``DotsRequest``/``DotsResponse``.
+
+It is pure: it must not import asyncio, socket, time, ssl, selectors or aiocoap (nor any
+other I/O library). Time arrives as ``now`` arguments, randomness is injected, and every
+cache is bounded.
+"""
+
+from gateway.coap.layer import (
+    ConnectionAborted,
+    CsmReceived,
+    Event,
+    MessageDropped,
+    MessageLayer,
+    PongReceived,
+    ReleaseReceived,
+    RequestFailed,
+    RequestKey,
+    RequestReceived,
+    Reset,
+    ResponseReceived,
+    ResponseTimedOut,
+    TcpLayer,
+    TransmissionParameters,
+)
+from gateway.coap.message import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    TCP_HARD_MAX_MESSAGE_SIZE,
+    BadOptionError,
+    CoapError,
+    CoapFormatError,
+    CoapMessage,
+    CoapUsageError,
+    MessageTooLarge,
+    MessageType,
+    TcpFramer,
+    decode_tcp,
+    decode_udp,
+    encode_tcp,
+    encode_udp,
+    format_code,
+    unknown_critical_options,
+)
+from gateway.coap.options import (
+    DEFAULT_KNOWN_OPTIONS,
+    Block,
+    OptionNumber,
+    SignalCode,
+    check_options,
+    decode_uint,
+    encode_uint,
+)
+
+__all__ = [
+    "DEFAULT_KNOWN_OPTIONS",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "TCP_HARD_MAX_MESSAGE_SIZE",
+    "BadOptionError",
+    "Block",
+    "CoapError",
+    "CoapFormatError",
+    "CoapMessage",
+    "CoapUsageError",
+    "ConnectionAborted",
+    "CsmReceived",
+    "Event",
+    "MessageDropped",
+    "MessageLayer",
+    "MessageTooLarge",
+    "MessageType",
+    "OptionNumber",
+    "PongReceived",
+    "ReleaseReceived",
+    "RequestFailed",
+    "RequestKey",
+    "RequestReceived",
+    "Reset",
+    "ResponseReceived",
+    "ResponseTimedOut",
+    "SignalCode",
+    "TcpFramer",
+    "TcpLayer",
+    "TransmissionParameters",
+    "check_options",
+    "decode_tcp",
+    "decode_udp",
+    "decode_uint",
+    "encode_tcp",
+    "encode_udp",
+    "encode_uint",
+    "format_code",
+    "unknown_critical_options",
+]

@@ -1,0 +1,764 @@
+"""CoAP messages and their two wire forms: UDP datagrams (RFC 7252 §3) and TCP/TLS frames
+(RFC 8323 §3.2).
+
+A :class:`CoapMessage` is a frozen value; the codecs turn bytes into one and back. Decoders
+raise only :class:`CoapFormatError` on bad input, whatever the bytes (a hypothesis test
+checks it). Nothing here keeps state between messages except :class:`TcpFramer`, which
+buffers at most one incomplete frame, never more than its size limit.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.coap.options import (
+    OPTION_SPECS,
+    Block,
+    OptionNumber,
+    decode_uint,
+    encode_uint,
+    option_name,
+)
+
+#: RFC 7252 §4.6: without knowledge of the path MTU, messages should fit 1152 bytes.
+DEFAULT_MAX_MESSAGE_SIZE = 1152
+#: The largest TCP frame the framer will ever buffer, whatever the configuration.
+TCP_HARD_MAX_MESSAGE_SIZE = 64 * 1024
+_MAX_OPTION_LENGTH = 65535 + 269  # largest value the 14 extended form can express
+_MAX_OPTION_NUMBER = 65535
+
+
+class MessageType(enum.IntEnum):
+    """The UDP message types (RFC 7252 §3); absent over TCP (RFC 8323 §3.2)."""
+
+    CON = 0
+    NON = 1
+    ACK = 2
+    RST = 3
+
+
+_TYPES = (MessageType.CON, MessageType.NON, MessageType.ACK, MessageType.RST)
+
+#: Codes the CoAP layer itself uses or checks (class * 32 + detail).
+EMPTY = 0
+BAD_OPTION = 130  # 4.02
+REQUEST_ENTITY_TOO_LARGE = 141  # 4.13
+
+
+def format_code(code: int) -> str:
+    """The dotted notation, e.g. ``2.05``."""
+    return f"{code >> 5}.{code & 31:02d}"
+
+
+def is_request_code(code: int) -> bool:
+    return 0 < code < 32
+
+
+def is_response_code(code: int) -> bool:
+    return code >> 5 in (2, 4, 5)
+
+
+def is_signaling_code(code: int) -> bool:
+    return code >> 5 == 7
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+class CoapError(Exception):
+    """Base of the errors this package raises on purpose."""
+
+
+class CoapUsageError(CoapError):
+    """Our own code misused the CoAP layer (a bug), never caused by peer input."""
+
+
+class CoapFormatError(CoapError, ValueError):
+    """Bytes from the peer are not a well-formed CoAP message (RFC 7252 §3, RFC 8323 §3.2).
+
+    ``mtype`` and ``mid`` are set when the UDP header could be read before the fault was
+    found, so that the message layer can reject a Confirmable message with a Reset
+    (RFC 7252 §4.2); for a Non-confirmable one it drops the message silently (§4.3).
+    """
+
+    def __init__(self, reason: str, *, mtype: MessageType | None = None,
+                 mid: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.mtype = mtype
+        self.mid = mid
+
+
+class MessageTooLarge(CoapFormatError):
+    """The message (or the frame a TCP header announces) exceeds our size limit."""
+
+    def __init__(self, size: int, limit: int, **header: Any) -> None:
+        super().__init__(f"message of {size} bytes exceeds the limit of {limit}", **header)
+        self.size = size
+        self.limit = limit
+
+
+class BadOptionError(CoapFormatError):
+    """An option value does not fit its format (RFC 7252 §5.4.3: treat it as unrecognized).
+
+    Raised only by the typed accessors of :class:`CoapMessage`. Messages that come out of
+    a message layer had such options removed (elective) or were rejected (critical), so
+    roles do not meet this error.
+    """
+
+    def __init__(self, number: int, reason: str) -> None:
+        super().__init__(f"{option_name(number)}: {reason}")
+        self.number = number
+
+
+# --- the message value -----------------------------------------------------------------------
+
+Option = tuple[int, bytes]
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class CoapMessage:
+    """One CoAP message.
+
+    ``options`` are ``(number, value)`` pairs sorted by number; the constructor sorts them
+    stably, so repeated options keep their order. ``mtype`` and ``mid`` belong to the UDP
+    message layer: over TCP they are ignored, and a message layer overwrites them (and the
+    token, when it generates one) on sending.
+    """
+
+    mtype: MessageType | None = None
+    code: int = EMPTY
+    mid: int = 0
+    token: bytes = b""
+    options: tuple[Option, ...] = ()
+    payload: bytes = b""
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if self.mtype is not None and type(self.mtype) is not MessageType:
+            try:
+                set_(self, "mtype", MessageType(self.mtype))
+            except ValueError:
+                raise CoapUsageError(f"invalid message type {self.mtype!r}") from None
+        if type(self.code) is not int:
+            set_(self, "code", _checked_int(self.code, "code"))
+        if not 0 <= self.code <= 255:
+            raise CoapUsageError(f"code out of range: {self.code}")
+        if not 0 <= _checked_int(self.mid, "mid") <= 0xFFFF:
+            raise CoapUsageError(f"message ID out of range: {self.mid}")
+        set_(self, "token", _checked_bytes(self.token, "token"))
+        if len(self.token) > 8:
+            raise CoapUsageError(f"token longer than 8 bytes: {self.token!r}")
+        set_(self, "payload", _checked_bytes(self.payload, "payload"))
+        set_(self, "options", _checked_options(self.options))
+
+    # --- generic option access ---------------------------------------------------------------
+
+    def option(self, number: int) -> bytes | None:
+        """The first value of an option, or None when absent."""
+        for n, value in self.options:
+            if n == number:
+                return value
+            if n > number:
+                break
+        return None
+
+    def option_values(self, number: int) -> tuple[bytes, ...]:
+        return tuple(value for n, value in self.options if n == number)
+
+    def has_option(self, number: int) -> bool:
+        return self.option(number) is not None
+
+    def uint_option(self, number: int, max_length: int = 4) -> int | None:
+        value = self.option(number)
+        if value is None:
+            return None
+        if len(value) > max_length:
+            raise BadOptionError(number, f"uint longer than {max_length} bytes")
+        return decode_uint(value)
+
+    def _strings(self, number: int) -> tuple[str, ...]:
+        try:
+            return tuple(value.decode("utf-8") for n, value in self.options if n == number)
+        except UnicodeDecodeError:
+            raise BadOptionError(number, "not UTF-8") from None
+
+    def _block(self, number: int) -> Block | None:
+        value = self.option(number)
+        if value is None:
+            return None
+        if len(value) > 3:
+            raise BadOptionError(number, "longer than 3 bytes")
+        return Block.decode(value)
+
+    # --- typed accessors for the options DOTS uses -------------------------------------------
+
+    @property
+    def uri_path(self) -> tuple[str, ...]:
+        return self._strings(OptionNumber.URI_PATH)
+
+    @property
+    def uri_query(self) -> tuple[str, ...]:
+        return self._strings(OptionNumber.URI_QUERY)
+
+    @property
+    def location_path(self) -> tuple[str, ...]:
+        return self._strings(OptionNumber.LOCATION_PATH)
+
+    @property
+    def uri_host(self) -> str | None:
+        hosts = self._strings(OptionNumber.URI_HOST)
+        return hosts[0] if hosts else None
+
+    @property
+    def uri_port(self) -> int | None:
+        return self.uint_option(OptionNumber.URI_PORT, 2)
+
+    @property
+    def content_format(self) -> int | None:
+        return self.uint_option(OptionNumber.CONTENT_FORMAT, 2)
+
+    @property
+    def accept(self) -> int | None:
+        return self.uint_option(OptionNumber.ACCEPT, 2)
+
+    @property
+    def observe(self) -> int | None:
+        """Observe value (RFC 7641): 0 register / 1 deregister in requests, a sequence number
+        (0 to 2**24-1) in notifications."""
+        return self.uint_option(OptionNumber.OBSERVE, 3)
+
+    @property
+    def max_age(self) -> int | None:
+        """Max-Age in seconds, None when absent (then CoAP's default of 60 s applies)."""
+        return self.uint_option(OptionNumber.MAX_AGE, 4)
+
+    @property
+    def if_match(self) -> tuple[bytes, ...]:
+        return self.option_values(OptionNumber.IF_MATCH)
+
+    @property
+    def etag(self) -> bytes | None:
+        """The ETag of a response (requests may carry several: :attr:`etags`)."""
+        return self.option(OptionNumber.ETAG)
+
+    @property
+    def etags(self) -> tuple[bytes, ...]:
+        return self.option_values(OptionNumber.ETAG)
+
+    @property
+    def block1(self) -> Block | None:
+        return self._block(OptionNumber.BLOCK1)
+
+    @property
+    def block2(self) -> Block | None:
+        return self._block(OptionNumber.BLOCK2)
+
+    @property
+    def q_block1(self) -> Block | None:
+        return self._block(OptionNumber.Q_BLOCK1)
+
+    @property
+    def q_block2(self) -> tuple[Block, ...]:
+        """Q-Block2 may repeat in a request for missing blocks (RFC 9177 §4.4)."""
+        out = []
+        for value in self.option_values(OptionNumber.Q_BLOCK2):
+            if len(value) > 3:
+                raise BadOptionError(OptionNumber.Q_BLOCK2, "longer than 3 bytes")
+            out.append(Block.decode(value))
+        return tuple(out)
+
+    @property
+    def size1(self) -> int | None:
+        return self.uint_option(OptionNumber.SIZE1, 4)
+
+    @property
+    def size2(self) -> int | None:
+        return self.uint_option(OptionNumber.SIZE2, 4)
+
+    @property
+    def hop_limit(self) -> int | None:
+        """Hop-Limit (RFC 8768): one byte, 1-255."""
+        value = self.option(OptionNumber.HOP_LIMIT)
+        if value is None:
+            return None
+        if len(value) != 1 or value[0] == 0:
+            raise BadOptionError(OptionNumber.HOP_LIMIT, "must be one byte from 1 to 255")
+        return value[0]
+
+    @property
+    def no_response(self) -> int | None:
+        """No-Response suppression bits (RFC 7967)."""
+        return self.uint_option(OptionNumber.NO_RESPONSE, 1)
+
+    # --- builders ----------------------------------------------------------------------------
+
+    @classmethod
+    def request(
+        cls,
+        code: int,
+        path: Sequence[str] = (),
+        *,
+        query: Sequence[str] = (),
+        content_format: int | None = None,
+        accept: int | None = None,
+        observe: int | None = None,
+        if_match: Sequence[bytes] = (),
+        hop_limit: int | None = None,
+        uri_host: str | None = None,
+        uri_port: int | None = None,
+        block1: Block | None = None,
+        block2: Block | None = None,
+        size1: int | None = None,
+        no_response: int | None = None,
+        options: Iterable[Option] = (),
+        payload: bytes = b"",
+        token: bytes = b"",
+        mtype: MessageType | None = MessageType.CON,
+    ) -> CoapMessage:
+        """A request; each path segment becomes one Uri-Path option, each query item one
+        Uri-Query option (``"cuid=abc"``). ``mtype``/``mid``/empty ``token`` are filled in
+        by the message layer that sends it."""
+        if not is_request_code(int(code)):
+            raise CoapUsageError(f"{format_code(int(code))} is not a request code")
+        opts: list[Option] = list(options)
+        if uri_host is not None:
+            opts.append((OptionNumber.URI_HOST, uri_host.encode("utf-8")))
+        if observe is not None:
+            opts.append((OptionNumber.OBSERVE, encode_uint(observe)))
+        if uri_port is not None:
+            opts.append((OptionNumber.URI_PORT, encode_uint(uri_port)))
+        opts.extend((OptionNumber.IF_MATCH, bytes(value)) for value in if_match)
+        opts.extend((OptionNumber.URI_PATH, segment.encode("utf-8")) for segment in path)
+        if content_format is not None:
+            opts.append((OptionNumber.CONTENT_FORMAT, encode_uint(content_format)))
+        opts.extend((OptionNumber.URI_QUERY, item.encode("utf-8")) for item in query)
+        if hop_limit is not None:
+            if not 1 <= hop_limit <= 255:
+                raise CoapUsageError(f"Hop-Limit out of range: {hop_limit}")
+            opts.append((OptionNumber.HOP_LIMIT, bytes((hop_limit,))))
+        if accept is not None:
+            opts.append((OptionNumber.ACCEPT, encode_uint(accept)))
+        if block2 is not None:
+            opts.append((OptionNumber.BLOCK2, block2.encode()))
+        if block1 is not None:
+            opts.append((OptionNumber.BLOCK1, block1.encode()))
+        if size1 is not None:
+            opts.append((OptionNumber.SIZE1, encode_uint(size1)))
+        if no_response is not None:
+            opts.append((OptionNumber.NO_RESPONSE, encode_uint(no_response)))
+        return cls(mtype, int(code), 0, token, tuple(opts), payload)
+
+    def response(
+        self,
+        code: int,
+        *,
+        payload: bytes = b"",
+        content_format: int | None = None,
+        max_age: int | None = None,
+        observe: int | None = None,
+        etag: bytes | None = None,
+        block2: Block | None = None,
+        size2: int | None = None,
+        options: Iterable[Option] = (),
+    ) -> CoapMessage:
+        """A response to this request, carrying its token. Type and message ID are chosen by
+        the message layer when it is sent (piggybacked, separate, or over TCP)."""
+        if not is_response_code(int(code)):
+            raise CoapUsageError(f"{format_code(int(code))} is not a response code")
+        opts: list[Option] = list(options)
+        if etag is not None:
+            opts.append((OptionNumber.ETAG, bytes(etag)))
+        if observe is not None:
+            opts.append((OptionNumber.OBSERVE, encode_uint(observe & 0xFFFFFF)))
+        if content_format is not None:
+            opts.append((OptionNumber.CONTENT_FORMAT, encode_uint(content_format)))
+        if max_age is not None:
+            opts.append((OptionNumber.MAX_AGE, encode_uint(max_age)))
+        if block2 is not None:
+            opts.append((OptionNumber.BLOCK2, block2.encode()))
+        if size2 is not None:
+            opts.append((OptionNumber.SIZE2, encode_uint(size2)))
+        return CoapMessage(None, int(code), 0, self.token, tuple(opts), payload)
+
+    def with_options(self, *options: Option) -> CoapMessage:
+        """A copy with these options added after existing ones of the same number."""
+        return CoapMessage(self.mtype, self.code, self.mid, self.token,
+                           self.options + tuple(options), self.payload)
+
+    def without_options(self, *numbers: int) -> CoapMessage:
+        drop = set(numbers)
+        return CoapMessage(self.mtype, self.code, self.mid, self.token,
+                           tuple(o for o in self.options if o[0] not in drop), self.payload)
+
+    def replace_option(self, number: int, *values: bytes) -> CoapMessage:
+        """A copy where ``number`` occurs exactly with ``values`` (none: removed)."""
+        kept = tuple(o for o in self.options if o[0] != number)
+        return CoapMessage(self.mtype, self.code, self.mid, self.token,
+                           kept + tuple((number, v) for v in values), self.payload)
+
+    # --- presentation ------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        head = [self.mtype.name] if self.mtype is not None else []
+        head.append(format_code(self.code))
+        if self.mtype is not None:
+            head.append(f"mid={self.mid}")
+        head.append(f"token={self.token.hex() or '-'}")
+        opts = ", ".join(f"{option_name(n, self.code if self.code >= 224 else None)}="
+                         f"{_show_value(n, v)}" for n, v in self.options)
+        if opts:
+            head.append(f"[{opts}]")
+        if self.payload:
+            head.append(f"payload={len(self.payload)}B")
+        return f"<CoapMessage {' '.join(head)}>"
+
+
+def _show_value(number: int, value: bytes) -> str:
+    spec = OPTION_SPECS.get(number)
+    if spec is not None and spec.format.value == "string":
+        return repr(value.decode("utf-8", "replace"))
+    if spec is not None and spec.format.value == "uint" and len(value) <= 4:
+        return str(decode_uint(value))
+    return value.hex() or "''"
+
+
+def _checked_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CoapUsageError(f"{name} must be an int, not {type(value).__name__}")
+    return int(value)
+
+
+def _checked_bytes(value: object, name: str) -> bytes:
+    if type(value) is bytes:
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise CoapUsageError(f"{name} must be bytes, not {type(value).__name__}")
+
+
+def _checked_options(options: object) -> tuple[Option, ...]:
+    if not isinstance(options, (tuple, list)):
+        raise CoapUsageError(f"options must be a tuple of pairs, not {type(options).__name__}")
+    out: list[Option] = []
+    previous = -1
+    ordered = True
+    for pair in options:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise CoapUsageError(f"an option must be a (number, bytes) pair: {pair!r}")
+        number, value = pair
+        if type(number) is not int:
+            number = _checked_int(number, "option number")
+        if not 0 <= number <= _MAX_OPTION_NUMBER:
+            raise CoapUsageError(f"option number out of range: {number}")
+        value = _checked_bytes(value, f"value of option {number}")
+        if len(value) > _MAX_OPTION_LENGTH:
+            raise CoapUsageError(f"value of option {number} too long: {len(value)} bytes")
+        if number < previous:
+            ordered = False
+        previous = number
+        out.append((number, value))
+    if not ordered:
+        out.sort(key=lambda pair: pair[0])  # stable: repeated options keep their order
+    return tuple(out)
+
+
+def _make(mtype: MessageType | None, code: int, mid: int, token: bytes,
+          options: tuple[Option, ...], payload: bytes) -> CoapMessage:
+    """Build a message from fields a decoder has already checked (skips validation)."""
+    msg = _new(CoapMessage)
+    _set(msg, "mtype", mtype)
+    _set(msg, "code", code)
+    _set(msg, "mid", mid)
+    _set(msg, "token", token)
+    _set(msg, "options", options)
+    _set(msg, "payload", payload)
+    return msg
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def unknown_critical_options(msg: CoapMessage, known: set[int] | frozenset[int]) -> list[int]:
+    """Critical options of ``msg`` whose number is not in ``known``, sorted, each once.
+
+    RFC 7252 §5.4.1: such an option in a CON request calls for 4.02 (Bad Option); in a
+    response or a NON message the message is rejected. The message layers also treat known
+    options with malformed or repeated values as unrecognized (see
+    :func:`gateway.coap.options.check_options`).
+    """
+    return sorted({n for n, _ in msg.options if n & 1 and n not in known})
+
+
+# --- option block codec (shared by UDP and TCP) ------------------------------------------------
+
+
+def _encode_options(options: tuple[Option, ...], out: bytearray) -> None:
+    previous = 0
+    for number, value in options:
+        delta = number - previous
+        previous = number
+        length = len(value)
+        if delta < 13 and length < 13:
+            out.append(delta << 4 | length)
+        else:
+            _append_extended_header(out, delta, length)
+        out += value
+
+
+def _append_extended_header(out: bytearray, delta: int, length: int) -> None:
+    if delta < 13:
+        d_nibble, d_ext = delta, b""
+    elif delta < 269:
+        d_nibble, d_ext = 13, bytes((delta - 13,))
+    else:
+        d_nibble, d_ext = 14, (delta - 269).to_bytes(2, "big")
+    if length < 13:
+        l_nibble, l_ext = length, b""
+    elif length < 269:
+        l_nibble, l_ext = 13, bytes((length - 13,))
+    else:
+        l_nibble, l_ext = 14, (length - 269).to_bytes(2, "big")
+    out.append(d_nibble << 4 | l_nibble)
+    out += d_ext
+    out += l_ext
+
+
+def _decode_options(data: bytes, pos: int) -> tuple[tuple[Option, ...], bytes]:
+    """Options from ``pos`` to the payload marker or the end (RFC 7252 §3.1)."""
+    options: list[Option] = []
+    end = len(data)
+    number = 0
+    while pos < end:
+        byte = data[pos]
+        pos += 1
+        if byte == 0xFF:
+            if pos == end:  # RFC 7252 §3: a marker followed by nothing is a format error
+                raise CoapFormatError("payload marker followed by an empty payload")
+            return tuple(options), data[pos:]
+        delta = byte >> 4
+        length = byte & 0x0F
+        if delta >= 13:
+            if delta == 13:
+                if pos >= end:
+                    raise CoapFormatError("truncated option delta")
+                delta = data[pos] + 13
+                pos += 1
+            elif delta == 14:
+                if pos + 2 > end:
+                    raise CoapFormatError("truncated option delta")
+                delta = (data[pos] << 8 | data[pos + 1]) + 269
+                pos += 2
+            else:  # RFC 7252 §3.1: nibble 15 is reserved outside the payload marker
+                raise CoapFormatError("option delta nibble 15")
+        if length >= 13:
+            if length == 13:
+                if pos >= end:
+                    raise CoapFormatError("truncated option length")
+                length = data[pos] + 13
+                pos += 1
+            elif length == 14:
+                if pos + 2 > end:
+                    raise CoapFormatError("truncated option length")
+                length = (data[pos] << 8 | data[pos + 1]) + 269
+                pos += 2
+            else:
+                raise CoapFormatError("option length nibble 15")
+        number += delta
+        if number > _MAX_OPTION_NUMBER:
+            raise CoapFormatError("option number beyond 65535")
+        stop = pos + length
+        if stop > end:
+            raise CoapFormatError("truncated option value")
+        options.append((number, data[pos:stop]))
+        pos = stop
+    return tuple(options), b""
+
+
+# --- UDP (RFC 7252 §3) -------------------------------------------------------------------------
+
+
+def decode_udp(data: bytes) -> CoapMessage:
+    """Decode one datagram; raises :class:`CoapFormatError` (with the header's type and
+    message ID when they could be read) on any malformation."""
+    if type(data) is not bytes:
+        data = bytes(data)
+    if len(data) < 4:
+        raise CoapFormatError("shorter than the 4-byte header")
+    first = data[0]
+    if first >> 6 != 1:  # RFC 7252 §3: unknown versions are silently ignored
+        raise CoapFormatError(f"version {first >> 6}")
+    mtype = _TYPES[first >> 4 & 3]
+    mid = data[2] << 8 | data[3]
+    tkl = first & 0x0F
+    code = data[1]
+    if tkl > 8:  # RFC 7252 §3: lengths 9-15 are reserved
+        raise CoapFormatError(f"token length {tkl}", mtype=mtype, mid=mid)
+    if code == EMPTY and len(data) != 4:  # RFC 7252 §4.1: nothing after the MID
+        raise CoapFormatError("empty message with bytes after the header", mtype=mtype, mid=mid)
+    pos = 4 + tkl
+    if len(data) < pos:
+        raise CoapFormatError("truncated token", mtype=mtype, mid=mid)
+    try:
+        options, payload = _decode_options(data, pos)
+    except CoapFormatError as exc:
+        exc.mtype, exc.mid = mtype, mid
+        raise
+    return _make(mtype, code, mid, data[4:pos], options, payload)
+
+
+def encode_udp(msg: CoapMessage) -> bytes:
+    mtype = msg.mtype
+    if mtype is None:
+        raise CoapUsageError("a UDP message needs a type")
+    if msg.code == EMPTY and (msg.token or msg.options or msg.payload):
+        raise CoapUsageError("an empty message carries no token, options or payload")
+    return _encode_udp_fields(mtype, msg.code, msg.mid, msg.token, msg.options, msg.payload)
+
+
+def _encode_udp_fields(mtype: int, code: int, mid: int, token: bytes,
+                       options: tuple[Option, ...], payload: bytes) -> bytes:
+    out = bytearray((0x40 | mtype << 4 | len(token), code, mid >> 8, mid & 0xFF))
+    out += token
+    if options:
+        _encode_options(options, out)
+    if payload:
+        out.append(0xFF)
+        out += payload
+    return bytes(out)
+
+
+def empty_ack(mid: int) -> bytes:
+    return bytes((0x60, 0, mid >> 8, mid & 0xFF))
+
+
+def reset(mid: int) -> bytes:
+    return bytes((0x70, 0, mid >> 8, mid & 0xFF))
+
+
+# --- TCP (RFC 8323 §3.2) -----------------------------------------------------------------------
+
+_EXT_LEN_BYTES = {13: 1, 14: 2, 15: 4}
+_EXT_LEN_OFFSET = {13: 13, 14: 269, 15: 65805}
+
+
+def tcp_frame_length(data: bytes | bytearray, pos: int = 0) -> int | None:
+    """Total length of the frame starting at ``pos``, or None while its header is incomplete.
+
+    Raises :class:`CoapFormatError` for a token length above 8.
+    """
+    if len(data) <= pos:
+        return None
+    first = data[pos]
+    nibble = first >> 4
+    tkl = first & 0x0F
+    if tkl > 8:
+        raise CoapFormatError(f"token length {tkl}")
+    if nibble < 13:
+        return 2 + tkl + nibble
+    ext = _EXT_LEN_BYTES[nibble]
+    if len(data) < pos + 1 + ext:
+        return None
+    body = int.from_bytes(data[pos + 1:pos + 1 + ext], "big") + _EXT_LEN_OFFSET[nibble]
+    return 2 + ext + tkl + body
+
+
+def decode_tcp(data: bytes) -> tuple[CoapMessage, int]:
+    """Decode the frame at the start of ``data``; returns the message and the bytes used.
+
+    Raises :class:`CoapFormatError` when the frame is malformed or not complete yet.
+    """
+    if type(data) is not bytes:
+        data = bytes(data)
+    size = tcp_frame_length(data)
+    if size is None or len(data) < size:
+        raise CoapFormatError("truncated frame")
+    return _decode_tcp_frame(data[:size] if size != len(data) else data), size
+
+
+def _decode_tcp_frame(frame: bytes) -> CoapMessage:
+    first = frame[0]
+    nibble = first >> 4
+    head = 1 + _EXT_LEN_BYTES.get(nibble, 0)
+    tkl = first & 0x0F
+    code = frame[head]
+    pos = head + 1 + tkl
+    options, payload = _decode_options(frame, pos)
+    return _make(None, code, 0, frame[head + 1:pos], options, payload)
+
+
+def encode_tcp(msg: CoapMessage) -> bytes:
+    body = bytearray()
+    if msg.options:
+        _encode_options(msg.options, body)
+    if msg.payload:
+        body.append(0xFF)
+        body += msg.payload
+    size = len(body)
+    tkl = len(msg.token)
+    if size < 13:
+        head = bytes((size << 4 | tkl, msg.code))
+    elif size < 269:
+        head = bytes((0xD0 | tkl, size - 13, msg.code))
+    elif size < 65805:
+        head = bytes((0xE0 | tkl,)) + (size - 269).to_bytes(2, "big") + bytes((msg.code,))
+    else:
+        head = bytes((0xF0 | tkl,)) + (size - 65805).to_bytes(4, "big") + bytes((msg.code,))
+    return head + msg.token + body
+
+
+class TcpFramer:
+    """Cuts a TCP/TLS byte stream into CoAP messages (RFC 8323 §3.2).
+
+    It holds at most one incomplete frame. A header announcing a frame larger than
+    ``max_message_size`` (the whole frame, header included, as RFC 8323 §5.3.1 counts it)
+    raises :class:`MessageTooLarge` before any of its body is buffered. After any error the
+    stream cannot be resynchronized: the framer stays failed and the connection must be
+    aborted.
+    """
+
+    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        if not 16 <= max_message_size <= TCP_HARD_MAX_MESSAGE_SIZE:
+            raise CoapUsageError(
+                f"max_message_size must be 16..{TCP_HARD_MAX_MESSAGE_SIZE}: {max_message_size}")
+        self.max_message_size = max_message_size
+        self._buffer = bytearray()
+        self._error: CoapFormatError | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[CoapMessage]:
+        """Add received bytes; return every message they complete, in order.
+
+        On a malformed or oversized frame this raises; messages completed earlier in the same
+        call are lost with the connection.
+        """
+        if self._error is not None:
+            raise self._error
+        buffer = self._buffer
+        buffer += data
+        messages: list[CoapMessage] = []
+        pos = 0
+        try:
+            while True:
+                size = tcp_frame_length(buffer, pos)
+                if size is None:
+                    break
+                if size > self.max_message_size:
+                    raise MessageTooLarge(size, self.max_message_size)
+                if len(buffer) - pos < size:
+                    break
+                messages.append(_decode_tcp_frame(bytes(buffer[pos:pos + size])))
+                pos += size
+        except CoapFormatError as exc:
+            self._error = exc
+            buffer.clear()
+            raise
+        del buffer[:pos]
+        return messages
