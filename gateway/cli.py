@@ -18,7 +18,7 @@ from typing import Any
 
 from certs.devpki import DevPkiError, init_dev_pki
 from gateway import __version__
-from gateway.config import ConfigError, check_config, default_settings, load_config
+from gateway.config import ConfigError, Settings, check_config, default_settings, load_config
 from gateway.core_settings import build_server_core
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -75,6 +75,54 @@ def _certs_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    if args.config:
+        return load_config(Path(args.config), default_state_dir=state_dir)
+    return default_settings(state_dir)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.daemon import serve
+    from gateway.logsetup import configure_logging
+    from gateway.transport.udp import PortInUse
+
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILURE
+    configure_logging(str(settings.logging.format), str(settings.logging.level))
+    if args.command == "run" and str(settings.general.mode) == "gateway":
+        print("dots-gateway run: gateway mode (relaying to upstream servers) is not "
+              "implemented yet; use mode = \"terminal\"", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        asyncio.run(serve(settings))
+    except PortInUse as exc:
+        print(f"dots-gateway: {exc.strerror}; is another instance running?", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def _tls_secrets(args: argparse.Namespace) -> int:
+    from gateway.credentials import write_fleet_secrets
+
+    try:
+        cookie, tickets = write_fleet_secrets(Path(args.directory))
+    except FileExistsError as exc:
+        print(f"tls-secrets: {exc.filename} exists; remove it to make a new one",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"cookie secret: {cookie}\nticket keys:   {tickets}")
+    print("copy both to every node, then set tls.cookie_secret_file and tls.ticket_key_file")
+    return EXIT_OK
+
+
 def _version(_args: argparse.Namespace) -> int:
     print(f"dots-gateway {__version__}")
     return EXIT_OK
@@ -86,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Anycast DOTS (RFC 9132) gateway with signal-channel redirect.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    for name, text in (("run", "run the gateway (terminal mode: it is the DOTS server)"),
+                       ("server", "run a DOTS server on DTLS and TLS")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", help="configuration file (default: embedded defaults)")
+        p.add_argument("--state-dir", help="state directory (dev PKI, database)")
+        p.set_defaults(func=_serve)
+
+    p = sub.add_parser("tls-secrets", help="create shared cookie and ticket-key files")
+    p.add_argument("directory")
+    p.set_defaults(func=_tls_secrets)
 
     p = sub.add_parser("check-config", help="validate a configuration file; list every problem")
     p.add_argument("file")
@@ -104,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", action="append", help="server/client IP SAN (repeatable)")
     p.add_argument("--force", action="store_true", help="regenerate even if files exist")
     p.set_defaults(func=_certs_init)
+
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=_version)

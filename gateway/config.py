@@ -17,6 +17,7 @@ X.509 name parser, ``gateway.config_schema``.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from gateway.config_schema import (
     IPNetwork,
     Table,
     Unique,
+    describe,
     parse_cuid,
     parse_dn,
     parse_dns_name,
@@ -118,6 +120,12 @@ class TlsSettings:
     cert: Path | None
     key: Path | None
     dev_pki_dir: Path | None
+    #: Optional CRL (PEM) checked for client certificates.
+    crl: Path | None = None
+    #: Files shared by every node of an anycast fleet (one hex secret per line, first one
+    #: active): DTLS cookie HMAC secrets and session-ticket keys. None: random per process.
+    cookie_secret_file: Path | None = None
+    ticket_key_file: Path | None = None
 
     @property
     def dev_pki(self) -> bool:
@@ -202,6 +210,50 @@ class UpstreamSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DiscoveryDhcpSettings:
+    timeout: Decimal  # seconds to wait for a reply, per attempt
+    attempts: int
+    refresh: int  # seconds DHCP information stays valid without a lease/refresh time
+    v4_seed_address_option: int | None  # code of the seed's multi-list address option
+    v4_seed_ri_option: int | None  # code of a seed-era RI option (RFC 8973 format)
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryMdnsSettings:
+    browse_time: Decimal
+    advertise: bool
+    instance: str  # DNS-SD instance label when advertising ("" -> general.node_name)
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryAnycastSettings:
+    """Seed §10: anycast addresses of upstream servers (DOTS has no IANA address)."""
+
+    addresses: tuple[IPAddress, ...]
+    reference_identifier: str | None
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoverySettings:
+    """The embedded discovery engine (seed §5-10, RFC 8973)."""
+
+    interfaces: tuple[str, ...]  # empty: every interface that is up, loopback excepted
+    families: tuple[int, ...]
+    mechanisms: tuple[str, ...]  # enabled ones; the order is always the seed's
+    collect_all: bool
+    default_domain: str | None
+    dns_servers: tuple[IPAddress, ...]
+    trusted_domains: tuple[str, ...]  # RFC 8973 §8.1; "*.example.net" for subdomains
+    min_validity: int
+    dns_timeout: Decimal
+    dhcp: DiscoveryDhcpSettings
+    mdns: DiscoveryMdnsSettings
+    anycast: DiscoveryAnycastSettings
+    retry: dict[str, int]  # seconds per failure kind, and "max"
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsSettings:
     listen: tuple[str, int] | None  # None: no metrics endpoint
 
@@ -209,6 +261,20 @@ class MetricsSettings:
 @dataclass(frozen=True, slots=True)
 class ControlSettings:
     socket: Path
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """Transport limits; each one, when hit, gives the client a defined outcome and a log
+    line (no cookie / refused connection), never silent memory growth."""
+
+    max_sessions: int = 20_000
+    max_handshakes: int = 512
+    handshake_deadline: int = 20  # seconds to finish a (D)TLS handshake
+    idle_timeout: int = 6 * 3600  # seconds without any datagram or byte from the peer
+    handshakes_per_source: int = 20  # per second, per source address (burst: twice that)
+    pmtu: int = 1280  # path MTU assumed for DTLS records (RFC 9132 §7.3)
+    handshake_threads: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +292,8 @@ class Settings:
     upstream: tuple[UpstreamSettings, ...]
     metrics: MetricsSettings
     control: ControlSettings
+    discovery: DiscoverySettings
+    limits: LimitSettings = LimitSettings()
 
 
 # Offered by default in both sets: the ranges of RFC 9132's Figure 20 example, the defaults of
@@ -319,8 +387,10 @@ def _build(data: dict[str, Any], source: str, base_dir: Path | None, state_dir: 
     clients = _clients(root, psk_identities)
     trusted_gateways = _trusted_gateways(root.table("trusted_gateways"))
     upstream = _upstream(root)
+    discovery = _discovery(root.table("discovery"))
     metrics = _metrics(root.table("metrics"))
     control = _control(root.table("control"), base_dir, general.state_dir)
+    limits = _limits(root.table("limits"))
     root.finish()
     if errors:
         found = [ConfigError(e.key, e.message, source=source) for e in errors]
@@ -329,8 +399,25 @@ def _build(data: dict[str, Any], source: str, base_dir: Path | None, state_dir: 
         raise ConfigError("", f"{len(found)} problems", source=source, errors=found)
     return Settings(
         source, general, logging, server, tls, psk, session, mitigation, clients,
-        trusted_gateways, upstream, metrics, control,
+        trusted_gateways, upstream, metrics, control, discovery, limits,
     )  # fmt: skip
+
+
+def _limits(t: Table) -> LimitSettings:
+    d = LimitSettings()
+    limits = LimitSettings(
+        max_sessions=t.integer("max_sessions", d.max_sessions, 1, 10_000_000),
+        max_handshakes=t.integer("max_handshakes", d.max_handshakes, 1, 1_000_000),
+        handshake_deadline=t.integer("handshake_deadline", d.handshake_deadline, 1, 600),
+        idle_timeout=t.integer("idle_timeout", d.idle_timeout, 10, 30 * 86400),
+        handshakes_per_source=t.integer("handshakes_per_source", d.handshakes_per_source, 1,
+                                        1_000_000),
+        # IPv4's 576 is the smallest a DOTS agent may assume (RFC 9132 §7.3).
+        pmtu=t.integer("pmtu", d.pmtu, 576, 65535),
+        handshake_threads=t.integer("handshake_threads", d.handshake_threads, 1, 64),
+    )
+    t.finish()
+    return limits
 
 
 def _general(t: Table, base_dir: Path | None, default_state_dir: Path) -> GeneralSettings:
@@ -385,10 +472,12 @@ def _tls(t: Table, base_dir: Path | None, state_dir: Path) -> TlsSettings:
     for name in names:
         if given and name not in given:
             t.error(name, f"required when {listed} is set (all three, or none for the dev PKI)")
+    extras = {name: t.opt_path(name, base_dir)
+              for name in ("crl", "cookie_secret_file", "ticket_key_file")}
     t.finish()
     if given:
-        return TlsSettings(paths[0], paths[1], paths[2], dev_pki_dir=None)
-    return TlsSettings(None, None, None, dev_pki_dir=state_dir / "pki")
+        return TlsSettings(paths[0], paths[1], paths[2], dev_pki_dir=None, **extras)
+    return TlsSettings(None, None, None, dev_pki_dir=state_dir / "pki", **extras)
 
 
 def _psk(root: Table) -> tuple[tuple[PskEntry, ...], set[str]]:
@@ -557,6 +646,132 @@ def _upstream(root: Table) -> tuple[UpstreamSettings, ...]:
             UpstreamSettings(name or "", address, host, reference_identifier, port, transport)
         )
     return tuple(servers)
+
+
+DISCOVERY_MECHANISMS = ("manual", "dhcp", "s-naptr", "dns-sd", "mdns", "anycast")
+# Seed §6: a failed lookup waits before it is retried, by kind of failure (never 0 s).
+DISCOVERY_RETRY_DEFAULTS = {
+    "nxdomain": 300, "nodata": 300, "servfail": 60, "refused": 300, "timeout": 30,
+    "no_reply": 60, "malformed": 300, "unavailable": 60, "max": 3600,
+}
+# DHCPv4 codes the DHCPINFORM already requests for their RFC meaning; a seed-format code
+# must not reuse one of them.
+_DHCPV4_TAKEN = {0, 1, 3, 6, 15, 51, 52, 53, 54, 55, 147, 148, 213, 255}
+_IFNAME = re.compile(r"[^/\s:]{1,15}")
+
+
+def _discovery(t: Table) -> DiscoverySettings:
+    seen = Unique("interface")
+    interfaces = []
+    for key, name in t.strings("interfaces", ()):
+        if not _IFNAME.fullmatch(name) or name in (".", ".."):
+            t.error_at(key, f"{name!r} is not an interface name (1-15 characters, no '/', "
+                       "':' or spaces)")
+        elif seen.check(t, key, name):
+            interfaces.append(name)
+    families: list[int] = []
+    # Table has no integer-array reader; _take checks the type and records the error.
+    value = t._take("families", "an array of 4 and/or 6", list)
+    given = value if isinstance(value, list) else None
+    for index, item in enumerate([4, 6] if given is None else given):
+        key = f"{t.key('families')}[{index}]"
+        if type(item) is not int or item not in (4, 6):
+            t.error_at(key, f"must be 4 or 6, got {describe(item)}")
+        elif item in families:
+            t.error_at(key, f"duplicate family {item}")
+        else:
+            families.append(item)
+    if given == []:
+        t.error("families", "must list at least one of 4, 6")
+    seen = Unique("mechanism")
+    mechanisms = []
+    for key, text in t.strings("mechanisms", DISCOVERY_MECHANISMS):
+        if text not in DISCOVERY_MECHANISMS:
+            hint = difflib.get_close_matches(text, DISCOVERY_MECHANISMS, n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            t.error_at(key, f"must be one of {', '.join(DISCOVERY_MECHANISMS)}, "
+                       f"got {text!r}{suggestion}")
+        elif seen.check(t, key, text):
+            mechanisms.append(text)
+    collect_all = t.boolean("collect_all", False)
+    default_domain = t.parsed("default_domain", parse_dns_name, empty_ok=True)
+    seen = Unique("address")
+    dns_servers = tuple(a for key, a in t.parsed_list("dns_servers", parse_ip)
+                        if seen.check(t, key, a))
+    trusted = []
+    for key, text in t.strings("trusted_domains", ()):
+        try:
+            parse_dns_name(text[2:] if text.startswith("*.") else text)
+            trusted.append(text)
+        except ValueError:
+            t.error_at(key, f"{text!r} is not a DNS name or '*.' followed by one")
+    min_validity = t.integer("min_validity", 60, 1, 86400, " seconds")
+    dns_timeout = t.decimal("dns_timeout", Decimal("2.00"), Decimal(0), Decimal(60))
+    dhcp = _discovery_dhcp(t.table("dhcp"))
+    mdns = _discovery_mdns(t.table("mdns"))
+    anycast = _discovery_anycast(t.table("anycast"))
+    r = t.table("retry")
+    retry = {
+        kind: r.integer(kind, default, 1, 86400, " seconds (seed §6: never 0)")
+        for kind, default in DISCOVERY_RETRY_DEFAULTS.items()
+    }
+    r.finish()
+    t.finish()
+    return DiscoverySettings(
+        tuple(interfaces), tuple(families), tuple(mechanisms), collect_all, default_domain,
+        dns_servers, tuple(trusted), min_validity, dns_timeout, dhcp, mdns, anycast, retry,
+    )  # fmt: skip
+
+
+def _discovery_dhcp(t: Table) -> DiscoveryDhcpSettings:
+    timeout = t.decimal("timeout", Decimal("2.00"), Decimal(0), Decimal(60))
+    attempts = t.integer("attempts", 2, 1, 10)
+    refresh = t.integer("refresh", 3600, 60, UINT32_MAX, " seconds")
+    codes = {}
+    for name in ("v4_seed_address_option", "v4_seed_ri_option"):
+        code = t.integer(name, 0, 0, 254, " (0: not used)")
+        if code in _DHCPV4_TAKEN - {0}:
+            t.error(name, f"option {code} already has a meaning the DHCPINFORM asks for")
+            code = 0
+        codes[name] = code or None
+    if codes["v4_seed_address_option"] and codes["v4_seed_address_option"] == codes[
+            "v4_seed_ri_option"]:
+        t.error("v4_seed_ri_option", "must differ from v4_seed_address_option")
+    t.finish()
+    return DiscoveryDhcpSettings(timeout, attempts, refresh, codes["v4_seed_address_option"],
+                                 codes["v4_seed_ri_option"])
+
+
+def _discovery_mdns(t: Table) -> DiscoveryMdnsSettings:
+    browse_time = t.decimal("browse_time", Decimal("2.00"), Decimal(0), Decimal(60))
+    advertise = t.boolean("advertise", False)
+    instance = t.string("instance", "")
+    # RFC 6763 §4.1.1: an instance label is at most 63 octets of UTF-8, no control characters.
+    if len(instance.encode()) > 63 or not instance.isprintable():
+        t.error("instance", "must be printable text of at most 63 bytes")
+        instance = ""
+    t.finish()
+    return DiscoveryMdnsSettings(browse_time, advertise, instance)
+
+
+def _discovery_anycast(t: Table) -> DiscoveryAnycastSettings:
+    seen = Unique("address")
+    addresses: list[IPAddress] = []
+    for name, version in (("ipv4", 4), ("ipv6", 6)):
+        for key, address in t.parsed_list(name, parse_ip):
+            if address.version != version:
+                t.error_at(key, f"{address} is not an IPv{version} address")
+            elif seen.check(t, key, address):
+                addresses.append(address)
+    reference_identifier = t.parsed("reference_identifier", parse_dns_name, empty_ok=True)
+    if addresses and reference_identifier is None and not t.has("reference_identifier"):
+        # Seed §5 applied to configured anycast addresses: an address alone cannot
+        # authenticate the server behind it.
+        t.error("reference_identifier", "required when anycast addresses are given: the DNS "
+                "name the servers' certificates must match")
+    port = t.integer("port", DEFAULT_PORT, 1, 65535)
+    t.finish()
+    return DiscoveryAnycastSettings(tuple(addresses), reference_identifier, port)
 
 
 def _metrics(t: Table) -> MetricsSettings:

@@ -176,6 +176,14 @@ class DtlsServer:
         self._new_listener()
         self._schedule_sweep()
 
+    def replace_context(self, context: ServerContext) -> None:
+        """New credentials for new handshakes; sessions keep the context they started with."""
+        if context.kind is not Kind.DTLS:
+            raise ValueError("DtlsServer needs a DTLS context")
+        self.context = context
+        if self._listener is not None:
+            self._new_listener()
+
     @property
     def bound(self) -> list[Address]:
         return [Address(*s.getsockname()[:2]) for s in self._sockets]
@@ -359,7 +367,7 @@ class DtlsServer:
 
     def _established(self, conn: DtlsConnection, early: list[bytes]) -> None:
         self.handshaking -= 1
-        self.context.peers.pop(ssl_address(conn.session._ssl), None)
+        conn.session.context.peers.pop(ssl_address(conn.session._ssl), None)
         if conn.retransmit is not None:
             conn.retransmit.cancel()
             conn.retransmit = None
@@ -417,7 +425,7 @@ class DtlsServer:
         if was_handshaking:
             self.handshaking -= 1
         if conn.session._ssl is not None:
-            self.context.peers.pop(ssl_address(conn.session._ssl), None)
+            conn.session.context.peers.pop(ssl_address(conn.session._ssl), None)
         if not conn.busy:
             conn.session.close()
             self._flush(conn)

@@ -1,0 +1,113 @@
+"""The long-running process: endpoints, the server role, signals, reload, shutdown.
+
+``dots-gateway server`` and (in terminal mode) ``dots-gateway run`` call ``serve()``. It
+binds every configured address for each configured transport, refuses to start when a port
+is taken, reloads credentials on SIGHUP (new handshakes use them; established sessions are
+kept), and on SIGTERM/SIGINT closes every session with close_notify before exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import Settings, Transport
+from gateway.core_settings import build_server_core
+from gateway.credentials import datagram_limits, server_contexts, stream_limits
+from gateway.server_role import ServerRole
+from gateway.transport.dtls_server import DtlsServer
+from gateway.transport.tls_stream import TlsServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunningServer:
+    role: ServerRole
+    dtls: DtlsServer | None
+    tls: TlsServer | None
+
+    @property
+    def addresses(self) -> list[str]:
+        out = []
+        if self.dtls is not None:
+            out += [f"coaps://{a}" for a in self.dtls.bound]
+        if self.tls is not None:
+            out += [f"coaps+tcp://{a}" for a in self.tls.bound]
+        return out
+
+    async def stop(self) -> None:
+        self.role.stop()
+        if self.dtls is not None:
+            await self.dtls.stop()
+        if self.tls is not None:
+            await self.tls.stop()
+
+
+async def start_server(settings: Settings) -> RunningServer:
+    """Bind and start serving; raises (PortInUse, OpenSSLError, ...) on a bad start."""
+    contexts = server_contexts(settings)
+    if contexts.dev_pki is not None:
+        pki = contexts.dev_pki
+        log.info("dev PKI in %s (client cuid %s, PSK identity %s)", pki.directory,
+                 pki.client_cuid, pki.psk_identity)
+    core = build_server_core(settings, wall_offset=time.time() - time.monotonic())
+    trusted = frozenset(settings.trusted_gateways.identities)
+    role = ServerRole(core, trusted_gateways=trusted)
+    hosts = [(str(address), settings.server.port) for address in settings.server.addresses]
+    dtls = tls = None
+    try:
+        if Transport.UDP in settings.server.transports:
+            dtls = DtlsServer(contexts.dtls, role.on_session, datagram_limits(settings.limits))
+            await dtls.start(hosts)
+        if Transport.TCP in settings.server.transports:
+            tls = TlsServer(contexts.tls, role.on_session, stream_limits(settings.limits))
+            await tls.start(hosts)
+    except BaseException:
+        if dtls is not None:
+            await dtls.stop()
+        if tls is not None:
+            await tls.stop()
+        raise
+    role.start()
+    return RunningServer(role, dtls, tls)
+
+
+def reload_credentials(server: RunningServer, settings: Settings) -> None:
+    """SIGHUP: new certificates, CAs, CRL and PSKs for new handshakes; sessions stay."""
+    try:
+        contexts = server_contexts(settings)
+    except Exception as exc:
+        log.error("reload failed, keeping the old credentials: %s", exc)
+        return
+    if server.dtls is not None:
+        server.dtls.replace_context(contexts.dtls)
+    if server.tls is not None:
+        server.tls.context = contexts.tls
+    log.info("credentials reloaded")
+
+
+async def serve(settings: Settings, *, ready: Any = None) -> None:
+    """Run until SIGTERM or SIGINT. ``ready`` (optional callable) gets the RunningServer."""
+    server = await start_server(settings)
+    for address in server.addresses:
+        log.info("serving %s", address)
+    print("dots-gateway serving " + " ".join(server.addresses), flush=True)
+    if ready is not None:
+        ready(server)
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    loop.add_signal_handler(signal.SIGHUP, reload_credentials, server, settings)
+    try:
+        await stop
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        log.info("shutting down")
+        await server.stop()

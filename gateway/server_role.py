@@ -1,0 +1,395 @@
+"""The DOTS server role: the pure server core behind the DTLS and TLS endpoints.
+
+Each authenticated (D)TLS session gets a ``SignalSession``: a CoAP message layer (UDP or
+TCP flavour) feeding requests to ``DotsServerCore`` and sending its answers, plus the
+server's own heartbeats and Observe notifications. Mitigations live in the core's store,
+shared by all sessions, because they belong to clients, not sessions (RFC 8811 §3.1).
+
+This module is asyncio glue only: protocol decisions are made in ``gateway.dots`` and
+``gateway.coap``; here we move bytes and events between them and arm timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.coap.layer import (
+    MessageLayer,
+    RequestFailed,
+    RequestKey,
+    RequestReceived,
+    Reset,
+    ResponseReceived,
+    TcpLayer,
+    TransmissionParameters,
+)
+from gateway.coap.message import CoapMessage, MessageType
+from gateway.credentials import peer_identity
+from gateway.dots.codec import encode_message
+from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, Method, Status
+from gateway.dots.errors import DotsProtocolError
+from gateway.dots.message import DotsRequest, DotsResponse, Requester
+from gateway.dots.mitigation import (
+    ApplyMitigation,
+    MitigationRemoved,
+    MitigationStatusChanged,
+    WithdrawMitigation,
+)
+from gateway.dots.model import Heartbeat, MitigationScope, Scope
+from gateway.dots.server import DotsServerCore, SendSessionHeartbeat, ServerSession, SessionLost
+from gateway.dots.uri import ContentFilter, Resource, build_path, parse_path, parse_query
+from gateway.transport.tls_context import Kind
+
+log = logging.getLogger(__name__)
+
+#: RFC 9132 §4.4.2.1: without an RTT estimate, at most one notification every 3 s.
+NOTIFICATION_INTERVAL = 3.0
+_OBSERVE_MODULUS = 1 << 24
+_CORE_TICK = 0.5
+
+
+@dataclass
+class Observation:
+    token: bytes
+    cuid: str
+    mid: int | None  # None: all of the client's mitigations
+    content: ContentFilter
+    sequence: int = 2
+
+
+@dataclass
+class SignalSession:
+    """One authenticated signal-channel session (DTLS or TLS) on the server side."""
+
+    role: ServerRole
+    conn: Any  # DtlsConnection or TlsConnection
+    dots: ServerSession
+    layer: MessageLayer | TcpLayer
+    identity: str
+    observations: dict[bytes, Observation] = field(default_factory=dict)
+    heartbeat_tokens: set[bytes] = field(default_factory=set)
+    next_notification_at: float = 0.0
+    pending_notifications: set[bytes] = field(default_factory=set)
+    timer: asyncio.TimerHandle | None = None
+    closed: bool = False
+
+    # --- SessionHandler ----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        now = self.role.clock()
+        self.layer.receive(data, now)
+        self.role.pump(self, now)
+
+    def connection_lost(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.layer.close()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.role.forget(self, reason)
+
+    # --- outputs -----------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        if self.closed:
+            return
+        if isinstance(self.layer, TcpLayer):
+            data = self.layer.data_to_send()
+            chunks = [data] if data else []
+        else:
+            chunks = self.layer.datagrams_to_send()
+        for chunk in chunks:
+            try:
+                self.conn.send(chunk)
+            except Exception as exc:  # a session that cannot send is finished
+                log.info("send failed peer=%s: %s", self.conn.remote, exc)
+                self.conn.close(f"send failed: {exc}")
+                return
+
+
+class ServerRole:
+    """Serve ``core`` on endpoints: give ``on_session`` to DtlsServer/TlsServer."""
+
+    def __init__(self, core: DotsServerCore, *, trusted_gateways: frozenset[str] = frozenset(),
+                 clock: Callable[[], float] = time.monotonic,
+                 mitigator: Callable[[object], None] | None = None) -> None:
+        self.core = core
+        self.trusted_gateways = trusted_gateways
+        self.clock = clock
+        self.mitigator = mitigator or log_mitigator
+        self.sessions: dict[int, SignalSession] = {}
+        self._tick: asyncio.TimerHandle | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._schedule_tick()
+
+    def stop(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+        for session in list(self.sessions.values()):
+            session.conn.close("server shutting down")
+
+    def on_session(self, conn: Any) -> SignalSession:
+        now = self.clock()
+        identity = peer_identity(conn.peer)
+        requester = Requester(identity.cuid, trusted_gateway=identity.cuid in self.trusted_gateways)
+        reliable = conn.kind is Kind.TLS
+        dots = self.core.open_session(requester, now, reliable=reliable)
+        layer: MessageLayer | TcpLayer
+        if reliable:
+            layer = TcpLayer()
+        else:
+            params = dots.config.parameters(mitigating=False)
+            layer = MessageLayer(parameters=_transmission(params))
+        session = SignalSession(self, conn, dots, layer, identity.name)
+        self.sessions[dots.id] = session
+        log.info("signal session opened peer=%s local=%s transport=%s client=%s cuid=%s",
+                 conn.remote, conn.local, conn.kind.value, identity.name, identity.cuid)
+        session.flush()  # the TCP layer's CSM
+        return session
+
+    def forget(self, session: SignalSession, reason: str) -> None:
+        self.sessions.pop(session.dots.id, None)
+        self.core.close_session(session.dots)
+        log.info("signal session closed peer=%s reason=%s", session.conn.remote, reason)
+
+    # --- the pump ----------------------------------------------------------------------------
+
+    def pump(self, session: SignalSession, now: float) -> None:
+        """Process everything the layer produced, answer, then run the core's outputs."""
+        for _ in range(256):  # bounded: one datagram yields a handful of events
+            event = session.layer.next_event()
+            if event is None:
+                break
+            if isinstance(event, RequestReceived):
+                self._request(session, event.message, event.key, now)
+            elif isinstance(event, ResponseReceived):
+                if event.token in session.heartbeat_tokens:
+                    session.heartbeat_tokens.discard(event.token)
+                    if Code.CHANGED == event.message.code:
+                        self.core.heartbeat_answered(session.dots, now)
+            elif isinstance(event, RequestFailed):
+                session.heartbeat_tokens.discard(event.token)
+            elif isinstance(event, Reset):
+                # RFC 7641 §3.6: a Reset of a notification cancels the observation.
+                session.observations.pop(event.token, None)
+        self._core_outputs(now)
+        self._notify_due(session, now)
+        session.flush()
+        self._arm(session)
+
+    def _request(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
+                 now: float) -> None:
+        request = _dots_request(msg, session.dots.requester)
+        try:
+            response = self.core.receive_request(session.dots, request, now)
+        except DotsProtocolError as exc:  # the core answers these itself; belt and braces
+            response = exc.to_response()
+        except Exception:
+            log.exception("internal error answering %s from %s", msg, session.conn.remote)
+            response = DotsResponse(Code.INTERNAL_SERVER_ERROR,
+                                    b"internal error; the server logged it", 0)
+        if response is None:
+            # RFC 9132 §4.4.3: silently ignored; a CON still needs its ACK to stop retries.
+            if key.mtype is MessageType.CON and isinstance(session.layer, MessageLayer):
+                session.layer.send_ack(key, now)
+            return
+        observe = self._observe(session, msg, request, response)
+        coap = msg.response(response.code, payload=response.payload,
+                            content_format=response.content_format,
+                            max_age=response.max_age, observe=observe)
+        session.layer.send_response(key, coap, now)
+        self._sync_transmission(session)
+
+    def _observe(self, session: SignalSession, msg: CoapMessage, request: DotsRequest,
+                 response: DotsResponse) -> int | None:
+        """Register or cancel an observation (RFC 7641) of ``mitigate``; the Observe value
+        to put in the response, or None."""
+        if request.method is not Method.GET or request.observe is None:
+            return None
+        try:
+            path = parse_path(request.path)
+        except DotsProtocolError:
+            return None
+        if request.observe == 1 or not response.code.is_success:
+            session.observations.pop(msg.token, None)
+            return None
+        if path.resource is not Resource.MITIGATE or path.cuid is None:
+            return None  # config observation: the config changes only on this session's PUT
+        try:
+            content = parse_query(request.query)
+        except DotsProtocolError:
+            content = ContentFilter.ALL
+        observation = Observation(msg.token, path.cuid, path.mid, content)
+        session.observations[msg.token] = observation
+        return 1
+
+    def _core_outputs(self, now: float) -> None:
+        changed: dict[str, set[int]] = {}
+        removed: list[MitigationRemoved] = []
+        for event in self.core.events():
+            if isinstance(event, MitigationStatusChanged):
+                changed.setdefault(event.cuid, set()).add(event.mid)
+            elif isinstance(event, MitigationRemoved):
+                removed.append(event)
+                changed.setdefault(event.cuid, set()).add(event.mid)
+            elif isinstance(event, ApplyMitigation | WithdrawMitigation):
+                self.mitigator(event)
+            elif isinstance(event, SendSessionHeartbeat):
+                target = self.sessions.get(event.session_id)
+                if target is not None:
+                    self._send_heartbeat(target, event.peer_hb_status, now)
+            elif isinstance(event, SessionLost):
+                target = self.sessions.get(event.session_id)
+                if target is not None:
+                    target.conn.close("signal lost: no traffic from the client")
+        if changed:
+            self._mark_observers(changed)
+
+    def _mark_observers(self, changed: dict[str, set[int]]) -> None:
+        for session in self.sessions.values():
+            for token, obs in session.observations.items():
+                mids = changed.get(obs.cuid)
+                if mids and (obs.mid is None or obs.mid in mids):
+                    session.pending_notifications.add(token)
+
+    def _notify_due(self, session: SignalSession, now: float) -> None:
+        if not session.pending_notifications or now < session.next_notification_at:
+            return
+        for token in list(session.pending_notifications):
+            obs = session.observations.get(token)
+            if obs is None:
+                continue
+            self._send_notification(session, obs, now)
+        session.pending_notifications.clear()
+        session.next_notification_at = now + NOTIFICATION_INTERVAL
+
+    def _send_notification(self, session: SignalSession, obs: Observation, now: float) -> None:
+        from gateway.dots.mitigation import Owner
+
+        owner = Owner(session.dots.requester.credential_id)
+        try:
+            body = self.core.store.get(obs.cuid, obs.mid, owner, now, obs.content)
+            code, payload = Code.CONTENT, encode_message(body)
+        except DotsProtocolError as exc:
+            if obs.mid is None:
+                code, payload = exc.code, exc.diagnostic.encode()
+            else:
+                # The request is gone: report its end once, then the observation ends.
+                final = MitigationScope((Scope(mid=obs.mid, lifetime=0,
+                                               status=Status.ATTACK_MITIGATION_TERMINATED),))
+                code, payload = Code.CONTENT, encode_message(final)
+        obs.sequence = (obs.sequence + 1) % _OBSERVE_MODULUS
+        anchor = CoapMessage(None, int(Method.GET), 0, obs.token)
+        message = anchor.response(
+            int(code), payload=payload,
+            content_format=CONTENT_FORMAT_DOTS_CBOR if code.is_success else 0,
+            observe=obs.sequence if code.is_success else None)
+        # RFC 9132 §4.4.2.1: notifications are always Non-confirmable.
+        if isinstance(session.layer, MessageLayer):
+            session.layer.send_notification(obs.token, message, now, confirmable=False)
+        else:
+            session.layer.send_notification(obs.token, message, now)
+        if not code.is_success or (obs.mid is not None and code is Code.CONTENT and
+                                   self.core.store.lookup(obs.cuid, obs.mid) is None):
+            session.observations.pop(obs.token, None)
+
+    def _send_heartbeat(self, session: SignalSession, peer_hb_status: bool, now: float) -> None:
+        body = encode_message(Heartbeat(peer_hb_status))
+        request = CoapMessage.request(int(Method.PUT), build_path(Resource.HB),
+                                      content_format=CONTENT_FORMAT_DOTS_CBOR, payload=body)
+        params = session.dots.config.parameters(self.core.mitigating(session.dots))
+        lifetime = max(float(params.heartbeat_interval), 1.0)
+        if isinstance(session.layer, MessageLayer):
+            token = session.layer.send_request(request, now, confirmable=False,
+                                               lifetime=lifetime)
+        else:
+            token = session.layer.send_request(request, now, lifetime=lifetime)
+        session.heartbeat_tokens.add(token)
+        session.flush()
+
+    def _sync_transmission(self, session: SignalSession) -> None:
+        if isinstance(session.layer, MessageLayer):
+            params = session.dots.config.parameters(self.core.mitigating(session.dots))
+            session.layer.set_parameters(_transmission(params))
+
+    # --- timers ------------------------------------------------------------------------------
+
+    def _arm(self, session: SignalSession) -> None:
+        if session.closed:
+            return
+        if session.timer is not None:
+            session.timer.cancel()
+            session.timer = None
+        deadlines = [t for t in (session.layer.get_timer(),) if t is not None]
+        if session.pending_notifications:
+            deadlines.append(session.next_notification_at)
+        if not deadlines:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, min(deadlines) - self.clock())
+        session.timer = loop.call_later(delay, self._session_timer, session)
+
+    def _session_timer(self, session: SignalSession) -> None:
+        session.timer = None
+        if session.closed:
+            return
+        now = self.clock()
+        session.layer.handle_timer(now)
+        self.pump(session, now)
+
+    def _schedule_tick(self) -> None:
+        self._tick = asyncio.get_running_loop().call_later(_CORE_TICK, self._on_tick)
+
+    def _on_tick(self) -> None:
+        now = self.clock()
+        try:
+            self.core.handle_timer(now)
+            self._core_outputs(now)
+            for session in list(self.sessions.values()):
+                self._notify_due(session, now)
+                session.flush()
+                self._arm(session)
+        except Exception:
+            log.exception("server core timer failed")
+        self._schedule_tick()
+
+
+def _transmission(params: Any) -> TransmissionParameters:
+    return TransmissionParameters(ack_timeout=float(params.ack_timeout),
+                                  ack_random_factor=float(params.ack_random_factor),
+                                  max_retransmit=int(params.max_retransmit))
+
+
+def _dots_request(msg: CoapMessage, requester: Requester) -> DotsRequest:
+    return DotsRequest(
+        method=_method(msg.code),
+        path=tuple(msg.uri_path),
+        query=tuple(msg.uri_query),
+        payload=msg.payload,
+        content_format=msg.content_format,
+        observe=msg.observe,
+        if_match=tuple(msg.if_match),
+        requester=requester,
+    )
+
+
+def _method(code: int) -> Method:
+    try:
+        return Method(code)
+    except ValueError:
+        return Method.POST  # any other method code is answered 4.05 by the core
+
+
+def log_mitigator(command: object) -> None:
+    """The ``log`` mitigator backend: one line per command (issue 5 adds JSON lines/command)."""
+    log.info("mitigator %s", command)
+
