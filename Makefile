@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests need; empty until a test needs an outside peer.
-DEB_PACKAGES := libssl3 libcoap3-bin
+DEB_PACKAGES := libssl3 libcoap3-bin dnsmasq-base
 
 .PHONY: run test deps venv lint clean
 
@@ -24,7 +24,7 @@ ifneq ($(strip $(DEB_PACKAGES)),)
 endif
 
 run: $(STAMP)
-	$(BIN)/dots-gateway --help
+	$(BIN)/dots-gateway run --state-dir state
 
 test: $(STAMP) deps
 	$(BIN)/python -m pytest --cov=gateway/dots --cov=certs --cov=gateway.config --cov=gateway.config_schema \
