@@ -20,6 +20,7 @@ from certs.devpki import DevPkiError, init_dev_pki
 from gateway import __version__
 from gateway.config import ConfigError, Settings, check_config, default_settings, load_config
 from gateway.core_settings import build_server_core
+from gateway.discovery import cli as discovery_cli
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="regenerate even if files exist")
     p.set_defaults(func=_certs_init)
 
+    discovery_cli.register(sub)  # discover, dhcp-option
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=_version)

@@ -1,0 +1,276 @@
+"""``dots-gateway discover`` and ``dots-gateway dhcp-option``.
+
+``discover`` runs the procedure once with the real I/O (or the one a test injects) and
+prints the ordered candidates with the mechanism behind each row, and, per interface x
+family, why the earlier mechanisms gave nothing. ``--json`` prints a list of candidate
+objects on stdout (the reasons go to stderr). Exit status: 0 with candidates, 1 without,
+2 for a usage or configuration error.
+
+``dhcp-option`` is for operators: the DOTS option bytes for given names and addresses, as
+hex and in dnsmasq and Kea syntax.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+# Only argparse at import time: ``gateway.cli`` imports this module for every command, so
+# the discovery stack (dnspython, zeroconf) loads only when one of these commands runs.
+if TYPE_CHECKING:
+    from gateway.config import Settings
+    from gateway.discovery.candidates import Candidate
+    from gateway.discovery.dhcp_options import EncodedOption
+    from gateway.discovery.engine import DiscoveryIO, IoSettings
+    from gateway.discovery.interfaces import InterfaceInfo
+    from gateway.discovery.procedure import Procedure
+    from gateway.discovery.settings import Overrides
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+MECHANISM_NAMES = ("manual", "dhcp", "s-naptr", "dns-sd", "mdns", "anycast")
+
+# A test replaces this to run ``discover`` without touching the host's network.
+IoFactory = Callable[["dict[str, InterfaceInfo]", "IoSettings"], "DiscoveryIO"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``discover`` and ``dhcp-option`` to the ``dots-gateway`` subcommands."""
+    p = sub.add_parser("discover", help="find upstream DOTS servers once and print them")
+    p.add_argument("--config", help="configuration file (default: embedded defaults)")
+    p.add_argument("--interface", action="append", help="interface to run on (repeatable; "
+                   "default: discovery.interfaces, else every interface that is up)")
+    p.add_argument("--family", action="append", type=int, choices=(4, 6),
+                   help="address family (repeatable; default: discovery.families)")
+    p.add_argument("--domain", action="append",
+                   help="domain for S-NAPTR / DNS-SD instead of what DHCP gives (repeatable)")
+    p.add_argument("--dns-server", action="append", dest="dns_server",
+                   help="DNS server instead of what DHCP gives (repeatable)")
+    p.add_argument("--mechanism", action="append", choices=MECHANISM_NAMES,
+                   help="run only these mechanisms (repeatable; the order stays the seed's)")
+    p.add_argument("--collect-all", action="store_true", default=None,
+                   help="run every mechanism instead of stopping at the first that finds some")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="give up after this many seconds (default 30)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of candidates")
+    p.set_defaults(func=run_discover)
+
+    p = sub.add_parser("dhcp-option",
+                       help="print DOTS DHCP option bytes for names and addresses")
+    p.add_argument("--name", action="append", default=[],
+                   help="DOTS server name (reference identifier), e.g. dots.example.net")
+    p.add_argument("--address", action="append", default=[],
+                   help="DOTS server address, IPv4 or IPv6 (repeatable, in preference order)")
+    p.add_argument("--seed-list", action="append", default=[], metavar="A,B,...",
+                   help="one server's IPv4 addresses for the seed's multi-list format")
+    p.add_argument("--seed-code", type=int, help="DHCPv4 option code for --seed-list")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=run_dhcp_option)
+
+
+# --- discover --------------------------------------------------------------------------------
+
+
+def run_discover(args: argparse.Namespace, io_factory: IoFactory | None = None,
+                 interfaces: dict[str, InterfaceInfo] | None = None) -> int:
+    from gateway.config import ConfigError, default_settings, load_config
+    from gateway.discovery.errors import DiscoveryError
+    from gateway.discovery.settings import Overrides
+
+    try:
+        settings = load_config(Path(args.config)) if args.config else default_settings()
+        dns_servers = tuple(ipaddress.ip_address(a) for a in args.dns_server or ())
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        print(f"discover: --dns-server: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    overrides = Overrides(
+        interfaces=tuple(args.interface or ()),
+        families=tuple(dict.fromkeys(args.family or ())),
+        domains=tuple(d.rstrip(".") for d in args.domain or ()),
+        dns_servers=dns_servers,
+        mechanisms=tuple(args.mechanism or ()),
+        collect_all=args.collect_all,
+    )
+    try:
+        return asyncio.run(_discover(settings, overrides, args, io_factory, interfaces))
+    except DiscoveryError as exc:
+        print(f"discover: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+async def _discover(settings: Settings, overrides: Overrides, args: argparse.Namespace,
+                    io_factory: IoFactory | None,
+                    interfaces: dict[str, InterfaceInfo] | None) -> int:
+    from gateway.discovery.engine import DiscoveryEngine, IoSettings, SystemIO
+    from gateway.discovery.interfaces import list_interfaces, slots_for
+    from gateway.discovery.procedure import Procedure
+    from gateway.discovery.settings import (
+        procedure_settings,
+        selected_families,
+        selected_interfaces,
+    )
+
+    known = interfaces if interfaces is not None else list_interfaces()
+    slots, skipped = slots_for(known, selected_interfaces(settings, overrides),
+                               selected_families(settings, overrides))
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    if not slots:
+        print("discover: no interface x family to run on", file=sys.stderr)
+        return EXIT_FAILURE
+    psettings = procedure_settings(settings, overrides)
+    d = settings.discovery
+    io_settings = IoSettings(
+        dhcp_timeout=float(d.dhcp.timeout), dhcp_attempts=d.dhcp.attempts,
+        seed_address_code=d.dhcp.v4_seed_address_option, seed_ri_code=d.dhcp.v4_seed_ri_option,
+        dns_timeout=float(d.dns_timeout), mdns="mdns" in {m.value for m in psettings.mechanisms},
+    )
+    io = io_factory(known, io_settings) if io_factory else SystemIO(known, io_settings)
+    try:
+        if isinstance(io, SystemIO):
+            await io.start_mdns(sorted({s.interface for s in slots}))
+        procedure = Procedure(psettings, slots, time.monotonic())
+        engine = DiscoveryEngine(procedure, io)
+        candidates = await engine.run_once(time.monotonic() + args.timeout)
+    finally:
+        await io.close()
+    _print(procedure, candidates, args.json)
+    return EXIT_OK if candidates else EXIT_FAILURE
+
+
+def _print(procedure: Procedure, candidates: list[Candidate], as_json: bool) -> None:
+    now = time.monotonic()
+    offset = time.time() - now
+    reasons = _reasons(procedure)
+    if as_json:
+        print(json.dumps([c.to_json(now, offset) for c in candidates], indent=2))
+        for line in reasons:
+            print(line, file=sys.stderr)
+        return
+    for line in reasons:
+        print(line)
+    if not candidates:
+        print("no candidates")
+        return
+    header = ("#", "mechanism", "interface", "family", "transport", "address", "port",
+              "reference identifier", "expires in", "source")
+    rows = [header] + [
+        (str(i), c.mechanism.value, c.interface, f"ipv{c.family.value}", c.transport.value,
+         str(c.address), str(c.port), c.reference_identifier,
+         "-" if c.expires_at is None else f"{c.expires_at - now:.0f} s", c.source)
+        for i, c in enumerate(candidates, 1)
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    print()
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+def _reasons(procedure: Procedure) -> list[str]:
+    lines = []
+    for slot in procedure.slots:
+        lines.append(f"{slot}:")
+        for outcome in procedure.outcomes(slot):
+            found = f"{outcome.found} candidate(s)" if outcome.found else "nothing"
+            why = f" - {outcome.reason}" if outcome.reason else ""
+            lines.append(f"  {outcome.mechanism.value:8} {found}{why}")
+    return lines
+
+
+# --- dhcp-option -----------------------------------------------------------------------------
+
+
+def run_dhcp_option(args: argparse.Namespace) -> int:
+    from gateway.discovery.dhcp_options import encode_for_servers
+    from gateway.discovery.errors import DiscoveryError
+
+    try:
+        addresses = [ipaddress.ip_address(a) for a in args.address]
+        seed_lists = [[ipaddress.IPv4Address(a.strip()) for a in item.split(",") if a.strip()]
+                      for item in args.seed_list]
+    except ValueError as exc:
+        print(f"dhcp-option: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.name and not addresses and not seed_lists:
+        print("dhcp-option: give at least one --name, --address or --seed-list", file=sys.stderr)
+        return EXIT_USAGE
+    if seed_lists and not (args.seed_code and 1 <= args.seed_code <= 254):
+        print("dhcp-option: --seed-list needs --seed-code (1-254)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        options = encode_for_servers(args.name, addresses, seed_lists=seed_lists,
+                                     seed_address_code=args.seed_code)
+    except DiscoveryError as exc:
+        print(f"dhcp-option: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    described = [_describe(option) for option in options]
+    if args.json:
+        print(json.dumps(described, indent=2))
+        return EXIT_OK
+    for item in described:
+        print(f"DHCPv{item['family']} option {item['code']} ({item['name']}), "
+              f"{item['length']} octets")
+        print(f"  value: {item['value_hex']}")
+        print(f"  wire:  {item['wire_hex']}")
+        print(f"  dnsmasq: {item['dnsmasq']}")
+        print(f"  kea:     {json.dumps(item['kea'])}")
+        if item.get("note"):
+            print(f"  note: {item['note']}")
+    return EXIT_OK
+
+
+def _colon_hex(data: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in data)
+
+
+def _describe(option: EncodedOption) -> dict[str, Any]:
+    v6 = option.family == 6
+    prefix = "option6:" if v6 else ""
+    if option.name.endswith("DOTS_ADDRESS") and v6:
+        # dnsmasq writes IPv6 addresses in brackets; IPv4-mapped ones as ::ffff:a.b.c.d.
+        addrs = [ipaddress.IPv6Address(option.value[i:i + 16])
+                 for i in range(0, len(option.value), 16)]
+        dnsmasq = f"dhcp-option={prefix}{option.code}," + ",".join(f"[{a}]" for a in addrs)
+    elif option.name.endswith("DOTS_ADDRESS"):
+        addrs4 = [ipaddress.IPv4Address(option.value[i:i + 4])
+                  for i in range(0, len(option.value), 4)]
+        dnsmasq = f"dhcp-option={option.code}," + ",".join(str(a) for a in addrs4)
+    else:
+        dnsmasq = f"dhcp-option={prefix}{option.code},{_colon_hex(option.value)}"
+    item: dict[str, Any] = {
+        "family": option.family,
+        "code": option.code,
+        "name": option.name,
+        "length": len(option.value),
+        "value_hex": option.value.hex(),
+        "wire_hex": option.wire.hex(),
+        "dnsmasq": dnsmasq,
+        # Kea accepts options it has no definition for in binary form (csv-format false).
+        "kea": {"code": option.code, "space": "dhcp6" if v6 else "dhcp4",
+                "csv-format": False, "data": option.value.hex().upper()},
+    }
+    if not v6 and len(option.value) > 255:
+        item["note"] = ("longer than 255 octets: sent as several instances (RFC 3396); "
+                        "dnsmasq 2.90 refuses such options ('dhcp-option too long')")
+    return item
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m gateway.discovery.cli discover ...``: the same commands on their own."""
+    parser = argparse.ArgumentParser(prog="dots-gateway")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
