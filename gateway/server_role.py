@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.coap.layer import (
+    ConnectionAborted,
     MessageLayer,
+    ReleaseReceived,
     RequestFailed,
     RequestKey,
     RequestReceived,
@@ -181,6 +183,13 @@ class ServerRole:
             elif isinstance(event, Reset):
                 # RFC 7641 §3.6: a Reset of a notification cancels the observation.
                 session.observations.pop(event.token, None)
+            elif isinstance(event, ReleaseReceived | ConnectionAborted):
+                # RFC 8323 §5.5/§5.6: the peer is done with this connection (aiocoap's
+                # shutdown sends Release and waits for us to close).
+                session.flush()
+                session.conn.close("released by the peer" if isinstance(event, ReleaseReceived)
+                                   else f"aborted: {event.diagnostic}")
+                return
         self._core_outputs(now)
         self._notify_due(session, now)
         session.flush()

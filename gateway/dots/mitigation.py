@@ -218,7 +218,7 @@ class Mitigation:
     def remaining_lifetime(self, now: float) -> int:
         if self.expires_at is None:
             return INDEFINITE
-        return max(0, math.ceil(self.expires_at - now))
+        return _whole_seconds(self.expires_at - now)
 
     def deadline(self) -> float | None:
         times = [t for t in (self.expires_at, self.terminate_at) if t is not None]
@@ -345,7 +345,7 @@ class MitigationStore:
                     record.transient_status = None
         lifetime = record.remaining_lifetime(now)
         if record.terminate_at is not None:
-            left = max(0, math.ceil(record.terminate_at - now))
+            left = _whole_seconds(record.terminate_at - now)
             lifetime = left if lifetime == INDEFINITE else min(lifetime, left)
         config = content is not ContentFilter.NON_CONFIG
         state = content is not ContentFilter.CONFIG
@@ -664,9 +664,11 @@ class MitigationStore:
             (
                 Scope(
                     mid=record.mid,
+                    # The lifetime just granted (RFC 9132 §4.4.1.1), or what is left of a
+                    # deactivated request's retry-timer + 45 s.
                     lifetime=record.remaining_lifetime(now)
-                    if record.lifetime != INDEFINITE
-                    else INDEFINITE,
+                    if record.state is S.DEACTIVATED
+                    else record.lifetime,
                     conflict_information=record.conflict,
                 ),
             )
@@ -684,6 +686,11 @@ _MITIGATOR_STATUSES = frozenset(
         Status.ATTACK_EXCEEDED_CAPABILITY,
     }
 )
+
+
+def _whole_seconds(remaining: float) -> int:
+    """Remaining time rounded up, ignoring float noise (now + 3600 - now may be 3600.0000001)."""
+    return max(0, math.ceil(remaining - 1e-6))
 
 
 def _counters(c: Counters) -> dict[str, int | None]:

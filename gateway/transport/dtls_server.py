@@ -456,6 +456,8 @@ class DtlsServer:
 
     def _schedule_sweep(self) -> None:
         assert self._loop is not None
+        if self._sweeper is not None:
+            self._sweeper.cancel()  # start() twice must not leave a second sweeper running
         self._sweeper = self._loop.call_later(1.0, self._sweep)
 
     def _sweep(self) -> None:

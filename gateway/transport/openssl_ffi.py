@@ -59,7 +59,7 @@ ffi.cdef(
     int SSL_CTX_use_PrivateKey_file(SSL_CTX *ctx, const char *file, int type);
     int SSL_CTX_check_private_key(const SSL_CTX *ctx);
     int SSL_CTX_load_verify_locations(SSL_CTX *ctx, const char *CAfile, const char *CApath);
-    void SSL_CTX_set_verify(SSL_CTX *ctx, int mode, void *callback);
+    void SSL_CTX_set_verify(SSL_CTX *ctx, int mode, int (*callback)(int, X509_STORE_CTX *));
     void SSL_CTX_set_verify_depth(SSL_CTX *ctx, int depth);
     void *SSL_load_client_CA_file(const char *file);
     void SSL_CTX_set_client_CA_list(SSL_CTX *ctx, void *name_list);
@@ -126,6 +126,9 @@ ffi.cdef(
     void BIO_ADDR_free(BIO_ADDR *);
 
     X509_STORE *SSL_CTX_get_cert_store(const SSL_CTX *ctx);
+    int X509_STORE_CTX_get_error_depth(const X509_STORE_CTX *ctx);
+    X509 *X509_STORE_CTX_get_current_cert(const X509_STORE_CTX *ctx);
+    void X509_STORE_CTX_set_error(X509_STORE_CTX *ctx, int s);
     int X509_STORE_load_file(X509_STORE *ctx, const char *file);
     int X509_STORE_set_flags(X509_STORE *ctx, unsigned long flags);
 
@@ -184,6 +187,7 @@ DTLS1_2_VERSION = 0xFEFD
 BIO_CTRL_PENDING = 10
 BIO_C_SET_BUF_MEM_EOF_RETURN = 130
 X509_V_OK = 0
+X509_V_ERR_INVALID_PURPOSE = 26
 X509_V_FLAG_CRL_CHECK = 0x4
 X509_V_FLAG_CRL_CHECK_ALL = 0x8
 OSSL_PARAM_UTF8_STRING = 4

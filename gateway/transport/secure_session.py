@@ -14,9 +14,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
-
 from gateway.transport.openssl_ffi import (
     BIO_C_SET_BUF_MEM_EOF_RETURN,
     BIO_CTRL_PENDING,
@@ -39,7 +36,13 @@ from gateway.transport.openssl_ffi import (
     ffi,
     ssl,
 )
-from gateway.transport.tls_context import ClientContext, Kind, ServerContext, ssl_address
+from gateway.transport.tls_context import (
+    ClientContext,
+    Kind,
+    ServerContext,
+    leaf_problem,
+    ssl_address,
+)
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +255,9 @@ class SecureSession:
             if verify != X509_V_OK:
                 self._fail(f"peer certificate not verified (X509 error {verify})")
                 return
+            # The end-entity policy already ran in the verify callback (tls_context), where
+            # a refusal still reaches the peer as an alert; check again in case a context
+            # was built without it.
             problem = leaf_problem(certificate, client=self.is_server)
             if problem is not None:
                 self._fail(problem)
@@ -354,31 +360,3 @@ def pack_records(data: bytes, datagram_size: int) -> list[bytes]:
     if current:
         datagrams.append(current)
     return datagrams
-
-
-def leaf_problem(der: bytes, *, client: bool) -> str | None:
-    """Why a verified peer certificate may still not identify a DOTS agent, or None.
-
-    OpenSSL accepts a trust anchor presented as the peer certificate; the prototype saw the
-    CA certificate itself accepted as a client identity. A DOTS agent is an end entity whose
-    EKU, when present, allows its role.
-    """
-    try:
-        cert = x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        return f"unparsable peer certificate: {exc}"
-    try:
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        if constraints.ca:
-            return "peer certificate is a CA certificate, not an end entity"
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return None
-    wanted = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-    if wanted not in usages and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages:
-        role = "clientAuth" if client else "serverAuth"
-        return f"peer certificate's extended key usage does not allow {role}"
-    return None

@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
 from gateway.transport.openssl_ffi import (
     DTLS1_2_VERSION,
     OSSL_PARAM_OCTET_STRING,
@@ -40,11 +43,13 @@ from gateway.transport.openssl_ffi import (
     SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
     SSL_VERIFY_PEER,
     TLS1_2_VERSION,
+    X509_V_ERR_INVALID_PURPOSE,
     X509_V_FLAG_CRL_CHECK,
     X509_V_FLAG_CRL_CHECK_ALL,
     OpenSSLError,
     check,
     crypto,
+    der_of,
     error_queue,
     ffi,
     ssl,
@@ -228,6 +233,32 @@ class _Context:
     def ptr(self) -> Any:
         return self._ptr
 
+    def _end_entity_check(self, *, client: bool) -> Any:
+        """A verify callback applying ``leaf_problem`` to the peer's certificate, so that a
+        refusal happens inside the handshake and the peer gets an alert (after the handshake
+        it could only be dropped silently, and the peer would believe it is connected)."""
+
+        @ffi.callback("int(int, X509_STORE_CTX *)")
+        def verify(preverify_ok: int, store: Any) -> int:
+            if not preverify_ok:
+                return 0
+            try:
+                if crypto.X509_STORE_CTX_get_error_depth(store) != 0:
+                    return 1
+                problem = leaf_problem(der_of(crypto.X509_STORE_CTX_get_current_cert(store)),
+                                       client=client)
+            except Exception:  # never unwind through OpenSSL
+                log.exception("certificate check failed")
+                problem = "certificate check failed"
+            if problem is None:
+                return 1
+            log.info("peer certificate refused: %s", problem)
+            crypto.X509_STORE_CTX_set_error(store, X509_V_ERR_INVALID_PURPOSE)
+            return 0
+
+        self._callbacks.append(verify)
+        return verify
+
     def _set_ciphers(self, *, certificates: bool, psk: bool, legacy_psk: bool) -> None:
         parts = ([CERT_CIPHERS] if certificates else []) + ([PSK_CIPHERS] if psk else [])
         if psk and legacy_psk:
@@ -299,7 +330,9 @@ class ServerContext(_Context):
                     store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL
                 )
             ssl.SSL_CTX_set_verify(
-                self._ptr, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, ffi.NULL
+                self._ptr,
+                SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+                self._end_entity_check(client=True),
             )
         if not has_certs and not credentials.psk:
             raise ValueError("a server needs a certificate, PSKs, or both")
@@ -433,7 +466,8 @@ class ClientContext(_Context):
                 ),
                 "loading server CAs",
             )
-            ssl.SSL_CTX_set_verify(self._ptr, SSL_VERIFY_PEER, ffi.NULL)
+            ssl.SSL_CTX_set_verify(self._ptr, SSL_VERIFY_PEER,
+                                   self._end_entity_check(client=False))
         elif not has_psk:
             raise ValueError("a certificate client needs the CA that signs the server")
         self._set_ciphers(
@@ -470,3 +504,31 @@ def ssl_address(ssl_ptr: Any) -> int:
 def disable_tickets(context: _Context) -> None:
     """For tests and peers that mishandle tickets (libcoap 4.3.1 refuses resumption)."""
     ssl.SSL_CTX_set_options(context.ptr, SSL_OP_NO_TICKET)
+
+
+def leaf_problem(der: bytes, *, client: bool) -> str | None:
+    """Why a verified peer certificate may still not identify a DOTS agent, or None.
+
+    OpenSSL accepts a trust anchor presented as the peer certificate; the prototype saw the
+    CA certificate itself accepted as a client identity. A DOTS agent is an end entity whose
+    EKU, when present, allows its role.
+    """
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        return f"unparsable peer certificate: {exc}"
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if constraints.ca:
+            return "peer certificate is a CA certificate, not an end entity"
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    wanted = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+    if wanted not in usages and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages:
+        role = "clientAuth" if client else "serverAuth"
+        return f"peer certificate's extended key usage does not allow {role}"
+    return None

@@ -231,6 +231,8 @@ class TlsServer:
         except BaseException:
             await self.stop()
             raise
+        if self._sweeper is not None:
+            self._sweeper.cancel()  # start() twice must not leave a second sweeper running
         self._sweeper = loop.call_later(1.0, self._sweep)
 
     @property

@@ -382,3 +382,10 @@ def test_refused_transition_leaves_state_unchanged(store: MitigationStore) -> No
     with pytest.raises(TransitionRefused, match="termination-elapsed"):
         store._fire(record, Trigger.TERMINATION_ELAPSED, 1.0)
     assert record.state is MitigationState.AWAIT_SIGNAL_LOSS
+
+
+def test_granted_lifetime_is_exact_whatever_the_clock(store: MitigationStore) -> None:
+    for i, now in enumerate((0.1, 12345.678, 1e6 + 0.3, 987654.321)):
+        result = store.put(CUID_A, 100 + i, scope(f"198.51.100.{i}/32"), A, now=now)
+        assert result is not None and result.body.scope[0].lifetime == 3600
+        assert store.get(CUID_A, 100 + i, A, now=now).scope[0].lifetime == 3600

@@ -1,0 +1,392 @@
+"""Transport benchmark: dots-gateway server vs libcoap's coap-server-openssl, side by side.
+
+    .venv/bin/python tests/bench/bench_transport.py [--quick] [--results tests/bench/RESULTS.md]
+
+Both servers get the same dev-PKI certificates and run pinned to CPU 0; the load generator
+(single-threaded, epoll, our OpenSSL binding, one UDP socket per session) runs on CPU 1.
+Measures: full DTLS handshakes/s (handshake + one CON PUT + close_notify per cycle),
+CON requests/s on 1 and 16 established sessions, RSS per idle session at 1,000 and 5,000
+sessions, and request latency p50/p99 on an established session during a handshake storm.
+Every phase is bounded in time and count. Traffic stays on 127.0.0.1. This is a script,
+not a test: it reports numbers and never fails on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from certs.devpki import init_dev_pki  # noqa: E402
+from gateway.coap.message import CoapMessage, MessageType, decode_udp, encode_udp  # noqa: E402
+from gateway.transport.secure_session import SecureSession, State  # noqa: E402
+from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind  # noqa: E402
+
+HB = bytes.fromhex("a11831a11833f5")
+HB_OPTIONS = CoapMessage.request(3, (".well-known", "dots", "hb"), content_format=271).options
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+# --- servers under test --------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_ours(pki: Path, state: Path) -> Server:
+    port = free_port()
+    config = state / "bench.toml"
+    config.write_text(
+        f'[general]\nstate_dir = "{state}"\n[logging]\nlevel = "warning"\n'
+        f'[server]\naddresses = ["127.0.0.1"]\nport = {port}\ntransports = ["udp"]\n'
+        f'[tls]\nca = "{pki}/ca.pem"\ncert = "{pki}/server.pem"\nkey = "{pki}/server.key"\n'
+        "[limits]\nmax_sessions = 100000\nmax_handshakes = 4096\n"
+        "handshakes_per_source = 1000000\n")
+    proc = subprocess.Popen(["taskset", "-c", "0", str(ROOT / ".venv/bin/dots-gateway"),
+                             "server", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    proc.stdout.readline()  # "dots-gateway serving ..."
+    return Server("dots-gateway", proc, port)
+
+
+def start_libcoap(pki: Path) -> Server | None:
+    binary = shutil.which("coap-server-openssl")
+    if binary is None:
+        return None
+    port = free_port()
+    proc = subprocess.Popen(["taskset", "-c", "0", binary, "-A", "127.0.0.1", "-p",
+                             str(port - 1), "-c", str(pki / "server.pem"), "-j",
+                             str(pki / "server.key"), "-C", str(pki / "ca.pem"), "-d", "100000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return Server("libcoap coap-server-openssl", proc, port)
+
+
+# --- the load generator -----------------------------------------------------------------------
+
+
+@dataclass
+class Client:
+    session: SecureSession
+    sock: socket.socket
+    started: float
+    mid: int = 1
+    sent_at: float = 0.0
+    done_requests: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+class Generator:
+    def __init__(self, ctx: ClientContext, port: int) -> None:
+        self.ctx = ctx
+        self.port = port
+        self.sel = selectors.DefaultSelector()
+
+    def open(self, now: float) -> Client:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.connect(("127.0.0.1", self.port))
+        client = Client(SecureSession(self.ctx), sock, now)
+        client.session.start()
+        self._flush(client)
+        self.sel.register(sock, selectors.EVENT_READ, client)
+        return client
+
+    def close(self, client: Client) -> None:
+        self.sel.unregister(client.sock)
+        if client.session.state is State.ESTABLISHED:
+            client.session.close()
+            self._flush(client)
+        client.session.free()
+        client.sock.close()
+
+    def request(self, client: Client, now: float) -> None:
+        client.mid = (client.mid + 1) & 0xFFFF
+        msg = CoapMessage(MessageType.CON, 3, client.mid, client.mid.to_bytes(2, "big"),
+                          HB_OPTIONS, HB)
+        client.session.send(encode_udp(msg))
+        client.sent_at = now
+        self._flush(client)
+
+    def poll(self, timeout: float) -> list[tuple[Client, list[bytes]]]:
+        out = []
+        for key, _ in self.sel.select(timeout):
+            client: Client = key.data
+            records: list[bytes] = []
+            for _ in range(16):
+                try:
+                    data = client.sock.recv(65535)
+                except (BlockingIOError, ConnectionRefusedError):
+                    break
+                records += client.session.feed(data)
+            self._flush(client)
+            out.append((client, records))
+        return out
+
+    def timers(self, clients: list[Client]) -> None:
+        for c in clients:
+            if c.session.state is State.HANDSHAKING:
+                t = c.session.timeout()
+                if t is not None and t <= 0:
+                    c.session.handle_timeout()
+                    self._flush(c)
+
+    def _flush(self, client: Client) -> None:
+        for datagram in client.session.take_output():
+            try:
+                client.sock.send(datagram)
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
+
+
+def is_response(record: bytes) -> bool:
+    try:
+        return decode_udp(record).code >= 64
+    except ValueError:
+        return False
+
+
+def handshakes(gen: Generator, concurrency: int, seconds: float, limit: int,
+               ) -> tuple[int, list[float]]:
+    """Cycles: handshake, one CON PUT, close_notify. Returns count and handshake times (ms)."""
+    start = time.monotonic()
+    active: list[Client] = []
+    done = 0
+    times: list[float] = []
+    while time.monotonic() - start < seconds and done < limit:
+        while len(active) < concurrency:
+            active.append(gen.open(time.monotonic()))
+        for client, records in gen.poll(0.05):
+            now = time.monotonic()
+            if client.session.state is State.ESTABLISHED and client.sent_at == 0.0:
+                times.append((now - client.started) * 1000)
+                gen.request(client, now)
+            elif client.session.state is State.FAILED:
+                active.remove(client)
+                gen.close(client)
+            elif any(is_response(r) for r in records):
+                active.remove(client)
+                gen.close(client)
+                done += 1
+        gen.timers(active)
+    for client in active:
+        gen.close(client)
+    return done, times
+
+
+def establish(gen: Generator, count: int, seconds: float = 120.0) -> list[Client]:
+    pending = [gen.open(time.monotonic()) for _ in range(min(count, 64))]
+    ready: list[Client] = []
+    opened = len(pending)
+    start = time.monotonic()
+    while len(ready) < count and time.monotonic() - start < seconds:
+        for client, records in gen.poll(0.05):
+            if client in pending and client.session.state is State.ESTABLISHED:
+                if client.sent_at == 0.0:
+                    gen.request(client, time.monotonic())
+                elif any(is_response(r) for r in records):
+                    pending.remove(client)
+                    ready.append(client)
+                    if opened < count:
+                        pending.append(gen.open(time.monotonic()))
+                        opened += 1
+        gen.timers(pending)
+    for client in pending:
+        gen.close(client)
+    return ready
+
+
+def requests(gen: Generator, clients: list[Client], seconds: float) -> tuple[int, list[float]]:
+    now = time.monotonic()
+    for c in clients:
+        gen.request(c, now)
+    start, count, lat = now, 0, []
+    while time.monotonic() - start < seconds:
+        for client, records in gen.poll(0.05):
+            if any(is_response(r) for r in records):
+                t = time.monotonic()
+                lat.append((t - client.sent_at) * 1000)
+                count += 1
+                gen.request(client, t)
+        # a lost request (none expected on loopback) is resent after 1 s
+        t = time.monotonic()
+        for c in clients:
+            if t - c.sent_at > 1.0:
+                gen.request(c, t)
+    return count, lat
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
+
+
+# --- phases -------------------------------------------------------------------------------------
+
+
+def run_phases(server: Server, ctx: ClientContext, quick: bool) -> dict[str, str]:
+    os.sched_setaffinity(0, {1})
+    gen = Generator(ctx, server.port)
+    results: dict[str, str] = {}
+    window = 5.0 if quick else 10.0
+
+    for conc in (8, 32):
+        cpu0, t0 = server.cpu_seconds(), time.monotonic()
+        n, times = handshakes(gen, conc, window, 20_000)
+        elapsed, cpu = time.monotonic() - t0, server.cpu_seconds() - cpu0
+        results[f"handshakes/s ({conc} concurrent)"] = (
+            f"{n / elapsed:.0f} (server CPU {1000 * cpu / max(n, 1):.2f} ms each, "
+            f"p50/p99 {pct(times, 50):.1f}/{pct(times, 99):.1f} ms)")
+
+    for sessions in (1, 16):
+        clients = establish(gen, sessions)
+        cpu0 = server.cpu_seconds()
+        n, lat = requests(gen, clients, window)
+        cpu = server.cpu_seconds() - cpu0
+        results[f"requests/s ({sessions} sessions)"] = (
+            f"{n / window:.0f} (server CPU {1e6 * cpu / max(n, 1):.0f} us each, "
+            f"p50/p99 {pct(lat, 50):.2f}/{pct(lat, 99):.2f} ms)")
+        for c in clients:
+            gen.close(c)
+
+    # Latency of one established session while 32 handshakes at a time hammer the server.
+    probe = establish(gen, 1)
+    storm: list[Client] = []
+    lat: list[float] = []
+    start = time.monotonic()
+    gen.request(probe[0], start)
+    while time.monotonic() - start < window:
+        while len(storm) < 32:
+            storm.append(gen.open(time.monotonic()))
+        for client, records in gen.poll(0.01):
+            now = time.monotonic()
+            if client is probe[0]:
+                if any(is_response(r) for r in records):
+                    lat.append((now - client.sent_at) * 1000)
+                    gen.request(client, now)
+            elif client.session.state is State.ESTABLISHED or client.session.state is State.FAILED:
+                storm.remove(client)
+                gen.close(client)
+        gen.timers(storm)
+        if time.monotonic() - probe[0].sent_at > 1.0:
+            gen.request(probe[0], time.monotonic())
+    for c in storm + probe:
+        gen.close(c)
+    results["request latency during a 32-wide handshake storm"] = (
+        f"p50 {pct(lat, 50):.2f} ms, p99 {pct(lat, 99):.2f} ms ({len(lat)} probes)")
+
+    for count in (1000,) if quick else (1000, 5000):
+        base = server.rss_kib()
+        held = establish(gen, count, seconds=180)
+        time.sleep(1.0)
+        grown = server.rss_kib() - base
+        results[f"RSS per idle session ({count})"] = (
+            f"{grown / max(len(held), 1):.1f} KiB ({len(held)} sessions held)")
+        for c in held:
+            gen.close(c)
+        time.sleep(1.0)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="shorter windows, 1,000 sessions")
+    parser.add_argument("--results", type=Path, default=ROOT / "tests/bench/RESULTS.md")
+    args = parser.parse_args()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    tmp = Path(tempfile.mkdtemp(prefix="dots-bench-"))
+    pki = tmp / "pki"
+    init_dev_pki(pki)
+    ctx = ClientContext(Kind.DTLS, ClientCredentials(pki / "client.pem", pki / "client.key",
+                                                     pki / "ca.pem"))
+    table: dict[str, dict[str, str]] = {}
+    for start in (lambda: start_ours(pki, tmp), lambda: start_libcoap(pki)):
+        server = start()
+        if server is None:
+            continue
+        print(f"== {server.name}", flush=True)
+        try:
+            table[server.name] = run_phases(server, ctx, args.quick)
+        finally:
+            server.stop()
+        for k, v in table[server.name].items():
+            print(f"  {k}: {v}", flush=True)
+    write_results(args.results, table, args.quick)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_results(path: Path, table: dict[str, dict[str, str]], quick: bool) -> None:
+    names = list(table)
+    rows = list(next(iter(table.values())).keys()) if table else []
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
+                .splitlines() if ln.startswith("model name")), platform.processor())
+    lines = [
+        "# Transport benchmark (tests/bench/bench_transport.py)",
+        "",
+        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {os.cpu_count()} cores, {cpu}, {platform.platform()}",
+        f"- python {platform.python_version()}; servers on CPU 0, load generator on CPU 1",
+        f"- mode: {'quick' if quick else 'full'}; DTLS 1.2, ECDHE-ECDSA P-256, dev PKI",
+        "",
+        "| measure | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(table[n].get(row, "-") for n in names) + " |")
+    lines.append("")
+    section = "\n".join(lines)
+    old = path.read_text() if path.exists() else ""
+    marker = "# Transport benchmark"
+    kept = [part for part in old.split("\n# ") if part and not part.startswith(marker[2:])]
+    path.write_text(section + ("\n# " + "\n# ".join(kept) if kept else "") + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Interop tests against peers this project did not write (libcoap, aiocoap/tinydtls)."""
