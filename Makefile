@@ -4,12 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages the tests need; empty until a test needs an outside peer.
-DEB_PACKAGES := libssl3 libcoap3-bin dnsmasq-base
+# Debian packages: libssl3 (our OpenSSL binding), libcoap3-bin (interop peer), dnsmasq-base
+# (discovery lab), autoconf/automake (to build DTLSSocket, aiocoap's DTLS for interop tests).
+DEB_PACKAGES := libssl3 libcoap3-bin dnsmasq-base autoconf automake
 
-.PHONY: run test deps venv lint clean
+.PHONY: run test deps venv lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -26,9 +27,14 @@ endif
 run: $(STAMP)
 	$(BIN)/dots-gateway run --state-dir state
 
-test: $(STAMP) deps
+test: $(STAMP)
 	$(BIN)/python -m pytest --cov=gateway/dots --cov=certs --cov=gateway.config --cov=gateway.config_schema \
 		--cov-report=term-missing:skip-covered --cov-fail-under=90
+
+# Numbers, not pass/fail: results go to tests/bench/RESULTS.md with the machine and date.
+bench: $(STAMP)
+	$(BIN)/python tests/bench/bench_transport.py
+	$(BIN)/python tests/bench/bench_coap.py
 
 lint: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev]'
