@@ -78,6 +78,7 @@ class SignalSession:
     next_notification_at: float = 0.0
     pending_notifications: set[bytes] = field(default_factory=set)
     timer: asyncio.TimerHandle | None = None
+    timer_at: float | None = None
     closed: bool = False
 
     # --- SessionHandler ----------------------------------------------------------------------
@@ -335,20 +336,25 @@ class ServerRole:
     def _arm(self, session: SignalSession) -> None:
         if session.closed:
             return
-        if session.timer is not None:
-            session.timer.cancel()
-            session.timer = None
         deadlines = [t for t in (session.layer.get_timer(),) if t is not None]
         if session.pending_notifications:
             deadlines.append(session.next_notification_at)
-        if not deadlines:
+        deadline = min(deadlines) if deadlines else None
+        if session.timer is not None:
+            if deadline == session.timer_at:
+                return  # already armed for it: most requests do not move the deadline
+            session.timer.cancel()
+            session.timer = None
+        session.timer_at = deadline
+        if deadline is None:
             return
         loop = asyncio.get_running_loop()
-        delay = max(0.0, min(deadlines) - self.clock())
-        session.timer = loop.call_later(delay, self._session_timer, session)
+        session.timer = loop.call_later(max(0.0, deadline - self.clock()), self._session_timer,
+                                        session)
 
     def _session_timer(self, session: SignalSession) -> None:
         session.timer = None
+        session.timer_at = None
         if session.closed:
             return
         now = self.clock()

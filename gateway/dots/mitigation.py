@@ -238,6 +238,8 @@ class MitigationStore:
         self.resolver = resolver
         self.wall_offset = wall_offset
         self._records: dict[tuple[str, int], Mitigation] = {}
+        #: The same records by client: per-request work must not grow with other clients'.
+        self._by_client: dict[str, dict[int, Mitigation]] = {}
         self._owners: dict[str, Owner] = {}
         self._termination_period: dict[str, int] = {}
         self._outputs: deque[StoreOutput] = deque()
@@ -254,9 +256,12 @@ class MitigationStore:
     # --- queries -----------------------------------------------------------------------------
 
     def records(self, cuid: str | None = None) -> Iterator[Mitigation]:
-        for (record_cuid, _mid), record in sorted(self._records.items()):
-            if cuid is None or record_cuid == cuid:
+        if cuid is not None:
+            for _mid, record in sorted(self._by_client.get(cuid, {}).items()):
                 yield record
+            return
+        for _key, record in sorted(self._records.items()):
+            yield record
 
     def lookup(self, cuid: str, mid: int) -> Mitigation | None:
         return self._records.get((cuid, mid))
@@ -518,6 +523,7 @@ class MitigationStore:
             conflict=conflict,
         )
         self._records[(cuid, mid)] = record
+        self._by_client.setdefault(cuid, {})[mid] = record
         self._owners.setdefault(cuid, owner)
         log.info(
             "mitigation created cuid=%s mid=%d state=%s lifetime=%d",
@@ -644,10 +650,14 @@ class MitigationStore:
                 else record.status
             )
             del self._records[(record.cuid, record.mid)]
+            client = self._by_client.get(record.cuid, {})
+            client.pop(record.mid, None)
+            if not client:
+                self._by_client.pop(record.cuid, None)
             if old in ACTIVE_STATES:
                 self._outputs.append(WithdrawMitigation(record.cuid, record.mid, trigger))
             self._outputs.append(MitigationRemoved(record.cuid, record.mid, final, trigger))
-            if not any(cuid == record.cuid for cuid, _mid in self._records):
+            if record.cuid not in self._by_client:
                 self._owners.pop(record.cuid, None)
 
     def _set_status(

@@ -77,6 +77,9 @@ class DotsServerCore:
         self.sessions: dict[int, ServerSession] = {}
         self._outputs: deque[ServerOutput] = deque()
         self._now = 0.0  # the latest time an input brought; used when loss is processed
+        #: Sessions whose heartbeat monitors may hold events since the last collection, so
+        #: collecting after one request does not walk every session.
+        self._dirty: list[ServerSession] = []
 
     # --- sessions ----------------------------------------------------------------------------
 
@@ -101,7 +104,8 @@ class DotsServerCore:
     # --- pulled outputs ----------------------------------------------------------------------
 
     def next_event(self) -> ServerOutput | None:
-        self._collect()
+        self._collect(self._dirty)
+        self._dirty = []
         return self._outputs.popleft() if self._outputs else None
 
     def events(self) -> Iterator[ServerOutput]:
@@ -120,7 +124,7 @@ class DotsServerCore:
         for session in list(self.sessions.values()):
             self._sync_parameters(session, now)
             session.heartbeat.handle_timer(now)
-        self._collect()
+        self._collect(list(self.sessions.values()))
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -143,6 +147,7 @@ class DotsServerCore:
                      exc.diagnostic)
             response = exc.to_response()
         self._sync_parameters(session, now)
+        self._dirty.append(session)
         return response
 
     def _owner(self, session: ServerSession, path: DotsPath) -> Owner:
@@ -211,10 +216,12 @@ class DotsServerCore:
         params = session.config.parameters(self.mitigating(session))
         session.heartbeat.configure(params.heartbeat_interval, params.missing_hb_allowed, now)
 
-    def _collect(self) -> None:
+    def _collect(self, sessions: list[ServerSession]) -> None:
         while (out := self.store.next_event()) is not None:
             self._outputs.append(out)
-        for session in list(self.sessions.values()):
+        for session in sessions:
+            if session.closed:
+                continue
             while (hb := session.heartbeat.next_event()) is not None:
                 if isinstance(hb, SendHeartbeat):
                     self._outputs.append(SendSessionHeartbeat(session.id, hb.peer_hb_status))

@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import socket
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -36,6 +38,8 @@ from gateway.transport.udp import Address, open_udp_socket, receive, send
 
 log = logging.getLogger(__name__)
 _BIO_CTRL_RESET = 1
+#: Niceness of handshake worker threads relative to the process (see lower_thread_priority).
+HANDSHAKE_NICE = 10
 _BATCH = 64  # datagrams per readiness callback: fairness between sockets
 
 
@@ -152,7 +156,8 @@ class DtlsServer:
         self._sockets: list[socket.socket] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            self.limits.handshake_threads, thread_name_prefix="dtls-handshake"
+            self.limits.handshake_threads, thread_name_prefix="dtls-handshake",
+            initializer=lower_thread_priority,
         )
         self._listener: Any = None
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
@@ -493,6 +498,19 @@ class DtlsServer:
             return
         self._log_suppressed_until[key] = now + 10.0  # at most one line per reason per 10 s
         log.warning(message, *args)
+
+
+def lower_thread_priority() -> None:
+    """Run handshake workers at a lower scheduling priority than the event loop.
+
+    Threads only help when cores are free; when the process has one core (or all are busy),
+    a storm of handshakes would otherwise take CPU time from the loop that serves
+    established sessions. A nice value applies per thread on Linux (by its native id).
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HANDSHAKE_NICE)
+    except OSError:
+        pass  # not permitted or not Linux: workers keep the process priority
 
 
 def _drain(bio: Any) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,7 +110,6 @@ class SecureSession:
             self._expect_server_name(server_name)
         if resume is not None and not self.is_server:
             self._set_resumption(resume)
-        self._buffer = ffi.new("unsigned char[]", _READ_CHUNK)
 
     # --- inputs ------------------------------------------------------------------------------
 
@@ -277,9 +277,10 @@ class SecureSession:
         records = []
         for _ in range(64):  # bounded: one datagram holds few records
             crypto.ERR_clear_error()
-            n = ssl.SSL_read(self._ssl, self._buffer, _READ_CHUNK)
+            buffer = _read_buffer()
+            n = ssl.SSL_read(self._ssl, buffer, _READ_CHUNK)
             if n > 0:
-                records.append(bytes(ffi.buffer(self._buffer, n)))
+                records.append(bytes(ffi.buffer(buffer, n)))
                 continue
             error = ssl.SSL_get_error(self._ssl, n)
             if error == SSL_ERROR_ZERO_RETURN:
@@ -328,6 +329,18 @@ class SecureSession:
             return  # a stale or corrupt ticket: do a full handshake
         ssl.SSL_set_session(self._ssl, session)
         ssl.SSL_SESSION_free(session)
+
+
+_buffers = threading.local()
+
+
+def _read_buffer() -> Any:
+    """One 16 KiB read buffer per thread, not per session: an idle session must stay small
+    (sessions are read on the event loop, or in a handshake worker thread)."""
+    buffer = getattr(_buffers, "buffer", None)
+    if buffer is None:
+        buffer = _buffers.buffer = ffi.new("unsigned char[]", _READ_CHUNK)
+    return buffer
 
 
 def attach_memory_bios(ssl_ptr: Any) -> None:

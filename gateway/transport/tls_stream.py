@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.transport.dtls_server import SessionHandler
+from gateway.transport.dtls_server import SessionHandler, lower_thread_priority
 from gateway.transport.memory import release_freed_memory
 from gateway.transport.openssl_ffi import OpenSSLError
 from gateway.transport.secure_session import PeerCredential, SecureSession, State
@@ -213,7 +213,8 @@ class TlsServer:
         self.clock = clock
         self.connections: set[TlsConnection] = set()
         self.executor = concurrent.futures.ThreadPoolExecutor(
-            self.limits.handshake_threads, thread_name_prefix="tls-handshake"
+            self.limits.handshake_threads, thread_name_prefix="tls-handshake",
+            initializer=lower_thread_priority,
         )
         self._servers: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
