@@ -6,7 +6,10 @@ place that knows both.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.config import Bounds, SessionConfig, Settings
+from gateway.dots.authz import Authorizer, ClientRule
 from gateway.dots.conflict import ConflictDecision, ConflictResolver, fixed_policy
 from gateway.dots.mitigation import MitigationPolicy, MitigationStore
 from gateway.dots.server import DotsServerCore
@@ -42,12 +45,21 @@ def conflict_resolver(settings: Settings) -> ConflictResolver:
     return fixed_policy(ConflictDecision(str(settings.mitigation.conflict_policy)))
 
 
-def build_server_core(settings: Settings, wall_offset: float = 0.0) -> DotsServerCore:
-    """The DOTS server core as the configuration describes it."""
+def client_rules(settings: Settings) -> list[ClientRule]:
+    return [ClientRule(c.name, cuid=c.cuid, psk_identity=c.psk_identity,
+                       cert_subject=c.cert_subject, prefixes=tuple(c.prefixes),
+                       fqdns=tuple(c.fqdns), allow_any_cuid=c.allow_any_cuid)
+            for c in settings.clients]
+
+
+def build_server_core(settings: Settings, wall_offset: float = 0.0,
+                      extra_rules: Sequence[ClientRule] = ()) -> DotsServerCore:
+    """The DOTS server core as the configuration describes it (plus e.g. dev-PKI clients)."""
     store = MitigationStore(mitigation_policy(settings), conflict_resolver(settings), wall_offset)
     return DotsServerCore(
         store,
         mitigating_limits=config_limits(settings.session.mitigating),
         idle_limits=config_limits(settings.session.idle),
         config_max_age=settings.session.max_age,
+        authorizer=Authorizer([*client_rules(settings), *extra_rules]),
     )

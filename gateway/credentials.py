@@ -6,6 +6,7 @@ Also maps an authenticated peer credential to the identity the DOTS layer works 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -92,9 +93,23 @@ def stream_limits(limits: LimitSettings) -> StreamLimits:
 def peer_identity(credential: PeerCredential) -> PeerIdentity:
     """The DOTS identity of an authenticated peer (its cuid per RFC 9132 App. B)."""
     if credential.certificate is not None:
-        return PeerIdentity.from_certificate(credential.certificate)
+        return _identity_of_certificate(credential.certificate)
     assert credential.psk_identity is not None
     return PeerIdentity.from_psk_identity(credential.psk_identity)
+
+
+@functools.lru_cache(maxsize=4096)
+def certificate_subject(der: bytes) -> str:
+    """RFC 4514 subject, as ``[[clients]] cert_subject`` is written."""
+    from cryptography import x509
+
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity_of_certificate(der: bytes) -> PeerIdentity:
+    # Clients reconnect with the same certificate; parsing it costs more than the hash.
+    return PeerIdentity.from_certificate(der)
 
 
 def write_fleet_secrets(directory: Path) -> tuple[Path, Path]:

@@ -18,6 +18,7 @@ from typing import Any
 from gateway.config import Settings, Transport
 from gateway.core_settings import build_server_core
 from gateway.credentials import datagram_limits, server_contexts, stream_limits
+from gateway.dots.authz import ANY_NAME, EVERYWHERE, ClientRule
 from gateway.server_role import ServerRole
 from gateway.transport.dtls_server import DtlsServer
 from gateway.transport.tls_stream import TlsServer
@@ -51,11 +52,20 @@ class RunningServer:
 async def start_server(settings: Settings) -> RunningServer:
     """Bind and start serving; raises (PortInUse, OpenSSLError, ...) on a bad start."""
     contexts = server_contexts(settings)
+    dev_rules: list[ClientRule] = []
     if contexts.dev_pki is not None:
         pki = contexts.dev_pki
         log.info("dev PKI in %s (client cuid %s, PSK identity %s)", pki.directory,
                  pki.client_cuid, pki.psk_identity)
-    core = build_server_core(settings, wall_offset=time.time() - time.monotonic())
+        # A first try works: the dev identities may protect anything (issue 5, dev defaults).
+        dev_rules = [
+            ClientRule("dev-client", cuid=pki.client_cuid, prefixes=EVERYWHERE,
+                       fqdns=(ANY_NAME,)),
+            ClientRule("dev-psk", psk_identity=pki.psk_identity, prefixes=EVERYWHERE,
+                       fqdns=(ANY_NAME,)),
+        ]
+    core = build_server_core(settings, wall_offset=time.time() - time.monotonic(),
+                             extra_rules=dev_rules)
     trusted = frozenset(settings.trusted_gateways.identities)
     role = ServerRole(core, trusted_gateways=trusted)
     hosts = [(str(address), settings.server.port) for address in settings.server.addresses]

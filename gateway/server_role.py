@@ -31,7 +31,7 @@ from gateway.coap.layer import (
     TransmissionParameters,
 )
 from gateway.coap.message import CoapMessage, MessageType
-from gateway.credentials import peer_identity
+from gateway.credentials import certificate_subject, peer_identity
 from gateway.dots.codec import encode_message
 from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, Method, Status
 from gateway.dots.errors import DotsProtocolError
@@ -142,8 +142,17 @@ class ServerRole:
 
     def on_session(self, conn: Any) -> SignalSession:
         now = self.clock()
-        identity = peer_identity(conn.peer)
-        requester = Requester(identity.cuid, trusted_gateway=identity.cuid in self.trusted_gateways)
+        credential = conn.peer
+        identity = peer_identity(credential)
+        raw_psk = credential.psk_identity
+        psk = raw_psk.decode("utf-8", "replace") if raw_psk is not None else None
+        requester = Requester(
+            identity.cuid,
+            trusted_gateway=identity.cuid in self.trusted_gateways
+            or (psk is not None and psk in self.trusted_gateways),
+            psk_identity=psk,
+            subject=certificate_subject(credential.certificate) if credential.certificate else None,
+        )
         reliable = conn.kind is Kind.TLS
         dots = self.core.open_session(requester, now, reliable=reliable)
         layer: MessageLayer | TcpLayer

@@ -22,6 +22,9 @@ class Requester:
 
     credential_id: str
     trusted_gateway: bool = False
+    #: What else identifies the credential, for matching configured clients.
+    psk_identity: str | None = None
+    subject: str | None = None  # RFC 4514 form of the certificate subject
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from gateway.dots.codes import AttackStatus, ConflictCause, ConflictStatus, LabelledEnum, Status
 from gateway.dots.errors import InvalidValue, MalformedPayload
-from gateway.dots.keys import K
+from gateway.dots.keys import KEYS, K
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -394,8 +394,6 @@ def _message_from_tree(tree: Mapping[int, Any]) -> Message:
 
 
 def _extensions(node: Mapping[int, Any]) -> Extensions:
-    from gateway.dots.keys import KEYS
-
     return tuple((k, v) for k, v in node.items() if k not in KEYS)
 
 

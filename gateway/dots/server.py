@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from gateway.dots.authz import Authorizer
 from gateway.dots.codec import encode_message
 from gateway.dots.codes import Code, Method
 from gateway.dots.errors import DotsProtocolError, MethodNotAllowed, MissingAttribute
@@ -69,11 +70,14 @@ class ServerSession:
 class DotsServerCore:
     def __init__(self, store: MitigationStore | None = None, *,
                  mitigating_limits: ConfigLimits | None = None,
-                 idle_limits: ConfigLimits | None = None, config_max_age: int = 3600) -> None:
+                 idle_limits: ConfigLimits | None = None, config_max_age: int = 3600,
+                 authorizer: Authorizer | None = None) -> None:
         self.store = store or MitigationStore()
         self.mitigating_limits = mitigating_limits or ConfigLimits()
         self.idle_limits = idle_limits or ConfigLimits()
         self.config_max_age = config_max_age
+        #: None: every authenticated client may use any cuid and target (tests, tools).
+        self.authorizer = authorizer
         self.sessions: dict[int, ServerSession] = {}
         self._outputs: deque[ServerOutput] = deque()
         self._now = 0.0  # the latest time an input brought; used when loss is processed
@@ -159,6 +163,8 @@ class DotsServerCore:
     def _mitigate(self, session: ServerSession, path: DotsPath, request: DotsRequest,
                   now: float) -> DotsResponse | None:
         assert path.cuid is not None
+        rule = (self.authorizer.check_cuid(session.requester, path.cuid)
+                if self.authorizer is not None else None)
         owner = self._owner(session, path)
         if request.method is Method.GET:
             body = self.store.get(path.cuid, path.mid, owner, now, parse_query(request.query))
@@ -176,6 +182,8 @@ class DotsServerCore:
             return DotsResponse(Code.DELETED)
         efficacy = is_efficacy_update(request)
         scope = validate_mitigation_request(decode_request_body(request), efficacy_update=efficacy)
+        if rule is not None:
+            Authorizer.check_targets(rule, scope)
         result = self.store.put(path.cuid, path.mid, scope, owner, now, efficacy_update=efficacy)
         if result is None:
             return None

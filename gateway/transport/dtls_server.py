@@ -34,7 +34,7 @@ from gateway.transport.secure_session import (
     attach_memory_bios,
 )
 from gateway.transport.tls_context import Kind, ServerContext, ssl_address
-from gateway.transport.udp import Address, open_udp_socket, receive, send
+from gateway.transport.udp import Address, forget, open_udp_socket, receive, send
 
 log = logging.getLogger(__name__)
 _BIO_CTRL_RESET = 1
@@ -202,6 +202,7 @@ class DtlsServer:
         for sock in self._sockets:
             if self._loop is not None:
                 self._loop.remove_reader(sock.fileno())
+            forget(sock)
             sock.close()
         self._sockets.clear()
         if self._listener is not None:

@@ -10,6 +10,7 @@ rotation rolls out. Without files, random per-process secrets are used (fine for
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import logging
@@ -506,6 +507,7 @@ def disable_tickets(context: _Context) -> None:
     ssl.SSL_CTX_set_options(context.ptr, SSL_OP_NO_TICKET)
 
 
+@functools.lru_cache(maxsize=4096)
 def leaf_problem(der: bytes, *, client: bool) -> str | None:
     """Why a verified peer certificate may still not identify a DOTS agent, or None.
 

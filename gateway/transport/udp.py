@@ -92,7 +92,7 @@ def receive(sock: socket.socket) -> tuple[bytes, Address, Address] | None:
 
 
 def _local_of(sock: socket.socket, ancillary: object) -> Address:
-    port = sock.getsockname()[1]
+    port = _bound(sock)[1]
     for level, kind, payload in ancillary:  # type: ignore[attr-defined]
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
             _ifindex, _spec_dst, addr = struct.unpack("@i4s4s", payload[:12])
@@ -100,12 +100,40 @@ def _local_of(sock: socket.socket, ancillary: object) -> Address:
         if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO:
             addr, _ifindex = struct.unpack("@16sI", payload[:20])
             return Address(socket.inet_ntop(socket.AF_INET6, addr), port)
-    return Address(sock.getsockname()[0], port)
+    return Address(_bound(sock)[0], port)
+
+
+_bound_cache: dict[int, tuple[str, int]] = {}
+
+
+def _bound(sock: socket.socket) -> tuple[str, int]:
+    """getsockname() once per socket, not once per datagram (it is a system call)."""
+    fd = sock.fileno()
+    bound = _bound_cache.get(fd)
+    if bound is None or bound[1] == 0:
+        name = sock.getsockname()
+        bound = _bound_cache[fd] = (name[0], name[1])
+    return bound
+
+
+def forget(sock: socket.socket) -> None:
+    """Drop cached facts about a socket before it is closed (its fd number will be reused)."""
+    _bound_cache.pop(sock.fileno(), None)
 
 
 def send(sock: socket.socket, data: bytes, destination: Address, source: Address) -> bool:
     """Send ``data`` from ``source`` (the address the client used); False when the kernel
     buffer is full (the datagram is dropped, as UDP may)."""
+    if _bound(sock)[0] == source.host:
+        # Bound to that very address: the kernel picks the right source without PKTINFO,
+        # and plain sendto is cheaper than sendmsg with ancillary data.
+        try:
+            sock.sendto(data, (destination.host, destination.port))
+            return True
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return False
     if sock.family == socket.AF_INET6:
         info = struct.pack("@16sI", socket.inet_pton(socket.AF_INET6, source.host), 0)
         ancillary = [(socket.IPPROTO_IPV6, IPV6_PKTINFO, info)]

@@ -358,7 +358,7 @@ def main() -> None:
             server.stop()
         for k, v in table[server.name].items():
             print(f"  {k}: {v}", flush=True)
-    write_results(args.results, table, args.quick)
+        write_results(args.results, table, args.quick)  # after each server: partial runs count
     shutil.rmtree(tmp, ignore_errors=True)
 
 

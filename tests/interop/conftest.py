@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +24,7 @@ from typing import Any
 import pytest
 
 from certs.devpki import init_dev_pki
+from certs.identity import cuid_from_certificate
 from tests.interop.peers import (
     HB_BODY,
     DotsServer,
@@ -94,8 +94,9 @@ async def subprocess_dots_server(pki: Path) -> AsyncIterator[DotsServer]:
     """The real daemon. UNTESTED until ``dots-gateway server`` exists: the subcommand name,
     ``--config``, and waiting for the TCP port as the readiness signal are assumptions
     taken from deploy/dots-gateway.example.toml; adjust when the command lands."""
-    port = free_port(socket.SOCK_STREAM)
+    port = free_port()  # UDP and TCP on one number
     identity, key = read_psk(pki)
+    cert_cuid = cuid_from_certificate((pki / "client.pem").read_bytes())
     config = pki / "interop-server.toml"
     config.write_text(
         f'[general]\nstate_dir = "{pki / "state"}"\nmode = "terminal"\n'
@@ -103,10 +104,16 @@ async def subprocess_dots_server(pki: Path) -> AsyncIterator[DotsServer]:
         f'transports = ["udp", "tcp"]\n'
         f'[tls]\nca = "{pki / "ca.pem"}"\ncert = "{pki / "server.pem"}"\n'
         f'key = "{pki / "server.key"}"\n'
-        f'[[psk]]\nidentity = "{identity}"\nkey = "{key}"\n')
+        f'[[psk]]\nidentity = "{identity}"\nkey = "{key}"\n'
+        # The certificate client may protect the documentation prefixes only, with its
+        # derived cuid; the PSK client acts like a gateway (any cuid, any prefix).
+        f'[[clients]]\nname = "cert-client"\ncuid = "{cert_cuid}"\n'
+        'prefixes = ["192.0.2.0/24", "2001:db8::/32"]\nfqdns = ["example.com"]\n'
+        f'[[clients]]\nname = "psk-client"\npsk_identity = "{identity}"\n'
+        'prefixes = ["0.0.0.0/0", "::/0"]\nallow_any_cuid = true\n')
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway.cli", "server", "--config", str(config), cwd=REPO,
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None)
     try:
         for _ in range(100):
             if proc.returncode is not None:

@@ -198,15 +198,27 @@ TEST_LIMITS = Limits(handshake_deadline=3.0, handshakes_per_source_per_second=10
 TEST_STREAM_LIMITS = StreamLimits(handshake_deadline=3.0)
 
 
-def free_port(kind: int) -> int:
-    """A port that was free on both 127.0.0.1 and ::1 a moment ago."""
-    with socket.socket(socket.AF_INET, kind) as four:
-        four.bind(("127.0.0.1", 0))
-        port = four.getsockname()[1]
-        with socket.socket(socket.AF_INET6, kind) as six:
-            six.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            six.bind(("::1", port))
-    return port
+def free_port(kind: int | None = None) -> int:
+    """A port that was free on 127.0.0.1 and ::1 a moment ago, for ``kind`` (or for both
+    UDP and TCP when None: the daemon uses one number for both)."""
+    kinds = (kind,) if kind is not None else (socket.SOCK_DGRAM, socket.SOCK_STREAM)
+    for _ in range(50):  # other processes hold ephemeral ports; retry until one fits all
+        with socket.socket(socket.AF_INET, kinds[0]) as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            try:
+                for k in kinds:
+                    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+                        if family == socket.AF_INET and k == kinds[0]:
+                            continue
+                        with socket.socket(family, k) as probe:
+                            if family == socket.AF_INET6:
+                                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                            probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no port free for UDP and TCP on 127.0.0.1 and ::1")
 
 
 @dataclass

@@ -139,3 +139,35 @@ async def test_untrusted_client_is_refused(daemon: DotsServer, rogue_pki: Path,
         ca=daemon.pki_dir / "ca.pem"), timeout=20)
     assert "c:2.04" not in result.output
     assert "alert" in result.output, result
+
+
+async def test_cuid_not_derived_from_the_credential_is_unauthorized(daemon: DotsServer,
+                                                                    tmp_path: Path) -> None:
+    require(OPENSSL)
+    pki = daemon.pki_dir
+    uri = coaps_uri("coaps", "127.0.0.1", daemon.port_udp,
+                    ".well-known/dots/mitigate/cuid=someoneelse0000000000A/mid=1")
+    result = await run_peer(coap_client(OPENSSL, uri, body=body_file(tmp_path, "m.cbor",
+                                                                     mitigation_body()),
+                                        cert=pki / "client.pem", key=pki / "client.key",
+                                        ca=pki / "ca.pem"), timeout=20)
+    assert "c:4.01" in result.output, result
+    assert "not the one derived from your credential" in result.output
+
+
+async def test_prefix_outside_the_clients_domain_is_unauthorized(daemon: DotsServer,
+                                                                  tmp_path: Path) -> None:
+    require(OPENSSL)
+    from gateway.dots.codec import json_to_cbor
+
+    pki = daemon.pki_dir
+    cuid = cuid_from_certificate((pki / "client.pem").read_bytes())
+    body = json_to_cbor(json.dumps({"ietf-dots-signal-channel:mitigation-scope": {"scope": [
+        {"target-prefix": ["198.51.100.0/24"], "lifetime": 3600}]}}))
+    uri = coaps_uri("coaps", "127.0.0.1", daemon.port_udp,
+                    f".well-known/dots/mitigate/cuid={cuid}/mid=1")
+    result = await run_peer(coap_client(OPENSSL, uri, body=body_file(tmp_path, "o.cbor", body),
+                                        cert=pki / "client.pem", key=pki / "client.key",
+                                        ca=pki / "ca.pem"), timeout=20)
+    assert "c:4.01" in result.output, result
+    assert "outside the prefixes configured for client cert-client" in result.output
