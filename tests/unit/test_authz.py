@@ -54,7 +54,8 @@ def test_targets_outside_the_domain_are_4_01(scope: Scope, fragment: str) -> Non
 
 def test_unknown_client_and_borrowed_cuid_are_4_01() -> None:
     scope = Scope(target_prefix=(parse_prefix("192.0.2.0/24"),), lifetime=60)
-    code, diagnostic = put(Requester("unknown-credential-00A"), scope, cuid="unknown-credential-00A")
+    stranger = "unknown-credential-00A"
+    code, diagnostic = put(Requester(stranger), scope, cuid=stranger)
     assert code is Code.UNAUTHORIZED and "no configured DOTS client" in diagnostic
     code, diagnostic = put(Requester(CUID), scope, cuid="f30d281ce6b64fc5a0b91e")
     assert code is Code.UNAUTHORIZED and "not the one derived" in diagnostic
