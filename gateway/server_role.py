@@ -12,6 +12,7 @@ This module is asyncio glue only: protocol decisions are made in ``gateway.dots`
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from gateway.coap.layer import (
     TransmissionParameters,
 )
 from gateway.coap.message import CoapMessage, MessageType
+from gateway.coap.options import Block, OptionNumber, encode_uint
 from gateway.credentials import certificate_subject, peer_identity
 from gateway.dots.codec import encode_message
 from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, Method, Status
@@ -51,6 +53,12 @@ log = logging.getLogger(__name__)
 
 #: RFC 9132 §4.4.2.1: without an RTT estimate, at most one notification every 3 s.
 NOTIFICATION_INTERVAL = 3.0
+#: RFC 9132 §4.4.2.1: status is also sent periodically, not only on changes.
+PERIODIC_NOTIFICATION = 60.0
+#: Block2 size for representations that do not fit one datagram (RFC 9132 §4.4.2, RFC 7959):
+#: SZX 6 = 1024 bytes, which with DTLS and CoAP overhead fits the 1280-byte IPv6 minimum.
+BLOCK_SZX = 6
+BLOCK_SIZE = 1 << (BLOCK_SZX + 4)
 _OBSERVE_MODULUS = 1 << 24
 _CORE_TICK = 0.5
 
@@ -58,10 +66,11 @@ _CORE_TICK = 0.5
 @dataclass
 class Observation:
     token: bytes
-    cuid: str
+    cuid: str | None  # None: an observation of this session's config
     mid: int | None  # None: all of the client's mitigations
     content: ContentFilter
     sequence: int = 2
+    last_sent: float = 0.0
 
 
 @dataclass
@@ -221,15 +230,19 @@ class ServerRole:
             if key.mtype is MessageType.CON and isinstance(session.layer, MessageLayer):
                 session.layer.send_ack(key, now)
             return
-        observe = self._observe(session, msg, request, response)
+        observe = self._observe(session, msg, request, response, now)
         coap = msg.response(response.code, payload=response.payload,
                             content_format=response.content_format,
                             max_age=response.max_age, observe=observe)
+        if isinstance(session.layer, MessageLayer):
+            coap = _block2(coap, msg.block2)
         session.layer.send_response(key, coap, now)
         self._sync_transmission(session)
+        if request.method in (Method.PUT, Method.DELETE) and request.path[2:3] == ("config",):
+            self._mark_config_observers(session)
 
     def _observe(self, session: SignalSession, msg: CoapMessage, request: DotsRequest,
-                 response: DotsResponse) -> int | None:
+                 response: DotsResponse, now: float) -> int | None:
         """Register or cancel an observation (RFC 7641) of ``mitigate``; the Observe value
         to put in the response, or None."""
         if request.method is not Method.GET or request.observe is None:
@@ -241,13 +254,18 @@ class ServerRole:
         if request.observe == 1 or not response.code.is_success:
             session.observations.pop(msg.token, None)
             return None
+        if path.resource is Resource.CONFIG:
+            # RFC 9132 §4.5.3: notifications of configuration changes.
+            session.observations[msg.token] = Observation(msg.token, None, path.sid,
+                                                          ContentFilter.ALL, last_sent=now)
+            return 1
         if path.resource is not Resource.MITIGATE or path.cuid is None:
-            return None  # config observation: the config changes only on this session's PUT
+            return None
         try:
             content = parse_query(request.query)
         except DotsProtocolError:
             content = ContentFilter.ALL
-        observation = Observation(msg.token, path.cuid, path.mid, content)
+        observation = Observation(msg.token, path.cuid, path.mid, content, last_sent=now)
         session.observations[msg.token] = observation
         return 1
 
@@ -273,10 +291,20 @@ class ServerRole:
         if changed:
             self._mark_observers(changed)
 
+    def _mark_config_observers(self, session: SignalSession) -> None:
+        for token, obs in session.observations.items():
+            if obs.cuid is None:
+                session.pending_notifications.add(token)
+
+    def _mark_periodic(self, session: SignalSession, now: float) -> None:
+        for token, obs in session.observations.items():
+            if obs.cuid is not None and now - obs.last_sent >= PERIODIC_NOTIFICATION:
+                session.pending_notifications.add(token)
+
     def _mark_observers(self, changed: dict[str, set[int]]) -> None:
         for session in self.sessions.values():
             for token, obs in session.observations.items():
-                mids = changed.get(obs.cuid)
+                mids = changed.get(obs.cuid) if obs.cuid is not None else None
                 if mids and (obs.mid is None or obs.mid in mids):
                     session.pending_notifications.add(token)
 
@@ -295,11 +323,15 @@ class ServerRole:
         from gateway.dots.mitigation import Owner
 
         owner = Owner(session.dots.requester.credential_id)
+        obs.last_sent = now
         try:
-            body = self.core.store.get(obs.cuid, obs.mid, owner, now, obs.content)
+            if obs.cuid is None:
+                body: Any = session.dots.config.get(None)
+            else:
+                body = self.core.store.get(obs.cuid, obs.mid, owner, now, obs.content)
             code, payload = Code.CONTENT, encode_message(body)
         except DotsProtocolError as exc:
-            if obs.mid is None:
+            if obs.mid is None or obs.cuid is None:
                 code, payload = exc.code, exc.diagnostic.encode()
             else:
                 # The request is gone: report its end once, then the observation ends.
@@ -312,12 +344,14 @@ class ServerRole:
             int(code), payload=payload,
             content_format=CONTENT_FORMAT_DOTS_CBOR if code.is_success else 0,
             observe=obs.sequence if code.is_success else None)
+        if isinstance(session.layer, MessageLayer):
+            message = _block2(message, None)  # RFC 7959 §2.6: the first block; GET the rest
         # RFC 9132 §4.4.2.1: notifications are always Non-confirmable.
         if isinstance(session.layer, MessageLayer):
             session.layer.send_notification(obs.token, message, now, confirmable=False)
         else:
             session.layer.send_notification(obs.token, message, now)
-        if not code.is_success or (obs.mid is not None and code is Code.CONTENT and
+        if not code.is_success or (obs.cuid is not None and obs.mid is not None and
                                    self.core.store.lookup(obs.cuid, obs.mid) is None):
             session.observations.pop(obs.token, None)
 
@@ -379,12 +413,43 @@ class ServerRole:
             self.core.handle_timer(now)
             self._core_outputs(now)
             for session in list(self.sessions.values()):
+                self._mark_periodic(session, now)
                 self._notify_due(session, now)
                 session.flush()
                 self._arm(session)
         except Exception:
             log.exception("server core timer failed")
         self._schedule_tick()
+
+
+def _block2(response: CoapMessage, requested: Block | None) -> CoapMessage:
+    """Serve a representation that does not fit one datagram block by block (RFC 7959).
+
+    RFC 9132 §4.4.2: Block2 with NUM=0 when the list does not fit, an ETag for dynamic
+    content, Size2 with the total. A client asking for block NUM gets that slice of the
+    current representation; the ETag tells it whether the representation changed.
+    """
+    payload = response.payload
+    if requested is None and len(payload) <= BLOCK_SIZE:
+        return response
+    szx = min(requested.szx, BLOCK_SZX) if requested is not None else BLOCK_SZX
+    size = 1 << (szx + 4)
+    num = requested.num if requested is not None else 0
+    if requested is not None and requested.szx > szx:
+        num = requested.offset // size
+    start = num * size
+    if start >= len(payload) and payload:
+        return CoapMessage(None, int(Code.BAD_OPTION), 0, response.token, (),
+                           b"Block2 number beyond the end of the representation")
+    chunk = payload[start:start + size]
+    more = start + size < len(payload)
+    etag = hashlib.sha256(payload).digest()[:8]
+    drop = (OptionNumber.ETAG, OptionNumber.BLOCK2, OptionNumber.SIZE2)
+    options = [o for o in response.options if o[0] not in drop]
+    options += [(OptionNumber.ETAG, etag), (OptionNumber.BLOCK2, Block(num, more, szx).encode())]
+    if num == 0:
+        options.append((OptionNumber.SIZE2, encode_uint(len(payload))))
+    return CoapMessage(None, response.code, 0, response.token, tuple(options), chunk)
 
 
 def _transmission(params: Any) -> TransmissionParameters:
