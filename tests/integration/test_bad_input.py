@@ -194,6 +194,30 @@ async def test_bad_paths_config_and_options(server: tuple[RunningServer, Path]) 
         good.conn.close()
 
 
+async def test_libcoap_style_probe_gets_a_prompt_error(server: tuple[RunningServer, Path]) -> None:
+    """libcoap-based DOTS clients open with an empty-path CON GET carrying Q-Block2 (RFC 9177)
+    and wait for any answer; it must come at once, as an error, not after a timeout."""
+    running, pki = server
+    peer = await connect(running, pki)
+    try:
+        started = asyncio.get_running_loop().time()
+        reply = await peer.ask(1, "", options=((31, b"\x06"),))  # Q-Block2: NUM 0, SZX 6
+        assert 128 <= reply.code < 160  # a 4.xx
+        assert asyncio.get_running_loop().time() - started < 0.5
+        # A NON request retransmitted with the same message ID and token is answered again
+        # from the cache, not processed twice (RFC 7252 §4.5).
+        cuid = cuid_from_certificate((pki / "client.pem").read_bytes())
+        message = CoapMessage(MessageType.NON, 3, 4242, b"\x42\x42", CoapMessage.request(
+            3, (".well-known", "dots", "mitigate", f"cuid={cuid}", "mid=77"),
+            content_format=271).options, body(GOOD))
+        for _ in range(2):
+            peer.conn.send(encode_udp(message))
+            reply = decode_udp(await asyncio.wait_for(peer.replies.get(), 5))
+            assert reply.code == 0x41 and reply.token == b"\x42\x42"  # 2.01 both times
+    finally:
+        peer.conn.close()
+
+
 async def test_oversize_request_is_4_13(server: tuple[RunningServer, Path]) -> None:
     running, pki = server
     peer = await connect(running, pki)
