@@ -50,7 +50,8 @@ def server_credentials(settings: Settings) -> tuple[ServerCredentials, DevPki | 
     else:
         assert tls.cert is not None and tls.key is not None and tls.ca is not None
         chain, key, ca = tls.cert, tls.key, tls.ca
-    return ServerCredentials(chain, key, ca, psk=psk, crl=tls.crl), dev
+    return ServerCredentials(chain, key, ca, psk=psk, crl=tls.crl,
+                             allow_legacy_psk=tls.allow_legacy_psk), dev
 
 
 def server_contexts(settings: Settings) -> ServerContexts:
