@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import shlex
 import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -89,6 +90,20 @@ class Backend(StrEnum):
     COMMAND = "command"
 
 
+class AnycastBackend(StrEnum):
+    """How the anycast route is announced (``anycast/announce.py``)."""
+
+    KERNEL_TABLE = "kernel-table"  # routes in a kernel table that BIRD learns
+    EXABGP = "exabgp"  # "announce route" lines on stdout, read by ExaBGP
+
+
+class InterfaceKind(StrEnum):
+    """Link type created for the anycast holder when no interface of that name exists."""
+
+    DUMMY = "dummy"
+    IFB = "ifb"  # for kernels without CONFIG_DUMMY (some test machines)
+
+
 N = TypeVar("N", int, Decimal)
 
 
@@ -125,6 +140,9 @@ class TlsSettings:
     #: Files shared by every node of an anycast fleet (one hex secret per line, first one
     #: active): DTLS cookie HMAC secrets and session-ticket keys. None: random per process.
     cookie_secret_file: Path | None = None
+    #: Test peers only (tinydtls): also offer PSK suites without (EC)DHE, which RFC 9132 §7.1
+    #: does not allow for production.
+    allow_legacy_psk: bool = False
     ticket_key_file: Path | None = None
 
     @property
@@ -278,6 +296,35 @@ class LimitSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AnycastHealthSettings:
+    """When the node announces the anycast route (``anycast/health.py``)."""
+
+    interval: Decimal = Decimal("1.00")  # seconds between health checks
+    rise: int = 3  # consecutive passed checks before announcing
+    fall: int = 2  # consecutive failed checks before withdrawing
+    hold_down: Decimal = Decimal("10.00")  # seconds withdrawn at least, after a first fall
+    max_hold_down: Decimal = Decimal("300.00")  # cap of the damped hold-down
+    half_life: Decimal = Decimal("120.00")  # seconds for the flap penalty to halve
+    command: str = ""  # operator check: exit status 0 = healthy; "" = none
+    command_timeout: Decimal = Decimal("2.00")
+
+
+@dataclass(frozen=True, slots=True)
+class AnycastSettings:
+    """The node's own anycast service addresses (RFC 4786); not ``discovery.anycast``,
+    which lists upstream servers' addresses. Off by default."""
+
+    enabled: bool = False
+    addresses: tuple[IPAddress, ...] = ()
+    interface: str = "dots-anycast"
+    interface_kind: InterfaceKind = InterfaceKind.DUMMY
+    backend: AnycastBackend = AnycastBackend.KERNEL_TABLE
+    table: int = 46
+    grace: Decimal = Decimal("5.00")  # seconds of serving after the withdrawal on drain/stop
+    health: AnycastHealthSettings = AnycastHealthSettings()
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     source: str  # the file it came from, or "<defaults>"
     general: GeneralSettings
@@ -294,6 +341,7 @@ class Settings:
     control: ControlSettings
     discovery: DiscoverySettings
     limits: LimitSettings = LimitSettings()
+    anycast: AnycastSettings = AnycastSettings()
 
 
 # Offered by default in both sets: the ranges of RFC 9132's Figure 20 example, the defaults of
@@ -391,6 +439,7 @@ def _build(data: dict[str, Any], source: str, base_dir: Path | None, state_dir: 
     metrics = _metrics(root.table("metrics"))
     control = _control(root.table("control"), base_dir, general.state_dir)
     limits = _limits(root.table("limits"))
+    anycast = _anycast(root.table("anycast"), server)
     root.finish()
     if errors:
         found = [ConfigError(e.key, e.message, source=source) for e in errors]
@@ -399,7 +448,7 @@ def _build(data: dict[str, Any], source: str, base_dir: Path | None, state_dir: 
         raise ConfigError("", f"{len(found)} problems", source=source, errors=found)
     return Settings(
         source, general, logging, server, tls, psk, session, mitigation, clients,
-        trusted_gateways, upstream, metrics, control, discovery, limits,
+        trusted_gateways, upstream, metrics, control, discovery, limits, anycast,
     )  # fmt: skip
 
 
@@ -472,8 +521,9 @@ def _tls(t: Table, base_dir: Path | None, state_dir: Path) -> TlsSettings:
     for name in names:
         if given and name not in given:
             t.error(name, f"required when {listed} is set (all three, or none for the dev PKI)")
-    extras = {name: t.opt_path(name, base_dir)
-              for name in ("crl", "cookie_secret_file", "ticket_key_file")}
+    extras: dict[str, Any] = {name: t.opt_path(name, base_dir)
+                              for name in ("crl", "cookie_secret_file", "ticket_key_file")}
+    extras["allow_legacy_psk"] = t.boolean("allow_legacy_psk", False)
     t.finish()
     if given:
         return TlsSettings(paths[0], paths[1], paths[2], dev_pki_dir=None, **extras)
@@ -792,3 +842,69 @@ def _control(t: Table, base_dir: Path | None, state_dir: Path) -> ControlSetting
         )
     t.finish()
     return ControlSettings(socket)
+
+
+# Kernel tables with a fixed meaning (linux/rtnetlink.h): unspec, default, main, local.
+_RESERVED_TABLES = {0: "unspec", 253: "default", 254: "main", 255: "local"}
+
+
+def _anycast(t: Table, server: ServerSettings) -> AnycastSettings:
+    d = AnycastSettings()
+    enabled = t.boolean("enabled", d.enabled)
+    seen = Unique("address")
+    addresses: list[IPAddress] = []
+    before = t.error_count
+    for key, address in t.parsed_list("addresses", parse_ip):
+        if (address.is_multicast or address.is_unspecified or address.is_loopback
+                or address.is_link_local):
+            t.error_at(key, f"{address} is not a unicast host address an anycast route can "
+                       "carry (multicast, unspecified, loopback and link-local are refused)")
+        elif seen.check(t, key, address):
+            addresses.append(address)
+            # The route attracts clients to this address; the gateway must listen on it.
+            wildcard = "0.0.0.0" if address.version == 4 else "::"
+            if enabled and not any(str(a) in (str(address), wildcard)
+                                   for a in server.addresses):
+                t.error_at(key, f"{address} is not in server.addresses (nor its family's "
+                           "wildcard): the route would attract clients nobody serves")
+    if enabled and not addresses and t.error_count == before:
+        t.error("addresses", "must list at least one address when enabled = true")
+    interface = t.string("interface", d.interface)
+    if not _IFNAME.fullmatch(interface) or interface in (".", ".."):
+        t.error("interface", f"{interface!r} is not an interface name (1-15 characters, no "
+                "'/', ':' or spaces)")
+    kind = t.choice("interface_kind", InterfaceKind, d.interface_kind)
+    backend = t.choice("backend", AnycastBackend, d.backend)
+    table = t.integer("table", d.table, 1, UINT32_MAX)
+    if table in _RESERVED_TABLES:
+        t.error("table", f"table {table} is the kernel's {_RESERVED_TABLES[table]} table; "
+                "use a table of its own (46 by default)")
+        table = d.table
+    grace = t.decimal("grace", d.grace, Decimal(0), Decimal(3600))
+    health = _anycast_health(t.table("health"))
+    t.finish()
+    return AnycastSettings(enabled, tuple(addresses), interface, kind, backend, table, grace,
+                           health)
+
+
+def _anycast_health(t: Table) -> AnycastHealthSettings:
+    d = AnycastHealthSettings()
+    interval = t.decimal("interval", d.interval, Decimal(0), Decimal(3600))
+    rise = t.integer("rise", d.rise, 1, 100)
+    fall = t.integer("fall", d.fall, 1, 100)
+    before = t.error_count
+    hold_down = t.decimal("hold_down", d.hold_down, Decimal(0), Decimal(86400))
+    max_hold_down = t.decimal("max_hold_down", d.max_hold_down, Decimal(0), Decimal(86400))
+    if t.error_count == before and max_hold_down < hold_down:
+        t.error("max_hold_down", f"must be at least hold_down ({hold_down}), got {max_hold_down}")
+    half_life = t.decimal("half_life", d.half_life, Decimal(0), Decimal(86400))
+    command = t.string("command", d.command)
+    try:
+        shlex.split(command)
+    except ValueError as exc:
+        t.error("command", f"cannot be split into words: {exc}")
+        command = ""
+    command_timeout = t.decimal("command_timeout", d.command_timeout, Decimal(0), Decimal(600))
+    t.finish()
+    return AnycastHealthSettings(interval, rise, fall, hold_down, max_hold_down, half_life,
+                                 command, command_timeout)
