@@ -14,9 +14,7 @@ not a test: it reports numbers and never fails on them.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import resource
 import selectors
 import shutil
@@ -37,6 +35,7 @@ from certs.devpki import init_dev_pki  # noqa: E402
 from gateway.coap.message import CoapMessage, MessageType, decode_udp, encode_udp  # noqa: E402
 from gateway.transport.secure_session import SecureSession, State  # noqa: E402
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind  # noqa: E402
+from tests.bench.results import machine_lines, update_section  # noqa: E402
 
 HB = bytes.fromhex("a11831a11833f5")
 HB_OPTIONS = CoapMessage.request(3, (".well-known", "dots", "hb"), content_format=271).options
@@ -365,27 +364,16 @@ def main() -> None:
 def write_results(path: Path, table: dict[str, dict[str, str]], quick: bool) -> None:
     names = list(table)
     rows = list(next(iter(table.values())).keys()) if table else []
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
-                .splitlines() if ln.startswith("model name")), platform.processor())
-    lines = [
-        "# Transport benchmark (tests/bench/bench_transport.py)",
-        "",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {os.cpu_count()} cores, {cpu}, {platform.platform()}",
-        f"- python {platform.python_version()}; servers on CPU 0, load generator on CPU 1",
-        f"- mode: {'quick' if quick else 'full'}; DTLS 1.2, ECDHE-ECDSA P-256, dev PKI",
+    update_section(path, "Transport (tests/bench/bench_transport.py)", [
+        *machine_lines(),
+        "- servers pinned to CPU 0, load generator on CPU 1; DTLS 1.2, ECDHE-ECDSA P-256,"
+        f" dev PKI; mode: {'quick' if quick else 'full'}",
         "",
         "| measure | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
-    ]
-    for row in rows:
-        lines.append(f"| {row} | " + " | ".join(table[n].get(row, "-") for n in names) + " |")
-    lines.append("")
-    section = "\n".join(lines)
-    old = path.read_text() if path.exists() else ""
-    marker = "# Transport benchmark"
-    kept = [part for part in old.split("\n# ") if part and not part.startswith(marker[2:])]
-    path.write_text(section + ("\n# " + "\n# ".join(kept) if kept else "") + "\n")
+        *[f"| {row} | " + " | ".join(table[n].get(row, "-") for n in names) + " |"
+          for row in rows],
+    ])
 
 
 if __name__ == "__main__":
