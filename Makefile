@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages: libssl3 (our OpenSSL binding), libcoap3-bin (interop peer), dnsmasq-base
 # (discovery lab), autoconf/automake (to build DTLSSocket, aiocoap's DTLS for interop tests).
-DEB_PACKAGES := libssl3 libcoap3-bin dnsmasq-base autoconf automake
+DEB_PACKAGES := libssl3 libcoap3-bin dnsmasq-base autoconf automake bird2
 
 .PHONY: run test deps venv lint bench clean
 
@@ -34,6 +34,7 @@ test: $(STAMP)
 # Numbers, not pass/fail: results go to tests/bench/RESULTS.md with the machine and date.
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_transport.py
+	$(BIN)/python tests/bench/bench_dots.py
 	$(BIN)/python tests/bench/bench_coap.py
 
 lint: $(STAMP)
