@@ -22,44 +22,98 @@ class HandshakeError(ConnectionError):
     pass
 
 
-class DtlsClientConnection(asyncio.DatagramProtocol):
-    """A DTLS session to one server. ``on_data`` gets each decrypted application record."""
+class ClientConnection:
+    """What a client (D)TLS connection does whatever carries its bytes: feed the session,
+    report the handshake outcome once, deliver records, send, close, free on finish."""
 
-    def __init__(
-        self,
-        session: SecureSession,
-        on_data: Callable[[bytes], None],
-        on_lost: Callable[[str], None] | None = None,
-    ) -> None:
+    kind = "DTLS"
+
+    def __init__(self, session: SecureSession, on_data: Callable[[bytes], None],
+                 on_lost: Callable[[str], None] | None = None) -> None:
         self.session = session
         self.on_data = on_data
         self.on_lost = on_lost
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: Any = None
         self.established: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._timer: asyncio.TimerHandle | None = None
         self.closed = False
 
-    # asyncio.DatagramProtocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.session.start()
-        self._flush()
-        self._arm()
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
+    def _received(self, data: bytes) -> None:
         if self.closed:
             return
         records = self.session.feed(data)
         self._flush()
         if self.session.state is State.ESTABLISHED and not self.established.done():
-            self._cancel_timer()
+            self._handshake_over()
             self.established.set_result(None)
         elif self.session.state is State.HANDSHAKING:
-            self._arm()
+            self._handshake_pending()
         for record in records:
             self.on_data(record)
         if self.session.state in (State.FAILED, State.CLOSED):
             self._finish(self.session.failure or "closed by peer")
+
+    def send(self, plaintext: bytes) -> None:
+        if self.closed:
+            raise ConnectionError(f"{self.kind} session is closed")
+        self.session.send(plaintext)
+        self._flush()
+
+    def close(self) -> None:
+        if not self.closed and self.session.state is State.ESTABLISHED:
+            self.session.close()
+            self._flush()
+        self._finish("closed locally")
+
+    @property
+    def ticket(self) -> bytes | None:
+        return self.session.session_ticket()
+
+    def _flush(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        for chunk in self.session.take_output():
+            self._write(chunk)
+
+    def _write(self, chunk: bytes) -> None:
+        raise NotImplementedError
+
+    def _handshake_pending(self) -> None:
+        """Still handshaking after input (DTLS re-arms its retransmission timer)."""
+
+    def _handshake_over(self) -> None:
+        """The handshake finished (DTLS stops its retransmission timer)."""
+
+    def _finish(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._handshake_over()
+        if not self.established.done():
+            self.established.set_exception(HandshakeError(reason))
+        if self.transport is not None:
+            self.transport.close()
+        self.session.free()
+        if self.on_lost is not None:
+            self.on_lost(reason)
+
+
+class DtlsClientConnection(ClientConnection, asyncio.DatagramProtocol):
+    """A DTLS session to one server. ``on_data`` gets each decrypted application record."""
+
+    def __init__(self, session: SecureSession, on_data: Callable[[bytes], None],
+                 on_lost: Callable[[str], None] | None = None) -> None:
+        super().__init__(session, on_data, on_lost)
+        self._timer: asyncio.TimerHandle | None = None
+
+    # asyncio.DatagramProtocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.session.start()
+        self._flush()
+        self._handshake_pending()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._received(data)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and friends: the server is not there (any more).
@@ -69,32 +123,17 @@ class DtlsClientConnection(asyncio.DatagramProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish("socket closed")
 
-    # API
-    def send(self, plaintext: bytes) -> None:
-        if self.closed:
-            raise ConnectionError("DTLS session is closed")
-        self.session.send(plaintext)
-        self._flush()
-
     def close(self) -> None:
         if not self.closed:
-            self.session.close()
+            self.session.close()  # close_notify even mid-handshake: the server frees at once
             self._flush()
         self._finish("closed locally")
 
-    @property
-    def ticket(self) -> bytes | None:
-        return self.session.session_ticket()
+    def _write(self, chunk: bytes) -> None:
+        self.transport.sendto(chunk)
 
-    # internals
-    def _flush(self) -> None:
-        if self.transport is None:
-            return
-        for datagram in self.session.take_output():
-            self.transport.sendto(datagram)
-
-    def _arm(self) -> None:
-        self._cancel_timer()
+    def _handshake_pending(self) -> None:
+        self._handshake_over()
         delay = self.session.timeout()
         if delay is not None:
             self._timer = asyncio.get_running_loop().call_later(max(delay, 0.001), self._expired)
@@ -106,25 +145,21 @@ class DtlsClientConnection(asyncio.DatagramProtocol):
         if self.session.state is State.FAILED:
             self._finish(self.session.failure or "handshake timed out")
         else:
-            self._arm()
+            self._handshake_pending()
 
-    def _cancel_timer(self) -> None:
+    def _handshake_over(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _finish(self, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._cancel_timer()
-        if not self.established.done():
-            self.established.set_exception(HandshakeError(reason))
-        if self.transport is not None:
-            self.transport.close()
-        self.session.free()
-        if self.on_lost is not None:
-            self.on_lost(reason)
+
+async def await_handshake(protocol: ClientConnection, host: str, port: int,
+                          timeout: float) -> None:
+    try:
+        await asyncio.wait_for(asyncio.shield(protocol.established), timeout)
+    except TimeoutError:
+        protocol._finish("handshake timed out")
+        raise HandshakeError(f"{protocol.kind} handshake with {host}:{port} timed out") from None
 
 
 async def connect_dtls(
@@ -152,11 +187,5 @@ async def connect_dtls(
     _transport, protocol = await loop.create_datagram_endpoint(
         lambda: DtlsClientConnection(session, on_data, on_lost), remote_addr=(host, port)
     )
-    try:
-        await asyncio.wait_for(asyncio.shield(protocol.established), timeout)
-    except TimeoutError:
-        protocol._finish("handshake timed out")
-        raise HandshakeError(f"DTLS handshake with {host}:{port} timed out") from None
-    except HandshakeError:
-        raise
+    await await_handshake(protocol, host, port, timeout)
     return protocol

@@ -13,18 +13,15 @@ closes, fails, misses its handshake deadline or idles out.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import os
 import socket
-import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.transport.memory import release_freed_memory
+from gateway.transport.endpoint import EndpointBase
 from gateway.transport.openssl_ffi import BIO_CTRL_PENDING, crypto, error_queue, ffi, ssl
 from gateway.transport.secure_session import (
     DEFAULT_DATAGRAM_SIZE,
@@ -38,8 +35,6 @@ from gateway.transport.udp import Address, forget, open_udp_socket, receive, sen
 
 log = logging.getLogger(__name__)
 _BIO_CTRL_RESET = 1
-#: Niceness of handshake worker threads relative to the process (see lower_thread_priority).
-HANDSHAKE_NICE = 10
 _BATCH = 64  # datagrams per readiness callback: fairness between sockets
 
 
@@ -133,8 +128,10 @@ class DtlsConnection:
 Key = tuple[Address, Address]  # (local, remote)
 
 
-class DtlsServer:
+class DtlsServer(EndpointBase):
     """Serve DTLS on one or more UDP sockets; hand established sessions to ``on_session``."""
+
+    KIND = Kind.DTLS
 
     def __init__(
         self,
@@ -144,26 +141,17 @@ class DtlsServer:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if context.kind is not Kind.DTLS:
-            raise ValueError("DtlsServer needs a DTLS context")
-        self.context = context
-        self.on_session = on_session
         self.limits = limits or Limits()
+        super().__init__(context, self.limits.handshake_threads, clock=clock)
+        self.on_session = on_session
         self.counters = Counters()
-        self.clock = clock
         self.sessions: dict[Key, DtlsConnection] = {}
         self.handshaking = 0
         self._sockets: list[socket.socket] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            self.limits.handshake_threads, thread_name_prefix="dtls-handshake",
-            initializer=lower_thread_priority,
-        )
         self._listener: Any = None
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._sweeper: asyncio.TimerHandle | None = None
-        self._log_suppressed_until: dict[str, float] = {}
-        self._closed_at_last_trim = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -208,7 +196,7 @@ class DtlsServer:
         if self._listener is not None:
             ssl.SSL_free(self._listener)
             self._listener = None
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
     # --- datagrams in ------------------------------------------------------------------------
 
@@ -319,7 +307,7 @@ class DtlsServer:
             return
         conn.busy = True
         assert self._loop is not None
-        future = self._loop.run_in_executor(self._executor, conn.session.feed, data)
+        future = self._loop.run_in_executor(self.executor, conn.session.feed, data)
         future.add_done_callback(lambda f: self._handshake_done(conn, f))
 
     def _handshake_done(self, conn: DtlsConnection, future: asyncio.Future[list[bytes]]) -> None:
@@ -476,9 +464,7 @@ class DtlsServer:
             elif now - conn.last_activity >= self.limits.idle_timeout:
                 self.counters.sessions_idle_closed += 1
                 self._close(conn, "idle timeout", notify=True)
-        if self.counters.sessions_closed != self._closed_at_last_trim:
-            if release_freed_memory():
-                self._closed_at_last_trim = self.counters.sessions_closed
+        self._trim_after_closes(self.counters.sessions_closed)
         self._schedule_sweep()
 
     # --- helpers -----------------------------------------------------------------------------
@@ -493,25 +479,7 @@ class DtlsServer:
         ssl.SSL_set_accept_state(listener)
         self._listener = listener
 
-    def _rate_limited_log(self, key: str, message: str, *args: object) -> None:
-        now = self.clock()
-        if self._log_suppressed_until.get(key, 0.0) > now:
-            return
-        self._log_suppressed_until[key] = now + 10.0  # at most one line per reason per 10 s
-        log.warning(message, *args)
 
-
-def lower_thread_priority() -> None:
-    """Run handshake workers at a lower scheduling priority than the event loop.
-
-    Threads only help when cores are free; when the process has one core (or all are busy),
-    a storm of handshakes would otherwise take CPU time from the loop that serves
-    established sessions. A nice value applies per thread on Linux (by its native id).
-    """
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HANDSHAKE_NICE)
-    except OSError:
-        pass  # not permitted or not Linux: workers keep the process priority
 
 
 def _drain(bio: Any) -> bytes:

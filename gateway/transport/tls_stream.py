@@ -8,7 +8,6 @@ handshake forever). Handshake steps run in worker threads, one at a time per con
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
 import ipaddress
 import logging
@@ -18,8 +17,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.transport.dtls_server import SessionHandler, lower_thread_priority
-from gateway.transport.memory import release_freed_memory
+from gateway.transport.dtls_client import ClientConnection, HandshakeError, await_handshake
+from gateway.transport.dtls_server import SessionHandler
+from gateway.transport.endpoint import EndpointBase
 from gateway.transport.openssl_ffi import OpenSSLError
 from gateway.transport.secure_session import PeerCredential, SecureSession, State
 from gateway.transport.tls_context import ClientContext, Kind, ServerContext
@@ -195,7 +195,9 @@ class TlsConnection(asyncio.Protocol):
                 log.exception("handler error on close for %s", self.remote)
 
 
-class TlsServer:
+class TlsServer(EndpointBase):
+    KIND = Kind.TLS
+
     def __init__(
         self,
         context: ServerContext,
@@ -204,22 +206,13 @@ class TlsServer:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if context.kind is not Kind.TLS:
-            raise ValueError("TlsServer needs a TLS context")
-        self.context = context
-        self.on_session = on_session
         self.limits = limits or StreamLimits()
+        super().__init__(context, self.limits.handshake_threads, clock=clock)
+        self.on_session = on_session
         self.counters = StreamCounters()
-        self.clock = clock
         self.connections: set[TlsConnection] = set()
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            self.limits.handshake_threads, thread_name_prefix="tls-handshake",
-            initializer=lower_thread_priority,
-        )
         self._servers: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
-        self._log_suppressed_until: dict[str, float] = {}
-        self._closed_at_last_trim = 0
 
     async def start(self, addresses: list[tuple[str, int]], *, freebind: bool = True) -> None:
         loop = asyncio.get_running_loop()
@@ -297,16 +290,9 @@ class TlsServer:
             elif conn.handler is not None and now - conn.last_activity >= self.limits.idle_timeout:
                 self.counters.idle_closed += 1
                 conn.close("idle timeout")
-        if self.counters.closed != self._closed_at_last_trim and release_freed_memory():
-            self._closed_at_last_trim = self.counters.closed
+        self._trim_after_closes(self.counters.closed)
         self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
 
-    def _rate_limited_log(self, key: str, message: str, *args: object) -> None:
-        now = self.clock()
-        if self._log_suppressed_until.get(key, 0.0) > now:
-            return
-        self._log_suppressed_until[key] = now + 10.0
-        log.warning(message, *args)
 
 
 def open_tcp_listener(
@@ -339,74 +325,22 @@ def open_tcp_listener(
         raise
 
 
-class TlsClientConnection(asyncio.Protocol):
-    def __init__(
-        self,
-        session: SecureSession,
-        on_data: Callable[[bytes], None],
-        on_lost: Callable[[str], None] | None,
-    ) -> None:
-        self.session = session
-        self.on_data = on_data
-        self.on_lost = on_lost
-        self.transport: asyncio.Transport | None = None
-        self.established: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.closed = False
+class TlsClientConnection(ClientConnection, asyncio.Protocol):
+    kind = "TLS"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport
         self.session.start()
         self._flush()
 
     def data_received(self, data: bytes) -> None:
-        if self.closed:
-            return
-        records = self.session.feed(data)
-        self._flush()
-        if self.session.state is State.ESTABLISHED and not self.established.done():
-            self.established.set_result(None)
-        for record in records:
-            self.on_data(record)
-        if self.session.state in (State.FAILED, State.CLOSED):
-            self._finish(self.session.failure or "closed by peer")
+        self._received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish("connection closed")
 
-    def send(self, plaintext: bytes) -> None:
-        if self.closed:
-            raise ConnectionError("TLS connection is closed")
-        self.session.send(plaintext)
-        self._flush()
-
-    def close(self) -> None:
-        if not self.closed and self.session.state is State.ESTABLISHED:
-            self.session.close()
-            self._flush()
-        self._finish("closed locally")
-
-    @property
-    def ticket(self) -> bytes | None:
-        return self.session.session_ticket()
-
-    def _flush(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            for chunk in self.session.take_output():
-                self.transport.write(chunk)
-
-    def _finish(self, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if not self.established.done():
-            from gateway.transport.dtls_client import HandshakeError
-
-            self.established.set_exception(HandshakeError(reason))
-        if self.transport is not None:
-            self.transport.close()
-        self.session.free()
-        if self.on_lost is not None:
-            self.on_lost(reason)
+    def _write(self, chunk: bytes) -> None:
+        self.transport.write(chunk)
 
 
 async def connect_tls(
@@ -420,8 +354,6 @@ async def connect_tls(
     timeout: float = 10.0,
     on_lost: Callable[[str], None] | None = None,
 ) -> TlsClientConnection:
-    from gateway.transport.dtls_client import HandshakeError
-
     if context.kind is not Kind.TLS:
         raise ValueError("connect_tls needs a TLS client context")
     try:
@@ -433,10 +365,5 @@ async def connect_tls(
         loop.create_connection(lambda: TlsClientConnection(session, on_data, on_lost), host, port),
         timeout,
     )
-    try:
-        await asyncio.wait_for(asyncio.shield(protocol.established), timeout)
-    except TimeoutError:
-        protocol._finish("handshake timed out")
-        raise HandshakeError(f"TLS handshake with {host}:{port} timed out") from None
-    # TLS 1.3 sends the session ticket after the handshake; give it a moment to arrive.
+    await await_handshake(protocol, host, port, timeout)
     return protocol
