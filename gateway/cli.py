@@ -2,7 +2,8 @@
 
 Subcommands grow with the project. Today: ``check-config FILE`` (every problem, with its
 key), ``certs init DIR`` (the dev PKI), ``show-config`` (the effective settings), and
-``version``. The daemon (``run``/``server``) arrives with the transports.
+``version``. The daemon (``run``/``server``) arrives with the transports. ``drain`` and
+``status`` talk to a running daemon with ``[anycast]`` enabled (``anycast.control``).
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from anycast.errors import AnycastError
     from gateway.daemon import serve
     from gateway.logsetup import configure_logging
     from gateway.transport.udp import PortInUse
@@ -105,9 +107,50 @@ def _serve(args: argparse.Namespace) -> int:
     except PortInUse as exc:
         print(f"dots-gateway: {exc.strerror}; is another instance running?", file=sys.stderr)
         return EXIT_FAILURE
+    except AnycastError as exc:
+        print(f"dots-gateway: anycast: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         pass
     return EXIT_OK
+
+
+def _drain(args: argparse.Namespace) -> int:
+    from anycast import control
+
+    try:
+        settings = _settings(args)
+        pid = control.request_drain(settings.general.state_dir)
+    except (ConfigError, control.ControlError) as exc:
+        print(f"drain: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    grace = float(settings.anycast.grace)
+    print(f"drain requested (pid {pid}): route withdrawn, serving for {grace:g} s, then stopping")
+    if args.wait:
+        if not control.wait_for_exit(pid, grace + args.timeout):
+            print(f"drain: pid {pid} still runs {grace + args.timeout:g} s later",
+                  file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"pid {pid} stopped")
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from anycast import control
+
+    try:
+        settings = _settings(args)
+        state = control.read_state(settings.general.state_dir)
+    except (ConfigError, control.ControlError) as exc:
+        print(f"status: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        state["pid"] = control.running_pid(settings.general.state_dir)
+        state["running"] = True
+    except control.ControlError:
+        state["running"] = False
+    print(json.dumps(state, indent=2, sort_keys=True))
+    return EXIT_OK if state["running"] else EXIT_FAILURE
 
 
 def _tls_secrets(args: argparse.Namespace) -> int:
@@ -142,6 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="configuration file (default: embedded defaults)")
         p.add_argument("--state-dir", help="state directory (dev PKI, database)")
         p.set_defaults(func=_serve)
+
+    p = sub.add_parser("drain", help="withdraw the anycast route of the running daemon, "
+                       "let it serve for anycast.grace seconds, then stop it (SIGUSR2)")
+    p.add_argument("--config", help="the daemon's configuration file (for its state directory)")
+    p.add_argument("--state-dir", help="the daemon's state directory")
+    p.add_argument("--wait", action="store_true", help="return when the daemon has stopped")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="with --wait: seconds to wait beyond the grace period (default 30)")
+    p.set_defaults(func=_drain)
+
+    p = sub.add_parser("status", help="anycast state of the running daemon, as JSON")
+    p.add_argument("--config", help="the daemon's configuration file (for its state directory)")
+    p.add_argument("--state-dir", help="the daemon's state directory")
+    p.set_defaults(func=_status)
 
     p = sub.add_parser("tls-secrets", help="create shared cookie and ticket-key files")
     p.add_argument("directory")

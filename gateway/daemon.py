@@ -4,6 +4,12 @@
 binds every configured address for each configured transport, refuses to start when a port
 is taken, reloads credentials on SIGHUP (new handshakes use them; established sessions are
 kept), and on SIGTERM/SIGINT closes every session with close_notify before exiting.
+
+With ``[anycast] enabled`` it also runs ``anycast.manager.AnycastManager``: the anycast
+addresses are put in place and nothing is announced before listening; the route is announced
+once the health checks pass; SIGTERM/SIGINT and SIGUSR2 (``dots-gateway drain``) withdraw
+the route, keep serving for ``anycast.grace`` seconds (a second SIGTERM/SIGINT cuts that
+short), then stop. Without it, nothing of that runs and pyroute2 is not even imported.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +33,17 @@ from gateway.transport.tls_stream import TlsServer
 log = logging.getLogger(__name__)
 
 
+def _no_anycast(_local: object) -> bool:
+    return False
+
+
 @dataclass
 class RunningServer:
     role: ServerRole
     dtls: DtlsServer | None
     tls: TlsServer | None
+    #: ``is_anycast(local_address)``: did a session arrive on an anycast address?
+    is_anycast: Callable[[object], bool] = _no_anycast
 
     @property
     def addresses(self) -> list[str]:
@@ -103,6 +116,9 @@ def reload_credentials(server: RunningServer, settings: Settings) -> None:
 
 async def serve(settings: Settings, *, ready: Any = None) -> None:
     """Run until SIGTERM or SIGINT. ``ready`` (optional callable) gets the RunningServer."""
+    if settings.anycast.enabled:
+        await _serve_anycast(settings, ready)
+        return
     server = await start_server(settings)
     for address in server.addresses:
         log.info("serving %s", address)
@@ -121,3 +137,51 @@ async def serve(settings: Settings, *, ready: Any = None) -> None:
             loop.remove_signal_handler(sig)
         log.info("shutting down")
         await server.stop()
+
+
+async def _serve_anycast(settings: Settings, ready: Any) -> None:
+    """``serve()`` with the anycast manager: listen first, announce last, withdraw first."""
+    from anycast.manager import AnycastManager, server_checks, session_split
+
+    anycast = AnycastManager.from_settings(settings)
+    await anycast.prepare()  # addresses in place, nothing announced (ExaBGP: stdout taken)
+    try:
+        server = await start_server(settings)
+    except BaseException:
+        await anycast.close()
+        raise
+    server.is_anycast = anycast.is_anycast
+    for address in server.addresses:
+        log.info("serving %s", address)
+    print("dots-gateway serving " + " ".join(server.addresses), flush=True)
+    if ready is not None:
+        ready(server)
+    loop = asyncio.get_running_loop()
+    stop: asyncio.Future[str] = loop.create_future()
+    interrupted = asyncio.Event()
+
+    def request_stop(why: str) -> None:
+        if stop.done():
+            interrupted.set()  # a second request: cut the grace period short
+        else:
+            stop.set_result(why)
+
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+    for sig in signals:
+        loop.add_signal_handler(sig, request_stop, "drain requested" if sig == signal.SIGUSR2
+                                else sig.name)
+    loop.add_signal_handler(signal.SIGHUP, reload_credentials, server, settings)
+    anycast.session_split = lambda: session_split(server, anycast.is_anycast)
+    # serve() is the DOTS server itself (terminal role) in both commands today; the relay
+    # will pass its count of healthy upstream servers to server_checks.
+    anycast.start(server_checks(server, settings))
+    try:
+        why = await stop
+        log.info("%s: withdrawing the anycast route, then stopping", why)
+        await anycast.drain(interrupted)
+    finally:
+        for sig in (*signals, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        log.info("shutting down")
+        await server.stop()
+        await anycast.close()

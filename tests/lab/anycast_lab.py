@@ -1,0 +1,286 @@
+"""The anycast lab: client -- router -- {edge1, edge2}, BIRD 2 on the router and the edges,
+one ``dots-gateway run`` per edge, a DOTS client helper in the client namespace.
+
+    client 10.46.9.2 fd00:46:9::2
+       | veth
+    router AS65000 (BIRD: 4 eBGP sessions, best route -> kernel FIB; forwarding on)
+       | veth                               | veth
+    edge1 AS65046 10.46.1.2 fd00:46:1::2    edge2 AS65046 10.46.2.2 fd00:46:2::2
+    anycast0 (ifb, made by the gateway):    same anycast addresses
+      192.0.2.46/32 2001:db8::4646/128
+
+Each edge's gateway puts the anycast addresses on ``anycast0`` and announces by adding
+routes to kernel table 46; the edge's BIRD learns that table with deploy/bird/
+dots-anycast.conf (included as shipped) and exports it to the router. The router prefers
+edge1 (lower router id) while both announce.
+
+Built on ``tests.lab.netns.Lab`` (unique ``dgl<pid>-`` names, teardown in ``close()``,
+``cleanup_stale()`` for killed runs). The design follows the measured lab of
+/work/shared/docs/anycast-lab.md (BIRD timers, nodad, short control-socket paths).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from certs.devpki import init_dev_pki
+from tests.lab.netns import Lab
+
+REPO = Path(__file__).resolve().parents[2]
+V4, V6 = "192.0.2.46", "2001:db8::4646"
+EDGES = {  # name: (router side v4, edge v4, router side v6, edge v6)
+    "edge1": ("10.46.1.1", "10.46.1.2", "fd00:46:1::1", "fd00:46:1::2"),
+    "edge2": ("10.46.2.1", "10.46.2.2", "fd00:46:2::1", "fd00:46:2::2"),
+}
+CLIENT_V4, CLIENT_V6 = "10.46.9.2", "fd00:46:9::2"
+
+#: Health timing of the gateways under test: fast, so the lab stays short.
+INTERVAL, RISE, FALL, HOLD_DOWN, GRACE = 0.1, 3, 2, 1.5, 2.0
+
+BGP_TIMERS = """\
+  connect delay time 1; connect retry time 2; error wait time 1, 5;
+  hold time 6; keepalive time 2;"""
+
+EDGE_BIRD = """\
+router id {e4};
+log stderr all;
+protocol device {{ }}
+include "{snippet}";
+template bgp up {{
+  local as 65046;
+{timers}
+}}
+protocol bgp up4 from up {{ neighbor {r4} as 65000;
+  ipv4 {{ import none; export where proto = "dots_anycast4"; }}; }}
+protocol bgp up6 from up {{ neighbor {r6} as 65000;
+  ipv6 {{ import none; export where proto = "dots_anycast6"; }}; }}
+"""
+
+ROUTER_BIRD = """\
+router id 10.46.9.1;
+log stderr all;
+protocol device { }
+protocol kernel { ipv4 { export all; }; }
+protocol kernel { ipv6 { export all; }; }
+template bgp edge {
+  local as 65000;
+@TIMERS@
+}
+protocol bgp e1v4 from edge { neighbor 10.46.1.2 as 65046; ipv4 { import all; export none; }; }
+protocol bgp e1v6 from edge { neighbor fd00:46:1::2 as 65046; ipv6 { import all; export none; }; }
+protocol bgp e2v4 from edge { neighbor 10.46.2.2 as 65046; ipv4 { import all; export none; }; }
+protocol bgp e2v6 from edge { neighbor fd00:46:2::2 as 65046; ipv6 { import all; export none; }; }
+""".replace("@TIMERS@", BGP_TIMERS)
+
+
+def missing_tools() -> str | None:
+    for tool in ("bird", "birdc"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (apt-get install bird2)"
+    return None
+
+
+class AnycastLab:
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.ns: dict[str, str] = {}
+        self.gateways: dict[str, subprocess.Popen[bytes]] = {}
+        self.probe: subprocess.Popen[bytes] | None = None
+        self.pki = lab.dir / "pki"
+
+    # --- network and BIRD --------------------------------------------------------------------
+
+    def build(self) -> None:
+        lab = self.lab
+        for name in ("router", "client", *EDGES):
+            self.ns[name] = lab.namespace(name)
+        router = self.ns["router"]
+        lab.veth(router, "to-client", self.ns["client"], "uplink")
+        lab.address(router, "to-client", "10.46.9.1/24")
+        lab.address(router, "to-client", "fd00:46:9::1/64")
+        lab.address(self.ns["client"], "uplink", f"{CLIENT_V4}/24")
+        lab.address(self.ns["client"], "uplink", f"{CLIENT_V6}/64")
+        self._default_routes("client", "10.46.9.1", "fd00:46:9::1")
+        for edge, (r4, e4, r6, e6) in EDGES.items():
+            lab.veth(router, f"to-{edge}", self.ns[edge], "uplink")
+            lab.address(router, f"to-{edge}", f"{r4}/30")
+            lab.address(router, f"to-{edge}", f"{r6}/64")
+            lab.address(self.ns[edge], "uplink", f"{e4}/30")
+            lab.address(self.ns[edge], "uplink", f"{e6}/64")
+            self._default_routes(edge, r4, r6)
+        lab.sysctl(router, "net.ipv4.ip_forward", "1")
+        lab.sysctl(router, "net.ipv6.conf.all.forwarding", "1")
+
+    def _default_routes(self, node: str, v4: str, v6: str) -> None:
+        self.lab.run(self.ns[node], "ip", "route", "add", "default", "via", v4)
+        self.lab.run(self.ns[node], "ip", "-6", "route", "add", "default", "via", v6)
+
+    def ctl(self, node: str) -> str:
+        return str(self.lab.dir / f"{node}.ctl")
+
+    def start_birds(self) -> None:
+        snippet = REPO / "deploy" / "bird" / "dots-anycast.conf"
+        for node in ("router", *EDGES):
+            conf = self.lab.dir / f"{node}.conf"
+            if node == "router":
+                conf.write_text(ROUTER_BIRD)
+            else:
+                r4, e4, r6, _ = EDGES[node]
+                conf.write_text(EDGE_BIRD.format(e4=e4, r4=r4, r6=r6, snippet=snippet,
+                                                 timers=BGP_TIMERS))
+            self.lab.popen(self.ns[node], ["bird", "-f", "-c", str(conf), "-s", self.ctl(node)],
+                           f"bird-{node}.log")
+
+    def birdc(self, node: str, *cmd: str) -> str:
+        return subprocess.run(["birdc", "-s", self.ctl(node), *cmd], capture_output=True,
+                              text=True, timeout=5).stdout
+
+    def wait_established(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.birdc("router", "show", "protocols").count("Established") == 4:
+                return
+            time.sleep(0.05)
+        raise TimeoutError("BGP sessions not established:\n"
+                           + self.birdc("router", "show", "protocols"))
+
+    def router_next_hop(self, family: int) -> str | None:
+        """Which edge the router forwards the anycast address to (None: no route)."""
+        dst = V4 if family == 4 else V6
+        out = self.lab.run(self.ns["router"], "ip", f"-{family}", "route", "show", dst,
+                           check=False).stdout
+        for edge, (_, e4, _, e6) in EDGES.items():
+            if f"via {e4 if family == 4 else e6} " in out:
+                return edge
+        return None
+
+    def wait_next_hop(self, edge: str | None, timeout: float) -> float:
+        """Seconds until the router forwards both families to ``edge``."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.router_next_hop(4) == edge and self.router_next_hop(6) == edge:
+                return time.monotonic() - started
+            time.sleep(0.01)
+        raise TimeoutError(f"router still forwards to v4 {self.router_next_hop(4)}, "
+                           f"v6 {self.router_next_hop(6)}; wanted {edge}")
+
+    # --- gateways ----------------------------------------------------------------------------
+
+    def fail_flag(self, edge: str) -> Path:
+        return self.lab.dir / f"{edge}.fail"
+
+    def state_dir(self, edge: str) -> Path:
+        return self.lab.dir / edge / "state"
+
+    def config(self, edge: str) -> Path:
+        return self.lab.dir / edge / "gateway.toml"
+
+    def write_gateway_config(self, edge: str) -> None:
+        _, e4, _, e6 = EDGES[edge]
+        tls = self.lab.dir / edge / "tls"
+        shutil.copytree(self.pki, tls)  # the shared dev PKI, copied in
+        self.config(edge).write_text(f"""\
+[general]
+state_dir = "{self.state_dir(edge)}"
+node_name = "{edge}"
+[server]
+addresses = ["{V4}", "{V6}", "{e4}", "{e6}"]
+port = 4646
+[tls]
+ca = "{tls}/ca.pem"
+cert = "{tls}/server.pem"
+key = "{tls}/server.key"
+[anycast]
+enabled = true
+addresses = ["{V4}", "{V6}"]
+interface = "anycast0"
+interface_kind = "ifb"
+backend = "kernel-table"
+table = 46
+grace = {GRACE}
+[anycast.health]
+interval = {INTERVAL}
+rise = {RISE}
+fall = {FALL}
+hold_down = {HOLD_DOWN}
+max_hold_down = 30.0
+half_life = 60.0
+command = "test ! -e {self.fail_flag(edge)}"
+command_timeout = 1.0
+""")
+
+    def start_gateways(self) -> None:
+        init_dev_pki(self.pki, hostnames=("localhost",), addresses=(V4, V6))
+        for edge in EDGES:
+            self.write_gateway_config(edge)
+            self.gateways[edge] = self.lab.popen(
+                self.ns[edge], [sys.executable, "-m", "gateway.cli", "run", "--config",
+                                str(self.config(edge))], f"gateway-{edge}.log")
+
+    def gateway_log(self, edge: str) -> str:
+        return self.lab.log(f"gateway-{edge}.log")
+
+    def drain(self, edge: str) -> subprocess.CompletedProcess[str]:
+        return self.lab.run(self.ns[edge], sys.executable, "-m", "gateway.cli", "drain",
+                            "--config", str(self.config(edge)), check=False)
+
+    def status(self, edge: str) -> dict[str, Any]:
+        out = self.lab.run(self.ns[edge], sys.executable, "-m", "gateway.cli", "status",
+                           "--config", str(self.config(edge)), check=False).stdout
+        return dict(json.loads(out)) if out.strip() else {}
+
+    # --- the client --------------------------------------------------------------------------
+
+    def start_probe(self) -> None:
+        with open(self.lab.dir / "probe.log", "wb") as log:
+            self.probe = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns["client"], sys.executable, "-m",
+                 "tests.lab.anycast_probe", str(self.pki)],
+                cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                start_new_session=True)
+        self.lab.processes.append(self.probe)
+
+    def ask(self, **command: Any) -> dict[str, Any]:
+        assert self.probe is not None and self.probe.stdin and self.probe.stdout
+        self.probe.stdin.write((json.dumps(command) + "\n").encode())
+        self.probe.stdin.flush()
+        line = self.probe.stdout.readline()
+        if not line:
+            raise RuntimeError("probe helper died:\n" + self.lab.log("probe.log"))
+        return dict(json.loads(line))
+
+    def hb(self, transport: str, family: int, timeout: float = 1.0) -> dict[str, Any]:
+        """A new session to the anycast address, one heartbeat; adds "edge": who served."""
+        answer = self.ask(op="probe", transport=transport, host=V4 if family == 4 else V6,
+                          timeout=timeout)
+        if answer["ok"]:
+            answer["edge"] = self.served_by(answer["local"])
+        return answer
+
+    def served_by(self, client_local: str, timeout: float = 2.0) -> str | None:
+        """The edge whose gateway logged the session from this client address and port."""
+        deadline = time.monotonic() + timeout
+        needle = f"signal session opened peer={client_local} "
+        while time.monotonic() < deadline:
+            for edge in EDGES:
+                if needle in self.gateway_log(edge):
+                    return edge
+            time.sleep(0.01)
+        return None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def up(self) -> AnycastLab:
+        self.build()
+        self.start_birds()
+        self.start_gateways()  # each: listen first, announce after RISE passed checks
+        self.start_probe()
+        self.wait_established()
+        self.wait_next_hop("edge1", timeout=20.0)
+        return self
