@@ -5,7 +5,8 @@
 Per round: edge1's operator check starts failing -> (a) the router forwards to edge2,
 (b) a new DTLS session from the client lands on edge2; then edge1 recovers (after its
 damped hold-down). The check interval is 0.1 s with fall 2, so detection alone is up to
-~0.2-0.3 s; the rest is BGP (a few ms) and the probe's own handshake/timeouts. Part of ``make bench``.
+~0.2-0.3 s; the rest is BGP (a few ms) and the probe's own handshake/timeouts.
+Part of ``make bench``.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def main(rounds: int) -> int:
                 f"max {max(ms):.0f} ({len(ms)} rounds)")
         print(f"{name}: {line}")
         rows.append(f"| {name} | {line} |")
-    update_section(Path("tests/bench/RESULTS.md"), "Anycast failover (tests/bench/bench_anycast.py)",
+    update_section(Path("tests/bench/RESULTS.md"),
+                   "Anycast failover (tests/bench/bench_anycast.py)",
                    [*machine_lines(),
                     "- netns lab: router + two edges running BIRD 2 and dots-gateway run;"
                     " check interval 0.1 s, fall 2; drain of 1,000 sessions not measured yet",
