@@ -325,6 +325,31 @@ class AnycastSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RedirectTargetSettings:
+    name: str  # the alternate server's FQDN (alt-server, mandatory in a redirect)
+    addresses: tuple[IPAddress, ...] = ()  # alt-server-record
+    cuid: str | None = None  # static assignments only
+
+
+class RedirectMode(StrEnum):
+    REDIRECT = "redirect"
+    KEEP = "keep"
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectSettings:
+    """RFC 9132 §4.6 / seed §10: sessions reaching an anycast address are sent to unicast."""
+
+    mode: RedirectMode = RedirectMode.REDIRECT
+    name: str | None = None  # this node's unicast FQDN
+    addresses: tuple[IPAddress, ...] = ()
+    ttl: int = 3600
+    capacity: int = 0
+    pool: tuple[RedirectTargetSettings, ...] = ()
+    static: tuple[RedirectTargetSettings, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     source: str  # the file it came from, or "<defaults>"
     general: GeneralSettings
@@ -342,6 +367,7 @@ class Settings:
     discovery: DiscoverySettings
     limits: LimitSettings = LimitSettings()
     anycast: AnycastSettings = AnycastSettings()
+    redirect: RedirectSettings = RedirectSettings()
 
 
 # Offered by default in both sets: the ranges of RFC 9132's Figure 20 example, the defaults of
@@ -440,6 +466,7 @@ def _build(data: dict[str, Any], source: str, base_dir: Path | None, state_dir: 
     control = _control(root.table("control"), base_dir, general.state_dir)
     limits = _limits(root.table("limits"))
     anycast = _anycast(root.table("anycast"), server)
+    redirect = _redirect(root.table("redirect"))
     root.finish()
     if errors:
         found = [ConfigError(e.key, e.message, source=source) for e in errors]
@@ -448,7 +475,7 @@ def _build(data: dict[str, Any], source: str, base_dir: Path | None, state_dir: 
         raise ConfigError("", f"{len(found)} problems", source=source, errors=found)
     return Settings(
         source, general, logging, server, tls, psk, session, mitigation, clients,
-        trusted_gateways, upstream, metrics, control, discovery, limits, anycast,
+        trusted_gateways, upstream, metrics, control, discovery, limits, anycast, redirect,
     )  # fmt: skip
 
 
@@ -846,6 +873,46 @@ def _control(t: Table, base_dir: Path | None, state_dir: Path) -> ControlSetting
 
 # Kernel tables with a fixed meaning (linux/rtnetlink.h): unspec, default, main, local.
 _RESERVED_TABLES = {0: "unspec", 253: "default", 254: "main", 255: "local"}
+
+
+def _redirect_target(t: Table, *, with_cuid: bool) -> RedirectTargetSettings | None:
+    before = t.error_count
+    name = t.opt_string("name", required=True)
+    if name is not None and not _valid_fqdn(name):
+        t.error("name", f"{name!r} is not a domain name (alt-server is an FQDN)")
+    addresses = tuple(a for _key, a in t.parsed_list("addresses", parse_ip))
+    cuid = t.opt_string("cuid", required=True) if with_cuid else None
+    t.finish()
+    if name is None or t.error_count != before:
+        return None
+    return RedirectTargetSettings(name, addresses, cuid)
+
+
+def _valid_fqdn(name: str) -> bool:
+    labels = name.rstrip(".").split(".")
+    return 0 < len(name) <= 253 and all(
+        0 < len(label) <= 63 and re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9])?", label)
+        for label in labels)
+
+
+def _redirect(t: Table) -> RedirectSettings:
+    d = RedirectSettings()
+    mode = t.choice("mode", RedirectMode, d.mode)
+    name = t.opt_string("name", empty_ok=True) or None
+    if name is not None and not _valid_fqdn(name):
+        t.error("name", f"{name!r} is not a domain name (alt-server is an FQDN)")
+    addresses = tuple(a for _key, a in t.parsed_list("addresses", parse_ip))
+    if addresses and name is None:
+        t.error("addresses", "needs redirect.name: a redirect always names the alt-server")
+    ttl = t.integer("ttl", d.ttl, 0, UINT32_MAX, "0 = this request only, 4294967295 = "
+                    "until further notice (RFC 9132 §4.6)")
+    capacity = t.integer("capacity", d.capacity, 0, 10_000_000)
+    pool = tuple(x for x in (_redirect_target(p, with_cuid=False) for p in t.tables("pool"))
+                 if x is not None)
+    static = tuple(x for x in (_redirect_target(p, with_cuid=True) for p in t.tables("static"))
+                   if x is not None)
+    t.finish()
+    return RedirectSettings(mode, name, addresses, ttl, capacity, pool, static)
 
 
 def _anycast(t: Table, server: ServerSettings) -> AnycastSettings:

@@ -22,13 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import Settings, Transport
+from anycast.addresses import anycast_classifier
+from gateway.config import RedirectTargetSettings, Settings, Transport
 from gateway.core_settings import build_server_core
 from gateway.credentials import datagram_limits, server_contexts, stream_limits
 from gateway.dots.authz import ANY_NAME, EVERYWHERE, ClientRule
 from gateway.server_role import ServerRole
 from gateway.transport.dtls_server import DtlsServer
 from gateway.transport.tls_stream import TlsServer
+from redirect.policy import AnycastMode, RedirectPolicy, Target
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,22 @@ class RunningServer:
             await self.tls.stop()
 
 
+def redirect_policy(settings: Settings) -> RedirectPolicy:
+    r = settings.redirect
+
+    def target(t: RedirectTargetSettings) -> Target:
+        return Target(t.name, t.addresses)
+
+    return RedirectPolicy(
+        mode=AnycastMode(str(r.mode)),
+        own=Target(r.name, r.addresses) if r.name else None,
+        pool=tuple(target(t) for t in r.pool),
+        static={t.cuid: target(t) for t in r.static if t.cuid},
+        ttl=r.ttl,
+        capacity=r.capacity,
+    )
+
+
 async def start_server(settings: Settings) -> RunningServer:
     """Bind and start serving; raises (PortInUse, OpenSSLError, ...) on a bad start."""
     contexts = server_contexts(settings)
@@ -80,7 +98,8 @@ async def start_server(settings: Settings) -> RunningServer:
     core = build_server_core(settings, wall_offset=time.time() - time.monotonic(),
                              extra_rules=dev_rules)
     trusted = frozenset(settings.trusted_gateways.identities)
-    role = ServerRole(core, trusted_gateways=trusted)
+    role = ServerRole(core, trusted_gateways=trusted, redirect=redirect_policy(settings),
+                      is_anycast=anycast_classifier(settings.anycast.addresses))
     hosts = [(str(address), settings.server.port) for address in settings.server.addresses]
     dtls = tls = None
     try:
@@ -151,6 +170,8 @@ async def _serve_anycast(settings: Settings, ready: Any) -> None:
         await anycast.close()
         raise
     server.is_anycast = anycast.is_anycast
+    # Drain: redirect every live session to unicast before the grace period runs out.
+    anycast.on_drain.append(server.role.start_drain)
     for address in server.addresses:
         log.info("serving %s", address)
     print("dots-gateway serving " + " ".join(server.addresses), flush=True)

@@ -48,6 +48,7 @@ from gateway.dots.model import Heartbeat, MitigationScope, Scope
 from gateway.dots.server import DotsServerCore, SendSessionHeartbeat, ServerSession, SessionLost
 from gateway.dots.uri import ContentFilter, Resource, build_path, parse_path, parse_query
 from gateway.transport.tls_context import Kind
+from redirect.policy import Redirect, RedirectPolicy
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,15 @@ class ServerRole:
 
     def __init__(self, core: DotsServerCore, *, trusted_gateways: frozenset[str] = frozenset(),
                  clock: Callable[[], float] = time.monotonic,
-                 mitigator: Callable[[object], None] | None = None) -> None:
+                 mitigator: Callable[[object], None] | None = None,
+                 redirect: RedirectPolicy | None = None,
+                 is_anycast: Callable[[str], bool] = lambda _local: False) -> None:
         self.core = core
+        self.redirect = redirect
+        self.is_anycast = is_anycast
+        self.draining = False
+        #: Redirects sent, by reason (anycast, capacity, drain): exported as metrics later.
+        self.redirects: dict[str, int] = {}
         self.trusted_gateways = trusted_gateways
         self.clock = clock
         self.mitigator = mitigator or log_mitigator
@@ -216,6 +224,14 @@ class ServerRole:
 
     def _request(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
                  now: float) -> None:
+        redirect = self._redirect_for(session)
+        if redirect is not None:
+            # RFC 9132 §4.6: the request fails with 5.03; the body names where to go.
+            reply = msg.response(int(Code.SERVICE_UNAVAILABLE),
+                                 payload=encode_message(redirect.target.signal()),
+                                 content_format=CONTENT_FORMAT_DOTS_CBOR, max_age=redirect.ttl)
+            session.layer.send_response(key, reply, now)
+            return
         request = _dots_request(msg, session.dots.requester)
         try:
             response = self.core.receive_request(session.dots, request, now)
@@ -354,6 +370,42 @@ class ServerRole:
         if not code.is_success or (obs.cuid is not None and obs.mid is not None and
                                    self.core.store.lookup(obs.cuid, obs.mid) is None):
             session.observations.pop(obs.token, None)
+
+    def _redirect_for(self, session: SignalSession) -> Redirect | None:
+        if self.redirect is None:
+            return None
+        decision = self.redirect.decide(
+            on_anycast=self.is_anycast(session.conn.local.host),
+            cuid=session.dots.requester.credential_id, session_count=len(self.sessions),
+            draining=self.draining)
+        if decision is not None:
+            self.redirects[decision.reason.value] = self.redirects.get(decision.reason.value,
+                                                                       0) + 1
+            log.info("redirect cuid=%s from=%s to=%s ttl=%d reason=%s",
+                     session.dots.requester.credential_id, session.conn.local,
+                     decision.target.name, decision.ttl, decision.reason.value)
+        return decision
+
+    def start_drain(self, _deadline: float | None = None) -> None:
+        """Drain: every request is redirected from now on, and observers of mitigations are
+        told at once, inside a notification (RFC 9132 §4.6 allows 5.03 there)."""
+        self.draining = True
+        now = self.clock()
+        for session in list(self.sessions.values()):
+            redirect = self._redirect_for(session)
+            if redirect is None:
+                continue
+            body = encode_message(redirect.target.signal())
+            for token, obs in list(session.observations.items()):
+                if obs.cuid is None:
+                    continue
+                anchor = CoapMessage(None, int(Method.GET), 0, token)
+                note = anchor.response(int(Code.SERVICE_UNAVAILABLE), payload=body,
+                                       content_format=CONTENT_FORMAT_DOTS_CBOR,
+                                       max_age=redirect.ttl)
+                session.layer.send_notification(token, note, now)
+                session.observations.pop(token, None)
+            session.flush()
 
     def _send_heartbeat(self, session: SignalSession, peer_hb_status: bool, now: float) -> None:
         body = encode_message(Heartbeat(peer_hb_status))

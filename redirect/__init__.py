@@ -1,4 +1,2 @@
-"""Signal-channel redirect (RFC 9132 §4.6): server-side policy, client-side following rules.
-
-Not yet implemented; the wire format (``redirected-signal``) lives in ``gateway.dots.model``.
-"""
+"""Signal-channel redirect (RFC 9132 §4.6, seed §10): the server-side policy (who is sent
+where, for how long) and the client-side rules for following a redirect, as pure logic."""
