@@ -355,11 +355,14 @@ class ServerRole:
                                                status=Status.ATTACK_MITIGATION_TERMINATED),))
                 code, payload = Code.CONTENT, encode_message(final)
         obs.sequence = (obs.sequence + 1) % _OBSERVE_MODULUS
+        ended = not code.is_success or (obs.cuid is not None and obs.mid is not None
+                                        and self.core.store.lookup(obs.cuid, obs.mid) is None)
         anchor = CoapMessage(None, int(Method.GET), 0, obs.token)
         message = anchor.response(
             int(code), payload=payload,
             content_format=CONTENT_FORMAT_DOTS_CBOR if code.is_success else 0,
-            observe=obs.sequence if code.is_success else None)
+            # RFC 7641 §3.2: a notification without Observe ends the observation visibly.
+            observe=None if ended else obs.sequence)
         if isinstance(session.layer, MessageLayer):
             message = _block2(message, None)  # RFC 7959 §2.6: the first block; GET the rest
         # RFC 9132 §4.4.2.1: notifications are always Non-confirmable.
@@ -367,8 +370,7 @@ class ServerRole:
             session.layer.send_notification(obs.token, message, now, confirmable=False)
         else:
             session.layer.send_notification(obs.token, message, now)
-        if not code.is_success or (obs.cuid is not None and obs.mid is not None and
-                                   self.core.store.lookup(obs.cuid, obs.mid) is None):
+        if ended:
             session.observations.pop(obs.token, None)
 
     def _redirect_for(self, session: SignalSession) -> Redirect | None:

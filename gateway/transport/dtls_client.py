@@ -160,6 +160,11 @@ async def await_handshake(protocol: ClientConnection, host: str, port: int,
     except TimeoutError:
         protocol._finish("handshake timed out")
         raise HandshakeError(f"{protocol.kind} handshake with {host}:{port} timed out") from None
+    except BaseException:
+        # Cancelled (a losing Happy Eyeballs attempt) or failed: the caller gets no
+        # connection to close, so release the socket and the OpenSSL state here.
+        protocol._finish("connection attempt abandoned")
+        raise
 
 
 async def connect_dtls(

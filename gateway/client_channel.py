@@ -1,0 +1,568 @@
+"""The signal channel of a DOTS client: sessions, transmission, heartbeats, re-establishment.
+
+``SignalChannel`` keeps one ``ClientSession`` to a DOTS server at a time. It reaches the
+server with Happy Eyeballs (``client_connect``), sends requests with the RFC 9132 pacing
+(``_send``), answers the server's heartbeats and sends its own every heartbeat-interval
+(§4.7), declares the session lost through the core's ``HeartbeatMonitor``, and re-establishes
+it: at once with (D)TLS session resumption, then as ``ReconnectBackoff`` allows (never more
+often than every 60 s). ``gateway.client_role.DotsClient`` adds the DOTS operations on top
+and fills in the hooks (``_after_connect``, ``_refresh_due``, ``_mitigating``...).
+
+Asyncio glue only; protocol decisions are the core's (``gateway.dots.client``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from certs.identity import cuid_from_certificate, cuid_from_psk_identity
+from gateway.client_connect import (
+    ATTACK_ATTEMPT_DELAY,
+    CACHE_TTL,
+    DEFAULT_ATTEMPT_DELAY,
+    Endpoint,
+    NetworkError,
+    ServerSpec,
+    Transport,
+    happy_eyeballs,
+    open_dtls,
+    open_tls,
+    parse_server,
+    resolve,
+)
+from gateway.client_messages import Reply, coap_request, dots_response, request_label
+from gateway.client_session import ClientSession
+from gateway.client_state import ClientState
+from gateway.coap.layer import RequestKey, TransmissionParameters
+from gateway.coap.message import CoapMessage
+from gateway.dots.client import DotsClientCore
+from gateway.dots.codes import Code, Method
+from gateway.dots.errors import DotsProtocolError, MethodNotAllowed, NotFound
+from gateway.dots.heartbeat import (
+    HeartbeatMissed,
+    HeartbeatMonitor,
+    ParallelSessionAdvised,
+    ReconnectBackoff,
+    Role,
+    SendHeartbeat,
+    SignalLost,
+)
+from gateway.dots.message import DotsRequest, DotsResponse
+from gateway.dots.session_config import ClientSessionConfig, SessionParameters
+from gateway.dots.uri import Resource, parse_path
+from gateway.dots.validate import decode_request_body, validate_heartbeat
+from gateway.transport.dtls_client import HandshakeError
+from gateway.transport.openssl_ffi import OpenSSLError
+from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind
+
+log = logging.getLogger(__name__)
+
+#: RFC 9132 §4.4: without an RTT estimate, at most one NON request every 3 s.
+NON_RETRY_INTERVAL = 3.0
+#: Outcome of one transmission without a response: "timeout", "closed", "reset"...
+Failure = str
+
+
+def derived_cuid(credentials: ClientCredentials) -> str:
+    """RFC 9132 App. B: the cuid of our certificate's SPKI, or of our PSK identity."""
+    if credentials.cert_chain is not None:
+        return cuid_from_certificate(Path(credentials.cert_chain).read_bytes())
+    if credentials.psk_identity is not None:
+        return cuid_from_psk_identity(credentials.psk_identity)
+    raise ValueError("client credentials need a certificate or a PSK identity")
+
+
+@dataclass
+class ClientStats:
+    """Counters for logs and tests."""
+
+    sessions: int = 0
+    resumed_sessions: int = 0
+    heartbeats_sent: int = 0
+    heartbeats_answered: int = 0
+    server_heartbeats: int = 0
+    retransmissions: int = 0
+    config_refreshes: int = 0
+    signal_losses: int = 0
+    notifications: int = 0
+    redirects: int = 0
+    #: The endpoints of the latest connection attempts, newest last.
+    attempts: deque[str] = field(default_factory=lambda: deque(maxlen=32))
+
+
+class SignalChannel:
+    """Sessions and transmission for a DOTS client (see the module docstring)."""
+
+    def __init__(self, credentials: ClientCredentials,
+                 servers: Sequence[ServerSpec | str] | ServerSpec | str | None, *,
+                 state_dir: Path | None, cuid: str | None, attempt_delay: float,
+                 handshake_timeout: float, request_timeout: float, max_attempts: int,
+                 preferred_idle: SessionParameters | None,
+                 preferred_mitigating: SessionParameters | None, reconnect: bool,
+                 backoff: ReconnectBackoff | None, on_redirect: Callable[[Reply], None] | None,
+                 new_cuid: Callable[[], str], clock: Callable[[], float]) -> None:
+        if servers is None:
+            servers = [ServerSpec("localhost")]
+        elif isinstance(servers, ServerSpec | str):
+            servers = [servers]
+        self.servers = [s if isinstance(s, ServerSpec) else parse_server(s) for s in servers]
+        if not self.servers:
+            raise ValueError("no DOTS server given")
+        self.credentials = credentials
+        self.state = ClientState(state_dir)
+        self.derived_cuid = cuid or derived_cuid(credentials)
+        self.clock = clock
+        self.attempt_delay = attempt_delay
+        self.handshake_timeout = handshake_timeout
+        self.request_timeout = request_timeout
+        self.max_attempts = max_attempts
+        self.reconnect = reconnect
+        self.backoff = backoff or ReconnectBackoff()
+        self.on_redirect = on_redirect
+        self.core = DotsClientCore(
+            self.state.cuid_for(self.derived_cuid), clock(), new_cuid=new_cuid,
+            config=ClientSessionConfig(preferred_mitigating, preferred_idle))
+        self.state.load_counters(self.core)
+        self.stats = ClientStats()
+        self.last_redirect: Reply | None = None
+        self.session: ClientSession | None = None
+        self._contexts: dict[Transport, ClientContext] = {}
+        for transport in dict.fromkeys(t for spec in self.servers for t in spec.transports):
+            self._context(transport)  # bad key or CA files fail here, not in a handshake
+        self._ticket: bytes | None = None
+        self._ticket_endpoint: Endpoint | None = None
+        self._ticket_checked = False
+        self._ready = asyncio.Event()
+        self._closing = False
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- hooks for the role ------------------------------------------------------------------
+
+    async def _after_connect(self) -> None:
+        """A session was (re-)established; negotiate, re-register observations..."""
+
+    def _session_gone(self) -> None:
+        """The session was lost and will not be re-established (``reconnect=False``)."""
+
+    def _mitigating(self) -> bool:
+        return self.core.under_attack
+
+    def _refresh_due_at(self) -> float | None:
+        """When the session configuration must be refreshed, or None."""
+        return None
+
+    def _refresh_now(self) -> None:
+        """Start a refresh (called by the timer at ``_refresh_due_at``)."""
+
+    # --- state -------------------------------------------------------------------------------
+
+    @property
+    def cuid(self) -> str:
+        return self.core.cuid
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        return None if self.session is None else self.session.endpoint
+
+    @property
+    def connected(self) -> bool:
+        return self.session is not None and not self.session.closed
+
+    @property
+    def under_attack(self) -> bool:
+        return self.core.under_attack
+
+    def parameters(self) -> SessionParameters:
+        """The session parameters in force (mitigating-config while mitigating, §4.5)."""
+        return self.core.config.current[self._mitigating()]
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Establish the signal channel (Happy Eyeballs, then ``_after_connect``). Raises
+        ``NetworkError`` when no server can be reached."""
+        if self.connected:
+            return
+        self._closing = False
+        await self._establish(resume=False)
+
+    async def close(self) -> None:
+        """End the session (close_notify; Release over TCP)."""
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        tasks = [t for t in (*self._tasks, self._reconnecting) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        self._ready.clear()
+
+    def set_under_attack(self, under_attack: bool) -> None:
+        """Attack time (§4.3, §4.5.3, §4.7): 100 ms between connection attempts, no config
+        refresh, the mitigating parameter set, and no loss declaration."""
+        self.core.set_under_attack(under_attack)
+        self.attempt_delay = ATTACK_ATTEMPT_DELAY if under_attack else DEFAULT_ATTEMPT_DELAY
+        self._sync_parameters(self.clock())
+        self._arm()
+
+    # --- transmission ------------------------------------------------------------------------
+
+    async def _send(self, request: DotsRequest, *, confirmable: bool,
+                    timeout: float | None = None, mid: int | None = None,
+                    attempts: int | None = None,
+                    later: Callable[[ClientSession, CoapMessage | None, Failure], None] | None
+                    = None) -> Reply:
+        """Send until a response arrives: NON again after 3 s of silence (§4.4), at most
+        ``attempts`` times, never past ``timeout``; raises ``NetworkError``. CON requests are
+        retransmitted by the CoAP layer; over TLS nothing is resent. ``later`` receives what
+        arrives for the token after the response (Observe notifications)."""
+        limit = timeout if timeout is not None else self.request_timeout
+        deadline = self.clock() + limit
+        label = request_label(request)
+        for attempt in range(1, (attempts or self.max_attempts) + 1):
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                break
+            session = await self._current_session(remaining)
+            remaining = deadline - self.clock()
+            if confirmable or session.reliable:
+                lifetime = remaining
+            else:
+                lifetime = min(NON_RETRY_INTERVAL, remaining)
+            if attempt > 1:
+                self.stats.retransmissions += 1
+                log.info("no answer to %s, sending it again (attempt %d)", label, attempt)
+            outcome = await self._send_once(session, coap_request(request), confirmable,
+                                            lifetime, remaining + 0.5, later)
+            if isinstance(outcome, CoapMessage):
+                return self._reply(request, outcome, session.endpoint, mid)
+            if outcome == "timeout" and (confirmable or session.reliable):
+                break
+            if outcome in ("reset", "bad-option"):
+                raise NetworkError(f"{label}: the server rejected the message ({outcome})")
+        raise NetworkError(f"no answer to {label} within {limit:g} s")
+
+    async def _send_once(self, session: ClientSession, message: CoapMessage, confirmable: bool,
+                         lifetime: float, wait: float,
+                         later: Callable[[ClientSession, CoapMessage | None, Failure], None]
+                         | None = None) -> CoapMessage | Failure:
+        """One transmission: the response, or why none came."""
+        future: asyncio.Future[CoapMessage | Failure] = (
+            asyncio.get_running_loop().create_future())
+
+        def callback(response: CoapMessage | None, reason: Failure) -> None:
+            if not future.done():
+                future.set_result(response if response is not None else reason)
+            elif later is not None:
+                later(session, response, reason)
+
+        try:
+            token = session.send_request(message, callback, confirmable=confirmable,
+                                         lifetime=lifetime)
+        except ConnectionError:
+            return "closed"
+        try:
+            return await asyncio.wait_for(future, wait)
+        except TimeoutError:
+            session.forget(token)
+            return "timeout"
+        except BaseException:
+            session.forget(token)
+            raise
+
+    def _reply(self, request: DotsRequest, message: CoapMessage, endpoint: Endpoint,
+               mid: int | None) -> Reply:
+        """Let the core interpret a response (any answer proves the server alive, §4.7)."""
+        now = self.clock()
+        response, raw = dots_response(message)
+        outcome = self.core.receive_response(request, response, now)
+        reply = Reply(request, response, outcome, endpoint, raw, mid, message.observe,
+                      confirmable=request.path[2:3] == ("config",), token=message.token)
+        if outcome.redirect is not None:
+            self.stats.redirects += 1
+            self.last_redirect = reply
+            log.warning("redirected to %s (ttl %s s); following redirects is not implemented",
+                        outcome.redirect.alt_server, response.max_age)
+            if self.on_redirect is not None:
+                self.on_redirect(reply)
+        if not self._ticket_checked and self.session is not None:
+            self._ticket_checked = True  # TLS 1.3 tickets arrive after the handshake
+            self._save_ticket(self.session)
+        return reply
+
+    # --- SessionOwner ------------------------------------------------------------------------
+
+    def request_received(self, session: ClientSession, message: CoapMessage, key: RequestKey,
+                         now: float) -> CoapMessage | None:
+        """The server's ``PUT /hb`` (§4.7): 2.04 with an empty body. We serve nothing else."""
+        request = DotsRequest(_method(message.code), tuple(message.uri_path),
+                              payload=message.payload, content_format=message.content_format)
+        try:
+            path = parse_path(request.path)
+            if path.resource is not Resource.HB:
+                raise NotFound(f"a DOTS client serves only hb, not {path.resource.value}")
+            if request.method is not Method.PUT:
+                raise MethodNotAllowed(f"{request.method.name} is not used on hb (PUT is)")
+            heartbeat = validate_heartbeat(decode_request_body(request))
+            if session is self.session:
+                self.core.heartbeat.peer_heartbeat_received(now, heartbeat.peer_hb_status)
+            self.stats.server_heartbeats += 1
+            response = DotsResponse(Code.CHANGED)
+        except DotsProtocolError as exc:
+            log.info("refused %s from the server: %s", request_label(request), exc.diagnostic)
+            response = exc.to_response()
+        return message.response(int(response.code), payload=response.payload,
+                                content_format=response.content_format)
+
+    def session_closed(self, session: ClientSession, reason: str) -> None:
+        if session is not self.session:
+            return  # a Happy Eyeballs loser, or a session already replaced
+        self._save_ticket(session)
+        self.session = None
+        self._ready.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._closing:
+            return
+        log.warning("signal channel to %s lost: %s", session.endpoint, reason)
+        if not self.reconnect:
+            self._session_gone()
+        elif self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.ensure_future(self._reestablish())
+
+    # --- establishing sessions ---------------------------------------------------------------
+
+    async def _current_session(self, wait: float) -> ClientSession:
+        if self.session is not None and not self.session.closed:
+            return self.session
+        if self._closing:
+            raise NetworkError("the client is closed")
+        if self._reconnecting is None or self._reconnecting.done():
+            await self.connect()
+            assert self.session is not None
+            return self.session
+        try:
+            await asyncio.wait_for(self._ready.wait(), wait)
+        except TimeoutError:
+            raise NetworkError("no signal channel (re-establishment under way)") from None
+        assert self.session is not None
+        return self.session
+
+    async def _establish(self, *, resume: bool) -> None:
+        session = None
+        endpoint, ticket = self._ticket_endpoint, self._ticket
+        if resume and endpoint is not None and ticket is not None:
+            try:  # §4.7: re-establish preferably with (D)TLS session resumption
+                session = await self._attempt(endpoint, resume=ticket)
+            except NetworkError as exc:
+                log.info("resumption with %s failed: %s", endpoint, exc)
+        if session is None:
+            session = await self._race()
+        self._install(session)
+        await self._after_connect()
+
+    async def _race(self) -> ClientSession:
+        """Each configured server in turn: its cached winner alone if fresh (§4.3), else
+        Happy Eyeballs over its candidates."""
+        failures = []
+        for spec in self.servers:
+            cached = self.state.cached_winner(spec.cache_key, time.time(), CACHE_TTL)
+            if cached is not None:
+                endpoint = Endpoint(Transport(cached["transport"]), cached["address"],
+                                    spec.port, spec.reference_identifier)
+                try:
+                    return await self._attempt(endpoint)
+                except NetworkError as exc:
+                    log.info("cached endpoint %s failed (%s): racing again", endpoint, exc)
+                    self.state.forget_winner(spec.cache_key)
+            try:
+                candidates = await resolve(spec)
+                endpoint, session = await happy_eyeballs(
+                    candidates, self._attempt, self.attempt_delay,
+                    close=lambda s: s.close("lost the Happy Eyeballs race"))
+            except NetworkError as exc:
+                failures.append(str(exc))
+                continue
+            self.state.remember_winner(spec.cache_key, {
+                "transport": endpoint.transport.value, "address": endpoint.address,
+                "at": time.time()})
+            return session
+        raise NetworkError("; ".join(failures))
+
+    async def _attempt(self, endpoint: Endpoint, resume: bytes | None = None) -> ClientSession:
+        self.stats.attempts.append(endpoint.uri)
+        session = ClientSession(self, endpoint, self.clock, _transmission(self.parameters()))
+        opener = open_dtls if endpoint.transport is Transport.UDP else open_tls
+        try:
+            connection = await opener(endpoint, self._context(endpoint.transport),
+                                      session.data_received, session.connection_lost,
+                                      resume=resume, timeout=self.handshake_timeout)
+        except (HandshakeError, OSError, TimeoutError) as exc:
+            raise NetworkError(str(exc) or type(exc).__name__) from None
+        session.attach(connection)
+        return session
+
+    def _context(self, transport: Transport) -> ClientContext:
+        context = self._contexts.get(transport)
+        if context is None:
+            kind = Kind.DTLS if transport is Transport.UDP else Kind.TLS
+            try:
+                context = ClientContext(kind, self.credentials)
+            except OpenSSLError as exc:
+                raise ValueError(f"unusable client credentials: {exc}") from None
+            self._contexts[transport] = context
+        return context
+
+    def _install(self, session: ClientSession) -> None:
+        now = self.clock()
+        self.session = session
+        self.stats.sessions += 1
+        if session.resumed:
+            self.stats.resumed_sessions += 1
+        self._save_ticket(session)
+        self._ticket_checked = False
+        # The server keeps a configuration per session: a new one starts from the defaults
+        # until negotiated (§4.5.2), and heartbeats start afresh.
+        self.core.config.current = {True: SessionParameters(), False: SessionParameters()}
+        self.core.config.refresh_at = None
+        params = self.parameters()
+        self.core.heartbeat = HeartbeatMonitor(
+            Role.CLIENT, now, heartbeat_interval=params.heartbeat_interval,
+            missing_hb_allowed=1 if session.reliable else params.missing_hb_allowed)
+        self.core.heartbeat.under_attack = self.core.under_attack
+        self._ready.set()
+        log.info("signal channel to %s established (%s) cuid=%s", session.endpoint,
+                 "resumed" if session.resumed else "full handshake", self.core.cuid)
+        self._arm()
+
+    def _save_ticket(self, session: ClientSession) -> None:
+        ticket = session.ticket
+        if ticket is not None:
+            self._ticket, self._ticket_endpoint = ticket, session.endpoint
+
+    async def _reestablish(self) -> None:
+        """§4.7: at once (resumption first), then never more often than the back-off."""
+        while not self._closing:
+            now = self.clock()
+            if not self.backoff.may_attempt(now):
+                assert self.backoff.next_attempt_at is not None
+                await asyncio.sleep(self.backoff.next_attempt_at - now)
+                continue
+            try:
+                await self._establish(resume=True)
+            except Exception as exc:  # noqa: BLE001 - a bug must not end re-establishment
+                if not isinstance(exc, NetworkError):
+                    log.exception("re-establishing the signal channel failed unexpectedly")
+                at = self.backoff.attempt_failed(self.clock())
+                log.warning("re-establishing the signal channel failed (%s); next attempt in "
+                            "%.0f s", exc, at - self.clock())
+                continue
+            self.backoff.succeeded()
+            return
+
+    def _lose(self, reason: str) -> None:
+        self.stats.signal_losses += 1
+        if self.session is not None:
+            self.session.close(reason)  # session_closed() starts the re-establishment
+
+    # --- timers: heartbeats and the config refresh -------------------------------------------
+
+    def _sync_parameters(self, now: float) -> None:
+        """Use the set in force (§4.5: it switches with mitigation activity) for heartbeats
+        and, over DTLS, for CoAP retransmission. Over TLS a heartbeat unanswered within the
+        interval is a failure (§4.7), as the server also counts it."""
+        params = self.parameters()
+        reliable = self.session is not None and self.session.reliable
+        self.core.heartbeat.configure(params.heartbeat_interval,
+                                      1 if reliable else params.missing_hb_allowed, now)
+        if self.session is not None:
+            self.session.set_parameters(_transmission(params))
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._closing or self.session is None:
+            return
+        deadlines = [t for t in (self.core.heartbeat.get_timer(), self._refresh_due_at())
+                     if t is not None]
+        if deadlines:
+            delay = max(0.0, min(deadlines) - self.clock())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self.clock()
+        monitor = self.core.heartbeat
+        monitor.handle_timer(now)
+        while (event := monitor.next_event()) is not None:
+            if isinstance(event, SendHeartbeat):
+                self._send_heartbeat(now)
+            elif isinstance(event, HeartbeatMissed):
+                log.info("heartbeat unanswered (%d in a row)", event.outstanding)
+            elif isinstance(event, ParallelSessionAdvised):
+                log.warning("server silent during an attack: keeping the session "
+                            "(a parallel session is not implemented)")
+            elif isinstance(event, SignalLost):
+                log.warning("signal lost: %d heartbeats unanswered", monitor.outstanding)
+                self._lose("heartbeats unanswered")
+                return
+        refresh_at = self._refresh_due_at()
+        if refresh_at is not None and now >= refresh_at:
+            self._refresh_now()
+        self._arm()
+
+    def _send_heartbeat(self, now: float) -> None:
+        session = self.session
+        if session is None or session.closed:
+            return
+        request = self.core.heartbeat_request(now)
+
+        def answered(response: CoapMessage | None, _reason: Failure) -> None:
+            if response is not None:
+                self.stats.heartbeats_answered += 1
+                self._reply(request, response, session.endpoint, None)
+
+        try:  # NON (§4.7); over TCP the answer may take up to heartbeat-interval
+            session.send_request(coap_request(request), answered, confirmable=False,
+                                 lifetime=max(1.0, float(self.core.heartbeat.interval)))
+            self.stats.heartbeats_sent += 1
+        except ConnectionError:
+            pass
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("client background task failed", exc_info=task.exception())
+
+
+def _transmission(params: SessionParameters) -> TransmissionParameters:
+    return TransmissionParameters(ack_timeout=float(params.ack_timeout),
+                                  ack_random_factor=float(params.ack_random_factor),
+                                  max_retransmit=int(params.max_retransmit))
+
+
+def _method(code: int) -> Method:
+    try:
+        return Method(code)
+    except ValueError:
+        return Method.POST  # answered 4.05 by request_received
