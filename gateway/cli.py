@@ -90,6 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
     from anycast.errors import AnycastError
     from gateway.daemon import serve
     from gateway.logsetup import configure_logging
+    from gateway.persistence import PersistenceError
     from gateway.transport.udp import PortInUse
 
     try:
@@ -109,6 +110,9 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     except AnycastError as exc:
         print(f"dots-gateway: anycast: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except PersistenceError as exc:
+        print(f"dots-gateway: saved mitigations: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         pass

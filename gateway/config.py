@@ -636,9 +636,15 @@ def _mitigation(t: Table) -> MitigationSettings:
     backend = t.choice("backend", Backend, Backend.LOG)
     command = t.string("command", "")
     if t.error_count == before:
-        if backend is Backend.COMMAND and not command:
-            t.error("command", 'required (non-empty) when backend = "command"')
-        elif backend is not Backend.COMMAND and command:
+        if backend is Backend.COMMAND:
+            if not command:
+                t.error("command", 'required (non-empty) when backend = "command"')
+            else:
+                try:
+                    shlex.split(command)  # run without a shell: it must split into argv
+                except ValueError as exc:
+                    t.error("command", f"cannot be split into arguments: {exc}")
+        elif command:
             t.error("command", f'only used with backend = "command", but backend is "{backend}"')
     t.finish()
     return MitigationSettings(abt, abt_max, indefinite, max_lifetime, policy, backend, command)

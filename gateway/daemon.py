@@ -27,6 +27,8 @@ from gateway.config import RedirectTargetSettings, Settings, Transport
 from gateway.core_settings import build_server_core
 from gateway.credentials import datagram_limits, server_contexts, stream_limits
 from gateway.dots.authz import ANY_NAME, EVERYWHERE, ClientRule
+from gateway.mitigator import Mitigator, build_mitigator
+from gateway.persistence import MitigationDatabase
 from gateway.server_role import ServerRole
 from gateway.transport.dtls_server import DtlsServer
 from gateway.transport.tls_stream import TlsServer
@@ -44,6 +46,8 @@ class RunningServer:
     role: ServerRole
     dtls: DtlsServer | None
     tls: TlsServer | None
+    mitigator: Mitigator
+    database: MitigationDatabase
     #: ``is_anycast(local_address)``: did a session arrive on an anycast address?
     is_anycast: Callable[[object], bool] = _no_anycast
 
@@ -62,6 +66,9 @@ class RunningServer:
             await self.dtls.stop()
         if self.tls is not None:
             await self.tls.stop()
+        await self.mitigator.aclose()  # scripts in flight finish; their reports are saved
+        self.database.sync(self.role.core.store)
+        self.database.close()
 
 
 def redirect_policy(settings: Settings) -> RedirectPolicy:
@@ -95,14 +102,21 @@ async def start_server(settings: Settings) -> RunningServer:
             ClientRule("dev-psk", psk_identity=pki.psk_identity, prefixes=EVERYWHERE,
                        fqdns=(ANY_NAME,)),
         ]
-    core = build_server_core(settings, wall_offset=time.time() - time.monotonic(),
-                             extra_rules=dev_rules)
+    now = time.monotonic()
+    core = build_server_core(settings, wall_offset=time.time() - now, extra_rules=dev_rules)
+    # Saved mitigations come back before anything listens; the ApplyMitigation commands for
+    # the active ones reach the mitigator with the role's first core outputs (tick or pump).
+    database = MitigationDatabase.in_state_dir(settings.general.state_dir)
     trusted = frozenset(settings.trusted_gateways.identities)
-    role = ServerRole(core, trusted_gateways=trusted, redirect=redirect_policy(settings),
+    role = ServerRole(core, trusted_gateways=trusted, database=database,
+                      redirect=redirect_policy(settings),
                       is_anycast=anycast_classifier(settings.anycast.addresses))
     hosts = [(str(address), settings.server.port) for address in settings.server.addresses]
     dtls = tls = None
     try:
+        database.restore_into(core.store, now)
+        mitigator = build_mitigator(settings, role.mitigator_status)
+        role.mitigator = mitigator
         if Transport.UDP in settings.server.transports:
             dtls = DtlsServer(contexts.dtls, role.on_session, datagram_limits(settings.limits))
             await dtls.start(hosts)
@@ -114,9 +128,10 @@ async def start_server(settings: Settings) -> RunningServer:
             await dtls.stop()
         if tls is not None:
             await tls.stop()
+        database.close()
         raise
     role.start()
-    return RunningServer(role, dtls, tls)
+    return RunningServer(role, dtls, tls, mitigator, database)
 
 
 def reload_credentials(server: RunningServer, settings: Settings) -> None:

@@ -40,6 +40,7 @@ from gateway.dots.errors import DotsProtocolError
 from gateway.dots.message import DotsRequest, DotsResponse, Requester
 from gateway.dots.mitigation import (
     ApplyMitigation,
+    Counters,
     MitigationRemoved,
     MitigationStatusChanged,
     WithdrawMitigation,
@@ -47,6 +48,7 @@ from gateway.dots.mitigation import (
 from gateway.dots.model import Heartbeat, MitigationScope, Scope
 from gateway.dots.server import DotsServerCore, SendSessionHeartbeat, ServerSession, SessionLost
 from gateway.dots.uri import ContentFilter, Resource, build_path, parse_path, parse_query
+from gateway.persistence import MitigationDatabase
 from gateway.transport.tls_context import Kind
 from redirect.policy import Redirect, RedirectPolicy
 
@@ -131,7 +133,8 @@ class ServerRole:
 
     def __init__(self, core: DotsServerCore, *, trusted_gateways: frozenset[str] = frozenset(),
                  clock: Callable[[], float] = time.monotonic,
-                 mitigator: Callable[[object], None] | None = None,
+                 mitigator: Callable[[Any], None] | None = None,
+                 database: MitigationDatabase | None = None,
                  redirect: RedirectPolicy | None = None,
                  is_anycast: Callable[[str], bool] = lambda _local: False) -> None:
         self.core = core
@@ -143,6 +146,8 @@ class ServerRole:
         self.trusted_gateways = trusted_gateways
         self.clock = clock
         self.mitigator = mitigator or log_mitigator
+        #: Where the store's changes are saved before anything that depends on them leaves.
+        self.database = database
         self.sessions: dict[int, SignalSession] = {}
         self._tick: asyncio.TimerHandle | None = None
 
@@ -213,6 +218,7 @@ class ServerRole:
             elif isinstance(event, ReleaseReceived | ConnectionAborted):
                 # RFC 8323 §5.5/§5.6: the peer is done with this connection (aiocoap's
                 # shutdown sends Release and waits for us to close).
+                self._persist()  # answers queued before the Release leave now
                 session.flush()
                 session.conn.close("released by the peer" if isinstance(event, ReleaseReceived)
                                    else f"aborted: {event.diagnostic}")
@@ -285,10 +291,26 @@ class ServerRole:
         session.observations[msg.token] = observation
         return 1
 
+    def _persist(self) -> None:
+        """Save the store's changes (one transaction); a failure is logged and retried."""
+        if self.database is not None:
+            self.database.sync(self.core.store)
+
+    def mitigator_status(self, cuid: str, mid: int, status: Status,
+                         counters: Counters | None) -> None:
+        """``on_status`` for the mitigator backend: its report, then what follows from it."""
+        now = self.clock()
+        self.core.store.update_status(cuid, mid, status, now, counters)
+        self._core_outputs(now)
+
     def _core_outputs(self, now: float) -> None:
         changed: dict[str, set[int]] = {}
         removed: list[MitigationRemoved] = []
-        for event in self.core.events():
+        # Collecting runs signal-loss processing too; then everything it and the requests
+        # changed is saved before a response, notification or mitigator command leaves.
+        events = list(self.core.events())
+        self._persist()
+        for event in events:
             if isinstance(event, MitigationStatusChanged):
                 changed.setdefault(event.cuid, set()).add(event.mid)
             elif isinstance(event, MitigationRemoved):

@@ -7,6 +7,9 @@ and emits commands for the mitigator (``ApplyMitigation``/``WithdrawMitigation``
 for observers (``MitigationStatusChanged``, ``MitigationRemoved``). It never reads a clock:
 every call takes ``now`` (monotonic seconds); ``wall_offset`` turns it into epoch seconds
 for ``mitigation-start``.
+
+Persistence stays outside (``gateway/persistence.py``); the store only tracks what changed
+(``take_changes``, ``take_client_changes``) and takes saved records back (``restore``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import enum
 import logging
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from gateway.dots.codes import ConflictCause, ConflictStatus, Status
@@ -243,6 +246,10 @@ class MitigationStore:
         self._owners: dict[str, Owner] = {}
         self._termination_period: dict[str, int] = {}
         self._outputs: deque[StoreOutput] = deque()
+        #: Keys created, changed or removed since the last ``take_changes`` (an ordered set).
+        self._touched: dict[tuple[str, int], None] = {}
+        #: Clients whose active-but-terminating period changed since ``take_client_changes``.
+        self._touched_clients: dict[str, None] = {}
 
     # --- pulled outputs ----------------------------------------------------------------------
 
@@ -272,6 +279,93 @@ class MitigationStore:
 
     def owner_of(self, cuid: str) -> Owner | None:
         return self._owners.get(cuid)
+
+    # --- persistence hooks -------------------------------------------------------------------
+
+    def take_changes(self) -> tuple[list[Mitigation], list[tuple[str, int]]]:
+        """What to save since the last call: the records that were created or changed (the
+        live objects, in their current state) and the keys of records that are gone.
+
+        A key removed and created again in between (a re-request during
+        active-but-terminating with the same mid) is reported once, as changed.
+        """
+        changed: list[Mitigation] = []
+        removed: list[tuple[str, int]] = []
+        for key in self._touched:
+            record = self._records.get(key)
+            if record is None:
+                removed.append(key)
+            else:
+                changed.append(record)
+        self._touched.clear()
+        return changed, removed
+
+    def take_client_changes(self) -> dict[str, int | None]:
+        """Per-client active-but-terminating periods changed since the last call; None means
+        the client is back at the policy default (§4.4.4)."""
+        changes = {cuid: self._termination_period.get(cuid) for cuid in self._touched_clients}
+        self._touched_clients.clear()
+        return changes
+
+    def restore(
+        self,
+        records: Iterable[Mitigation],
+        now: float,
+        termination_periods: Mapping[str, int] | None = None,
+    ) -> None:
+        """Put saved records back after a restart (``expires_at``/``terminate_at`` already on
+        this process's clock); statuses, conflicts and counters are kept as saved.
+
+        Records whose lifetime or active-but-terminating period ran out while the process was
+        down end now, as ``handle_timer`` would have ended them: the key is reported removed
+        and, if the mitigator was acting on it, ``WithdrawMitigation`` is emitted so a
+        mitigator holding state outside this process cleans up. Every record that is still
+        active (``MITIGATING``, and ``TERMINATING``, which §4.4.4 keeps mitigated until its
+        period ends) gets ``ApplyMitigation`` again: the mitigator may have lost its state with
+        the process. A record whose key is already in the store is our bug (restore runs once,
+        on an empty store): ``DotsUsageError``.
+        """
+        restored: list[Mitigation] = []
+        for record in sorted(records, key=lambda r: (r.cuid, r.mid)):
+            key = (record.cuid, record.mid)
+            if key in self._records:
+                raise DotsUsageError(
+                    f"cannot restore mitigation cuid={record.cuid} mid={record.mid}: "
+                    "it is already in the store"
+                )
+            owner = self._owners.get(record.cuid)
+            if record.state is S.ENDED or (
+                owner is not None and owner.credential_id != record.owner.credential_id
+            ):
+                log.warning(
+                    "not restoring mitigation cuid=%s mid=%d state=%s owner=%s: %s",
+                    record.cuid,
+                    record.mid,
+                    record.state.value,
+                    record.owner.credential_id,
+                    "it had ended"
+                    if record.state is S.ENDED
+                    else "another credential owns the cuid",
+                )
+                continue
+            self._records[key] = record
+            self._by_client.setdefault(record.cuid, {})[record.mid] = record
+            self._owners.setdefault(record.cuid, record.owner)
+            restored.append(record)
+        for cuid, period in (termination_periods or {}).items():
+            # The configured maximum may have been lowered since the period was doubled.
+            self._termination_period[cuid] = min(period, self.policy.active_but_terminating_max)
+        self.handle_timer(now)  # what ran out while we were down ends now
+        kept = [r for r in restored if self._records.get((r.cuid, r.mid)) is r]
+        active = [r for r in kept if r.state in ACTIVE_STATES]
+        for record in active:
+            self._outputs.append(ApplyMitigation(record.cuid, record.mid, record.scope))
+        log.info(
+            "mitigations restored: %d kept (%d active), %d ended while down",
+            len(kept),
+            len(active),
+            len(restored) - len(kept),
+        )
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -348,6 +442,7 @@ class MitigationStore:
                 record.transient_reports_left -= 1
                 if record.transient_reports_left <= 0:
                     record.transient_status = None
+                self._touch(record)
         lifetime = record.remaining_lifetime(now)
         if record.terminate_at is not None:
             left = _whole_seconds(record.terminate_at - now)
@@ -400,8 +495,9 @@ class MitigationStore:
         record = self._records.get((cuid, mid))
         if record is None or record.state not in ACTIVE_STATES:
             return
-        if counters is not None:
+        if counters is not None and counters != record.counters:
             record.counters = counters
+            self._touch(record)
         if record.state is S.TERMINATING or status is record.status:
             return
         if status not in _MITIGATOR_STATUSES:
@@ -421,7 +517,8 @@ class MitigationStore:
             if record.terminate_at is not None and now >= record.terminate_at:
                 self._fire(record, T.TERMINATION_ELAPSED, now)
                 # The client let the period run out: the next withdrawal starts at the default.
-                self._termination_period.pop(record.cuid, None)
+                if self._termination_period.pop(record.cuid, None) is not None:
+                    self._touched_clients[record.cuid] = None
             elif record.expires_at is not None and now >= record.expires_at:
                 self._fire(record, T.LIFETIME_EXPIRED, now)
 
@@ -460,6 +557,7 @@ class MitigationStore:
         record.lifetime = lifetime
         record.expires_at = None if lifetime == INDEFINITE else now + lifetime
         record.scope = replace(record.scope, lifetime=requested, attack_status=None)
+        self._touch(record)
         if efficacy_update:
             log.info(
                 "efficacy update cuid=%s mid=%d attack-status=%s",
@@ -507,6 +605,7 @@ class MitigationStore:
             self._termination_period[cuid] = min(
                 max(current, 1) * 2, self.policy.active_but_terminating_max
             )
+            self._touched_clients[cuid] = None
         record = Mitigation(
             cuid=cuid,
             mid=mid,
@@ -525,6 +624,7 @@ class MitigationStore:
         self._records[(cuid, mid)] = record
         self._by_client.setdefault(cuid, {})[mid] = record
         self._owners.setdefault(cuid, owner)
+        self._touch(record)
         log.info(
             "mitigation created cuid=%s mid=%d state=%s lifetime=%d",
             cuid,
@@ -598,6 +698,7 @@ class MitigationStore:
                     ConflictStatus.REQUEST_ACTIVE,
                     conflict_scope=_conflict_scope(c.overlap),
                 )
+                self._touch(record)
                 self._outputs.append(
                     MitigationStatusChanged(record.cuid, record.mid, record.status)
                 )
@@ -633,6 +734,7 @@ class MitigationStore:
     ) -> None:
         old = record.state
         record.state = new
+        self._touch(record)
         log.info(
             "mitigation cuid=%s mid=%d %s -> %s (%s)",
             record.cuid,
@@ -666,7 +768,12 @@ class MitigationStore:
         record.status = status
         record.transient_status = transient
         record.transient_reports_left = TRANSIENT_REPORTS if transient else 0
+        self._touch(record)
         self._outputs.append(MitigationStatusChanged(record.cuid, record.mid, transient or status))
+
+    def _touch(self, record: Mitigation) -> None:
+        """Mark the record's key for the next ``take_changes`` (changed, or removed if gone)."""
+        self._touched[(record.cuid, record.mid)] = None
 
     def _body(self, record: Mitigation, now: float) -> MitigationScope:
         """Figure 10: the 2.xx body carries mid and the granted lifetime (+ conflicts)."""

@@ -1,0 +1,431 @@
+"""Saved mitigations: the server store's records in SQLite, so a restart keeps them.
+
+Owns ``<state_dir>/dots.sqlite`` and is the only ``sqlite3`` user. It turns
+``gateway.dots.mitigation.Mitigation`` records into rows and back, and nothing else: what a
+restored record means (expiry, re-applying) is decided by ``MitigationStore.restore``. It
+must not import asyncio or the roles; the pure core must not import it.
+
+Times: the store runs on the monotonic clock of its process, which means nothing to the
+next process, so every deadline is saved as epoch seconds (``monotonic + wall_offset``) and
+loaded back as ``epoch - wall_offset`` of the loading process. A lifetime keeps running
+while the gateway is down (RFC 9132 §4.4.1: it is the client's promise to refresh in time).
+
+Durability (``journal_mode=WAL``, ``synchronous=NORMAL``): a committed save survives a crash
+of this process, because the WAL is written before COMMIT returns and the kernel keeps it.
+It does not fsync on every commit, so a power loss or kernel crash may lose the last saves
+before the next checkpoint (the database stays consistent; it loses whole transactions,
+never part of one). That is the trade-off taken: a commit costs microseconds, not a disk
+flush, and the role saves before answering every request that changed a mitigation. What
+is lost that way comes back when the client refreshes (a PUT of an unknown mid creates it,
+RFC 9132 §4.4.1) or re-requests it after its session is re-established.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from gateway.dots.codec import decode_message, encode_message
+from gateway.dots.codes import Status
+from gateway.dots.mitigation import (
+    INDEFINITE,
+    UINT32_MAX,
+    Counters,
+    Mitigation,
+    MitigationState,
+    MitigationStore,
+    Owner,
+)
+from gateway.dots.model import MitigationScope, Scope
+
+log = logging.getLogger(__name__)
+
+DATABASE_NAME = "dots.sqlite"
+#: Bumped with every change of the tables below; a step in ``_MIGRATIONS`` goes with it.
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # Times are epoch seconds. scope and conflict are CBOR (application/dots+cbor bodies:
+    # MitigationScope with one scope entry); counters are JSON with the YANG names.
+    """CREATE TABLE mitigation (
+        cuid TEXT NOT NULL,
+        mid INTEGER NOT NULL,
+        credential_id TEXT NOT NULL,
+        cdid TEXT,
+        scope BLOB NOT NULL,
+        lifetime INTEGER NOT NULL,
+        expires_at REAL,
+        terminate_at REAL,
+        state TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        transient_status INTEGER,
+        transient_reports_left INTEGER NOT NULL,
+        mitigation_start INTEGER,
+        counters TEXT NOT NULL,
+        conflict BLOB,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (cuid, mid)
+    )""",
+    # Per client: the active-but-terminating period after re-requests (RFC 9132 §4.4.4).
+    "CREATE TABLE client (cuid TEXT PRIMARY KEY, termination_period INTEGER NOT NULL)",
+)
+#: version -> statements that take a database from that version to the next.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+
+_COLUMNS = (
+    "cuid, mid, credential_id, cdid, scope, lifetime, expires_at, terminate_at, state, status, "
+    "transient_status, transient_reports_left, mitigation_start, counters, conflict, updated_at"
+)
+_COUNTERS = (
+    ("bytes-dropped", "bytes_dropped"),
+    ("bps-dropped", "bps_dropped"),
+    ("pkts-dropped", "pkts_dropped"),
+    ("pps-dropped", "pps_dropped"),
+)
+_UINT64_MAX = 2**64 - 1
+
+
+class PersistenceError(Exception):
+    """The database cannot be used (unreadable, not ours, written by a newer version) or a
+    save failed; nothing of the failed operation was written."""
+
+
+class SchemaTooNew(PersistenceError):
+    """The database was written by a newer dots-gateway; we refuse to touch it."""
+
+
+class MitigationDatabase:
+    """One SQLite file of saved mitigations; opening it creates or upgrades the schema.
+
+    Counters for metrics: ``saves``, ``save_failures``, ``skipped_rows``.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.saves = 0
+        self.save_failures = 0
+        self.skipped_rows = 0
+        #: Changes ``sync`` could not write yet: key -> record, or None for a removed key.
+        self._pending: dict[tuple[str, int], Mitigation | None] = {}
+        self._pending_clients: dict[str, int | None] = {}
+        self._wall_offset: float | None = None
+        self._db = self._open()
+
+    @classmethod
+    def in_state_dir(cls, state_dir: Path) -> MitigationDatabase:
+        return cls(state_dir / DATABASE_NAME)
+
+    # --- opening -----------------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Client identities and targets live here: owner-only, like the dev PKI. SQLite
+            # gives the -wal and -shm files the database file's mode.
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError as exc:
+            raise PersistenceError(f"{self.path}: cannot create: {exc.strerror}") from None
+        # isolation_level=None: no implicit transactions; ours are explicit (one per save).
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                log.warning("%s: journal_mode is %s, not wal (file system without shared "
+                            "memory?); saves are slower but as safe", self.path, mode)
+            db.execute("PRAGMA synchronous=NORMAL")  # see the module docstring
+            self._upgrade(db)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise PersistenceError(
+                f"{self.path}: not a usable SQLite database ({exc}); move it aside to start "
+                "without the saved mitigations"
+            ) from None
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _upgrade(self, db: sqlite3.Connection) -> None:
+        with _transaction(db):
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "meta" not in tables:
+                if tables:
+                    raise PersistenceError(
+                        f"{self.path}: has tables ({', '.join(sorted(tables))}) but no meta "
+                        "table: not a dots-gateway database"
+                    )
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                log.info("%s: new mitigation database (schema %d)", self.path, SCHEMA_VERSION)
+                return
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            try:
+                version = int(row[0])
+            except (TypeError, ValueError):
+                raise PersistenceError(
+                    f"{self.path}: meta.schema_version is {None if row is None else row[0]!r}, "
+                    "not a number"
+                ) from None
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"{self.path}: schema version {version} was written by a newer "
+                    f"dots-gateway; this one knows versions up to {SCHEMA_VERSION}. Run the "
+                    "newer version, or move the file aside to start without saved mitigations"
+                )
+            while version < SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version]:
+                    db.execute(statement)
+                version += 1
+                db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                           (str(version),))
+                log.info("%s: schema upgraded to version %d", self.path, version)
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def save(
+        self,
+        records: Iterable[Mitigation],
+        removed_keys: Iterable[tuple[str, int]],
+        *,
+        wall_offset: float,
+        termination_periods: Mapping[str, int | None] | None = None,
+    ) -> None:
+        """Write records, delete removed keys and set per-client periods (None: back to the
+        default) in one transaction. ``wall_offset`` is the store's (epoch - monotonic).
+        Raises ``PersistenceError`` with nothing written when it fails."""
+        updated_at = time.time()
+        rows = [_row(r, wall_offset, updated_at) for r in records]  # encode outside the lock
+        removed = [(cuid, mid) for cuid, mid in removed_keys]
+        periods = dict(termination_periods or {})
+        try:
+            with _transaction(self._db):
+                # Deletions first: a key in both lists ends up saved.
+                self._db.executemany("DELETE FROM mitigation WHERE cuid = ? AND mid = ?", removed)
+                self._db.executemany(
+                    f"INSERT OR REPLACE INTO mitigation ({_COLUMNS}) "
+                    f"VALUES ({', '.join('?' * 16)})",
+                    rows,
+                )
+                for cuid, period in periods.items():
+                    if period is None:
+                        self._db.execute("DELETE FROM client WHERE cuid = ?", (cuid,))
+                    else:
+                        self._db.execute("INSERT OR REPLACE INTO client VALUES (?, ?)",
+                                         (cuid, period))
+        except sqlite3.Error as exc:
+            raise PersistenceError(f"{self.path}: save failed: {exc}") from exc
+        self.saves += 1
+
+    def sync(self, store: MitigationStore) -> bool:
+        """Save what changed in ``store`` since the last call (``take_changes``), in one
+        transaction. On failure the changes are kept and written by the next call; the error
+        is logged and counted, never raised: the gateway goes on serving from memory."""
+        records, removed = store.take_changes()
+        for key in removed:
+            self._pending[key] = None
+        for record in records:
+            self._pending[(record.cuid, record.mid)] = record
+        self._pending_clients.update(store.take_client_changes())
+        self._wall_offset = store.wall_offset
+        return self._flush()
+
+    def _flush(self) -> bool:
+        if not self._pending and not self._pending_clients:
+            return True
+        assert self._wall_offset is not None
+        try:
+            self.save(
+                [r for r in self._pending.values() if r is not None],
+                [k for k, r in self._pending.items() if r is None],
+                wall_offset=self._wall_offset,
+                termination_periods=self._pending_clients,
+            )
+        except PersistenceError as exc:
+            self.save_failures += 1
+            log.error("mitigations not saved (%d changes kept for the next try, %d failures "
+                      "so far): %s", len(self._pending) + len(self._pending_clients),
+                      self.save_failures, exc)
+            return False
+        self._pending.clear()
+        self._pending_clients.clear()
+        return True
+
+    def close(self) -> None:
+        """Write what a failed ``sync`` kept, if it can, and close the file."""
+        self._flush()
+        self._db.close()
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def load(self, wall_offset: float) -> list[Mitigation]:
+        """Every saved mitigation, deadlines on this process's clock (``epoch - wall_offset``).
+
+        A row that does not decode (a bad value, a scope that is no longer valid) is skipped
+        with a warning naming its key, and counted in ``skipped_rows``; it stays in the file
+        for inspection until a new request with the same key replaces it.
+        """
+        records = []
+        cursor = self._db.execute(f"SELECT {_COLUMNS} FROM mitigation ORDER BY cuid, mid")
+        for row in cursor:
+            try:
+                records.append(_record(row, wall_offset))
+            except Exception as exc:  # any bad row, whatever is wrong with it: skip, go on
+                self.skipped_rows += 1
+                log.warning("%s: skipping saved mitigation cuid=%r mid=%r: %s",
+                            self.path, row[0], row[1], exc)
+        return records
+
+    def load_termination_periods(self) -> dict[str, int]:
+        """Per-client active-but-terminating periods (RFC 9132 §4.4.4); bad rows skipped."""
+        periods = {}
+        for cuid, period in self._db.execute("SELECT cuid, termination_period FROM client"):
+            if isinstance(cuid, str) and _is_int(period) and 0 <= period <= UINT32_MAX:
+                periods[cuid] = period
+            else:
+                self.skipped_rows += 1
+                log.warning("%s: skipping saved termination period cuid=%r period=%r",
+                            self.path, cuid, period)
+        return periods
+
+    def restore_into(self, store: MitigationStore, now: float) -> None:
+        """Load everything and ``restore`` it into ``store`` (at start, on an empty store),
+        then save what restoring ended (records that expired while the gateway was down)."""
+        store.restore(self.load(store.wall_offset), now, self.load_termination_periods())
+        self.sync(store)
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    # IMMEDIATE: take the write lock now, so a second process on the same file fails here
+    # (after the busy timeout) rather than half-way through.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+# --- rows ----------------------------------------------------------------------------------------
+
+
+def _row(record: Mitigation, wall_offset: float, updated_at: float) -> tuple[Any, ...]:
+    conflict = None
+    if record.conflict is not None:
+        conflict = encode_message(MitigationScope((Scope(conflict_information=record.conflict),)))
+    counters = {name: value for name, attr in _COUNTERS
+                if (value := getattr(record.counters, attr)) is not None}
+    return (
+        record.cuid,
+        record.mid,
+        record.owner.credential_id,
+        record.owner.cdid,
+        encode_message(MitigationScope((record.scope,))),
+        record.lifetime,
+        None if record.expires_at is None else record.expires_at + wall_offset,
+        None if record.terminate_at is None else record.terminate_at + wall_offset,
+        record.state.value,
+        int(record.status),
+        None if record.transient_status is None else int(record.transient_status),
+        record.transient_reports_left,
+        record.mitigation_start,
+        json.dumps(counters, separators=(",", ":")),
+        conflict,
+        updated_at,
+    )
+
+
+def _record(row: tuple[Any, ...], wall_offset: float) -> Mitigation:
+    (cuid, mid, credential_id, cdid, scope_cbor, lifetime, expires_at, terminate_at, state,
+     status, transient_status, transient_left, mitigation_start, counters, conflict) = row[:15]
+    if not isinstance(cuid, str) or not cuid:
+        raise ValueError(f"cuid {cuid!r} is not a non-empty string")
+    if not _is_int(mid) or not 0 <= mid <= UINT32_MAX:
+        raise ValueError(f"mid {mid!r} is not a uint32")
+    if not isinstance(credential_id, str) or not (cdid is None or isinstance(cdid, str)):
+        raise ValueError(f"owner {credential_id!r}/{cdid!r} is not text")
+    if not _is_int(lifetime) or not (lifetime == INDEFINITE or 0 <= lifetime <= UINT32_MAX):
+        raise ValueError(f"lifetime {lifetime!r} is neither -1 nor a uint32")
+    record_state = MitigationState(state)
+    if record_state is MitigationState.ENDED:
+        raise ValueError("state 'ended' is never saved")
+    expires = _deadline(expires_at, "expires_at", wall_offset)
+    terminate = _deadline(terminate_at, "terminate_at", wall_offset)
+    if record_state is MitigationState.TERMINATING and terminate is None:
+        raise ValueError("terminating without terminate_at")
+    if not (mitigation_start is None or _is_int(mitigation_start)):
+        raise ValueError(f"mitigation_start {mitigation_start!r} is not an integer")
+    if not _is_int(transient_left):
+        raise ValueError(f"transient_reports_left {transient_left!r} is not an integer")
+    return Mitigation(
+        cuid=cuid,
+        mid=mid,
+        owner=Owner(credential_id, cdid),
+        scope=_one_scope(scope_cbor, "scope"),
+        lifetime=lifetime,
+        expires_at=expires,
+        state=record_state,
+        status=Status(_checked_int(status, "status")),
+        mitigation_start=mitigation_start,
+        counters=_counters(counters),
+        conflict=None
+        if conflict is None
+        else _one_scope(conflict, "conflict").conflict_information,
+        terminate_at=terminate,
+        transient_status=None if transient_status is None
+        else Status(_checked_int(transient_status, "transient_status")),
+        transient_reports_left=transient_left,
+    )
+
+
+def _one_scope(data: Any, what: str) -> Scope:
+    if not isinstance(data, bytes):
+        raise ValueError(f"{what} is {type(data).__name__}, not CBOR bytes")
+    message = decode_message(data)  # the same checks as a request body
+    if not isinstance(message, MitigationScope) or len(message.scope) != 1:
+        raise ValueError(f"{what} is not a mitigation-scope with one entry")
+    return message.scope[0]
+
+
+def _counters(text: Any) -> Counters:
+    if not isinstance(text, str):
+        raise ValueError(f"counters {text!r} is not JSON text")
+    data = json.loads(text)
+    if not isinstance(data, dict) or set(data) - {name for name, _attr in _COUNTERS}:
+        raise ValueError(f"counters {text!r} is not an object of the four counters")
+    values = {}
+    for name, attr in _COUNTERS:
+        value = data.get(name)
+        if value is not None and not (_is_int(value) and 0 <= value <= _UINT64_MAX):
+            raise ValueError(f"counter {name} {value!r} is not a counter64")
+        values[attr] = value
+    return Counters(**values)
+
+
+def _deadline(epoch: Any, what: str, wall_offset: float) -> float | None:
+    if epoch is None:
+        return None
+    if not isinstance(epoch, int | float) or isinstance(epoch, bool) or epoch != epoch:
+        raise ValueError(f"{what} {epoch!r} is not a time")
+    return float(epoch) - wall_offset
+
+
+def _checked_int(value: Any, what: str) -> int:
+    if not _is_int(value):
+        raise ValueError(f"{what} {value!r} is not an integer")
+    return int(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
