@@ -171,3 +171,40 @@ async def test_prefix_outside_the_clients_domain_is_unauthorized(daemon: DotsSer
                                         ca=pki / "ca.pem"), timeout=20)
     assert "c:4.01" in result.output, result
     assert "outside the prefixes configured for client cert-client" in result.output
+
+
+async def test_overlapping_request_of_another_client_is_4_09(daemon: DotsServer,
+                                                             tmp_path: Path) -> None:
+    """RFC 9132 §4.4.1.3, default policy reject-new: the newcomer gets 4.09 with
+    conflict-information naming the overlap and a retry-timer."""
+    require(OPENSSL)
+    from certs.identity import cuid_from_psk_identity
+    from gateway.dots.codec import json_to_cbor
+
+    pki = daemon.pki_dir
+    cert_cuid = cuid_from_certificate((pki / "client.pem").read_bytes())
+    psk = read_psk(pki)
+
+    def body(prefix: str) -> Path:
+        return body_file(tmp_path, prefix.replace("/", "_"), json_to_cbor(json.dumps(
+            {"ietf-dots-signal-channel:mitigation-scope": {"scope": [
+                {"target-prefix": [prefix], "lifetime": 600}]}})))
+
+    first = await run_peer(coap_client(
+        OPENSSL, coaps_uri("coaps", "127.0.0.1", daemon.port_udp,
+                           f".well-known/dots/mitigate/cuid={cert_cuid}/mid=20"),
+        body=body("192.0.2.0/24"), cert=pki / "client.pem", key=pki / "client.key",
+        ca=pki / "ca.pem"), timeout=20)
+    assert "c:2.01" in first.output, first
+    second = await run_peer(coap_client(
+        OPENSSL, coaps_uri("coaps", "127.0.0.1", daemon.port_udp,
+                           f".well-known/dots/mitigate/cuid={cuid_from_psk_identity(psk[0])}"
+                           "/mid=1"),
+        body=body("192.0.2.128/25"), psk=psk), timeout=20)
+    assert "c:4.09" in second.output, second
+    info = cbor_to_json(payload_of(second.output))["ietf-dots-signal-channel:mitigation-scope"][
+        "scope"][0]["conflict-information"]
+    assert info["conflict-status"] == "request-inactive-other-active"
+    assert info["conflict-cause"] == "overlapping-targets"
+    assert info["conflict-scope"]["target-prefix"] == ["192.0.2.128/25"]
+    assert 0 < int(info["retry-timer"]) <= 600
