@@ -27,6 +27,7 @@ from gateway.coap.layer import (
     ResponseReceived,
     TcpLayer,
     TransmissionParameters,
+    outgoing,
 )
 from gateway.coap.message import CoapMessage
 
@@ -185,12 +186,7 @@ class ClientSession:
     def _flush(self) -> None:
         if self.closed or self.connection is None:
             return
-        if isinstance(self.layer, TcpLayer):
-            data = self.layer.data_to_send()
-            chunks = [data] if data else []
-        else:
-            chunks = self.layer.datagrams_to_send()
-        for chunk in chunks:
+        for chunk in outgoing(self.layer):
             try:
                 self.connection.send(chunk)
             except Exception as exc:  # a connection that cannot send is finished

@@ -30,6 +30,7 @@ from gateway.coap.layer import (
     ResponseReceived,
     TcpLayer,
     TransmissionParameters,
+    outgoing,
 )
 from gateway.coap.message import CoapMessage, MessageType
 from gateway.coap.options import Block, OptionNumber, encode_uint
@@ -114,12 +115,7 @@ class SignalSession:
     def flush(self) -> None:
         if self.closed:
             return
-        if isinstance(self.layer, TcpLayer):
-            data = self.layer.data_to_send()
-            chunks = [data] if data else []
-        else:
-            chunks = self.layer.datagrams_to_send()
-        for chunk in chunks:
+        for chunk in outgoing(self.layer):
             try:
                 self.conn.send(chunk)
             except Exception as exc:  # a session that cannot send is finished

@@ -1090,3 +1090,11 @@ class TcpLayer:
         if self.closed:
             raise CoapUsageError("connection layer is closed")
 
+
+def outgoing(layer: MessageLayer | TcpLayer) -> list[bytes]:
+    """What a layer wants sent, as the units its transport sends: datagrams for UDP, one
+    stream chunk for TCP (nothing when there is nothing)."""
+    if isinstance(layer, TcpLayer):
+        data = layer.data_to_send()
+        return [data] if data else []
+    return layer.datagrams_to_send()
