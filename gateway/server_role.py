@@ -44,6 +44,7 @@ from gateway.dots.mitigation import (
     Counters,
     MitigationRemoved,
     MitigationStatusChanged,
+    Owner,
     WithdrawMitigation,
 )
 from gateway.dots.model import Heartbeat, MitigationScope, Scope
@@ -354,8 +355,6 @@ class ServerRole:
         session.next_notification_at = now + NOTIFICATION_INTERVAL
 
     def _send_notification(self, session: SignalSession, obs: Observation, now: float) -> None:
-        from gateway.dots.mitigation import Owner
-
         owner = Owner(session.dots.requester.credential_id)
         obs.last_sent = now
         try:

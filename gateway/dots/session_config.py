@@ -26,6 +26,7 @@ UNRELIABLE_ONLY = frozenset({"missing_hb_allowed", "max_retransmit", "ack_timeou
                              "ack_random_factor"})
 #: RFC 9132 §4.5.3: without Max-Age, refresh every 60 s (CoAP's default Max-Age).
 DEFAULT_MAX_AGE = 60
+_UINT32_MAX = 2**32 - 1
 _UINT16_MAX = 2**16 - 1
 
 
@@ -213,5 +214,3 @@ class ClientSessionConfig:
         """Whether to GET config/sid now; never during an attack (§4.5.3)."""
         return not under_attack and self.refresh_at is not None and now >= self.refresh_at
 
-
-_UINT32_MAX = 2**32 - 1

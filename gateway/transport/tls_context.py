@@ -38,7 +38,6 @@ from gateway.transport.openssl_ffi import (
     SSL_OP_CIPHER_SERVER_PREFERENCE,
     SSL_OP_NO_COMPRESSION,
     SSL_OP_NO_RENEGOTIATION,
-    SSL_OP_NO_TICKET,
     SSL_SESS_CACHE_CLIENT,
     SSL_SESS_CACHE_OFF,
     SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
@@ -502,9 +501,6 @@ def ssl_address(ssl_ptr: Any) -> int:
     return int(ffi.cast("uintptr_t", ssl_ptr))
 
 
-def disable_tickets(context: _Context) -> None:
-    """For tests and peers that mishandle tickets (libcoap 4.3.1 refuses resumption)."""
-    ssl.SSL_CTX_set_options(context.ptr, SSL_OP_NO_TICKET)
 
 
 @functools.lru_cache(maxsize=4096)
