@@ -95,6 +95,7 @@ async def test_cycles_and_abandoned_handshakes_do_not_grow_memory(
         for writer in await abandoned_tls("127.0.0.1", port, ctx, 300):
             writer.close()
     await asyncio.sleep(6.5)  # handshake deadline, idle timeout and a trim pass
+    counters(proc)  # the report collects garbage and trims the heap: same footing as final
     baseline = rss_kib(proc.pid)
 
     rate = await connect_cycles(kind, "127.0.0.1", port, ctx, CYCLES, deadline=240)
@@ -108,8 +109,8 @@ async def test_cycles_and_abandoned_handshakes_do_not_grow_memory(
     for writer in writers:
         writer.close()
     await asyncio.sleep(6.0)
-    final = rss_kib(proc.pid)
     state = counters(proc)
+    final = rss_kib(proc.pid)
     print(
         f"{kind}: {rate:.0f} cycles/s, RSS baseline {baseline} KiB, peak {peak} KiB, "
         f"final {final} KiB ({(final - baseline) / baseline:+.1%})"
