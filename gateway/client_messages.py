@@ -109,7 +109,8 @@ def coap_request(request: DotsRequest, token: bytes = b"") -> CoapMessage:
     return CoapMessage.request(int(request.method), request.path, query=request.query,
                                content_format=request.content_format,
                                observe=request.observe, if_match=request.if_match,
-                               payload=request.payload, token=token)
+                               hop_limit=request.hop_limit, payload=request.payload,
+                               token=token)
 
 
 def dots_response(message: CoapMessage) -> tuple[DotsResponse, int]:

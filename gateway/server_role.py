@@ -32,7 +32,7 @@ from gateway.coap.layer import (
     TransmissionParameters,
     outgoing,
 )
-from gateway.coap.message import CoapMessage, MessageType
+from gateway.coap.message import BadOptionError, CoapMessage, MessageType
 from gateway.coap.options import Block, OptionNumber, encode_uint
 from gateway.credentials import certificate_subject, peer_identity
 from gateway.dots.codec import encode_message
@@ -227,14 +227,25 @@ class ServerRole:
 
     def _request(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
                  now: float) -> None:
+        if not self._redirected(session, msg, key, now):
+            self._answer(session, msg, key, now)
+
+    def _redirected(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
+                    now: float) -> bool:
+        """Answer with a redirect when the policy wants this session elsewhere."""
         redirect = self._redirect_for(session)
-        if redirect is not None:
-            # RFC 9132 §4.6: the request fails with 5.03; the body names where to go.
-            reply = msg.response(int(Code.SERVICE_UNAVAILABLE),
-                                 payload=encode_message(redirect.target.signal()),
-                                 content_format=CONTENT_FORMAT_DOTS_CBOR, max_age=redirect.ttl)
-            session.layer.send_response(key, reply, now)
-            return
+        if redirect is None:
+            return False
+        # RFC 9132 §4.6: the request fails with 5.03; the body names where to go.
+        reply = msg.response(int(Code.SERVICE_UNAVAILABLE),
+                             payload=encode_message(redirect.target.signal()),
+                             content_format=CONTENT_FORMAT_DOTS_CBOR, max_age=redirect.ttl)
+        session.layer.send_response(key, reply, now)
+        return True
+
+    def _answer(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
+                now: float) -> None:
+        """Answer a request from the local core (mitigate, config, hb)."""
         request = _dots_request(msg, session.dots.requester)
         try:
             response = self.core.receive_request(session.dots, request, now)
@@ -530,6 +541,10 @@ def _transmission(params: Any) -> TransmissionParameters:
 
 
 def _dots_request(msg: CoapMessage, requester: Requester) -> DotsRequest:
+    try:
+        hop_limit = msg.hop_limit
+    except BadOptionError:
+        hop_limit = None  # only a gateway acts on it, and it checks the option itself
     return DotsRequest(
         method=_method(msg.code),
         path=tuple(msg.uri_path),
@@ -539,6 +554,7 @@ def _dots_request(msg: CoapMessage, requester: Requester) -> DotsRequest:
         observe=msg.observe,
         if_match=tuple(msg.if_match),
         requester=requester,
+        hop_limit=hop_limit,
     )
 
 

@@ -39,6 +39,8 @@ class DotsRequest:
     #: If-Match option values; an efficacy update carries exactly one empty value.
     if_match: tuple[bytes, ...] = ()
     requester: Requester | None = None
+    #: Hop-Limit option (RFC 8768), None when absent; gateways insert and decrement it.
+    hop_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
