@@ -19,7 +19,7 @@ from typing import Any
 
 from certs.devpki import DevPkiError, init_dev_pki
 from gateway import __version__
-from gateway.config import ConfigError, Settings, check_config, default_settings, load_config
+from gateway.config import ConfigError, Mode, Settings, check_config, default_settings, load_config
 from gateway.core_settings import build_server_core
 from gateway.discovery import cli as discovery_cli
 
@@ -89,8 +89,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     from anycast.errors import AnycastError
     from gateway.daemon import serve
+    from gateway.gateway_daemon import UpstreamCredentialError
     from gateway.logsetup import configure_logging
     from gateway.persistence import PersistenceError
+    from gateway.relay_store import RelayDatabaseError
     from gateway.transport.udp import PortInUse
 
     try:
@@ -99,12 +101,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return EXIT_FAILURE
     configure_logging(str(settings.logging.format), str(settings.logging.level))
-    if args.command == "run" and str(settings.general.mode) == "gateway":
-        print("dots-gateway run: gateway mode (relaying to upstream servers) is not "
-              "implemented yet; use mode = \"terminal\"", file=sys.stderr)
-        return EXIT_FAILURE
+    if args.command == "server" and settings.general.mode is Mode.GATEWAY:
+        # `server` is the DOTS server itself whatever the file says; `run` honours the mode.
+        settings = dataclasses.replace(
+            settings, general=dataclasses.replace(settings.general, mode=Mode.TERMINAL))
     try:
         asyncio.run(serve(settings))
+    except (RelayDatabaseError, UpstreamCredentialError) as exc:
+        print(f"dots-gateway: gateway mode: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except PortInUse as exc:
         print(f"dots-gateway: {exc.strerror}; is another instance running?", file=sys.stderr)
         return EXIT_FAILURE

@@ -227,6 +227,33 @@ class UpstreamSettings:
         return self.reference_identifier or self.host
 
 
+class GatewayDomain(StrEnum):
+    """RFC 9132 §4.4.1.2: where the gateway sits; server-domain gateways insert cdid."""
+
+    SERVER = "server"
+    CLIENT = "client"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """The relay (mode = "gateway"): rewriting rules and the upstream client's identity."""
+
+    domain: GatewayDomain = GatewayDomain.SERVER
+    insert_cdid: bool = True
+    hop_limit: int = 16  # RFC 8768 §3 initial value
+    identity: str = ""  # in 5.08 loop reports; "" -> general.node_name
+    request_timeout: int = 10  # seconds an upstream answer may take before failing over
+    heartbeat_interval: int = 0  # preferred on the upstream session; 0: the server's default
+    missing_hb_allowed: int = 0
+    reconnect_interval: int = 300  # RFC 9132 §4.7: >= 60 between failed re-establishments
+    #: The gateway's own credential towards upstream servers (dev PKI client when unset).
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None  # CAs for upstream servers' certificates (default: tls.ca)
+    psk_identity: str | None = None
+    psk_key: bytes | None = field(default=None, repr=False)
+
+
 @dataclass(frozen=True, slots=True)
 class DiscoveryDhcpSettings:
     timeout: Decimal  # seconds to wait for a reply, per attempt
@@ -368,6 +395,7 @@ class Settings:
     limits: LimitSettings = LimitSettings()
     anycast: AnycastSettings = AnycastSettings()
     redirect: RedirectSettings = RedirectSettings()
+    gateway: GatewaySettings = GatewaySettings()
 
 
 # Offered by default in both sets: the ranges of RFC 9132's Figure 20 example, the defaults of
@@ -467,6 +495,7 @@ def _build(data: dict[str, Any], source: str, base_dir: Path | None, state_dir: 
     limits = _limits(root.table("limits"))
     anycast = _anycast(root.table("anycast"), server)
     redirect = _redirect(root.table("redirect"))
+    gateway = _gateway(root.table("gateway"), base_dir)
     root.finish()
     if errors:
         found = [ConfigError(e.key, e.message, source=source) for e in errors]
@@ -476,6 +505,7 @@ def _build(data: dict[str, Any], source: str, base_dir: Path | None, state_dir: 
     return Settings(
         source, general, logging, server, tls, psk, session, mitigation, clients,
         trusted_gateways, upstream, metrics, control, discovery, limits, anycast, redirect,
+        gateway,
     )  # fmt: skip
 
 
@@ -699,6 +729,37 @@ def _trusted_gateways(t: Table) -> TrustedGatewaysSettings:
     )
     t.finish()
     return TrustedGatewaysSettings(identities)
+
+
+def _gateway(t: Table, base_dir: Path | None) -> GatewaySettings:
+    d = GatewaySettings()
+    domain = t.choice("domain", GatewayDomain, d.domain)
+    insert_cdid = t.boolean("insert_cdid", d.insert_cdid)
+    hop_limit = t.integer("hop_limit", d.hop_limit, 1, 255, "RFC 8768: one byte, 1-255")
+    identity = t.string("identity", d.identity)
+    request_timeout = t.integer("request_timeout", d.request_timeout, 1, 300)
+    heartbeat_interval = t.integer("heartbeat_interval", 0, 0, 65535)
+    missing_hb_allowed = t.integer("missing_hb_allowed", 0, 0, 65535)
+    reconnect_interval = t.integer("reconnect_interval", d.reconnect_interval, 60, 86400,
+                                   "RFC 9132 §4.7: at least 60 s between attempts")
+    cert, key, ca = (t.opt_path(name, base_dir) for name in ("cert", "key", "ca"))
+    if (cert is None) != (key is None):
+        t.error("key" if key is None else "cert", "cert and key go together")
+    psk_identity = t.opt_string("psk_identity")
+    psk_hex = t.opt_string("psk_key_hex", secret=True)
+    psk_key = None
+    if (psk_identity is None) != (psk_hex is None):
+        t.error("psk_key_hex" if psk_hex is None else "psk_identity",
+                "psk_identity and psk_key_hex go together")
+    elif psk_hex is not None:
+        if re.fullmatch(r"(?:[0-9A-Fa-f]{2}){16,}", psk_hex):
+            psk_key = bytes.fromhex(psk_hex)
+        else:
+            t.error("psk_key_hex", "must be at least 16 bytes as an even number of hex digits")
+    t.finish()
+    return GatewaySettings(domain, insert_cdid, hop_limit, identity, request_timeout,
+                           heartbeat_interval, missing_hb_allowed, reconnect_interval, cert,
+                           key, ca, psk_identity, psk_key)
 
 
 def _upstream(root: Table) -> tuple[UpstreamSettings, ...]:

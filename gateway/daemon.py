@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from anycast.addresses import anycast_classifier
-from gateway.config import RedirectTargetSettings, Settings, Transport
+from gateway.config import Mode, RedirectTargetSettings, Settings, Transport
 from gateway.core_settings import build_server_core
 from gateway.credentials import datagram_limits, server_contexts, stream_limits
 from gateway.dots.authz import ANY_NAME, EVERYWHERE, ClientRule
+from gateway.gateway_daemon import build_gateway_role, choose_mode
 from gateway.mitigator import Mitigator, build_mitigator
 from gateway.persistence import MitigationDatabase
 from gateway.server_role import ServerRole
@@ -62,6 +63,7 @@ class RunningServer:
 
     async def stop(self) -> None:
         self.role.stop()
+        await self.role.aclose()  # the gateway's upstream session and relay state
         if self.dtls is not None:
             await self.dtls.stop()
         if self.tls is not None:
@@ -108,9 +110,15 @@ async def start_server(settings: Settings) -> RunningServer:
     # the active ones reach the mitigator with the role's first core outputs (tick or pump).
     database = MitigationDatabase.in_state_dir(settings.general.state_dir)
     trusted = frozenset(settings.trusted_gateways.identities)
-    role = ServerRole(core, trusted_gateways=trusted, database=database,
-                      redirect=redirect_policy(settings),
-                      is_anycast=anycast_classifier(settings.anycast.addresses))
+    role_options: dict[str, Any] = dict(
+        trusted_gateways=trusted, database=database, redirect=redirect_policy(settings),
+        is_anycast=anycast_classifier(settings.anycast.addresses))
+    mode, upstreams = await choose_mode(settings)
+    role: ServerRole
+    if mode is Mode.GATEWAY:
+        role = build_gateway_role(settings, core, upstreams, **role_options)
+    else:
+        role = ServerRole(core, **role_options)
     hosts = [(str(address), settings.server.port) for address in settings.server.addresses]
     dtls = tls = None
     try:

@@ -153,6 +153,9 @@ class ServerRole:
     def start(self) -> None:
         self._schedule_tick()
 
+    async def aclose(self) -> None:
+        """After ``stop``: release what outlives the sessions (nothing for the server)."""
+
     def stop(self) -> None:
         if self._tick is not None:
             self._tick.cancel()
@@ -331,11 +334,16 @@ class ServerRole:
                 if target is not None:
                     self._send_heartbeat(target, event.peer_hb_status, now)
             elif isinstance(event, SessionLost):
+                self._client_lost(event)
                 target = self.sessions.get(event.session_id)
                 if target is not None:
                     target.conn.close("signal lost: no traffic from the client")
         if changed:
             self._mark_observers(changed)
+
+    def _client_lost(self, event: SessionLost) -> None:
+        """A client's session went silent (its preconfigured requests were armed in the
+        store already); the gateway role also acts upstream."""
 
     def _mark_config_observers(self, session: SignalSession) -> None:
         for token, obs in session.observations.items():

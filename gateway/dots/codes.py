@@ -94,6 +94,7 @@ class Code(enum.IntEnum):
     UNSUPPORTED_CONTENT_FORMAT = 143  # 4.15
     UNPROCESSABLE_ENTITY = 150  # 4.22
     INTERNAL_SERVER_ERROR = 160  # 5.00
+    BAD_GATEWAY = 162  # 5.02 (a gateway: the upstream answer was unusable)
     SERVICE_UNAVAILABLE = 163  # 5.03
     HOP_LIMIT_REACHED = 168  # 5.08
 

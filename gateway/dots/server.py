@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from gateway.dots.authz import Authorizer
@@ -79,6 +79,9 @@ class DotsServerCore:
         #: None: every authenticated client may use any cuid and target (tests, tools).
         self.authorizer = authorizer
         self.sessions: dict[int, ServerSession] = {}
+        #: Mitigations held elsewhere (a gateway's upstream) also select the mitigating
+        #: parameter set of the client's sessions (RFC 9132 §4.5).
+        self.mitigating_elsewhere: Callable[[str], bool] | None = None
         self._outputs: deque[ServerOutput] = deque()
         self._now = 0.0  # the latest time an input brought; used when loss is processed
         #: Sessions whose heartbeat monitors may hold events since the last collection, so
@@ -103,7 +106,9 @@ class DotsServerCore:
         self.sessions.pop(session.id, None)
 
     def mitigating(self, session: ServerSession) -> bool:
-        return any(self.store.is_mitigating(cuid) for cuid in session.cuids)
+        elsewhere = self.mitigating_elsewhere
+        return any(self.store.is_mitigating(cuid) or (elsewhere is not None and elsewhere(cuid))
+                   for cuid in session.cuids)
 
     # --- pulled outputs ----------------------------------------------------------------------
 

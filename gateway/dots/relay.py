@@ -1,0 +1,267 @@
+"""What a DOTS gateway relays, rewrites or keeps (RFC 8811 §2.2.3, RFC 9132 §4.4, RFC 8768).
+
+A gateway is a DOTS server towards its clients and a DOTS client towards its upstream
+server; nothing in DOTS marks a gateway, so these rules live here and the roles stay plain.
+
+* ``upstream_path``: the mitigate Uri-Path sent upstream. A server-domain gateway inserts
+  the ``cdid`` it derived from the client's credential and strips whatever ``cdid`` the
+  client sent (§4.4.1.2); a client-domain gateway sends none.
+* ``forward_hop_limit``: RFC 8768 §3 for the Hop-Limit option (insert 16, decrement, 5.08
+  at 0); ``loop_report`` prepends this gateway to the 5.08 diagnostic on its way back.
+* ``RelayTable``: the client mitigations the gateway is responsible for, so that it can
+  re-establish them on another upstream server (failover) and after a restart. Records are
+  keyed by (cuid, mid); ``take_changes`` hands the changed keys to the persistence layer.
+
+Pure: the clock (wall time, because records outlive the process) is passed in.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+
+from gateway.dots.codec import decode_message, encode_message
+from gateway.dots.codes import CONTENT_FORMAT_TEXT, Code, ConflictCause
+from gateway.dots.errors import ConflictingRequest, DotsProtocolError, MalformedPayload
+from gateway.dots.message import DotsResponse
+from gateway.dots.model import ConflictInformation, MitigationScope, Scope
+from gateway.dots.uri import DotsPath, Resource, build_path
+
+#: RFC 8768 §3: the initial value a proxy inserts when a request has no Hop-Limit.
+DEFAULT_HOP_LIMIT = 16
+#: cuid -> credential of clients seen without a mitigation on record; bounded, oldest out.
+MAX_REMEMBERED_OWNERS = 100_000
+#: RFC 9132 §4.4.1: lifetime -1 is "indefinite".
+INDEFINITE = -1
+
+
+class Domain(enum.StrEnum):
+    """RFC 9132 §4.4.1.2 / RFC 9284 terminology for where the gateway sits."""
+
+    SERVER = "server"  # run by the mitigation provider: inserts cdid
+    CLIENT = "client"  # in the client's domain (e.g. CPE): no cdid
+
+
+class HopLimitReached(DotsProtocolError):
+    """RFC 8768 §3: the request went round too many proxies (a loop, most likely)."""
+
+    code = Code.HOP_LIMIT_REACHED
+
+
+def forward_hop_limit(received: int | None, initial: int = DEFAULT_HOP_LIMIT) -> int:
+    """The Hop-Limit to send upstream for a request that arrived with ``received``.
+
+    Raises ``HopLimitReached`` (5.08) when decrementing reaches 0; the gateway must then
+    answer itself and not forward (RFC 8768 §3).
+    """
+    if received is None:
+        return initial
+    remaining = received - 1
+    if remaining <= 0:
+        raise HopLimitReached("hop limit reached")
+    return remaining
+
+
+def loop_report(identity: str, upstream: DotsResponse | None = None) -> DotsResponse:
+    """A 5.08 whose diagnostic lists the gateways on the path, this one first (RFC 8768 §3,
+    RFC 9132 §9: "the list of servers in the loop"). ``upstream``: the 5.08 being relayed."""
+    previous = upstream.diagnostic.strip() if upstream is not None else ""
+    if previous.startswith("hop limit reached:"):
+        previous = previous.removeprefix("hop limit reached:").strip()
+    listed = " ".join(p for p in (identity, previous) if p)
+    return DotsResponse(Code.HOP_LIMIT_REACHED, f"hop limit reached: {listed}".encode(),
+                        CONTENT_FORMAT_TEXT)
+
+
+def upstream_path(path: DotsPath, cdid: str | None) -> tuple[str, ...]:
+    """The mitigate Uri-Path for upstream: the client's cdid (if any) is always replaced."""
+    if path.resource is not Resource.MITIGATE:
+        raise ValueError("only mitigate requests are relayed")
+    return build_path(Resource.MITIGATE, cdid=cdid, cuid=path.cuid, mid=path.mid)
+
+
+def gateway_error(exc: DotsProtocolError) -> DotsResponse:
+    """An error the gateway itself produced, marked so (the issue's operator requirement:
+    a client must tell the gateway's refusals from the upstream server's)."""
+    response = exc.to_response()
+    if response.content_format == CONTENT_FORMAT_TEXT:
+        return replace(response, payload=b"gateway: " + response.payload)
+    return response  # 4.09 and friends carry CBOR bodies defined by the RFC
+
+
+def single_scope(body: bytes) -> Scope:
+    """The one scope of a mitigation request body (validated before it was relayed)."""
+    message = decode_message(body)
+    if not isinstance(message, MitigationScope) or len(message.scope) != 1:
+        raise MalformedPayload("not a mitigation request body")
+    return message.scope[0]
+
+
+def with_scope_changes(body: bytes, **changes: object) -> bytes:
+    """``body`` re-encoded with fields of its scope replaced; unknown keys survive (the
+    codec keeps them), so a re-sent request says what the client said."""
+    message = decode_message(body)
+    assert isinstance(message, MitigationScope)
+    scope = replace(message.scope[0], **changes)  # type: ignore[arg-type]
+    return encode_message(replace(message, scope=(scope,)))
+
+
+@dataclass
+class RelayedMitigation:
+    """A client's mitigation request as the gateway relayed it."""
+
+    cuid: str
+    mid: int
+    owner: str  # the downstream client's credential id (RFC 9132 App. B)
+    cdid: str | None  # what was inserted upstream
+    body: bytes  # the request body relayed (CBOR), kept to re-send it elsewhere
+    trigger_mitigation: bool
+    lifetime: int  # requested, seconds (-1 indefinite)
+    #: Wall-clock expiry; None while indefinite or not yet accepted upstream.
+    expires_at: float | None = None
+    #: Accepted by an upstream server (2.01/2.04). Unconfirmed records exist only while
+    #: the request is in flight, or after a crash in that window (checked on restart).
+    confirmed: bool = False
+    #: The upstream endpoint that last accepted it (None: not installed anywhere now).
+    upstream: str | None = None
+    #: The client asked to withdraw it; the DELETE has not reached an upstream yet.
+    withdrawing: bool = False
+    #: A preconfigured request the gateway activated upstream because the client's session
+    #: was lost (see ``GatewayRelay`` and the README); refreshes are rewritten to match.
+    activated_by_loss: bool = False
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.cuid, self.mid)
+
+    def remaining_lifetime(self, now: float) -> int:
+        """The lifetime to ask for when re-sending: what is left of the granted one."""
+        if self.expires_at is None:
+            return self.lifetime
+        return max(1, int(self.expires_at - now + 0.999))
+
+    def resend_body(self, now: float) -> bytes:
+        """The body to re-install this request on another upstream server."""
+        changes: dict[str, object] = {"lifetime": self.remaining_lifetime(now)}
+        if self.activated_by_loss:
+            changes["trigger_mitigation"] = True
+        return with_scope_changes(self.body, **changes)
+
+
+class RelayTable:
+    """The client mitigations this gateway answers for (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._records: dict[tuple[str, int], RelayedMitigation] = {}
+        self._by_cuid: dict[str, set[int]] = {}
+        self._owners: OrderedDict[str, str] = OrderedDict()
+        self._changed: set[tuple[str, int]] = set()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[RelayedMitigation]:
+        return iter(list(self._records.values()))
+
+    def get(self, cuid: str, mid: int) -> RelayedMitigation | None:
+        return self._records.get((cuid, mid))
+
+    def of_cuid(self, cuid: str) -> list[RelayedMitigation]:
+        return sorted((self._records[(cuid, mid)] for mid in self._by_cuid.get(cuid, ())),
+                      key=lambda r: r.mid)
+
+    def cuids(self) -> list[str]:
+        return sorted(self._by_cuid)
+
+    def active(self, now: float) -> bool:
+        """Whether any relayed request is in force (the upstream session then uses the
+        mitigating parameter set, RFC 9132 §4.5)."""
+        return any(self.is_mitigating(cuid, now) for cuid in self._by_cuid)
+
+    def is_mitigating(self, cuid: str, now: float) -> bool:
+        return any(r.confirmed and not r.withdrawing
+                   and (r.trigger_mitigation or r.activated_by_loss)
+                   and (r.expires_at is None or r.expires_at > now) for r in self.of_cuid(cuid))
+
+    # --- ownership (cuid collisions, RFC 9132 §4.4.1.1) ----------------------------------------
+
+    def check_owner(self, cuid: str, credential: str) -> None:
+        """Raise 4.09 (cuid-collision) when another client already uses ``cuid``.
+
+        A client-domain gateway MUST resolve collisions itself, because the upstream server
+        sees every client behind one credential; a server-domain one is RECOMMENDED to.
+        """
+        owner = self.owner_of(cuid)
+        if owner is not None and owner != credential:
+            raise ConflictingRequest(f"gateway: cuid {cuid} is in use by another DOTS client",
+                                     ConflictInformation(ConflictCause.CUID_COLLISION))
+        self._owners[cuid] = credential
+        self._owners.move_to_end(cuid)
+        while len(self._owners) > MAX_REMEMBERED_OWNERS:
+            self._owners.popitem(last=False)
+
+    def owner_of(self, cuid: str) -> str | None:
+        mids = self._by_cuid.get(cuid)
+        if mids:
+            return self._records[(cuid, next(iter(mids)))].owner
+        return self._owners.get(cuid)
+
+    # --- changes -----------------------------------------------------------------------------
+
+    def put(self, record: RelayedMitigation) -> None:
+        self._records[record.key] = record
+        self._by_cuid.setdefault(record.cuid, set()).add(record.mid)
+        self._changed.add(record.key)
+
+    def touch(self, record: RelayedMitigation) -> None:
+        """``record`` was changed in place: save it."""
+        if self._records.get(record.key) is record:
+            self._changed.add(record.key)
+
+    def remove(self, cuid: str, mid: int) -> RelayedMitigation | None:
+        record = self._records.pop((cuid, mid), None)
+        if record is not None:
+            mids = self._by_cuid.get(cuid)
+            if mids is not None:
+                mids.discard(mid)
+                if not mids:
+                    del self._by_cuid[cuid]
+            self._owners[cuid] = record.owner
+            self._changed.add((cuid, mid))
+        return record
+
+    def accepted(self, record: RelayedMitigation, upstream: str, granted: int | None,
+                 now: float) -> None:
+        """The upstream server answered 2.01/2.04: the request is in force there."""
+        lifetime = record.lifetime if granted is None else granted
+        record.lifetime = lifetime
+        record.expires_at = None if lifetime == INDEFINITE else now + lifetime
+        record.confirmed = True
+        record.upstream = upstream
+        self.touch(record)
+
+    def expire(self, now: float) -> list[RelayedMitigation]:
+        """Drop requests whose lifetime ran out (the upstream server drops them too)."""
+        gone = [r for r in self._records.values()
+                if r.confirmed and r.expires_at is not None and r.expires_at <= now]
+        for record in gone:
+            self.remove(record.cuid, record.mid)
+        return gone
+
+    def next_expiry(self) -> float | None:
+        times = [r.expires_at for r in self._records.values()
+                 if r.confirmed and r.expires_at is not None]
+        return min(times) if times else None
+
+    def take_changes(self) -> list[tuple[tuple[str, int], RelayedMitigation | None]]:
+        """Keys changed since the last call, with their record (None: removed)."""
+        changed, self._changed = self._changed, set()
+        return [(key, self._records.get(key)) for key in sorted(changed)]
+
+    def restore(self, records: Iterable[RelayedMitigation]) -> None:
+        """Load saved records (no change is recorded for them)."""
+        for record in records:
+            self._records[record.key] = record
+            self._by_cuid.setdefault(record.cuid, set()).add(record.mid)

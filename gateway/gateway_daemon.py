@@ -1,0 +1,162 @@
+"""Gateway mode of the daemon: the relay, its upstream client and where upstreams come from.
+
+``start_server`` (``gateway.daemon``) calls ``build_gateway_role`` when ``general.mode`` is
+``gateway``. The upstream servers are the ``[[upstream]]`` entries, in order, followed by
+what the discovery engine finds (it runs when no ``[[upstream]]`` is configured or when
+``discovery.collect_all`` asks for everything). ``choose_mode`` decides at start: gateway
+mode with no upstream configured and none discovered within the discovery deadline runs as
+the DOTS server itself (terminal mode), as the embedded defaults do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from certs.devpki import load_dev_pki
+from gateway.client_connect import ServerSpec, Transport
+from gateway.config import GatewayDomain, Mode, Settings, UpstreamSettings
+from gateway.dots.heartbeat import ReconnectBackoff
+from gateway.dots.relay import Domain, RelayTable
+from gateway.dots.server import DotsServerCore
+from gateway.dots.session_config import SessionParameters
+from gateway.gateway_relay import GatewayRelay, RelaySettings
+from gateway.gateway_role import GatewayRole
+from gateway.gateway_upstream import UpstreamClient
+from gateway.relay_store import RelayDatabase
+from gateway.transport.tls_context import ClientCredentials
+
+log = logging.getLogger(__name__)
+
+#: How long ``choose_mode`` lets discovery look for upstream servers before starting.
+DISCOVERY_DEADLINE = 10.0
+
+
+class UpstreamCredentialError(ValueError):
+    """Gateway mode without a credential for the gateway's own upstream sessions."""
+
+
+def upstream_credentials(settings: Settings) -> ClientCredentials:
+    """The gateway's own identity towards upstream servers (its own certificate or PSK)."""
+    g, tls = settings.gateway, settings.tls
+    dev = load_dev_pki(tls.dev_pki_dir) if tls.dev_pki_dir is not None else None
+    ca = g.ca or tls.ca or (dev.ca_cert if dev is not None else None)
+    if g.psk_identity is not None and g.psk_key is not None:
+        return ClientCredentials(server_ca=ca, psk_identity=g.psk_identity.encode(),
+                                 psk_key=g.psk_key)
+    if g.cert is not None and g.key is not None:
+        return ClientCredentials(cert_chain=g.cert, private_key=g.key, server_ca=ca)
+    if dev is not None:
+        return ClientCredentials(cert_chain=dev.client_cert, private_key=dev.client_key,
+                                 server_ca=ca)
+    raise UpstreamCredentialError("gateway mode needs the gateway's own client credential: set "
+                     "gateway.cert and gateway.key (or gateway.psk_identity and "
+                     "gateway.psk_key_hex)")
+
+
+def server_spec(upstream: UpstreamSettings) -> ServerSpec:
+    host = str(upstream.address) if upstream.address is not None else upstream.host
+    assert host is not None
+    transport = Transport.UDP if upstream.transport.value == "udp" else Transport.TCP
+    return ServerSpec(host, upstream.port, (transport,), server_name=upstream.server_name)
+
+
+def _preferences(settings: Settings) -> SessionParameters | None:
+    g = settings.gateway
+    if not g.heartbeat_interval and not g.missing_hb_allowed:
+        return None
+    base = SessionParameters()
+    return SessionParameters(
+        heartbeat_interval=g.heartbeat_interval or base.heartbeat_interval,
+        missing_hb_allowed=g.missing_hb_allowed or base.missing_hb_allowed,
+        probing_rate=base.probing_rate, max_retransmit=base.max_retransmit,
+        ack_timeout=base.ack_timeout, ack_random_factor=base.ack_random_factor)
+
+
+def build_gateway_role(settings: Settings, core: DotsServerCore, servers: list[ServerSpec],
+                       **role_options: Any) -> GatewayRole:
+    """The downstream role wired to a relay and an upstream client (not connected yet:
+    ``GatewayRole.start_upstream`` does that)."""
+    g = settings.gateway
+    state_dir = settings.general.state_dir
+    relay_settings = RelaySettings(
+        domain=Domain(g.domain.value), insert_cdid=g.insert_cdid, hop_limit=g.hop_limit,
+        identity=g.identity or settings.general.node_name,
+        request_timeout=float(g.request_timeout))
+    database = RelayDatabase.in_state_dir(state_dir)
+    table = RelayTable()
+    table.restore(database.load())
+    relay = GatewayRelay(relay_settings, table, database)
+    preferred = _preferences(settings)
+    upstream = UpstreamClient(
+        upstream_credentials(settings), servers, state_dir=state_dir / "upstream",
+        on_ready=relay.upstream_ready, is_mitigating=relay.mitigating,
+        request_timeout=float(g.request_timeout), preferred_idle=preferred,
+        preferred_mitigating=preferred, backoff=ReconnectBackoff(g.reconnect_interval))
+    relay.upstream = upstream
+    role = GatewayRole(core, relay, **role_options)
+    log.info("gateway mode: %d relayed mitigations on record, upstream servers: %s "
+             "(domain %s, cdid %s)", len(table), ", ".join(s.host for s in servers) or "-",
+             g.domain.value, "inserted" if g.insert_cdid and g.domain is GatewayDomain.SERVER
+             else "not inserted")
+    return role
+
+
+async def choose_mode(settings: Settings) -> tuple[Mode, list[ServerSpec]]:
+    """Terminal or gateway, and the upstream servers known at start (see the docstring)."""
+    if settings.general.mode is not Mode.GATEWAY:
+        return Mode.TERMINAL, []
+    servers = [server_spec(u) for u in settings.upstream]
+    if servers and not settings.discovery.collect_all:
+        return Mode.GATEWAY, servers
+    found = await discover_once(settings, DISCOVERY_DEADLINE)
+    servers += [s for s in found if s not in servers]
+    if not servers:
+        log.warning("gateway mode: no upstream DOTS server configured or discovered; "
+                    "running as the DOTS server itself (terminal mode)")
+        return Mode.TERMINAL, []
+    return Mode.GATEWAY, servers
+
+
+async def discover_once(settings: Settings, deadline: float) -> list[ServerSpec]:
+    """Run the discovery procedure once (bounded) and turn its candidates into servers."""
+    from gateway.discovery.candidates import Transport as DiscoveredTransport
+    from gateway.discovery.engine import DiscoveryEngine, IoSettings, SystemIO
+    from gateway.discovery.interfaces import list_interfaces, slots_for
+    from gateway.discovery.procedure import Procedure
+    from gateway.discovery.settings import procedure_settings
+
+    known = list_interfaces()
+    d = settings.discovery
+    slots, _skipped = slots_for(known, d.interfaces, d.families)
+    if not slots:
+        return []
+    psettings = procedure_settings(settings)
+    io = SystemIO(known, IoSettings(
+        dhcp_timeout=float(d.dhcp.timeout), dhcp_attempts=d.dhcp.attempts,
+        seed_address_code=d.dhcp.v4_seed_address_option, seed_ri_code=d.dhcp.v4_seed_ri_option,
+        dns_timeout=float(d.dns_timeout), mdns="mdns" in {m.value for m in psettings.mechanisms}))
+    try:
+        engine = DiscoveryEngine(Procedure(psettings, slots, time.monotonic()), io)
+        candidates = await asyncio.wait_for(engine.run_once(time.monotonic() + deadline),
+                                            deadline + 5)
+    except (TimeoutError, OSError) as exc:
+        log.warning("discovery failed: %s", exc)
+        return []
+    finally:
+        await io.close()
+    out: list[ServerSpec] = []
+    for c in candidates:
+        if c.transport is DiscoveredTransport.DATA_TCP:
+            continue  # the data channel is not the gateway's business here
+        transport = Transport.UDP if c.transport is DiscoveredTransport.SIGNAL_UDP \
+            else Transport.TCP
+        spec = ServerSpec(str(c.address), c.port, (transport,),
+                          server_name=c.reference_identifier)
+        if spec not in out:
+            out.append(spec)
+    log.info("discovery found %d upstream candidates", len(out))
+    return out
+

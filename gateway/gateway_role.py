@@ -1,0 +1,276 @@
+"""The gateway's downstream side: the server role, with mitigation requests relayed.
+
+``GatewayRole`` is the DOTS server role towards the gateway's clients (sessions, session
+configuration, heartbeats, redirects, Observe pacing: all per hop and all inherited), except
+that requests on ``mitigate`` go to ``GatewayRelay`` instead of a local store. A relayed
+request is answered when the upstream answer arrives: a CON one is acknowledged at once and
+answered separately (RFC 7252 §5.2.2); a NON one's retransmissions are absorbed by the
+message layer meanwhile. Observe registrations join the relay's shared upstream
+observations; their notifications go downstream as NON with the role's pacing.
+
+Asyncio glue only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from gateway.client_connect import NetworkError
+from gateway.coap.layer import MessageLayer, RequestKey
+from gateway.coap.message import BadOptionError, CoapMessage, MessageType
+from gateway.dots.authz import Authorizer
+from gateway.dots.codes import CONTENT_FORMAT_TEXT, Code, Method
+from gateway.dots.errors import DotsProtocolError
+from gateway.dots.message import DotsRequest, DotsResponse
+from gateway.dots.relay import HopLimitReached, gateway_error
+from gateway.dots.server import DotsServerCore, SessionLost
+from gateway.dots.uri import DotsPath, Resource, parse_path, parse_query
+from gateway.gateway_relay import GatewayRelay, Prepared
+from gateway.server_role import (
+    Observation,
+    ServerRole,
+    SignalSession,
+    _block2,
+    _dots_request,
+)
+
+log = logging.getLogger(__name__)
+
+Subscriber = tuple[int, bytes]  # (downstream session id, observation token)
+
+
+class GatewayRole(ServerRole):
+    def __init__(self, core: DotsServerCore, relay: GatewayRelay, **kwargs: Any) -> None:
+        super().__init__(core, **kwargs)
+        self.relay = relay
+        relay.notify = self._upstream_notification
+        core.mitigating_elsewhere = lambda cuid: relay.table.is_mitigating(
+            cuid, relay.wall_clock())
+        #: Relayed observations with the notification waiting for the pacing to allow it.
+        self._relayed: dict[Subscriber, tuple[DotsResponse, bool] | None] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def _answer(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
+                now: float) -> None:
+        try:
+            path = parse_path(tuple(msg.uri_path))
+        except DotsProtocolError:
+            path = None
+        if path is None or path.resource is not Resource.MITIGATE:
+            super()._answer(session, msg, key, now)  # config and hb are per hop (§4.5, §4.7)
+            return
+        session.dots.heartbeat.traffic_received(now)
+        request = _dots_request(msg, session.dots.requester)
+        try:
+            prepared = self._prepare(session, msg, path, request)
+        except HopLimitReached:
+            log.warning("hop limit reached: cuid=%s from %s (a gateway loop?)", path.cuid,
+                        session.conn.remote)
+            self._respond(session, msg, key, self.relay.hop_limit_report(), None, now)
+            return
+        except DotsProtocolError as exc:
+            log.info("relay refused %s /%s from %s: %s %s", request.method.name,
+                     "/".join(msg.uri_path), session.conn.remote, exc.code.dotted,
+                     exc.diagnostic)
+            self._respond(session, msg, key, gateway_error(exc), None, now)
+            return
+        session.dots.cuids.add(prepared.cuid)
+        if key.mtype is MessageType.CON and isinstance(session.layer, MessageLayer):
+            session.layer.send_ack(key, now)  # the upstream answer may take a while
+        self._spawn(self._relay(session, msg, key, path, prepared))
+
+    def _prepare(self, session: SignalSession, msg: CoapMessage, path: DotsPath,
+                 request: DotsRequest) -> Prepared:
+        try:
+            msg.hop_limit  # noqa: B018 - validates the option (RFC 8768 §3: 1 byte, 1-255)
+        except BadOptionError as exc:
+            raise _BadOption(exc.reason) from None
+        requester = session.dots.requester
+        assert path.cuid is not None
+        authorizer = self.core.authorizer
+        rule = authorizer.check_cuid(requester, path.cuid) if authorizer is not None else None
+        prepared = self.relay.prepare(requester, path, request)
+        if rule is not None and prepared.scope is not None:
+            Authorizer.check_targets(rule, prepared.scope)
+        if request.method is Method.GET:
+            parse_query(request.query)  # 4.00 for a bad filter, before anything leaves
+        return prepared
+
+    async def _relay(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
+                     path: DotsPath, prepared: Prepared) -> None:
+        subscriber = (session.dots.id, msg.token)
+        observe: int | None = None
+        try:
+            if prepared.request.method is Method.GET and msg.observe == 0:
+                response = await self.relay.subscribe(prepared, subscriber)
+                if response.code.is_success and not session.closed:
+                    content = parse_query(prepared.request.query)
+                    session.observations[msg.token] = Observation(
+                        msg.token, prepared.cuid, path.mid, content, last_sent=self.clock())
+                    self._relayed[subscriber] = None
+                    observe = 1
+                else:
+                    self.relay.unsubscribe(subscriber)
+            else:
+                if prepared.request.method is Method.GET and msg.observe == 1:
+                    self._unsubscribe(session, msg.token)  # RFC 7641 §3.6
+                response = await self.relay.relay(prepared)
+        except Exception:
+            log.exception("relaying %s from %s failed", msg, session.conn.remote)
+            response = DotsResponse(Code.INTERNAL_SERVER_ERROR,
+                                    b"gateway: internal error; the gateway logged it",
+                                    CONTENT_FORMAT_TEXT)
+        if session.closed:
+            self._unsubscribe(session, msg.token)
+            return
+        self._respond(session, msg, key, response, observe, self.clock())
+
+    def _respond(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
+                 response: DotsResponse, observe: int | None, now: float) -> None:
+        if session.closed:
+            return
+        coap = msg.response(int(response.code), payload=response.payload,
+                            content_format=response.content_format, max_age=response.max_age,
+                            observe=observe)
+        if isinstance(session.layer, MessageLayer):
+            coap = _block2(coap, msg.block2)
+        try:
+            session.layer.send_response(key, coap, now)
+        except Exception as exc:  # noqa: BLE001 - e.g. the layer closed meanwhile
+            log.info("answer to %s not sent: %s", session.conn.remote, exc)
+            return
+        self._sync_transmission(session)
+        session.flush()
+        self._arm(session)
+
+    # --- observations ------------------------------------------------------------------------
+
+    def _upstream_notification(self, subscribers: set[Subscriber], response: DotsResponse,
+                               ended: bool) -> None:
+        now = self.clock()
+        touched: dict[int, SignalSession] = {}
+        for subscriber in subscribers:
+            session_id, token = subscriber
+            session = self.sessions.get(session_id)
+            if session is None or session.closed or token not in session.observations:
+                self._relayed.pop(subscriber, None)
+                self.relay.unsubscribe(subscriber)  # the observer went away (Reset, close)
+                continue
+            self._relayed[subscriber] = (response, ended)
+            session.pending_notifications.add(token)
+            touched[session_id] = session
+        for session in touched.values():
+            self._notify_due(session, now)
+            session.flush()
+            self._arm(session)
+
+    def _send_notification(self, session: SignalSession, obs: Observation, now: float) -> None:
+        subscriber = (session.dots.id, obs.token)
+        if subscriber not in self._relayed:
+            super()._send_notification(session, obs, now)
+            return
+        waiting = self._relayed.get(subscriber)
+        if waiting is None:
+            latest = self.relay.last_notification(subscriber)
+            if latest is None:
+                return
+            waiting = (latest, False)  # the periodic re-notification (§4.4.2.1)
+        self._relayed[subscriber] = None
+        response, ended = waiting
+        ended = ended or not response.code.is_success
+        obs.last_sent = now
+        obs.sequence = (obs.sequence + 1) % (1 << 24)
+        anchor = CoapMessage(None, int(Method.GET), 0, obs.token)
+        message = anchor.response(int(response.code), payload=response.payload,
+                                  content_format=response.content_format,
+                                  max_age=response.max_age,
+                                  observe=None if ended else obs.sequence)
+        if isinstance(session.layer, MessageLayer):
+            message = _block2(message, None)
+            session.layer.send_notification(obs.token, message, now, confirmable=False)
+        else:
+            session.layer.send_notification(obs.token, message, now)
+        if ended:
+            session.observations.pop(obs.token, None)
+            self._unsubscribe(session, obs.token)
+
+    def _unsubscribe(self, session: SignalSession, token: bytes) -> None:
+        subscriber = (session.dots.id, token)
+        if self._relayed.pop(subscriber, ...) is not ...:
+            session.observations.pop(token, None)
+        self.relay.unsubscribe(subscriber)
+
+    # --- sessions and timers -----------------------------------------------------------------
+
+    def forget(self, session: SignalSession, reason: str) -> None:
+        for token in list(session.observations):
+            self._unsubscribe(session, token)
+        super().forget(session, reason)
+
+    def _client_lost(self, event: SessionLost) -> None:
+        self.relay.client_lost(event.cuids)
+
+    def _on_tick(self) -> None:
+        try:
+            self.relay.tick()
+        except Exception:
+            log.exception("relay housekeeping failed")
+        super()._on_tick()
+
+    def start(self) -> None:
+        super().start()
+        self._spawn(self._connect_upstream())
+
+    async def _connect_upstream(self) -> None:
+        """Establish the upstream session now rather than at the first request, so the
+        relayed mitigations on record are re-installed at once (and retry as RFC 9132 §4.7
+        allows while no upstream server answers)."""
+        upstream = self.relay.upstream
+        if upstream is None:
+            return
+        backoff = upstream.backoff
+        while not upstream.connected:
+            try:
+                await upstream.connect()
+            except NetworkError as exc:
+                at = backoff.attempt_failed(self.clock())
+                log.warning("no upstream DOTS server reachable (%s); next attempt in %.0f s",
+                            exc, at - self.clock())
+                await asyncio.sleep(max(1.0, at - self.clock()))
+                continue
+            backoff.succeeded()
+
+    def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        super().stop()
+
+    async def aclose(self) -> None:
+        tasks = list(self._tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.relay.upstream is not None:
+            await self.relay.upstream.close()
+        await self.relay.close()
+        if self.relay.database is not None:
+            self.relay.database.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("gateway task failed", exc_info=task.exception())
+
+
+class _BadOption(DotsProtocolError):
+    """RFC 7252 §5.4.1 / RFC 8768 §3: a malformed Hop-Limit is a bad option (4.02)."""
+
+    code = Code.BAD_OPTION
+

@@ -1,0 +1,131 @@
+"""The gateway's upstream side: a DOTS client session of its own to an upstream server.
+
+``UpstreamClient`` is a ``DotsClient`` (its own credential, its own session configuration
+negotiation, heartbeats both ways, loss detection, resumption, Happy Eyeballs, and the
+client-side redirect rules) that sends requests it did not build: the relay's, carrying the
+downstream clients' cuids and mids. What is per hop (config, heartbeats) never comes from
+downstream. It tells the relay when a session to some upstream server is ready, so the
+relay can re-establish the mitigations it answers for there (failover, restart).
+
+``fail_over`` moves to the next configured server: the current one goes to the end of the
+list and its resumption ticket is dropped, so the next establishment races the others.
+
+Asyncio glue only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from gateway.client_channel import Failure
+from gateway.client_connect import ServerSpec
+from gateway.client_messages import Reply, coap_request
+from gateway.client_role import DotsClient
+from gateway.client_session import ClientSession
+from gateway.coap.message import CoapMessage
+from gateway.dots.heartbeat import ReconnectBackoff
+from gateway.dots.message import DotsRequest
+from gateway.dots.session_config import SessionParameters
+from gateway.transport.tls_context import ClientCredentials
+
+log = logging.getLogger(__name__)
+
+#: What arrives for an observation's token after its first answer (None: it ended).
+NotificationSink = Callable[[ClientSession, CoapMessage | None, Failure], None]
+
+
+class UpstreamClient(DotsClient):
+    """See the module docstring. ``on_ready`` runs (as a task) after every new session;
+    ``is_mitigating`` says whether relayed requests are active (parameter set, §4.5)."""
+
+    def __init__(self, credentials: ClientCredentials, servers: Sequence[ServerSpec], *,
+                 state_dir: Path | None, on_ready: Callable[[], Awaitable[None]],
+                 is_mitigating: Callable[[], bool], request_timeout: float = 10.0,
+                 handshake_timeout: float = 5.0,
+                 preferred_idle: SessionParameters | None = None,
+                 preferred_mitigating: SessionParameters | None = None,
+                 backoff: ReconnectBackoff | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(credentials, list(servers), state_dir=state_dir,
+                         request_timeout=request_timeout, handshake_timeout=handshake_timeout,
+                         max_attempts=3, preferred_idle=preferred_idle,
+                         preferred_mitigating=preferred_mitigating, negotiate=True,
+                         reconnect=True, backoff=backoff, clock=clock)
+        self._on_ready = on_ready
+        self._is_mitigating = is_mitigating
+        self.failovers = 0
+        self._connecting = asyncio.Lock()
+
+    async def connect(self) -> None:
+        # The daemon connects at start while the first relayed requests may already ask for
+        # a session: one establishment at a time, or two sessions race and one leaks.
+        async with self._connecting:
+            await super().connect()
+
+    @property
+    def name(self) -> str | None:
+        """The upstream endpoint in use (``coaps://[addr]:port``), None when none is."""
+        endpoint = self.endpoint
+        return None if endpoint is None else endpoint.uri
+
+    async def forward(self, request: DotsRequest, *, mid: int | None,
+                      timeout: float | None = None,
+                      later: NotificationSink | None = None) -> Reply:
+        """Send a relayed request (NON, §4.4) and return the upstream answer as received.
+        Raises ``NetworkError`` when no upstream server answers in time."""
+        return await self._send(request, confirmable=False, timeout=timeout, mid=mid,
+                                later=later)
+
+    async def cancel(self, session: ClientSession, token: bytes, request: DotsRequest) -> None:
+        """End an upstream observation (RFC 7641 §3.6: GET, Observe 1, same token)."""
+        session.forget(token)
+        if session.closed:
+            return
+        try:
+            await self._send_once(session, coap_request(request, token), False, 3.0, 3.5)
+        except Exception as exc:  # noqa: BLE001 - best effort: the server times it out anyway
+            log.info("cancelling an upstream observation failed: %s", exc)
+
+    def fail_over(self, reason: str) -> None:
+        """Give up on the current upstream server and race the others (the current one
+        last)."""
+        current = self.endpoint
+        if current is None:
+            return
+        self.failovers += 1
+        index = _spec_index(self.servers, current.address, current.port, current.server_name)
+        if index is not None:
+            spec = self.servers.pop(index)
+            self.servers.append(spec)
+            self.state.forget_winner(spec.cache_key)
+        self._ticket = None
+        self._ticket_endpoint = None
+        log.warning("upstream %s failed (%s): failing over to %s", current.uri, reason,
+                    self.servers[0].host if self.servers else "-")
+        self._lose(f"failover: {reason}")
+
+    # --- hooks of the channel ----------------------------------------------------------------
+
+    async def _after_connect(self) -> None:
+        await super()._after_connect()
+        self._spawn(self._on_ready())
+
+    def _mitigating(self) -> bool:
+        return super()._mitigating() or self._is_mitigating()
+
+
+def _spec_index(servers: list[ServerSpec], address: str, port: int,
+                server_name: str) -> int | None:
+    """Which configured server the session went to: by address when configured as one,
+    else by the name its certificate was checked against."""
+    for index, spec in enumerate(servers):
+        if spec.port == port and spec.host.strip("[]") == address:
+            return index
+    for index, spec in enumerate(servers):
+        if spec.port == port and spec.reference_identifier == server_name:
+            return index
+    return None

@@ -1,0 +1,144 @@
+"""The gateway's relay state in SQLite: which client mitigations exist and where.
+
+One row per relayed mitigation request (``gateway.dots.relay.RelayedMitigation``), written in
+one transaction per batch of changes *before* the answer that depends on it leaves, so a
+gateway restarted after a crash knows every request it accepted and re-installs them
+upstream. Expiry times are wall-clock (records outlive the process). A separate file from
+the terminal server's database: a node can switch modes without either reading the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+from gateway.dots.relay import RelayedMitigation, RelayTable
+
+log = logging.getLogger(__name__)
+
+DATABASE_NAME = "relay.sqlite3"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS relayed (
+    cuid TEXT NOT NULL,
+    mid INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    cdid TEXT,
+    body BLOB NOT NULL,
+    trigger_mitigation INTEGER NOT NULL,
+    lifetime INTEGER NOT NULL,
+    expires_at REAL,
+    confirmed INTEGER NOT NULL,
+    upstream TEXT,
+    withdrawing INTEGER NOT NULL,
+    activated_by_loss INTEGER NOT NULL,
+    PRIMARY KEY (cuid, mid)
+);
+"""
+_COLUMNS = ("cuid, mid, owner, cdid, body, trigger_mitigation, lifetime, expires_at, "
+            "confirmed, upstream, withdrawing, activated_by_loss")
+
+
+class RelayDatabaseError(Exception):
+    pass
+
+
+class RelayDatabase:
+    """``sync(table)`` after every change; ``load()`` once at start."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.saves = 0
+        self.save_failures = 0
+        self._unsaved: dict[tuple[str, int], RelayedMitigation | None] = {}
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Client identities and targets: owner-only, like the mitigation database.
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+        except (OSError, sqlite3.Error) as exc:
+            raise RelayDatabaseError(f"{self.path}: cannot open: {exc}") from None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise RelayDatabaseError(f"{self.path}: schema {row[0]} is newer than this "
+                                         f"program's ({SCHEMA_VERSION})")
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise RelayDatabaseError(f"{self.path}: not a usable SQLite database ({exc}); "
+                                     "move it aside to start without the relay state") from None
+
+    @classmethod
+    def in_state_dir(cls, state_dir: Path) -> RelayDatabase:
+        return cls(state_dir / DATABASE_NAME)
+
+    def load(self) -> list[RelayedMitigation]:
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM relayed ORDER BY cuid, mid").fetchall()
+        out = []
+        for row in rows:
+            try:
+                out.append(_record(row))
+            except (TypeError, ValueError) as exc:
+                log.warning("%s: skipping an unreadable relay row (%s)", self.path, exc)
+        return out
+
+    def sync(self, table: RelayTable) -> bool:
+        """Write the table's changes; on failure they are kept and retried next time."""
+        for key, record in table.take_changes():
+            self._unsaved[key] = record
+        if not self._unsaved:
+            return True
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            for (cuid, mid), record in self._unsaved.items():
+                if record is None:
+                    self._db.execute("DELETE FROM relayed WHERE cuid=? AND mid=?", (cuid, mid))
+                else:
+                    self._db.execute(
+                        f"INSERT OR REPLACE INTO relayed ({_COLUMNS}) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", _row(record))
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.save_failures += 1
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            log.error("%s: saving the relay state failed (%s); retrying with the next change",
+                      self.path, exc)
+            return False
+        self.saves += 1
+        self._unsaved.clear()
+        return True
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _row(r: RelayedMitigation) -> tuple[object, ...]:
+    return (r.cuid, r.mid, r.owner, r.cdid, r.body, int(r.trigger_mitigation), r.lifetime,
+            r.expires_at, int(r.confirmed), r.upstream, int(r.withdrawing),
+            int(r.activated_by_loss))
+
+
+def _record(row: tuple[object, ...]) -> RelayedMitigation:
+    (cuid, mid, owner, cdid, body, trigger, lifetime, expires_at, confirmed, upstream,
+     withdrawing, by_loss) = row
+    if not isinstance(cuid, str) or not isinstance(owner, str) or not isinstance(body, bytes):
+        raise TypeError("cuid, owner and body must be text, text and bytes")
+    return RelayedMitigation(
+        cuid=cuid, mid=int(mid), owner=owner,  # type: ignore[call-overload]
+        cdid=cdid if isinstance(cdid, str) else None, body=body,
+        trigger_mitigation=bool(trigger), lifetime=int(lifetime),  # type: ignore[call-overload]
+        expires_at=float(expires_at) if expires_at is not None else None,  # type: ignore[arg-type]
+        confirmed=bool(confirmed), upstream=upstream if isinstance(upstream, str) else None,
+        withdrawing=bool(withdrawing), activated_by_loss=bool(by_loss))
