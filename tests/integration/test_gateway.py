@@ -92,6 +92,14 @@ class Upstream:
         finally:
             db.close()
 
+    def states(self) -> dict[int, str]:
+        """mid -> state of the mitigations it saved."""
+        db = sqlite3.connect(self.directory / "state" / DATABASE_NAME, timeout=5)
+        try:
+            return dict(db.execute("SELECT mid, state FROM mitigation"))
+        finally:
+            db.close()
+
     def log(self) -> str:
         return (self.directory / "server.log").read_text(errors="replace")
 
@@ -369,3 +377,42 @@ async def test_no_upstream_answers_5_03_from_the_gateway(pkis: Pkis, tmp_path: P
             client.mitigate(make_scope(target_prefix=["192.0.2.0/28"], lifetime=600)), 30)
         assert reply.code is Code.SERVICE_UNAVAILABLE
         assert reply.diagnostic.startswith("gateway:") and reply.response.max_age == 5
+
+
+async def test_downstream_signal_loss_activates_preconfigured_requests_upstream(
+        pkis: Pkis, tmp_path: Path) -> None:
+    with upstream_server(tmp_path / "a", pkis) as up:
+        port = free_port()
+        async with gateway(gateway_config(tmp_path, pkis, port, [up.spec])) as gw:
+            client = DotsClient(pkis.client(), f"coaps://127.0.0.1:{port}",
+                                state_dir=tmp_path / "client", request_timeout=15,
+                                preferred_idle=FAST, preferred_mitigating=FAST, reconnect=False)
+            await client.connect()
+            try:
+                reply = await client.mitigate(make_scope(
+                    target_prefix=["203.0.113.128/28"], lifetime=600, trigger_mitigation=False))
+                assert reply.code is Code.CREATED, reply
+                assert up.states() == {reply.mid: "await-signal-loss"}
+
+                # The client falls silent (nothing it sends arrives, not even close_notify):
+                # the gateway declares the signal lost after its heartbeats go unanswered.
+                session = client.session
+                assert session is not None
+                session.connection.transport.sendto = lambda *_args, **_kw: None
+                await wait_until(lambda: up.states() == {reply.mid: "mitigating"}, 20,
+                                 "the preconfigured request activated upstream")
+                record = relay_of(gw).table.get(client.cuid, reply.mid)
+                assert record is not None and record.activated_by_loss
+            finally:
+                await client.close()
+
+        # The client comes back and refreshes its (preconfigured) request: the gateway keeps
+        # it active upstream (RFC 9132: only DELETE or the lifetime ends it).
+        async with gateway(gateway_config(tmp_path, pkis, port, [up.spec])) as gw, \
+                client_of(pkis, port, tmp_path / "client") as client:
+            refreshed = await client.mitigate(make_scope(
+                target_prefix=["203.0.113.128/28"], lifetime=600, trigger_mitigation=False),
+                mid=reply.mid)
+            assert refreshed.code is Code.CHANGED, refreshed
+            assert up.states() == {reply.mid: "mitigating"}
+            assert (await client.withdraw(reply.mid)).code is Code.DELETED
