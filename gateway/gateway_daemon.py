@@ -41,11 +41,13 @@ class UpstreamCredentialError(ValueError):
 def upstream_credentials(settings: Settings) -> ClientCredentials:
     """The gateway's own identity towards upstream servers (its own certificate or PSK)."""
     g, tls = settings.gateway, settings.tls
-    dev = load_dev_pki(tls.dev_pki_dir) if tls.dev_pki_dir is not None else None
-    ca = g.ca or tls.ca or (dev.ca_cert if dev is not None else None)
     if g.psk_identity is not None and g.psk_key is not None:
-        return ClientCredentials(server_ca=ca, psk_identity=g.psk_identity.encode(),
+        # PSK suites authenticate both ends by the key: no certificate to check.
+        return ClientCredentials(server_ca=g.ca or tls.ca, psk_identity=g.psk_identity.encode(),
                                  psk_key=g.psk_key)
+    needs_dev = (g.ca or tls.ca) is None or g.cert is None
+    dev = load_dev_pki(tls.dev_pki_dir) if needs_dev and tls.dev_pki_dir is not None else None
+    ca = g.ca or tls.ca or (dev.ca_cert if dev is not None else None)
     if g.cert is not None and g.key is not None:
         return ClientCredentials(cert_chain=g.cert, private_key=g.key, server_ca=ca)
     if dev is not None:

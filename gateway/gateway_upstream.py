@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from gateway.client_channel import Failure
-from gateway.client_connect import ServerSpec
+from gateway.client_connect import ServerSpec, Transport
 from gateway.client_messages import Reply, coap_request
 from gateway.client_role import DotsClient
 from gateway.client_session import ClientSession
@@ -30,7 +30,7 @@ from gateway.coap.message import CoapMessage
 from gateway.dots.heartbeat import ReconnectBackoff
 from gateway.dots.message import DotsRequest
 from gateway.dots.session_config import SessionParameters
-from gateway.transport.tls_context import ClientCredentials
+from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,14 @@ class UpstreamClient(DotsClient):
         # a session: one establishment at a time, or two sessions race and one leaks.
         async with self._connecting:
             await super().connect()
+
+    def replace_credentials(self, credentials: ClientCredentials) -> None:
+        """SIGHUP: new handshakes use ``credentials``; the session in use stays. Raises
+        (and changes nothing) when they cannot be loaded."""
+        fresh = {transport: ClientContext(_kind(transport), credentials)
+                 for transport in self._contexts}
+        self.credentials = credentials
+        self._contexts = fresh
 
     @property
     def name(self) -> str | None:
@@ -129,3 +137,7 @@ def _spec_index(servers: list[ServerSpec], address: str, port: int,
         if spec.port == port and spec.reference_identifier == server_name:
             return index
     return None
+
+
+def _kind(transport: Transport) -> Kind:
+    return Kind.DTLS if transport is Transport.UDP else Kind.TLS
