@@ -113,10 +113,10 @@ async def start_server(settings: Settings) -> RunningServer:
     role_options: dict[str, Any] = dict(
         trusted_gateways=trusted, database=database, redirect=redirect_policy(settings),
         is_anycast=anycast_classifier(settings.anycast.addresses))
-    mode, upstreams = await choose_mode(settings)
+    mode, upstreams, discovery = await choose_mode(settings)
     role: ServerRole
     if mode is Mode.GATEWAY:
-        role = build_gateway_role(settings, core, upstreams, **role_options)
+        role = build_gateway_role(settings, core, upstreams, discovery, **role_options)
     else:
         role = ServerRole(core, **role_options)
     hosts = [(str(address), settings.server.port) for address in settings.server.addresses]

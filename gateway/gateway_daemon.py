@@ -78,6 +78,7 @@ def _preferences(settings: Settings) -> SessionParameters | None:
 
 
 def build_gateway_role(settings: Settings, core: DotsServerCore, servers: list[ServerSpec],
+                       discovery: UpstreamDiscovery | None = None,
                        **role_options: Any) -> GatewayRole:
     """The downstream role wired to a relay and an upstream client (not connected yet:
     ``GatewayRole.start_upstream`` does that)."""
@@ -99,6 +100,9 @@ def build_gateway_role(settings: Settings, core: DotsServerCore, servers: list[S
         preferred_mitigating=preferred, backoff=ReconnectBackoff(g.reconnect_interval))
     relay.upstream = upstream
     role = GatewayRole(core, relay, **role_options)
+    if discovery is not None:
+        discovery.upstream = upstream
+        role.background.append(discovery.run)
     log.info("gateway mode: %d relayed mitigations on record, upstream servers: %s "
              "(domain %s, cdid %s)", len(table), ", ".join(s.host for s in servers) or "-",
              g.domain.value, "inserted" if g.insert_cdid and g.domain is GatewayDomain.SERVER
@@ -106,59 +110,97 @@ def build_gateway_role(settings: Settings, core: DotsServerCore, servers: list[S
     return role
 
 
-async def choose_mode(settings: Settings) -> tuple[Mode, list[ServerSpec]]:
-    """Terminal or gateway, and the upstream servers known at start (see the docstring)."""
+async def choose_mode(settings: Settings
+                      ) -> tuple[Mode, list[ServerSpec], UpstreamDiscovery | None]:
+    """Terminal or gateway, the upstream servers known at start, and the discovery that
+    keeps them fresh (None when the configuration alone decides; see the docstring)."""
     if settings.general.mode is not Mode.GATEWAY:
-        return Mode.TERMINAL, []
+        return Mode.TERMINAL, [], None
     servers = [server_spec(u) for u in settings.upstream]
     if servers and not settings.discovery.collect_all:
-        return Mode.GATEWAY, servers
-    found = await discover_once(settings, DISCOVERY_DEADLINE)
-    servers += [s for s in found if s not in servers]
+        return Mode.GATEWAY, servers, None
+    discovery = UpstreamDiscovery(settings)
+    servers = await discovery.once(DISCOVERY_DEADLINE)
     if not servers:
+        await discovery.close()
         log.warning("gateway mode: no upstream DOTS server configured or discovered; "
                     "running as the DOTS server itself (terminal mode)")
-        return Mode.TERMINAL, []
-    return Mode.GATEWAY, servers
+        return Mode.TERMINAL, [], None
+    return Mode.GATEWAY, servers, discovery
 
 
-async def discover_once(settings: Settings, deadline: float) -> list[ServerSpec]:
-    """Run the discovery procedure once (bounded) and turn its candidates into servers."""
-    from gateway.discovery.candidates import Transport as DiscoveredTransport
-    from gateway.discovery.engine import DiscoveryEngine, IoSettings, SystemIO
-    from gateway.discovery.interfaces import list_interfaces, slots_for
-    from gateway.discovery.procedure import Procedure
-    from gateway.discovery.settings import procedure_settings
+class UpstreamDiscovery:
+    """The discovery engine feeding the gateway's upstream list: configured servers first,
+    then the candidates in the procedure's order (seed §5), kept fresh for as long as the
+    gateway runs (re-runs at validity expiry and after retry waits)."""
 
-    known = list_interfaces()
-    d = settings.discovery
-    slots, _skipped = slots_for(known, d.interfaces, d.families)
-    if not slots:
-        return []
-    psettings = procedure_settings(settings)
-    io = SystemIO(known, IoSettings(
-        dhcp_timeout=float(d.dhcp.timeout), dhcp_attempts=d.dhcp.attempts,
-        seed_address_code=d.dhcp.v4_seed_address_option, seed_ri_code=d.dhcp.v4_seed_ri_option,
-        dns_timeout=float(d.dns_timeout), mdns="mdns" in {m.value for m in psettings.mechanisms}))
-    try:
-        engine = DiscoveryEngine(Procedure(psettings, slots, time.monotonic()), io)
-        candidates = await asyncio.wait_for(engine.run_once(time.monotonic() + deadline),
-                                            deadline + 5)
-    except (TimeoutError, OSError) as exc:
-        log.warning("discovery failed: %s", exc)
-        return []
-    finally:
-        await io.close()
-    out: list[ServerSpec] = []
-    for c in candidates:
-        if c.transport is DiscoveredTransport.DATA_TCP:
-            continue  # the data channel is not the gateway's business here
-        transport = Transport.UDP if c.transport is DiscoveredTransport.SIGNAL_UDP \
-            else Transport.TCP
-        spec = ServerSpec(str(c.address), c.port, (transport,),
-                          server_name=c.reference_identifier)
-        if spec not in out:
-            out.append(spec)
-    log.info("discovery found %d upstream candidates", len(out))
-    return out
+    def __init__(self, settings: Settings) -> None:
+        from gateway.discovery.engine import DiscoveryEngine, IoSettings, SystemIO
+        from gateway.discovery.interfaces import list_interfaces, slots_for
+        from gateway.discovery.procedure import Procedure
+        from gateway.discovery.settings import procedure_settings
 
+        known = list_interfaces()
+        d = settings.discovery
+        slots, _skipped = slots_for(known, d.interfaces, d.families)
+        self.configured = [server_spec(u) for u in settings.upstream]
+        psettings = procedure_settings(settings)
+        self.io = SystemIO(known, IoSettings(
+            dhcp_timeout=float(d.dhcp.timeout), dhcp_attempts=d.dhcp.attempts,
+            seed_address_code=d.dhcp.v4_seed_address_option,
+            seed_ri_code=d.dhcp.v4_seed_ri_option, dns_timeout=float(d.dns_timeout),
+            mdns="mdns" in {m.value for m in psettings.mechanisms}))
+        self.procedure = Procedure(psettings, slots, time.monotonic())
+        self.engine = DiscoveryEngine(self.procedure, self.io, on_event=self._event)
+        self.has_slots = bool(slots)
+        self.upstream: UpstreamClient | None = None
+
+    def servers(self) -> list[ServerSpec]:
+        out = list(self.configured)
+        for c in self.procedure.candidates():
+            spec = _candidate_spec(c)
+            if spec is not None and spec not in out:
+                out.append(spec)
+        return out
+
+    async def once(self, deadline: float) -> list[ServerSpec]:
+        if not self.has_slots:
+            return list(self.configured)
+        try:
+            await asyncio.wait_for(self.engine.run_once(time.monotonic() + deadline),
+                                   deadline + 5)
+        except (TimeoutError, OSError) as exc:
+            log.warning("discovery failed: %s", exc)
+        return self.servers()
+
+    async def run(self) -> None:
+        """Keep discovering; the upstream list follows (the session in use is kept)."""
+        if not self.has_slots:
+            return
+        try:
+            await self.engine.run_forever()
+        finally:
+            await self.io.close()
+
+    async def close(self) -> None:
+        await self.io.close()
+
+    def _event(self, event: object) -> None:
+        from gateway.discovery.procedure import CandidatesFound
+
+        if not isinstance(event, CandidatesFound) or self.upstream is None:
+            return
+        servers = self.servers()
+        if servers and servers != self.upstream.servers:
+            log.info("upstream servers now: %s", ", ".join(s.host for s in servers))
+            self.upstream.set_servers(servers)
+
+
+def _candidate_spec(candidate: Any) -> ServerSpec | None:
+    from gateway.discovery.candidates import Transport as Discovered
+
+    if candidate.transport is Discovered.DATA_TCP:
+        return None  # the data channel is not relayed
+    transport = Transport.UDP if candidate.transport is Discovered.SIGNAL_UDP else Transport.TCP
+    return ServerSpec(str(candidate.address), candidate.port, (transport,),
+                      server_name=candidate.reference_identifier)

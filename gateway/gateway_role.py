@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.client_connect import NetworkError
@@ -51,6 +52,8 @@ class GatewayRole(ServerRole):
         #: Relayed observations with the notification waiting for the pacing to allow it.
         self._relayed: dict[Subscriber, tuple[DotsResponse, bool] | None] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Long-running jobs started with the role (the discovery engine).
+        self.background: list[Callable[[], Awaitable[None]]] = []
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -224,6 +227,8 @@ class GatewayRole(ServerRole):
     def start(self) -> None:
         super().start()
         self._spawn(self._connect_upstream())
+        for job in self.background:
+            self._spawn(job())
 
     async def _connect_upstream(self) -> None:
         """Establish the upstream session now rather than at the first request, so the

@@ -66,6 +66,11 @@ class UpstreamClient(DotsClient):
         async with self._connecting:
             await super().connect()
 
+    def set_servers(self, servers: Sequence[ServerSpec]) -> None:
+        """A new upstream list (discovery): used from the next establishment on; the
+        session in use stays while it works."""
+        self.servers = list(servers)
+
     def replace_credentials(self, credentials: ClientCredentials) -> None:
         """SIGHUP: new handshakes use ``credentials``; the session in use stays. Raises
         (and changes nothing) when they cannot be loaded."""

@@ -416,3 +416,44 @@ async def test_downstream_signal_loss_activates_preconfigured_requests_upstream(
             assert refreshed.code is Code.CHANGED, refreshed
             assert up.states() == {reply.mid: "mitigating"}
             assert (await client.withdraw(reply.mid)).code is Code.DELETED
+
+
+async def test_transports_change_across_the_gateway(pkis: Pkis, tmp_path: Path) -> None:
+    """TLS over IPv6 from the client, TLS upstream: each hop has its own transport."""
+    with upstream_server(tmp_path / "a", pkis) as up:
+        port = free_port()
+        config = gateway_config(tmp_path, pkis, port, [up.spec])
+        config.write_text(config.read_text().replace('reference_identifier = "localhost"\n',
+                                                     'reference_identifier = "localhost"\n'
+                                                     'transport = "tcp"\n'))
+        async with gateway(config) as gw, \
+                DotsClient(pkis.client(), f"coaps+tcp://[::1]:{port}",
+                           state_dir=tmp_path / "client", request_timeout=15) as client:
+            created = await client.mitigate(make_scope(target_prefix=["2001:db8:77::/48"],
+                                                       lifetime=300))
+            assert created.code is Code.CREATED, created
+            observation = await client.observe(created.mid)
+            assert observation.first is not None and not observation.ended
+            upstream = relay_of(gw).upstream
+            assert upstream.endpoint is not None and upstream.endpoint.uri.startswith(
+                "coaps+tcp://")
+            assert (await client.withdraw(created.mid)).code is Code.DELETED
+            note = await observation.next(timeout=10)
+            assert note.scopes[0].status is Status.DOTS_CLIENT_WITHDRAWN_MITIGATION
+
+
+async def test_gateway_mode_with_no_upstream_anywhere_is_the_server_itself(
+        pkis: Pkis, tmp_path: Path) -> None:
+    port = free_port()
+    config = gateway_config(tmp_path, pkis, port, [])
+    # Only the configured servers count (no DHCP or DNS traffic from a test).
+    config.write_text(config.read_text() + '[discovery]\nmechanisms = ["manual"]\n')
+    running = await start_server(load_config(config))
+    try:
+        assert not isinstance(running.role, GatewayRole)
+        async with client_of(pkis, port, tmp_path / "client") as client:
+            reply = await client.mitigate(make_scope(target_prefix=["192.0.2.0/28"],
+                                                     lifetime=60))
+            assert reply.code is Code.CREATED  # answered by the terminal store
+    finally:
+        await running.stop()
