@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway.client_connect import Endpoint, NetworkError
 from gateway.coap.message import CoapMessage, format_code
+from gateway.coap.options import Block
 from gateway.dots.client import Outcome
 from gateway.dots.codes import Code, Method, Status
 from gateway.dots.errors import DotsUsageError
@@ -110,6 +111,8 @@ def coap_request(request: DotsRequest, token: bytes = b"") -> CoapMessage:
                                content_format=request.content_format,
                                observe=request.observe, if_match=request.if_match,
                                hop_limit=request.hop_limit, payload=request.payload,
+                               block2=None if request.block2 is None
+                               else Block(request.block2[0], False, request.block2[1]),
                                token=token)
 
 

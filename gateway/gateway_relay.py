@@ -36,7 +36,7 @@ from typing import Any
 from gateway.client_connect import NetworkError
 from gateway.client_messages import Reply
 from gateway.client_session import ClientSession
-from gateway.coap.message import CoapMessage
+from gateway.coap.message import BadOptionError, CoapMessage
 from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, Method
 from gateway.dots.errors import MethodNotAllowed, MissingAttribute
 from gateway.dots.message import DotsRequest, DotsResponse, Requester
@@ -341,11 +341,36 @@ class GatewayRelay:
             return  # the session ended; the next one registers it again
         response = DotsResponse(_code(message.code), message.payload, message.content_format,
                                 message.max_age)
-        obs.last = response
         ended = message.observe is None or not response.code.is_success
+        try:
+            block = message.block2
+        except BadOptionError:
+            block = None
+        if block is not None and block.more and not ended:
+            # RFC 7959 §2.6: a notification carries the first block; GET the whole.
+            self._spawn(self._refetch(obs))
+            return
+        obs.last = response
         # RFC 7641 §3.2: without Observe the upstream observation ended; observers learn so.
         self.notify(set(obs.subscribers), response, ended)
         if ended:
+            self._drop_observation(obs, cancel=False)
+
+    async def _refetch(self, obs: UpstreamObservation) -> None:
+        upstream = self.upstream
+        if upstream is None:
+            return
+        try:
+            reply = await upstream.forward(replace(obs.request, observe=None), mid=obs.mid,
+                                           timeout=self.settings.request_timeout)
+        except NetworkError as exc:
+            log.info("fetching a notification's blocks failed: %s", exc)
+            return
+        if self.observations.get(obs.key) is not obs:
+            return
+        obs.last = reply.response
+        self.notify(set(obs.subscribers), reply.response, not reply.ok)
+        if not reply.ok:
             self._drop_observation(obs, cancel=False)
 
     def unsubscribe(self, subscriber: tuple[int, bytes]) -> None:

@@ -41,6 +41,8 @@ class DotsRequest:
     requester: Requester | None = None
     #: Hop-Limit option (RFC 8768), None when absent; gateways insert and decrement it.
     hop_limit: int | None = None
+    #: Block2 (RFC 7959) asked for: (block number, SZX); None for the whole representation.
+    block2: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
