@@ -8,16 +8,29 @@ it: at once with (D)TLS session resumption, then as ``ReconnectBackoff`` allows 
 often than every 60 s). ``gateway.client_role.DotsClient`` adds the DOTS operations on top
 and fills in the hooks (``_after_connect``, ``_refresh_due``, ``_mitigating``...).
 
+It also follows redirects (RFC 9132 §4.6) for every subclass, with the rules of
+``redirect.follow``: a 5.03 + ``redirected-signal`` answering a request moves the channel to
+the alternate server (alt-server-record, else alt-server resolved; its certificate must
+match alt-server; Happy Eyeballs) and the same request, same cuid and mid, is sent there;
+one arriving in a notification or answering a heartbeat moves the channel in the
+background. ``_after_connect`` then runs on the new session (``relocated`` is set), which
+negotiates and re-registers observations. A redirect to a server contacted in the last
+5 minutes is ignored and the other provisioned servers are tried instead. When the TTL
+(Max-Age; 0: this request only) expires the channel goes back to the provisioned servers,
+unless under attack. At most ``MAX_REDIRECTS`` are followed per request; a request whose
+redirect could not be followed returns its 5.03 to the caller.
+
 Asyncio glue only; protocol decisions are the core's (``gateway.dots.client``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +44,7 @@ from gateway.client_connect import (
     NetworkError,
     ServerSpec,
     Transport,
+    alternate_server,
     happy_eyeballs,
     open_dtls,
     open_tls,
@@ -43,7 +57,8 @@ from gateway.client_state import ClientState
 from gateway.coap.layer import RequestKey, TransmissionParameters
 from gateway.coap.message import CoapMessage
 from gateway.dots.client import DotsClientCore
-from gateway.dots.codes import Code, Method
+from gateway.dots.codec import decode_message
+from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, Method
 from gateway.dots.errors import DotsProtocolError, MethodNotAllowed, NotFound
 from gateway.dots.heartbeat import (
     HeartbeatMissed,
@@ -55,17 +70,22 @@ from gateway.dots.heartbeat import (
     SignalLost,
 )
 from gateway.dots.message import DotsRequest, DotsResponse
+from gateway.dots.model import RedirectedSignal
 from gateway.dots.session_config import ClientSessionConfig, SessionParameters
 from gateway.dots.uri import Resource, parse_path
 from gateway.dots.validate import decode_request_body, validate_heartbeat
 from gateway.transport.dtls_client import HandshakeError
 from gateway.transport.openssl_ffi import OpenSSLError
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind
+from redirect.follow import MAX_REDIRECTS, Decision, RedirectFollower, Verdict
 
 log = logging.getLogger(__name__)
 
 #: RFC 9132 §4.4: without an RTT estimate, at most one NON request every 3 s.
 NON_RETRY_INTERVAL = 3.0
+#: The TTL of a redirect expired but no provisioned server answered: stay on the alternate
+#: server this much longer before trying again (the §4.7 back-off interval).
+RETURN_RETRY = 60.0
 #: Outcome of one transmission without a response: "timeout", "closed", "reset"...
 Failure = str
 
@@ -92,7 +112,16 @@ class ClientStats:
     config_refreshes: int = 0
     signal_losses: int = 0
     notifications: int = 0
+    #: 5.03 + redirected-signal received (RFC 9132 §4.6), followed or not.
     redirects: int = 0
+    redirects_followed: int = 0
+    #: Redirects ignored as loops (a server contacted in the last 5 minutes): an alert.
+    redirect_loops: int = 0
+    #: Redirects that could not be followed: alternate server unreachable, too many
+    #: redirects for one request, no other provisioned server after a loop.
+    redirects_failed: int = 0
+    #: Returns to the provisioned servers when a redirect's TTL expired.
+    redirect_returns: int = 0
     #: The endpoints of the latest connection attempts, newest last.
     attempts: deque[str] = field(default_factory=lambda: deque(maxlen=32))
 
@@ -132,6 +161,20 @@ class SignalChannel:
         self.state.load_counters(self.core)
         self.stats = ClientStats()
         self.last_redirect: Reply | None = None
+        self.follower = RedirectFollower()
+        #: The alternate server in use after a redirect; None while on the provisioned
+        #: ``servers``.
+        self.alternate: ServerSpec | None = None
+        #: Whether the current session is on another server than the previous one (set
+        #: before ``_after_connect`` runs): state held by the old server may be missing.
+        self.relocated = False
+        self._last_server: tuple[str, int] | None = None
+        self._move_lock = asyncio.Lock()
+        #: Tasks moving the channel or establishing a session: redirects their own
+        #: requests get are not followed from inside.
+        self._movers: set[asyncio.Task[Any]] = set()
+        self._pinned = 0  # requests resent after a redirect and not answered yet
+        self._returning = False
         self.session: ClientSession | None = None
         self._contexts: dict[Transport, ClientContext] = {}
         for transport in dict.fromkeys(t for spec in self.servers for t in spec.transports):
@@ -152,6 +195,10 @@ class SignalChannel:
 
     def _session_gone(self) -> None:
         """The session was lost and will not be re-established (``reconnect=False``)."""
+
+    def _redirect_not_followed(self, reply: Reply) -> None:
+        """A redirect that arrived outside a request of ours (in a notification, answering
+        a heartbeat) was not followed; the channel stays where it is."""
 
     def _mitigating(self) -> bool:
         return self.core.under_attack
@@ -211,8 +258,9 @@ class SignalChannel:
         self._ready.clear()
 
     def set_under_attack(self, under_attack: bool) -> None:
-        """Attack time (§4.3, §4.5.3, §4.7): 100 ms between connection attempts, no config
-        refresh, the mitigating parameter set, and no loss declaration."""
+        """Attack time (§4.3, §4.5.3, §4.6, §4.7): 100 ms between connection attempts, no
+        config refresh, the mitigating parameter set, no loss declaration, and no return
+        from an alternate server when its TTL expires."""
         self.core.set_under_attack(under_attack)
         self.attempt_delay = ATTACK_ATTEMPT_DELAY if under_attack else DEFAULT_ATTEMPT_DELAY
         self._sync_parameters(self.clock())
@@ -228,8 +276,41 @@ class SignalChannel:
         """Send until a response arrives: NON again after 3 s of silence (§4.4), at most
         ``attempts`` times, never past ``timeout``; raises ``NetworkError``. CON requests are
         retransmitted by the CoAP layer; over TLS nothing is resent. ``later`` receives what
-        arrives for the token after the response (Observe notifications)."""
+        arrives for the token after the response (Observe notifications).
+
+        A redirect is followed (RFC 9132 §4.6) and the same request sent to the server the
+        channel moved to, with ``timeout`` afresh, at most ``MAX_REDIRECTS`` times; the
+        reply is then that server's. A redirect that is not followed is the reply."""
         limit = timeout if timeout is not None else self.request_timeout
+        watched = None if later is None else self._watch(request, mid, later)
+        reply, session = await self._transmit(request, confirmable, limit, attempts, watched,
+                                              mid)
+        for hop in range(MAX_REDIRECTS + 1):
+            if reply.redirect is None or self._closing:
+                break
+            if hop == MAX_REDIRECTS:
+                self.stats.redirects_failed += 1
+                log.warning("redirect not followed cuid=%s from=%s to=%s: already %d "
+                            "redirects for %s", self.cuid, reply.endpoint,
+                            reply.redirect.alt_server, MAX_REDIRECTS, request_label(request))
+                break
+            # Pinned: a Max-Age 0 redirect lasts until the resent request is answered.
+            self._pinned += 1
+            try:
+                if not await self._redirected(reply, session, "response"):
+                    break
+                reply, session = await self._transmit(request, confirmable, limit, attempts,
+                                                      watched, mid)
+            finally:
+                self._pinned -= 1
+                self._arm()
+        return reply
+
+    async def _transmit(self, request: DotsRequest, confirmable: bool, limit: float,
+                        attempts: int | None,
+                        later: Callable[[ClientSession, CoapMessage | None, Failure], None]
+                        | None, mid: int | None) -> tuple[Reply, ClientSession]:
+        """``_send`` without following redirects: the reply and the session it came on."""
         deadline = self.clock() + limit
         label = request_label(request)
         for attempt in range(1, (attempts or self.max_attempts) + 1):
@@ -248,7 +329,7 @@ class SignalChannel:
             outcome = await self._send_once(session, coap_request(request), confirmable,
                                             lifetime, remaining + 0.5, later)
             if isinstance(outcome, CoapMessage):
-                return self._reply(request, outcome, session.endpoint, mid)
+                return self._reply(request, outcome, session.endpoint, mid), session
             if outcome == "timeout" and (confirmable or session.reliable):
                 break
             if outcome in ("reset", "bad-option"):
@@ -283,19 +364,44 @@ class SignalChannel:
             session.forget(token)
             raise
 
-    def _reply(self, request: DotsRequest, message: CoapMessage, endpoint: Endpoint,
-               mid: int | None) -> Reply:
+    def _watch(self, request: DotsRequest, mid: int | None,
+               later: Callable[[ClientSession, CoapMessage | None, Failure], None]
+               ) -> Callable[[ClientSession, CoapMessage | None, Failure], None]:
+        """``later`` for ``_send_once``: a redirect inside a notification (RFC 9132 §4.6)
+        moves the channel in the background; ``later`` still gets the notification."""
+
+        def watched(session: ClientSession, response: CoapMessage | None,
+                    reason: Failure) -> None:
+            if (response is not None and session is self.session and not self._closing
+                    and redirect_in(response) is not None):
+                reply = self._reply(request, response, session.endpoint, mid)
+                self._spawn(self._follow_later(reply, session, "notification"))
+            later(session, response, reason)
+
+        return watched
+
+    def _interpret(self, request: DotsRequest, message: CoapMessage, endpoint: Endpoint,
+                   mid: int | None) -> Reply:
         """Let the core interpret a response (any answer proves the server alive, §4.7)."""
         now = self.clock()
         response, raw = dots_response(message)
         outcome = self.core.receive_response(request, response, now)
-        reply = Reply(request, response, outcome, endpoint, raw, mid, message.observe,
-                      confirmable=request.path[2:3] == ("config",), token=message.token)
+        self.follower.contacted(endpoint.server_name, now)  # for the §4.6 loop rule
+        self.follower.contacted(endpoint.address, now)
+        return Reply(request, response, outcome, endpoint, raw, mid, message.observe,
+                     confirmable=request.path[2:3] == ("config",), token=message.token)
+
+    def _reply(self, request: DotsRequest, message: CoapMessage, endpoint: Endpoint,
+               mid: int | None) -> Reply:
+        """``_interpret``, then count and report a redirect (``on_redirect``)."""
+        reply = self._interpret(request, message, endpoint, mid)
+        outcome, response = reply.outcome, reply.response
         if outcome.redirect is not None:
             self.stats.redirects += 1
             self.last_redirect = reply
-            log.warning("redirected to %s (ttl %s s); following redirects is not implemented",
-                        outcome.redirect.alt_server, response.max_age)
+            log.info("redirect received cuid=%s from=%s to=%s ttl=%s request=%s", self.cuid,
+                     endpoint, outcome.redirect.alt_server, response.max_age,
+                     request_label(request))
             if self.on_redirect is not None:
                 self.on_redirect(reply)
         if not self._ticket_checked and self.session is not None:
@@ -363,6 +469,9 @@ class SignalChannel:
         return self.session
 
     async def _establish(self, *, resume: bool) -> None:
+        if self.alternate is not None and self.follower.should_return(
+                self.clock(), under_attack=self.under_attack):
+            self._end_redirect(returning=True)  # §4.6: the TTL expired meanwhile
         session = None
         endpoint, ticket = self._ticket_endpoint, self._ticket
         if resume and endpoint is not None and ticket is not None:
@@ -371,15 +480,21 @@ class SignalChannel:
             except NetworkError as exc:
                 log.info("resumption with %s failed: %s", endpoint, exc)
         if session is None:
-            session = await self._race()
+            alternate = [] if self.alternate is None else [self.alternate]
+            session = await self._race([*alternate, *self.servers])
+        if self.alternate is not None and not self.alternate.reached(session.endpoint):
+            log.warning("alternate server %s unreachable: back on the provisioned servers",
+                        self.alternate.host)
+            self._end_redirect(returning=False)
         self._install(session)
-        await self._after_connect()
+        with self._moving():
+            await self._after_connect()
 
-    async def _race(self) -> ClientSession:
-        """Each configured server in turn: its cached winner alone if fresh (§4.3), else
-        Happy Eyeballs over its candidates."""
+    async def _race(self, servers: Sequence[ServerSpec] | None = None) -> ClientSession:
+        """Each server in turn (default: the provisioned ones): its cached winner alone if
+        fresh (§4.3), else Happy Eyeballs over its candidates."""
         failures = []
-        for spec in self.servers:
+        for spec in self.servers if servers is None else servers:
             cached = self.state.cached_winner(spec.cache_key, time.time(), CACHE_TTL)
             if cached is not None:
                 endpoint = Endpoint(Transport(cached["transport"]), cached["address"],
@@ -429,7 +544,14 @@ class SignalChannel:
 
     def _install(self, session: ClientSession) -> None:
         now = self.clock()
-        self.session = session
+        replaced, self.session = self.session, session
+        if replaced is not None and replaced is not session:
+            replaced.close("moved to another DOTS server")  # one session at a time
+        server = (session.endpoint.server_name, session.endpoint.port)
+        self.relocated = self._last_server is not None and server != self._last_server
+        self._last_server = server
+        self.follower.contacted(session.endpoint.server_name, now)
+        self.follower.contacted(session.endpoint.address, now)
         self.stats.sessions += 1
         if session.resumed:
             self.stats.resumed_sessions += 1
@@ -479,6 +601,171 @@ class SignalChannel:
         if self.session is not None:
             self.session.close(reason)  # session_closed() starts the re-establishment
 
+    # --- following redirects (RFC 9132 §4.6) -------------------------------------------------
+
+    def leave_alternate(self, reason: str) -> None:
+        """Stop preferring the alternate server a redirect sent us to: the next
+        establishment goes to the provisioned servers (e.g. on failing over)."""
+        if self.alternate is not None:
+            log.warning("leaving alternate server %s cuid=%s: %s", self.alternate.host,
+                        self.cuid, reason)
+            self._end_redirect(returning=False)
+
+    async def _redirected(self, reply: Reply, session: ClientSession, reason: str) -> bool:
+        """Act on a redirect that ``session`` answered. True when the channel is now on
+        another server (moved here or by a concurrent request), so that the request can be
+        sent again; False when the redirect was not followed."""
+        if self._closing or reply.redirect is None:
+            return False
+        if asyncio.current_task() in self._movers:
+            # A request of a move or an establishment itself (negotiation, carrying
+            # mitigations, re-registration): moving from inside would nest without bound.
+            # Its caller sees the 5.03; the next request moves the channel.
+            log.info("redirect during a move not followed cuid=%s from=%s to=%s", self.cuid,
+                     reply.endpoint, reply.redirect.alt_server)
+            return False
+        async with self._move_lock:
+            current = self.session
+            if current is not None and current is not session and not current.closed:
+                return True  # a concurrent request has moved the channel already
+            try:
+                with self._moving():
+                    return await self._follow(reply, session, reason)
+            finally:
+                self._arm()
+
+    async def _follow_later(self, reply: Reply, session: ClientSession, reason: str) -> None:
+        """A redirect with no request to send again (notification, heartbeat)."""
+        if not await self._redirected(reply, session, reason):
+            self._redirect_not_followed(reply)
+
+    async def _follow(self, reply: Reply, session: ClientSession, reason: str) -> bool:
+        signal = reply.redirect
+        assert signal is not None
+        origin, ttl = session.endpoint, reply.response.max_age
+        previous = self.follower.current
+        decision = self.follower.on_redirect(signal, ttl, self.clock())
+        if decision.verdict is Verdict.IGNORE_LOOP:
+            return await self._avoid_loop(decision, origin, ttl)
+        target = alternate_server(decision.server, decision.addresses, origin.port,
+                                  self._transports())
+        try:
+            new = await self._race([target])
+        except NetworkError as exc:
+            self.follower.current = previous
+            self.stats.redirects_failed += 1
+            log.warning("redirect not followed cuid=%s from=%s to=%s ttl=%d reason=%s: %s",
+                        self.cuid, origin, decision.server, decision.ttl, reason, exc)
+            return False
+        if self._closing:
+            new.close("the client is closing")
+            return False
+        self.alternate = target
+        self.stats.redirects_followed += 1
+        log.info("redirect followed cuid=%s from=%s to=%s (%s) ttl=%d reason=%s", self.cuid,
+                 origin, decision.server, new.endpoint, decision.ttl, reason)
+        await self._move_to(new)
+        return True
+
+    async def _avoid_loop(self, decision: Decision, origin: Endpoint,
+                          ttl: int | None) -> bool:
+        """§4.6: MUST ignore a redirect to a server contacted in the last 5 minutes, and
+        try other provisioned servers (neither that one nor the one that redirected)."""
+        self.stats.redirect_loops += 1
+        refused = {*decision.names, origin.server_name, origin.address}
+        others = [s for s in self.servers if not s.names & refused]
+        log.warning("redirect loop cuid=%s from=%s to=%s ttl=%s: contacted within the last "
+                    "5 minutes, redirect ignored; trying %s", self.cuid, origin,
+                    decision.server, ttl,
+                    ", ".join(s.host for s in others) or "no other provisioned server")
+        if not others:
+            return False
+        try:
+            new = await self._race(others)
+        except NetworkError as exc:
+            self.stats.redirects_failed += 1
+            log.warning("after a redirect loop, no other provisioned server answered: %s", exc)
+            return False
+        if self._closing:
+            new.close("the client is closing")
+            return False
+        self._end_redirect(returning=False)
+        await self._move_to(new)
+        return True
+
+    async def _move_to(self, session: ClientSession) -> None:
+        """The new session replaces the current one; ``_after_connect`` runs on it."""
+        self._install(session)
+        await self._after_connect()
+
+    @contextlib.contextmanager
+    def _moving(self) -> Iterator[None]:
+        """Mark the current task as moving or establishing (see ``_redirected``)."""
+        task = asyncio.current_task()
+        if task is None or task in self._movers:
+            yield
+            return
+        self._movers.add(task)
+        try:
+            yield
+        finally:
+            self._movers.discard(task)
+
+    def _end_redirect(self, *, returning: bool) -> None:
+        """Back to the provisioned servers: forget the alternate server and its ticket."""
+        alternate, self.alternate = self.alternate, None
+        self.follower.current = None
+        if alternate is None:
+            return
+        ticket_endpoint = self._ticket_endpoint
+        if ticket_endpoint is not None and alternate.reached(ticket_endpoint):
+            self._ticket = self._ticket_endpoint = None
+        if returning:
+            self.stats.redirect_returns += 1
+            # Sent to the same alternate server again after the TTL is the redirect
+            # renewed, not a loop.
+            endpoint = self.endpoint
+            self.follower.forget([*alternate.names,
+                                  *([endpoint.address] if endpoint is not None else [])])
+            log.info("redirect ttl expired cuid=%s: leaving %s for the provisioned servers",
+                     self.cuid, alternate.host)
+
+    def _return_due_at(self) -> float | None:
+        if (self.alternate is None or self._pinned or self._returning
+                or self._move_lock.locked()):
+            return None
+        return self.follower.return_due_at(under_attack=self.under_attack)
+
+    async def _return_to_provisioned(self) -> None:
+        """§4.6: the TTL expired (and no attack): the provisioned servers again."""
+        try:
+            async with self._move_lock:
+                due = self.follower.return_due_at(under_attack=self.under_attack)
+                if self.alternate is None or due is None or self.clock() < due:
+                    return
+                with self._moving():
+                    try:
+                        new = await self._race(self.servers)
+                    except NetworkError as exc:
+                        self.follower.postpone(self.clock() + RETURN_RETRY)
+                        log.warning("redirect ttl expired cuid=%s but no provisioned server "
+                                    "answered (%s): staying on %s for %.0f s more", self.cuid,
+                                    exc, self.alternate.host, RETURN_RETRY)
+                        return
+                    if self._closing:
+                        new.close("the client is closing")
+                        return
+                    self._end_redirect(returning=True)
+                    await self._move_to(new)
+        finally:
+            self._returning = False
+            self._arm()
+
+    def _transports(self) -> tuple[Transport, ...]:
+        """Those the provisioned servers allow, in the §4.3 order (UDP first)."""
+        allowed = {t for spec in self.servers for t in spec.transports}
+        return tuple(t for t in (Transport.UDP, Transport.TCP) if t in allowed)
+
     # --- timers: heartbeats and the config refresh -------------------------------------------
 
     def _sync_parameters(self, now: float) -> None:
@@ -498,8 +785,8 @@ class SignalChannel:
             self._timer = None
         if self._closing or self.session is None:
             return
-        deadlines = [t for t in (self.core.heartbeat.get_timer(), self._refresh_due_at())
-                     if t is not None]
+        deadlines = [t for t in (self.core.heartbeat.get_timer(), self._refresh_due_at(),
+                                 self._return_due_at()) if t is not None]
         if deadlines:
             delay = max(0.0, min(deadlines) - self.clock())
             self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
@@ -524,6 +811,10 @@ class SignalChannel:
         refresh_at = self._refresh_due_at()
         if refresh_at is not None and now >= refresh_at:
             self._refresh_now()
+        return_at = self._return_due_at()
+        if return_at is not None and now >= return_at:
+            self._returning = True
+            self._spawn(self._return_to_provisioned())
         self._arm()
 
     def _send_heartbeat(self, now: float) -> None:
@@ -535,7 +826,9 @@ class SignalChannel:
         def answered(response: CoapMessage | None, _reason: Failure) -> None:
             if response is not None:
                 self.stats.heartbeats_answered += 1
-                self._reply(request, response, session.endpoint, None)
+                reply = self._reply(request, response, session.endpoint, None)
+                if reply.redirect is not None and not self._closing:
+                    self._spawn(self._follow_later(reply, session, "heartbeat"))
 
         try:  # NON (§4.7); over TCP the answer may take up to heartbeat-interval
             session.send_request(coap_request(request), answered, confirmable=False,
@@ -553,6 +846,18 @@ class SignalChannel:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("client background task failed", exc_info=task.exception())
+
+
+def redirect_in(message: CoapMessage) -> RedirectedSignal | None:
+    """The ``redirected-signal`` of a 5.03 (RFC 9132 §4.6), if the message is one."""
+    if (message.code != int(Code.SERVICE_UNAVAILABLE) or not message.payload
+            or message.content_format != CONTENT_FORMAT_DOTS_CBOR):
+        return None
+    try:
+        body = decode_message(message.payload)
+    except DotsProtocolError:
+        return None
+    return body if isinstance(body, RedirectedSignal) else None
 
 
 def _transmission(params: SessionParameters) -> TransmissionParameters:

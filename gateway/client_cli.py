@@ -6,6 +6,9 @@ Session commands talk to a DOTS server through ``gateway.client_role.DotsClient`
 (``--cbor`` adds the wire bytes in hex). ``encode``/``decode`` convert between that JSON and
 the CBOR wire form without any network, so requests can be fed to other CoAP tools.
 
+Redirects (RFC 9132 §4.6) are followed: each one is noted on stderr, and the printed
+exchange is the one with the server that finally answered.
+
 Exit codes: 0 success, 2 usage error, 3 DOTS error response (4.xx/5.xx; code and diagnostic
 on stderr), 4 network failure (handshake refused or timed out, no answer in time).
 """
@@ -125,7 +128,8 @@ def _client(args: argparse.Namespace, **options: Any) -> Any:
     state_dir = Path(_option(args, "state_dir") or DEFAULT_STATE_DIR)
     try:
         return DotsClient(credentials, spec, state_dir=state_dir, handshake_timeout=timeout,
-                          request_timeout=timeout, negotiate=False, reconnect=False, **options)
+                          request_timeout=timeout, negotiate=False, reconnect=False,
+                          on_redirect=_note_redirect, **options)
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
@@ -166,6 +170,16 @@ def _document(reply: Any, *, cbor: bool) -> dict[str, Any]:
     return doc
 
 
+def _note_redirect(reply: Any) -> None:
+    from gateway.client_messages import request_label
+
+    redirect = reply.redirect
+    records = ", ".join(str(a) for a in redirect.alt_server_record)
+    print(f"dots-client: {reply.endpoint.uri} redirected {request_label(reply.request)} to "
+          f"{redirect.alt_server}{f' ({records})' if records else ''}, Max-Age "
+          f"{reply.response.max_age}", file=sys.stderr, flush=True)
+
+
 def _body(payload: bytes) -> Any:
     try:
         return cbor_to_json(payload)
@@ -187,7 +201,8 @@ def _verdict(reply: Any) -> int:
             detail += f" with mid {reply.conflict.conflict_scope.mid}"
     elif reply.redirect is not None:
         detail = (f"redirected to {reply.redirect.alt_server} (Max-Age "
-                  f"{reply.response.max_age}); following redirects is not implemented")
+                  f"{reply.response.max_age}), and the redirect could not be followed "
+                  "(see the notes above; -v for details)")
     print(f"dots-client: {reply.dotted} {detail}".rstrip(), file=sys.stderr)
     return EXIT_DOTS_ERROR
 

@@ -68,6 +68,9 @@ class ServerSpec:
     transports: tuple[Transport, ...] = (Transport.UDP, Transport.TCP)
     #: The name the server certificate must match (RFC 9132 §7.1); default ``host``.
     server_name: str | None = None
+    #: Known addresses, used instead of resolving ``host`` (a redirect's alt-server-record,
+    #: RFC 9132 §4.6).
+    addresses: tuple[str, ...] = ()
 
     @property
     def reference_identifier(self) -> str:
@@ -76,6 +79,17 @@ class ServerSpec:
     @property
     def cache_key(self) -> str:
         return f"{self.host}|{self.port}|{','.join(t.value for t in self.transports)}"
+
+    @property
+    def names(self) -> set[str]:
+        """Every name or address this server goes by (for the RFC 9132 §4.6 loop rule)."""
+        return {self.host, self.reference_identifier, *self.addresses}
+
+    def reached(self, endpoint: Endpoint) -> bool:
+        """Whether ``endpoint`` is one of this server's."""
+        return endpoint.port == self.port and (
+            endpoint.server_name == self.reference_identifier
+            or endpoint.address in self.addresses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +138,16 @@ def parse_server(text: str) -> ServerSpec:
     return ServerSpec(host, DEFAULT_PORT if port is None else port, transports)
 
 
+def alternate_server(alt_server: str, addresses: Sequence[str], port: int,
+                     transports: Sequence[Transport]) -> ServerSpec:
+    """Where a redirect sends us (RFC 9132 §4.6): ``alt-server`` is the name its certificate
+    must match (§7.1, as DNS-ID) and ``alt-server-record`` spares resolving it. A redirect
+    names no port: the alternate server listens on the port of the server that redirected
+    (a fleet serves one DOTS port, 4646 by default)."""
+    return ServerSpec(alt_server, port, tuple(transports) or (Transport.UDP, Transport.TCP),
+                      server_name=alt_server, addresses=tuple(addresses))
+
+
 def order_candidates(spec: ServerSpec, addresses: Sequence[str]) -> list[Endpoint]:
     """RFC 9132 §4.3 order: UDP/IPv6, UDP/IPv4, TCP/IPv6, TCP/IPv4 (resolver order kept
     within a family, duplicates dropped)."""
@@ -135,12 +159,15 @@ def order_candidates(spec: ServerSpec, addresses: Sequence[str]) -> list[Endpoin
 
 
 async def resolve(spec: ServerSpec) -> list[Endpoint]:
-    """The candidates of ``spec``; ``localhost`` always means both loopback addresses
-    (RFC 6761 §6.3), whatever /etc/hosts says."""
+    """The candidates of ``spec``: its ``addresses`` if it has some, else ``host`` resolved;
+    ``localhost`` always means both loopback addresses (RFC 6761 §6.3), whatever /etc/hosts
+    says."""
     try:
         ipaddress.ip_address(spec.host)
         addresses = [spec.host]
     except ValueError:
+        if spec.addresses:
+            return _nonempty(spec, order_candidates(spec, spec.addresses))
         if spec.host.lower().rstrip(".") == "localhost":
             addresses = list(LOCALHOST_ADDRESSES)
         else:
@@ -151,7 +178,10 @@ async def resolve(spec: ServerSpec) -> list[Endpoint]:
                 raise NetworkError(f"cannot resolve {spec.host}: {exc}") from None
             addresses = [str(info[4][0]) for info in infos
                          if info[0] in (socket.AF_INET, socket.AF_INET6)]
-    candidates = order_candidates(spec, addresses)
+    return _nonempty(spec, order_candidates(spec, addresses))
+
+
+def _nonempty(spec: ServerSpec, candidates: list[Endpoint]) -> list[Endpoint]:
     if not candidates:
         raise NetworkError(f"{spec.host} has no IPv4 or IPv6 address")
     return candidates

@@ -10,7 +10,11 @@ Mitigation requests, GETs and heartbeats are NON (§4.4, §4.7), sent again at m
 until answered; configuration requests are CON (§4.5). A new mid is persisted before the
 request carrying it leaves (``client_state``), so mids stay monotonic across restarts.
 4.09 cuid collisions are resolved here (new UUID-based cuid, request sent once more);
-other 4.09s and 5.03 redirects are returned to the caller in the ``Reply``.
+other 4.09s are returned to the caller in the ``Reply``. Redirects (RFC 9132 §4.6) are
+followed by the channel; on a server other than the previous one (after a redirect, its
+TTL, or a loop) the client first GETs its mitigations there and sends those the server
+does not know again with the same cuid and mid, then registers its observations again. A
+``Reply`` carries a 5.03 redirect only when it could not be followed.
 
 Asyncio glue only; must not be imported by ``gateway.dots`` or ``gateway.coap``.
 """
@@ -18,10 +22,12 @@ Asyncio glue only; must not be imported by ``gateway.dots`` or ``gateway.coap``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from base64 import urlsafe_b64encode
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from gateway.client_channel import (
@@ -30,6 +36,7 @@ from gateway.client_channel import (
     Failure,
     SignalChannel,
     derived_cuid,
+    redirect_in,
 )
 from gateway.client_connect import DEFAULT_ATTEMPT_DELAY, NetworkError, ServerSpec, Transport
 from gateway.client_messages import (
@@ -97,7 +104,13 @@ class DotsClient(SignalChannel):
         #: The sid of the configuration installed on the current session, if any.
         self.sid: int | None = None
         self._observations: list[Observation] = []
+        #: Observations a server ended with a redirect (in a notification, or answering a
+        #: registration during a move), with that answer: registered again wherever the
+        #: channel ends up, or given the answer when the redirect is not followed.
+        self._orphans: dict[Observation, Reply] = {}
         self._active: dict[int, float | None] = {}  # mid -> expiry (None: indefinite)
+        #: mid -> the scope requested, to send it again to a server that lacks it (§4.6).
+        self._scopes: dict[int, Scope] = {}
         self._retry_after: dict[int, float] = {}  # mid -> not before (conflict retry-timer)
         self._config_adopted_at: float | None = None
         self._refreshing = False
@@ -115,6 +128,7 @@ class DotsClient(SignalChannel):
         for obs in self._observations:
             obs.end()
         self._observations.clear()
+        self._orphans.clear()
         await super().close()
 
     # --- session configuration (CON, hop-by-hop, §4.5) ---------------------------------------
@@ -175,8 +189,11 @@ class DotsClient(SignalChannel):
             self._check_retry_timer(mid)
             self.state.note_mid(self.core, mid)
         chosen = mid
-        return await self._mitigation(lambda: self.core.mitigation_request(scope, chosen),
-                                      mid, timeout)
+        reply = await self._mitigation(lambda: self.core.mitigation_request(scope, chosen),
+                                       mid, timeout)
+        if reply.ok:
+            self._scopes[mid] = scope
+        return reply
 
     async def refresh(self, mid: int, scope: Scope, *, timeout: float | None = None) -> Reply:
         """The same request again, lifetime possibly changed (§4.4.1.3): 2.04."""
@@ -192,7 +209,10 @@ class DotsClient(SignalChannel):
 
     async def withdraw(self, mid: int, *, timeout: float | None = None) -> Reply:
         """DELETE (§4.4.4): 2.02, even for an unknown mid."""
-        return await self._mitigation(lambda: self.core.withdraw(mid), mid, timeout)
+        reply = await self._mitigation(lambda: self.core.withdraw(mid), mid, timeout)
+        if reply.ok:
+            self._scopes.pop(mid, None)
+        return reply
 
     async def get(self, mid: int | None = None, *, content: ContentFilter = ContentFilter.ALL,
                   timeout: float | None = None) -> Reply:
@@ -275,6 +295,9 @@ class DotsClient(SignalChannel):
             obs.first = reply
             if reply.raw_code >> 5 != 2 or reply.observe is None:
                 obs.end()  # refused, or the server does not observe (RFC 7641 §3.2)
+        elif reply.redirect is not None and not self._closing:
+            # Not followed from inside a move: the next move registers it again.
+            self._orphans[obs] = reply
         else:
             obs.deliver(reply)
 
@@ -283,9 +306,15 @@ class DotsClient(SignalChannel):
         if session is not obs.session or obs.ended:
             return
         if response is None:
-            if reason != "closed" or not self.reconnect or self._closing:
+            moved = self.session is not None and session is not self.session
+            if reason != "closed" or not (self.reconnect or moved) or self._closing:
                 obs.end()
             return  # "closed": registered again on the next session
+        if redirect_in(response) is not None and not self._closing:
+            # The channel follows it (``_watch``, RFC 9132 §4.6 allows a 5.03 in a
+            # notification); the observation goes on wherever the client ends up.
+            self._orphans[obs] = self._interpret(request, response, session.endpoint, obs.mid)
+            return
         self.stats.notifications += 1
         obs.deliver(self._reply(request, response, session.endpoint, obs.mid))
         if obs.ended and obs in self._observations:
@@ -318,7 +347,10 @@ class DotsClient(SignalChannel):
                                 replies[-1].diagnostic)
             except NetworkError as exc:
                 log.warning("session configuration failed: %s", exc)
+        if self.relocated:
+            await self._carry_mitigations()
         for obs in list(self._observations):
+            self._orphans.pop(obs, None)
             try:
                 await self._register(obs, None)
             except NetworkError as exc:
@@ -327,16 +359,69 @@ class DotsClient(SignalChannel):
             if obs.ended and obs in self._observations:
                 self._observations.remove(obs)
 
+    async def _carry_mitigations(self) -> None:
+        """On another server: mitigations belong to the client, not the session, and the
+        servers are assumed to share them (RFC 9132 §4.6, RFC 8811 §3.1). So GET ours
+        first; those this server does not know are sent again with the same cuid and mid
+        (remaining lifetime) instead of being recreated under new mids."""
+        self._mitigating()  # drops expired requests
+        mids = [mid for mid in self._scopes if mid in self._active]
+        for mid in [m for m in self._scopes if m not in self._active]:
+            del self._scopes[mid]
+        if not mids:
+            return
+        endpoint = self.endpoint
+        try:
+            listed = await self.get()
+        except NetworkError as exc:
+            log.warning("listing our mitigations at %s failed: %s", endpoint, exc)
+            return
+        if listed.code is Code.NOT_FOUND:
+            known: set[int | None] = set()
+        elif listed.ok:
+            known = {scope.mid for scope in listed.scopes}
+        else:
+            log.warning("listing our mitigations at %s failed: %s %s", endpoint,
+                        listed.dotted, listed.diagnostic)
+            return
+        for mid in mids:
+            if mid in known:
+                continue
+            scope = self._scopes[mid]
+            expires_at = self._active.get(mid)
+            if expires_at is not None:
+                scope = replace(scope, lifetime=max(1, math.ceil(expires_at - self.clock())))
+            log.info("mitigation cuid=%s mid=%d unknown at %s: sending it again", self.cuid,
+                     mid, endpoint)
+            try:
+                reply = await self.mitigate(scope, mid=mid)
+            except (NetworkError, ValueError) as exc:
+                log.warning("sending mitigation mid=%d again failed: %s", mid, exc)
+                continue
+            if not reply.ok:
+                log.warning("sending mitigation mid=%d again: %s %s", mid, reply.dotted,
+                            reply.diagnostic)
+
+    def _redirect_not_followed(self, reply: Reply) -> None:
+        # No move: the servers ended these observations with a 5.03; tell their readers.
+        orphans, self._orphans = self._orphans, {}
+        for obs, ending in orphans.items():
+            obs.deliver(ending)
+            if obs.ended and obs in self._observations:
+                self._observations.remove(obs)
+
     def _session_gone(self) -> None:
         for obs in self._observations:
             obs.end()
         self._observations.clear()
+        self._orphans.clear()
 
     def _mitigating(self) -> bool:
         now = self.clock()
         for mid, expires_at in list(self._active.items()):
             if expires_at is not None and expires_at <= now:
                 del self._active[mid]
+                self._scopes.pop(mid, None)
         return self.core.under_attack or bool(self._active)
 
     def _refresh_due_at(self) -> float | None:
