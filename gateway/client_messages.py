@@ -83,8 +83,9 @@ class Reply:
 
     @property
     def redirect(self) -> RedirectedSignal | None:
-        """A 5.03 with ``redirected-signal`` (RFC 9132 §4.6); following it is the caller's
-        business for now. The TTL is ``response.max_age``."""
+        """A 5.03 with ``redirected-signal`` (RFC 9132 §4.6) that could not be followed
+        (loop, no alternate reachable, or met while connecting). The TTL is
+        ``response.max_age``."""
         return self.outcome.redirect
 
     @property

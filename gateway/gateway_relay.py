@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gateway.client_channel import redirect_in
 from gateway.client_connect import NetworkError
 from gateway.client_messages import Reply
 from gateway.client_session import ClientSession
@@ -339,6 +340,10 @@ class GatewayRelay:
             return
         if message is None:
             return  # the session ended; the next one registers it again
+        if redirect_in(message) is not None:
+            # The channel follows it; the next session registers the observation there
+            # (upstream_ready), and the observers see the state from the new server.
+            return
         response = DotsResponse(_code(message.code), message.payload, message.content_format,
                                 message.max_age)
         ended = message.observe is None or not response.code.is_success

@@ -175,6 +175,7 @@ class UpstreamClient(DotsClient):
             spec = self.servers.pop(index)
             self.servers.append(spec)
             self.state.forget_winner(spec.cache_key)
+        self.leave_alternate(reason)  # a redirect's alternate is not preferred any more
         self._ticket = None
         self._ticket_endpoint = None
         log.warning("upstream %s failed (%s): failing over to %s", current.uri, reason,

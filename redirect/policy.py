@@ -65,13 +65,16 @@ class RedirectPolicy:
     ttl: int = 3600
     #: Above this many sessions, new sessions are sent elsewhere (0: no limit).
     capacity: int = 0
-    drain_ttl: int = 0  # Max-Age 0: this request only (RFC 9132 §4.6)
+    #: A draining node is going away: clients stay on the target for the normal TTL (with
+    #: Max-Age 0 a client would come straight back and be redirected at every request).
+    drain_ttl: int | None = None
 
     def decide(self, *, on_anycast: bool, cuid: str | None, session_count: int,
                draining: bool, load: Mapping[str, int] | None = None) -> Redirect | None:
         if draining:
             target = self._elsewhere(cuid, load)
-            return Redirect(target, self.drain_ttl, Reason.DRAIN) if target else None
+            ttl = self.ttl if self.drain_ttl is None else self.drain_ttl
+            return Redirect(target, ttl, Reason.DRAIN) if target else None
         if self.capacity and session_count > self.capacity:
             target = self._elsewhere(cuid, load)
             if target is not None:

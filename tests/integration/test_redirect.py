@@ -90,7 +90,7 @@ async def test_drain_redirects_observers_and_later_requests(tmp_path: Path) -> N
         await next_message(peer, token)
         running.role.start_drain()
         note = await next_message(peer, token)
-        assert note.code == 0xA3 and note.max_age == 0  # this request only (RFC 9132 §4.6)
+        assert note.code == 0xA3 and note.max_age == 900  # the redirect TTL, not 0
         assert cbor_to_json(note.payload)["ietf-dots-signal-channel:redirected-signal"][
             "alt-server"] == "dots-b.example.net"
         reply = await asyncio.wait_for(peer.ask(3, ".well-known/dots/hb", HB), 5)

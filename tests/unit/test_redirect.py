@@ -81,10 +81,11 @@ def test_capacity_sends_new_sessions_to_the_least_loaded_peer() -> None:
     assert decision.target.name == "dots-d.example.net"
 
 
-def test_drain_redirects_everyone_elsewhere_for_this_request_only() -> None:
+def test_drain_redirects_everyone_elsewhere_for_the_normal_ttl() -> None:
     policy = RedirectPolicy(own=POOL[0], pool=POOL, mode=AnycastMode.KEEP)
     decision = policy.decide(on_anycast=False, cuid="c", session_count=1, draining=True)
-    assert decision is not None and decision.reason is Reason.DRAIN and decision.ttl == 0
+    # Not Max-Age 0: the client would come straight back to the draining node.
+    assert decision is not None and decision.reason is Reason.DRAIN and decision.ttl == 3600
     assert decision.target != POOL[0]
     assert RedirectPolicy(own=OWN).decide(on_anycast=True, cuid="c", session_count=1,
                                           draining=True) is None  # nowhere else to go
