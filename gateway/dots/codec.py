@@ -10,6 +10,7 @@ escape a decoder (property-tested).
 from __future__ import annotations
 
 import decimal
+import functools
 import io
 import json
 from collections.abc import Mapping
@@ -270,6 +271,19 @@ def _value_to_cbor(key: int, value: Any) -> Any:
 
 def decode_message(data: bytes) -> Message:
     """Bytes of an ``application/dots+cbor`` body -> typed message, or a DotsProtocolError."""
+    if len(data) <= _MEMO_MAX_BYTES:
+        return _decode_small(bytes(data))
+    return message_from_tree(tree_from_cbor(decode_cbor(data)))
+
+
+#: Heartbeats (7 bytes) and repeated small requests are byte-identical on every session:
+#: decoding each distinct body once saves most of their CPU. Messages are frozen, so the
+#: cached objects can be shared; errors are not cached (they raise again).
+_MEMO_MAX_BYTES = 48
+
+
+@functools.lru_cache(maxsize=512)
+def _decode_small(data: bytes) -> Message:
     return message_from_tree(tree_from_cbor(decode_cbor(data)))
 
 
