@@ -30,9 +30,9 @@ from gateway.client_connect import ServerSpec, Transport
 from gateway.client_role import DotsClient, make_scope
 from gateway.config import load_config
 from gateway.daemon import RunningServer, start_server
-from gateway.dots.codes import Code, Method, Status
+from gateway.dots.codes import AttackStatus, Code, ConflictCause, Method, Status
 from gateway.dots.message import DotsRequest
-from gateway.dots.model import SignalConfig
+from gateway.dots.model import ConfigSet, ConfigValue, SignalConfig
 from gateway.dots.session_config import SessionParameters
 from gateway.dots.uri import Resource, build_path
 from gateway.gateway_role import GatewayRole
@@ -501,3 +501,37 @@ async def test_large_lists_travel_in_blocks_on_both_hops(pkis: Pkis, tmp_path: P
 
 async def _nothing() -> None:
     return None
+
+
+async def test_upstream_answers_reach_the_client_with_code_and_body(pkis: Pkis,
+                                                                   tmp_path: Path) -> None:
+    with upstream_server(tmp_path / "a", pkis) as up:
+        port = free_port()
+        async with gateway(gateway_config(tmp_path, pkis, port, [up.spec])) as gw, \
+                client_of(pkis, port, tmp_path / "client") as client:
+            high = await client.mitigate(make_scope(target_prefix=["203.0.113.0/26"],
+                                                    lifetime=600), mid=500)
+            assert high.code is Code.CREATED
+            # 4.09 from the upstream server, conflict information and all (§4.4.1.3).
+            low = await client.mitigate(make_scope(target_prefix=["203.0.113.0/28"],
+                                                   lifetime=600), mid=400)
+            assert low.code is Code.CONFLICT and low.conflict is not None
+            assert low.conflict.conflict_cause is ConflictCause.OVERLAPPING_TARGETS
+            assert low.conflict.conflict_scope is not None
+            assert low.conflict.conflict_scope.mid == 500
+            assert relay_of(gw).table.get(client.cuid, 400) is None  # nothing recorded
+            # An efficacy update is relayed (2.04) and does not replace the request.
+            got = await client.get(500)
+            efficacy = await client.efficacy_update(500, got.scopes[0],
+                                                    AttackStatus.UNDER_ATTACK)
+            assert efficacy.code is Code.CHANGED, efficacy
+            record = relay_of(gw).table.get(client.cuid, 500)
+            assert record is not None and record.body == high.request.payload
+            # Session configuration outside the gateway's limits: 4.22 from the gateway
+            # itself (config is per hop and never relayed).
+            bad = SignalConfig(mitigating_config=ConfigSet(
+                heartbeat_interval=ConfigValue(current_value=9999)))
+            refused = await client.config_put(bad)
+            assert refused.code is Code.UNPROCESSABLE_ENTITY, refused
+            assert not refused.diagnostic.startswith("gateway:")  # the per-hop server role's
+            assert (await client.withdraw(500)).code is Code.DELETED
