@@ -535,3 +535,33 @@ async def test_upstream_answers_reach_the_client_with_code_and_body(pkis: Pkis,
             assert refused.code is Code.UNPROCESSABLE_ENTITY, refused
             assert not refused.diagnostic.startswith("gateway:")  # the per-hop server role's
             assert (await client.withdraw(500)).code is Code.DELETED
+
+
+async def test_client_domain_gateway_sends_no_cdid_and_resolves_cuid_collisions(
+        pkis: Pkis, tmp_path: Path) -> None:
+    psk_identity, psk_key = "cpe-client", "0123456789abcdef0123"
+    extra = ('domain = "client"\n'
+             f'[[psk]]\nidentity = "{psk_identity}"\nkey = "{psk_key}"\n'
+             f'[[clients]]\nname = "psk"\npsk_identity = "{psk_identity}"\n'
+             f'prefixes = {PREFIXES}\nallow_any_cuid = true\n')
+    with upstream_server(tmp_path / "a", pkis) as up:
+        port = free_port()
+        config = gateway_config(tmp_path, pkis, port, [up.spec], extra=extra)
+        async with gateway(config) as gw, client_of(pkis, port, tmp_path / "c1") as first:
+            created = await first.mitigate(make_scope(target_prefix=["192.0.2.96/28"],
+                                                      lifetime=600))
+            assert created.code is Code.CREATED
+            assert up.rows() == [(first.cuid, created.mid, pkis.gateway_cuid, None)]
+            # Another client behind the gateway claims the same cuid: the upstream server
+            # cannot tell them apart (both come from the gateway), so the gateway refuses
+            # (4.09, cuid-collision) and the client takes a fresh cuid (§4.4.1.1).
+            psk = ClientCredentials(psk_identity=psk_identity.encode(),
+                                    psk_key=psk_key.encode())
+            async with DotsClient(psk, f"coaps://127.0.0.1:{port}", state_dir=tmp_path / "c2",
+                                  cuid=first.cuid, request_timeout=15) as second:
+                reply = await second.mitigate(make_scope(target_prefix=["192.0.2.112/28"],
+                                                         lifetime=600))
+                assert reply.code is Code.CREATED, reply
+                assert second.cuid != first.cuid
+            assert relay_of(gw).table.owner_of(first.cuid) == pkis.client_cuid
+            assert {row[0] for row in up.rows()} == {first.cuid, second.cuid}
