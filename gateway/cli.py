@@ -145,20 +145,52 @@ def _drain(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from anycast import control
+    """Ask the daemon on its control socket; without an answer, show the anycast state file
+    (written by an anycast daemon, possibly older than this command) and say so."""
+    from gateway import control
 
     try:
         settings = _settings(args)
-        state = control.read_state(settings.general.state_dir)
-    except (ConfigError, control.ControlError) as exc:
+    except ConfigError as exc:
         print(f"status: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    path = Path(args.socket) if args.socket else settings.control.socket
+    try:
+        response = control.request(path, "status", timeout=args.timeout)
+    except control.ControlUnavailable as exc:
+        print(f"status: no daemon answers on the control socket: {exc}", file=sys.stderr)
+        return _status_from_state_file(args, settings)
+    if not response.get("ok"):
+        print(f"status: the daemon refused: {response.get('error')}", file=sys.stderr)
+        return EXIT_FAILURE
+    result = response.get("result", {})
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(control.format_status(result), end="")
+    return EXIT_OK
+
+
+def _status_from_state_file(args: argparse.Namespace, settings: Settings) -> int:
+    from anycast import control
+
+    try:
+        state = control.read_state(settings.general.state_dir)
+    except control.ControlError as exc:
+        print(f"status: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print("status: showing the anycast state file instead (it may be stale)", file=sys.stderr)
     try:
         state["pid"] = control.running_pid(settings.general.state_dir)
         state["running"] = True
     except control.ControlError:
         state["running"] = False
-    print(json.dumps(state, indent=2, sort_keys=True))
+    if args.json:
+        print(json.dumps(state, indent=2, sort_keys=True))
+    else:
+        from gateway.control import format_status
+
+        print(format_status({"anycast": state}), end="")
     return EXIT_OK if state["running"] else EXIT_FAILURE
 
 
@@ -204,9 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --wait: seconds to wait beyond the grace period (default 30)")
     p.set_defaults(func=_drain)
 
-    p = sub.add_parser("status", help="anycast state of the running daemon, as JSON")
-    p.add_argument("--config", help="the daemon's configuration file (for its state directory)")
+    p = sub.add_parser("status", help="sessions, mitigations, upstreams and anycast state of "
+                       "the running daemon (over its control socket)")
+    p.add_argument("--config", help="the daemon's configuration file (for its control socket)")
     p.add_argument("--state-dir", help="the daemon's state directory")
+    p.add_argument("--socket", help="the control socket (default: control.socket)")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON")
+    p.add_argument("--timeout", type=float, default=5.0,
+                   help="seconds to wait for the daemon's answer (default 5)")
     p.set_defaults(func=_status)
 
     p = sub.add_parser("tls-secrets", help="create shared cookie and ticket-key files")

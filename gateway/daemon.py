@@ -10,29 +10,44 @@ addresses are put in place and nothing is announced before listening; the route 
 once the health checks pass; SIGTERM/SIGINT and SIGUSR2 (``dots-gateway drain``) withdraw
 the route, keep serving for ``anycast.grace`` seconds (a second SIGTERM/SIGINT cuts that
 short), then stop. Without it, nothing of that runs and pyroute2 is not even imported.
+
+Operations: the control socket (``gateway.control``; ``status``, ``reload``, and ``drain``
+with anycast) is bound first, because it is also the lock that keeps a second daemon off
+the same state directory; the metrics endpoint (``gateway.metrics``) starts when
+``metrics.listen`` is set. ``start_server`` declares the metric families and status sections
+of the server it starts (``RunningServer.metrics`` and ``.control``) and calls the role's
+``register_operations`` hook, where the gateway role adds its upstream ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from anycast.addresses import anycast_classifier
+from gateway import __version__
 from gateway.config import Mode, RedirectTargetSettings, Settings, Transport
+from gateway.control import ControlProviders, ControlServer
 from gateway.core_settings import build_server_core
 from gateway.credentials import datagram_limits, server_contexts, stream_limits
 from gateway.dots.authz import ANY_NAME, EVERYWHERE, ClientRule
-from gateway.gateway_daemon import build_gateway_role, choose_mode
+from gateway.dots.mitigation import ACTIVE_STATES
+from gateway.gateway_daemon import build_gateway_role, choose_mode, upstream_credentials
+from gateway.gateway_role import GatewayRole
+from gateway.metrics import MetricsServer, Registry, daemon_metrics
 from gateway.mitigator import Mitigator, build_mitigator
 from gateway.persistence import MitigationDatabase
 from gateway.server_role import ServerRole
 from gateway.transport.dtls_server import DtlsServer
 from gateway.transport.tls_stream import TlsServer
+from gateway.transport.udp import PortInUse
 from redirect.policy import AnycastMode, RedirectPolicy, Target
 
 log = logging.getLogger(__name__)
@@ -51,6 +66,12 @@ class RunningServer:
     database: MitigationDatabase
     #: ``is_anycast(local_address)``: did a session arrive on an anycast address?
     is_anycast: Callable[[object], bool] = _no_anycast
+    #: Metric families served on ``metrics.listen`` (``gateway.metrics.daemon_metrics``).
+    metrics: Registry = field(default_factory=Registry)
+    #: Status sections and actions of the control socket.
+    control: ControlProviders = field(default_factory=ControlProviders)
+    mode: Mode = Mode.TERMINAL
+    started_at: float = field(default_factory=time.time)
 
     @property
     def addresses(self) -> list[str]:
@@ -138,50 +159,312 @@ async def start_server(settings: Settings) -> RunningServer:
             await tls.stop()
         database.close()
         raise
+    server = RunningServer(role, dtls, tls, mitigator, database, mode=mode)
+    register_operations(server, settings)
+    role.register_operations(server.metrics, server.control)
     role.start()
-    return RunningServer(role, dtls, tls, mitigator, database)
+    return server
 
 
-def reload_credentials(server: RunningServer, settings: Settings) -> None:
-    """SIGHUP: new certificates, CAs, CRL and PSKs for new handshakes; sessions stay."""
+# --- operations: metrics and the control socket ------------------------------------------------
+
+#: Rows of a status list at most (sessions, mitigations); ``count`` still says how many.
+STATUS_LIST_LIMIT = 1000
+
+
+def register_operations(server: RunningServer, settings: Settings) -> None:
+    """Declare the daemon's metric families and feed them from the server's own counts (read
+    at scrape time), and the control socket's status sections and ``reload``."""
+    m = daemon_metrics(server.metrics)
+    role = server.role
+    build = server.metrics.gauge("dots_gateway_build_info", "Version and mode of the running "
+                                 "daemon (always 1).", ("version", "mode"))
+    build.set(1, __version__, server.mode.value)
+    server.metrics.gauge("dots_gateway_start_time_seconds", "Start of the daemon, in seconds "
+                         "since the epoch.").set(round(server.started_at, 3))
+    m.sessions.add_source(lambda: _session_counts(server))
+    m.handshakes.add_source(lambda: _handshake_counts(server))
+    m.heartbeats.add_source(lambda: {("downstream", k): v for k, v in role.heartbeats.items()})
+    m.requests.add_source(lambda: {(_dotted(c),): v for c, v in role.answered.items()})
+    m.redirects.add_source(lambda: {(k,): v for k, v in role.redirects.items()})
+    m.mitigations.add_source(lambda: _mitigation_counts(server))
+    m.mitigations_active.add_source(lambda: {(): sum(
+        1 for r in role.core.store.records() if r.state in ACTIVE_STATES)})
+    refused = server.metrics.counter(
+        "dots_gateway_connections_refused_total", "New sessions refused by a limit, by "
+        "transport and limit (sessions, handshakes, rate).", ("transport", "limit"))
+    refused.add_source(lambda: _refusal_counts(server))
+    dropped = server.metrics.counter(
+        "dots_gateway_datagrams_dropped_total", "Datagrams dropped before DTLS (garbage, "
+        "truncated).", ("reason",))
+    dropped.add_source(lambda: _dropped_counts(server))
+
+    c = server.control
+    c.status_sections["daemon"] = lambda: _daemon_section(server, settings)
+    c.status_sections["sessions"] = lambda: _sessions_section(server)
+    c.status_sections["mitigations"] = lambda: _mitigations_section(server)
+    c.status_sections["upstreams"] = lambda: _upstreams_section(server)
+    c.actions["reload"] = lambda: reload(server, settings)
+
+
+def _dotted(code: int) -> str:
+    return f"{code >> 5}.{code & 31:02d}"
+
+
+def _session_counts(server: RunningServer) -> Mapping[tuple[str, ...], float]:
+    counts: dict[tuple[str, ...], float] = {("downstream", "dtls"): 0.0,
+                                            ("downstream", "tls"): 0.0}
+    for session in server.role.sessions.values():
+        key = ("downstream", str(session.conn.kind.value))
+        counts[key] = counts.get(key, 0.0) + 1
+    upstream = _upstream_session(server)
+    if upstream is not None:
+        key = ("upstream", str(upstream["transport"]))
+        counts[key] = counts.get(key, 0.0) + 1
+    return counts
+
+
+def _handshake_counts(server: RunningServer) -> Mapping[tuple[str, ...], float]:
+    out: dict[tuple[str, ...], float] = {}
+    if server.dtls is not None:
+        d = server.dtls.counters
+        out[("downstream", "dtls", "completed")] = d.handshakes_completed
+        out[("downstream", "dtls", "failed")] = d.handshakes_failed
+        out[("downstream", "dtls", "timed_out")] = d.handshakes_timed_out
+    if server.tls is not None:
+        t = server.tls.counters
+        out[("downstream", "tls", "completed")] = t.handshakes_completed
+        out[("downstream", "tls", "failed")] = t.handshakes_failed
+        out[("downstream", "tls", "timed_out")] = t.handshakes_timed_out
+    return out
+
+
+def _refusal_counts(server: RunningServer) -> Mapping[tuple[str, ...], float]:
+    out: dict[tuple[str, ...], float] = {}
+    if server.dtls is not None:
+        d = server.dtls.counters
+        out[("dtls", "sessions")] = d.refused_session_limit
+        out[("dtls", "handshakes")] = d.refused_handshake_limit
+        out[("dtls", "rate")] = d.refused_rate_limit
+    if server.tls is not None:
+        t = server.tls.counters
+        out[("tls", "sessions")] = t.refused_connection_limit
+        out[("tls", "handshakes")] = t.refused_handshake_limit
+    return out
+
+
+def _dropped_counts(server: RunningServer) -> Mapping[tuple[str, ...], float]:
+    if server.dtls is None:
+        return {}
+    d = server.dtls.counters
+    return {("garbage",): d.dropped_garbage, ("truncated",): d.dropped_truncated}
+
+
+def _mitigation_counts(server: RunningServer) -> Mapping[tuple[str, ...], float]:
+    counts: dict[tuple[str, ...], float] = {}
+    for record in server.role.core.store.records():
+        key = (record.status.label,)
+        counts[key] = counts.get(key, 0.0) + 1
+    return counts
+
+
+def _daemon_section(server: RunningServer, settings: Settings) -> dict[str, object]:
+    return {"pid": os.getpid(), "version": __version__, "mode": server.mode.value,
+            "node_name": settings.general.node_name,
+            "started": round(server.started_at, 3),
+            "uptime": round(time.time() - server.started_at, 1),
+            "state_dir": str(settings.general.state_dir), "addresses": server.addresses}
+
+
+def _sessions_section(server: RunningServer) -> dict[str, object]:
+    rows: list[dict[str, object]] = []
+    sessions = list(server.role.sessions.values())
+    for session in sessions[:STATUS_LIST_LIMIT]:
+        requester = session.dots.requester
+        rows.append({"side": "downstream", "transport": session.conn.kind.value,
+                     "peer": str(session.conn.remote), "local": str(session.conn.local),
+                     "client": session.identity, "cuid": requester.credential_id,
+                     "anycast": bool(server.is_anycast(session.conn.local))})
+    upstream = _upstream_session(server)
+    if upstream is not None:
+        rows.append(upstream)
+    out: dict[str, object] = {"count": len(sessions) + (upstream is not None), "list": rows}
+    if len(sessions) > STATUS_LIST_LIMIT:
+        out["truncated"] = True
+    return out
+
+
+def _mitigations_section(server: RunningServer) -> dict[str, object]:
+    now = server.role.clock()
+    rows: list[dict[str, object]] = []
+    count = active = 0
+    for record in server.role.core.store.records():
+        count += 1
+        active += record.state in ACTIVE_STATES
+        if len(rows) >= STATUS_LIST_LIMIT:
+            continue
+        scope = record.scope
+        rows.append({"cuid": record.cuid, "mid": record.mid, "status": record.status.label,
+                     "lifetime": record.remaining_lifetime(now),
+                     "targets": [str(p) for p in scope.target_prefix] + list(
+                         scope.target_fqdn)})
+    out: dict[str, object] = {"count": count, "active": active, "list": rows}
+    if count > len(rows):
+        out["truncated"] = True
+    return out
+
+
+def _upstream_client(server: RunningServer) -> Any:
+    return server.role.relay.upstream if isinstance(server.role, GatewayRole) else None
+
+
+def _upstream_session(server: RunningServer) -> dict[str, object] | None:
+    """The gateway's own upstream session as a sessions row (None: terminal, or none up)."""
+    upstream = _upstream_client(server)
+    if upstream is None or not upstream.connected:
+        return None
+    name = str(upstream.name or "")
+    return {"side": "upstream", "transport": "tls" if name.startswith("coaps+tcp:") else "dtls",
+            "peer": name, "local": "", "client": "(this gateway)", "cuid": "",
+            "anycast": False}
+
+
+def _upstreams_section(server: RunningServer) -> dict[str, object]:
+    """The upstream servers in the order they are tried (the relay may replace this)."""
+    upstream = _upstream_client(server)
+    if upstream is None:
+        return {"count": 0, "list": []}
+    rows = [{"host": s.host, "port": s.port,
+             "transports": [t.value for t in s.transports]} for s in upstream.servers]
+    return {"count": len(rows), "in_use": upstream.name, "connected": upstream.connected,
+            "failovers": upstream.failovers, "list": rows}
+
+
+class ReloadError(Exception):
+    """``reload`` kept the old credentials; the message says why."""
+
+
+def reload(server: RunningServer, settings: Settings) -> dict[str, object]:
+    """SIGHUP and the ``reload`` command: new certificates, CAs, CRL and PSKs for new
+    handshakes, downstream and (gateway mode) upstream; sessions stay. ReloadError, with
+    nothing changed, when the new files cannot be loaded."""
     try:
         contexts = server_contexts(settings)
+        upstream = _upstream_client(server)
+        fresh = upstream_credentials(settings) if upstream is not None else None
+        if upstream is not None:
+            upstream.replace_credentials(fresh)
     except Exception as exc:
-        log.error("reload failed, keeping the old credentials: %s", exc)
-        return
+        raise ReloadError(f"reload failed, keeping the old credentials: {exc}") from exc
     if server.dtls is not None:
         server.dtls.replace_context(contexts.dtls)
     if server.tls is not None:
         server.tls.context = contexts.tls
     log.info("credentials reloaded")
+    return {"reloaded": ["credentials"] + (["upstream credentials"] if fresh is not None else [])}
+
+
+def reload_credentials(server: RunningServer, settings: Settings) -> None:
+    """SIGHUP: ``reload``, with a failure logged (the old credentials stay)."""
+    try:
+        reload(server, settings)
+    except ReloadError as exc:
+        log.error("%s", exc)
+
+
+class Operations:
+    """The control socket and the metrics endpoint of one daemon run."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        starting = ControlProviders(status_sections={"daemon": lambda: {
+            "pid": os.getpid(), "version": __version__, "state": "starting"}})
+        self.control = ControlServer(settings.control.socket, starting)
+        self.metrics: MetricsServer | None = None
+
+    async def open_control(self) -> None:
+        """First thing at start: a live daemon on the socket means the state directory is
+        taken (ControlSocketBusy, a PortInUse)."""
+        await self.control.start()
+
+    async def attach(self, server: RunningServer) -> None:
+        """Serve ``server``'s sections and metrics; PortInUse when metrics.listen is taken."""
+        self.control.providers = server.control
+        listen = self.settings.metrics.listen
+        if listen is None:
+            return
+        host, port = listen
+        metrics = MetricsServer(server.metrics, host, port)
+        try:
+            await metrics.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(exc.errno, f"metrics.listen {host}:{port} is already in "
+                                "use") from None
+            raise
+        self.metrics = metrics
+        log.info("metrics on http://%s/metrics", " ".join(
+            f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in metrics.bound))
+
+    async def close(self) -> None:
+        """Stop both (again: nothing happens)."""
+        if self.metrics is not None:
+            await self.metrics.stop()
+        await self.control.stop()
 
 
 async def serve(settings: Settings, *, ready: Any = None) -> None:
     """Run until SIGTERM or SIGINT. ``ready`` (optional callable) gets the RunningServer."""
-    if settings.anycast.enabled:
-        await _serve_anycast(settings, ready)
-        return
+    ops = Operations(settings)
+    await ops.open_control()
+    try:
+        if settings.anycast.enabled:
+            await _serve_anycast(settings, ready, ops)
+        else:
+            await _serve(settings, ready, ops)
+    finally:
+        await ops.close()
+
+
+async def _serve(settings: Settings, ready: Any, ops: Operations) -> None:
     server = await start_server(settings)
+    loop = asyncio.get_running_loop()
+    stop: asyncio.Future[None] = loop.create_future()
+
+    def request_stop() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    # The handlers are in place before the "serving" line (a supervisor or test may signal
+    # as soon as it reads it) and stay until everything is closed: a second SIGTERM must not
+    # kill the process half-way (sessions without close_notify, the control socket left).
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, request_stop)
+    loop.add_signal_handler(signal.SIGHUP, reload_credentials, server, settings)
+    try:
+        await ops.attach(server)
+        _announce(server, ready)
+        await stop
+    finally:
+        log.info("shutting down")
+        try:
+            await server.stop()
+            await ops.close()
+        finally:
+            for sig in (*signals, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+
+def _announce(server: RunningServer, ready: Any) -> None:
     for address in server.addresses:
         log.info("serving %s", address)
     print("dots-gateway serving " + " ".join(server.addresses), flush=True)
     if ready is not None:
         ready(server)
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    loop.add_signal_handler(signal.SIGHUP, reload_credentials, server, settings)
-    try:
-        await stop
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        log.info("shutting down")
-        await server.stop()
 
 
-async def _serve_anycast(settings: Settings, ready: Any) -> None:
+async def _serve_anycast(settings: Settings, ready: Any, ops: Operations) -> None:
     """``serve()`` with the anycast manager: listen first, announce last, withdraw first."""
     from anycast.manager import AnycastManager, server_checks, session_split
 
@@ -195,11 +478,6 @@ async def _serve_anycast(settings: Settings, ready: Any) -> None:
     server.is_anycast = anycast.is_anycast
     # Drain: redirect every live session to unicast before the grace period runs out.
     anycast.on_drain.append(server.role.start_drain)
-    for address in server.addresses:
-        log.info("serving %s", address)
-    print("dots-gateway serving " + " ".join(server.addresses), flush=True)
-    if ready is not None:
-        ready(server)
     loop = asyncio.get_running_loop()
     stop: asyncio.Future[str] = loop.create_future()
     interrupted = asyncio.Event()
@@ -210,22 +488,44 @@ async def _serve_anycast(settings: Settings, ready: Any) -> None:
         else:
             stop.set_result(why)
 
+    def drain() -> dict[str, object]:
+        request_stop("drain requested")  # the same as SIGUSR2 (``dots-gateway drain``)
+        return {"draining": True, "grace": float(settings.anycast.grace)}
+
+    server.control.status_sections["anycast"] = anycast.snapshot
+    server.control.actions["drain"] = drain
+    _anycast_metrics(server, anycast)
     signals = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
-    for sig in signals:
+    for sig in signals:  # before the "serving" line, as in _serve
         loop.add_signal_handler(sig, request_stop, "drain requested" if sig == signal.SIGUSR2
                                 else sig.name)
     loop.add_signal_handler(signal.SIGHUP, reload_credentials, server, settings)
-    anycast.session_split = lambda: session_split(server, anycast.is_anycast)
-    # serve() is the DOTS server itself (terminal role) in both commands today; the relay
-    # will pass its count of healthy upstream servers to server_checks.
-    anycast.start(server_checks(server, settings))
     try:
+        await ops.attach(server)
+        _announce(server, ready)
+        anycast.session_split = lambda: session_split(server, anycast.is_anycast)
+        # serve() is the DOTS server itself (terminal role) in both commands today; the
+        # relay will pass its count of healthy upstream servers to server_checks.
+        anycast.start(server_checks(server, settings))
         why = await stop
         log.info("%s: withdrawing the anycast route, then stopping", why)
         await anycast.drain(interrupted)
     finally:
-        for sig in (*signals, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
         log.info("shutting down")
-        await server.stop()
-        await anycast.close()
+        try:
+            await server.stop()
+            await anycast.close()
+            await ops.close()
+        finally:
+            for sig in (*signals, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+
+def _anycast_metrics(server: RunningServer, anycast: Any) -> None:
+    """Route and health state of the anycast manager, read from its snapshot at scrape."""
+    route = server.metrics.gauge("dots_gateway_anycast_route_announced",
+                                 "1 while the anycast route is announced, else 0.")
+    route.add_source(lambda: {(): float(anycast.snapshot().get("route") == "announced")})
+    state = server.metrics.gauge("dots_gateway_anycast_state", "Anycast health state "
+                                 "(1 for the current one).", ("state",))
+    state.add_source(lambda: {(str(anycast.snapshot().get("state")),): 1.0})

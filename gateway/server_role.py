@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.coap.layer import (
     ConnectionAborted,
@@ -53,6 +53,10 @@ from gateway.dots.uri import ContentFilter, Resource, build_path, parse_path, pa
 from gateway.persistence import MitigationDatabase
 from gateway.transport.tls_context import Kind
 from redirect.policy import Redirect, RedirectPolicy
+
+if TYPE_CHECKING:
+    from gateway.control import ControlProviders
+    from gateway.metrics import Registry
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +144,10 @@ class ServerRole:
         self.draining = False
         #: Redirects sent, by reason (anycast, capacity, drain): exported as metrics later.
         self.redirects: dict[str, int] = {}
+        #: Requests answered here, by CoAP response code, and heartbeats by event (sent,
+        #: answered, missed, received): plain counts that the metrics read when scraped.
+        self.answered: dict[int, int] = {}
+        self.heartbeats: dict[str, int] = {}
         self.trusted_gateways = trusted_gateways
         self.clock = clock
         self.mitigator = mitigator or log_mitigator
@@ -161,6 +169,11 @@ class ServerRole:
             self._tick.cancel()
         for session in list(self.sessions.values()):
             session.conn.close("server shutting down")
+
+    def register_operations(self, metrics: Registry, control: ControlProviders) -> None:
+        """Hook, called once by the daemon before ``start``: a role adds its own metric
+        families or sources and control-socket sections/actions (the gateway role: its
+        upstreams). The server role's own numbers are wired by the daemon."""
 
     def on_session(self, conn: Any) -> SignalSession:
         now = self.clock()
@@ -208,10 +221,15 @@ class ServerRole:
             elif isinstance(event, ResponseReceived):
                 if event.token in session.heartbeat_tokens:
                     session.heartbeat_tokens.discard(event.token)
-                    if Code.CHANGED == event.message.code:
+                    answered = Code.CHANGED == event.message.code
+                    outcome = "answered" if answered else "missed"
+                    self.heartbeats[outcome] = self.heartbeats.get(outcome, 0) + 1
+                    if answered:
                         self.core.heartbeat_answered(session.dots, now)
             elif isinstance(event, RequestFailed):
-                session.heartbeat_tokens.discard(event.token)
+                if event.token in session.heartbeat_tokens:
+                    session.heartbeat_tokens.discard(event.token)
+                    self.heartbeats["missed"] = self.heartbeats.get("missed", 0) + 1
             elif isinstance(event, Reset):
                 # RFC 7641 §3.6: a Reset of a notification cancels the observation.
                 session.observations.pop(event.token, None)
@@ -244,6 +262,8 @@ class ServerRole:
                              payload=encode_message(redirect.target.signal()),
                              content_format=CONTENT_FORMAT_DOTS_CBOR, max_age=redirect.ttl)
         session.layer.send_response(key, reply, now)
+        code = int(Code.SERVICE_UNAVAILABLE)
+        self.answered[code] = self.answered.get(code, 0) + 1
         return True
 
     def _answer(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
@@ -263,6 +283,9 @@ class ServerRole:
             if key.mtype is MessageType.CON and isinstance(session.layer, MessageLayer):
                 session.layer.send_ack(key, now)
             return
+        self.answered[response.code] = self.answered.get(response.code, 0) + 1
+        if request.path[2:3] == ("hb",) and response.code == Code.CHANGED:
+            self.heartbeats["received"] = self.heartbeats.get("received", 0) + 1
         observe = self._observe(session, msg, request, response, now)
         coap = msg.response(response.code, payload=response.payload,
                             content_format=response.content_format,
@@ -457,6 +480,7 @@ class ServerRole:
         else:
             token = session.layer.send_request(request, now, lifetime=lifetime)
         session.heartbeat_tokens.add(token)
+        self.heartbeats["sent"] = self.heartbeats.get("sent", 0) + 1
         session.flush()
 
     def _sync_transmission(self, session: SignalSession) -> None:
