@@ -21,6 +21,7 @@ from typing import Any
 from gateway.client_connect import NetworkError
 from gateway.coap.layer import MessageLayer, RequestKey
 from gateway.coap.message import BadOptionError, CoapMessage, MessageType
+from gateway.control import ControlProviders
 from gateway.dots.authz import Authorizer
 from gateway.dots.codes import CONTENT_FORMAT_TEXT, Code, Method
 from gateway.dots.errors import DotsProtocolError
@@ -29,6 +30,7 @@ from gateway.dots.relay import HopLimitReached, gateway_error
 from gateway.dots.server import DotsServerCore, SessionLost
 from gateway.dots.uri import DotsPath, Resource, parse_path, parse_query
 from gateway.gateway_relay import GatewayRelay, Prepared
+from gateway.metrics import Registry, daemon_metrics
 from gateway.server_role import (
     Observation,
     ServerRole,
@@ -38,6 +40,9 @@ from gateway.server_role import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Rows a status section lists (``count`` has the total).
+STATUS_ROWS = 1000
 
 Subscriber = tuple[int, bytes]  # (downstream session id, observation token)
 
@@ -207,6 +212,80 @@ class GatewayRole(ServerRole):
             session.observations.pop(token, None)
         self.relay.unsubscribe(subscriber)
 
+    # --- operations --------------------------------------------------------------------------
+
+    def register_operations(self, metrics: Registry, control: ControlProviders) -> None:
+        """The relay's numbers and status: relayed requests by code, upstream health and
+        heartbeats, failovers, re-installations, and the relayed mitigations."""
+        m = daemon_metrics(metrics)
+        relay = self.relay
+        m.relayed_requests.add_source(
+            lambda: {(code,): float(n) for code, n in relay.relayed.items()})
+        m.upstream_health.add_source(self._upstream_health)
+        m.heartbeats.add_source(self._upstream_heartbeats)
+        metrics.counter("dots_gateway_upstream_failovers_total",
+                        "Times the gateway gave up on an upstream server and moved on."
+                        ).add_source(lambda: {(): float(self._upstream_stat("failovers"))})
+        metrics.counter("dots_gateway_relay_reinstalled_total",
+                        "Mitigation requests re-installed on an upstream server (failover, "
+                        "restart).").add_source(lambda: {(): float(relay.reinstalled)})
+        metrics.gauge("dots_gateway_relayed_mitigations",
+                      "Client mitigation requests the gateway answers for, by state "
+                      "(installed, pending, withdrawing).", ("state",)
+                      ).add_source(self._relayed_by_state)
+        control.status_sections["mitigations"] = self._relayed_section
+
+    def _upstream_stat(self, name: str) -> int:
+        upstream = self.relay.upstream
+        return int(getattr(upstream, name, 0)) if upstream is not None else 0
+
+    def _upstream_health(self) -> dict[tuple[str, ...], float]:
+        upstream = self.relay.upstream
+        if upstream is None:
+            return {}
+        # Usable = the one the session is up with; the others are untried or failed.
+        current = upstream.current_spec()
+        return {(_label(spec),): float(spec is current) for spec in upstream.servers}
+
+    def _upstream_heartbeats(self) -> dict[tuple[str, ...], float]:
+        upstream = self.relay.upstream
+        if upstream is None:
+            return {}
+        stats = upstream.stats
+        return {("upstream", "sent"): float(stats.heartbeats_sent),
+                ("upstream", "answered"): float(stats.heartbeats_answered),
+                ("upstream", "missed"): float(max(0, stats.heartbeats_sent
+                                                  - stats.heartbeats_answered)),
+                ("upstream", "received"): float(stats.server_heartbeats)}
+
+    def _relayed_by_state(self) -> dict[tuple[str, ...], float]:
+        counts = {"installed": 0.0, "pending": 0.0, "withdrawing": 0.0}
+        for record in self.relay.table:
+            state = ("withdrawing" if record.withdrawing
+                     else "installed" if record.confirmed else "pending")
+            counts[state] += 1
+        return {(state,): n for state, n in counts.items()}
+
+    def _relayed_section(self) -> dict[str, object]:
+        now = self.relay.wall_clock()
+        rows: list[dict[str, object]] = []
+        records = list(self.relay.table)
+        for record in records[:STATUS_ROWS]:
+            left = None if record.expires_at is None else max(0, int(record.expires_at - now))
+            rows.append({"cuid": record.cuid, "mid": record.mid, "upstream": record.upstream,
+                         "installed": record.confirmed, "withdrawing": record.withdrawing,
+                         "preconfigured": not record.trigger_mitigation,
+                         "activated_by_signal_loss": record.activated_by_loss,
+                         "lifetime": left})
+        out: dict[str, object] = {"count": len(records),
+                                  "active": sum(self.relay.table.is_mitigating(c, now)
+                                                for c in self.relay.table.cuids()),
+                                  "observations": len(self.relay.observations),
+                                  "list": rows}
+        if len(records) > len(rows):
+            out["truncated"] = True
+        return out
+
     # --- sessions and timers -----------------------------------------------------------------
 
     def forget(self, session: SignalSession, reason: str) -> None:
@@ -279,3 +358,7 @@ class _BadOption(DotsProtocolError):
 
     code = Code.BAD_OPTION
 
+
+def _label(spec: Any) -> str:
+    host = f"[{spec.host}]" if ":" in spec.host else spec.host
+    return f"{host}:{spec.port}"

@@ -73,6 +73,14 @@ class UpstreamClient(DotsClient):
         async with self._connecting:
             await super().connect()
 
+    def current_spec(self) -> ServerSpec | None:
+        """The configured (or discovered) server the session in use goes to."""
+        endpoint = self.endpoint
+        if endpoint is None or not self.connected:
+            return None
+        index = _spec_index(self.servers, endpoint.address, endpoint.port, endpoint.server_name)
+        return None if index is None else self.servers[index]
+
     def set_servers(self, servers: Sequence[ServerSpec]) -> None:
         """A new upstream list (discovery): used from the next establishment on; the
         session in use stays while it works."""

@@ -1,6 +1,6 @@
 """Operations in gateway mode: the gateway's own upstream session shows in ``status`` and in
 ``dots_gateway_sessions{side="upstream"}``, its upstream servers in the ``upstreams``
-section."""
+section; relayed requests and mitigations in the counters and the ``mitigations`` section."""
 
 from __future__ import annotations
 
@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 
 from certs.devpki import init_dev_pki
+from gateway.client_role import make_scope
+from gateway.dots.codes import Code
 from tests.integration.test_client_role import free_port
-from tests.integration.test_gateway import Pkis, gateway, gateway_config, upstream_server
+from tests.integration.test_gateway import (
+    Pkis,
+    client_of,
+    gateway,
+    gateway_config,
+    upstream_server,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +37,8 @@ def status_of(running: object) -> dict[str, object]:
 
 async def test_upstream_session_in_status_and_metrics(tmp_path: Path, pkis: Pkis) -> None:
     with upstream_server(tmp_path / "up", pkis) as up:
-        config = gateway_config(tmp_path, pkis, free_port(), [up.spec])
+        port = free_port()
+        config = gateway_config(tmp_path, pkis, port, [up.spec])
         async with gateway(config) as running:
             upstream = running.role.relay.upstream  # type: ignore[attr-defined]
             for _ in range(100):
@@ -49,4 +58,21 @@ async def test_upstream_session_in_status_and_metrics(tmp_path: Path, pkis: Pkis
             text = running.metrics.render()
             transport = row["transport"]
             assert f'dots_gateway_sessions{{side="upstream",transport="{transport}"}} 1\n' in text
+            assert f'dots_gateway_upstream_health{{upstream="127.0.0.1:{up.port}"}} 1\n' in text
+
+            # A relayed request shows in the counters and in the status of the gateway.
+            async with client_of(pkis, port, tmp_path / "client") as client:
+                created = await client.mitigate(make_scope(target_prefix=["192.0.2.0/28"],
+                                                           lifetime=600))
+                assert created.code is Code.CREATED
+            status = status_of(running)
+            mitigations = status["mitigations"]
+            assert mitigations["count"] == 1 and mitigations["active"] == 1  # type: ignore[index]
+            (entry,) = mitigations["list"]  # type: ignore[index]
+            assert entry["mid"] == created.mid and entry["installed"] is True
+            assert entry["upstream"] == upstream.name
+            text = running.metrics.render()
+            assert 'dots_gateway_relayed_requests_total{code="2.01"} 1\n' in text
+            assert 'dots_gateway_relayed_mitigations{state="installed"} 1\n' in text
+            assert "dots_gateway_upstream_failovers_total 0\n" in text
 
