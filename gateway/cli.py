@@ -1,9 +1,10 @@
 """``dots-gateway``: the operator's command.
 
-Subcommands grow with the project. Today: ``check-config FILE`` (every problem, with its
-key), ``certs init DIR`` (the dev PKI), ``show-config`` (the effective settings), and
-``version``. The daemon (``run``/``server``) arrives with the transports. ``drain`` and
-``status`` talk to a running daemon with ``[anycast]`` enabled (``anycast.control``).
+``run`` (terminal or gateway mode) and ``server`` (always terminal) are the daemon;
+``check-config FILE`` lists every problem with its key; ``certs init DIR`` makes the dev
+PKI; ``show-config`` prints the effective settings; ``status`` asks a running daemon over
+its control socket (``gateway.control``); ``drain`` signals one with ``[anycast]``
+(``anycast.control``); ``discover`` and ``dhcp-option`` come from ``gateway.discovery``.
 """
 
 from __future__ import annotations
@@ -118,6 +119,9 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     except PersistenceError as exc:
         print(f"dots-gateway: saved mitigations: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:  # e.g. the control socket's directory is not writable
+        print(f"dots-gateway: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         pass

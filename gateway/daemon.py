@@ -506,7 +506,11 @@ async def _serve_anycast(settings: Settings, ready: Any, ops: Operations) -> Non
         anycast.session_split = lambda: session_split(server, anycast.is_anycast)
         # serve() is the DOTS server itself (terminal role) in both commands today; the
         # relay will pass its count of healthy upstream servers to server_checks.
-        anycast.start(server_checks(server, settings))
+        upstream = _upstream_client(server)
+        # A relay without a usable upstream cannot serve its clients: withdraw then.
+        healthy = (None if upstream is None
+                   else lambda: 1 if upstream.connected else 0)
+        anycast.start(server_checks(server, settings, healthy))
         why = await stop
         log.info("%s: withdrawing the anycast route, then stopping", why)
         await anycast.drain(interrupted)
