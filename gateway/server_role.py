@@ -98,6 +98,11 @@ class SignalSession:
     timer: asyncio.TimerHandle | None = None
     timer_at: float | None = None
     closed: bool = False
+    #: Whether the session arrived on an anycast address (its local address never changes;
+    #: None until first asked).
+    on_anycast: bool | None = None
+    #: The session parameters the message layer's transmission settings were made from.
+    transmission_from: Any = None
 
     # --- SessionHandler ----------------------------------------------------------------------
 
@@ -436,7 +441,7 @@ class ServerRole:
         if self.redirect is None:
             return None
         decision = self.redirect.decide(
-            on_anycast=self.is_anycast(session.conn.local.host),
+            on_anycast=self._on_anycast(session),
             cuid=session.dots.requester.credential_id, session_count=len(self.sessions),
             draining=self.draining)
         if decision is not None:
@@ -483,10 +488,17 @@ class ServerRole:
         self.heartbeats["sent"] = self.heartbeats.get("sent", 0) + 1
         session.flush()
 
+    def _on_anycast(self, session: SignalSession) -> bool:
+        if session.on_anycast is None:
+            session.on_anycast = self.is_anycast(session.conn.local.host)
+        return session.on_anycast
+
     def _sync_transmission(self, session: SignalSession) -> None:
         if isinstance(session.layer, MessageLayer):
             params = session.dots.config.parameters(self.core.mitigating(session.dots))
-            session.layer.set_parameters(_transmission(params))
+            if params is not session.transmission_from:  # most requests change nothing
+                session.transmission_from = params
+                session.layer.set_parameters(_transmission(params))
 
     # --- timers ------------------------------------------------------------------------------
 
