@@ -59,7 +59,13 @@ async def test_requests_on_anycast_are_redirected(
             "alt-server": "dots-a.example.net",
             "alt-server-record": ["192.0.2.10", "2001:db8::10"]}}
         assert running.role.redirects == {"anycast": 1}
-        running.role.is_anycast = lambda _local: False  # the same node on its unicast address
+    finally:
+        peer.conn.close()
+    # The same node reached on its unicast address (a new session: a session's local
+    # address, and so its classification, never changes).
+    running.role.is_anycast = lambda _local: False
+    peer = await connect(running, pki)
+    try:
         assert (await peer.ask(3, ".well-known/dots/hb", HB)).code == 0x44
     finally:
         peer.conn.close()
