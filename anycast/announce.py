@@ -14,7 +14,8 @@ ExaBGP. ExaBGP's acknowledgements on our stdin are read and dropped (an unread p
 block ExaBGP). Fate sharing: the gateway asks the kernel for SIGTERM when its parent dies
 (``PR_SET_PDEATHSIG``), so it drains and stops with ExaBGP and never outlives it holding the
 port a respawned instance needs; ExaBGP's BGP sessions close with it, which withdraws the
-route at the peers.
+route at the peers. tests/lab/test_anycast_exabgp.py runs this against the real ExaBGP
+(4.2 and 5.0) and BIRD: check failures, a killed gateway, drain, ExaBGP stopped or killed.
 
 Both are idempotent: announcing twice or withdrawing a withdrawn route is harmless, and at
 start-up the manager withdraws first, clearing what a crashed predecessor left.
@@ -89,6 +90,9 @@ class ExaBgpAnnouncer:
         self._write = write
         self._ack_fd = ack_fd
         self._reading = False
+        #: ExaBGP closed the command pipe: it stopped (its BGP sessions, and our route at the
+        #: peers, went with it) or it is replacing this process.
+        self.gone = False
 
     @classmethod
     def from_stdio(cls, addresses: Iterable[IPAddress]) -> ExaBgpAnnouncer:
@@ -118,11 +122,25 @@ class ExaBgpAnnouncer:
             self._reading = False
 
     def _send(self, verb: str) -> None:
+        """Write the commands. Once ExaBGP has closed the pipe a withdrawal counts as done:
+        there is nothing left to withdraw through, ExaBGP's BGP sessions close with it, and
+        a gateway it respawns withdraws at start-up; so the manager neither retries it nor
+        logs an error each round (PDEATHSIG stops us when ExaBGP dies: that drain starts
+        exactly here). An announcement still fails."""
         lines = exabgp_lines(verb, self.addresses)
-        try:
-            self._write("".join(lines).encode())
-        except OSError as exc:  # ExaBGP is gone: its sessions, and our route, went with it
-            raise AnnounceError(f"ExaBGP API pipe: {exc.strerror or exc}") from None
+        if not self.gone:
+            try:
+                self._write("".join(lines).encode())
+            except OSError as exc:
+                if not isinstance(exc, BrokenPipeError):
+                    raise AnnounceError(f"ExaBGP API pipe: {exc.strerror or exc}") from None
+                self.gone = True
+                log.warning("ExaBGP closed the API pipe (it stopped, or it is replacing this "
+                            "process): its BGP sessions take our route with them")
+        if self.gone:
+            if verb == "withdraw":
+                return
+            raise AnnounceError("ExaBGP API pipe: Broken pipe (ExaBGP is gone)")
         for line in lines:
             log.info("exabgp command: %s", line.strip())
 

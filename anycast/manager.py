@@ -15,8 +15,10 @@ Order of operations (anycast-lab.md §4, confirmed there):
    ``on_drain`` hooks, keep serving for ``grace`` seconds; then the daemon stops its
    endpoints and calls ``close()``, which removes the routes and the addresses.
 
-``on_drain`` is where the redirect issue will hook in (redirecting live sessions to a unicast
-node while the grace period runs); nothing is registered there yet.
+``on_drain`` is where the daemon hooks the server role's ``start_drain``: right after the
+withdrawal, every observer of a mitigation gets a 5.03 redirect to a unicast node, and every
+later request is redirected too, while the grace period runs (1,000 sessions: all redirects
+received within about 0.2 s; tests/bench/RESULTS.md).
 
 The routes are changed by one writer only (this object, from the loop and the drain path),
 and a failed change is retried on the next round, so the kernel/ExaBGP state converges on

@@ -112,7 +112,8 @@ class AddressHolder:
                 self.routes_wanted = False
                 index = await self._index()
                 if index is not None:
-                    await self._apply_routes(index, want=False)
+                    if self.table is not None:  # the exabgp backend has no table
+                        await self._apply_routes(index, want=False)
                     for address in self.addresses:
                         await self._ignore(errno.EADDRNOTAVAIL, self._ipr.addr(
                             "del", index=index, address=str(address),

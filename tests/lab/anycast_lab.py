@@ -14,6 +14,10 @@ routes to kernel table 46; the edge's BIRD learns that table with deploy/bird/
 dots-anycast.conf (included as shipped) and exports it to the router. The router prefers
 edge1 (lower router id) while both announce.
 
+``start_exabgp`` runs the exabgp backend instead on edge1: the real ExaBGP with the shipped
+deploy/exabgp files, running ``dots-gateway run`` as its API process
+(``test_anycast_exabgp.py``; the bench uses the kernel-table edges).
+
 Built on ``tests.lab.netns.Lab`` (unique ``dgl<pid>-`` names, teardown in ``close()``,
 ``cleanup_stale()`` for killed runs). The design follows the measured lab of
 /work/shared/docs/anycast-lab.md (BIRD timers, nodad, short control-socket paths).
@@ -21,7 +25,10 @@ Built on ``tests.lab.netns.Lab`` (unique ``dgl<pid>-`` names, teardown in ``clos
 
 from __future__ import annotations
 
+import configparser
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -42,6 +49,9 @@ CLIENT_V4, CLIENT_V6 = "10.46.9.2", "fd00:46:9::2"
 
 #: Health timing of the gateways under test: fast, so the lab stays short.
 INTERVAL, RISE, FALL, HOLD_DOWN, GRACE = 0.1, 3, 2, 1.5, 2.0
+#: Under ExaBGP: ExaBGP 5.0 SIGKILLs its API processes 2 s after SIGTERM, so a longer grace
+#: would be cut short there (4.2 waits as long as it takes).
+EXABGP_GRACE = 1.5
 
 BGP_TIMERS = """\
   connect delay time 1; connect retry time 2; error wait time 1, 5;
@@ -86,6 +96,35 @@ def missing_tools() -> str | None:
     return None
 
 
+#: The shipped ExaBGP files; the lab runs them with only the ``run`` line changed (the edge1
+#: addresses in dots-gateway.conf are the lab's own).
+EXABGP_CONF = REPO / "deploy" / "exabgp" / "dots-gateway.conf"
+EXABGP_ENV = REPO / "deploy" / "exabgp" / "exabgp.env"
+SHIPPED_RUN = "/usr/bin/dots-gateway run --config /etc/dots-gateway/dots-gateway.toml"
+
+
+def exabgp_command() -> list[str] | None:
+    """The ExaBGP to run: ``$DOTS_TEST_EXABGP`` (a command line, e.g. another version's
+    ``/opt/exabgp5/bin/exabgp server``), else the pinned test extra installed next to this
+    Python, else one on PATH (Debian's ``exabgp``)."""
+    if os.environ.get("DOTS_TEST_EXABGP"):
+        return shlex.split(os.environ["DOTS_TEST_EXABGP"])
+    beside = Path(sys.executable).parent / "exabgp"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("exabgp")
+    return [found] if found else None
+
+
+def exabgp_environment(path: Path = EXABGP_ENV) -> dict[str, str]:
+    """An ExaBGP env file (ini) as ``exabgp_<section>_<key>`` variables, which ExaBGP 4.2
+    and 5.0 both read (their command-line flags for an env file differ)."""
+    parser = configparser.ConfigParser()
+    parser.read_string(path.read_text())
+    return {f"{section.replace('.', '_')}_{key}": value.strip("'\"")
+            for section in parser.sections() for key, value in parser[section].items()}
+
+
 class AnycastLab:
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
@@ -124,9 +163,9 @@ class AnycastLab:
     def ctl(self, node: str) -> str:
         return str(self.lab.dir / f"{node}.ctl")
 
-    def start_birds(self) -> None:
+    def start_birds(self, nodes: tuple[str, ...] = ("router", *EDGES)) -> None:
         snippet = REPO / "deploy" / "bird" / "dots-anycast.conf"
-        for node in ("router", *EDGES):
+        for node in nodes:
             conf = self.lab.dir / f"{node}.conf"
             if node == "router":
                 conf.write_text(ROUTER_BIRD)
@@ -141,14 +180,24 @@ class AnycastLab:
         return subprocess.run(["birdc", "-s", self.ctl(node), *cmd], capture_output=True,
                               text=True, timeout=5).stdout
 
-    def wait_established(self, timeout: float = 15.0) -> None:
+    def wait_established(self, timeout: float = 15.0, sessions: int = 4) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.birdc("router", "show", "protocols").count("Established") == 4:
+            if self.birdc("router", "show", "protocols").count("Established") == sessions:
                 return
             time.sleep(0.05)
         raise TimeoutError("BGP sessions not established:\n"
                            + self.birdc("router", "show", "protocols"))
+
+    def bird_routes(self, node: str = "router") -> dict[str, str]:
+        """The anycast prefixes in ``node``'s BIRD and the protocol each was learned from
+        (``{"192.0.2.46/32": "e1v4"}``); BIRD's own view, before the kernel FIB."""
+        routes = {}
+        for line in self.birdc(node, "show", "route").splitlines():
+            words = line.split()
+            if words and words[0] in (f"{V4}/32", f"{V6}/128") and "[" in line:
+                routes[words[0]] = line.split("[", 1)[1].split()[0]
+        return routes
 
     def router_next_hop(self, family: int) -> str | None:
         """Which edge the router forwards the anycast address to (None: no route)."""
@@ -181,10 +230,12 @@ class AnycastLab:
     def config(self, edge: str) -> Path:
         return self.lab.dir / edge / "gateway.toml"
 
-    def write_gateway_config(self, edge: str) -> None:
+    def write_gateway_config(self, edge: str, *, backend: str = "kernel-table",
+                             grace: float = GRACE, extra: str = "") -> None:
+        """``extra``: more TOML appended (e.g. ``[limits]``, ``[redirect]`` for the bench)."""
         _, e4, _, e6 = EDGES[edge]
         tls = self.lab.dir / edge / "tls"
-        shutil.copytree(self.pki, tls)  # the shared dev PKI, copied in
+        shutil.copytree(self.pki, tls, dirs_exist_ok=True)  # the shared dev PKI, copied in
         self.config(edge).write_text(f"""\
 [general]
 state_dir = "{self.state_dir(edge)}"
@@ -201,9 +252,9 @@ enabled = true
 addresses = ["{V4}", "{V6}"]
 interface = "anycast0"
 interface_kind = "ifb"
-backend = "kernel-table"
+backend = "{backend}"
 table = 46
-grace = {GRACE}
+grace = {grace}
 [anycast.health]
 interval = {INTERVAL}
 rise = {RISE}
@@ -213,15 +264,59 @@ max_hold_down = 30.0
 half_life = 60.0
 command = "test ! -e {self.fail_flag(edge)}"
 command_timeout = 1.0
-""")
+{extra}""")
 
-    def start_gateways(self) -> None:
+    def start_gateways(self, extra: dict[str, str] | None = None) -> None:
         init_dev_pki(self.pki, hostnames=("localhost",), addresses=(V4, V6))
         for edge in EDGES:
-            self.write_gateway_config(edge)
+            self.write_gateway_config(edge, extra=(extra or {}).get(edge, ""))
             self.gateways[edge] = self.lab.popen(
                 self.ns[edge], [sys.executable, "-m", "gateway.cli", "run", "--config",
                                 str(self.config(edge))], f"gateway-{edge}.log")
+
+    def start_exabgp(self, edge: str, command: list[str]) -> subprocess.Popen[bytes]:
+        """ExaBGP in ``edge`` with the shipped config and env, running ``dots-gateway run``
+        (exabgp backend) as its API process. ExaBGP's log and the gateway's stderr both go
+        to ``gateway-EDGE.log`` (so ``gateway_log`` and ``served_by`` work unchanged)."""
+        assert edge == "edge1", "deploy/exabgp/dots-gateway.conf holds edge1's addresses"
+        init_dev_pki(self.pki, hostnames=("localhost",), addresses=(V4, V6))
+        self.write_gateway_config(edge, backend="exabgp", grace=EXABGP_GRACE)
+        gateway = Path(sys.executable).parent / "dots-gateway"  # the installed entry point
+        run = (f"{gateway} run" if gateway.exists() else f"{sys.executable} -m gateway.cli run")
+        shipped = EXABGP_CONF.read_text()
+        assert SHIPPED_RUN in shipped
+        conf = self.lab.dir / f"exabgp-{edge}.conf"
+        conf.write_text(shipped.replace(SHIPPED_RUN, f"{run} --config {self.config(edge)}"))
+        env = {**os.environ, **exabgp_environment(),
+               # root in the lab: Debian's exabgp.service runs it as user exabgp instead
+               "exabgp_daemon_user": "root", "exabgp_log_destination": "stdout",
+               "exabgp_api_cli": "false"}  # no CLI pipes (Debian's unit makes them)
+        log = open(self.lab.dir / f"gateway-{edge}.log", "wb")  # noqa: SIM115
+        process = subprocess.Popen(["ip", "netns", "exec", self.ns[edge], *command, str(conf)],
+                                   stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                   start_new_session=True)
+        log.close()
+        self.lab.processes.append(process)
+        self.gateways[edge] = process
+        return process
+
+    def gateway_pids(self, edge: str) -> list[int]:
+        """PIDs of ``dots-gateway run`` processes in ``edge`` (ExaBGP's children included)."""
+        pids = subprocess.run(["ip", "netns", "pids", self.ns[edge]], capture_output=True,
+                              text=True, timeout=5).stdout.split()
+        found = []
+        for pid in pids:
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state == "Z":  # killed, not reaped yet by ExaBGP
+                continue
+            if b"run" in argv and any(a.endswith((b"dots-gateway", b"gateway.cli"))
+                                      for a in argv):
+                found.append(int(pid))
+        return found
 
     def gateway_log(self, edge: str) -> str:
         return self.lab.log(f"gateway-{edge}.log")
@@ -232,8 +327,9 @@ command_timeout = 1.0
 
     def status(self, edge: str) -> dict[str, Any]:
         out = self.lab.run(self.ns[edge], sys.executable, "-m", "gateway.cli", "status",
-                           "--config", str(self.config(edge)), check=False).stdout
-        return dict(json.loads(out)) if out.strip() else {}
+                           "--json", "--config", str(self.config(edge)), check=False).stdout
+        data = json.loads(out) if out.strip() else {}
+        return dict(data.get("anycast", data))  # the control socket's answer, or the file's
 
     # --- the client --------------------------------------------------------------------------
 

@@ -106,3 +106,17 @@ async def test_an_unsupported_link_kind_is_explained(ns: str) -> None:
     holder = AddressHolder("anycast0", "dummy", ADDRS, netns=ns)
     with pytest.raises(HolderError, match='interface_kind.*"ifb"'):
         await holder.start()
+
+
+async def test_a_holder_without_a_route_table_closes_cleanly(ns: str) -> None:
+    # The exabgp backend announces through ExaBGP: no table, and close() must not need one
+    # (it once failed an assertion there, so the daemon exited 1 after every clean stop).
+    holder = AddressHolder("anycast0", "ifb", ADDRS, netns=ns)
+    await holder.start()
+    try:
+        assert "192.0.2.46/32" in show(ns, "addr", "show", "anycast0")
+        with pytest.raises(HolderError, match="no route table"):
+            await holder.set_routes(True)
+    finally:
+        await holder.close()
+    assert "anycast0" not in show(ns, "link", "show")

@@ -298,3 +298,18 @@ async def test_session_split_and_state_file(tmp_path: Path) -> None:
     await manager.prepare()
     assert control.read_state(tmp_path)["sessions"] == {"anycast": 3, "unicast": 4}
     await manager.close()
+
+
+async def test_exabgp_withdraw_after_a_broken_pipe_is_done_and_announce_fails() -> None:
+    calls: list[bytes] = []
+
+    def broken(data: bytes) -> None:
+        calls.append(data)
+        raise BrokenPipeError(32, "Broken pipe")
+
+    announcer = ExaBgpAnnouncer(ADDRS, broken)
+    await announcer.withdraw()  # ExaBGP is gone: its sessions took the route already
+    await announcer.withdraw()  # and nothing more is written or logged
+    assert announcer.gone and len(calls) == 1
+    with pytest.raises(AnnounceError, match="gone"):
+        await announcer.announce()
