@@ -129,6 +129,9 @@ class ClientStats:
 class SignalChannel:
     """Sessions and transmission for a DOTS client (see the module docstring)."""
 
+    #: Requests and observations one session may have open (a bound on our own memory).
+    max_outstanding = 64
+
     def __init__(self, credentials: ClientCredentials,
                  servers: Sequence[ServerSpec | str] | ServerSpec | str | None, *,
                  state_dir: Path | None, cuid: str | None, attempt_delay: float,
@@ -520,7 +523,8 @@ class SignalChannel:
 
     async def _attempt(self, endpoint: Endpoint, resume: bytes | None = None) -> ClientSession:
         self.stats.attempts.append(endpoint.uri)
-        session = ClientSession(self, endpoint, self.clock, _transmission(self.parameters()))
+        session = ClientSession(self, endpoint, self.clock, _transmission(self.parameters()),
+                                max_outstanding=self.max_outstanding)
         opener = open_dtls if endpoint.transport is Transport.UDP else open_tls
         try:
             connection = await opener(endpoint, self._context(endpoint.transport),

@@ -49,15 +49,16 @@ class ClientSession:
     """The CoAP side of one connection; ``connection`` is set once the handshake is done."""
 
     def __init__(self, owner: SessionOwner, endpoint: Endpoint, clock: Callable[[], float],
-                 parameters: TransmissionParameters | None = None) -> None:
+                 parameters: TransmissionParameters | None = None, *,
+                 max_outstanding: int = 64) -> None:
         self.owner = owner
         self.endpoint = endpoint
         self.clock = clock
         self.layer: MessageLayer | TcpLayer
         if endpoint.transport is Transport.TCP:
-            self.layer = TcpLayer()
+            self.layer = TcpLayer(max_outstanding=max_outstanding)
         else:
-            self.layer = MessageLayer(parameters=parameters)
+            self.layer = MessageLayer(parameters=parameters, max_outstanding=max_outstanding)
         self.connection: Any = None  # DtlsClientConnection | TlsClientConnection
         self.closed = False
         self.close_reason = ""

@@ -58,13 +58,15 @@ from gateway.dots.validate import (
     is_efficacy_update,
     validate_mitigation_request,
 )
-from gateway.gateway_upstream import UpstreamClient
+from gateway.gateway_upstream import UpstreamBusy, UpstreamClient
 from gateway.relay_store import RelayDatabase
 
 log = logging.getLogger(__name__)
 
 #: Max-Age of the gateway's own 5.03 when no upstream server answers: retry soon.
 RETRY_AFTER = 5
+#: Why the gateway answers itself when no upstream answer came.
+NO_ANSWER = "no upstream DOTS server answered"
 #: Concurrent requests one reconciliation sends upstream (bounded fan-out).
 RECONCILE_PARALLELISM = 16
 
@@ -217,7 +219,7 @@ class GatewayRelay:
             self._in_flight.discard(record.key)
         if self.table.get(cuid, mid) is not record:
             return self._answer(reply)  # withdrawn meanwhile: the DELETE decided
-        if reply is not None and reply.ok:
+        if isinstance(reply, Reply) and reply.ok:
             granted = next((s.lifetime for s in reply.scopes if s.lifetime is not None), None)
             record.body = prepared.request.payload
             record.lifetime = prepared.lifetime
@@ -237,9 +239,9 @@ class GatewayRelay:
             self.table.touch(record)
             self._save()
         reply = await self._forward(prepared.request, mid)
-        if reply is None:
+        if not isinstance(reply, Reply):
             if record is None:
-                return self._unreachable()
+                return self._answer(reply)
             # Accepted by the gateway: the DELETE goes upstream with the next session
             # (RFC 9132 §4.4.4: a DELETE is always answered 2.02).
             return DotsResponse(Code.DELETED)
@@ -247,20 +249,28 @@ class GatewayRelay:
         self._save()
         return self._answer(reply)
 
-    async def _forward(self, request: DotsRequest, mid: int | None) -> Reply | None:
+    async def _forward(self, request: DotsRequest, mid: int | None) -> Reply | str:
+        """The upstream answer, or why there is none (for the gateway's own 5.03)."""
         upstream = self.upstream
         if upstream is None:
-            return None
+            return NO_ANSWER
+        sent_at = upstream.clock()
         try:
             reply = await upstream.forward(request, mid=mid,
                                            timeout=self.settings.request_timeout)
+        except UpstreamBusy as exc:
+            log.warning("relayed %s: %s", request.method.name, exc)
+            self._count("busy")
+            return "the gateway is busy"
         except NetworkError as exc:
             log.warning("relayed %s %s: no upstream answer (%s)", request.method.name,
                         "/".join(request.path[2:]), exc)
             self._count("no-answer")
-            if upstream.connected:
+            if upstream.connected and upstream.core.heartbeat.last_traffic_at < sent_at:
+                # Silent since the request left (not merely slow to answer this one): the
+                # heartbeats would say the same, later.
                 upstream.fail_over(f"no answer to a relayed request: {exc}")
-            return None
+            return NO_ANSWER
         self._count(reply.dotted)
         if reply.raw_code == int(Code.SERVICE_UNAVAILABLE) and reply.redirect is None:
             # 5.03 without a redirect: this server cannot serve us now; try the next one
@@ -268,9 +278,11 @@ class GatewayRelay:
             upstream.fail_over("5.03 from the upstream server")
         return reply
 
-    def _answer(self, reply: Reply | None) -> DotsResponse:
+    def _answer(self, reply: Reply | str | None) -> DotsResponse:
         if reply is None:
             return self._unreachable()
+        if isinstance(reply, str):
+            return self._unreachable(reply)
         response = reply.response
         if reply.raw_code == int(Code.HOP_LIMIT_REACHED):
             return loop_report(self.settings.identity, response)
@@ -283,7 +295,7 @@ class GatewayRelay:
                                 b"with an unknown response code", 0)
         return response
 
-    def _unreachable(self, why: str = "no upstream DOTS server answered") -> DotsResponse:
+    def _unreachable(self, why: str = NO_ANSWER) -> DotsResponse:
         return DotsResponse(Code.SERVICE_UNAVAILABLE, f"gateway: {why}; retry".encode(), 0,
                             RETRY_AFTER)
 
@@ -439,6 +451,9 @@ class GatewayRelay:
 
         await asyncio.gather(*(one(cuid) for cuid in cuids))
         for obs in list(self.observations.values()):
+            if obs.session is not None and obs.session is upstream.session \
+                    and not obs.session.closed:
+                continue  # registered on this very session already (raced with us)
             reply = await self._register(obs)
             if reply is not None:  # the state may have moved meanwhile
                 ended = reply.observe is None or not reply.ok

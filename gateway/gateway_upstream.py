@@ -43,9 +43,20 @@ MAX_BLOCKS = 1024
 NotificationSink = Callable[[ClientSession, CoapMessage | None, Failure], None]
 
 
+class UpstreamBusy(NetworkError):
+    """Every slot for relayed requests stayed taken: the gateway's own backlog, not an
+    upstream failure."""
+
+
 class UpstreamClient(DotsClient):
     """See the module docstring. ``on_ready`` runs (as a task) after every new session;
     ``is_mitigating`` says whether relayed requests are active (parameter set, §4.5)."""
+
+    #: One session carries every client's requests and observations (one per observed
+    #: mitigation): far more than a single client's.
+    max_outstanding = 65536
+    #: Relayed requests waiting for an upstream answer at once; the rest queue for a slot.
+    max_in_flight = 256
 
     def __init__(self, credentials: ClientCredentials, servers: Sequence[ServerSpec], *,
                  state_dir: Path | None, on_ready: Callable[[], Awaitable[None]],
@@ -64,6 +75,7 @@ class UpstreamClient(DotsClient):
         self._is_mitigating = is_mitigating
         self.failovers = 0
         self._connecting = asyncio.Lock()
+        self._slots = asyncio.Semaphore(self.max_in_flight)
         #: token -> (Block2, ETag) of answers that came in blocks (RFC 7959).
         self._blocks: dict[bytes, tuple[Block, bytes | None]] = {}
 
@@ -104,9 +116,19 @@ class UpstreamClient(DotsClient):
                       timeout: float | None = None,
                       later: NotificationSink | None = None) -> Reply:
         """Send a relayed request (NON, §4.4) and return the upstream answer as received.
-        Raises ``NetworkError`` when no upstream server answers in time."""
-        reply = await self._send(request, confirmable=False, timeout=timeout, mid=mid,
-                                 later=later)
+        Raises ``NetworkError`` when no upstream server answers in time, ``UpstreamBusy``
+        when no slot freed up in that time."""
+        limit = timeout if timeout is not None else self.request_timeout
+        try:
+            await asyncio.wait_for(self._slots.acquire(), limit)
+        except TimeoutError:
+            raise UpstreamBusy(f"{self.max_in_flight} relayed requests in flight for "
+                               f"{limit:g} s") from None
+        try:
+            reply = await self._send(request, confirmable=False, timeout=timeout, mid=mid,
+                                     later=later)
+        finally:
+            self._slots.release()
         block = self._blocks.pop(reply.token, None)
         if block is None or not block[0].more or not reply.ok:
             return reply

@@ -275,7 +275,8 @@ class MitigationStore:
 
     def is_mitigating(self, cuid: str) -> bool:
         """Whether any request of this client is active: selects mitigating-config (§4.5)."""
-        return any(r.state in ACTIVE_STATES for r in self.records(cuid))
+        # Unsorted on purpose: it runs for every session on every timer sweep.
+        return any(r.state in ACTIVE_STATES for r in self._by_client.get(cuid, {}).values())
 
     def owner_of(self, cuid: str) -> Owner | None:
         return self._owners.get(cuid)

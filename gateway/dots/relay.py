@@ -181,9 +181,14 @@ class RelayTable:
         return any(self.is_mitigating(cuid, now) for cuid in self._by_cuid)
 
     def is_mitigating(self, cuid: str, now: float) -> bool:
-        return any(r.confirmed and not r.withdrawing
-                   and (r.trigger_mitigation or r.activated_by_loss)
-                   and (r.expires_at is None or r.expires_at > now) for r in self.of_cuid(cuid))
+        # Unsorted and stopping at the first active one: it runs for every session of the
+        # client on every timer sweep.
+        for mid in self._by_cuid.get(cuid, ()):
+            r = self._records[(cuid, mid)]
+            if (r.confirmed and not r.withdrawing and (r.trigger_mitigation or r.activated_by_loss)
+                    and (r.expires_at is None or r.expires_at > now)):
+                return True
+        return False
 
     # --- ownership (cuid collisions, RFC 9132 §4.4.1.1) ----------------------------------------
 

@@ -199,6 +199,18 @@ async def client_of(pkis: Pkis, port: int, state: Path, **options: Any
         yield client
 
 
+async def withdrawal_notified(observation: Any) -> None:
+    """Wait for the notification of a withdrawal. Notifications before it may repeat the
+    current state (the upstream server reports status changes too); it must arrive, as a
+    notification (with Observe), within the pacing."""
+    for _ in range(5):
+        note = await observation.next(timeout=10)
+        assert note.code is Code.CONTENT and note.observe is not None
+        if note.scopes[0].status is Status.DOTS_CLIENT_WITHDRAWN_MITIGATION:
+            return
+    raise AssertionError("no notification of the withdrawal")
+
+
 # --- tests -----------------------------------------------------------------------------------
 
 
@@ -277,15 +289,7 @@ async def test_observe_notifications_reach_the_client(pkis: Pkis, tmp_path: Path
             assert not second.ended and len(relay_of(gw).observations) == 1
 
             assert (await client.withdraw(created.mid)).code is Code.DELETED
-            # Notifications before it may repeat the current state (e.g. the answer to a
-            # re-sent registration upstream); the withdrawal must arrive, paced.
-            for _ in range(5):
-                note = await observation.next(timeout=10)
-                assert note.code is Code.CONTENT and note.observe is not None
-                if note.scopes[0].status is Status.DOTS_CLIENT_WITHDRAWN_MITIGATION:
-                    break
-            else:
-                raise AssertionError("no notification of the withdrawal")
+            await withdrawal_notified(observation)
 
             await second.cancel()
             await observation.cancel()
@@ -446,8 +450,7 @@ async def test_transports_change_across_the_gateway(pkis: Pkis, tmp_path: Path) 
             assert upstream.endpoint is not None and upstream.endpoint.uri.startswith(
                 "coaps+tcp://")
             assert (await client.withdraw(created.mid)).code is Code.DELETED
-            note = await observation.next(timeout=10)
-            assert note.scopes[0].status is Status.DOTS_CLIENT_WITHDRAWN_MITIGATION
+            await withdrawal_notified(observation)
 
 
 async def test_gateway_mode_with_no_upstream_anywhere_is_the_server_itself(
