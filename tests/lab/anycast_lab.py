@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,12 +127,18 @@ def exabgp_environment(path: Path = EXABGP_ENV) -> dict[str, str]:
 
 
 class AnycastLab:
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, *, server_names: Sequence[str] = (),
+                 server_addresses: Sequence[str] = ()) -> None:
+        """``server_names`` / ``server_addresses``: more DNS-IDs and IP addresses for the
+        shared server certificate, besides localhost and the anycast addresses (e.g. each
+        edge's unicast name, which a redirect names as alt-server)."""
         self.lab = lab
         self.ns: dict[str, str] = {}
         self.gateways: dict[str, subprocess.Popen[bytes]] = {}
         self.probe: subprocess.Popen[bytes] | None = None
         self.pki = lab.dir / "pki"
+        self.server_names = ("localhost", *server_names)
+        self.server_addresses = (V4, V6, *server_addresses)
 
     # --- network and BIRD --------------------------------------------------------------------
 
@@ -266,8 +273,12 @@ command = "test ! -e {self.fail_flag(edge)}"
 command_timeout = 1.0
 {extra}""")
 
+    def init_pki(self) -> None:
+        """The dev PKI all gateways and clients share (made once, then loaded)."""
+        init_dev_pki(self.pki, hostnames=self.server_names, addresses=self.server_addresses)
+
     def start_gateways(self, extra: dict[str, str] | None = None) -> None:
-        init_dev_pki(self.pki, hostnames=("localhost",), addresses=(V4, V6))
+        self.init_pki()
         for edge in EDGES:
             self.write_gateway_config(edge, extra=(extra or {}).get(edge, ""))
             self.gateways[edge] = self.lab.popen(
@@ -279,7 +290,7 @@ command_timeout = 1.0
         (exabgp backend) as its API process. ExaBGP's log and the gateway's stderr both go
         to ``gateway-EDGE.log`` (so ``gateway_log`` and ``served_by`` work unchanged)."""
         assert edge == "edge1", "deploy/exabgp/dots-gateway.conf holds edge1's addresses"
-        init_dev_pki(self.pki, hostnames=("localhost",), addresses=(V4, V6))
+        self.init_pki()
         self.write_gateway_config(edge, backend="exabgp", grace=EXABGP_GRACE)
         gateway = Path(sys.executable).parent / "dots-gateway"  # the installed entry point
         run = (f"{gateway} run" if gateway.exists() else f"{sys.executable} -m gateway.cli run")
@@ -317,6 +328,27 @@ command_timeout = 1.0
                                       for a in argv):
                 found.append(int(pid))
         return found
+
+    def stop_gateways(self, timeout: float = 5.0) -> None:
+        """Stop every edge's gateway at once (two SIGTERMs: withdraw, then skip the grace
+        period) and wait for them; ``start_gateways`` may follow, e.g. with other config."""
+        for process in self.gateways.values():
+            if process.poll() is None:
+                process.terminate()
+                time.sleep(0.05)
+                if process.poll() is None:
+                    process.terminate()
+        for process in self.gateways.values():
+            self.lab.stop(process, timeout)  # waits; SIGKILLs what is still there
+
+    def wait_serving(self, log_name: str, timeout: float = 10.0) -> None:
+        """Until the gateway logging to ``log_name`` listens (its "dots-gateway serving"
+        line; an anycast edge announces only after that, once its checks rise)."""
+        deadline = time.monotonic() + timeout
+        while "dots-gateway serving" not in self.lab.log(log_name):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not serving after {timeout} s:\n{self.lab.log(log_name)}")
+            time.sleep(0.02)
 
     def gateway_log(self, edge: str) -> str:
         return self.lab.log(f"gateway-{edge}.log")
@@ -372,10 +404,11 @@ command_timeout = 1.0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def up(self) -> AnycastLab:
+    def up(self, extra: dict[str, str] | None = None) -> AnycastLab:
+        """``extra``: more TOML per edge (see ``write_gateway_config``)."""
         self.build()
         self.start_birds()
-        self.start_gateways()  # each: listen first, announce after RISE passed checks
+        self.start_gateways(extra)  # each: listen first, announce after RISE passed checks
         self.start_probe()
         self.wait_established()
         self.wait_next_hop("edge1", timeout=20.0)
