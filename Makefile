@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_dots.py
 	$(BIN)/python tests/bench/bench_anycast.py
 	$(BIN)/python tests/bench/bench_coap.py
+	$(BIN)/python tests/bench/bench_gateway.py
 
 lint: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev]'
