@@ -488,6 +488,7 @@ class ServerRole:
         session.heartbeat_tokens.add(token)
         self.heartbeats["sent"] = self.heartbeats.get("sent", 0) + 1
         session.flush()
+        self._arm(session)  # the heartbeat's lifetime in the message layer
 
     def _on_anycast(self, session: SignalSession) -> bool:
         classify = self.is_anycast
@@ -548,8 +549,8 @@ class ServerRole:
                     self._mark_periodic(session, now)
                 if session.pending_notifications:
                     self._notify_due(session, now)
-                session.flush()
-                self._arm(session)
+                    session.flush()
+                    self._arm(session)
         except Exception:
             log.exception("server core timer failed")
         self._schedule_tick()

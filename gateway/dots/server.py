@@ -8,6 +8,7 @@ the mitigation store is shared, because mitigations belong to clients, not sessi
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 from collections import deque
@@ -65,6 +66,8 @@ class ServerSession:
     #: Every cuid used on this session: signal loss arms their preconfigured requests.
     cuids: set[str] = field(default_factory=set)
     closed: bool = False
+    #: The deadline this session is queued under in the core's timer heap (None: not queued).
+    scheduled_at: float | None = None
 
 
 class DotsServerCore:
@@ -87,6 +90,9 @@ class DotsServerCore:
         #: Sessions whose heartbeat monitors may hold events since the last collection, so
         #: collecting after one request does not walk every session.
         self._dirty: list[ServerSession] = []
+        #: (heartbeat deadline, session id), lazily: an entry is current only while it
+        #: matches the session's ``scheduled_at``. Timer handling touches due sessions only.
+        self._due: list[tuple[float, int]] = []
 
     # --- sessions ----------------------------------------------------------------------------
 
@@ -99,6 +105,7 @@ class DotsServerCore:
                                    missing_hb_allowed=params.missing_hb_allowed)
         session = ServerSession(requester, config, monitor)
         self.sessions[session.id] = session
+        self._schedule(session)
         return session
 
     def close_session(self, session: ServerSession) -> None:
@@ -122,18 +129,47 @@ class DotsServerCore:
             yield event
 
     def get_timer(self) -> float | None:
-        timers = [t for s in self.sessions.values() if (t := s.heartbeat.get_timer()) is not None]
+        while self._due and not self._current(*self._due[0]):
+            heapq.heappop(self._due)
+        timers = [self._due[0][0]] if self._due else []
         if (t := self.store.get_timer()) is not None:
             timers.append(t)
         return min(timers) if timers else None
 
     def handle_timer(self, now: float) -> None:
+        """Run what is due: the store's timers and the heartbeats of the sessions whose
+        deadline passed (not every session: with thousands, a sweep would stall requests).
+        A session's parameter set follows mitigation activity at its next request or
+        heartbeat."""
         self._now = now
         self.store.handle_timer(now)
-        for session in list(self.sessions.values()):
+        due: list[ServerSession] = []
+        while self._due and self._due[0][0] <= now:
+            deadline, session_id = heapq.heappop(self._due)
+            if not self._current(deadline, session_id):
+                continue
+            session = self.sessions[session_id]
+            session.scheduled_at = None
             self._sync_parameters(session, now)
             session.heartbeat.handle_timer(now)
-        self._collect(list(self.sessions.values()))
+            due.append(session)
+        self._collect(due)
+        for session in due:
+            self._schedule(session)
+
+    def _current(self, deadline: float, session_id: int) -> bool:
+        session = self.sessions.get(session_id)
+        return session is not None and session.scheduled_at == deadline
+
+    def _schedule(self, session: ServerSession) -> None:
+        """Queue the session under its heartbeat deadline if that is earlier than the one
+        it is queued under (later ones find it early, see nothing due, and requeue)."""
+        deadline = session.heartbeat.get_timer()
+        if session.closed or deadline is None:
+            return
+        if session.scheduled_at is None or deadline < session.scheduled_at:
+            session.scheduled_at = deadline
+            heapq.heappush(self._due, (deadline, session.id))
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -156,6 +192,7 @@ class DotsServerCore:
                      exc.diagnostic)
             response = exc.to_response()
         self._sync_parameters(session, now)
+        self._schedule(session)
         self._dirty.append(session)
         return response
 
