@@ -680,44 +680,37 @@ def write_results(path: Path, rows: list[Row], idle: dict[str, Idle],
 #: run's figures. Dated: re-profile when the gateway changes.
 FINDINGS = [
     "Where the time and the memory go (profiled 2026-11-25 with `--profile`: cProfile,"
-    " tracemalloc, /proc smaps; gateway code of that day):",
+    " tracemalloc, /proc smaps), and what was changed after the first runs:",
     "",
-    "- Run to run (three earlier runs on 2026-11-25, 0.5-1 core taken by other jobs):"
-    " overhead at 1,000 sessions p50 0.8-1.7 ms, p99 3.8-20 ms; at 1 session p99 2-9 ms."
-    " The p99 target was missed in every run; the idle-session figures varied by < 1 KiB.",
-    "- Overload is not absorbed: the upstream session's CoAP layer refuses a 65th"
-    " outstanding request (`MessageLayer.max_outstanding` = 64, `CoapUsageError`); the relay"
-    " does not queue, so the client gets 5.00 \"gateway: internal error\" and the gateway"
-    " logs a full traceback for each (~2 ms of CPU apiece under the profiler, 9% of the"
-    " gateway's busy time). Hence the bursts above. Under the profiler (gateway ~3x slower)"
-    " relayed requests also ran past `request_timeout` (10 s) and the relay failed over from"
-    " its healthy, only upstream, closing the session: a burst of 1,000 then got no answer"
-    " within 20 s. Queueing beyond the window (or 5.03 with Max-Age), and not counting the"
-    " gateway's own backlog as an upstream failure, would fix both.",
-    "- p99 at 1,000 sessions: every 0.5 s `ServerRole._on_tick` walks every session:"
-    " `DotsServerCore.handle_timer` -> `_sync_parameters` -> `mitigating()` ->"
-    " `RelayTable.is_mitigating` -> `of_cuid` (which sorts the cuid's records on every"
-    " call), then `_mark_periodic`, `_notify_due`, `flush`, `_arm` (a new `call_later`):"
-    " ~39 ms per tick at 1,000 sessions under cProfile (16% of busy time); requests that"
-    " arrive meanwhile wait. Since `of_cuid` (and the server's `MitigationStore.records`)"
-    " sort per call, a cuid with M mitigations costs O(sessions x M log M) per tick: with"
-    " `--one-cuid` (1,000 sessions, one cuid, 1,000 mitigations) `of_cuid` took 47% of the"
-    " gateway's CPU, p99 was 120-190 ms via the gateway and 40-105 ms direct.",
-    "- Per relayed request the gateway spends ~0.25-0.65 ms of CPU (the server ~0.15-0.5 ms"
-    " for the whole request; less per request with more sessions in flight): both DTLS"
-    " legs, CoAP on both sides, the body decoded twice"
-    " (downstream validation, then the upstream answer again in"
-    " `DotsClientCore.receive_response`; `decode_message` is 14% of busy time), a task and"
-    " a future per request, a SQLite transaction per accepted PUT (~1%).",
-    "- Memory: ~7.4 KiB of Python objects per idle session (tracemalloc; largest: three"
-    " `collections.deque` of 380 B each in HeartbeatMonitor, MessageLayer and DtlsServer,"
-    " cffi buffers ~590 B, session-configuration objects ~660 B); the rest of the ~19 KiB on"
-    " the main heap is allocator overhead and C allocations. ~47 KiB per session sit in"
-    " the malloc arenas of the handshake threads, where OpenSSL allocates each connection;"
-    " with MALLOC_ARENA_MAX=1 the total stays 66 KiB (all on the main heap), so this is"
-    " live OpenSSL per-connection state, not fragmentation. The 20,000/GiB target needs"
-    " <= 52 KiB per session: ~15 KiB less, most of it to be found in what each SSL object"
-    " keeps after the handshake (read buffer, buffered last flight, peer certificate).",
+    "- Fixed after the first runs (figures above are after the fixes): overload gave 5.00"
+    " (the upstream session's CoAP layer refused a 65th outstanding request and the relay"
+    " did not queue; under the profiler the relay even failed over from its healthy upstream"
+    " on its own backlog). Now the upstream session holds up to 65,536 requests and"
+    " observations, relayed requests queue for 256 slots (5.03 \"gateway: busy\" with"
+    " Max-Age when none frees up in time) and a timeout fails over only when the upstream"
+    " went silent. p99 at 1,000 sessions came from a sweep of every session twice a second"
+    " (`ServerRole._on_tick` -> `DotsServerCore.handle_timer`, with a sort per cuid in"
+    " `RelayTable.of_cuid`): ~39 ms per sweep under cProfile. Heartbeat deadlines are now in"
+    " a heap (a tick touches only the sessions due) and the per-cuid lookups do not sort:"
+    " GET overhead p99 at 1,000 sessions went from 3.4-8.1 ms to 1.2 ms.",
+    "- Still missed: PUT refresh overhead p99 at 1,000 sessions (2.9 ms). A relayed PUT"
+    " costs the gateway ~0.13 ms more CPU than a GET (validation of the body, the relay"
+    " record, one SQLite transaction saved before the answer leaves, restart safety); the"
+    " p99 tail is not profiled yet (suspects: SQLite WAL checkpoints on the event loop).",
+    "- Per relayed request the gateway spends ~0.2-0.5 ms of CPU (the server ~0.13-0.4 ms"
+    " for the whole request): both DTLS legs, CoAP on both sides, a task and a future per"
+    " request. Small bodies are decoded once per distinct body (memo), which removed most"
+    " of the double decoding (`decode_message` was 14% of busy time).",
+    "- Memory (missed: ~16,000 idle sessions per GiB for >= 20,000): ~7.4 KiB of Python"
+    " objects per idle session (largest: three `collections.deque` of 380 B each in"
+    " HeartbeatMonitor, MessageLayer and DtlsServer, cffi buffers ~590 B, session"
+    " configuration ~660 B); ~47 KiB per session sit in the malloc arenas of the handshake"
+    " threads, where OpenSSL allocates each connection (with MALLOC_ARENA_MAX=1 the total"
+    " stays 66 KiB: live OpenSSL state, not fragmentation). Capping DTLS max_send_fragment"
+    " at the datagram size saved ~14 KiB of heap per session. OpenSSL keeps a DTLS read"
+    " buffer (~17.7 KiB) per connection for its lifetime (RELEASE_BUFFERS frees it only for"
+    " TLS) and SSL_free_buffers() crashed the server in a try (DTLS hands the read buffer"
+    " to its record queue): that buffer is the largest remaining item.",
 ]
 
 
