@@ -355,7 +355,8 @@ class AnycastSettings:
 class RedirectTargetSettings:
     name: str  # the alternate server's FQDN (alt-server, mandatory in a redirect)
     addresses: tuple[IPAddress, ...] = ()  # alt-server-record
-    cuid: str | None = None  # static assignments only
+    cuid: str | None = None  # static assignments: by the client's cuid...
+    prefixes: tuple[IPNetwork, ...] = ()  # ... or by the client's source address
 
 
 class RedirectMode(StrEnum):
@@ -948,11 +949,16 @@ def _redirect_target(t: Table, *, with_cuid: bool) -> RedirectTargetSettings | N
     if name is not None and not _valid_fqdn(name):
         t.error("name", f"{name!r} is not a domain name (alt-server is an FQDN)")
     addresses = tuple(a for _key, a in t.parsed_list("addresses", parse_ip))
-    cuid = t.opt_string("cuid", required=True) if with_cuid else None
+    cuid, prefixes = None, ()
+    if with_cuid:  # a static assignment names its clients: by cuid or by source prefix
+        cuid = t.opt_string("cuid")
+        prefixes = tuple(prefix for _, prefix in t.parsed_list("prefixes", parse_prefix))
+        if t.has("cuid") == t.has("prefixes"):
+            t.error(None, "needs either cuid or prefixes (the clients' source addresses)")
     t.finish()
     if name is None or t.error_count != before:
         return None
-    return RedirectTargetSettings(name, addresses, cuid)
+    return RedirectTargetSettings(name, addresses, cuid, prefixes)
 
 
 def _valid_fqdn(name: str) -> bool:

@@ -105,6 +105,7 @@ def redirect_policy(settings: Settings) -> RedirectPolicy:
         own=Target(r.name, r.addresses) if r.name else None,
         pool=tuple(target(t) for t in r.pool),
         static={t.cuid: target(t) for t in r.static if t.cuid},
+        static_prefixes=tuple((prefix, target(t)) for t in r.static for prefix in t.prefixes),
         ttl=r.ttl,
         capacity=r.capacity,
     )

@@ -444,7 +444,7 @@ class ServerRole:
         decision = self.redirect.decide(
             on_anycast=self._on_anycast(session),
             cuid=session.dots.requester.credential_id, session_count=len(self.sessions),
-            draining=self.draining)
+            draining=self.draining, peer=session.conn.remote.host)
         if decision is not None:
             self.redirects[decision.reason.value] = self.redirects.get(decision.reason.value,
                                                                        0) + 1

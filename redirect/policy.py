@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gateway.dots.model import IPAddress, RedirectedSignal, check_domain_name
+from gateway.dots.model import IPAddress, IPNetwork, RedirectedSignal, check_domain_name
 
 #: Max-Age 2^32-1: use the alternate server until it redirects again (RFC 9132 §4.6).
 UNTIL_FURTHER_NOTICE = 2**32 - 1
@@ -62,6 +62,9 @@ class RedirectPolicy:
     pool: tuple[Target, ...] = ()
     #: Static assignments by cuid; they win over the pool.
     static: Mapping[str, Target] = field(default_factory=dict)
+    #: Static assignments by the client's source address (longest prefix wins); after the
+    #: cuid ones, before the pool.
+    static_prefixes: Sequence[tuple[IPNetwork, Target]] = ()
     ttl: int = 3600
     #: Above this many sessions, new sessions are sent elsewhere (0: no limit).
     capacity: int = 0
@@ -70,7 +73,8 @@ class RedirectPolicy:
     drain_ttl: int | None = None
 
     def decide(self, *, on_anycast: bool, cuid: str | None, session_count: int,
-               draining: bool, load: Mapping[str, int] | None = None) -> Redirect | None:
+               draining: bool, load: Mapping[str, int] | None = None,
+               peer: str | None = None) -> Redirect | None:
         if draining:
             target = self._elsewhere(cuid, load)
             ttl = self.ttl if self.drain_ttl is None else self.drain_ttl
@@ -80,18 +84,31 @@ class RedirectPolicy:
             if target is not None:
                 return Redirect(target, self.ttl, Reason.CAPACITY)
         if on_anycast and self.mode is AnycastMode.REDIRECT:
-            target = self._choose(cuid)
+            target = self._choose(cuid, peer)
             if target is not None:
                 return Redirect(target, self.ttl, Reason.ANYCAST)
         return None
 
-    def _choose(self, cuid: str | None) -> Target | None:
+    def _choose(self, cuid: str | None, peer: str | None = None) -> Target | None:
         if cuid is not None and cuid in self.static:
             return self.static[cuid]
+        if peer is not None and self.static_prefixes:
+            by_prefix = self._by_prefix(peer)
+            if by_prefix is not None:
+                return by_prefix
         candidates = list(self.pool)
         if self.own is not None and all(t.name != self.own.name for t in candidates):
             candidates.append(self.own)  # this node takes its share too
         return rendezvous(candidates, cuid or "") if candidates else None
+
+    def _by_prefix(self, peer: str) -> Target | None:
+        try:
+            address = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            return None
+        matches = [(net.prefixlen, target) for net, target in self.static_prefixes
+                   if net.version == address.version and address in net]
+        return max(matches, key=lambda m: m[0])[1] if matches else None
 
     def _elsewhere(self, cuid: str | None, load: Mapping[str, int] | None) -> Target | None:
         """Another node: the least loaded peer when loads are known, else the hashed one."""

@@ -68,3 +68,17 @@ def test_gateway_mode_without_any_client_credential_says_what_to_set(tmp_path: P
         f'[tls]\nca = "{tmp_path}/ca.pem"\ncert = "{tmp_path}/s.pem"\nkey = "{tmp_path}/s.key"\n')
     with pytest.raises(UpstreamCredentialError, match="gateway.cert and gateway.key"):
         upstream_credentials(settings)
+
+
+def test_redirect_static_by_cuid_or_prefixes() -> None:
+    settings = parse_config(
+        '[redirect]\nname = "dots-a.example.net"\n'
+        '[[redirect.static]]\ncuid = "abc"\nname = "dots-b.example.net"\n'
+        '[[redirect.static]]\nprefixes = ["198.51.100.0/24"]\nname = "dots-c.example.net"\n')
+    first, second = settings.redirect.static
+    assert (first.cuid, first.prefixes) == ("abc", ())
+    assert second.cuid is None and [str(p) for p in second.prefixes] == ["198.51.100.0/24"]
+    for body in ('name = "dots-b.example.net"\n',
+                 'cuid = "abc"\nprefixes = ["198.51.100.0/24"]\nname = "dots-b.example.net"\n'):
+        assert any(line.startswith("redirect.static[0]") and "cuid or prefixes" in line
+                   for line in errors_of(f"[[redirect.static]]\n{body}"))

@@ -125,3 +125,24 @@ def test_infinite_ttl_never_expires() -> None:
     follower = RedirectFollower()
     follower.on_redirect(RedirectedSignal("alt.example"), max_age=UNTIL_FURTHER_NOTICE, now=0.0)
     assert not follower.should_return(1e12, under_attack=False)
+
+
+def test_static_assignment_by_source_prefix_longest_match_after_cuid() -> None:
+    near, far, pinned = (parse_target(f"dots-{n}.example.net") for n in ("near", "far", "pin"))
+    policy = RedirectPolicy(own=OWN, pool=POOL, static={"vip": pinned}, static_prefixes=(
+        (ipaddress.ip_network("198.51.100.0/24"), far),
+        (ipaddress.ip_network("198.51.100.128/25"), near),
+        (ipaddress.ip_network("2001:db8:100::/48"), near)))
+
+    def target(cuid: str, peer: str | None) -> str:
+        decision = policy.decide(on_anycast=True, cuid=cuid, session_count=1, draining=False,
+                                 peer=peer)
+        assert decision is not None and decision.reason is Reason.ANYCAST
+        return decision.target.name
+
+    assert target("c", "198.51.100.200") == "dots-near.example.net"  # the longer prefix
+    assert target("c", "198.51.100.7") == "dots-far.example.net"
+    assert target("c", "2001:db8:100::5") == "dots-near.example.net"
+    assert target("c", "fe80::1%eth0") in {t.name for t in (*POOL, OWN)}  # no match: pool
+    assert target("c", None) == target("c", "203.0.113.1")  # no address known: pool
+    assert target("vip", "198.51.100.200") == "dots-pin.example.net"  # cuid first
