@@ -32,7 +32,7 @@ from gateway.coap.layer import (
     TransmissionParameters,
     outgoing,
 )
-from gateway.coap.message import BadOptionError, CoapMessage, MessageType
+from gateway.coap.message import CoapMessage, MessageType
 from gateway.coap.options import Block, OptionNumber, encode_uint
 from gateway.credentials import certificate_subject, peer_identity
 from gateway.dots.codec import encode_message
@@ -593,20 +593,19 @@ def _transmission(params: Any) -> TransmissionParameters:
 
 
 def _dots_request(msg: CoapMessage, requester: Requester) -> DotsRequest:
-    try:
-        hop_limit = msg.hop_limit
-    except BadOptionError:
-        hop_limit = None  # only a gateway acts on it, and it checks the option itself
+    # An invalid Hop-Limit reads as None: only a gateway acts on it, and it checks the
+    # option itself.
+    o = msg.request_options()
     return DotsRequest(
         method=_method(msg.code),
-        path=tuple(msg.uri_path),
-        query=tuple(msg.uri_query),
+        path=o.uri_path,
+        query=o.uri_query,
         payload=msg.payload,
-        content_format=msg.content_format,
-        observe=msg.observe,
-        if_match=tuple(msg.if_match),
+        content_format=o.content_format,
+        observe=o.observe,
+        if_match=o.if_match,
         requester=requester,
-        hop_limit=hop_limit,
+        hop_limit=o.hop_limit,
     )
 
 

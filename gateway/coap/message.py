@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.coap.options import (
     OPTION_SPECS,
@@ -119,6 +119,23 @@ class BadOptionError(CoapFormatError):
 Option = tuple[int, bytes]
 
 
+
+class RequestOptions(NamedTuple):
+    """What ``CoapMessage.request_options`` reads in one pass."""
+
+    uri_path: tuple[str, ...]
+    uri_query: tuple[str, ...]
+    content_format: int | None
+    observe: int | None
+    if_match: tuple[bytes, ...]
+    hop_limit: int | None  # None when absent or invalid (RFC 8768: one byte, 1-255)
+
+
+_URI_PATH, _URI_QUERY, _IF_MATCH = OptionNumber.URI_PATH, OptionNumber.URI_QUERY, \
+    OptionNumber.IF_MATCH
+_CONTENT_FORMAT, _OBSERVE, _HOP_LIMIT = OptionNumber.CONTENT_FORMAT, OptionNumber.OBSERVE, \
+    OptionNumber.HOP_LIMIT
+
 @dataclass(frozen=True, slots=True, repr=False)
 class CoapMessage:
     """One CoAP message.
@@ -193,6 +210,48 @@ class CoapMessage:
         if len(value) > 3:
             raise BadOptionError(number, "longer than 3 bytes")
         return Block.decode(value)
+
+    def request_options(self) -> RequestOptions:
+        """The options a DOTS server reads from every request, in one pass over them (the
+        typed accessors below scan once each; this runs for every request). Same values and
+        errors as the accessors, except an invalid Hop-Limit, which is None here."""
+        path: list[bytes] = []
+        query: list[bytes] = []
+        if_match: list[bytes] = []
+        content_format = observe = hop = None
+        for number, value in self.options:
+            if number == _URI_PATH:
+                path.append(value)
+            elif number == _URI_QUERY:
+                query.append(value)
+            elif number == _IF_MATCH:
+                if_match.append(value)
+            elif number == _CONTENT_FORMAT:
+                if content_format is None:
+                    content_format = value
+            elif number == _OBSERVE:
+                if observe is None:
+                    observe = value
+            elif number == _HOP_LIMIT and hop is None:
+                hop = value
+        try:
+            uri_path = tuple(v.decode("utf-8") for v in path)
+        except UnicodeDecodeError:
+            raise BadOptionError(OptionNumber.URI_PATH, "not UTF-8") from None
+        try:
+            uri_query = tuple(v.decode("utf-8") for v in query)
+        except UnicodeDecodeError:
+            raise BadOptionError(OptionNumber.URI_QUERY, "not UTF-8") from None
+        if content_format is not None and len(content_format) > 2:
+            raise BadOptionError(OptionNumber.CONTENT_FORMAT, "uint longer than 2 bytes")
+        if observe is not None and len(observe) > 3:
+            raise BadOptionError(OptionNumber.OBSERVE, "uint longer than 3 bytes")
+        return RequestOptions(
+            uri_path, uri_query,
+            None if content_format is None else decode_uint(content_format),
+            None if observe is None else decode_uint(observe),
+            tuple(if_match),
+            hop[0] if hop is not None and len(hop) == 1 and hop[0] else None)
 
     # --- typed accessors for the options DOTS uses -------------------------------------------
 

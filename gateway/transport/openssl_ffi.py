@@ -96,6 +96,7 @@ ffi.cdef(
     int SSL_do_handshake(SSL *s);
     int SSL_is_init_finished(const SSL *s);
     int SSL_read(SSL *ssl, void *buf, int num);
+    int SSL_pending(const SSL *ssl);
     int SSL_write(SSL *ssl, const void *buf, int num);
     int SSL_get_error(const SSL *s, int ret_code);
     int SSL_shutdown(SSL *s);

@@ -290,6 +290,9 @@ class SecureSession:
             n = ssl.SSL_read(self._ssl, buffer, _READ_CHUNK)
             if n > 0:
                 records.append(bytes(ffi.buffer(buffer, n)))
+                if ssl.BIO_ctrl(self._rbio, BIO_CTRL_PENDING, 0, ffi.NULL) <= 0 \
+                        and ssl.SSL_pending(self._ssl) <= 0:
+                    break  # all read: spare the SSL_read that would only say "want read"
                 continue
             error = ssl.SSL_get_error(self._ssl, n)
             if error == SSL_ERROR_ZERO_RETURN:

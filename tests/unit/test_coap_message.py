@@ -467,3 +467,34 @@ def test_aiocoap_round_trips_what_we_encode(msg: CoapMessage) -> None:
         msg.code, msg.mid, msg.token, msg.payload)
     theirs.direction = Direction.OUTGOING
     assert theirs.encode() == wire
+
+
+@pytest.mark.parametrize("options", [
+    (),
+    ((OptionNumber.URI_PATH, b".well-known"), (OptionNumber.URI_PATH, b"dots"),
+     (OptionNumber.URI_PATH, b"hb"), (OptionNumber.CONTENT_FORMAT, b"\x01\x0f")),
+    ((OptionNumber.IF_MATCH, b""), (OptionNumber.OBSERVE, b""),
+     (OptionNumber.URI_PATH, b"mitigate"), (OptionNumber.URI_QUERY, b"c=a"),
+     (OptionNumber.HOP_LIMIT, b"\x10")),
+    ((OptionNumber.OBSERVE, b"\x01"), (OptionNumber.HOP_LIMIT, b"\x00")),  # invalid hop
+    ((OptionNumber.HOP_LIMIT, b"\x01\x02"),),  # invalid hop: two bytes
+])
+def test_request_options_match_the_accessors(options: tuple[tuple[int, bytes], ...]) -> None:
+    msg = CoapMessage.request(1, options=options)
+    o = msg.request_options()
+    assert (o.uri_path, o.uri_query, o.content_format, o.observe, o.if_match) == (
+        msg.uri_path, msg.uri_query, msg.content_format, msg.observe, msg.if_match)
+    try:
+        expected = msg.hop_limit
+    except BadOptionError:
+        expected = None
+    assert o.hop_limit == expected
+
+
+def test_request_options_refuse_what_the_accessors_refuse() -> None:
+    bad_path = CoapMessage.request(1, options=((OptionNumber.URI_PATH, b"\xff"),))
+    with pytest.raises(BadOptionError):
+        bad_path.request_options()
+    long_cf = CoapMessage.request(1, options=((OptionNumber.CONTENT_FORMAT, b"\x01\x02\x03"),))
+    with pytest.raises(BadOptionError):
+        long_cf.request_options()
