@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from certs.identity import cuid_from_certificate, cuid_from_psk_identity
+from gateway.client_blocks import BlockTracker, fetch_remaining
 from gateway.client_connect import (
     ATTACK_ATTEMPT_DELAY,
     CACHE_TTL,
@@ -164,6 +165,7 @@ class SignalChannel:
         self.state.load_counters(self.core)
         self.stats = ClientStats()
         self.last_redirect: Reply | None = None
+        self._blocks = BlockTracker()
         self.follower = RedirectFollower()
         #: The alternate server in use after a redirect; None while on the provisioned
         #: ``servers``.
@@ -307,6 +309,16 @@ class SignalChannel:
             finally:
                 self._pinned -= 1
                 self._arm()
+        block = self._blocks.take(reply.token)
+        if block is not None and block[0].more and reply.ok:
+            # RFC 9132 §4.4.2: a list too large for one datagram comes in blocks (RFC 7959).
+            async def send(part: DotsRequest) -> Reply:
+                return (await self._transmit(part, confirmable, limit, attempts, None,
+                                             mid))[0]
+
+            reply = await fetch_remaining(
+                request, reply, block, self._blocks, send,
+                lambda req, whole, first: self._reply(req, whole, first.endpoint, mid))
         return reply
 
     async def _transmit(self, request: DotsRequest, confirmable: bool, limit: float,
@@ -398,6 +410,7 @@ class SignalChannel:
                mid: int | None) -> Reply:
         """``_interpret``, then count and report a redirect (``on_redirect``)."""
         reply = self._interpret(request, message, endpoint, mid)
+        self._blocks.note(message)
         outcome, response = reply.outcome, reply.response
         if outcome.redirect is not None:
             self.stats.redirects += 1

@@ -19,16 +19,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from gateway.client_channel import Failure
-from gateway.client_connect import Endpoint, NetworkError, ServerSpec, Transport
+from gateway.client_connect import NetworkError, ServerSpec, Transport
 from gateway.client_messages import Reply, coap_request
 from gateway.client_role import DotsClient
 from gateway.client_session import ClientSession
-from gateway.coap.message import BadOptionError, CoapMessage
-from gateway.coap.options import Block
+from gateway.coap.message import CoapMessage
 from gateway.dots.heartbeat import ReconnectBackoff
 from gateway.dots.message import DotsRequest
 from gateway.dots.session_config import SessionParameters
@@ -36,8 +34,6 @@ from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind
 
 log = logging.getLogger(__name__)
 
-#: Most blocks one representation may take (x 1024 bytes): bounds a server that never ends.
-MAX_BLOCKS = 1024
 
 #: What arrives for an observation's token after its first answer (None: it ended).
 NotificationSink = Callable[[ClientSession, CoapMessage | None, Failure], None]
@@ -76,8 +72,6 @@ class UpstreamClient(DotsClient):
         self.failovers = 0
         self._connecting = asyncio.Lock()
         self._slots = asyncio.Semaphore(self.max_in_flight)
-        #: token -> (Block2, ETag) of answers that came in blocks (RFC 7959).
-        self._blocks: dict[bytes, tuple[Block, bytes | None]] = {}
 
     async def connect(self) -> None:
         # The daemon connects at start while the first relayed requests may already ask for
@@ -125,63 +119,11 @@ class UpstreamClient(DotsClient):
             raise UpstreamBusy(f"{self.max_in_flight} relayed requests in flight for "
                                f"{limit:g} s") from None
         try:
-            reply = await self._send(request, confirmable=False, timeout=timeout, mid=mid,
-                                     later=later)
+            # Block-wise answers come back whole (the channel joins them, RFC 7959).
+            return await self._send(request, confirmable=False, timeout=timeout, mid=mid,
+                                    later=later)
         finally:
             self._slots.release()
-        block = self._blocks.pop(reply.token, None)
-        if block is None or not block[0].more or not reply.ok:
-            return reply
-        return await self._remaining_blocks(request, reply, block, mid, timeout)
-
-    async def _remaining_blocks(self, request: DotsRequest, first: Reply,
-                                block: tuple[Block, bytes | None], mid: int | None,
-                                timeout: float | None) -> Reply:
-        """RFC 7959 §2.4: GET the following blocks of a representation too large for one
-        datagram (RFC 9132 §4.4.2: a client's list of mitigations), and return it whole.
-        A changed ETag means the representation changed: start again (a few times)."""
-        for _attempt in range(3):
-            payload, etag = bytearray(first.response.payload), block[1]
-            num, szx, more = block[0].num + 1, block[0].szx, block[0].more
-            while more and num < MAX_BLOCKS:
-                part = await self._send(replace(request, observe=None, block2=(num, szx)),
-                                        confirmable=False, timeout=timeout, mid=mid)
-                info = self._blocks.pop(part.token, None)
-                if not part.ok:
-                    return part
-                if info is None or info[1] != etag:
-                    break  # changed (or the server stopped sending blocks): start again
-                payload += part.response.payload
-                num, more = num + 1, info[0].more
-            else:
-                if more:
-                    raise NetworkError(f"more than {MAX_BLOCKS} blocks in one representation")
-                whole = CoapMessage(None, int(request.method), 0, first.token).response(
-                    first.raw_code, payload=bytes(payload),
-                    content_format=first.response.content_format,
-                    max_age=first.response.max_age, observe=first.observe)
-                assert first.endpoint is not None
-                return self._reply(request, whole, first.endpoint, mid)
-            first = await self._send(replace(request, observe=None, block2=(0, block[0].szx)),
-                                     confirmable=False, timeout=timeout, mid=mid)
-            restart = self._blocks.pop(first.token, None)
-            if restart is None or not restart[0].more or not first.ok:
-                return first
-            block = restart
-        raise NetworkError("the representation kept changing while it was fetched in blocks")
-
-    def _reply(self, request: DotsRequest, message: CoapMessage, endpoint: Endpoint,
-               mid: int | None) -> Reply:
-        reply = super()._reply(request, message, endpoint, mid)
-        try:
-            block = message.block2
-        except BadOptionError:
-            block = None
-        if block is not None:
-            self._blocks[message.token] = (block, message.etag)
-            while len(self._blocks) > 256:  # only answers being reassembled live here
-                self._blocks.pop(next(iter(self._blocks)))
-        return reply
 
     async def cancel(self, session: ClientSession, token: bytes, request: DotsRequest) -> None:
         """End an upstream observation (RFC 7641 §3.6: GET, Observe 1, same token)."""

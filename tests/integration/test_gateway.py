@@ -26,7 +26,6 @@ import pytest
 
 from certs.devpki import init_dev_pki
 from certs.identity import cuid_from_certificate
-from gateway.client_connect import ServerSpec, Transport
 from gateway.client_role import DotsClient, make_scope
 from gateway.config import load_config
 from gateway.daemon import RunningServer, start_server
@@ -36,7 +35,6 @@ from gateway.dots.model import ConfigSet, ConfigValue, SignalConfig
 from gateway.dots.session_config import SessionParameters
 from gateway.dots.uri import Resource, build_path
 from gateway.gateway_role import GatewayRole
-from gateway.gateway_upstream import UpstreamClient
 from gateway.persistence import DATABASE_NAME
 from gateway.transport.tls_context import ClientCredentials
 from tests.integration.test_client_role import ROOT, free_port, wait_until
@@ -473,7 +471,7 @@ async def test_gateway_mode_with_no_upstream_anywhere_is_the_server_itself(
 async def test_large_lists_travel_in_blocks_on_both_hops(pkis: Pkis, tmp_path: Path) -> None:
     """RFC 9132 §4.4.2 / RFC 7959: a client's list of mitigations larger than one datagram
     comes from the upstream server in blocks (the gateway reassembles it) and goes to the
-    client in blocks again (the reader here reassembles it like the gateway does)."""
+    client in blocks again (the client role reassembles it like the gateway does)."""
     with upstream_server(tmp_path / "a", pkis) as up:
         port = free_port()
         async with gateway(gateway_config(tmp_path, pkis, port, [up.spec])) as gw, \
@@ -484,26 +482,12 @@ async def test_large_lists_travel_in_blocks_on_both_hops(pkis: Pkis, tmp_path: P
                     target_prefix=[f"198.51.100.{8 * i}/29"], lifetime=900))
                 assert reply.code is Code.CREATED, reply
                 mids.append(reply.mid)
-            reader = UpstreamClient(
-                pkis.client(), [ServerSpec("127.0.0.1", port, (Transport.UDP,),
-                                           server_name="localhost")],
-                state_dir=tmp_path / "reader", on_ready=_nothing,
-                is_mitigating=lambda: False, request_timeout=15)
-            await reader.connect()
-            try:
-                whole = await reader.forward(
-                    DotsRequest(Method.GET, build_path(Resource.MITIGATE, cuid=client.cuid)),
-                    mid=None)
-                assert whole.code is Code.CONTENT and len(whole.response.payload) > 1024
-                assert sorted(s.mid for s in whole.scopes) == mids
-            finally:
-                await reader.close()
+            # The client role joins the blocks too (DotsClient, dots-client).
+            whole = await client.get()
+            assert whole.code is Code.CONTENT and len(whole.response.payload) > 1024
+            assert sorted(s.mid for s in whole.scopes) == mids
             # The relay's own view of the upstream list is complete too (reconciliation).
             assert sorted(await relay_of(gw)._present(client.cuid, client.cuid)) == mids
-
-
-async def _nothing() -> None:
-    return None
 
 
 async def test_upstream_answers_reach_the_client_with_code_and_body(pkis: Pkis,
