@@ -33,9 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gateway.client_channel import redirect_in
 from gateway.client_connect import NetworkError
 from gateway.client_messages import Reply
+from gateway.client_redirect import redirect_in
 from gateway.client_session import ClientSession
 from gateway.coap.message import BadOptionError, CoapMessage
 from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, Method
