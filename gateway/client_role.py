@@ -342,9 +342,15 @@ class DotsClient(SignalChannel):
         if self.negotiate:
             try:
                 replies = await self.negotiate_config()
-                if not replies[-1].ok:
-                    log.warning("session configuration refused: %s %s", replies[-1].dotted,
-                                replies[-1].diagnostic)
+                last = replies[-1]
+                if last.redirect is not None:
+                    # Not followed while connecting: the next request moves the channel and
+                    # negotiates there.
+                    log.info("session configuration redirected to %s: moving with the next "
+                             "request", last.redirect.alt_server)
+                elif not last.ok:
+                    log.warning("session configuration refused: %s %s", last.dotted,
+                                last.diagnostic)
             except NetworkError as exc:
                 log.warning("session configuration failed: %s", exc)
         if self.relocated:
