@@ -15,11 +15,9 @@ import asyncio
 import contextlib
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ from gateway.dots.codes import AttackStatus, Code, ConflictCause, Status
 from gateway.dots.model import SignalConfig
 from gateway.dots.session_config import SessionParameters
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind
+from tests.support.daemon import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Heartbeats every second, loss after two missed ones: fast enough for tests.
@@ -139,26 +138,9 @@ def running_server(directory: Path, pki: Path, **options: Any) -> Iterator[Serve
     port = free_port()
     config = write_server_config(directory, pki, port, **options)
     log = directory / "server.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "server", "--config",
-                                 str(config)], cwd=ROOT, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=err, text=True)
-    assert proc.stdout is not None
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 20)
-        line = proc.stdout.readline() if ready else ""
-        assert line.startswith("dots-gateway serving"), f"{line!r}\n{log.read_text()}"
+    log.write_text("")
+    with serving("server", config, log) as proc:
         yield Server(proc, port, pki, log)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGCONT)  # in case a test left it stopped
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        proc.stdout.close()
 
 
 @pytest.fixture(scope="module")

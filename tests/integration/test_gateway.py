@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import select
 import signal
 import sqlite3
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,7 +35,8 @@ from gateway.dots.uri import Resource, build_path
 from gateway.gateway_role import GatewayRole
 from gateway.persistence import DATABASE_NAME
 from gateway.transport.tls_context import ClientCredentials
-from tests.integration.test_client_role import ROOT, free_port, wait_until
+from tests.integration.test_client_role import free_port, wait_until
+from tests.support.daemon import serving
 
 FAST = SessionParameters(heartbeat_interval=1, missing_hb_allowed=2)
 LIMITS = ("heartbeat_interval = { min = 1, max = 240, default = 30 }\n"
@@ -124,25 +123,8 @@ def upstream_server(directory: Path, pkis: Pkis, port: int | None = None) -> Ite
     directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     config = upstream_config(directory, pkis, port)
-    with open(directory / "server.log", "a") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "server", "--config",
-                                 str(config)], cwd=ROOT, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=err, text=True)
-    assert proc.stdout is not None
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 20)
-        line = proc.stdout.readline() if ready else ""
-        assert line.startswith("dots-gateway serving"), line
+    with serving("server", config, directory / "server.log") as proc:
         yield Upstream(proc, port, directory)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        proc.stdout.close()
 
 
 # --- the gateway (in this process, so the tests can look inside) ---------------------------

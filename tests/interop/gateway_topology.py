@@ -18,10 +18,8 @@ Every process is a real daemon started with ``python -m gateway.cli``; readiness
 from __future__ import annotations
 
 import contextlib
-import select
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from certs.devpki import init_dev_pki
 from certs.identity import cuid_from_certificate, cuid_from_psk_identity
 from gateway.persistence import DATABASE_NAME
 from tests.interop.peers import free_port
+from tests.support.daemon import serving
 
 REPO = Path(__file__).resolve().parents[2]
 #: A PSK tinydtls (aiocoap's DTLS) can use: identity <= 32 bytes, key <= 16 bytes, and only
@@ -151,27 +150,8 @@ def daemon(directory: Path, name: str, command: str, config: str, port: int
     path = directory / f"{name}.toml"
     path.write_text(config)
     log_path = directory / f"{name}.log"
-    with open(log_path, "a") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", command, "--config",
-                                 str(path)], cwd=REPO, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=err, text=True)
-    assert proc.stdout is not None
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT)
-        line = proc.stdout.readline() if ready else ""
-        if not line.startswith("dots-gateway serving"):
-            raise RuntimeError(f"{name} did not start (got {line!r}):\n"
-                               f"{log_path.read_text(errors='replace')[-3000:]}")
+    with serving(command, path, log_path, timeout=START_TIMEOUT) as proc:
         yield Daemon(name, proc, port, log_path, directory / name)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        proc.stdout.close()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,47 @@
+"""A ``dots-gateway`` daemon as a subprocess for tests: started, awaited, always stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def serving(command: str, config: Path, log: Path, *, timeout: float = 20.0
+            ) -> Iterator[subprocess.Popen[str]]:
+    """``python -m gateway.cli COMMAND --config CONFIG`` with stderr appended to ``log``.
+
+    Ready once it prints its "dots-gateway serving" line (``RuntimeError`` with the log's
+    tail otherwise); on exit it is continued if a test stopped it, then terminated (killed
+    after 10 s)."""
+    with open(log, "a") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", command, "--config",
+                                 str(config)], cwd=ROOT, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+    assert proc.stdout is not None
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline() if ready else ""
+        if not line.startswith("dots-gateway serving"):
+            raise RuntimeError(f"dots-gateway {command} did not start (got {line!r}):\n"
+                               f"{log.read_text(errors='replace')[-3000:]}")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)  # in case a test left it stopped
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        proc.stdout.close()
