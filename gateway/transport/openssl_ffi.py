@@ -96,7 +96,14 @@ ffi.cdef(
     int SSL_do_handshake(SSL *s);
     int SSL_is_init_finished(const SSL *s);
     int SSL_read(SSL *ssl, void *buf, int num);
-    int SSL_pending(const SSL *ssl);
+    int SSL_has_pending(const SSL *s);
+    int SSL_free_buffers(SSL *ssl);
+    int SSL_alloc_buffers(SSL *ssl);
+    unsigned long OpenSSL_version_num(void);
+    size_t SSL_get_client_random(const SSL *ssl, unsigned char *out, size_t outlen);
+    size_t SSL_get_server_random(const SSL *ssl, unsigned char *out, size_t outlen);
+    SSL_SESSION *SSL_get_session(const SSL *ssl);
+    size_t SSL_SESSION_get_master_key(const SSL_SESSION *sess, unsigned char *out, size_t outlen);
     int SSL_write(SSL *ssl, const void *buf, int num);
     int SSL_get_error(const SSL *s, int ret_code);
     int SSL_shutdown(SSL *s);

@@ -15,6 +15,16 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.transport.dtls_records import (
+    ALERT,
+    ALERT_FATAL,
+    ALERT_WARNING,
+    APPLICATION_DATA,
+    CLOSE_NOTIFY,
+    SUITES,
+    RecordProtection,
+    split_records,
+)
 from gateway.transport.openssl_ffi import (
     BIO_C_SET_BUF_MEM_EOF_RETURN,
     BIO_CTRL_PENDING,
@@ -57,6 +67,8 @@ _DTLS_OVERHEAD = 64
 #: OpenSSL's floor for max_send_fragment.
 _MIN_SEND_FRAGMENT = 512
 _READ_CHUNK = 16 * 1024 + 512
+#: SSL_free_buffers is safe from 3.0.14 on (CVE-2024-4741: it freed a buffer still in use).
+_SAFE_FREE_BUFFERS = 0x300000E0
 
 
 class State(enum.Enum):
@@ -97,6 +109,14 @@ class SecureSession:
         self.state = State.HANDSHAKING
         self.failure: str | None = None
         self.peer: PeerCredential | None = None
+        self._buffers_released = False
+        # After the hand-over (server, DTLS, AEAD suite, see dtls_records) the SSL object
+        # is gone and these protect the records; until then, what OpenSSL last wrote.
+        self._records: RecordProtection | None = None
+        self._sealed: list[bytes] = []
+        self._last_written: tuple[int, int] | None = None
+        self._described: tuple[str, str, bool] | None = None
+        self._may_protect_records = False
         if ssl_ptr is None:
             ssl_ptr = ssl.SSL_new(context.ptr)
             if ssl_ptr == ffi.NULL:
@@ -128,7 +148,11 @@ class SecureSession:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Bytes from the network (one datagram for DTLS); returns application data."""
-        if self.state in (State.CLOSED, State.FAILED) or self._ssl is None:
+        if self.state in (State.CLOSED, State.FAILED):
+            return []
+        if self._records is not None:
+            return self._open(data)
+        if self._ssl is None:
             return []
         if data and ssl.BIO_write(self._rbio, data, len(data)) != len(data):
             self._fail("BIO_write failed")
@@ -137,17 +161,28 @@ class SecureSession:
             self._progress()
             if self.state is not State.ESTABLISHED:
                 return []
-        return self._read_application_data()
+        self._restore_buffers()
+        records = self._read_application_data()
+        if records and self._may_hand_over():
+            self._hand_over(data, len(records))
+        else:
+            self._release_buffers()
+        return records
 
     def send(self, plaintext: bytes) -> None:
         """Encrypt application data (one CoAP message); output via ``take_output()``."""
-        if self.state is not State.ESTABLISHED or self._ssl is None:
+        if self.state is not State.ESTABLISHED or (self._ssl is None and self._records is None):
             raise OpenSSLError(f"cannot send in state {self.state.value}")
         if self.kind is Kind.DTLS and len(plaintext) + _DTLS_OVERHEAD > self.datagram_size:
             # A record must fit one datagram (RFC 9132 §7.3); callers use Block-wise transfer.
             raise OpenSSLError(f"{len(plaintext)} bytes do not fit one DTLS datagram")
+        if self._records is not None:
+            self._sealed.append(self._records.seal(APPLICATION_DATA, plaintext))
+            return
         crypto.ERR_clear_error()
+        self._restore_buffers()
         written = ssl.SSL_write(self._ssl, plaintext, len(plaintext))
+        self._release_buffers()
         if written != len(plaintext):
             self._fail("SSL_write failed: " + error_queue())
             raise OpenSSLError(self.failure or "SSL_write failed")
@@ -170,8 +205,11 @@ class SecureSession:
     def close(self) -> None:
         """Send close_notify (if established) and move to CLOSED; call ``free()`` after
         taking the output."""
-        if self._ssl is not None and self.state is State.ESTABLISHED:
+        if self._records is not None and self.state is State.ESTABLISHED:
+            self._sealed.append(self._records.seal(ALERT, bytes((ALERT_WARNING, CLOSE_NOTIFY))))
+        elif self._ssl is not None and self.state is State.ESTABLISHED:
             crypto.ERR_clear_error()
+            self._restore_buffers()
             ssl.SSL_shutdown(self._ssl)
         if self.state is not State.FAILED:
             self.state = State.CLOSED
@@ -183,6 +221,7 @@ class SecureSession:
             ssl.SSL_free(self._ssl)
             self._ssl = None
             self._rbio = self._wbio = None
+        self._records = None
         if self.state in (State.HANDSHAKING, State.ESTABLISHED):
             self.state = State.CLOSED
 
@@ -191,6 +230,9 @@ class SecureSession:
     def take_output(self) -> list[bytes]:
         """Bytes to send: datagrams (DTLS, records packed up to the datagram size) or one
         stream chunk (TLS)."""
+        if self._sealed:
+            sealed, self._sealed = self._sealed, []
+            return pack_records(b"".join(sealed), self.datagram_size)
         if self._wbio is None:
             return []
         pending = ssl.BIO_ctrl(self._wbio, BIO_CTRL_PENDING, 0, ffi.NULL)
@@ -201,10 +243,17 @@ class SecureSession:
         data = bytes(ffi.buffer(out, n)) if n > 0 else b""
         if self.kind is Kind.TLS:
             return [data] if data else []
-        return pack_records(data, self.datagram_size)
+        datagrams = pack_records(data, self.datagram_size)
+        if self.is_server and datagrams:
+            last = split_records(datagrams[-1])
+            if last:
+                self._last_written = (last[-1][1], last[-1][2])
+        return datagrams
 
     @property
     def cipher(self) -> str:
+        if self._described is not None:
+            return self._described[0]
         if self._ssl is None:
             return ""
         c = ssl.SSL_get_current_cipher(self._ssl)
@@ -212,10 +261,14 @@ class SecureSession:
 
     @property
     def version(self) -> str:
+        if self._described is not None:
+            return self._described[1]
         return "" if self._ssl is None else ffi.string(ssl.SSL_get_version(self._ssl)).decode()
 
     @property
     def resumed(self) -> bool:
+        if self._described is not None:
+            return self._described[2]
         return self._ssl is not None and bool(ssl.SSL_session_reused(self._ssl))
 
     def session_ticket(self) -> bytes | None:
@@ -276,6 +329,101 @@ class SecureSession:
             return
         self.peer = PeerCredential(certificate, psk_identity)
         self.state = State.ESTABLISHED
+        self._may_protect_records = (
+            self.is_server and self.kind is Kind.DTLS and self.cipher in SUITES
+        )
+
+    def _may_hand_over(self) -> bool:
+        """Server, DTLS, an AEAD suite, and nothing left inside OpenSSL: not a byte to read
+        or to send. Application data from the client proves it verified our Finished, so
+        the handshake will not be retransmitted (RFC 6347 §4.2.4)."""
+        return (
+            self._may_protect_records
+            and self.state is State.ESTABLISHED
+            and self._last_written is not None
+            and ssl.BIO_ctrl(self._rbio, BIO_CTRL_PENDING, 0, ffi.NULL) <= 0
+            and ssl.BIO_ctrl(self._wbio, BIO_CTRL_PENDING, 0, ffi.NULL) <= 0
+            and not ssl.SSL_has_pending(self._ssl)
+        )
+
+    def _hand_over(self, datagram: bytes, records_read: int) -> None:
+        """Take the keys, free the SSL object, protect the records from now on."""
+        assert self._last_written is not None
+        write_epoch, last_write = self._last_written
+        seen = split_records(datagram)
+        # Only when every record of the datagram was application data OpenSSL accepted do
+        # we know the highest authentic sequence number (the replay window's start).
+        if len(seen) != records_read or any(
+            kind != APPLICATION_DATA or epoch != write_epoch for kind, epoch, *_ in seen
+        ):
+            self._release_buffers()
+            return
+        session = ssl.SSL_get_session(self._ssl)
+        secret = ffi.new("unsigned char[]", 48)
+        client_random = ffi.new("unsigned char[]", 32)
+        server_random = ffi.new("unsigned char[]", 32)
+        if (
+            session == ffi.NULL
+            or ssl.SSL_SESSION_get_master_key(session, secret, 48) != 48
+            or ssl.SSL_get_client_random(self._ssl, client_random, 32) != 32
+            or ssl.SSL_get_server_random(self._ssl, server_random, 32) != 32
+        ):
+            self._release_buffers()
+            return
+        self._described = (self.cipher, self.version, self.resumed)
+        self._records = RecordProtection.from_handshake(
+            SUITES[self._described[0]],
+            master_secret=bytes(ffi.buffer(secret, 48)),
+            client_random=bytes(ffi.buffer(client_random, 32)),
+            server_random=bytes(ffi.buffer(server_random, 32)),
+            is_server=True,
+            epoch=write_epoch,
+            next_write_sequence=last_write + 1,
+            highest_read_sequence=max(seq for _, _, seq, _, _ in seen),
+        )
+        ffi.memmove(secret, bytes(48), 48)
+        self._take_psk_identity()
+        ssl.SSL_free(self._ssl)
+        self._ssl = self._rbio = self._wbio = None
+        self._buffers_released = False
+
+    def _open(self, data: bytes) -> list[bytes]:
+        assert self._records is not None
+        opened = self._records.open(data)
+        if opened.alert is not None:
+            level, description = opened.alert
+            if level == ALERT_FATAL:
+                self._fail(f"peer sent fatal alert {description}")
+            else:
+                self.state = State.CLOSED
+            self._records = None
+        return opened.application_data
+
+    def _release_buffers(self) -> None:
+        """DTLS, established: hand the record buffers back between datagrams.
+
+        OpenSSL keeps a ~17.7 KiB read buffer per DTLS connection for its lifetime
+        (SSL_MODE_RELEASE_BUFFERS only works for TLS), the largest item of an idle
+        session. Freed here, it comes back from malloc for the next datagram, so all the
+        sessions share a few buffers in the event loop's arena. SSL_free_buffers refuses
+        (and we keep them) while a record is still unread.
+        """
+        if (
+            self.kind is Kind.DTLS
+            and not self._buffers_released
+            and self.state is State.ESTABLISHED
+            and self._ssl is not None
+            and _FREE_BUFFERS_IS_SAFE
+        ):
+            self._buffers_released = ssl.SSL_free_buffers(self._ssl) == 1
+
+    def _restore_buffers(self) -> None:
+        # DTLS writes (SSL_write, alerts, a retransmitted last flight while reading) do not
+        # allocate a missing write buffer themselves: they would write through NULL.
+        if self._buffers_released and self._ssl is not None:
+            if ssl.SSL_alloc_buffers(self._ssl) != 1:
+                raise MemoryError("SSL_alloc_buffers failed")
+            self._buffers_released = False
 
     def _take_psk_identity(self) -> bytes | None:
         if not isinstance(self.context, ServerContext) or self._ssl is None:
@@ -290,8 +438,10 @@ class SecureSession:
             n = ssl.SSL_read(self._ssl, buffer, _READ_CHUNK)
             if n > 0:
                 records.append(bytes(ffi.buffer(buffer, n)))
+                # SSL_has_pending, not SSL_pending: the latter misses the further records
+                # of a datagram that OpenSSL has read but not yet decrypted.
                 if ssl.BIO_ctrl(self._rbio, BIO_CTRL_PENDING, 0, ffi.NULL) <= 0 \
-                        and ssl.SSL_pending(self._ssl) <= 0:
+                        and not ssl.SSL_has_pending(self._ssl):
                     break  # all read: spare the SSL_read that would only say "want read"
                 continue
             error = ssl.SSL_get_error(self._ssl, n)
@@ -342,6 +492,8 @@ class SecureSession:
         ssl.SSL_set_session(self._ssl, session)
         ssl.SSL_SESSION_free(session)
 
+
+_FREE_BUFFERS_IS_SAFE = ssl.OpenSSL_version_num() >= _SAFE_FREE_BUFFERS
 
 _buffers = threading.local()
 

@@ -1,0 +1,275 @@
+"""DTLS 1.2 record protection for an established session whose handshake OpenSSL did.
+
+Why this exists: an established OpenSSL DTLS connection keeps its 16 KiB handshake message
+buffer for its whole life (OpenSSL 3.0 frees ``init_buf`` at the end of a handshake for TLS
+but not for DTLS over UDP, in case the peer retransmits its last flight), next to the SSL
+object, the peer certificate and the cipher contexts: ~47 KiB per idle session, measured
+with OpenSSL's own allocation hooks. Once the peer has sent application data it has
+verified our Finished and will never retransmit, so the handshake state has no further use:
+the server takes the connection's keys (the master secret, both randoms and the negotiated
+AEAD suite, all public API) and protects the records itself (RFC 6347 §4.1, RFC 5246
+§6.2.3.3, RFC 5288 GCM, RFC 6655/7251 CCM, RFC 7905 ChaCha20-Poly1305); the SSL object
+is freed. What an idle session keeps is then a few hundred bytes of keys and counters.
+
+Sans-I/O: bytes in, bytes out. Only AEAD suites are handled; a connection with another
+suite (the CBC ECDHE-PSK suite) simply stays on OpenSSL.
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
+
+DTLS_1_2 = b"\xfe\xfd"
+RECORD_HEADER = 13
+CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA = 20, 21, 22, 23
+ALERT_WARNING, ALERT_FATAL = 1, 2
+CLOSE_NOTIFY = 0
+#: RFC 6347 §4.1.2.6: a 64-record anti-replay window.
+REPLAY_WINDOW = 64
+#: RFC 5246 §6.2.3: a protected fragment is at most 2^14 + 2048 bytes.
+_MAX_FRAGMENT = 2**14 + 2048
+_MAX_SEQUENCE = 2**48 - 1
+_HEADER = struct.Struct("!B2sH6sH")
+
+
+@dataclass(frozen=True, slots=True)
+class AeadSuite:
+    """How one TLS 1.2 AEAD cipher suite protects a record."""
+
+    name: str
+    cipher: Callable[[bytes], Any]
+    key_length: int
+    #: The implicit part of the nonce from the key block (the salt; the whole IV for ChaCha).
+    fixed_iv_length: int
+    #: The nonce part sent in each record (0: derived from the sequence number, RFC 7905).
+    explicit_nonce_length: int
+    tag_length: int
+    prf_hash: str
+
+
+def _gcm(key: bytes) -> Any:
+    return AESGCM(key)
+
+
+def _ccm(key: bytes) -> Any:
+    return AESCCM(key, tag_length=16)
+
+
+def _ccm8(key: bytes) -> Any:
+    return AESCCM(key, tag_length=8)
+
+
+def _chacha(key: bytes) -> Any:
+    return ChaCha20Poly1305(key)
+
+
+#: The AEAD suites our contexts offer, by OpenSSL name.
+SUITES: dict[str, AeadSuite] = {
+    s.name: s
+    for s in (
+        AeadSuite("ECDHE-ECDSA-AES128-GCM-SHA256", _gcm, 16, 4, 8, 16, "sha256"),
+        AeadSuite("ECDHE-ECDSA-AES256-GCM-SHA384", _gcm, 32, 4, 8, 16, "sha384"),
+        AeadSuite("ECDHE-RSA-AES128-GCM-SHA256", _gcm, 16, 4, 8, 16, "sha256"),
+        AeadSuite("ECDHE-RSA-AES256-GCM-SHA384", _gcm, 32, 4, 8, 16, "sha384"),
+        AeadSuite("ECDHE-ECDSA-CHACHA20-POLY1305", _chacha, 32, 12, 0, 16, "sha256"),
+        AeadSuite("ECDHE-RSA-CHACHA20-POLY1305", _chacha, 32, 12, 0, 16, "sha256"),
+        AeadSuite("ECDHE-PSK-CHACHA20-POLY1305", _chacha, 32, 12, 0, 16, "sha256"),
+        AeadSuite("PSK-AES128-GCM-SHA256", _gcm, 16, 4, 8, 16, "sha256"),
+        AeadSuite("PSK-AES128-CCM", _ccm, 16, 4, 8, 16, "sha256"),
+        AeadSuite("PSK-AES128-CCM8", _ccm8, 16, 4, 8, 8, "sha256"),
+    )
+}
+
+
+def prf(hash_name: str, secret: bytes, label: bytes, seed: bytes, length: int) -> bytes:
+    """The TLS 1.2 PRF, P_<hash>(secret, label + seed) (RFC 5246 §5)."""
+    seed = label + seed
+    out = b""
+    a = seed
+    while len(out) < length:
+        a = hmac.new(secret, a, hash_name).digest()
+        out += hmac.new(secret, a + seed, hash_name).digest()
+    return out[:length]
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """What one datagram carried: application data, and whether the peer closed."""
+
+    application_data: list[bytes]
+    #: (level, description) of the alert that ended the session, or None.
+    alert: tuple[int, int] | None = None
+    #: Records dropped: unauthentic, replayed, another epoch, or not application data.
+    dropped: int = 0
+
+
+def split_records(datagram: bytes) -> list[tuple[int, int, int, bytes, bytes]]:
+    """(type, epoch, sequence, header, fragment) of each whole record; a truncated tail
+    is left out (RFC 6347 §4.1.2.7: invalid records are discarded)."""
+    records = []
+    offset = 0
+    while offset + RECORD_HEADER <= len(datagram):
+        kind, version, epoch, seq, length = _HEADER.unpack_from(datagram, offset)
+        end = offset + RECORD_HEADER + length
+        if end > len(datagram):
+            break
+        records.append((
+            kind,
+            epoch if version == DTLS_1_2 else -1,
+            int.from_bytes(seq, "big"),
+            datagram[offset : offset + RECORD_HEADER],
+            datagram[offset + RECORD_HEADER : end],
+        ))
+        offset = end
+    return records
+
+
+class RecordProtection:
+    """Seals and opens the records of one established DTLS 1.2 connection (one epoch)."""
+
+    __slots__ = (
+        "suite", "epoch", "_read_key", "_read_iv", "_write_key", "_write_iv",
+        "_next_write", "_highest_read", "_window",
+    )
+
+    def __init__(
+        self,
+        suite: AeadSuite,
+        *,
+        read_key: bytes,
+        read_iv: bytes,
+        write_key: bytes,
+        write_iv: bytes,
+        epoch: int,
+        next_write_sequence: int,
+        highest_read_sequence: int,
+    ) -> None:
+        self.suite = suite
+        self.epoch = epoch
+        self._read_key, self._read_iv = read_key, read_iv
+        self._write_key, self._write_iv = write_key, write_iv
+        self._next_write = next_write_sequence
+        # Everything up to the highest record OpenSSL authenticated counts as seen: a
+        # record from before the hand-over can never be replayed into this session.
+        self._highest_read = highest_read_sequence
+        self._window = (1 << REPLAY_WINDOW) - 1
+
+    @classmethod
+    def from_handshake(
+        cls,
+        suite: AeadSuite,
+        *,
+        master_secret: bytes,
+        client_random: bytes,
+        server_random: bytes,
+        is_server: bool,
+        epoch: int,
+        next_write_sequence: int,
+        highest_read_sequence: int,
+    ) -> RecordProtection:
+        """Derive the keys as RFC 5246 §6.3 does (AEAD suites have no MAC keys)."""
+        key, iv = suite.key_length, suite.fixed_iv_length
+        block = prf(suite.prf_hash, master_secret, b"key expansion",
+                    server_random + client_random, 2 * (key + iv))
+        client_key, server_key = block[:key], block[key : 2 * key]
+        client_iv, server_iv = block[2 * key : 2 * key + iv], block[2 * key + iv :]
+        if is_server:
+            read_key, read_iv, write_key, write_iv = client_key, client_iv, server_key, server_iv
+        else:
+            read_key, read_iv, write_key, write_iv = server_key, server_iv, client_key, client_iv
+        return cls(
+            suite,
+            read_key=read_key,
+            read_iv=read_iv,
+            write_key=write_key,
+            write_iv=write_iv,
+            epoch=epoch,
+            next_write_sequence=next_write_sequence,
+            highest_read_sequence=highest_read_sequence,
+        )
+
+    def seal(self, content_type: int, plaintext: bytes) -> bytes:
+        """One protected record."""
+        seq = self._next_write
+        if seq > _MAX_SEQUENCE:
+            # RFC 6347 §4.1: never reuse a sequence number; the session has to end.
+            raise OverflowError("DTLS sequence numbers exhausted")
+        self._next_write = seq + 1
+        epoch_seq = self.epoch.to_bytes(2, "big") + seq.to_bytes(6, "big")
+        aad = epoch_seq + bytes((content_type,)) + DTLS_1_2 + len(plaintext).to_bytes(2, "big")
+        explicit, nonce = self._nonce(self._write_iv, epoch_seq, None)
+        body = explicit + self.suite.cipher(self._write_key).encrypt(nonce, plaintext, aad)
+        return (
+            bytes((content_type,)) + DTLS_1_2 + epoch_seq + len(body).to_bytes(2, "big") + body
+        )
+
+    def open(self, datagram: bytes) -> Opened:
+        """Application data and alerts of one datagram; everything else is dropped."""
+        data: list[bytes] = []
+        dropped = 0
+        for kind, epoch, seq, header, fragment in split_records(datagram):
+            if epoch != self.epoch or kind not in (APPLICATION_DATA, ALERT) \
+                    or len(fragment) > _MAX_FRAGMENT or self._replayed(seq):
+                dropped += 1
+                continue
+            plaintext = self._decrypt(kind, header[3:11], fragment)
+            if plaintext is None:
+                dropped += 1
+                continue
+            self._mark(seq)
+            if kind == APPLICATION_DATA:
+                data.append(plaintext)
+            elif len(plaintext) == 2 and (
+                plaintext[0] == ALERT_FATAL or plaintext[1] == CLOSE_NOTIFY
+            ):
+                return Opened(data, (plaintext[0], plaintext[1]), dropped)
+            # other warning alerts change nothing
+        return Opened(data, None, dropped)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _nonce(self, iv: bytes, epoch_seq: bytes, explicit: bytes | None) -> tuple[bytes, bytes]:
+        """(explicit part sent in the record, full nonce)."""
+        if self.suite.explicit_nonce_length == 0:
+            # RFC 7905 §2: the IV XORed with the 64-bit epoch and sequence number.
+            padded = bytes(4) + epoch_seq
+            return b"", bytes(a ^ b for a, b in zip(iv, padded, strict=True))
+        if explicit is None:
+            explicit = epoch_seq  # unique per record, as OpenSSL does too
+        return explicit, iv + explicit
+
+    def _decrypt(self, kind: int, epoch_seq: bytes, fragment: bytes) -> bytes | None:
+        suite = self.suite
+        explicit_length = suite.explicit_nonce_length
+        if len(fragment) < explicit_length + suite.tag_length:
+            return None
+        explicit = fragment[:explicit_length] if explicit_length else None
+        _, nonce = self._nonce(self._read_iv, epoch_seq, explicit)
+        ciphertext = fragment[explicit_length:]
+        plain_length = len(ciphertext) - suite.tag_length
+        aad = epoch_seq + bytes((kind,)) + DTLS_1_2 + plain_length.to_bytes(2, "big")
+        try:
+            return suite.cipher(self._read_key).decrypt(nonce, ciphertext, aad)
+        except InvalidTag:
+            return None
+
+    def _replayed(self, seq: int) -> bool:
+        if seq > self._highest_read:
+            return False
+        age = self._highest_read - seq
+        return age >= REPLAY_WINDOW or bool(self._window >> age & 1)
+
+    def _mark(self, seq: int) -> None:
+        if seq > self._highest_read:
+            shift = seq - self._highest_read
+            self._window = ((self._window << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            self._highest_read = seq
+        else:
+            self._window |= 1 << (self._highest_read - seq)

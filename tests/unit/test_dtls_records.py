@@ -1,0 +1,257 @@
+"""The server's own DTLS 1.2 record protection after OpenSSL's handshake (dtls_records).
+
+Each suite is checked against OpenSSL itself: a real handshake between an OpenSSL client
+and our server session, then records both ways after the server freed its SSL object. A
+wrong key, nonce or additional data would make OpenSSL (or us) drop every record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from certs.devpki import init_dev_pki
+from gateway.transport.dtls_records import (
+    ALERT,
+    APPLICATION_DATA,
+    REPLAY_WINDOW,
+    SUITES,
+    RecordProtection,
+    prf,
+    split_records,
+)
+from gateway.transport.openssl_ffi import ssl
+from gateway.transport.secure_session import SecureSession, State
+from gateway.transport.tls_context import (
+    ClientContext,
+    ClientCredentials,
+    Kind,
+    ServerContext,
+    ServerCredentials,
+)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("pki")
+    init_dev_pki(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def server_context(pki: Path) -> ServerContext:
+    data = json.loads((pki / "psk.json").read_text())
+    creds = ServerCredentials(
+        pki / "server.pem",
+        pki / "server.key",
+        pki / "ca.pem",
+        psk={data["identity"].encode(): data["key"].encode()},
+        allow_legacy_psk=True,
+    )
+    return ServerContext(Kind.DTLS, creds)
+
+
+def client_for(pki: Path, suite: str) -> SecureSession:
+    if "PSK" in suite:
+        data = json.loads((pki / "psk.json").read_text())
+        creds = ClientCredentials(
+            psk_identity=data["identity"].encode(), psk_key=data["key"].encode()
+        )
+    else:
+        creds = ClientCredentials(pki / "client.pem", pki / "client.key", pki / "ca.pem")
+    context = ClientContext(Kind.DTLS, creds)
+    assert ssl.SSL_CTX_set_cipher_list(context.ptr, f"{suite}:@SECLEVEL=0".encode()) == 1
+    return SecureSession(context)
+
+
+def move(source: SecureSession, sink: SecureSession) -> list[bytes]:
+    return [record for datagram in source.take_output() for record in sink.feed(datagram)]
+
+
+def connected(
+    pki: Path, server_context: ServerContext, suite: str
+) -> tuple[SecureSession, SecureSession]:
+    client, server = client_for(pki, suite), SecureSession(server_context)
+    client.start()
+    for _ in range(12):
+        if (
+            not (move(client, server) or move(server, client))
+            and client.state is not State.HANDSHAKING
+        ):
+            break
+    assert (client.state, server.state) == (State.ESTABLISHED, State.ESTABLISHED)
+    assert server.cipher == suite
+    return client, server
+
+
+def handed_over(server: SecureSession) -> bool:
+    return server._records is not None and server._ssl is None
+
+
+def test_prf_matches_openssl() -> None:
+    # Expected values from `openssl kdf -keylen 48 -kdfopt digest:SHA256|SHA384
+    # -kdfopt hexsecret:000102...0f -kdfopt seed:"key expansion"
+    # -kdfopt hexseed:a0ba9f936cda311827a6f796ffd5198c TLS1-PRF` (OpenSSL 3.0.19).
+    secret, seed = bytes(range(16)), bytes.fromhex("a0ba9f936cda311827a6f796ffd5198c")
+    assert prf("sha256", secret, b"key expansion", seed, 48).hex() == (
+        "43faee14a3d207bed2828ed6ba7f420570c416395026ff83c99f72e40bb392b4"
+        "d48902deb262610fba09a9b48902da77"
+    )
+    assert prf("sha384", secret, b"key expansion", seed, 48).hex() == (
+        "a78c92e72ebc7d0259691fd3187f2dec34cff5f4c7ef79c3dd5d57d3511e6f0f"
+        "d69cee46ab586b8644a4de230513ba3a"
+    )
+
+
+# The ECDHE-RSA suites share their AEAD and PRF with the ECDSA ones tested here; the dev
+# PKI has ECDSA keys only.
+OPENSSL_CHECKED = [name for name in SUITES if "-RSA-" not in name]
+
+
+@pytest.mark.parametrize("suite", OPENSSL_CHECKED)
+def test_records_interoperate_with_openssl_after_the_hand_over(
+    pki: Path, server_context: ServerContext, suite: str
+) -> None:
+    client, server = connected(pki, server_context, suite)
+    assert not handed_over(server)  # no application data yet: OpenSSL keeps the session
+    client.send(b"first")
+    assert move(client, server) == [b"first"]
+    assert handed_over(server)
+    assert (server.cipher, server.version) == (suite, "DTLSv1.2")
+    for i in range(20):
+        client.send(b"request %d" % i)
+        assert move(client, server) == [b"request %d" % i]
+        server.send(b"answer %d" % i)
+        assert move(server, client) == [b"answer %d" % i]
+    # Several records in one datagram, both ways.
+    for i in range(3):
+        server.send(b"notification %d" % i)
+    datagrams = server.take_output()
+    assert len(datagrams) == 1
+    assert [r for d in datagrams for r in client.feed(d)] == [
+        b"notification %d" % i for i in range(3)
+    ]
+
+
+@pytest.mark.parametrize("suite", ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-PSK-CHACHA20-POLY1305"])
+def test_replayed_tampered_and_foreign_records_are_dropped(
+    pki: Path, server_context: ServerContext, suite: str
+) -> None:
+    client, server = connected(pki, server_context, suite)
+    client.send(b"hello")
+    (captured,) = client.take_output()
+    assert server.feed(captured) == [b"hello"] and handed_over(server)
+    assert server.feed(captured) == []  # replay
+    client.send(b"next")
+    (record,) = client.take_output()
+    tampered = record[:-1] + bytes((record[-1] ^ 1,))
+    other_epoch = record[:3] + b"\x00\x00" + record[5:]
+    other_type = b"\x16" + record[1:]
+    for junk in (
+        tampered,
+        other_epoch,
+        other_type,
+        record[:-3],
+        b"",
+        bytes(range(256)),
+        b"\x17\xfe\xfd" + bytes(20),
+        os.urandom(600),
+    ):
+        assert server.feed(junk) == []
+    assert server.state is State.ESTABLISHED
+    assert server.feed(record) == [b"next"]  # the tampered copy did not burn its number
+    server.send(b"still talking")
+    assert move(server, client) == [b"still talking"]
+
+
+def test_close_notify_both_ways(pki: Path, server_context: ServerContext) -> None:
+    suite = "ECDHE-ECDSA-AES256-GCM-SHA384"
+    client, server = connected(pki, server_context, suite)
+    client.send(b"x")
+    move(client, server)
+    server.close()
+    assert move(server, client) == [] and client.state is State.CLOSED
+
+    client, server = connected(pki, server_context, suite)
+    client.send(b"x")
+    move(client, server)
+    assert handed_over(server)
+    client.close()
+    move(client, server)
+    assert server.state is State.CLOSED
+    with pytest.raises(Exception, match="cannot send"):
+        server.send(b"too late")
+
+
+def test_the_cbc_suite_stays_on_openssl(pki: Path, server_context: ServerContext) -> None:
+    client, server = connected(pki, server_context, "ECDHE-PSK-AES128-CBC-SHA256")
+    for i in range(3):
+        client.send(b"r%d" % i)
+        assert move(client, server) == [b"r%d" % i]
+        server.send(b"a%d" % i)
+        assert move(server, client) == [b"a%d" % i]
+    assert not handed_over(server) and server._ssl is not None
+
+
+def test_no_hand_over_while_handshake_records_share_the_datagram(
+    pki: Path, server_context: ServerContext
+) -> None:
+    client, server = connected(pki, server_context, "ECDHE-ECDSA-AES128-GCM-SHA256")
+    client.send(b"a")
+    (datagram,) = client.take_output()
+    # A stale epoch-0 handshake record in front: the highest authentic sequence number is
+    # not known from this datagram, so OpenSSL keeps the session for now.
+    stale = b"\x16\xfe\xfd" + bytes(8) + (4).to_bytes(2, "big") + bytes(4)
+    assert server.feed(stale + datagram) == [b"a"]
+    assert not handed_over(server)
+    client.send(b"b")
+    assert move(client, server) == [b"b"] and handed_over(server)
+
+
+def pair_of_protections(suite_name: str) -> tuple[RecordProtection, RecordProtection]:
+    suite = SUITES[suite_name]
+    secrets = {
+        "master_secret": bytes(range(48)),
+        "client_random": bytes(32),
+        "server_random": bytes([7]) * 32,
+        "epoch": 1,
+        "next_write_sequence": 1,
+        "highest_read_sequence": 0,
+    }
+    return (
+        RecordProtection.from_handshake(suite, is_server=True, **secrets),  # type: ignore[arg-type]
+        RecordProtection.from_handshake(suite, is_server=False, **secrets),  # type: ignore[arg-type]
+    )
+
+
+def test_replay_window_accepts_reordering_once_and_drops_the_too_old() -> None:
+    server, client = pair_of_protections("ECDHE-ECDSA-AES128-GCM-SHA256")
+    records = [client.seal(APPLICATION_DATA, b"%d" % i) for i in range(REPLAY_WINDOW + 10)]
+    assert server.open(records[5]).application_data == [b"5"]
+    assert server.open(records[2]).application_data == [b"2"]  # late, inside the window
+    assert server.open(records[2]).application_data == []  # but only once
+    assert server.open(records[REPLAY_WINDOW + 9]).application_data == [b"%d" % (REPLAY_WINDOW + 9)]
+    assert server.open(records[3]).application_data == []  # fell out of the window
+    assert server.open(records[REPLAY_WINDOW + 8]).application_data == [b"%d" % (REPLAY_WINDOW + 8)]
+
+
+def test_alerts_end_the_session_and_warnings_do_not() -> None:
+    server, client = pair_of_protections("ECDHE-PSK-CHACHA20-POLY1305")
+    assert server.open(client.seal(ALERT, b"\x01\x5a")).alert is None  # warning: user_canceled
+    opened = server.open(client.seal(APPLICATION_DATA, b"a") + client.seal(ALERT, b"\x02\x28"))
+    assert opened.application_data == [b"a"] and opened.alert == (2, 40)
+    assert server.open(client.seal(ALERT, b"\x01\x00")).alert == (1, 0)
+
+
+def test_records_are_split_at_their_lengths_and_a_truncated_tail_is_ignored() -> None:
+    _, client = pair_of_protections("PSK-AES128-CCM8")
+    two = client.seal(APPLICATION_DATA, b"one") + client.seal(APPLICATION_DATA, b"two")
+    assert [(kind, epoch, seq) for kind, epoch, seq, _, _ in split_records(two)] == [
+        (APPLICATION_DATA, 1, 1),
+        (APPLICATION_DATA, 1, 2),
+    ]
+    assert len(split_records(two[:-1])) == 1
+    assert split_records(b"\x17\xfe\xff" + bytes(10))[0][1] == -1  # not DTLS 1.2: no epoch
