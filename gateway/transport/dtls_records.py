@@ -21,7 +21,7 @@ import hmac
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
@@ -44,7 +44,7 @@ class AeadSuite:
     """How one TLS 1.2 AEAD cipher suite protects a record."""
 
     name: str
-    cipher: Callable[[bytes], Any]
+    cipher: _CipherCache
     key_length: int
     #: The implicit part of the nonce from the key block (the salt; the whole IV for ChaCha).
     fixed_iv_length: int
@@ -54,20 +54,35 @@ class AeadSuite:
     prf_hash: str
 
 
-def _gcm(key: bytes) -> Any:
-    return AESGCM(key)
+class _CipherCache:
+    """The AEAD objects of the most recently used keys.
+
+    An AEAD object holds an OpenSSL cipher context once used (~1-2 KiB), too much to keep
+    for every idle session; building one costs ~0.7 us, a few percent of a request. The
+    busy sessions of the moment hit this cache; idle ones keep only their key bytes.
+    """
+
+    def __init__(self, factory: Callable[[bytes], Any], size: int = 512) -> None:
+        self._factory = factory
+        self._size = size
+        self._objects: dict[bytes, Any] = {}
+
+    def __call__(self, key: bytes) -> Any:
+        cipher = self._objects.get(key)
+        if cipher is None:
+            if len(self._objects) >= self._size:
+                self._objects.clear()  # cheaper than LRU bookkeeping on every record
+            cipher = self._objects[key] = self._factory(key)
+        return cipher
+
+    def forget(self, key: bytes) -> None:
+        self._objects.pop(key, None)
 
 
-def _ccm(key: bytes) -> Any:
-    return AESCCM(key, tag_length=16)
-
-
-def _ccm8(key: bytes) -> Any:
-    return AESCCM(key, tag_length=8)
-
-
-def _chacha(key: bytes) -> Any:
-    return ChaCha20Poly1305(key)
+_gcm = _CipherCache(AESGCM)
+_ccm = _CipherCache(lambda key: AESCCM(key, tag_length=16))
+_ccm8 = _CipherCache(lambda key: AESCCM(key, tag_length=8))
+_chacha = _CipherCache(ChaCha20Poly1305)
 
 
 #: The AEAD suites our contexts offer, by OpenSSL name.
@@ -99,8 +114,7 @@ def prf(hash_name: str, secret: bytes, label: bytes, seed: bytes, length: int) -
     return out[:length]
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
+class Opened(NamedTuple):
     """What one datagram carried: application data, and whether the peer closed."""
 
     application_data: list[bytes]
@@ -194,6 +208,11 @@ class RecordProtection:
             next_write_sequence=next_write_sequence,
             highest_read_sequence=highest_read_sequence,
         )
+
+    def forget(self) -> None:
+        """The session ended: its keys leave the cipher cache now."""
+        self.suite.cipher.forget(self._read_key)
+        self.suite.cipher.forget(self._write_key)
 
     def seal(self, content_type: int, plaintext: bytes) -> bytes:
         """One protected record."""

@@ -221,7 +221,9 @@ class SecureSession:
             ssl.SSL_free(self._ssl)
             self._ssl = None
             self._rbio = self._wbio = None
-        self._records = None
+        if self._records is not None:
+            self._records.forget()
+            self._records = None
         if self.state in (State.HANDSHAKING, State.ESTABLISHED):
             self.state = State.CLOSED
 
@@ -232,6 +234,8 @@ class SecureSession:
         stream chunk (TLS)."""
         if self._sealed:
             sealed, self._sealed = self._sealed, []
+            if len(sealed) == 1:
+                return sealed  # one record, and send() made sure it fits a datagram
             return pack_records(b"".join(sealed), self.datagram_size)
         if self._wbio is None:
             return []
@@ -396,6 +400,7 @@ class SecureSession:
                 self._fail(f"peer sent fatal alert {description}")
             else:
                 self.state = State.CLOSED
+            self._records.forget()
             self._records = None
         return opened.application_data
 
