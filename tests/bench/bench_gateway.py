@@ -701,16 +701,21 @@ FINDINGS = [
     " for the whole request): both DTLS legs, CoAP on both sides, a task and a future per"
     " request. Small bodies are decoded once per distinct body (memo), which removed most"
     " of the double decoding (`decode_message` was 14% of busy time).",
-    "- Memory (missed: ~16,000 idle sessions per GiB for >= 20,000): ~7.4 KiB of Python"
-    " objects per idle session (largest: three `collections.deque` of 380 B each in"
-    " HeartbeatMonitor, MessageLayer and DtlsServer, cffi buffers ~590 B, session"
-    " configuration ~660 B); ~47 KiB per session sit in the malloc arenas of the handshake"
-    " threads, where OpenSSL allocates each connection (with MALLOC_ARENA_MAX=1 the total"
-    " stays 66 KiB: live OpenSSL state, not fragmentation). Capping DTLS max_send_fragment"
-    " at the datagram size saved ~14 KiB of heap per session. OpenSSL keeps a DTLS read"
-    " buffer (~17.7 KiB) per connection for its lifetime (RELEASE_BUFFERS frees it only for"
-    " TLS) and SSL_free_buffers() crashed the server in a try (DTLS hands the read buffer"
-    " to its record queue): that buffer is the largest remaining item.",
+    "- Memory: the first runs held ~66 KiB per idle session (15,868 per GiB, missed)."
+    " Attributed per allocation site with OpenSSL's CRYPTO_set_mem_functions hooks (file"
+    " and line of every live allocation, 100 idle server sessions): OpenSSL kept ~47 KiB"
+    " per established DTLS connection, of which 21.8 KiB was the handshake message buffer"
+    " (`init_buf`, 16 KiB grown by BUF_MEM_grow's 4/3), freed after a handshake for TLS but"
+    " kept for DTLS over UDP in case the peer retransmits its last flight; then the SSL"
+    " object (7.6 KiB), the peer certificate (a parsed X509 is 5.5 KiB), the memory BIOs"
+    " (3.3 KiB) and the cipher contexts (~2 KiB). The public API frees none of it while"
+    " the SSL object lives (SSL_free_buffers releases the record buffers, but a DTLS write"
+    " then goes through NULL unless SSL_alloc_buffers runs first: the crash of the earlier"
+    " try). Since then the server hands a DTLS connection over once the client has sent"
+    " application data: it takes the keys (master secret, randoms, suite), frees the SSL"
+    " object and protects the records itself (`gateway/transport/dtls_records.py`). Idle"
+    " sessions went from 66 to 10 KiB, now mostly Python objects (~7 KiB: three"
+    " `collections.deque` of 380 B each, the session configuration, the CoAP layer).",
 ]
 
 
