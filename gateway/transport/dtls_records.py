@@ -31,6 +31,7 @@ RECORD_HEADER = 13
 CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA = 20, 21, 22, 23
 ALERT_WARNING, ALERT_FATAL = 1, 2
 CLOSE_NOTIFY = 0
+NO_RENEGOTIATION = 100
 #: RFC 6347 §4.1.2.6: a 64-record anti-replay window.
 REPLAY_WINDOW = 64
 #: RFC 5246 §6.2.3: a protected fragment is at most 2^14 + 2048 bytes.
@@ -122,6 +123,8 @@ class Opened(NamedTuple):
     alert: tuple[int, int] | None = None
     #: Records dropped: unauthentic, replayed, another epoch, or not application data.
     dropped: int = 0
+    #: An authentic handshake message arrived: the peer wants to renegotiate.
+    renegotiation: bool = False
 
 
 def split_records(datagram: bytes) -> list[tuple[int, int, int, bytes, bytes]]:
@@ -233,8 +236,9 @@ class RecordProtection:
         """Application data and alerts of one datagram; everything else is dropped."""
         data: list[bytes] = []
         dropped = 0
+        renegotiation = False
         for kind, epoch, seq, header, fragment in split_records(datagram):
-            if epoch != self.epoch or kind not in (APPLICATION_DATA, ALERT) \
+            if epoch != self.epoch or kind not in (APPLICATION_DATA, ALERT, HANDSHAKE) \
                     or len(fragment) > _MAX_FRAGMENT or self._replayed(seq):
                 dropped += 1
                 continue
@@ -245,12 +249,16 @@ class RecordProtection:
             self._mark(seq)
             if kind == APPLICATION_DATA:
                 data.append(plaintext)
+            elif kind == HANDSHAKE:
+                # After application data from the peer, a handshake message can only start
+                # a renegotiation (its Finished is long verified); we do not renegotiate.
+                renegotiation = True
             elif len(plaintext) == 2 and (
                 plaintext[0] == ALERT_FATAL or plaintext[1] == CLOSE_NOTIFY
             ):
-                return Opened(data, (plaintext[0], plaintext[1]), dropped)
+                return Opened(data, (plaintext[0], plaintext[1]), dropped, renegotiation)
             # other warning alerts change nothing
-        return Opened(data, None, dropped)
+        return Opened(data, None, dropped, renegotiation)
 
     # --- internals ---------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from gateway.transport.dtls_records import (
     ALERT_WARNING,
     APPLICATION_DATA,
     CLOSE_NOTIFY,
+    NO_RENEGOTIATION,
     SUITES,
     RecordProtection,
     split_records,
@@ -394,6 +395,11 @@ class SecureSession:
     def _open(self, data: bytes) -> list[bytes]:
         assert self._records is not None
         opened = self._records.open(data)
+        if opened.renegotiation:
+            # RFC 5246 §7.2.2: refuse with a warning; the session goes on as it was.
+            self._sealed.append(
+                self._records.seal(ALERT, bytes((ALERT_WARNING, NO_RENEGOTIATION)))
+            )
         if opened.alert is not None:
             level, description = opened.alert
             if level == ALERT_FATAL:

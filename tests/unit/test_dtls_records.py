@@ -17,6 +17,7 @@ from certs.devpki import init_dev_pki
 from gateway.transport.dtls_records import (
     ALERT,
     APPLICATION_DATA,
+    HANDSHAKE,
     REPLAY_WINDOW,
     SUITES,
     RecordProtection,
@@ -255,3 +256,41 @@ def test_records_are_split_at_their_lengths_and_a_truncated_tail_is_ignored() ->
     ]
     assert len(split_records(two[:-1])) == 1
     assert split_records(b"\x17\xfe\xff" + bytes(10))[0][1] == -1  # not DTLS 1.2: no epoch
+
+
+def test_a_renegotiation_attempt_gets_no_renegotiation_and_the_session_goes_on() -> None:
+    server, client = pair_of_protections("ECDHE-ECDSA-AES128-GCM-SHA256")
+    hello = bytes([1]) + bytes(11)  # a ClientHello's handshake header, body irrelevant
+    opened = server.open(client.seal(HANDSHAKE, hello))
+    assert opened.renegotiation and opened.alert is None and opened.application_data == []
+    assert server.open(client.seal(APPLICATION_DATA, b"go on")).application_data == [b"go on"]
+
+
+def test_the_server_session_answers_renegotiation_with_a_warning(
+    pki: Path, server_context: ServerContext
+) -> None:
+    client, server = connected(pki, server_context, "ECDHE-ECDSA-AES128-GCM-SHA256")
+    client.send(b"a")
+    move(client, server)
+    assert handed_over(server)
+    assert server._records is not None
+    own = server._records
+    # Seal a handshake record with the client's keys, as a renegotiating client would.
+    peer = RecordProtection(
+        own.suite,
+        read_key=own._write_key,
+        read_iv=own._write_iv,
+        write_key=own._read_key,
+        write_iv=own._read_iv,
+        epoch=own.epoch,
+        next_write_sequence=own._highest_read + 10,  # clear of the client's next numbers
+        highest_read_sequence=0,
+    )
+    assert server.feed(peer.seal(HANDSHAKE, bytes([1]) + bytes(11))) == []
+    (datagram,) = server.take_output()
+    (record,) = split_records(datagram)
+    kind, _, _, header, fragment = record
+    assert kind == ALERT and peer._decrypt(ALERT, header[3:11], fragment) == b"\x01\x64"
+    assert server.state is State.ESTABLISHED  # what OpenSSL does with NO_RENEGOTIATION set
+    client.send(b"b")
+    assert move(client, server) == [b"b"]
