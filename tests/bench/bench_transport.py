@@ -373,7 +373,39 @@ def write_results(path: Path, table: dict[str, dict[str, str]], quick: bool) -> 
         "|---|" + "---|" * len(names),
         *[f"| {row} | " + " | ".join(table[n].get(row, "-") for n in names) + " |"
           for row in rows],
+        *target_lines(table),
     ])
+
+
+def _leading_number(cell: str) -> float:
+    return float(cell.split()[0])
+
+
+def target_lines(table: dict[str, dict[str, str]]) -> list[str]:
+    """Issue 4's targets, judged from this run's own figures."""
+    ours, theirs = table.get("dots-gateway"), table.get("libcoap coap-server-openssl")
+    if ours is None or theirs is None:
+        return []
+    lines = ["", "Targets (issue 4):", ""]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    for row in [r for r in ours if r.startswith("handshakes/s")]:
+        a, b = _leading_number(ours[row]), _leading_number(theirs[row])
+        lines.append(f"- {row} >= libcoap: {a:.0f} vs {b:.0f} -> {verdict(a >= b)}")
+    row = "requests/s (16 sessions)"
+    if row in ours and row in theirs:
+        ratio = _leading_number(ours[row]) / _leading_number(theirs[row])
+        lines.append(f"- {row} >= 0.3x libcoap: {ratio:.2f}x -> {verdict(ratio >= 0.3)}")
+    for row in [r for r in ours if r.startswith("RSS per idle session")]:
+        kib = _leading_number(ours[row])
+        lines.append(f"- {row} <= 48 KiB: {kib:.1f} KiB -> {verdict(kib <= 48)}")
+    row = next((r for r in ours if r.startswith("request latency during")), None)
+    if row is not None:
+        p99 = float(ours[row].split("p99 ")[1].split()[0])
+        lines.append(f"- p99 {row} <= 5 ms: {p99:.2f} ms -> {verdict(p99 <= 5)}")
+    return lines
 
 
 if __name__ == "__main__":
