@@ -101,7 +101,9 @@ class DtlsConnection:
         self.last_activity = now
         self.handler: SessionHandler | None = None
         self.busy = False  # a handshake job is running in a worker thread
-        self.backlog: deque[bytes] = deque(maxlen=16)
+        # Datagrams that arrive while a handshake job runs; made on first use, dropped once
+        # established (an idle session should not carry an empty queue).
+        self.backlog: deque[bytes] | None = None
         self.retransmit: asyncio.TimerHandle | None = None
 
     @property
@@ -303,7 +305,7 @@ class DtlsServer(EndpointBase):
 
     def _handshake_step(self, conn: DtlsConnection, data: bytes) -> None:
         if conn.busy:
-            conn.backlog.append(data)  # bounded: a flood of retransmissions drops the oldest
+            _queue(conn, data)
             return
         conn.busy = True
         assert self._loop is not None
@@ -333,12 +335,14 @@ class DtlsServer(EndpointBase):
             self._established(conn, future.result())
         else:
             self._arm_retransmit(conn)
-        if conn.backlog and self.sessions.get((conn.local, conn.remote)) is conn:
-            next_data = conn.backlog.popleft()
+        backlog = conn.backlog
+        while backlog and self.sessions.get((conn.local, conn.remote)) is conn:
+            next_data = backlog.popleft()
             if conn.session.state is State.HANDSHAKING:
-                self._handshake_step(conn, next_data)
-            else:
-                self._application(conn, next_data)
+                self._handshake_step(conn, next_data)  # busy again: the rest waits for it
+                return
+            self._application(conn, next_data)
+        conn.backlog = None
 
     def _arm_retransmit(self, conn: DtlsConnection) -> None:
         if conn.retransmit is not None:
@@ -388,7 +392,7 @@ class DtlsServer(EndpointBase):
 
     def _application(self, conn: DtlsConnection, data: bytes) -> None:
         if conn.busy:
-            conn.backlog.append(data)
+            _queue(conn, data)
             return
         records = conn.session.feed(data)
         self._flush(conn)  # e.g. a retransmitted Finished flight
@@ -426,7 +430,7 @@ class DtlsServer(EndpointBase):
             conn.session.free()
         else:
             # A worker still uses the SSL object: free it when the job returns.
-            conn.backlog.clear()
+            conn.backlog = None
             self._free_later(conn)
         self.counters.sessions_closed += 1
         if notify and conn.handler is not None:
@@ -480,6 +484,12 @@ class DtlsServer(EndpointBase):
         self._listener = listener
 
 
+
+
+def _queue(conn: DtlsConnection, data: bytes) -> None:
+    if conn.backlog is None:
+        conn.backlog = deque(maxlen=16)  # bounded: a flood of retransmissions drops the oldest
+    conn.backlog.append(data)
 
 
 def _drain(bio: Any) -> bytes:

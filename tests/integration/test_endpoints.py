@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,46 @@ async def test_dtls_over_ipv4_and_ipv6_with_cookie_exchange(
         conn.close()
     assert dtls_server.counters.hello_verify_requests >= 2
     assert dtls_server.counters.handshakes_completed == 2
+
+
+class SlowHandshakes(concurrent.futures.ThreadPoolExecutor):
+    """Handshake jobs that take 0.3 s: datagrams arriving meanwhile wait in the backlog."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        def slow() -> Any:
+            time.sleep(0.3)
+            return fn(*args, **kwargs)
+
+        return super().submit(slow)
+
+
+async def test_datagrams_queued_behind_the_last_handshake_step_all_arrive(
+    dtls_server: DtlsServer, pki: Path
+) -> None:
+    address = dtls_server.bound[0]
+    ctx = cert_client(Kind.DTLS, pki)
+    _, first = await roundtrip(connect_dtls, address.host, address.port, ctx)
+    ticket = first.ticket
+    first.close()
+    assert ticket is not None
+    dtls_server.executor = SlowHandshakes(max_workers=1)
+    try:
+        # Resumed: the client finishes last and may send at once, while the server's worker
+        # still processes its Finished.
+        replies: list[bytes] = []
+        conn = await connect_dtls(address.host, address.port, ctx, replies.append,
+                                  server_name="localhost", timeout=5, resume=ticket)
+        for i in range(3):
+            conn.send(b"early %d" % i)
+        for _ in range(100):
+            if len(replies) == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(replies) == [b"echo:early %d" % i for i in range(3)]
+        assert all(c.backlog is None for c in dtls_server.sessions.values())
+        conn.close()
+    finally:
+        dtls_server.executor.shutdown(wait=True)
 
 
 async def test_refused_handshake_leaves_no_state(
