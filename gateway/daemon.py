@@ -199,6 +199,11 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
         "dots_gateway_datagrams_dropped_total", "Datagrams dropped before DTLS (garbage, "
         "truncated).", ("reason",))
     dropped.add_source(lambda: _dropped_counts(server))
+    record_layer = server.metrics.gauge(
+        "dots_gateway_dtls_sessions_by_record_layer", "Established DTLS sessions by who "
+        "protects their records: openssl (until the client's first application data, or a "
+        "non-AEAD suite) or gateway (keys taken over, OpenSSL's state freed).", ("layer",))
+    record_layer.add_source(lambda: _record_layer_counts(server))
 
     c = server.control
     c.status_sections["daemon"] = lambda: _daemon_section(server, settings)
@@ -259,6 +264,15 @@ def _dropped_counts(server: RunningServer) -> Mapping[tuple[str, ...], float]:
         return {}
     d = server.dtls.counters
     return {("garbage",): d.dropped_garbage, ("truncated",): d.dropped_truncated}
+
+
+def _record_layer_counts(server: RunningServer) -> Mapping[tuple[str, ...], float]:
+    counts = {("openssl",): 0.0, ("gateway",): 0.0}
+    if server.dtls is not None:
+        for conn in server.dtls.sessions.values():
+            if conn.established:
+                counts[("gateway",) if conn.session.protects_records else ("openssl",)] += 1
+    return counts
 
 
 def _mitigation_counts(server: RunningServer) -> Mapping[tuple[str, ...], float]:

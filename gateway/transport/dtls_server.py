@@ -70,6 +70,8 @@ class Counters:
     sessions_closed: int = 0
     sessions_idle_closed: int = 0
     sessions_resumed: int = 0
+    #: Established sessions whose records we protect ourselves, the SSL object freed.
+    sessions_handed_over: int = 0
 
 
 class SessionHandler(Protocol):
@@ -394,7 +396,10 @@ class DtlsServer(EndpointBase):
         if conn.busy:
             _queue(conn, data)
             return
+        handed_over = conn.session.protects_records
         records = conn.session.feed(data)
+        if not handed_over and conn.session.protects_records:
+            self.counters.sessions_handed_over += 1
         self._flush(conn)  # e.g. a retransmitted Finished flight
         for record in records:
             if conn.handler is not None:

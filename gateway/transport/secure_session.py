@@ -271,6 +271,11 @@ class SecureSession:
         return "" if self._ssl is None else ffi.string(ssl.SSL_get_version(self._ssl)).decode()
 
     @property
+    def protects_records(self) -> bool:
+        """Whether the records are protected here (dtls_records), OpenSSL's state freed."""
+        return self._records is not None
+
+    @property
     def resumed(self) -> bool:
         if self._described is not None:
             return self._described[2]

@@ -197,6 +197,7 @@ async def test_metrics_move_after_a_dtls_session(daemon: Daemon) -> None:
     assert before[f"dots_gateway_sessions{{{dtls}}}"] == 0
     assert before[f'dots_gateway_handshakes_total{{{dtls},result="completed"}}'] == 0
     assert before["dots_gateway_mitigations_active"] == 0
+    assert before['dots_gateway_dtls_sessions_by_record_layer{layer="gateway"}'] == 0
 
     conn, replies = await open_session(daemon.port, daemon.pki)
     try:
@@ -212,6 +213,9 @@ async def test_metrics_move_after_a_dtls_session(daemon: Daemon) -> None:
     assert after['dots_gateway_heartbeats_total{side="downstream",event="received"}'] == 1
     assert after['dots_gateway_mitigations{status="attack-mitigation-in-progress"}'] == 1
     assert after["dots_gateway_mitigations_active"] == 1
+    # The heartbeat was the client's first application data: OpenSSL's state is gone.
+    assert after['dots_gateway_dtls_sessions_by_record_layer{layer="gateway"}'] == 1
+    assert after['dots_gateway_dtls_sessions_by_record_layer{layer="openssl"}'] == 0
     assert after['dots_gateway_build_info{version="0.1.0",mode="terminal"}'] == 1
     # A failed handshake counts too (an unknown CA).
     rogue = daemon.pki.parent / "rogue"
