@@ -269,6 +269,34 @@ def pct(values: list[float], q: float) -> float:
 # --- phases -------------------------------------------------------------------------------------
 
 
+def storm_latency(gen: Generator, window: float) -> list[float]:
+    """Latency (ms) of one established session while 32 handshakes at a time hammer
+    the server."""
+    probe = establish(gen, 1)
+    storm: list[Client] = []
+    lat: list[float] = []
+    start = time.monotonic()
+    gen.request(probe[0], start)
+    while time.monotonic() - start < window:
+        while len(storm) < 32:
+            storm.append(gen.open(time.monotonic()))
+        for client, records in gen.poll(0.01):
+            now = time.monotonic()
+            if client is probe[0]:
+                if any(is_response(r) for r in records):
+                    lat.append((now - client.sent_at) * 1000)
+                    gen.request(client, now)
+            elif client.session.state is State.ESTABLISHED or client.session.state is State.FAILED:
+                storm.remove(client)
+                gen.close(client)
+        gen.timers(storm)
+        if time.monotonic() - probe[0].sent_at > 1.0:
+            gen.request(probe[0], time.monotonic())
+    for c in storm + probe:
+        gen.close(c)
+    return lat
+
+
 def run_phases(server: Server, ctx: ClientContext, quick: bool) -> dict[str, str]:
     os.sched_setaffinity(0, {1})
     gen = Generator(ctx, server.port)
@@ -294,29 +322,7 @@ def run_phases(server: Server, ctx: ClientContext, quick: bool) -> dict[str, str
         for c in clients:
             gen.close(c)
 
-    # Latency of one established session while 32 handshakes at a time hammer the server.
-    probe = establish(gen, 1)
-    storm: list[Client] = []
-    lat: list[float] = []
-    start = time.monotonic()
-    gen.request(probe[0], start)
-    while time.monotonic() - start < window:
-        while len(storm) < 32:
-            storm.append(gen.open(time.monotonic()))
-        for client, records in gen.poll(0.01):
-            now = time.monotonic()
-            if client is probe[0]:
-                if any(is_response(r) for r in records):
-                    lat.append((now - client.sent_at) * 1000)
-                    gen.request(client, now)
-            elif client.session.state is State.ESTABLISHED or client.session.state is State.FAILED:
-                storm.remove(client)
-                gen.close(client)
-        gen.timers(storm)
-        if time.monotonic() - probe[0].sent_at > 1.0:
-            gen.request(probe[0], time.monotonic())
-    for c in storm + probe:
-        gen.close(c)
+    lat = storm_latency(gen, window)
     results["request latency during a 32-wide handshake storm"] = (
         f"p50 {pct(lat, 50):.2f} ms, p99 {pct(lat, 99):.2f} ms ({len(lat)} probes)")
 
