@@ -248,7 +248,8 @@ class RecordProtection:
                 continue
             self._mark(seq)
             if kind == APPLICATION_DATA:
-                data.append(plaintext)
+                if plaintext:  # an empty record carries nothing (OpenSSL skips them too)
+                    data.append(plaintext)
             elif kind == HANDSHAKE:
                 # After application data from the peer, a handshake message can only start
                 # a renegotiation (its Finished is long verified); we do not renegotiate.

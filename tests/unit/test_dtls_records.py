@@ -294,3 +294,9 @@ def test_the_server_session_answers_renegotiation_with_a_warning(
     assert server.state is State.ESTABLISHED  # what OpenSSL does with NO_RENEGOTIATION set
     client.send(b"b")
     assert move(client, server) == [b"b"]
+
+
+def test_an_empty_application_record_delivers_nothing() -> None:
+    server, client = pair_of_protections("ECDHE-ECDSA-AES256-GCM-SHA384")
+    opened = server.open(client.seal(APPLICATION_DATA, b"") + client.seal(APPLICATION_DATA, b"x"))
+    assert opened.application_data == [b"x"] and opened.dropped == 0
