@@ -419,8 +419,9 @@ class SecureSession:
         """DTLS, established: hand the record buffers back between datagrams.
 
         OpenSSL keeps a ~17.7 KiB read buffer per DTLS connection for its lifetime
-        (SSL_MODE_RELEASE_BUFFERS only works for TLS), the largest item of an idle
-        session. Freed here, it comes back from malloc for the next datagram, so all the
+        (SSL_MODE_RELEASE_BUFFERS only works for TLS). This matters for the sessions not
+        handed over (a CBC suite, no application data yet). Freed here, it comes back
+        from malloc for the next datagram, so all the
         sessions share a few buffers in the event loop's arena. SSL_free_buffers refuses
         (and we keep them) while a record is still unread.
         """
