@@ -62,7 +62,6 @@ log = logging.getLogger(__name__)
 #: Datagram payload we allow for DTLS: the IPv6 minimum MTU less IPv6 and UDP headers
 #: (RFC 9132 §7.3: assume 1280 when the PMTU is unknown).
 DEFAULT_DATAGRAM_SIZE = 1280 - 40 - 8
-_DTLS_RECORD_HEADER = 13
 #: Room for the DTLS record header, explicit nonce and AEAD tag around one CoAP message.
 _DTLS_OVERHEAD = 64
 #: OpenSSL's floor for max_send_fragment.
@@ -237,7 +236,7 @@ class SecureSession:
             sealed, self._sealed = self._sealed, []
             if len(sealed) == 1:
                 return sealed  # one record, and send() made sure it fits a datagram
-            return pack_records(b"".join(sealed), self.datagram_size)
+            return pack_records(sealed, self.datagram_size)
         if self._wbio is None:
             return []
         pending = ssl.BIO_ctrl(self._wbio, BIO_CTRL_PENDING, 0, ffi.NULL)
@@ -248,12 +247,12 @@ class SecureSession:
         data = bytes(ffi.buffer(out, n)) if n > 0 else b""
         if self.kind is Kind.TLS:
             return [data] if data else []
-        datagrams = pack_records(data, self.datagram_size)
-        if self.is_server and datagrams:
-            last = split_records(datagrams[-1])
-            if last:
-                self._last_written = (last[-1][1], last[-1][2])
-        return datagrams
+        records = split_records(data)
+        if self.is_server and records:
+            _, epoch, seq, _, _ = records[-1]
+            self._last_written = (epoch, seq)
+        return pack_records([header + fragment for _, _, _, header, fragment in records],
+                            self.datagram_size)
 
     @property
     def cipher(self) -> str:
@@ -538,15 +537,11 @@ def _bios_of(ssl_ptr: Any) -> tuple[Any, Any]:
     return ssl.SSL_get_rbio(ssl_ptr), ssl.SSL_get_wbio(ssl_ptr)
 
 
-def pack_records(data: bytes, datagram_size: int) -> list[bytes]:
-    """Split DTLS output into datagrams at record boundaries, packing records together."""
+def pack_records(records: list[bytes], datagram_size: int) -> list[bytes]:
+    """Pack whole DTLS records into as few datagrams as the datagram size allows."""
     datagrams: list[bytes] = []
     current = b""
-    offset = 0
-    while offset + _DTLS_RECORD_HEADER <= len(data):
-        length = int.from_bytes(data[offset + 11 : offset + 13], "big")
-        record = data[offset : offset + _DTLS_RECORD_HEADER + length]
-        offset += len(record)
+    for record in records:
         if current and len(current) + len(record) > datagram_size:
             datagrams.append(current)
             current = b""

@@ -243,8 +243,9 @@ def test_records_are_packed_into_datagrams_at_record_boundaries() -> None:
     def record(n: int) -> bytes:
         return bytes([23, 0xFE, 0xFD]) + bytes(8) + n.to_bytes(2, "big") + bytes(n)
 
-    data = record(500) + record(500) + record(500)
-    datagrams = pack_records(data, 1232)
+    records = [record(500), record(500), record(500)]
+    data = b"".join(records)
+    datagrams = pack_records(records, 1232)
     assert [len(d) for d in datagrams] == [1026, 513]
     assert b"".join(datagrams) == data
 
