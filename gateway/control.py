@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.stream_clients import ClientTasks, close_writer
 from gateway.transport.udp import PortInUse
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,6 @@ class ControlServer:
         self.path = path
         #: Replaceable: the daemon starts the socket first (the lock), providers come later.
         self.providers = providers or ControlProviders()
-        self.max_clients = max_clients
         self.max_request = max_request
         self.idle_timeout = idle_timeout
         self.action_timeout = action_timeout
@@ -111,7 +111,7 @@ class ControlServer:
         self.bad_requests = 0
         self._server: asyncio.Server | None = None
         self._inode: int | None = None
-        self._clients: set[asyncio.Task[None]] = set()
+        self._clients = ClientTasks(max_clients)
 
     async def start(self) -> None:
         """Bind the socket, replacing a stale one. ControlSocketBusy when a daemon answers
@@ -146,12 +146,7 @@ class ControlServer:
     async def stop(self) -> None:
         """Close the socket and remove the file (if it is still ours)."""
         if self._server is not None:
-            self._server.close()
-            for task in list(self._clients):
-                task.cancel()
-            await asyncio.gather(*self._clients, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
+            await self._clients.close(self._server)
             self._server = None
         self._unlink()
 
@@ -162,18 +157,18 @@ class ControlServer:
         self._inode = None
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
+        task = None
         try:
-            if task is None or len(self._clients) >= self.max_clients:
-                await self._send(writer, _error(f"busy: {self.max_clients} control clients "
-                                                "are connected; try again"))
+            task = self._clients.admit()
+            if task is None:
+                await self._send(writer, _error(f"busy: {self._clients.limit} control "
+                                                "clients are connected; try again"))
                 return
             refusal = _refuse_peer(writer)
             if refusal is not None:
                 log.warning("control socket: %s", refusal)
                 await self._send(writer, _error(refusal))
                 return
-            self._clients.add(task)
             await self._serve(reader, writer)
         except (ConnectionError, TimeoutError):
             pass  # the client went away or stopped reading
@@ -184,11 +179,8 @@ class ControlServer:
         except Exception:
             log.exception("control socket: unexpected error")
         finally:
-            if task is not None:
-                self._clients.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1)
+            self._clients.release(task)
+            await close_writer(writer)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for _ in range(MAX_REQUESTS_PER_CONNECTION):

@@ -17,13 +17,14 @@ This module knows nothing of the roles or transports; ``gateway.daemon`` wires t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+from gateway.stream_clients import ClientTasks, close_writer
 
 log = logging.getLogger(__name__)
 
@@ -264,11 +265,10 @@ class MetricsServer:
         self.port = port
         self.max_request = max_request
         self.timeout = timeout
-        self.max_clients = max_clients
         self.scrapes = 0
         self.bad_requests = 0
         self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
+        self._clients = ClientTasks(max_clients)
 
     async def start(self) -> None:
         """Listen; OSError (EADDRINUSE...) when the address cannot be bound."""
@@ -284,20 +284,14 @@ class MetricsServer:
     async def stop(self) -> None:
         if self._server is None:
             return
-        self._server.close()
-        for task in list(self._clients):
-            task.cancel()
-        await asyncio.gather(*self._clients, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), 5)
+        await self._clients.close(self._server)
         self._server = None
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if len(self._clients) >= self.max_clients or task is None:
+        task = self._clients.admit()
+        if task is None:
             writer.close()
             return
-        self._clients.add(task)
         try:
             async with asyncio.timeout(self.timeout):
                 await self._serve_one(reader, writer)
@@ -308,10 +302,8 @@ class MetricsServer:
         except Exception:
             log.exception("metrics endpoint: unexpected error")
         finally:
-            self._clients.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1)
+            self._clients.release(task)
+            await close_writer(writer)
 
     async def _serve_one(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
