@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from certs.devpki import init_dev_pki
 from gateway.transport.dtls_records import (
     ALERT,
     APPLICATION_DATA,
@@ -33,13 +32,7 @@ from gateway.transport.tls_context import (
     ServerContext,
     ServerCredentials,
 )
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("pki")
-    init_dev_pki(directory)
-    return directory
+from tests.support.secure_pair import handshake, move
 
 
 @pytest.fixture(scope="module")
@@ -68,21 +61,11 @@ def client_for(pki: Path, suite: str) -> SecureSession:
     return SecureSession(context)
 
 
-def move(source: SecureSession, sink: SecureSession) -> list[bytes]:
-    return [record for datagram in source.take_output() for record in sink.feed(datagram)]
-
-
 def connected(
     pki: Path, server_context: ServerContext, suite: str
 ) -> tuple[SecureSession, SecureSession]:
     client, server = client_for(pki, suite), SecureSession(server_context)
-    client.start()
-    for _ in range(12):
-        if (
-            not (move(client, server) or move(server, client))
-            and client.state is not State.HANDSHAKING
-        ):
-            break
+    handshake(client, server)
     assert (client.state, server.state) == (State.ESTABLISHED, State.ESTABLISHED)
     assert server.cipher == suite
     return client, server

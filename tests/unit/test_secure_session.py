@@ -35,13 +35,7 @@ from gateway.transport.tls_context import (
     TicketKeyRing,
     write_secret_file,
 )
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("pki")
-    init_dev_pki(directory)
-    return directory
+from tests.support.secure_pair import handshake
 
 
 @pytest.fixture(scope="module")
@@ -58,20 +52,6 @@ def server_creds(pki: Path, psk: tuple[bytes, bytes]) -> ServerCredentials:
 
 def cert_client(pki: Path, cert: str = "client", ca: str = "ca.pem") -> ClientCredentials:
     return ClientCredentials(pki / f"{cert}.pem", pki / f"{cert}.key", pki / ca)
-
-
-def handshake(client: SecureSession, server: SecureSession, rounds: int = 12) -> None:
-    client.start()
-    for _ in range(rounds):
-        moved = False
-        for datagram in client.take_output():
-            server.feed(datagram)
-            moved = True
-        for datagram in server.take_output():
-            client.feed(datagram)
-            moved = True
-        if not moved:
-            return
 
 
 def pair(
