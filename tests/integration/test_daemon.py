@@ -17,8 +17,8 @@ import pytest
 
 from certs.devpki import init_dev_pki
 from gateway.coap.message import CoapMessage, MessageType, decode_udp, encode_udp
-from gateway.transport.dtls_client import HandshakeError, connect_dtls
-from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind
+from gateway.transport.dtls_client import HandshakeError
+from tests.support.daemon import open_session
 
 ROOT = Path(__file__).resolve().parents[2]
 HB = bytes.fromhex("a11831a11833f5")
@@ -78,15 +78,6 @@ async def heartbeat(conn: object, replies: asyncio.Queue[bytes], mid: int) -> in
     conn.send(hb_request(mid))  # type: ignore[attr-defined]
     reply = decode_udp(await asyncio.wait_for(replies.get(), 5))
     return reply.code
-
-
-async def open_session(port: int, pki: Path) -> tuple[object, asyncio.Queue[bytes]]:
-    replies: asyncio.Queue[bytes] = asyncio.Queue()
-    ctx = ClientContext(Kind.DTLS, ClientCredentials(pki / "client.pem", pki / "client.key",
-                                                     pki / "ca.pem"))
-    conn = await connect_dtls("127.0.0.1", port, ctx, replies.put_nowait,
-                              server_name="localhost", timeout=5)
-    return conn, replies
 
 
 async def test_sighup_reloads_credentials_and_keeps_sessions(

@@ -27,8 +27,8 @@ from certs.identity import cuid_from_certificate
 from gateway import cli, control
 from gateway.coap.message import CoapMessage, MessageType, decode_udp, encode_udp
 from gateway.dots.codec import json_to_cbor
-from gateway.transport.dtls_client import HandshakeError, connect_dtls
-from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind
+from gateway.transport.dtls_client import HandshakeError
+from tests.support.daemon import open_session
 
 ROOT = Path(__file__).resolve().parents[2]
 HB = bytes.fromhex("a11831a11833f5")
@@ -141,15 +141,6 @@ async def scrape(port: int) -> dict[str, float]:
             key, _, value = line.rpartition(" ")
             samples[key] = float(value)
     return samples
-
-
-async def open_session(port: int, pki: Path) -> tuple[Any, asyncio.Queue[bytes]]:
-    replies: asyncio.Queue[bytes] = asyncio.Queue()
-    ctx = ClientContext(Kind.DTLS, ClientCredentials(pki / "client.pem", pki / "client.key",
-                                                     pki / "ca.pem"))
-    conn = await connect_dtls("127.0.0.1", port, ctx, replies.put_nowait,
-                              server_name="localhost", timeout=5)
-    return conn, replies
 
 
 async def call(conn: Any, replies: asyncio.Queue[bytes], mid: int, path: tuple[str, ...],

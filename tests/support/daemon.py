@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import select
@@ -10,6 +11,10 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from gateway.transport.dtls_client import connect_dtls
+from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,3 +50,14 @@ def serving(command: str, config: Path, log: Path, *, timeout: float = 20.0
                 proc.kill()
                 proc.wait(5)
         proc.stdout.close()
+
+
+async def open_session(port: int, pki: Path) -> tuple[Any, asyncio.Queue[bytes]]:
+    """A DTLS session with the dev PKI's client certificate to a daemon on 127.0.0.1;
+    every record it receives lands in the queue."""
+    replies: asyncio.Queue[bytes] = asyncio.Queue()
+    ctx = ClientContext(Kind.DTLS, ClientCredentials(pki / "client.pem", pki / "client.key",
+                                                     pki / "ca.pem"))
+    conn = await connect_dtls("127.0.0.1", port, ctx, replies.put_nowait,
+                              server_name="localhost", timeout=5)
+    return conn, replies
