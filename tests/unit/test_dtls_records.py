@@ -283,3 +283,21 @@ def test_an_empty_application_record_delivers_nothing() -> None:
     server, client = pair_of_protections("ECDHE-ECDSA-AES256-GCM-SHA384")
     opened = server.open(client.seal(APPLICATION_DATA, b"") + client.seal(APPLICATION_DATA, b"x"))
     assert opened.application_data == [b"x"] and opened.dropped == 0
+
+
+def test_a_freed_session_takes_its_keys_out_of_the_cipher_cache(
+    pki: Path, server_context: ServerContext
+) -> None:
+    client, server = connected(pki, server_context, "ECDHE-ECDSA-AES128-GCM-SHA256")
+    client.send(b"a")
+    move(client, server)  # opened by OpenSSL, then handed over
+    client.send(b"b")
+    move(client, server)  # opened by us: the read key's cipher is cached
+    server.send(b"c")
+    move(server, client)
+    records = server._records
+    assert records is not None
+    cache = records.suite.cipher._objects
+    assert records._read_key in cache and records._write_key in cache
+    server.free()
+    assert records._read_key not in cache and records._write_key not in cache
