@@ -10,9 +10,12 @@ probing-rate are negotiated (§4.5).
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 from gateway.dots.codes import MAX_AGE_INFINITE
@@ -68,6 +71,13 @@ class ConfigLimits:
         return SessionParameters(**{f.name: getattr(self, f.name).default for f in fields(self)})
 
 
+@functools.lru_cache(maxsize=16)
+def _default_sets(mitigating: ConfigLimits, idle: ConfigLimits
+                  ) -> tuple[Mapping[bool, ConfigLimits], Mapping[bool, SessionParameters]]:
+    return (MappingProxyType({True: mitigating, False: idle}),
+            MappingProxyType({True: mitigating.defaults(), False: idle.defaults()}))
+
+
 def _params_to_set(params: SessionParameters, limits: ConfigLimits | None,
                    reliable: bool) -> ConfigSet:
     values: dict[str, ConfigValue] = {}
@@ -86,11 +96,13 @@ class ServerSessionConfig:
 
     def __init__(self, mitigating: ConfigLimits | None = None, idle: ConfigLimits | None = None,
                  *, max_age: int = 3600, reliable: bool = False) -> None:
-        self.limits = {True: mitigating or ConfigLimits(), False: idle or ConfigLimits()}
+        # Shared by every session with the same limits (read-only; replaced, never changed
+        # in place): built once, not for each of tens of thousands of sessions.
+        self.limits, self._params = _default_sets(mitigating or ConfigLimits(),
+                                                  idle or ConfigLimits())
         self.max_age = max_age
         self.reliable = reliable
         self.sid: int | None = None
-        self._params = {k: v.defaults() for k, v in self.limits.items()}
 
     def parameters(self, mitigating: bool) -> SessionParameters:
         """The set in force: ``mitigating-config`` while any mitigation is active (§4.5)."""
@@ -121,7 +133,7 @@ class ServerSessionConfig:
                 f"sid {sid} is lower than the installed sid {self.sid}; sids increase "
                 "monotonically (RFC 9132 §4.5.2); DELETE config to start over"
             )
-        new_params = {}
+        new_params: dict[bool, SessionParameters] = {}
         problems: list[str] = []
         for mitigating, set_name, config_set in ((True, "mitigating-config",
                                                   config.mitigating_config),
@@ -152,7 +164,7 @@ class ServerSessionConfig:
     def delete(self) -> None:
         """DELETE config (with or without sid): back to the defaults (§4.5.4)."""
         self.sid = None
-        self._params = {k: v.defaults() for k, v in self.limits.items()}
+        self._params = _default_sets(self.limits[True], self.limits[False])[1]
 
 
 def _yang(name: str) -> str:

@@ -110,8 +110,8 @@ def prf(hash_name: str, secret: bytes, label: bytes, seed: bytes, length: int) -
     out = b""
     a = seed
     while len(out) < length:
-        a = hmac.new(secret, a, hash_name).digest()
-        out += hmac.new(secret, a + seed, hash_name).digest()
+        a = hmac.digest(secret, a, hash_name)
+        out += hmac.digest(secret, a + seed, hash_name)
     return out[:length]
 
 

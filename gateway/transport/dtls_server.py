@@ -132,6 +132,61 @@ class DtlsConnection:
 Key = tuple[Address, Address]  # (local, remote)
 
 
+class SslObjects:
+    """SSL objects made and freed by the handshake workers rather than the event loop.
+
+    OpenSSL 3.0 takes one process-wide write lock (ex_data) in every SSL_new and SSL_free,
+    and a handshake worker takes it again and again (certificates, keys, sessions). While
+    the loop made its listener objects and freed finished sessions itself, it kept running
+    into a worker holding that lock: on a one-core server during a handshake storm, 8-16% of
+    the CPU went to pthread_rwlock_wrlock (perf). So the loop takes listener objects a worker
+    made in advance, and leaves the ones it is done with for the next worker job to free (or
+    the sweeper, when no handshake comes). Both lists are bounded.
+    """
+
+    SPARES = 4
+    MAX_DEAD = 512
+
+    def __init__(self) -> None:
+        self._spares: deque[tuple[ServerContext, Any]] = deque()
+        self._dead: deque[Any] = deque()
+
+    def take(self, context: ServerContext) -> Any:
+        """A fresh listener object for ``context`` (loop thread)."""
+        while self._spares:
+            made_for, ptr = self._spares.popleft()
+            if made_for is context:
+                return ptr
+            self._dead.append(ptr)  # made before the credentials were reloaded
+        return new_listener(context)  # the workers have not caught up: make it here
+
+    def dispose(self, ptr: Any) -> None:
+        """Leave an SSL object nobody uses any more to be freed later (any thread)."""
+        self._dead.append(ptr)
+        if len(self._dead) > self.MAX_DEAD:
+            self.free_dead()
+
+    def replenish(self, context: ServerContext) -> None:
+        """Worker thread, after a handshake step: free the dead, make the spares."""
+        self.free_dead()
+        while len(self._spares) < self.SPARES:
+            self._spares.append((context, new_listener(context)))
+
+    def free_dead(self) -> None:
+        for _ in range(len(self._dead)):
+            try:
+                ptr = self._dead.popleft()
+            except IndexError:  # another thread took the rest
+                return
+            ssl.SSL_free(ptr)
+
+    def clear(self) -> None:
+        """Free everything (the server stopped; no worker runs any more)."""
+        while self._spares:
+            self._dead.append(self._spares.popleft()[1])
+        self.free_dead()
+
+
 class DtlsServer(EndpointBase):
     """Serve DTLS on one or more UDP sockets; hand established sessions to ``on_session``."""
 
@@ -154,6 +209,7 @@ class DtlsServer(EndpointBase):
         self._sockets: list[socket.socket] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: Any = None
+        self._ssl_objects = SslObjects()
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -198,9 +254,10 @@ class DtlsServer(EndpointBase):
             sock.close()
         self._sockets.clear()
         if self._listener is not None:
-            ssl.SSL_free(self._listener)
+            self._ssl_objects.dispose(self._listener)
             self._listener = None
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self._ssl_objects.clear()
 
     # --- datagrams in ------------------------------------------------------------------------
 
@@ -271,7 +328,8 @@ class DtlsServer(EndpointBase):
         self._new_listener(free_old=False)
         self.context.peers[ssl_address(session_ptr)] = remote.key()
         session = SecureSession(
-            self.context, ssl_ptr=session_ptr, datagram_size=self.limits.datagram_size
+            self.context, ssl_ptr=session_ptr, datagram_size=self.limits.datagram_size,
+            dispose=self._ssl_objects.dispose,
         )
         now = self.clock()
         conn = DtlsConnection(self, sock, local, remote, session, now)
@@ -322,6 +380,12 @@ class DtlsServer(EndpointBase):
             records, error = conn.session.feed(data), None
         except Exception as exc:  # reported on the loop, which closes the session
             records, error = [], exc
+        try:
+            # Before waking the loop, which would then wait for this thread to let go of
+            # the GIL between each of these OpenSSL calls.
+            self._ssl_objects.replenish(self.context)
+        except RuntimeError:
+            log.exception("cannot prepare listener objects")
         assert self._loop is not None
         try:
             self._loop.call_soon_threadsafe(self._handshake_done, conn, records, error)
@@ -488,6 +552,7 @@ class DtlsServer(EndpointBase):
             elif now - conn.last_activity >= self.limits.idle_timeout:
                 self.counters.sessions_idle_closed += 1
                 self._close(conn, "idle timeout", notify=True)
+        self._ssl_objects.free_dead()
         self._trim_after_closes(self.counters.sessions_closed)
         self._schedule_sweep()
 
@@ -495,14 +560,18 @@ class DtlsServer(EndpointBase):
 
     def _new_listener(self, *, free_old: bool = True) -> None:
         if self._listener is not None and free_old:
-            ssl.SSL_free(self._listener)
-        listener = ssl.SSL_new(self.context.ptr)
-        if listener == ffi.NULL:
-            raise RuntimeError("SSL_new failed: " + error_queue())
-        attach_memory_bios(listener)
-        ssl.SSL_set_accept_state(listener)
-        self._listener = listener
+            self._ssl_objects.dispose(self._listener)
+        self._listener = self._ssl_objects.take(self.context)
 
+
+def new_listener(context: ServerContext) -> Any:
+    """An SSL object in server mode on memory BIOs, ready for DTLSv1_listen."""
+    listener = ssl.SSL_new(context.ptr)
+    if listener == ffi.NULL:
+        raise RuntimeError("SSL_new failed: " + error_queue())
+    attach_memory_bios(listener)
+    ssl.SSL_set_accept_state(listener)
+    return listener
 
 
 

@@ -12,6 +12,7 @@ import enum
 import ipaddress
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,8 +102,12 @@ class SecureSession:
         datagram_size: int = DEFAULT_DATAGRAM_SIZE,
         server_name: str | None = None,
         resume: bytes | None = None,
+        dispose: Callable[[Any], None] | None = None,
     ) -> None:
         self.kind = context.kind
+        #: What takes the SSL object when this session is done with it; by default it is
+        #: freed at once (a server endpoint leaves it to its handshake workers instead).
+        self._dispose = dispose or ssl.SSL_free
         self.context = context  # keeps the SSL_CTX (and its callbacks) alive
         self.is_server = isinstance(context, ServerContext)
         self.datagram_size = datagram_size
@@ -218,7 +223,7 @@ class SecureSession:
         """Release the OpenSSL state now (the BIOs go with the SSL object)."""
         if self._ssl is not None:
             self._take_psk_identity()
-            ssl.SSL_free(self._ssl)
+            self._dispose(self._ssl)
             self._ssl = None
             self._rbio = self._wbio = None
         if self._records is not None:
@@ -392,7 +397,7 @@ class SecureSession:
         )
         ffi.memmove(secret, bytes(48), 48)
         self._take_psk_identity()
-        ssl.SSL_free(self._ssl)
+        self._dispose(self._ssl)
         self._ssl = self._rbio = self._wbio = None
         self._buffers_released = False
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import hashlib
 import hmac
 import logging
 import os
@@ -128,11 +127,11 @@ class CookieSecrets:
         return cls(_read_secret_lines(path, cls.LENGTH, "cookie secret"))
 
     def generate(self, peer: bytes) -> bytes:
-        return hmac.new(self.keys[0], peer, hashlib.sha256).digest()[:16]
+        return hmac.digest(self.keys[0], peer, "sha256")[:16]
 
     def verify(self, peer: bytes, cookie: bytes) -> bool:
         return any(
-            hmac.compare_digest(hmac.new(k, peer, hashlib.sha256).digest()[:16], cookie)
+            hmac.compare_digest(hmac.digest(k, peer, "sha256")[:16], cookie)
             for k in self.keys
         )
 

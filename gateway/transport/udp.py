@@ -76,6 +76,9 @@ def open_udp_socket(
         raise
 
 
+_MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: an IntFlag's & runs Python code
+
+
 def receive(sock: socket.socket) -> tuple[bytes, Address, Address] | None:
     """One datagram with its source and the local address it was sent to.
 
@@ -86,7 +89,7 @@ def receive(sock: socket.socket) -> tuple[bytes, Address, Address] | None:
         data, ancillary, flags, source = sock.recvmsg(MAX_DATAGRAM, _CMSG_SPACE)
     except (BlockingIOError, InterruptedError):
         return None
-    if flags & socket.MSG_TRUNC:
+    if flags & _MSG_TRUNC:
         return b"", Address(source[0], source[1]), _local_of(sock, ())
     return data, Address(source[0], source[1]), _local_of(sock, ancillary)
 

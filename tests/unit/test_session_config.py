@@ -126,3 +126,17 @@ def test_client_refresh_defaults_to_60_s_and_infinite_never() -> None:
     assert client.refresh_at == 60
     client.adopt(SignalConfig(), max_age=MAX_AGE_INFINITE, now=0.0)
     assert client.refresh_at is None
+
+
+def test_sessions_share_their_defaults_until_one_negotiates() -> None:
+    # Defaults are built once for all sessions with the same limits (tens of thousands of
+    # sessions); a session's PUT replaces its own sets and no one else's.
+    limits = ConfigLimits()
+    first, second = ServerSessionConfig(limits, limits), ServerSessionConfig(limits, limits)
+    assert first.parameters(True) is second.parameters(True)
+    first.put(1, put_body(heartbeat_interval=60))
+    assert first.parameters(True).heartbeat_interval == 60
+    assert second.parameters(True).heartbeat_interval == 30
+    assert ServerSessionConfig(limits, limits).parameters(True).heartbeat_interval == 30
+    with pytest.raises(TypeError):
+        second.limits[True] = ConfigLimits()  # type: ignore[index]
