@@ -36,6 +36,10 @@ from gateway.transport.udp import Address, forget, open_udp_socket, receive, sen
 log = logging.getLogger(__name__)
 _BIO_CTRL_RESET = 1
 _BATCH = 64  # datagrams per readiness callback: fairness between sockets
+#: How long a finished handshake step may wait for the loop to take it up when no datagram
+#: wakes the loop first (its flight has already left; this is bookkeeping: the
+#: retransmission timer, the established session's handler).
+RESULT_DELAY = 0.01
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,9 @@ class DtlsConnection:
 
 
 Key = tuple[Address, Address]  # (local, remote)
+#: A worker's handshake step: connection, application data, error, datagrams sent, and when
+#: to retransmit the flight (time.monotonic) if the peer stays silent.
+_StepResult = tuple["DtlsConnection", list[bytes], Exception | None, int, float | None]
 
 
 class SslObjects:
@@ -210,6 +217,10 @@ class DtlsServer(EndpointBase):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: Any = None
         self._ssl_objects = SslObjects()
+        #: Handshake steps done by the workers, not yet taken up by the loop.
+        self._results: deque[_StepResult] = deque()
+        self._results_timer: asyncio.TimerHandle | None = None
+        self.jobs_running = 0
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -257,11 +268,18 @@ class DtlsServer(EndpointBase):
             self._ssl_objects.dispose(self._listener)
             self._listener = None
         self.executor.shutdown(wait=True, cancel_futures=True)
+        if self._results_timer is not None:
+            self._results_timer.cancel()
+            self._results_timer = None
+        self._take_results()
+        self.jobs_running = 0  # jobs cancelled before they started never report
         self._ssl_objects.clear()
 
     # --- datagrams in ------------------------------------------------------------------------
 
     def _readable(self, sock: socket.socket) -> None:
+        if self._results:
+            self._take_results()  # first: a datagram may be for a session just established
         for _ in range(_BATCH):
             got = receive(sock)
             if got is None:
@@ -369,31 +387,60 @@ class DtlsServer(EndpointBase):
             return
         conn.busy = True
         try:
-            self.executor.submit(self._handshake_job, conn, data)
+            self.executor.post(self._handshake_job, conn, data)
         except RuntimeError:  # the executor is shut down: the server is stopping
             conn.busy = False
+            return
+        self.jobs_running += 1
+        self._expect_results()
 
     def _handshake_job(self, conn: DtlsConnection, data: bytes) -> None:
-        """Worker thread: one handshake step, then back to the loop. Not run_in_executor:
-        its two futures per step were a measurable part of a handshake's CPU."""
+        """Worker thread: one handshake step; its flight leaves from here.
+
+        The loop is not woken for the result: it picks it up (``_take_results``) when the
+        peer's next datagram wakes it anyway, or at the latest after RESULT_DELAY. On one
+        core, waking the loop after every step cost more than anything else we add to
+        OpenSSL's own work per handshake (two extra loop turns, each a self-pipe round)."""
         try:
             records, error = conn.session.feed(data), None
         except Exception as exc:  # reported on the loop, which closes the session
             records, error = [], exc
+        sent = 0
         try:
-            # Before waking the loop, which would then wait for this thread to let go of
-            # the GIL between each of these OpenSSL calls.
+            for datagram in conn.session.take_output():
+                sent += send(conn.sock, datagram, conn.remote, conn.local)
+        except Exception as exc:  # e.g. the socket closed under us: the server is stopping
+            error = error or exc
+        # The retransmission deadline is read here too: OpenSSL calls on the loop thread
+        # would wait for this one to let go of the GIL.
+        delay = conn.session.timeout() if error is None else None
+        retransmit_at = None if delay is None else time.monotonic() + delay
+        try:
             self._ssl_objects.replenish(self.context)
         except RuntimeError:
             log.exception("cannot prepare listener objects")
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(self._handshake_done, conn, records, error)
-        except RuntimeError:
-            pass  # the loop is closed: nothing is left to tell
+        self._results.append((conn, records, error, sent, retransmit_at))
+
+    def _take_results(self) -> None:
+        """Loop: finish the handshake steps the workers have done since the last look."""
+        results = self._results
+        for _ in range(len(results)):
+            conn, records, error, sent, retransmit_at = results.popleft()
+            self.jobs_running -= 1
+            self.counters.datagrams_out += sent
+            self._handshake_done(conn, records, error, retransmit_at)
+
+    def _results_due(self) -> None:
+        self._results_timer = None
+        self._take_results()
+        self._expect_results()
+
+    def _expect_results(self) -> None:
+        if self.jobs_running and self._results_timer is None and self._loop is not None:
+            self._results_timer = self._loop.call_later(RESULT_DELAY, self._results_due)
 
     def _handshake_done(self, conn: DtlsConnection, records: list[bytes],
-                        error: Exception | None) -> None:
+                        error: Exception | None, retransmit_at: float | None) -> None:
         conn.busy = False
         if self.sessions.get((conn.local, conn.remote)) is not conn:
             return  # closed while the worker ran; already freed by _close
@@ -415,7 +462,7 @@ class DtlsServer(EndpointBase):
         if state is State.ESTABLISHED:
             self._established(conn, records)
         else:
-            self._arm_retransmit(conn)
+            self._arm_retransmit(conn, retransmit_at)
         backlog = conn.backlog
         while backlog and self.sessions.get((conn.local, conn.remote)) is conn:
             next_data = backlog.popleft()
@@ -425,13 +472,15 @@ class DtlsServer(EndpointBase):
             self._application(conn, next_data)
         conn.backlog = None
 
-    def _arm_retransmit(self, conn: DtlsConnection) -> None:
+    def _arm_retransmit(self, conn: DtlsConnection, at: float | None) -> None:
+        """Retransmit the last flight at ``at`` (time.monotonic)."""
         if conn.retransmit is not None:
             conn.retransmit.cancel()
-        delay = conn.session.timeout()
-        if delay is None or self._loop is None:
+            conn.retransmit = None
+        if at is None or self._loop is None:
             return
-        conn.retransmit = self._loop.call_later(max(delay, 0.001), self._retransmit, conn)
+        conn.retransmit = self._loop.call_later(max(at - time.monotonic(), 0.001),
+                                                self._retransmit, conn)
 
     def _retransmit(self, conn: DtlsConnection) -> None:
         conn.retransmit = None
@@ -442,7 +491,8 @@ class DtlsServer(EndpointBase):
         if conn.session.state is State.FAILED:
             self._close(conn, conn.session.failure or "handshake timed out", notify=False)
         else:
-            self._arm_retransmit(conn)
+            delay = conn.session.timeout()
+            self._arm_retransmit(conn, None if delay is None else time.monotonic() + delay)
 
     def _established(self, conn: DtlsConnection, early: list[bytes]) -> None:
         self.handshaking -= 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import socket
 import time
@@ -16,6 +15,8 @@ import pytest
 from certs.devpki import init_dev_pki
 from gateway.transport.dtls_client import HandshakeError, connect_dtls
 from gateway.transport.dtls_server import DtlsServer, Limits
+from gateway.transport.endpoint import HandshakeWorkers
+from gateway.transport.secure_session import SecureSession, State
 from gateway.transport.tls_context import (
     ClientContext,
     ClientCredentials,
@@ -115,15 +116,15 @@ async def test_dtls_over_ipv4_and_ipv6_with_cookie_exchange(
     assert dtls_server.counters.handshakes_completed == 2
 
 
-class SlowHandshakes(concurrent.futures.ThreadPoolExecutor):
+class SlowHandshakes(HandshakeWorkers):
     """Handshake jobs that take 0.3 s: datagrams arriving meanwhile wait in the backlog."""
 
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        def slow() -> Any:
+    def post(self, fn: Any, /, *args: Any) -> None:
+        def slow() -> None:
             time.sleep(0.3)
-            return fn(*args, **kwargs)
+            fn(*args)
 
-        return super().submit(slow)
+        super().post(slow)
 
 
 async def test_datagrams_queued_behind_the_last_handshake_step_all_arrive(
@@ -135,7 +136,7 @@ async def test_datagrams_queued_behind_the_last_handshake_step_all_arrive(
     ticket = first.ticket
     first.close()
     assert ticket is not None
-    dtls_server.executor = SlowHandshakes(max_workers=1)
+    dtls_server.executor = SlowHandshakes(1, "slow")
     try:
         # Resumed: the client finishes last and may send at once, while the server's worker
         # still processes its Finished.
@@ -153,6 +154,99 @@ async def test_datagrams_queued_behind_the_last_handshake_step_all_arrive(
         conn.close()
     finally:
         dtls_server.executor.shutdown(wait=True)
+
+
+async def drive_client(session: SecureSession, sock: socket.socket,
+                       lose: Callable[[bytes], bool], *, retransmit: bool,
+                       seconds: float = 8.0) -> None:
+    """Run a client handshake over a plain UDP socket; ``lose`` picks the server's datagrams
+    that never arrive. ``retransmit``: whether the client resends its own flights."""
+    loop = asyncio.get_running_loop()
+    for datagram in session.take_output():
+        sock.send(datagram)
+    end = loop.time() + seconds
+    while session.state is State.HANDSHAKING and loop.time() < end:
+        timer = session.timeout()
+        wait = 0.05 if timer is None or not retransmit else min(max(timer, 0.001), 0.2)
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(sock, 65535), wait)
+        except TimeoutError:
+            if retransmit:
+                session.handle_timeout()
+        else:
+            if not lose(data):
+                session.feed(data)
+        for datagram in session.take_output():
+            sock.send(datagram)
+
+
+def first_of(kind: int, handshake_type: int | None = None) -> Callable[[bytes], bool]:
+    """Lose the first datagram whose first record is ``kind`` (and that handshake type)."""
+    lost: list[bytes] = []
+
+    def lose(datagram: bytes) -> bool:
+        if lost or datagram[0] != kind:
+            return False
+        if handshake_type is not None and datagram[13] != handshake_type:
+            return False
+        lost.append(datagram)
+        return True
+
+    return lose
+
+
+@pytest.fixture
+async def patient_server(pki: Path) -> AsyncIterator[DtlsServer]:
+    server = DtlsServer(server_context(Kind.DTLS, pki), Echo, Limits(handshake_deadline=10.0))
+    await server.start([("127.0.0.1", 0)])
+    yield server
+    await server.stop()
+
+
+async def test_server_retransmits_a_lost_flight_and_takes_up_its_last_step_unprompted(
+    patient_server: DtlsServer, pki: Path
+) -> None:
+    # The client never resends: only the server's retransmission timer (armed from the
+    # worker's step) can recover the lost ServerHello flight (RFC 6347 §4.2.4).
+    address = patient_server.bound[0]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect((address.host, address.port))
+        client = SecureSession(cert_client(Kind.DTLS, pki), server_name="localhost")
+        client.start()
+        started = time.monotonic()
+        await drive_client(client, sock, first_of(22, handshake_type=2), retransmit=False)
+        assert client.state is State.ESTABLISHED
+        assert time.monotonic() - started >= 0.5  # it waited for the server's timer
+        # The client sends nothing more: the worker's last step still reaches the loop.
+        for _ in range(100):
+            if patient_server.counters.handshakes_completed == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert patient_server.counters.handshakes_completed == 1
+        assert patient_server.jobs_running == 0
+        client.free()
+
+
+async def test_lost_final_flight_is_resent_when_the_client_repeats_its_own(
+    patient_server: DtlsServer, pki: Path
+) -> None:
+    address = patient_server.bound[0]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect((address.host, address.port))
+        client = SecureSession(cert_client(Kind.DTLS, pki), server_name="localhost")
+        client.start()
+        await drive_client(client, sock, first_of(20), retransmit=True)  # CCS + Finished
+        assert client.state is State.ESTABLISHED
+        client.send(b"after the loss")
+        for datagram in client.take_output():
+            sock.send(datagram)
+        loop = asyncio.get_running_loop()
+        reply = client.feed(await asyncio.wait_for(loop.sock_recv(sock, 65535), 5))
+        assert reply == [b"echo:after the loss"]
+        assert patient_server.counters.handshakes_completed == 1
+        client.free()
 
 
 async def test_refused_handshake_leaves_no_state(
