@@ -587,9 +587,18 @@ def _block2(response: CoapMessage, requested: Block | None) -> CoapMessage:
 
 
 def _transmission(params: Any) -> TransmissionParameters:
-    return TransmissionParameters(ack_timeout=float(params.ack_timeout),
+    # Sessions on default parameters share one SessionParameters object: convert it once.
+    last = _last_transmission
+    if last and last[0] is params:
+        return last[1]
+    made = TransmissionParameters(ack_timeout=float(params.ack_timeout),
                                   ack_random_factor=float(params.ack_random_factor),
                                   max_retransmit=int(params.max_retransmit))
+    _last_transmission[:] = [params, made]
+    return made
+
+
+_last_transmission: list[Any] = []
 
 
 def _dots_request(msg: CoapMessage, requester: Requester) -> DotsRequest:

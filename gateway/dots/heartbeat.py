@@ -196,7 +196,8 @@ class HeartbeatMonitor:
         if new is None:
             raise DotsUsageError(f"heartbeat {self.role.value}: {event.value} is not allowed in "
                                  f"state {self.state.value}")
-        log.debug("heartbeat %s: %s -> %s", self.role.value, self.state.value, new.value)
+        if log.isEnabledFor(logging.DEBUG):  # enum .value lookups cost even when unused
+            log.debug("heartbeat %s: %s -> %s", self.role.value, self.state.value, new.value)
         self.state = new
 
 

@@ -10,7 +10,6 @@ probing-rate are negotiated (§4.5).
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -71,11 +70,25 @@ class ConfigLimits:
         return SessionParameters(**{f.name: getattr(self, f.name).default for f in fields(self)})
 
 
-@functools.lru_cache(maxsize=16)
-def _default_sets(mitigating: ConfigLimits, idle: ConfigLimits
-                  ) -> tuple[Mapping[bool, ConfigLimits], Mapping[bool, SessionParameters]]:
-    return (MappingProxyType({True: mitigating, False: idle}),
-            MappingProxyType({True: mitigating.defaults(), False: idle.defaults()}))
+_DEFAULT_LIMITS = ConfigLimits()
+_DefaultSets = tuple[Mapping[bool, ConfigLimits], Mapping[bool, SessionParameters]]
+#: (id, id) of the limits -> (the limits, their sets). By identity: the server passes the
+#: same limit objects for every session, and hashing the nested frozen dataclasses (a
+#: Python __hash__ per field) cost more than building the sets did.
+_default_sets_cache: dict[tuple[int, int], tuple[ConfigLimits, ConfigLimits, _DefaultSets]] = {}
+
+
+def _default_sets(mitigating: ConfigLimits, idle: ConfigLimits) -> _DefaultSets:
+    cached = _default_sets_cache.get((id(mitigating), id(idle)))
+    if cached is not None and cached[0] is mitigating and cached[1] is idle:
+        return cached[2]
+    sets: _DefaultSets = (
+        MappingProxyType({True: mitigating, False: idle}),
+        MappingProxyType({True: mitigating.defaults(), False: idle.defaults()}))
+    if len(_default_sets_cache) >= 16:  # bounded; the entries keep their limits alive
+        _default_sets_cache.clear()
+    _default_sets_cache[(id(mitigating), id(idle))] = (mitigating, idle, sets)
+    return sets
 
 
 def _params_to_set(params: SessionParameters, limits: ConfigLimits | None,
@@ -98,8 +111,8 @@ class ServerSessionConfig:
                  *, max_age: int = 3600, reliable: bool = False) -> None:
         # Shared by every session with the same limits (read-only; replaced, never changed
         # in place): built once, not for each of tens of thousands of sessions.
-        self.limits, self._params = _default_sets(mitigating or ConfigLimits(),
-                                                  idle or ConfigLimits())
+        self.limits, self._params = _default_sets(mitigating or _DEFAULT_LIMITS,
+                                                  idle or _DEFAULT_LIMITS)
         self.max_age = max_age
         self.reliable = reliable
         self.sid: int | None = None

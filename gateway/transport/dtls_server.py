@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.transport.endpoint import EndpointBase
-from gateway.transport.openssl_ffi import BIO_CTRL_PENDING, crypto, error_queue, ffi, ssl
+from gateway.transport.openssl_ffi import (
+    BIO_CTRL_PENDING,
+    SSL_OP_COOKIE_EXCHANGE,
+    crypto,
+    error_queue,
+    ffi,
+    ssl,
+)
 from gateway.transport.secure_session import (
     DEFAULT_DATAGRAM_SIZE,
     PeerCredential,
@@ -343,6 +350,9 @@ class DtlsServer(EndpointBase):
             self._new_listener(free_old=True)
             return
         session_ptr = listener
+        # DTLSv1_listen verified this ClientHello's cookie and left COOKIE_EXCHANGE set, so
+        # the first handshake step would verify it again (our Python callback, in a worker).
+        ssl.SSL_clear_options(session_ptr, SSL_OP_COOKIE_EXCHANGE)
         self._new_listener(free_old=False)
         self.context.peers[ssl_address(session_ptr)] = remote.key()
         session = SecureSession(

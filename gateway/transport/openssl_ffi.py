@@ -88,6 +88,7 @@ ffi.cdef(
     void SSL_free(SSL *ssl);
     long SSL_ctrl(SSL *ssl, int cmd, long larg, void *parg);
     uint64_t SSL_set_options(SSL *s, uint64_t op);
+    uint64_t SSL_clear_options(SSL *s, uint64_t op);
     void SSL_set_bio(SSL *s, BIO *rbio, BIO *wbio);
     BIO *SSL_get_rbio(const SSL *s);
     BIO *SSL_get_wbio(const SSL *s);

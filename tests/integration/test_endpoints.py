@@ -20,6 +20,7 @@ from gateway.transport.secure_session import SecureSession, State
 from gateway.transport.tls_context import (
     ClientContext,
     ClientCredentials,
+    CookieSecrets,
     Kind,
     ServerContext,
     ServerCredentials,
@@ -125,6 +126,26 @@ class SlowHandshakes(HandshakeWorkers):
             fn(*args)
 
         super().post(slow)
+
+
+class CountedCookies(CookieSecrets):
+    def __init__(self) -> None:
+        super().__init__()
+        self.verified: list[bool] = []
+
+    def verify(self, peer: bytes, cookie: bytes) -> bool:
+        self.verified.append(super().verify(peer, cookie))
+        return self.verified[-1]
+
+
+async def test_a_cookie_is_verified_once_per_handshake(dtls_server: DtlsServer, pki: Path) -> None:
+    cookies = dtls_server.context.cookies = CountedCookies()
+    address = dtls_server.bound[0]
+    reply, conn = await roundtrip(connect_dtls, address.host, address.port,
+                                  cert_client(Kind.DTLS, pki))
+    assert reply == b"echo:ping"
+    assert cookies.verified == [True]  # by DTLSv1_listen; not again in the first step
+    conn.close()
 
 
 async def test_datagrams_queued_behind_the_last_handshake_step_all_arrive(
