@@ -158,7 +158,11 @@ class SslObjects:
     the sweeper, when no handshake comes). Both lists are bounded.
     """
 
-    SPARES = 4
+    #: Handshakes start in bursts (a batch of datagrams holds many valid-cookie ClientHellos);
+    #: with 4 spares the loop still made most of its listener objects itself at 32 in flight.
+    SPARES = 32
+    #: Made per worker job at most, so that a job's result is not held up for long.
+    REFILL = 8
     MAX_DEAD = 512
 
     def __init__(self) -> None:
@@ -183,7 +187,7 @@ class SslObjects:
     def replenish(self, context: ServerContext) -> None:
         """Worker thread, after a handshake step: free the dead, make the spares."""
         self.free_dead()
-        while len(self._spares) < self.SPARES:
+        for _ in range(min(self.REFILL, self.SPARES - len(self._spares))):
             self._spares.append((context, new_listener(context)))
 
     def free_dead(self) -> None:
