@@ -204,8 +204,9 @@ class ServerRole:
             layer = MessageLayer(parameters=_transmission(params))
         session = SignalSession(self, conn, dots, layer, identity.name)
         self.sessions[dots.id] = session
-        log.info("signal session opened peer=%s local=%s transport=%s client=%s cuid=%s",
-                 conn.remote, conn.local, conn.kind.value, identity.name, identity.cuid)
+        if log.isEnabledFor(logging.INFO):  # an enum's .value is a Python-level lookup
+            log.info("signal session opened peer=%s local=%s transport=%s client=%s cuid=%s",
+                     conn.remote, conn.local, conn.kind.value, identity.name, identity.cuid)
         session.flush()  # the TCP layer's CSM
         return session
 

@@ -517,13 +517,9 @@ class DtlsServer(EndpointBase):
         self.counters.handshakes_completed += 1
         if conn.session.resumed:
             self.counters.sessions_resumed += 1
-        log.info(
-            "dtls session established peer=%s local=%s cipher=%s resumed=%s",
-            conn.remote,
-            conn.local,
-            conn.session.cipher,
-            conn.session.resumed,
-        )
+        if log.isEnabledFor(logging.INFO):  # cipher and resumed are OpenSSL calls
+            log.info("dtls session established peer=%s local=%s cipher=%s resumed=%s",
+                     conn.remote, conn.local, conn.session.cipher, conn.session.resumed)
         try:
             conn.handler = self.on_session(conn)
         except Exception:
