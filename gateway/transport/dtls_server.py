@@ -141,9 +141,9 @@ class DtlsConnection:
 
 
 Key = tuple[Address, Address]  # (local, remote)
-#: A worker's handshake step: connection, application data, error, datagrams sent, and when
-#: to retransmit the flight (time.monotonic) if the peer stays silent.
-_StepResult = tuple["DtlsConnection", list[bytes], Exception | None, int, float | None]
+#: A worker's handshake step: connection, application data, error, and when to retransmit
+#: the flight (time.monotonic) if the peer stays silent.
+_StepResult = tuple["DtlsConnection", list[bytes], Exception | None, float | None]
 
 
 class SslObjects:
@@ -230,6 +230,7 @@ class DtlsServer(EndpointBase):
         self._ssl_objects = SslObjects()
         #: Handshake steps done by the workers, not yet taken up by the loop.
         self._results: deque[_StepResult] = deque()
+        self._sent_by_workers: deque[int] = deque()  # datagrams, counted on the loop
         self._results_timer: asyncio.TimerHandle | None = None
         self.jobs_running = 0
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
@@ -414,35 +415,42 @@ class DtlsServer(EndpointBase):
         The loop is not woken for the result: it picks it up (``_take_results``) when the
         peer's next datagram wakes it anyway, or at the latest after RESULT_DELAY. On one
         core, waking the loop after every step cost more than anything else we add to
-        OpenSSL's own work per handshake (two extra loop turns, each a self-pipe round)."""
+        OpenSSL's own work per handshake (two extra loop turns, each a self-pipe round).
+        The result is queued before the flight leaves, so the peer's answer, which wakes
+        the loop, always finds it there."""
+        output: list[bytes] = []
+        retransmit_at = None
         try:
             records, error = conn.session.feed(data), None
+            output = conn.session.take_output()
+            # Read here too: OpenSSL calls on the loop would wait for this thread's GIL.
+            delay = conn.session.timeout()
+            retransmit_at = None if delay is None else time.monotonic() + delay
         except Exception as exc:  # reported on the loop, which closes the session
             records, error = [], exc
+        self._results.append((conn, records, error, retransmit_at))
         sent = 0
         try:
-            for datagram in conn.session.take_output():
+            for datagram in output:
                 sent += send(conn.sock, datagram, conn.remote, conn.local)
-        except Exception as exc:  # e.g. the socket closed under us: the server is stopping
-            error = error or exc
-        # The retransmission deadline is read here too: OpenSSL calls on the loop thread
-        # would wait for this one to let go of the GIL.
-        delay = conn.session.timeout() if error is None else None
-        retransmit_at = None if delay is None else time.monotonic() + delay
+        except OSError:
+            pass  # the socket closed under us: the server is stopping
+        self._sent_by_workers.append(sent)
         try:
             self._ssl_objects.replenish(self.context)
         except RuntimeError:
             log.exception("cannot prepare listener objects")
-        self._results.append((conn, records, error, sent, retransmit_at))
 
     def _take_results(self) -> None:
         """Loop: finish the handshake steps the workers have done since the last look."""
         results = self._results
         for _ in range(len(results)):
-            conn, records, error, sent, retransmit_at = results.popleft()
+            conn, records, error, retransmit_at = results.popleft()
             self.jobs_running -= 1
-            self.counters.datagrams_out += sent
             self._handshake_done(conn, records, error, retransmit_at)
+        sent = self._sent_by_workers
+        for _ in range(len(sent)):
+            self.counters.datagrams_out += sent.popleft()
 
     def _results_due(self) -> None:
         self._results_timer = None
