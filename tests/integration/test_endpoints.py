@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
+import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from typing import Any
 import pytest
 
 from certs.devpki import init_dev_pki
+from gateway.transport import dtls_server as dtls_server_module
 from gateway.transport.dtls_client import HandshakeError, connect_dtls
 from gateway.transport.dtls_server import DtlsServer, Limits
 from gateway.transport.endpoint import HandshakeWorkers
@@ -126,6 +130,37 @@ class SlowHandshakes(HandshakeWorkers):
             fn(*args)
 
         super().post(slow)
+
+
+async def test_a_worker_queues_its_step_before_its_flight_leaves(
+    dtls_server: DtlsServer, pki: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The peer's answer to a flight wakes the loop; the step's result must be there by then
+    # (or the loop would only find it when the 10 ms fallback timer fires).
+    events: list[str] = []
+
+    class Logged(deque):  # type: ignore[type-arg]
+        def append(self, item: Any) -> None:
+            events.append("result")
+            super().append(item)
+
+    real_send = dtls_server_module.send
+
+    def logged_send(*args: Any) -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            events.append("flight")
+        return real_send(*args)
+
+    dtls_server._results = Logged()
+    monkeypatch.setattr(dtls_server_module, "send", logged_send)
+    address = dtls_server.bound[0]
+    reply, conn = await roundtrip(connect_dtls, address.host, address.port,
+                                  cert_client(Kind.DTLS, pki))
+    assert reply == b"echo:ping"
+    # Each step: its result, then its flight's datagrams (a step may send none).
+    order = "".join("R" if e == "result" else "f" for e in events)
+    assert re.fullmatch(r"(Rf*)+", order) and order.count("f") >= 2, order
+    conn.close()
 
 
 class CountedCookies(CookieSecrets):
