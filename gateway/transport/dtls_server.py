@@ -6,7 +6,8 @@ and no state. Only a ClientHello with a valid cookie becomes a session, and only
 session and handshake caps and the per-source rate allow it; otherwise the client gets no
 cookie (it retries later) and we count and log it. Handshake crypto runs in worker threads
 (OpenSSL releases the GIL), one job at a time per session, so established sessions keep
-their latency during a reconnect storm. A session's OpenSSL state is freed as soon as it
+their latency during a reconnect storm; a worker sends the flight it produced and leaves
+its bookkeeping for the loop's next turn. A session's OpenSSL state is freed as soon as it
 closes, fails, misses its handshake deadline or idles out.
 """
 

@@ -412,19 +412,27 @@ def write_results(path: Path, table: dict[str, dict[str, str]], quick: bool) -> 
 FINDINGS = [
     "Notes (2026-11-26):",
     "",
-    "- Handshakes: both servers spend ~1.8 ms of CPU per full handshake with the same"
-    " OpenSSL 3.0 doing the crypto, so the comparison is a parity one; in five full runs"
-    " (2026-11-25/26) dots-gateway was ahead in 7 of 10 rows and behind by 0.6-2.5% in 3."
-    " A handshake alone (two SecureSessions in memory) costs the server ~0.95 ms; ~0.17 ms of"
-    " it is OpenSSL issuing the session ticket (it re-parses the client certificate with"
-    " d2i_SSL_SESSION; libcoap pays it too). The rest of the ~1.8 ms is the daemon: ~8"
-    " datagrams, three worker round trips, the DOTS session and its first request.",
+    "- Handshakes: both servers run the same OpenSSL 3.0 crypto (~0.95 ms of a server's CPU"
+    " per handshake, ~0.17 ms of it issuing the session ticket). Until 2026-11-26 the rest"
+    " of our ~1.8 ms was daemon overhead and the comparison a parity one (ahead in 7 of 10"
+    " rows, behind by 0.6-2.5% in 3). Measured on one core (perf, py-spy, per-thread CPU):"
+    " the handshake workers cost ~0.45 ms per handshake more than running the same steps on"
+    " the loop (which would put storm p99 at 13-16 ms, so no); ~10 context switches per"
+    " handshake; the loop made and freed SSL objects under OpenSSL's process-wide ex_data"
+    " write lock, held by a worker (8-16% of CPU in pthread_rwlock_wrlock); and each step's"
+    " result woke the loop through the self-pipe. Now the workers make listener objects and"
+    " free finished ones, send their own flights, queue results the loop takes when the"
+    " peer's answer wakes it (5 context switches per handshake), and a cookie is verified"
+    " once: ~1.5-1.6 ms per handshake, 6-12% ahead of libcoap in the runs of that day.",
+    "- Worker priority is the trade-off on one core: at nice 0 instead of 19 handshakes/s"
+    " rose ~25% but the storm p99 went from ~3 ms to ~22 ms (the loop waited for worker"
+    " time slices); SCHED_BATCH and SCHED_IDLE did no better. We keep nice 19.",
     "- Idle sessions: after the client's first application data the server protects the"
     " records itself (gateway/transport/dtls_records.py) and frees OpenSSL's per-connection"
     " state (~47 KiB, of which 21.8 KiB is the handshake buffer OpenSSL keeps for the life"
     " of a DTLS connection); what remains is Python objects.",
     "- Storm latency: handshake workers run at nice 19; at nice 10 the loop waited for a"
-    " worker's time slice often enough to put the p99 at ~5 ms on one core.",
+    " worker's time slice often enough to put the p99 at ~5-8 ms on one core.",
 ]
 
 
