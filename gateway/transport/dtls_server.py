@@ -291,12 +291,10 @@ class DtlsServer(EndpointBase):
     # --- datagrams in ------------------------------------------------------------------------
 
     def _readable(self, sock: socket.socket) -> None:
-        if self._results:
-            self._take_results()  # first: a datagram may be for a session just established
         for _ in range(_BATCH):
             got = receive(sock)
             if got is None:
-                return
+                break
             data, remote, local = got
             self.counters.datagrams_in += 1
             if not data:
@@ -307,6 +305,11 @@ class DtlsServer(EndpointBase):
             except Exception:  # one bad datagram must never take the endpoint down
                 self.counters.dropped_garbage += 1
                 log.exception("unexpected error handling a datagram from %s", remote)
+        # Steps the workers finished: after the datagrams, so that established sessions'
+        # requests go first; a datagram for a session with a step pending waited in its
+        # backlog and is handled as that step is taken up.
+        if self._results:
+            self._take_results()
 
     def _datagram(self, sock: socket.socket, data: bytes, local: Address, remote: Address) -> None:
         conn = self.sessions.get((local, remote))
