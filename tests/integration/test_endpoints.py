@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +252,21 @@ def first_of(kind: int, handshake_type: int | None = None) -> Callable[[bytes], 
     return lose
 
 
+@contextlib.contextmanager
+def raw_client(server: DtlsServer, pki: Path) -> Iterator[tuple[socket.socket, SecureSession]]:
+    """A client session over a plain UDP socket, its ClientHello made, for drive_client."""
+    address = server.bound[0]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect((address.host, address.port))
+        client = SecureSession(cert_client(Kind.DTLS, pki), server_name="localhost")
+        client.start()
+        try:
+            yield sock, client
+        finally:
+            client.free()
+
+
 @pytest.fixture
 async def patient_server(pki: Path) -> AsyncIterator[DtlsServer]:
     server = DtlsServer(server_context(Kind.DTLS, pki), Echo, Limits(handshake_deadline=10.0))
@@ -264,12 +280,7 @@ async def test_server_retransmits_a_lost_flight_and_takes_up_its_last_step_unpro
 ) -> None:
     # The client never resends: only the server's retransmission timer (armed from the
     # worker's step) can recover the lost ServerHello flight (RFC 6347 §4.2.4).
-    address = patient_server.bound[0]
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.setblocking(False)
-        sock.connect((address.host, address.port))
-        client = SecureSession(cert_client(Kind.DTLS, pki), server_name="localhost")
-        client.start()
+    with raw_client(patient_server, pki) as (sock, client):
         started = time.monotonic()
         await drive_client(client, sock, first_of(22, handshake_type=2), retransmit=False)
         assert client.state is State.ESTABLISHED
@@ -281,18 +292,12 @@ async def test_server_retransmits_a_lost_flight_and_takes_up_its_last_step_unpro
             await asyncio.sleep(0.01)
         assert patient_server.counters.handshakes_completed == 1
         assert patient_server.jobs_running == 0
-        client.free()
 
 
 async def test_lost_final_flight_is_resent_when_the_client_repeats_its_own(
     patient_server: DtlsServer, pki: Path
 ) -> None:
-    address = patient_server.bound[0]
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.setblocking(False)
-        sock.connect((address.host, address.port))
-        client = SecureSession(cert_client(Kind.DTLS, pki), server_name="localhost")
-        client.start()
+    with raw_client(patient_server, pki) as (sock, client):
         await drive_client(client, sock, first_of(20), retransmit=True)  # CCS + Finished
         assert client.state is State.ESTABLISHED
         client.send(b"after the loss")
@@ -302,7 +307,6 @@ async def test_lost_final_flight_is_resent_when_the_client_repeats_its_own(
         reply = client.feed(await asyncio.wait_for(loop.sock_recv(sock, 65535), 5))
         assert reply == [b"echo:after the loss"]
         assert patient_server.counters.handshakes_completed == 1
-        client.free()
 
 
 async def test_refused_handshake_leaves_no_state(
