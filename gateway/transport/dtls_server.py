@@ -452,6 +452,9 @@ class DtlsServer(EndpointBase):
             conn, records, error, retransmit_at = results.popleft()
             self.jobs_running -= 1
             self._handshake_done(conn, records, error, retransmit_at)
+        self._count_worker_sends()
+
+    def _count_worker_sends(self) -> None:
         sent = self._sent_by_workers
         for _ in range(len(sent)):
             self.counters.datagrams_out += sent.popleft()
@@ -625,6 +628,7 @@ class DtlsServer(EndpointBase):
                 self.counters.sessions_idle_closed += 1
                 self._close(conn, "idle timeout", notify=True)
         self._ssl_objects.free_dead()
+        self._count_worker_sends()  # a last step's flight, counted after its result was taken
         self._trim_after_closes(self.counters.sessions_closed)
         self._schedule_sweep()
 
