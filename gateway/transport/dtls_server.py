@@ -428,8 +428,7 @@ class DtlsServer(EndpointBase):
             records, error = conn.session.feed(data), None
             output = conn.session.take_output()
             # Read here too: OpenSSL calls on the loop would wait for this thread's GIL.
-            delay = conn.session.timeout()
-            retransmit_at = None if delay is None else time.monotonic() + delay
+            retransmit_at = _retransmit_deadline(conn.session)
         except Exception as exc:  # reported on the loop, which closes the session
             records, error = [], exc
         self._results.append((conn, records, error, retransmit_at))
@@ -520,8 +519,7 @@ class DtlsServer(EndpointBase):
         if conn.session.state is State.FAILED:
             self._close(conn, conn.session.failure or "handshake timed out", notify=False)
         else:
-            delay = conn.session.timeout()
-            self._arm_retransmit(conn, None if delay is None else time.monotonic() + delay)
+            self._arm_retransmit(conn, _retransmit_deadline(conn.session))
 
     def _established(self, conn: DtlsConnection, early: list[bytes]) -> None:
         self.handshaking -= 1
@@ -638,6 +636,12 @@ class DtlsServer(EndpointBase):
         if self._listener is not None and free_old:
             self._ssl_objects.dispose(self._listener)
         self._listener = self._ssl_objects.take(self.context)
+
+
+def _retransmit_deadline(session: SecureSession) -> float | None:
+    """When (time.monotonic) to resend the session's last flight, or None."""
+    delay = session.timeout()
+    return None if delay is None else time.monotonic() + delay
 
 
 def new_listener(context: ServerContext) -> Any:

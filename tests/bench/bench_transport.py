@@ -423,7 +423,7 @@ FINDINGS = [
     " result woke the loop through the self-pipe. Now the workers make listener objects and"
     " free finished ones, send their own flights, queue results the loop takes when the"
     " peer's answer wakes it (5 context switches per handshake), and a cookie is verified"
-    " once: ~1.5-1.6 ms per handshake, 6-12% ahead of libcoap in the runs of that day.",
+    " once: ~1.5-1.8 ms per handshake, 4-19% ahead of libcoap in the runs of that day.",
     "- Worker priority is the trade-off on one core: at nice 0 instead of 19 handshakes/s"
     " rose ~25% but the storm p99 went from ~3 ms to ~22 ms (the loop waited for worker"
     " time slices); SCHED_BATCH and SCHED_IDLE did no better. We keep nice 19.",
