@@ -3,7 +3,7 @@
 ``run`` (terminal or gateway mode) and ``server`` (always terminal) are the daemon;
 ``check-config FILE`` lists every problem with its key; ``certs init DIR`` makes the dev
 PKI; ``show-config`` prints the effective settings; ``status`` asks a running daemon over
-its control socket (``gateway.control``); ``drain`` signals one with ``[anycast]``
+its control socket (``gateway.ops.control``); ``drain`` signals one with ``[anycast]``
 (``anycast.control``); ``discover`` and ``dhcp-option`` come from ``gateway.discovery``.
 """
 
@@ -90,10 +90,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     from anycast.errors import AnycastError
     from gateway.daemon import serve
-    from gateway.gateway_daemon import UpstreamCredentialError
-    from gateway.logsetup import configure_logging
-    from gateway.persistence import PersistenceError
-    from gateway.relay_store import RelayDatabaseError
+    from gateway.ops.logsetup import configure_logging
+    from gateway.relay.startup import UpstreamCredentialError
+    from gateway.relay.store import RelayDatabaseError
+    from gateway.server.persistence import PersistenceError
     from gateway.transport.udp import PortInUse
 
     try:
@@ -151,7 +151,7 @@ def _drain(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     """Ask the daemon on its control socket; without an answer, show the anycast state file
     (written by an anycast daemon, possibly older than this command) and say so."""
-    from gateway import control
+    from gateway.ops import control
 
     try:
         settings = _settings(args)
@@ -192,7 +192,7 @@ def _status_from_state_file(args: argparse.Namespace, settings: Settings) -> int
     if args.json:
         print(json.dumps(state, indent=2, sort_keys=True))
     else:
-        from gateway.control import format_status
+        from gateway.ops.control import format_status
 
         print(format_status({"anycast": state}), end="")
     return EXIT_OK if state["running"] else EXIT_FAILURE

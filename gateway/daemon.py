@@ -11,9 +11,9 @@ once the health checks pass; SIGTERM/SIGINT and SIGUSR2 (``dots-gateway drain``)
 the route, keep serving for ``anycast.grace`` seconds (a second SIGTERM/SIGINT cuts that
 short), then stop. Without it, nothing of that runs and pyroute2 is not even imported.
 
-Operations: the control socket (``gateway.control``; ``status``, ``reload``, and ``drain``
+Operations: the control socket (``gateway.ops.control``; ``status``, ``reload``, and ``drain``
 with anycast) is bound first, because it is also the lock that keeps a second daemon off
-the same state directory; the metrics endpoint (``gateway.metrics``) starts when
+the same state directory; the metrics endpoint (``gateway.ops.metrics``) starts when
 ``metrics.listen`` is set. ``start_server`` declares the metric families and status sections
 of the server it starts (``RunningServer.metrics`` and ``.control``) and calls the role's
 ``register_operations`` hook, where the gateway role adds its upstream ones.
@@ -34,17 +34,17 @@ from typing import Any
 from anycast.addresses import anycast_classifier
 from gateway import __version__
 from gateway.config import Mode, RedirectTargetSettings, Settings, Transport
-from gateway.control import ControlProviders, ControlServer
 from gateway.core_settings import build_server_core
 from gateway.credentials import datagram_limits, server_contexts, stream_limits
 from gateway.dots.authz import ANY_NAME, EVERYWHERE, ClientRule
 from gateway.dots.mitigation import ACTIVE_STATES
-from gateway.gateway_daemon import build_gateway_role, choose_mode, upstream_credentials
-from gateway.gateway_role import GatewayRole
-from gateway.metrics import MetricsServer, Registry, daemon_metrics
-from gateway.mitigator import Mitigator, build_mitigator
-from gateway.persistence import MitigationDatabase
-from gateway.server_role import ServerRole
+from gateway.ops.control import ControlProviders, ControlServer
+from gateway.ops.metrics import MetricsServer, Registry, daemon_metrics
+from gateway.relay.role import GatewayRole
+from gateway.relay.startup import build_gateway_role, choose_mode, upstream_credentials
+from gateway.server.mitigator import Mitigator, build_mitigator
+from gateway.server.persistence import MitigationDatabase
+from gateway.server.role import ServerRole
 from gateway.transport.dtls_server import DtlsServer
 from gateway.transport.tls_stream import TlsServer
 from gateway.transport.udp import PortInUse
@@ -66,7 +66,7 @@ class RunningServer:
     database: MitigationDatabase
     #: ``is_anycast(local_address)``: did a session arrive on an anycast address?
     is_anycast: Callable[[object], bool] = _no_anycast
-    #: Metric families served on ``metrics.listen`` (``gateway.metrics.daemon_metrics``).
+    #: Metric families served on ``metrics.listen`` (``gateway.ops.metrics.daemon_metrics``).
     metrics: Registry = field(default_factory=Registry)
     #: Status sections and actions of the control socket.
     control: ControlProviders = field(default_factory=ControlProviders)

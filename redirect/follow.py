@@ -3,7 +3,7 @@
 The client role feeds it every 5.03 + ``redirected-signal`` and every server it contacts;
 it answers where to go, when to go back to the provisioned servers, and when a redirect
 must be ignored as a loop. Connecting, resending and re-registering are the role's
-(``gateway.client_channel``); nothing here does I/O or reads a clock.
+(``gateway.client.channel``); nothing here does I/O or reads a clock.
 """
 
 from __future__ import annotations

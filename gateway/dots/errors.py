@@ -8,13 +8,11 @@ the RFC prescribes and a diagnostic text, and knows how to render itself as a re
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import replace
+from typing import ClassVar
 
 from gateway.dots.codes import CONTENT_FORMAT_TEXT, Code
-
-if TYPE_CHECKING:
-    from gateway.dots.message import DotsResponse
-    from gateway.dots.model import ConflictInformation
+from gateway.dots.message import DotsResponse
 
 
 def safe_int(value: int) -> str:
@@ -43,8 +41,6 @@ class DotsProtocolError(DotsError):
 
     def to_response(self) -> DotsResponse:
         """The response to send: the code with a UTF-8 diagnostic (RFC 9132 §9, RFC 7252 §5.5.2)."""
-        from gateway.dots.message import DotsResponse
-
         return DotsResponse(
             code=self.code,
             payload=self.diagnostic.encode("utf-8"),
@@ -132,29 +128,4 @@ class ServiceUnavailable(DotsProtocolError):
         response = super().to_response()
         if self.retry_after is None:
             return response
-        from dataclasses import replace
-
         return replace(response, max_age=self.retry_after)
-
-
-class ConflictingRequest(DotsProtocolError):
-    """4.09 whose body is the CBOR ``conflict-information`` (RFC 9132 §4.4.1.3, §9)."""
-
-    code = Code.CONFLICT
-
-    def __init__(self, diagnostic: str, conflict: ConflictInformation) -> None:
-        super().__init__(diagnostic)
-        self.conflict = conflict
-
-    def to_response(self) -> DotsResponse:
-        from gateway.dots.codec import encode_message
-        from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR
-        from gateway.dots.message import DotsResponse
-        from gateway.dots.model import MitigationScope, Scope
-
-        body = MitigationScope(scope=(Scope(conflict_information=self.conflict),))
-        return DotsResponse(
-            code=self.code,
-            payload=encode_message(body),
-            content_format=CONTENT_FORMAT_DOTS_CBOR,
-        )

@@ -8,7 +8,7 @@ for observers (``MitigationStatusChanged``, ``MitigationRemoved``). It never rea
 every call takes ``now`` (monotonic seconds); ``wall_offset`` turns it into epoch seconds
 for ``mitigation-start``.
 
-Persistence stays outside (``gateway/persistence.py``); the store only tracks what changed
+Persistence stays outside (``gateway/server/persistence.py``); the store only tracks what changed
 (``take_changes``, ``take_client_changes``) and takes saved records back (``restore``).
 """
 
@@ -26,10 +26,10 @@ from gateway.dots.conflict import (
     DEFAULT_RESOLVER,
     ConflictDecision,
     ConflictingMitigation,
+    ConflictingRequest,
     ConflictResolver,
 )
 from gateway.dots.errors import (
-    ConflictingRequest,
     DotsUsageError,
     InvalidValue,
     NotFound,

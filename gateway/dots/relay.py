@@ -24,7 +24,8 @@ from dataclasses import dataclass, replace
 
 from gateway.dots.codec import decode_message, encode_message
 from gateway.dots.codes import CONTENT_FORMAT_TEXT, Code, ConflictCause
-from gateway.dots.errors import ConflictingRequest, DotsProtocolError, MalformedPayload
+from gateway.dots.conflict import ConflictingRequest
+from gateway.dots.errors import DotsProtocolError, MalformedPayload
 from gateway.dots.message import DotsResponse
 from gateway.dots.model import ConflictInformation, MitigationScope, Scope
 from gateway.dots.uri import DotsPath, Resource, build_path

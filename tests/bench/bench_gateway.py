@@ -696,7 +696,7 @@ FINDINGS = [
     "- Relayed PUT p99 at 1,000 sessions was 2.9 ms with the same fixes: the relay state's"
     " SQLite WAL checkpoints (copy plus fsync, one in a few hundred saves) ran inline on"
     " the event loop. With saves disabled (experiment) it was 1.6 ms; with checkpoints moved"
-    " to a thread of their own (`relay_store.py`, every 2 s) 1.4-1.7 ms: met.",
+    " to a thread of their own (`gateway/relay/store.py`, every 2 s) 1.4-1.7 ms: met.",
     "- Per relayed request the gateway spends ~0.2-0.5 ms of CPU (the server ~0.13-0.4 ms"
     " for the whole request): both DTLS legs, CoAP on both sides, a task and a future per"
     " request. Small bodies are decoded once per distinct body (memo), which removed most"

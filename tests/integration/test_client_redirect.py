@@ -27,7 +27,7 @@ import pytest
 
 from certs.devpki import init_dev_pki
 from certs.identity import cuid_from_certificate
-from gateway.client_role import DotsClient, make_scope
+from gateway.client.role import DotsClient, make_scope
 from gateway.coap.message import CoapMessage
 from gateway.config import parse_config
 from gateway.daemon import RunningServer, start_server
@@ -154,8 +154,8 @@ def client_factory(request: pytest.FixtureRequest, pki: Path,
     def make(servers: list[str], **options: Any) -> DotsClient:
         credentials = ClientCredentials(pki / "client.pem", pki / "client.key", pki / "ca.pem")
         if request.param == "gateway-upstream":
-            from gateway.client_connect import parse_server
-            from gateway.gateway_upstream import UpstreamClient
+            from gateway.client.connect import parse_server
+            from gateway.relay.upstream import UpstreamClient
 
             async def ready() -> None:
                 pass

@@ -28,9 +28,9 @@ import pytest
 
 from certs.devpki import init_dev_pki
 from certs.identity import cuid_from_certificate
-from gateway.client_connect import Transport
-from gateway.client_role import DotsClient, make_scope, new_cuid
-from gateway.client_state import STATE_FILE
+from gateway.client.connect import Transport
+from gateway.client.role import DotsClient, make_scope, new_cuid
+from gateway.client.state import STATE_FILE
 from gateway.coap.message import CoapMessage
 from gateway.dots.codes import AttackStatus, Code, ConflictCause, Status
 from gateway.dots.model import SignalConfig
@@ -506,7 +506,7 @@ def _open_transports() -> list[Any]:
 
 
 def test_candidates_follow_the_rfc_9132_order() -> None:
-    from gateway.client_connect import ServerSpec, order_candidates
+    from gateway.client.connect import ServerSpec, order_candidates
 
     spec = ServerSpec("dots.example", 4646, server_name="dots.example")
     got = [e.uri for e in order_candidates(spec, ["192.0.2.1", "2001:db8::1", "192.0.2.1"])]
@@ -522,7 +522,7 @@ def test_candidates_follow_the_rfc_9132_order() -> None:
 ])
 def test_server_uris(text: str, host: str, port: int,
                      transports: tuple[Transport, ...]) -> None:
-    from gateway.client_connect import parse_server
+    from gateway.client.connect import parse_server
 
     spec = parse_server(text)
     assert (spec.host, spec.port, spec.transports) == (host, port, transports)
@@ -531,14 +531,14 @@ def test_server_uris(text: str, host: str, port: int,
 @pytest.mark.parametrize("text", ["coap://h", "https://h", "coaps://h/path", "coaps://:1",
                                   "coaps://h:99999"])
 def test_bad_server_uris(text: str) -> None:
-    from gateway.client_connect import parse_server
+    from gateway.client.connect import parse_server
 
     with pytest.raises(ValueError):
         parse_server(text)
 
 
 async def test_happy_eyeballs_staggers_attempts_and_closes_the_extra_winner() -> None:
-    from gateway.client_connect import Endpoint, happy_eyeballs
+    from gateway.client.connect import Endpoint, happy_eyeballs
 
     endpoints = [Endpoint(Transport.UDP, "::1", 1, "x"), Endpoint(Transport.UDP, "127.0.0.1", 1,
                                                                   "x"),
@@ -565,7 +565,7 @@ async def test_happy_eyeballs_staggers_attempts_and_closes_the_extra_winner() ->
 
 
 async def test_under_attack_switches_pacing_parameters_and_refresh(pki: Path) -> None:
-    from gateway.client_connect import ATTACK_ATTEMPT_DELAY
+    from gateway.client.connect import ATTACK_ATTEMPT_DELAY
 
     client = DotsClient(cert_credentials(pki), "localhost:1")
     client.core.config.current[True] = SessionParameters(heartbeat_interval=20)
@@ -579,7 +579,7 @@ async def test_under_attack_switches_pacing_parameters_and_refresh(pki: Path) ->
 
 
 async def test_redirect_is_surfaced_to_the_caller(pki: Path) -> None:
-    from gateway.client_connect import Endpoint
+    from gateway.client.connect import Endpoint
     from gateway.dots.codec import encode_message
     from gateway.dots.model import RedirectedSignal
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from certs.devpki import init_dev_pki
-from gateway import client_cli
+from gateway.client import cli as client_cli
 from tests.integration.test_client_role import Server, free_port, read_psk, running_server
 
 DOTS_CLIENT = Path(sys.executable).parent / "dots-client"

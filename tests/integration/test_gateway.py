@@ -24,7 +24,7 @@ import pytest
 
 from certs.devpki import init_dev_pki
 from certs.identity import cuid_from_certificate
-from gateway.client_role import DotsClient, make_scope
+from gateway.client.role import DotsClient, make_scope
 from gateway.config import load_config
 from gateway.daemon import RunningServer, start_server
 from gateway.dots.codes import AttackStatus, Code, ConflictCause, Method, Status
@@ -32,8 +32,8 @@ from gateway.dots.message import DotsRequest
 from gateway.dots.model import ConfigSet, ConfigValue, SignalConfig
 from gateway.dots.session_config import SessionParameters
 from gateway.dots.uri import Resource, build_path
-from gateway.gateway_role import GatewayRole
-from gateway.persistence import DATABASE_NAME
+from gateway.relay.role import GatewayRole
+from gateway.server.persistence import DATABASE_NAME
 from gateway.transport.tls_context import ClientCredentials
 from tests.integration.test_client_role import free_port, wait_until
 from tests.support.daemon import serving

@@ -1,4 +1,4 @@
-"""Mitigator backends (``gateway/mitigator.py``): the JSON-lines journal and operator scripts
+"""Mitigator backends (``gateway/server/mitigator.py``): the JSON-lines journal and operator scripts
 run as real subprocesses (small Python scripts written by the tests)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from gateway.config import Backend, ConfigError, default_settings
 from gateway.dots.codes import Status
 from gateway.dots.mitigation import ApplyMitigation, Counters, Trigger, WithdrawMitigation
 from gateway.dots.model import PortRange, Scope, parse_prefix
-from gateway.mitigator import (
+from gateway.server.mitigator import (
     JOURNAL_NAME,
     CommandMitigator,
     LogMitigator,
@@ -55,7 +55,7 @@ def collector() -> tuple[list[Report], StatusCallback]:
 
 def test_log_backend_appends_one_json_object_per_command(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "gateway.mitigator")
+    caplog.set_level(logging.INFO, "gateway.server.mitigator")
     journal = tmp_path / JOURNAL_NAME
     mitigator = LogMitigator(journal, clock=lambda: EPOCH)
     mitigator(ApplyMitigation(CUID, 7, SCOPE))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from certs.devpki import init_dev_pki
-from gateway.client_role import make_scope
+from gateway.client.role import make_scope
 from gateway.dots.codes import Code
 from tests.integration.test_client_role import free_port
 from tests.integration.test_gateway import (

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.control import (
+from gateway.ops.control import (
     ControlProviders,
     ControlServer,
     ControlSocketBusy,
     ControlSocketError,
     request,
 )
-from gateway.metrics import CONTENT_TYPE, MetricsServer, Registry
+from gateway.ops.metrics import CONTENT_TYPE, MetricsServer, Registry
 from gateway.transport.udp import PortInUse
 
 

@@ -14,12 +14,12 @@ import pytest
 
 from certs.devpki import init_dev_pki
 from certs.identity import cuid_from_certificate
-from gateway import server_role
 from gateway.coap.message import CoapMessage, MessageType, decode_udp, encode_udp
 from gateway.coap.options import Block, OptionNumber
 from gateway.config import parse_config
 from gateway.daemon import RunningServer, start_server
 from gateway.dots.codec import cbor_to_json
+from gateway.server import role as server_role
 from tests.integration.test_bad_input import Peer, connect, free_udp_port
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from certs.devpki import init_dev_pki
 from certs.identity import cuid_from_certificate, cuid_from_psk_identity
-from gateway.persistence import DATABASE_NAME
+from gateway.server.persistence import DATABASE_NAME
 from tests.interop.peers import free_port
 from tests.support.daemon import serving
 

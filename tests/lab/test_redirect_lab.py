@@ -427,8 +427,8 @@ def _state(client: Any) -> dict[str, Any]:
 
 
 async def _drive(pki: Path, state_dir: Path) -> None:
-    from gateway.client_connect import ServerSpec
-    from gateway.client_role import DotsClient, make_scope
+    from gateway.client.connect import ServerSpec
+    from gateway.client.role import DotsClient, make_scope
     from gateway.transport.tls_context import ClientCredentials
 
     loop = asyncio.get_running_loop()

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cli, client_cli
-from gateway.logsetup import configure_logging
+from gateway import cli
+from gateway.client import cli as client_cli
+from gateway.ops.logsetup import configure_logging
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "dots-gateway.example.toml"
 

@@ -26,8 +26,8 @@ from gateway.dots.codes import (
     ConflictStatus,
     Status,
 )
+from gateway.dots.conflict import ConflictingRequest
 from gateway.dots.errors import (
-    ConflictingRequest,
     DotsProtocolError,
     DotsUsageError,
     InvalidPath,

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.config import GatewayDomain, Mode, parse_config
 from gateway.config_schema import ConfigError
-from gateway.gateway_daemon import UpstreamCredentialError, server_spec, upstream_credentials
+from gateway.relay.startup import UpstreamCredentialError, server_spec, upstream_credentials
 
 
 def errors_of(text: str) -> list[str]:

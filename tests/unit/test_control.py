@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.control import (
+from gateway.ops.control import (
     ControlProviders,
     ControlServer,
     ControlUnavailable,

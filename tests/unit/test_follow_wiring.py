@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from certs.devpki import init_dev_pki
-from gateway.client_channel import SignalChannel
-from gateway.client_connect import Endpoint, NetworkError, ServerSpec, Transport
-from gateway.client_role import DotsClient, make_scope
+from gateway.client.channel import SignalChannel
+from gateway.client.connect import Endpoint, NetworkError, ServerSpec, Transport
+from gateway.client.role import DotsClient, make_scope
 from gateway.coap.message import CoapMessage
 from gateway.dots.codec import decode_message, encode_message
 from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, Method, Status
@@ -248,7 +248,7 @@ async def client_factory(request: pytest.FixtureRequest, credentials: ClientCred
     def make(*servers: FakeServer, **options: Any) -> Any:
         specs = [ServerSpec(s.address, PORT) for s in servers]
         if request.param == "gateway-upstream":
-            from gateway.gateway_upstream import UpstreamClient
+            from gateway.relay.upstream import UpstreamClient
 
             client = on_fake_net(UpstreamClient)(
                 credentials, specs, state_dir=None, on_ready=_ready,
@@ -346,7 +346,7 @@ async def test_a_loop_is_ignored_and_other_provisioned_servers_are_tried(
     client = client_factory(a, c)
     a.redirect_to(b)
     b.redirect_to(a)
-    with caplog.at_level(logging.WARNING, "gateway.client_channel"):
+    with caplog.at_level(logging.WARNING, "gateway.client.channel"):
         reply = await client.heartbeat()
     assert reply.code is Code.CHANGED and reply.endpoint.address == "192.0.2.3"
     assert client.stats.redirect_loops == 1 and client.stats.redirects_followed == 1
@@ -560,7 +560,7 @@ async def test_unreachable_alternate_keeps_the_previous_redirect(
 
 
 def test_server_spec_addresses_replace_resolution() -> None:
-    from gateway.client_connect import alternate_server, resolve
+    from gateway.client.connect import alternate_server, resolve
 
     spec = alternate_server("dots-b.example", ["192.0.2.2", "2001:db8::2"], 5000,
                             (Transport.UDP,))

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from gateway.metrics import (
+from gateway.ops.metrics import (
     Registry,
     daemon_metrics,
     escape_help,

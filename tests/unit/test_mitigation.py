@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.dots.codes import Code, ConflictCause, ConflictStatus, Status
-from gateway.dots.conflict import ConflictDecision, fixed_policy
-from gateway.dots.errors import ConflictingRequest, DotsUsageError, InvalidValue, NotFound
+from gateway.dots.conflict import ConflictDecision, ConflictingRequest, fixed_policy
+from gateway.dots.errors import DotsUsageError, InvalidValue, NotFound
 from gateway.dots.mitigation import (
     ApplyMitigation,
     Counters,

@@ -11,8 +11,8 @@ import copy
 import pytest
 
 from gateway.dots.codes import Code, ConflictStatus, Status
-from gateway.dots.conflict import ConflictDecision, fixed_policy
-from gateway.dots.errors import ConflictingRequest, DotsUsageError
+from gateway.dots.conflict import ConflictDecision, ConflictingRequest, fixed_policy
+from gateway.dots.errors import DotsUsageError
 from gateway.dots.mitigation import (
     ApplyMitigation,
     Counters,

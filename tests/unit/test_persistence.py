@@ -1,4 +1,4 @@
-"""SQLite persistence of the mitigation store (``gateway/persistence.py``), on a temp dir."""
+"""SQLite persistence of the mitigation store (``gateway/server/persistence.py``), on a temp dir."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from gateway.dots.mitigation import (
     WithdrawMitigation,
 )
 from gateway.dots.model import PortRange, Scope, parse_prefix
-from gateway.persistence import (
+from gateway.server.persistence import (
     DATABASE_NAME,
     SCHEMA_VERSION,
     MitigationDatabase,
@@ -330,7 +330,7 @@ def test_saves_survive_a_crash_of_the_process(tmp_path: Path) -> None:
         import os
         from gateway.dots.mitigation import MitigationStore, Owner
         from gateway.dots.model import Scope, parse_prefix
-        from gateway.persistence import MitigationDatabase
+        from gateway.server.persistence import MitigationDatabase
         store = MitigationStore(wall_offset={WALL})
         store.put("c", 1, Scope(target_prefix=(parse_prefix("192.0.2.0/24"),), lifetime=600),
                   Owner("cred"), 0.0)

@@ -8,7 +8,8 @@ import pytest
 
 from gateway.dots.codec import decode_message, encode_message
 from gateway.dots.codes import CONTENT_FORMAT_TEXT, Code, ConflictCause
-from gateway.dots.errors import ConflictingRequest, InvalidValue
+from gateway.dots.conflict import ConflictingRequest
+from gateway.dots.errors import InvalidValue
 from gateway.dots.message import DotsResponse
 from gateway.dots.model import MitigationScope, Scope, parse_prefix
 from gateway.dots.relay import (
@@ -24,7 +25,7 @@ from gateway.dots.relay import (
     with_scope_changes,
 )
 from gateway.dots.uri import Resource, build_path, parse_path
-from gateway.relay_store import RelayDatabase, RelayDatabaseError
+from gateway.relay.store import RelayDatabase, RelayDatabaseError
 
 
 def body(prefix: str = "192.0.2.0/24", lifetime: int = 3600,

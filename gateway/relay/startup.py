@@ -16,16 +16,16 @@ import time
 from typing import Any
 
 from certs.devpki import load_dev_pki
-from gateway.client_connect import ServerSpec, Transport
+from gateway.client.connect import ServerSpec, Transport
 from gateway.config import GatewayDomain, Mode, Settings, UpstreamSettings
 from gateway.dots.heartbeat import ReconnectBackoff
 from gateway.dots.relay import Domain, RelayTable
 from gateway.dots.server import DotsServerCore
 from gateway.dots.session_config import SessionParameters
-from gateway.gateway_relay import GatewayRelay, RelaySettings
-from gateway.gateway_role import GatewayRole
-from gateway.gateway_upstream import UpstreamClient
-from gateway.relay_store import RelayDatabase
+from gateway.relay.forwarding import GatewayRelay, RelaySettings
+from gateway.relay.role import GatewayRole
+from gateway.relay.store import RelayDatabase
+from gateway.relay.upstream import UpstreamClient
 from gateway.transport.tls_context import ClientCredentials
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-from gateway.client_connect import NetworkError
-from gateway.client_messages import Reply
+from gateway.client.connect import NetworkError
+from gateway.client.messages import Reply
 from gateway.coap.message import BadOptionError, CoapMessage
 from gateway.coap.options import Block
 from gateway.dots.message import DotsRequest

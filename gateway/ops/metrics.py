@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from gateway.stream_clients import ClientTasks, close_writer
+from gateway.ops.stream_clients import ClientTasks, close_writer
 
 log = logging.getLogger(__name__)
 

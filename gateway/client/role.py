@@ -4,11 +4,11 @@
 negotiate the session configuration and refresh it before Max-Age (never during an attack),
 and the mitigation operations: create / refresh / efficacy update / withdraw / get /
 observe. The signal channel underneath (sessions, pacing, heartbeats both ways, loss
-detection, resumption and back-off) is ``gateway.client_channel``.
+detection, resumption and back-off) is ``gateway.client.channel``.
 
 Mitigation requests, GETs and heartbeats are NON (§4.4, §4.7), sent again at most every 3 s
 until answered; configuration requests are CON (§4.5). A new mid is persisted before the
-request carrying it leaves (``client_state``), so mids stay monotonic across restarts.
+request carrying it leaves (``gateway.client.state``), so mids stay monotonic across restarts.
 4.09 cuid collisions are resolved here (new UUID-based cuid, request sent once more);
 other 4.09s are returned to the caller in the ``Reply``. Redirects (RFC 9132 §4.6) are
 followed by the channel; on a server other than the previous one (after a redirect, its
@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from gateway.client_channel import (
+from gateway.client.channel import (
     NON_RETRY_INTERVAL,
     ClientStats,
     Failure,
@@ -38,8 +38,8 @@ from gateway.client_channel import (
     derived_cuid,
     redirect_in,
 )
-from gateway.client_connect import DEFAULT_ATTEMPT_DELAY, NetworkError, ServerSpec, Transport
-from gateway.client_messages import (
+from gateway.client.connect import DEFAULT_ATTEMPT_DELAY, NetworkError, ServerSpec, Transport
+from gateway.client.messages import (
     DotsErrorResponse,
     Observation,
     Reply,
@@ -47,7 +47,7 @@ from gateway.client_messages import (
     make_scope,
     request_scope,
 )
-from gateway.client_session import ClientSession
+from gateway.client.session import ClientSession
 from gateway.coap.message import CoapMessage
 from gateway.dots.codes import AttackStatus, Code, ConflictCause, Method
 from gateway.dots.heartbeat import ReconnectBackoff

@@ -1,7 +1,7 @@
 """The relay: client mitigation requests re-originated upstream, and kept alive there.
 
-``GatewayRelay`` sits between the downstream server role (``gateway.gateway_role``) and the
-upstream client (``gateway.gateway_upstream``). For each mitigation request it checks what
+``GatewayRelay`` sits between the downstream server role (``gateway.relay.role``) and the
+upstream client (``gateway.relay.upstream``). For each mitigation request it checks what
 the gateway must check itself (Hop-Limit, cuid collisions), rewrites the path (cdid), sends
 it upstream on the gateway's own session and returns the upstream answer unchanged, or an
 answer of its own that says it comes from the gateway.
@@ -33,10 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gateway.client_connect import NetworkError
-from gateway.client_messages import Reply
-from gateway.client_redirect import redirect_in
-from gateway.client_session import ClientSession
+from gateway.client.connect import NetworkError
+from gateway.client.messages import Reply
+from gateway.client.redirect import redirect_in
+from gateway.client.session import ClientSession
 from gateway.coap.message import BadOptionError, CoapMessage
 from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, Method
 from gateway.dots.errors import MethodNotAllowed, MissingAttribute
@@ -58,8 +58,8 @@ from gateway.dots.validate import (
     is_efficacy_update,
     validate_mitigation_request,
 )
-from gateway.gateway_upstream import UpstreamBusy, UpstreamClient
-from gateway.relay_store import RelayDatabase
+from gateway.relay.store import RelayDatabase
+from gateway.relay.upstream import UpstreamBusy, UpstreamClient
 
 log = logging.getLogger(__name__)
 

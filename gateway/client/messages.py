@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.client_connect import Endpoint, NetworkError
+from gateway.client.connect import Endpoint, NetworkError
 from gateway.coap.message import CoapMessage, format_code
 from gateway.coap.options import Block
 from gateway.dots.client import Outcome

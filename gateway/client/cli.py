@@ -1,6 +1,6 @@
 """``dots-client``: the command-line DOTS client.
 
-Session commands talk to a DOTS server through ``gateway.client_role.DotsClient``:
+Session commands talk to a DOTS server through ``gateway.client.role.DotsClient``:
 ``config get|put``, ``mitigate``, ``efficacy``, ``withdraw``, ``get`` (``--observe``) and
 ``hb``. Each request and its answer are printed as one JSON document in the RFC's notation
 (``--cbor`` adds the wire bytes in hex). ``encode``/``decode`` convert between that JSON and
@@ -111,8 +111,8 @@ def _existing(name: str) -> Path:
 
 
 def _client(args: argparse.Namespace, **options: Any) -> Any:
-    from gateway.client_connect import parse_server
-    from gateway.client_role import DotsClient
+    from gateway.client.connect import parse_server
+    from gateway.client.role import DotsClient
 
     credentials = _credentials(args)
     server = _option(args, "server")
@@ -136,7 +136,7 @@ def _client(args: argparse.Namespace, **options: Any) -> Any:
 
 def _document(reply: Any, *, cbor: bool) -> dict[str, Any]:
     """One exchange (or notification) as printed: request line, options, JSON bodies."""
-    from gateway.client_connect import Transport
+    from gateway.client.connect import Transport
 
     request, response = reply.request, reply.response
     uri = f"{reply.endpoint.uri}/{'/'.join(request.path)}"
@@ -171,7 +171,7 @@ def _document(reply: Any, *, cbor: bool) -> dict[str, Any]:
 
 
 def _note_redirect(reply: Any) -> None:
-    from gateway.client_messages import request_label
+    from gateway.client.messages import request_label
 
     redirect = reply.redirect
     records = ", ".join(str(a) for a in redirect.alt_server_record)
@@ -228,7 +228,7 @@ async def _config(args: argparse.Namespace) -> int:
 
 
 async def _mitigate(args: argparse.Namespace) -> int:
-    from gateway.client_messages import make_scope, parse_port_range
+    from gateway.client.messages import make_scope, parse_port_range
 
     try:
         scope = make_scope(target_prefix=args.target_prefix or (),
@@ -326,8 +326,8 @@ async def _hb(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gateway.client_connect import NetworkError
-    from gateway.logsetup import configure_logging
+    from gateway.client.connect import NetworkError
+    from gateway.ops.logsetup import configure_logging
 
     configure_logging("kv", "info" if _option(args, "verbose") else "warning")
     try:

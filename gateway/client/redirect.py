@@ -1,6 +1,6 @@
 """Following redirects (RFC 9132 §4.6) for the client's signal channel.
 
-``RedirectFollowing`` is the part of ``gateway.client_channel.SignalChannel`` that acts on a
+``RedirectFollowing`` is the part of ``gateway.client.channel.SignalChannel`` that acts on a
 5.03 with ``redirected-signal``: it moves the channel to the alternate server (Happy
 Eyeballs over ``alt-server-record`` or the resolved ``alt-server``), applies the loop rule
 and the TTL with ``redirect.follow.RedirectFollower``, and returns to the provisioned
@@ -16,9 +16,9 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from gateway.client_connect import Endpoint, NetworkError, Transport, alternate_server
-from gateway.client_messages import Reply
-from gateway.client_session import ClientSession
+from gateway.client.connect import Endpoint, NetworkError, Transport, alternate_server
+from gateway.client.messages import Reply
+from gateway.client.session import ClientSession
 from gateway.coap.message import CoapMessage
 from gateway.dots.codec import decode_message
 from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code
@@ -26,7 +26,7 @@ from gateway.dots.errors import DotsProtocolError
 from gateway.dots.model import RedirectedSignal
 from redirect.follow import Decision, Verdict
 
-log = logging.getLogger("gateway.client_channel")  # one logger for the channel's lines
+log = logging.getLogger("gateway.client.channel")  # one logger for the channel's lines
 
 #: The TTL of a redirect expired but no provisioned server answered: stay on the alternate
 #: server this much longer before trying again (the §4.7 back-off interval).

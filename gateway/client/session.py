@@ -6,7 +6,7 @@ routes the layer's events: responses and notifications to the callback registere
 request's token, requests from the server (its ``PUT /hb``) to the owner, and the end of the
 connection to ``on_closed``. It makes no DOTS decisions; the client role does.
 
-Asyncio glue only, like ``gateway.server_role``; must not import the client role.
+Asyncio glue only, like ``gateway.server.role``; must not import the client role.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from gateway.client_connect import Endpoint, Transport
+from gateway.client.connect import Endpoint, Transport
 from gateway.coap.layer import (
     ConnectionAborted,
     MessageLayer,

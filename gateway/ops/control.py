@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.stream_clients import ClientTasks, close_writer
+from gateway.ops.stream_clients import ClientTasks, close_writer
 from gateway.transport.udp import PortInUse
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.client_connect import NetworkError
+from gateway.client.connect import NetworkError
 from gateway.coap.layer import MessageLayer, RequestKey
 from gateway.coap.message import BadOptionError, CoapMessage, MessageType
-from gateway.control import ControlProviders
 from gateway.dots.authz import Authorizer
 from gateway.dots.codes import CONTENT_FORMAT_TEXT, Code, Method
 from gateway.dots.errors import DotsProtocolError
@@ -29,9 +28,10 @@ from gateway.dots.message import DotsRequest, DotsResponse
 from gateway.dots.relay import HopLimitReached, gateway_error
 from gateway.dots.server import DotsServerCore, SessionLost
 from gateway.dots.uri import DotsPath, Resource, parse_path, parse_query
-from gateway.gateway_relay import GatewayRelay, Prepared
-from gateway.metrics import Registry, daemon_metrics
-from gateway.server_role import (
+from gateway.ops.control import ControlProviders
+from gateway.ops.metrics import Registry, daemon_metrics
+from gateway.relay.forwarding import GatewayRelay, Prepared
+from gateway.server.role import (
     Observation,
     ServerRole,
     SignalSession,

@@ -50,13 +50,13 @@ from gateway.dots.mitigation import (
 from gateway.dots.model import Heartbeat, MitigationScope, Scope
 from gateway.dots.server import DotsServerCore, SendSessionHeartbeat, ServerSession, SessionLost
 from gateway.dots.uri import ContentFilter, Resource, build_path, parse_path, parse_query
-from gateway.persistence import MitigationDatabase
+from gateway.server.persistence import MitigationDatabase
 from gateway.transport.tls_context import Kind
 from redirect.policy import Redirect, RedirectPolicy
 
 if TYPE_CHECKING:
-    from gateway.control import ControlProviders
-    from gateway.metrics import Registry
+    from gateway.ops.control import ControlProviders
+    from gateway.ops.metrics import Registry
 
 log = logging.getLogger(__name__)
 

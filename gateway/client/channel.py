@@ -1,11 +1,11 @@
 """The signal channel of a DOTS client: sessions, transmission, heartbeats, re-establishment.
 
 ``SignalChannel`` keeps one ``ClientSession`` to a DOTS server at a time. It reaches the
-server with Happy Eyeballs (``client_connect``), sends requests with the RFC 9132 pacing
+server with Happy Eyeballs (``gateway.client.connect``), sends requests with the RFC 9132 pacing
 (``_send``), answers the server's heartbeats and sends its own every heartbeat-interval
 (§4.7), declares the session lost through the core's ``HeartbeatMonitor``, and re-establishes
 it: at once with (D)TLS session resumption, then as ``ReconnectBackoff`` allows (never more
-often than every 60 s). ``gateway.client_role.DotsClient`` adds the DOTS operations on top
+often than every 60 s). ``gateway.client.role.DotsClient`` adds the DOTS operations on top
 and fills in the hooks (``_after_connect``, ``_refresh_due``, ``_mitigating``...).
 
 It also follows redirects (RFC 9132 §4.6) for every subclass, with the rules of
@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from certs.identity import cuid_from_certificate, cuid_from_psk_identity
-from gateway.client_blocks import BlockTracker, fetch_remaining
-from gateway.client_connect import (
+from gateway.client.blocks import BlockTracker, fetch_remaining
+from gateway.client.connect import (
     ATTACK_ATTEMPT_DELAY,
     CACHE_TTL,
     DEFAULT_ATTEMPT_DELAY,
@@ -50,10 +50,10 @@ from gateway.client_connect import (
     parse_server,
     resolve,
 )
-from gateway.client_messages import Reply, coap_request, dots_response, request_label
-from gateway.client_redirect import RedirectFollowing, redirect_in
-from gateway.client_session import ClientSession
-from gateway.client_state import ClientState
+from gateway.client.messages import Reply, coap_request, dots_response, request_label
+from gateway.client.redirect import RedirectFollowing, redirect_in
+from gateway.client.session import ClientSession
+from gateway.client.state import ClientState
 from gateway.coap.layer import RequestKey, TransmissionParameters
 from gateway.coap.message import CoapMessage
 from gateway.dots.client import DotsClientCore

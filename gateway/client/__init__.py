@@ -1,0 +1,13 @@
+"""The DOTS client role: sessions to DOTS servers and the ``dots-client`` command.
+
+Owns connecting (Happy Eyeballs over DTLS and TLS, ``connect``), the per-session CoAP
+message layer (``session``), request/answer helpers (``messages``), Block2 reassembly
+(``blocks``), following redirects (``redirect``), the channel that runs heartbeats,
+session-config negotiation, loss and resumption (``channel``), the persisted client state
+(``state``), the library API ``DotsClient`` (``role``) and the ``dots-client`` CLI (``cli``).
+
+May import: ``gateway.dots``, ``gateway.coap``, ``gateway.transport``, ``certs``,
+``redirect`` and ``gateway.ops.logsetup`` (the CLI's log format). Nothing of the server
+role, the relay or the daemon: the gateway's upstream side uses this package, not the
+other way round.
+"""

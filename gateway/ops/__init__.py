@@ -1,0 +1,10 @@
+"""Operations: what an operator talks to besides DOTS.
+
+Owns the control socket (``control``: status, reload, drain), the Prometheus endpoint and
+registry (``metrics``), log formats (``logsetup``) and the bounded set of stream clients
+both sockets share (``stream_clients``).
+
+May import: the standard library and ``gateway.transport.udp`` (its port-in-use error).
+Roles register their own status sections and metric families here; this package imports
+no role.
+"""

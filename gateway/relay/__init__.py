@@ -1,0 +1,12 @@
+"""Gateway mode (RFC 8811 §2.2.3): client sessions terminated here and re-originated upstream.
+
+Owns the downstream role (``role``: the server role with mitigation requests relayed), the
+relay itself (``forwarding``: cdid, Hop-Limit, shared Observe, failover and
+re-installation), the gateway's own upstream DOTS client (``upstream``), the relay table in
+SQLite (``store``) and the start-up wiring: mode choice, upstream list from configuration
+and discovery (``startup``).
+
+May import: ``gateway.server`` (the role it extends), ``gateway.client`` (its upstream
+side), ``gateway.discovery``, ``gateway.dots``, ``gateway.coap``, ``gateway.transport``,
+``gateway.config``, ``gateway.ops``, ``certs``. Nothing imports it but the daemon and the CLI.
+"""
