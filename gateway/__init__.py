@@ -7,8 +7,8 @@ checks that no import cycle exists):
 * ``gateway.transport``: DTLS/TLS on the system OpenSSL, UDP/TCP endpoints.
 * ``gateway.discovery``: finding upstream DOTS servers.
 * ``gateway.ops``: control socket, metrics, log formats.
-* ``gateway.config`` / ``config_schema``: TOML settings; ``core_settings`` and
-  ``credentials`` turn them into core objects and (D)TLS contexts.
+* ``gateway.config``: TOML settings; ``core_settings`` and ``credentials`` turn them into
+  core objects and (D)TLS contexts.
 * ``gateway.client``, ``gateway.server``: the two DOTS roles.
 * ``gateway.relay``: gateway mode, built from both roles.
 * ``gateway.daemon`` (the process) and ``gateway.cli`` (``dots-gateway``): the entry points.

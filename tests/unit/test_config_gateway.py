@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import GatewayDomain, Mode, parse_config
-from gateway.config_schema import ConfigError
+from gateway.config.schema import ConfigError
 from gateway.relay.startup import UpstreamCredentialError, server_spec, upstream_credentials
 
 

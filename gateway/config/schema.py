@@ -1,11 +1,11 @@
-"""Reading TOML values with key paths: the checked, typed accessors behind ``gateway.config``.
+"""Reading TOML values with key paths: the checked, typed accessors the config sections use.
 
 This module owns how one TOML table is read: exact type checks (a TOML boolean is never an
 integer, a string is never a number), ranges, unknown-key detection with a "did you mean"
 suggestion, and the value syntaxes the schema uses (IP literals, CIDR prefixes, DNS names,
-two-digit decimals, ``host:port``). It knows nothing about which keys exist; ``gateway.config``
-asks for them and owns the defaults. Standard library and cryptography's X.509 name parser;
-no I/O.
+two-digit decimals, ``host:port``). It knows nothing about which keys exist; the section
+modules of ``gateway.config`` ask for them and own the defaults. Standard library and
+cryptography's X.509 name parser; no I/O.
 
 Every problem is recorded as a ``ConfigError`` naming the full dotted key and reading goes on,
 so one pass reports every problem in a file.

@@ -4,7 +4,7 @@ This module owns the schema: which sections and keys exist, their defaults and r
 rules that tie keys together, and the embedded defaults used when there is no file at all
 (terminal mode, dev PKI in the state directory, 127.0.0.1 and ::1, port 4646, UDP and TCP).
 The typed readers it uses (exact TOML types, key paths, unknown keys) are in
-``gateway.config_schema``.
+``gateway.config.schema``.
 
 Every problem names its key by full dotted path (``session.idle.ack_timeout.max``,
 ``clients[2].prefixes[0]``); all problems in a file are raised together as one ``ConfigError``
@@ -12,7 +12,7 @@ whose ``errors`` lists them. Relative paths are resolved against the config file
 
 It reads the one file and does nothing else: no sockets, no DNS, no checks that the paths it
 names exist (whoever opens them reports that). Imports: standard library, ``cryptography``'s
-X.509 name parser, ``gateway.config_schema``.
+X.509 name parser, ``gateway.config.schema``.
 """
 
 from __future__ import annotations
@@ -28,10 +28,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from gateway.config_schema import (
-    ConfigError as ConfigError,  # re-exported: callers catch it from here
-)
-from gateway.config_schema import (
+from gateway.config.schema import (
+    ConfigError,
     IPAddress,
     IPNetwork,
     Table,

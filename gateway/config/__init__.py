@@ -1,0 +1,111 @@
+"""Configuration of dots-gateway: one TOML file -> typed, frozen ``Settings``.
+
+Owns the schema (which sections and keys exist, their defaults and ranges, the rules that tie
+keys together), the embedded defaults used when there is no file at all, and the reading of
+the file: every problem names its key by full dotted path (``session.idle.ack_timeout.max``,
+``clients[2].prefixes[0]``) and all problems in a file are raised together as one
+``ConfigError`` whose ``errors`` lists them.
+
+This module is the package's face: the rest of the code imports from here.
+
+* ``loading``: ``load_config``, ``parse_config``, ``default_settings``, ``check_config`` and
+  the section types.
+* ``schema``: the typed readers with key paths (exact TOML types, unknown keys, value
+  syntaxes) and ``ConfigError``.
+
+The package reads the one file and does nothing else: no sockets, no DNS, no checks that the
+paths it names exist. May import: the standard library, ``cryptography``'s X.509 name parser
+and its own modules; never the roles, the transports or the daemon.
+"""
+
+from gateway.config.loading import (
+    DEFAULT_STATE_DIR,
+    DISCOVERY_MECHANISMS,
+    DISCOVERY_RETRY_DEFAULTS,
+    AnycastBackend,
+    AnycastHealthSettings,
+    AnycastSettings,
+    Backend,
+    Bounds,
+    ClientSettings,
+    ConflictPolicy,
+    ControlSettings,
+    DiscoveryAnycastSettings,
+    DiscoveryDhcpSettings,
+    DiscoveryMdnsSettings,
+    DiscoverySettings,
+    GatewayDomain,
+    GatewaySettings,
+    GeneralSettings,
+    InterfaceKind,
+    LimitSettings,
+    LogFormat,
+    LoggingSettings,
+    LogLevel,
+    MetricsSettings,
+    MitigationSettings,
+    Mode,
+    PskEntry,
+    RedirectMode,
+    RedirectSettings,
+    RedirectTargetSettings,
+    ServerSettings,
+    SessionConfig,
+    SessionSettings,
+    Settings,
+    TlsSettings,
+    Transport,
+    TrustedGatewaysSettings,
+    UpstreamSettings,
+    check_config,
+    default_settings,
+    load_config,
+    parse_config,
+)
+from gateway.config.schema import ConfigError
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "DISCOVERY_MECHANISMS",
+    "DISCOVERY_RETRY_DEFAULTS",
+    "AnycastBackend",
+    "AnycastHealthSettings",
+    "AnycastSettings",
+    "Backend",
+    "Bounds",
+    "ClientSettings",
+    "ConfigError",
+    "ConflictPolicy",
+    "ControlSettings",
+    "DiscoveryAnycastSettings",
+    "DiscoveryDhcpSettings",
+    "DiscoveryMdnsSettings",
+    "DiscoverySettings",
+    "GatewayDomain",
+    "GatewaySettings",
+    "GeneralSettings",
+    "InterfaceKind",
+    "LimitSettings",
+    "LogFormat",
+    "LogLevel",
+    "LoggingSettings",
+    "MetricsSettings",
+    "MitigationSettings",
+    "Mode",
+    "PskEntry",
+    "RedirectMode",
+    "RedirectSettings",
+    "RedirectTargetSettings",
+    "ServerSettings",
+    "SessionConfig",
+    "SessionSettings",
+    "Settings",
+    "TlsSettings",
+    "Transport",
+    "TrustedGatewaysSettings",
+    "UpstreamSettings",
+    "check_config",
+    "default_settings",
+    "load_config",
+    "parse_config",
+]
