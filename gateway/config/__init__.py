@@ -9,7 +9,8 @@ the file: every problem names its key by full dotted path (``session.idle.ack_ti
 This module is the package's face: the rest of the code imports from here.
 
 * ``loading``: ``load_config``, ``parse_config``, ``default_settings``, ``check_config`` and
-  the section types.
+  the section types not yet in a module of their own.
+* ``operations``: ``[general]``, ``[logging]``, ``[metrics]``, ``[control]``.
 * ``schema``: the typed readers with key paths (exact TOML types, unknown keys, value
   syntaxes) and ``ConfigError``.
 
@@ -29,22 +30,15 @@ from gateway.config.loading import (
     Bounds,
     ClientSettings,
     ConflictPolicy,
-    ControlSettings,
     DiscoveryAnycastSettings,
     DiscoveryDhcpSettings,
     DiscoveryMdnsSettings,
     DiscoverySettings,
     GatewayDomain,
     GatewaySettings,
-    GeneralSettings,
     InterfaceKind,
     LimitSettings,
-    LogFormat,
-    LoggingSettings,
-    LogLevel,
-    MetricsSettings,
     MitigationSettings,
-    Mode,
     PskEntry,
     RedirectMode,
     RedirectSettings,
@@ -61,6 +55,15 @@ from gateway.config.loading import (
     default_settings,
     load_config,
     parse_config,
+)
+from gateway.config.operations import (
+    ControlSettings,
+    GeneralSettings,
+    LogFormat,
+    LoggingSettings,
+    LogLevel,
+    MetricsSettings,
+    Mode,
 )
 from gateway.config.schema import ConfigError
 

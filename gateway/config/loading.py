@@ -28,6 +28,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from gateway.config.operations import (
+    ControlSettings,
+    GeneralSettings,
+    LoggingSettings,
+    MetricsSettings,
+    read_control,
+    read_general,
+    read_logging,
+    read_metrics,
+)
 from gateway.config.schema import (
     ConfigError,
     IPAddress,
@@ -38,7 +48,6 @@ from gateway.config.schema import (
     parse_cuid,
     parse_dn,
     parse_dns_name,
-    parse_host_port,
     parse_ip,
     parse_prefix,
 )
@@ -49,25 +58,6 @@ UINT16_MAX = 2**16 - 1
 UINT32_MAX = 2**32 - 1
 # YANG decimal64 with fraction-digits 2 (RFC 9132 §5.3): the largest value it can carry.
 DECIMAL64_2_MAX = Decimal("92233720368547758.07")
-# AF_UNIX sun_path is 108 bytes on Linux, one of them the terminating NUL.
-UNIX_PATH_MAX = 107
-
-
-class Mode(StrEnum):
-    TERMINAL = "terminal"  # the gateway is the DOTS server
-    GATEWAY = "gateway"  # relay to upstream DOTS servers
-
-
-class LogFormat(StrEnum):
-    KV = "kv"
-    JSON = "json"
-
-
-class LogLevel(StrEnum):
-    DEBUG = "debug"
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
 
 
 class Transport(StrEnum):
@@ -103,19 +93,6 @@ class InterfaceKind(StrEnum):
 
 
 N = TypeVar("N", int, Decimal)
-
-
-@dataclass(frozen=True, slots=True)
-class GeneralSettings:
-    state_dir: Path
-    mode: Mode
-    node_name: str
-
-
-@dataclass(frozen=True, slots=True)
-class LoggingSettings:
-    format: LogFormat
-    level: LogLevel
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,16 +274,6 @@ class DiscoverySettings:
 
 
 @dataclass(frozen=True, slots=True)
-class MetricsSettings:
-    listen: tuple[str, int] | None  # None: no metrics endpoint
-
-
-@dataclass(frozen=True, slots=True)
-class ControlSettings:
-    socket: Path
-
-
-@dataclass(frozen=True, slots=True)
 class LimitSettings:
     """Transport limits; each one, when hit, gives the client a defined outcome and a log
     line (no cookie / refused connection), never silent memory growth."""
@@ -478,8 +445,8 @@ def _build(data: dict[str, Any], source: str, base_dir: Path | None, state_dir: 
     root = Table(data, "", errors)
     # Sections are read in the order the example file documents them, so problems are
     # listed in that order too.
-    general = _general(root.table("general"), base_dir, state_dir)
-    logging = _logging(root.table("logging"))
+    general = read_general(root.table("general"), base_dir, state_dir)
+    logging = read_logging(root.table("logging"))
     server = _server(root.table("server"))
     tls = _tls(root.table("tls"), base_dir, general.state_dir)
     psk, psk_identities = _psk(root)
@@ -489,8 +456,8 @@ def _build(data: dict[str, Any], source: str, base_dir: Path | None, state_dir: 
     trusted_gateways = _trusted_gateways(root.table("trusted_gateways"))
     upstream = _upstream(root)
     discovery = _discovery(root.table("discovery"))
-    metrics = _metrics(root.table("metrics"))
-    control = _control(root.table("control"), base_dir, general.state_dir)
+    metrics = read_metrics(root.table("metrics"))
+    control = read_control(root.table("control"), base_dir, general.state_dir)
     limits = _limits(root.table("limits"))
     anycast = _anycast(root.table("anycast"), server)
     redirect = _redirect(root.table("redirect"))
@@ -523,25 +490,6 @@ def _limits(t: Table) -> LimitSettings:
     )
     t.finish()
     return limits
-
-
-def _general(t: Table, base_dir: Path | None, default_state_dir: Path) -> GeneralSettings:
-    state_dir = t.opt_path("state_dir", base_dir) or default_state_dir
-    mode = t.choice("mode", Mode, Mode.TERMINAL)
-    node_name = t.opt_string("node_name", empty_ok=True) or "dots-gateway"
-    # It goes into log lines and the 5.08 diagnostic payload (RFC 8768), both one-line text.
-    if not node_name.isprintable() or len(node_name.encode()) > 255:
-        t.error("node_name", "must be printable text of at most 255 bytes")
-    t.finish()
-    return GeneralSettings(state_dir, mode, node_name)
-
-
-def _logging(t: Table) -> LoggingSettings:
-    settings = LoggingSettings(
-        t.choice("format", LogFormat, LogFormat.KV), t.choice("level", LogLevel, LogLevel.INFO)
-    )
-    t.finish()
-    return settings
 
 
 def _server(t: Table) -> ServerSettings:
@@ -915,26 +863,6 @@ def _discovery_anycast(t: Table) -> DiscoveryAnycastSettings:
     port = t.integer("port", DEFAULT_PORT, 1, 65535)
     t.finish()
     return DiscoveryAnycastSettings(tuple(addresses), reference_identifier, port)
-
-
-def _metrics(t: Table) -> MetricsSettings:
-    listen = t.parsed("listen", parse_host_port, empty_ok=True)  # "" disables metrics
-    t.finish()
-    return MetricsSettings(listen)
-
-
-def _control(t: Table, base_dir: Path | None, state_dir: Path) -> ControlSettings:
-    path = t.opt_path("socket", base_dir, empty_ok=True)
-    socket = path or state_dir / "control.sock"
-    if len(str(socket).encode()) > UNIX_PATH_MAX:
-        origin = "" if path else " (derived from general.state_dir)"
-        t.error(
-            "socket",
-            f"{str(socket)!r}{origin} is longer than the {UNIX_PATH_MAX} bytes "
-            "a Unix socket path can have",
-        )
-    t.finish()
-    return ControlSettings(socket)
 
 
 # Kernel tables with a fixed meaning (linux/rtnetlink.h): unspec, default, main, local.
