@@ -10,6 +10,7 @@ This module is the package's face: the rest of the code imports from here.
 
 * ``loading``: ``load_config``, ``parse_config``, ``default_settings``, ``check_config`` and
   the section types not yet in a module of their own.
+* ``endpoints``: ``[server]``, ``[tls]``, ``[[psk]]``, ``[limits]``.
 * ``operations``: ``[general]``, ``[logging]``, ``[metrics]``, ``[control]``.
 * ``schema``: the typed readers with key paths (exact TOML types, unknown keys, value
   syntaxes) and ``ConfigError``.
@@ -19,6 +20,13 @@ paths it names exist. May import: the standard library, ``cryptography``'s X.509
 and its own modules; never the roles, the transports or the daemon.
 """
 
+from gateway.config.endpoints import (
+    LimitSettings,
+    PskEntry,
+    ServerSettings,
+    TlsSettings,
+    Transport,
+)
 from gateway.config.loading import (
     DEFAULT_STATE_DIR,
     DISCOVERY_MECHANISMS,
@@ -37,18 +45,13 @@ from gateway.config.loading import (
     GatewayDomain,
     GatewaySettings,
     InterfaceKind,
-    LimitSettings,
     MitigationSettings,
-    PskEntry,
     RedirectMode,
     RedirectSettings,
     RedirectTargetSettings,
-    ServerSettings,
     SessionConfig,
     SessionSettings,
     Settings,
-    TlsSettings,
-    Transport,
     TrustedGatewaysSettings,
     UpstreamSettings,
     check_config,
