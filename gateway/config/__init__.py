@@ -11,6 +11,7 @@ This module is the package's face: the rest of the code imports from here.
 * ``loading``: ``load_config``, ``parse_config``, ``default_settings``, ``check_config`` and
   the section types not yet in a module of their own.
 * ``endpoints``: ``[server]``, ``[tls]``, ``[[psk]]``, ``[limits]``.
+* ``sessions``: ``[session]``, ``[mitigation]``, ``[[clients]]``, ``[trusted_gateways]``.
 * ``operations``: ``[general]``, ``[logging]``, ``[metrics]``, ``[control]``.
 * ``schema``: the typed readers with key paths (exact TOML types, unknown keys, value
   syntaxes) and ``ConfigError``.
@@ -34,10 +35,6 @@ from gateway.config.loading import (
     AnycastBackend,
     AnycastHealthSettings,
     AnycastSettings,
-    Backend,
-    Bounds,
-    ClientSettings,
-    ConflictPolicy,
     DiscoveryAnycastSettings,
     DiscoveryDhcpSettings,
     DiscoveryMdnsSettings,
@@ -45,14 +42,10 @@ from gateway.config.loading import (
     GatewayDomain,
     GatewaySettings,
     InterfaceKind,
-    MitigationSettings,
     RedirectMode,
     RedirectSettings,
     RedirectTargetSettings,
-    SessionConfig,
-    SessionSettings,
     Settings,
-    TrustedGatewaysSettings,
     UpstreamSettings,
     check_config,
     default_settings,
@@ -69,6 +62,16 @@ from gateway.config.operations import (
     Mode,
 )
 from gateway.config.schema import ConfigError
+from gateway.config.sessions import (
+    Backend,
+    Bounds,
+    ClientSettings,
+    ConflictPolicy,
+    MitigationSettings,
+    SessionConfig,
+    SessionSettings,
+    TrustedGatewaysSettings,
+)
 
 __all__ = [
     "DEFAULT_STATE_DIR",

@@ -32,6 +32,10 @@ E = TypeVar("E", bound=enum.Enum)
 N = TypeVar("N", int, Decimal)
 T = TypeVar("T")
 
+# Widths of the YANG integer types many keys are bounded by.
+UINT16_MAX = 2**16 - 1
+UINT32_MAX = 2**32 - 1
+
 _MISSING: Any = object()
 _CUID = re.compile(r"[A-Za-z0-9_-]{22}")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
