@@ -12,6 +12,7 @@ This module is the package's face: the rest of the code imports from here.
   the section types not yet in a module of their own.
 * ``endpoints``: ``[server]``, ``[tls]``, ``[[psk]]``, ``[limits]``.
 * ``sessions``: ``[session]``, ``[mitigation]``, ``[[clients]]``, ``[trusted_gateways]``.
+* ``upstream``: ``[gateway]``, ``[[upstream]]``, ``[discovery]``.
 * ``operations``: ``[general]``, ``[logging]``, ``[metrics]``, ``[control]``.
 * ``schema``: the typed readers with key paths (exact TOML types, unknown keys, value
   syntaxes) and ``ConfigError``.
@@ -30,23 +31,14 @@ from gateway.config.endpoints import (
 )
 from gateway.config.loading import (
     DEFAULT_STATE_DIR,
-    DISCOVERY_MECHANISMS,
-    DISCOVERY_RETRY_DEFAULTS,
     AnycastBackend,
     AnycastHealthSettings,
     AnycastSettings,
-    DiscoveryAnycastSettings,
-    DiscoveryDhcpSettings,
-    DiscoveryMdnsSettings,
-    DiscoverySettings,
-    GatewayDomain,
-    GatewaySettings,
     InterfaceKind,
     RedirectMode,
     RedirectSettings,
     RedirectTargetSettings,
     Settings,
-    UpstreamSettings,
     check_config,
     default_settings,
     load_config,
@@ -71,6 +63,17 @@ from gateway.config.sessions import (
     SessionConfig,
     SessionSettings,
     TrustedGatewaysSettings,
+)
+from gateway.config.upstream import (
+    DISCOVERY_MECHANISMS,
+    DISCOVERY_RETRY_DEFAULTS,
+    DiscoveryAnycastSettings,
+    DiscoveryDhcpSettings,
+    DiscoveryMdnsSettings,
+    DiscoverySettings,
+    GatewayDomain,
+    GatewaySettings,
+    UpstreamSettings,
 )
 
 __all__ = [

@@ -40,6 +40,7 @@ _MISSING: Any = object()
 _CUID = re.compile(r"[A-Za-z0-9_-]{22}")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_IFNAME = re.compile(r"[^/\s:]{1,15}")
 _TOML_TYPES = {
     bool: "boolean",
     int: "integer",
@@ -198,6 +199,11 @@ def parse_host_port(text: str) -> tuple[str, int]:
     if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"{text!r}: port {port!r} must be a number from 1 to 65535")
     return host, int(port)
+
+
+def is_interface_name(text: str) -> bool:
+    """What Linux accepts as a network interface name (IFNAMSIZ - 1, no '/', ':' or spaces)."""
+    return _IFNAME.fullmatch(text) is not None and text not in (".", "..")
 
 
 def _ip(text: str) -> IPAddress | None:
