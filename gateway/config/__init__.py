@@ -6,22 +6,37 @@ the file: every problem names its key by full dotted path (``session.idle.ack_ti
 ``clients[2].prefixes[0]``) and all problems in a file are raised together as one
 ``ConfigError`` whose ``errors`` lists them.
 
-This module is the package's face: the rest of the code imports from here.
+This module is the package's face: the rest of the code imports from here. Inside, one module
+per group of sections, each with its settings types, defaults and reader functions:
 
-* ``loading``: ``load_config``, ``parse_config``, ``default_settings``, ``check_config`` and
-  the section types not yet in a module of their own.
+* ``loading``: ``Settings``, ``load_config``, ``parse_config``, ``default_settings``,
+  ``check_config``; reads the sections in the documented order and gathers their problems.
+* ``operations``: ``[general]``, ``[logging]``, ``[metrics]``, ``[control]``.
 * ``endpoints``: ``[server]``, ``[tls]``, ``[[psk]]``, ``[limits]``.
 * ``sessions``: ``[session]``, ``[mitigation]``, ``[[clients]]``, ``[trusted_gateways]``.
 * ``upstream``: ``[gateway]``, ``[[upstream]]``, ``[discovery]``.
-* ``operations``: ``[general]``, ``[logging]``, ``[metrics]``, ``[control]``.
-* ``schema``: the typed readers with key paths (exact TOML types, unknown keys, value
-  syntaxes) and ``ConfigError``.
+* ``anycast_redirect``: ``[anycast]``, ``[redirect]``.
+* ``schema``: ``ConfigError`` and the typed readers with key paths (exact TOML types, ranges,
+  unknown keys, value syntaxes); it knows no section.
 
+``loading`` imports the section modules; they import ``schema``, and ``upstream`` and
+``anycast_redirect`` also ``endpoints`` (port, transports, listening addresses); no module of
+the package imports this face, so a submodule can be imported on its own without a cycle.
 The package reads the one file and does nothing else: no sockets, no DNS, no checks that the
 paths it names exist. May import: the standard library, ``cryptography``'s X.509 name parser
-and its own modules; never the roles, the transports or the daemon.
+(``schema``, for certificate subjects) and its own modules; never the roles, the transports
+or the daemon.
 """
 
+from gateway.config.anycast_redirect import (
+    AnycastBackend,
+    AnycastHealthSettings,
+    AnycastSettings,
+    InterfaceKind,
+    RedirectMode,
+    RedirectSettings,
+    RedirectTargetSettings,
+)
 from gateway.config.endpoints import (
     LimitSettings,
     PskEntry,
@@ -31,13 +46,6 @@ from gateway.config.endpoints import (
 )
 from gateway.config.loading import (
     DEFAULT_STATE_DIR,
-    AnycastBackend,
-    AnycastHealthSettings,
-    AnycastSettings,
-    InterfaceKind,
-    RedirectMode,
-    RedirectSettings,
-    RedirectTargetSettings,
     Settings,
     check_config,
     default_settings,
