@@ -2,9 +2,12 @@
 
 Owns connecting (Happy Eyeballs over DTLS and TLS, ``connect``), the per-session CoAP
 message layer (``session``), request/answer helpers (``messages``), Block2 reassembly
-(``blocks``), following redirects (``redirect``), the channel that runs heartbeats,
-session-config negotiation, loss and resumption (``channel``), the persisted client state
-(``state``), the library API ``DotsClient`` (``role``) and the ``dots-client`` CLI (``cli``).
+(``blocks``), the signal channel's parts: sending requests with their pacing
+(``transmission``), heartbeats both ways, loss detection and the channel's timer
+(``heartbeats``), following redirects (``redirect``), and the channel that composes them
+with session establishment, resumption and back-off (``channel``); the persisted client
+state (``state``), the library API ``DotsClient`` (``role``) and the ``dots-client`` CLI
+(``cli``).
 
 May import: ``gateway.dots``, ``gateway.coap``, ``gateway.transport``, ``certs``,
 ``redirect`` and ``gateway.ops.logsetup`` (the CLI's log format). Nothing of the server

@@ -1,12 +1,16 @@
-"""The signal channel of a DOTS client: sessions, transmission, heartbeats, re-establishment.
+"""The signal channel of a DOTS client: sessions, their establishment and re-establishment.
 
 ``SignalChannel`` keeps one ``ClientSession`` to a DOTS server at a time. It reaches the
-server with Happy Eyeballs (``gateway.client.connect``), sends requests with the RFC 9132 pacing
-(``_send``), answers the server's heartbeats and sends its own every heartbeat-interval
-(§4.7), declares the session lost through the core's ``HeartbeatMonitor``, and re-establishes
-it: at once with (D)TLS session resumption, then as ``ReconnectBackoff`` allows (never more
-often than every 60 s). ``gateway.client.role.DotsClient`` adds the DOTS operations on top
-and fills in the hooks (``_after_connect``, ``_refresh_due``, ``_mitigating``...).
+server with Happy Eyeballs (``gateway.client.connect``, with the cached winner first,
+§4.3), installs the session (heartbeats and session parameters start afresh), and
+re-establishes it when lost: at once with (D)TLS session resumption, then as
+``ReconnectBackoff`` allows (never more often than every 60 s, §4.7). It composes the
+parts that act on the session: ``RequestSending`` (``gateway.client.transmission``:
+sending requests with the RFC 9132 pacing), ``HeartbeatKeeping``
+(``gateway.client.heartbeats``: heartbeats both ways, loss detection, the channel's timer)
+and ``RedirectFollowing`` (``gateway.client.redirect``). ``gateway.client.role.DotsClient``
+adds the DOTS operations on top and fills in the hooks (``_after_connect``,
+``_refresh_due``, ``_mitigating``...).
 
 It also follows redirects (RFC 9132 §4.6) for every subclass, with the rules of
 ``redirect.follow``: a 5.03 + ``redirected-signal`` answering a request moves the channel to
@@ -35,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from certs.identity import cuid_from_certificate, cuid_from_psk_identity
-from gateway.client.blocks import BlockTracker, fetch_remaining
+from gateway.client.blocks import BlockTracker
 from gateway.client.connect import (
     ATTACK_ATTEMPT_DELAY,
     CACHE_TTL,
@@ -50,39 +54,21 @@ from gateway.client.connect import (
     parse_server,
     resolve,
 )
-from gateway.client.messages import Reply, coap_request, dots_response, request_label
-from gateway.client.redirect import RedirectFollowing, redirect_in
+from gateway.client.heartbeats import HeartbeatKeeping
+from gateway.client.messages import Reply
+from gateway.client.redirect import RedirectFollowing
 from gateway.client.session import ClientSession
 from gateway.client.state import ClientState
-from gateway.coap.layer import RequestKey, TransmissionParameters
-from gateway.coap.message import CoapMessage
+from gateway.client.transmission import RequestSending, transmission_parameters
 from gateway.dots.client import DotsClientCore
-from gateway.dots.codes import Code, Method
-from gateway.dots.errors import DotsProtocolError, MethodNotAllowed, NotFound
-from gateway.dots.heartbeat import (
-    HeartbeatMissed,
-    HeartbeatMonitor,
-    ParallelSessionAdvised,
-    ReconnectBackoff,
-    Role,
-    SendHeartbeat,
-    SignalLost,
-)
-from gateway.dots.message import DotsRequest, DotsResponse
+from gateway.dots.heartbeat import HeartbeatMonitor, ReconnectBackoff, Role
 from gateway.dots.session_config import ClientSessionConfig, SessionParameters
-from gateway.dots.uri import Resource, parse_path
-from gateway.dots.validate import decode_request_body, validate_heartbeat
 from gateway.transport.dtls_client import HandshakeError
 from gateway.transport.openssl_ffi import OpenSSLError
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind
-from redirect.follow import MAX_REDIRECTS, RedirectFollower
+from redirect.follow import RedirectFollower
 
 log = logging.getLogger(__name__)
-
-#: RFC 9132 §4.4: without an RTT estimate, at most one NON request every 3 s.
-NON_RETRY_INTERVAL = 3.0
-#: Outcome of one transmission without a response: "timeout", "closed", "reset"...
-Failure = str
 
 
 def derived_cuid(credentials: ClientCredentials) -> str:
@@ -121,7 +107,7 @@ class ClientStats:
     attempts: deque[str] = field(default_factory=lambda: deque(maxlen=32))
 
 
-class SignalChannel(RedirectFollowing):
+class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
     """Sessions and transmission for a DOTS client (see the module docstring)."""
 
     #: Requests and observations one session may have open (a bound on our own memory).
@@ -265,183 +251,7 @@ class SignalChannel(RedirectFollowing):
         self._sync_parameters(self.clock())
         self._arm()
 
-    # --- transmission ------------------------------------------------------------------------
-
-    async def _send(self, request: DotsRequest, *, confirmable: bool,
-                    timeout: float | None = None, mid: int | None = None,
-                    attempts: int | None = None,
-                    later: Callable[[ClientSession, CoapMessage | None, Failure], None] | None
-                    = None) -> Reply:
-        """Send until a response arrives: NON again after 3 s of silence (§4.4), at most
-        ``attempts`` times, never past ``timeout``; raises ``NetworkError``. CON requests are
-        retransmitted by the CoAP layer; over TLS nothing is resent. ``later`` receives what
-        arrives for the token after the response (Observe notifications).
-
-        A redirect is followed (RFC 9132 §4.6) and the same request sent to the server the
-        channel moved to, with ``timeout`` afresh, at most ``MAX_REDIRECTS`` times; the
-        reply is then that server's. A redirect that is not followed is the reply."""
-        limit = timeout if timeout is not None else self.request_timeout
-        watched = None if later is None else self._watch(request, mid, later)
-        reply, session = await self._transmit(request, confirmable, limit, attempts, watched,
-                                              mid)
-        for hop in range(MAX_REDIRECTS + 1):
-            if reply.redirect is None or self._closing:
-                break
-            if hop == MAX_REDIRECTS:
-                self.stats.redirects_failed += 1
-                log.warning("redirect not followed cuid=%s from=%s to=%s: already %d "
-                            "redirects for %s", self.cuid, reply.endpoint,
-                            reply.redirect.alt_server, MAX_REDIRECTS, request_label(request))
-                break
-            # Pinned: a Max-Age 0 redirect lasts until the resent request is answered.
-            self._pinned += 1
-            try:
-                if not await self._redirected(reply, session, "response"):
-                    break
-                reply, session = await self._transmit(request, confirmable, limit, attempts,
-                                                      watched, mid)
-            finally:
-                self._pinned -= 1
-                self._arm()
-        block = self._blocks.take(reply.token)
-        if block is not None and block[0].more and reply.ok:
-            # RFC 9132 §4.4.2: a list too large for one datagram comes in blocks (RFC 7959).
-            async def send(part: DotsRequest) -> Reply:
-                return (await self._transmit(part, confirmable, limit, attempts, None,
-                                             mid))[0]
-
-            reply = await fetch_remaining(
-                request, reply, block, self._blocks, send,
-                lambda req, whole, first: self._reply(req, whole, first.endpoint, mid))
-        return reply
-
-    async def _transmit(self, request: DotsRequest, confirmable: bool, limit: float,
-                        attempts: int | None,
-                        later: Callable[[ClientSession, CoapMessage | None, Failure], None]
-                        | None, mid: int | None) -> tuple[Reply, ClientSession]:
-        """``_send`` without following redirects: the reply and the session it came on."""
-        deadline = self.clock() + limit
-        label = request_label(request)
-        for attempt in range(1, (attempts or self.max_attempts) + 1):
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                break
-            session = await self._current_session(remaining)
-            remaining = deadline - self.clock()
-            if confirmable or session.reliable:
-                lifetime = remaining
-            else:
-                lifetime = min(NON_RETRY_INTERVAL, remaining)
-            if attempt > 1:
-                self.stats.retransmissions += 1
-                log.info("no answer to %s, sending it again (attempt %d)", label, attempt)
-            outcome = await self._send_once(session, coap_request(request), confirmable,
-                                            lifetime, remaining + 0.5, later)
-            if isinstance(outcome, CoapMessage):
-                return self._reply(request, outcome, session.endpoint, mid), session
-            if outcome == "timeout" and (confirmable or session.reliable):
-                break
-            if outcome in ("reset", "bad-option"):
-                raise NetworkError(f"{label}: the server rejected the message ({outcome})")
-        raise NetworkError(f"no answer to {label} within {limit:g} s")
-
-    async def _send_once(self, session: ClientSession, message: CoapMessage, confirmable: bool,
-                         lifetime: float, wait: float,
-                         later: Callable[[ClientSession, CoapMessage | None, Failure], None]
-                         | None = None) -> CoapMessage | Failure:
-        """One transmission: the response, or why none came."""
-        future: asyncio.Future[CoapMessage | Failure] = (
-            asyncio.get_running_loop().create_future())
-
-        def callback(response: CoapMessage | None, reason: Failure) -> None:
-            if not future.done():
-                future.set_result(response if response is not None else reason)
-            elif later is not None:
-                later(session, response, reason)
-
-        try:
-            token = session.send_request(message, callback, confirmable=confirmable,
-                                         lifetime=lifetime)
-        except ConnectionError:
-            return "closed"
-        try:
-            return await asyncio.wait_for(future, wait)
-        except TimeoutError:
-            session.forget(token)
-            return "timeout"
-        except BaseException:
-            session.forget(token)
-            raise
-
-    def _watch(self, request: DotsRequest, mid: int | None,
-               later: Callable[[ClientSession, CoapMessage | None, Failure], None]
-               ) -> Callable[[ClientSession, CoapMessage | None, Failure], None]:
-        """``later`` for ``_send_once``: a redirect inside a notification (RFC 9132 §4.6)
-        moves the channel in the background; ``later`` still gets the notification."""
-
-        def watched(session: ClientSession, response: CoapMessage | None,
-                    reason: Failure) -> None:
-            if (response is not None and session is self.session and not self._closing
-                    and redirect_in(response) is not None):
-                reply = self._reply(request, response, session.endpoint, mid)
-                self._spawn(self._follow_later(reply, session, "notification"))
-            later(session, response, reason)
-
-        return watched
-
-    def _interpret(self, request: DotsRequest, message: CoapMessage, endpoint: Endpoint,
-                   mid: int | None) -> Reply:
-        """Let the core interpret a response (any answer proves the server alive, §4.7)."""
-        now = self.clock()
-        response, raw = dots_response(message)
-        outcome = self.core.receive_response(request, response, now)
-        self.follower.contacted(endpoint.server_name, now)  # for the §4.6 loop rule
-        self.follower.contacted(endpoint.address, now)
-        return Reply(request, response, outcome, endpoint, raw, mid, message.observe,
-                     confirmable=request.path[2:3] == ("config",), token=message.token)
-
-    def _reply(self, request: DotsRequest, message: CoapMessage, endpoint: Endpoint,
-               mid: int | None) -> Reply:
-        """``_interpret``, then count and report a redirect (``on_redirect``)."""
-        reply = self._interpret(request, message, endpoint, mid)
-        self._blocks.note(message)
-        outcome, response = reply.outcome, reply.response
-        if outcome.redirect is not None:
-            self.stats.redirects += 1
-            self.last_redirect = reply
-            log.info("redirect received cuid=%s from=%s to=%s ttl=%s request=%s", self.cuid,
-                     endpoint, outcome.redirect.alt_server, response.max_age,
-                     request_label(request))
-            if self.on_redirect is not None:
-                self.on_redirect(reply)
-        if not self._ticket_checked and self.session is not None:
-            self._ticket_checked = True  # TLS 1.3 tickets arrive after the handshake
-            self._save_ticket(self.session)
-        return reply
-
     # --- SessionOwner ------------------------------------------------------------------------
-
-    def request_received(self, session: ClientSession, message: CoapMessage, key: RequestKey,
-                         now: float) -> CoapMessage | None:
-        """The server's ``PUT /hb`` (§4.7): 2.04 with an empty body. We serve nothing else."""
-        request = DotsRequest(_method(message.code), tuple(message.uri_path),
-                              payload=message.payload, content_format=message.content_format)
-        try:
-            path = parse_path(request.path)
-            if path.resource is not Resource.HB:
-                raise NotFound(f"a DOTS client serves only hb, not {path.resource.value}")
-            if request.method is not Method.PUT:
-                raise MethodNotAllowed(f"{request.method.name} is not used on hb (PUT is)")
-            heartbeat = validate_heartbeat(decode_request_body(request))
-            if session is self.session:
-                self.core.heartbeat.peer_heartbeat_received(now, heartbeat.peer_hb_status)
-            self.stats.server_heartbeats += 1
-            response = DotsResponse(Code.CHANGED)
-        except DotsProtocolError as exc:
-            log.info("refused %s from the server: %s", request_label(request), exc.diagnostic)
-            response = exc.to_response()
-        return message.response(int(response.code), payload=response.payload,
-                                content_format=response.content_format)
 
     def session_closed(self, session: ClientSession, reason: str) -> None:
         if session is not self.session:
@@ -530,7 +340,8 @@ class SignalChannel(RedirectFollowing):
 
     async def _attempt(self, endpoint: Endpoint, resume: bytes | None = None) -> ClientSession:
         self.stats.attempts.append(endpoint.uri)
-        session = ClientSession(self, endpoint, self.clock, _transmission(self.parameters()),
+        session = ClientSession(self, endpoint, self.clock,
+                                transmission_parameters(self.parameters()),
                                 max_outstanding=self.max_outstanding)
         opener = open_dtls if endpoint.transport is Transport.UDP else open_tls
         try:
@@ -607,82 +418,6 @@ class SignalChannel(RedirectFollowing):
             self.backoff.succeeded()
             return
 
-    def _lose(self, reason: str) -> None:
-        self.stats.signal_losses += 1
-        if self.session is not None:
-            self.session.close(reason)  # session_closed() starts the re-establishment
-
-    # --- timers: heartbeats and the config refresh -------------------------------------------
-
-    def _sync_parameters(self, now: float) -> None:
-        """Use the set in force (§4.5: it switches with mitigation activity) for heartbeats
-        and, over DTLS, for CoAP retransmission. Over TLS a heartbeat unanswered within the
-        interval is a failure (§4.7), as the server also counts it."""
-        params = self.parameters()
-        reliable = self.session is not None and self.session.reliable
-        self.core.heartbeat.configure(params.heartbeat_interval,
-                                      1 if reliable else params.missing_hb_allowed, now)
-        if self.session is not None:
-            self.session.set_parameters(_transmission(params))
-
-    def _arm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._closing or self.session is None:
-            return
-        deadlines = [t for t in (self.core.heartbeat.get_timer(), self._refresh_due_at(),
-                                 self._return_due_at()) if t is not None]
-        if deadlines:
-            delay = max(0.0, min(deadlines) - self.clock())
-            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        now = self.clock()
-        monitor = self.core.heartbeat
-        monitor.handle_timer(now)
-        while (event := monitor.next_event()) is not None:
-            if isinstance(event, SendHeartbeat):
-                self._send_heartbeat(now)
-            elif isinstance(event, HeartbeatMissed):
-                log.info("heartbeat unanswered (%d in a row)", event.outstanding)
-            elif isinstance(event, ParallelSessionAdvised):
-                log.warning("server silent during an attack: keeping the session "
-                            "(a parallel session is not implemented)")
-            elif isinstance(event, SignalLost):
-                log.warning("signal lost: %d heartbeats unanswered", monitor.outstanding)
-                self._lose("heartbeats unanswered")
-                return
-        refresh_at = self._refresh_due_at()
-        if refresh_at is not None and now >= refresh_at:
-            self._refresh_now()
-        return_at = self._return_due_at()
-        if return_at is not None and now >= return_at:
-            self._returning = True
-            self._spawn(self._return_to_provisioned())
-        self._arm()
-
-    def _send_heartbeat(self, now: float) -> None:
-        session = self.session
-        if session is None or session.closed:
-            return
-        request = self.core.heartbeat_request(now)
-
-        def answered(response: CoapMessage | None, _reason: Failure) -> None:
-            if response is not None:
-                self.stats.heartbeats_answered += 1
-                reply = self._reply(request, response, session.endpoint, None)
-                if reply.redirect is not None and not self._closing:
-                    self._spawn(self._follow_later(reply, session, "heartbeat"))
-
-        try:  # NON (§4.7); over TCP the answer may take up to heartbeat-interval
-            session.send_request(coap_request(request), answered, confirmable=False,
-                                 lifetime=max(1.0, float(self.core.heartbeat.interval)))
-            self.stats.heartbeats_sent += 1
-        except ConnectionError:
-            pass
-
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -692,16 +427,3 @@ class SignalChannel(RedirectFollowing):
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("client background task failed", exc_info=task.exception())
-
-
-def _transmission(params: SessionParameters) -> TransmissionParameters:
-    return TransmissionParameters(ack_timeout=float(params.ack_timeout),
-                                  ack_random_factor=float(params.ack_random_factor),
-                                  max_retransmit=int(params.max_retransmit))
-
-
-def _method(code: int) -> Method:
-    try:
-        return Method(code)
-    except ValueError:
-        return Method.POST  # answered 4.05 by request_received

@@ -3,8 +3,9 @@
 ``DotsClient`` is the public API: connect (Happy Eyeballs over DTLS and TLS, X.509 or PSK),
 negotiate the session configuration and refresh it before Max-Age (never during an attack),
 and the mitigation operations: create / refresh / efficacy update / withdraw / get /
-observe. The signal channel underneath (sessions, pacing, heartbeats both ways, loss
-detection, resumption and back-off) is ``gateway.client.channel``.
+observe. The signal channel underneath (sessions, resumption and back-off) is
+``gateway.client.channel``, with pacing in ``transmission`` and heartbeats both ways and
+loss detection in ``heartbeats``.
 
 Mitigation requests, GETs and heartbeats are NON (§4.4, §4.7), sent again at most every 3 s
 until answered; configuration requests are CON (§4.5). A new mid is persisted before the
@@ -30,14 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from gateway.client.channel import (
-    NON_RETRY_INTERVAL,
-    ClientStats,
-    Failure,
-    SignalChannel,
-    derived_cuid,
-    redirect_in,
-)
+from gateway.client.channel import ClientStats, SignalChannel, derived_cuid
 from gateway.client.connect import DEFAULT_ATTEMPT_DELAY, NetworkError, ServerSpec, Transport
 from gateway.client.messages import (
     DotsErrorResponse,
@@ -47,7 +41,9 @@ from gateway.client.messages import (
     make_scope,
     request_scope,
 )
+from gateway.client.redirect import redirect_in
 from gateway.client.session import ClientSession
+from gateway.client.transmission import NON_RETRY_INTERVAL, Failure
 from gateway.coap.message import CoapMessage
 from gateway.dots.codes import AttackStatus, Code, ConflictCause, Method
 from gateway.dots.heartbeat import ReconnectBackoff

@@ -3,9 +3,11 @@
 Pure parts (no sockets, no clock, no asyncio; a test enforces it): ``candidates`` (the
 result model and the trust allow-list), ``errors``, ``dhcp_options`` (option codecs),
 ``dhcp_packets`` (DHCPINFORM / Information-request build and parse), ``dnsname`` (DNS
-wire-format names), ``plan`` (the generator-driven request plan), ``snaptr`` and ``dnssd``
-(lookup plans), ``retry`` (retry waits by failure kind), ``procedure`` (the per
-interface x family procedure with its timers), ``settings`` (configuration -> procedure).
+wire-format names), ``lookups`` (lookup requests, results and the generator-driven
+request plan), ``snaptr`` and ``dnssd`` (lookup plans), ``retry`` (retry waits by failure
+kind), ``mechanisms`` (each mechanism's step of a run: lookups, trust, validity, retry
+waits), ``procedure`` (the per interface x family procedure: mechanism order, slot states
+and timers), ``settings`` (configuration -> procedure).
 
 Thin I/O adapters: ``interfaces`` (what the kernel has), ``dhcp_client`` (UDP sockets bound
 to one interface), ``resolver`` (dnspython), ``mdns`` (zeroconf browser and advertiser),

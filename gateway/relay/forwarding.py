@@ -1,4 +1,4 @@
-"""The relay: client mitigation requests re-originated upstream, and kept alive there.
+"""The relay: client mitigation requests re-originated upstream, one at a time.
 
 ``GatewayRelay`` sits between the downstream server role (``gateway.relay.role``) and the
 upstream client (``gateway.relay.upstream``). For each mitigation request it checks what
@@ -7,12 +7,12 @@ it upstream on the gateway's own session and returns the upstream answer unchang
 answer of its own that says it comes from the gateway.
 
 It records every request the upstream server accepted (``gateway.dots.relay.RelayTable``,
-saved in SQLite before the client's answer leaves), so that:
-
-* on every new upstream session (failover to another server, re-establishment, restart) it
-  GETs each client's mitigations there, re-PUTs the missing ones with the same cuid and mid
-  and what is left of their lifetime, and sends withdrawals the old server never got;
-* one upstream observation per (cdid, cuid, mid, filter) serves every downstream observer.
+saved in SQLite before the client's answer leaves), so that on every new upstream session
+(failover to another server, re-establishment, restart) what the gateway answers for is
+re-installed there (``Reinstallation``, ``gateway.relay.reinstall``). One upstream
+observation per (cdid, cuid, mid, filter) serves every downstream observer
+(``SharedObservations``, ``gateway.relay.observation``). This module owns the per-request
+forwarding and composes the two.
 
 Downstream signal loss (RFC 9132 §4.4.1, §4.7): the upstream server cannot see it, since the
 gateway's own session is alive, so the gateway activates the client's preconfigured
@@ -30,15 +30,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.client.connect import NetworkError
 from gateway.client.messages import Reply
-from gateway.client.redirect import redirect_in
-from gateway.client.session import ClientSession
-from gateway.coap.message import BadOptionError, CoapMessage
-from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, Method
+from gateway.dots.codes import Code, Method
 from gateway.dots.errors import MethodNotAllowed, MissingAttribute
 from gateway.dots.message import DotsRequest, DotsResponse, Requester
 from gateway.dots.model import Scope
@@ -52,12 +49,19 @@ from gateway.dots.relay import (
     upstream_path,
     with_scope_changes,
 )
-from gateway.dots.uri import DotsPath, Resource, build_path
+from gateway.dots.uri import DotsPath, Resource
 from gateway.dots.validate import (
     decode_request_body,
     is_efficacy_update,
     validate_mitigation_request,
 )
+from gateway.relay.observation import (
+    ObservationKey,
+    SharedObservations,
+    UpstreamObservation,
+    cdid_of,
+)
+from gateway.relay.reinstall import Reinstallation
 from gateway.relay.store import RelayDatabase
 from gateway.relay.upstream import UpstreamBusy, UpstreamClient
 
@@ -67,8 +71,6 @@ log = logging.getLogger(__name__)
 RETRY_AFTER = 5
 #: Why the gateway answers itself when no upstream answer came.
 NO_ANSWER = "no upstream DOTS server answered"
-#: Concurrent requests one reconciliation sends upstream (bounded fan-out).
-RECONCILE_PARALLELISM = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,24 +107,7 @@ class Prepared:
         return self.path.cuid
 
 
-ObservationKey = tuple[str | None, str, int | None, tuple[str, ...]]
-
-
-@dataclass(eq=False)
-class UpstreamObservation:
-    """One upstream observation shared by every downstream observer of the same thing."""
-
-    key: ObservationKey
-    request: DotsRequest  # the GET with Observe 0, upstream form
-    mid: int | None
-    session: ClientSession | None = None
-    token: bytes | None = None
-    last: DotsResponse | None = None
-    #: (downstream session id, downstream token)
-    subscribers: set[tuple[int, bytes]] = field(default_factory=set)
-
-
-class GatewayRelay:
+class GatewayRelay(SharedObservations, Reinstallation):
     """See the module docstring. ``notify(subscribers)`` is the server role's hook for
     passing a new upstream notification on to downstream observers."""
 
@@ -203,7 +188,7 @@ class GatewayRelay:
         if record is None or record.withdrawing:
             record = RelayedMitigation(
                 cuid, mid, prepared.requester.credential_id,
-                _cdid_of(prepared.request.path), prepared.request.payload,
+                cdid_of(prepared.request.path), prepared.request.payload,
                 bool(prepared.scope_trigger), prepared.lifetime)
             self.table.put(record)
             self._save()  # on record before the request leaves (restart safety)
@@ -302,265 +287,6 @@ class GatewayRelay:
     def hop_limit_report(self) -> DotsResponse:
         return loop_report(self.settings.identity)
 
-    # --- observations ------------------------------------------------------------------------
-
-    async def subscribe(self, prepared: Prepared, subscriber: tuple[int, bytes]
-                        ) -> DotsResponse:
-        """A downstream Observe registration: joins the upstream observation of the same
-        thing, creating it if needed. Returns the answer to the registration."""
-        request = replace(prepared.request, observe=0, hop_limit=None)
-        key: ObservationKey = (_cdid_of(request.path), prepared.cuid, prepared.path.mid,
-                               request.query)
-        obs = self.observations.get(key)
-        if obs is not None and obs.last is not None and obs.session is not None \
-                and not obs.session.closed:
-            obs.subscribers.add(subscriber)
-            return obs.last
-        if obs is None:
-            obs = UpstreamObservation(key, request, prepared.path.mid)
-            self.observations[key] = obs
-        obs.subscribers.add(subscriber)
-        reply = await self._register(obs)
-        response = self._answer(reply)
-        if reply is None or not reply.ok or reply.observe is None:
-            obs.subscribers.discard(subscriber)
-            if not obs.subscribers:
-                self._drop_observation(obs)
-        return response
-
-    async def _register(self, obs: UpstreamObservation) -> Reply | None:
-        upstream = self.upstream
-        if upstream is None:
-            return None
-
-        def later(session: ClientSession, message: CoapMessage | None, _why: str) -> None:
-            self._notification(obs, session, message)
-
-        try:
-            reply = await upstream.forward(obs.request, mid=obs.mid,
-                                           timeout=self.settings.request_timeout, later=later)
-        except NetworkError as exc:
-            log.info("upstream observation of cuid=%s: %s", obs.key[1], exc)
-            return None
-        obs.session, obs.token = upstream.session, reply.token
-        obs.last = reply.response
-        return reply
-
-    def _notification(self, obs: UpstreamObservation, session: ClientSession,
-                      message: CoapMessage | None) -> None:
-        if session is not obs.session or self.observations.get(obs.key) is not obs:
-            return
-        if message is None:
-            return  # the session ended; the next one registers it again
-        if redirect_in(message) is not None:
-            # The channel follows it; the next session registers the observation there
-            # (upstream_ready), and the observers see the state from the new server.
-            return
-        response = DotsResponse(_code(message.code), message.payload, message.content_format,
-                                message.max_age)
-        ended = message.observe is None or not response.code.is_success
-        try:
-            block = message.block2
-        except BadOptionError:
-            block = None
-        if block is not None and block.more and not ended:
-            # RFC 7959 §2.6: a notification carries the first block; GET the whole.
-            self._spawn(self._refetch(obs))
-            return
-        obs.last = response
-        # RFC 7641 §3.2: without Observe the upstream observation ended; observers learn so.
-        self.notify(set(obs.subscribers), response, ended)
-        if ended:
-            self._drop_observation(obs, cancel=False)
-
-    async def _refetch(self, obs: UpstreamObservation) -> None:
-        upstream = self.upstream
-        if upstream is None:
-            return
-        try:
-            reply = await upstream.forward(replace(obs.request, observe=None), mid=obs.mid,
-                                           timeout=self.settings.request_timeout)
-        except NetworkError as exc:
-            log.info("fetching a notification's blocks failed: %s", exc)
-            return
-        if self.observations.get(obs.key) is not obs:
-            return
-        obs.last = reply.response
-        self.notify(set(obs.subscribers), reply.response, not reply.ok)
-        if not reply.ok:
-            self._drop_observation(obs, cancel=False)
-
-    def unsubscribe(self, subscriber: tuple[int, bytes]) -> None:
-        for obs in list(self.observations.values()):
-            if subscriber in obs.subscribers:
-                obs.subscribers.discard(subscriber)
-                if not obs.subscribers:
-                    self._drop_observation(obs)
-
-    def last_notification(self, subscriber: tuple[int, bytes]) -> DotsResponse | None:
-        for obs in self.observations.values():
-            if subscriber in obs.subscribers:
-                return obs.last
-        return None
-
-    def _drop_observation(self, obs: UpstreamObservation, *, cancel: bool = True) -> None:
-        if self.observations.get(obs.key) is obs:
-            del self.observations[obs.key]
-        if cancel and self.upstream is not None and obs.session is not None \
-                and obs.token is not None:
-            self._spawn(self.upstream.cancel(obs.session, obs.token,
-                                             replace(obs.request, observe=1)))
-
-    # --- upstream sessions -------------------------------------------------------------------
-
-    async def upstream_ready(self) -> None:
-        """A new upstream session: re-install what the gateway answers for, re-register
-        the observations. Runs once at a time; a session arriving meanwhile runs it again."""
-        if self._reconcile_task is not None and not self._reconcile_task.done():
-            self._reconcile_again = True
-            return
-        self._reconcile_task = asyncio.current_task()
-        try:
-            while True:
-                self._reconcile_again = False
-                await self._reconcile()
-                if not self._reconcile_again:
-                    break
-        finally:
-            self._reconcile_task = None
-
-    async def _reconcile(self) -> None:
-        upstream = self.upstream
-        if upstream is None or not upstream.connected:
-            return
-        self.reconciliations += 1
-        name = upstream.name
-        self.table.expire(self.wall_clock())
-        self._save()
-        cuids = self.table.cuids()
-        log.info("upstream %s ready: checking %d clients' mitigations, %d observations",
-                 name, len(cuids), len(self.observations))
-        limit = asyncio.Semaphore(RECONCILE_PARALLELISM)
-
-        async def one(cuid: str) -> None:
-            async with limit:
-                try:
-                    await self._reconcile_client(cuid)
-                except NetworkError as exc:
-                    log.warning("re-installing cuid=%s on %s failed: %s", cuid, name, exc)
-
-        await asyncio.gather(*(one(cuid) for cuid in cuids))
-        for obs in list(self.observations.values()):
-            if obs.session is not None and obs.session is upstream.session \
-                    and not obs.session.closed:
-                continue  # registered on this very session already (raced with us)
-            reply = await self._register(obs)
-            if reply is not None:  # the state may have moved meanwhile
-                ended = reply.observe is None or not reply.ok
-                self.notify(set(obs.subscribers), reply.response, ended)
-                if ended:
-                    self._drop_observation(obs, cancel=False)
-        self._save()
-
-    async def _reconcile_client(self, cuid: str) -> None:
-        upstream = self.upstream
-        if upstream is None:
-            return
-        for record in [r for r in self.table.of_cuid(cuid) if r.withdrawing]:
-            path = build_path(Resource.MITIGATE, cdid=record.cdid, cuid=cuid, mid=record.mid)
-            await upstream.forward(DotsRequest(Method.DELETE, path), mid=record.mid,
-                                   timeout=self.settings.request_timeout)
-            self.table.remove(cuid, record.mid)
-        live = self.table.of_cuid(cuid)
-        if not live:
-            return
-        present = await self._present(cuid, live[0].cdid)
-        reinstalled = False
-        now = self.wall_clock()
-        for record in live:
-            if record.key in self._in_flight:
-                continue  # its own answer will say
-            if record.mid in present:
-                self.table.accepted(record, upstream.name or "", present[record.mid], now)
-            elif not record.confirmed:
-                # Never answered to the client (the gateway stopped in between): the client
-                # sends it again; do not invent an acceptance.
-                self.table.remove(cuid, record.mid)
-            else:
-                await self._reinstall(record, now)
-                reinstalled = True
-        if reinstalled:
-            # Requests with higher mids replace overlapping lower ones upstream (§4.4.1):
-            # forget what the server itself removed.
-            present = await self._present(cuid, live[0].cdid)
-            for record in self.table.of_cuid(cuid):
-                if record.confirmed and record.mid not in present \
-                        and record.key not in self._in_flight:
-                    log.info("cuid=%s mid=%d was superseded upstream", cuid, record.mid)
-                    self.table.remove(cuid, record.mid)
-        self._save()
-
-    async def _present(self, cuid: str, cdid: str | None) -> dict[int, int | None]:
-        """mid -> remaining lifetime of the client's requests the upstream server has."""
-        upstream = self.upstream
-        assert upstream is not None
-        path = build_path(Resource.MITIGATE, cdid=cdid, cuid=cuid)
-        reply = await upstream.forward(DotsRequest(Method.GET, path), mid=None,
-                                       timeout=self.settings.request_timeout)
-        if not reply.ok:
-            return {}
-        return {s.mid: s.lifetime for s in reply.scopes if s.mid is not None}
-
-    async def _reinstall(self, record: RelayedMitigation, now: float) -> None:
-        upstream = self.upstream
-        assert upstream is not None
-        path = build_path(Resource.MITIGATE, cdid=record.cdid, cuid=record.cuid, mid=record.mid)
-        request = DotsRequest(Method.PUT, path, payload=record.resend_body(now),
-                              content_format=CONTENT_FORMAT_DOTS_CBOR)
-        reply = await upstream.forward(request, mid=record.mid,
-                                       timeout=self.settings.request_timeout)
-        if reply.ok:
-            granted = next((s.lifetime for s in reply.scopes if s.lifetime is not None), None)
-            self.table.accepted(record, reply.endpoint.uri, granted, now)
-            self.reinstalled += 1
-            log.info("re-installed cuid=%s mid=%d on %s", record.cuid, record.mid,
-                     reply.endpoint.uri)
-        else:
-            log.warning("upstream %s refused to re-install cuid=%s mid=%d: %s %s",
-                        reply.endpoint.uri, record.cuid, record.mid, reply.dotted,
-                        reply.diagnostic)
-            self.table.remove(record.cuid, record.mid)
-
-    # --- downstream signal loss --------------------------------------------------------------
-
-    def client_lost(self, cuids: frozenset[str]) -> None:
-        """A downstream session went silent: activate its preconfigured requests upstream
-        (see the module docstring for why this way)."""
-        for cuid in cuids:
-            for record in self.table.of_cuid(cuid):
-                if (record.confirmed and not record.trigger_mitigation
-                        and not record.withdrawing and not record.activated_by_loss):
-                    record.activated_by_loss = True
-                    self.table.touch(record)
-                    self._spawn(self._activate(record))
-        self._save()
-
-    async def _activate(self, record: RelayedMitigation) -> None:
-        upstream = self.upstream
-        if upstream is None:
-            return  # installed as immediate by the next reconciliation (resend_body)
-        path = build_path(Resource.MITIGATE, cdid=record.cdid, cuid=record.cuid, mid=record.mid)
-        try:
-            await upstream.forward(DotsRequest(Method.DELETE, path), mid=record.mid,
-                                   timeout=self.settings.request_timeout)
-            await self._reinstall(record, self.wall_clock())
-        except NetworkError as exc:
-            log.warning("activating preconfigured cuid=%s mid=%d upstream failed (%s); the "
-                        "next upstream session installs it", record.cuid, record.mid, exc)
-        log.warning("signal lost with cuid=%s: preconfigured mid=%d activated upstream",
-                    record.cuid, record.mid)
-        self._save()
-
     # --- housekeeping ------------------------------------------------------------------------
 
     def tick(self) -> None:
@@ -593,18 +319,3 @@ class GatewayRelay:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._save()
-
-
-def _cdid_of(path: tuple[str, ...]) -> str | None:
-    for segment in path:
-        if segment.startswith("cdid="):
-            return segment[5:]
-    return None
-
-
-def _code(raw: int) -> Code:
-    try:
-        return Code(raw)
-    except ValueError:
-        return Code.BAD_GATEWAY
-

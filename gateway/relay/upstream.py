@@ -21,11 +21,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from gateway.client.channel import Failure
 from gateway.client.connect import NetworkError, ServerSpec, Transport
 from gateway.client.messages import Reply, coap_request
 from gateway.client.role import DotsClient
 from gateway.client.session import ClientSession
+from gateway.client.transmission import Failure
 from gateway.coap.message import CoapMessage
 from gateway.dots.heartbeat import ReconnectBackoff
 from gateway.dots.message import DotsRequest
