@@ -31,13 +31,10 @@ from gateway.dots.uri import DotsPath, Resource, parse_path, parse_query
 from gateway.ops.control import ControlProviders
 from gateway.ops.metrics import Registry, daemon_metrics
 from gateway.relay.forwarding import GatewayRelay, Prepared
-from gateway.server.role import (
-    Observation,
-    ServerRole,
-    SignalSession,
-    _block2,
-    _dots_request,
-)
+from gateway.server.blocks import _block2
+from gateway.server.observe import Observation
+from gateway.server.role import ServerRole
+from gateway.server.session import SignalSession, _dots_request
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,11 @@
 """The DOTS server role: the pure server core behind the DTLS and TLS endpoints.
 
-Each authenticated (D)TLS session gets a ``SignalSession``: a CoAP message layer (UDP or
-TCP flavour) feeding requests to ``DotsServerCore`` and sending its answers, plus the
-server's own heartbeats and Observe notifications. Mitigations live in the core's store,
-shared by all sessions, because they belong to clients, not sessions (RFC 8811 §3.1).
+Each authenticated (D)TLS session gets a ``SignalSession`` (``session``): a CoAP message
+layer (UDP or TCP flavour) feeding requests to ``DotsServerCore`` and sending its answers,
+plus the server's own heartbeats and Observe notifications (``observe``; large answers in
+blocks: ``blocks``). Mitigations live in the core's store, shared by all sessions, because
+they belong to clients, not sessions (RFC 8811 §3.1). This module wires those parts to the
+endpoints: sessions opened and closed, the pump, redirects, heartbeats and timers.
 
 This module is asyncio glue only: protocol decisions are made in ``gateway.dots`` and
 ``gateway.coap``; here we move bytes and events between them and arm timers.
@@ -12,11 +14,9 @@ This module is asyncio glue only: protocol decisions are made in ``gateway.dots`
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.coap.layer import (
@@ -29,28 +29,27 @@ from gateway.coap.layer import (
     Reset,
     ResponseReceived,
     TcpLayer,
-    TransmissionParameters,
-    outgoing,
 )
 from gateway.coap.message import CoapMessage, MessageType
-from gateway.coap.options import Block, OptionNumber, encode_uint
 from gateway.credentials import certificate_subject, peer_identity
 from gateway.dots.codec import encode_message
 from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, Method, Status
 from gateway.dots.errors import DotsProtocolError
-from gateway.dots.message import DotsRequest, DotsResponse, Requester
+from gateway.dots.message import DotsResponse, Requester
 from gateway.dots.mitigation import (
     ApplyMitigation,
     Counters,
     MitigationRemoved,
     MitigationStatusChanged,
-    Owner,
     WithdrawMitigation,
 )
-from gateway.dots.model import Heartbeat, MitigationScope, Scope
-from gateway.dots.server import DotsServerCore, SendSessionHeartbeat, ServerSession, SessionLost
-from gateway.dots.uri import ContentFilter, Resource, build_path, parse_path, parse_query
+from gateway.dots.model import Heartbeat
+from gateway.dots.server import DotsServerCore, SendSessionHeartbeat, SessionLost
+from gateway.dots.uri import Resource, build_path
+from gateway.server.blocks import _block2
+from gateway.server.observe import ObserveNotifications
 from gateway.server.persistence import MitigationDatabase
+from gateway.server.session import SignalSession, _dots_request, _transmission
 from gateway.transport.tls_context import Kind
 from redirect.policy import Redirect, RedirectPolicy
 
@@ -60,82 +59,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: RFC 9132 §4.4.2.1: without an RTT estimate, at most one notification every 3 s.
-NOTIFICATION_INTERVAL = 3.0
-#: RFC 9132 §4.4.2.1: status is also sent periodically, not only on changes.
-PERIODIC_NOTIFICATION = 60.0
-#: Block2 size for representations that do not fit one datagram (RFC 9132 §4.4.2, RFC 7959):
-#: SZX 6 = 1024 bytes, which with DTLS and CoAP overhead fits the 1280-byte IPv6 minimum.
-BLOCK_SZX = 6
-BLOCK_SIZE = 1 << (BLOCK_SZX + 4)
-_OBSERVE_MODULUS = 1 << 24
 _CORE_TICK = 0.5
 
 
-@dataclass
-class Observation:
-    token: bytes
-    cuid: str | None  # None: an observation of this session's config
-    mid: int | None  # None: all of the client's mitigations
-    content: ContentFilter
-    sequence: int = 2
-    last_sent: float = 0.0
-
-
-@dataclass
-class SignalSession:
-    """One authenticated signal-channel session (DTLS or TLS) on the server side."""
-
-    role: ServerRole
-    conn: Any  # DtlsConnection or TlsConnection
-    dots: ServerSession
-    layer: MessageLayer | TcpLayer
-    identity: str
-    observations: dict[bytes, Observation] = field(default_factory=dict)
-    heartbeat_tokens: set[bytes] = field(default_factory=set)
-    next_notification_at: float = 0.0
-    pending_notifications: set[bytes] = field(default_factory=set)
-    timer: asyncio.TimerHandle | None = None
-    timer_at: float | None = None
-    closed: bool = False
-    #: Whether the session arrived on an anycast address (its local address never changes;
-    #: None until first asked).
-    on_anycast: bool | None = None
-    classified_by: Any = None
-    #: The session parameters the message layer's transmission settings were made from.
-    transmission_from: Any = None
-
-    # --- SessionHandler ----------------------------------------------------------------------
-
-    def data_received(self, data: bytes) -> None:
-        now = self.role.clock()
-        self.layer.receive(data, now)
-        self.role.pump(self, now)
-
-    def connection_lost(self, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.layer.close()
-        if self.timer is not None:
-            self.timer.cancel()
-        self.role.forget(self, reason)
-
-    # --- outputs -----------------------------------------------------------------------------
-
-    def flush(self) -> None:
-        if self.closed:
-            return
-        for chunk in outgoing(self.layer):
-            try:
-                self.conn.send(chunk)
-            except Exception as exc:  # a session that cannot send is finished
-                log.info("send failed peer=%s: %s", self.conn.remote, exc)
-                self.conn.close(f"send failed: {exc}")
-                return
-
-
-class ServerRole:
+class ServerRole(ObserveNotifications):
     """Serve ``core`` on endpoints: give ``on_session`` to DtlsServer/TlsServer."""
 
     def __init__(self, core: DotsServerCore, *, trusted_gateways: frozenset[str] = frozenset(),
@@ -304,34 +231,6 @@ class ServerRole:
         if request.method in (Method.PUT, Method.DELETE) and request.path[2:3] == ("config",):
             self._mark_config_observers(session)
 
-    def _observe(self, session: SignalSession, msg: CoapMessage, request: DotsRequest,
-                 response: DotsResponse, now: float) -> int | None:
-        """Register or cancel an observation (RFC 7641) of ``mitigate``; the Observe value
-        to put in the response, or None."""
-        if request.method is not Method.GET or request.observe is None:
-            return None
-        try:
-            path = parse_path(request.path)
-        except DotsProtocolError:
-            return None
-        if request.observe == 1 or not response.code.is_success:
-            session.observations.pop(msg.token, None)
-            return None
-        if path.resource is Resource.CONFIG:
-            # RFC 9132 §4.5.3: notifications of configuration changes.
-            session.observations[msg.token] = Observation(msg.token, None, path.sid,
-                                                          ContentFilter.ALL, last_sent=now)
-            return 1
-        if path.resource is not Resource.MITIGATE or path.cuid is None:
-            return None
-        try:
-            content = parse_query(request.query)
-        except DotsProtocolError:
-            content = ContentFilter.ALL
-        observation = Observation(msg.token, path.cuid, path.mid, content, last_sent=now)
-        session.observations[msg.token] = observation
-        return 1
-
     def _persist(self) -> None:
         """Save the store's changes (one transaction); a failure is logged and retried."""
         if self.database is not None:
@@ -375,69 +274,6 @@ class ServerRole:
         """A client's session went silent (its preconfigured requests were armed in the
         store already); the gateway role also acts upstream."""
 
-    def _mark_config_observers(self, session: SignalSession) -> None:
-        for token, obs in session.observations.items():
-            if obs.cuid is None:
-                session.pending_notifications.add(token)
-
-    def _mark_periodic(self, session: SignalSession, now: float) -> None:
-        for token, obs in session.observations.items():
-            if obs.cuid is not None and now - obs.last_sent >= PERIODIC_NOTIFICATION:
-                session.pending_notifications.add(token)
-
-    def _mark_observers(self, changed: dict[str, set[int]]) -> None:
-        for session in self.sessions.values():
-            for token, obs in session.observations.items():
-                mids = changed.get(obs.cuid) if obs.cuid is not None else None
-                if mids and (obs.mid is None or obs.mid in mids):
-                    session.pending_notifications.add(token)
-
-    def _notify_due(self, session: SignalSession, now: float) -> None:
-        if not session.pending_notifications or now < session.next_notification_at:
-            return
-        for token in list(session.pending_notifications):
-            obs = session.observations.get(token)
-            if obs is None:
-                continue
-            self._send_notification(session, obs, now)
-        session.pending_notifications.clear()
-        session.next_notification_at = now + NOTIFICATION_INTERVAL
-
-    def _send_notification(self, session: SignalSession, obs: Observation, now: float) -> None:
-        owner = Owner(session.dots.requester.credential_id)
-        obs.last_sent = now
-        try:
-            if obs.cuid is None:
-                body: Any = session.dots.config.get(None)
-            else:
-                body = self.core.store.get(obs.cuid, obs.mid, owner, now, obs.content)
-            code, payload = Code.CONTENT, encode_message(body)
-        except DotsProtocolError as exc:
-            if obs.mid is None or obs.cuid is None:
-                code, payload = exc.code, exc.diagnostic.encode()
-            else:
-                # The request is gone: report its end once, then the observation ends.
-                final = MitigationScope((Scope(mid=obs.mid, lifetime=0,
-                                               status=Status.ATTACK_MITIGATION_TERMINATED),))
-                code, payload = Code.CONTENT, encode_message(final)
-        obs.sequence = (obs.sequence + 1) % _OBSERVE_MODULUS
-        ended = not code.is_success or (obs.cuid is not None and obs.mid is not None
-                                        and self.core.store.lookup(obs.cuid, obs.mid) is None)
-        anchor = CoapMessage(None, int(Method.GET), 0, obs.token)
-        message = anchor.response(
-            int(code), payload=payload,
-            content_format=CONTENT_FORMAT_DOTS_CBOR if code.is_success else 0,
-            # RFC 7641 §3.2: a notification without Observe ends the observation visibly.
-            observe=None if ended else obs.sequence)
-        if isinstance(session.layer, MessageLayer):
-            message = _block2(message, None)  # RFC 7959 §2.6: the first block; GET the rest
-        # RFC 9132 §4.4.2.1: notifications are always Non-confirmable.
-        if isinstance(session.layer, MessageLayer):
-            session.layer.send_notification(obs.token, message, now, confirmable=False)
-        else:
-            session.layer.send_notification(obs.token, message, now)
-        if ended:
-            session.observations.pop(obs.token, None)
 
     def _redirect_for(self, session: SignalSession) -> Redirect | None:
         if self.redirect is None:
@@ -555,75 +391,6 @@ class ServerRole:
         except Exception:
             log.exception("server core timer failed")
         self._schedule_tick()
-
-
-def _block2(response: CoapMessage, requested: Block | None) -> CoapMessage:
-    """Serve a representation that does not fit one datagram block by block (RFC 7959).
-
-    RFC 9132 §4.4.2: Block2 with NUM=0 when the list does not fit, an ETag for dynamic
-    content, Size2 with the total. A client asking for block NUM gets that slice of the
-    current representation; the ETag tells it whether the representation changed.
-    """
-    payload = response.payload
-    if requested is None and len(payload) <= BLOCK_SIZE:
-        return response
-    szx = min(requested.szx, BLOCK_SZX) if requested is not None else BLOCK_SZX
-    size = 1 << (szx + 4)
-    num = requested.num if requested is not None else 0
-    if requested is not None and requested.szx > szx:
-        num = requested.offset // size
-    start = num * size
-    if start >= len(payload) and payload:
-        return CoapMessage(None, int(Code.BAD_OPTION), 0, response.token, (),
-                           b"Block2 number beyond the end of the representation")
-    chunk = payload[start:start + size]
-    more = start + size < len(payload)
-    etag = hashlib.sha256(payload).digest()[:8]
-    drop = (OptionNumber.ETAG, OptionNumber.BLOCK2, OptionNumber.SIZE2)
-    options = [o for o in response.options if o[0] not in drop]
-    options += [(OptionNumber.ETAG, etag), (OptionNumber.BLOCK2, Block(num, more, szx).encode())]
-    if num == 0:
-        options.append((OptionNumber.SIZE2, encode_uint(len(payload))))
-    return CoapMessage(None, response.code, 0, response.token, tuple(options), chunk)
-
-
-def _transmission(params: Any) -> TransmissionParameters:
-    # Sessions on default parameters share one SessionParameters object: convert it once.
-    last = _last_transmission
-    if last and last[0] is params:
-        return last[1]
-    made = TransmissionParameters(ack_timeout=float(params.ack_timeout),
-                                  ack_random_factor=float(params.ack_random_factor),
-                                  max_retransmit=int(params.max_retransmit))
-    _last_transmission[:] = [params, made]
-    return made
-
-
-_last_transmission: list[Any] = []
-
-
-def _dots_request(msg: CoapMessage, requester: Requester) -> DotsRequest:
-    # An invalid Hop-Limit reads as None: only a gateway acts on it, and it checks the
-    # option itself.
-    o = msg.request_options()
-    return DotsRequest(
-        method=_method(msg.code),
-        path=o.uri_path,
-        query=o.uri_query,
-        payload=msg.payload,
-        content_format=o.content_format,
-        observe=o.observe,
-        if_match=o.if_match,
-        requester=requester,
-        hop_limit=o.hop_limit,
-    )
-
-
-def _method(code: int) -> Method:
-    try:
-        return Method(code)
-    except ValueError:
-        return Method.POST  # any other method code is answered 4.05 by the core
 
 
 def log_mitigator(command: object) -> None:

@@ -19,7 +19,7 @@ from gateway.coap.options import Block, OptionNumber
 from gateway.config import parse_config
 from gateway.daemon import RunningServer, start_server
 from gateway.dots.codec import cbor_to_json
-from gateway.server import role as server_role
+from gateway.server import observe as server_role
 from tests.integration.test_bad_input import Peer, connect, free_udp_port
 
 

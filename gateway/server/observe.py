@@ -1,0 +1,145 @@
+"""Observe on the server side: registrations, and the pacing of notifications.
+
+RFC 7641 observations of ``mitigate`` and of the session configuration (RFC 9132 §4.5.3),
+kept per session; changes in the store mark the observations they concern, and marked ones
+are sent at most once every ``NOTIFICATION_INTERVAL`` per session, plus a periodic status
+every ``PERIODIC_NOTIFICATION`` (RFC 9132 §4.4.2.1). ``ObserveNotifications`` is a part of
+``ServerRole`` (the gateway role overrides ``_send_notification``).
+
+Asyncio glue only; must not import the role at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gateway.coap.layer import MessageLayer
+from gateway.coap.message import CoapMessage
+from gateway.dots.codec import encode_message
+from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, Method, Status
+from gateway.dots.errors import DotsProtocolError
+from gateway.dots.message import DotsRequest, DotsResponse
+from gateway.dots.mitigation import Owner
+from gateway.dots.model import MitigationScope, Scope
+from gateway.dots.uri import ContentFilter, Resource, parse_path, parse_query
+from gateway.server.blocks import _block2
+
+if TYPE_CHECKING:
+    from gateway.dots.server import DotsServerCore
+    from gateway.server.session import SignalSession
+
+#: RFC 9132 §4.4.2.1: without an RTT estimate, at most one notification every 3 s.
+NOTIFICATION_INTERVAL = 3.0
+#: RFC 9132 §4.4.2.1: status is also sent periodically, not only on changes.
+PERIODIC_NOTIFICATION = 60.0
+_OBSERVE_MODULUS = 1 << 24
+
+@dataclass
+class Observation:
+    token: bytes
+    cuid: str | None  # None: an observation of this session's config
+    mid: int | None  # None: all of the client's mitigations
+    content: ContentFilter
+    sequence: int = 2
+    last_sent: float = 0.0
+
+
+
+class ObserveNotifications:
+    """The Observe part of ``ServerRole``: what is observed, marked and sent when."""
+
+    core: DotsServerCore
+    sessions: dict[int, SignalSession]
+
+    def _observe(self, session: SignalSession, msg: CoapMessage, request: DotsRequest,
+                 response: DotsResponse, now: float) -> int | None:
+        """Register or cancel an observation (RFC 7641) of ``mitigate``; the Observe value
+        to put in the response, or None."""
+        if request.method is not Method.GET or request.observe is None:
+            return None
+        try:
+            path = parse_path(request.path)
+        except DotsProtocolError:
+            return None
+        if request.observe == 1 or not response.code.is_success:
+            session.observations.pop(msg.token, None)
+            return None
+        if path.resource is Resource.CONFIG:
+            # RFC 9132 §4.5.3: notifications of configuration changes.
+            session.observations[msg.token] = Observation(msg.token, None, path.sid,
+                                                          ContentFilter.ALL, last_sent=now)
+            return 1
+        if path.resource is not Resource.MITIGATE or path.cuid is None:
+            return None
+        try:
+            content = parse_query(request.query)
+        except DotsProtocolError:
+            content = ContentFilter.ALL
+        observation = Observation(msg.token, path.cuid, path.mid, content, last_sent=now)
+        session.observations[msg.token] = observation
+        return 1
+
+    def _mark_config_observers(self, session: SignalSession) -> None:
+        for token, obs in session.observations.items():
+            if obs.cuid is None:
+                session.pending_notifications.add(token)
+
+    def _mark_periodic(self, session: SignalSession, now: float) -> None:
+        for token, obs in session.observations.items():
+            if obs.cuid is not None and now - obs.last_sent >= PERIODIC_NOTIFICATION:
+                session.pending_notifications.add(token)
+
+    def _mark_observers(self, changed: dict[str, set[int]]) -> None:
+        for session in self.sessions.values():
+            for token, obs in session.observations.items():
+                mids = changed.get(obs.cuid) if obs.cuid is not None else None
+                if mids and (obs.mid is None or obs.mid in mids):
+                    session.pending_notifications.add(token)
+
+    def _notify_due(self, session: SignalSession, now: float) -> None:
+        if not session.pending_notifications or now < session.next_notification_at:
+            return
+        for token in list(session.pending_notifications):
+            obs = session.observations.get(token)
+            if obs is None:
+                continue
+            self._send_notification(session, obs, now)
+        session.pending_notifications.clear()
+        session.next_notification_at = now + NOTIFICATION_INTERVAL
+
+    def _send_notification(self, session: SignalSession, obs: Observation, now: float) -> None:
+        owner = Owner(session.dots.requester.credential_id)
+        obs.last_sent = now
+        try:
+            if obs.cuid is None:
+                body: Any = session.dots.config.get(None)
+            else:
+                body = self.core.store.get(obs.cuid, obs.mid, owner, now, obs.content)
+            code, payload = Code.CONTENT, encode_message(body)
+        except DotsProtocolError as exc:
+            if obs.mid is None or obs.cuid is None:
+                code, payload = exc.code, exc.diagnostic.encode()
+            else:
+                # The request is gone: report its end once, then the observation ends.
+                final = MitigationScope((Scope(mid=obs.mid, lifetime=0,
+                                               status=Status.ATTACK_MITIGATION_TERMINATED),))
+                code, payload = Code.CONTENT, encode_message(final)
+        obs.sequence = (obs.sequence + 1) % _OBSERVE_MODULUS
+        ended = not code.is_success or (obs.cuid is not None and obs.mid is not None
+                                        and self.core.store.lookup(obs.cuid, obs.mid) is None)
+        anchor = CoapMessage(None, int(Method.GET), 0, obs.token)
+        message = anchor.response(
+            int(code), payload=payload,
+            content_format=CONTENT_FORMAT_DOTS_CBOR if code.is_success else 0,
+            # RFC 7641 §3.2: a notification without Observe ends the observation visibly.
+            observe=None if ended else obs.sequence)
+        if isinstance(session.layer, MessageLayer):
+            message = _block2(message, None)  # RFC 7959 §2.6: the first block; GET the rest
+        # RFC 9132 §4.4.2.1: notifications are always Non-confirmable.
+        if isinstance(session.layer, MessageLayer):
+            session.layer.send_notification(obs.token, message, now, confirmable=False)
+        else:
+            session.layer.send_notification(obs.token, message, now)
+        if ended:
+            session.observations.pop(obs.token, None)
