@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.transport.dtls_client import ClientConnection, HandshakeError, await_handshake
-from gateway.transport.dtls_server import SessionHandler
+from gateway.transport.dtls_sessions import SessionHandler
 from gateway.transport.endpoint import EndpointBase
 from gateway.transport.openssl_ffi import OpenSSLError
 from gateway.transport.secure_session import PeerCredential, SecureSession, State

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from certs.devpki import init_dev_pki
-from gateway.transport import dtls_server as dtls_server_module
+from gateway.transport import dtls_sessions as dtls_server_module
 from gateway.transport.dtls_client import HandshakeError, connect_dtls
 from gateway.transport.dtls_server import DtlsServer, Limits
 from gateway.transport.endpoint import HandshakeWorkers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.transport.dtls_server import SslObjects
+from gateway.transport.dtls_ssl_objects import SslObjects
 from gateway.transport.openssl_ffi import ssl
 from gateway.transport.tls_context import Kind, ServerContext, ServerCredentials
 
