@@ -1,7 +1,7 @@
 """CBOR and JSON codecs for DOTS signal-channel messages; the only cbor2 user.
 
 Bytes become a *tree* (nested dicts keyed by the integer CBOR keys, values checked against
-the YANG types of Table 5), and the tree becomes a typed message (``gateway.dots.model``).
+the YANG types of Table 5), and ``gateway.dots.tree`` makes the tree a typed message.
 JSON uses the YANG names of RFC 7951, as in the RFC's examples, so people can read and
 write requests. Any decoding problem surfaces as a ``DotsProtocolError``; nothing else may
 escape a decoder (property-tested).
@@ -22,7 +22,8 @@ from gateway.dots.codes import CBOR_TAG_DOTS
 from gateway.dots.errors import MalformedPayload, UnknownRequiredKeys, safe_int
 from gateway.dots.keys import BY_NAME, CHILDREN, KEYS, UINT_BOUNDS, KeyInfo, Kind
 from gateway.dots.keys import is_comprehension_optional as _optional
-from gateway.dots.model import Message, message_from_tree, message_to_tree
+from gateway.dots.model import Message
+from gateway.dots.tree import message_from_tree, message_to_tree
 
 Tree = dict[int, Any]
 

@@ -37,9 +37,9 @@ from gateway.dots.model import (
     RedirectedSignal,
     Scope,
     SignalConfig,
-    message_to_tree,
     parse_prefix,
 )
+from gateway.dots.tree import message_to_tree
 from gateway.dots.uri import WELL_KNOWN, Resource, build_path, parse_path, parse_query
 from gateway.dots.validate import (
     validate_config_request,
