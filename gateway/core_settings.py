@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from gateway.config import Bounds, SessionConfig, Settings
 from gateway.dots.authz import Authorizer, ClientRule
 from gateway.dots.conflict import ConflictDecision, ConflictResolver, fixed_policy
-from gateway.dots.mitigation import MitigationPolicy, MitigationStore
+from gateway.dots.mitigation import MitigationStore
+from gateway.dots.mitigation_lifecycle import MitigationPolicy
 from gateway.dots.server import DotsServerCore
 from gateway.dots.session_config import ConfigLimits, Limit
 

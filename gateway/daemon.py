@@ -37,7 +37,7 @@ from gateway.config import Mode, RedirectTargetSettings, Settings, Transport
 from gateway.core_settings import build_server_core
 from gateway.credentials import datagram_limits, server_contexts, stream_limits
 from gateway.dots.authz import ANY_NAME, EVERYWHERE, ClientRule
-from gateway.dots.mitigation import ACTIVE_STATES
+from gateway.dots.mitigation_lifecycle import ACTIVE_STATES
 from gateway.ops.control import ControlProviders, ControlServer
 from gateway.ops.metrics import MetricsServer, Registry, daemon_metrics
 from gateway.relay.role import GatewayRole

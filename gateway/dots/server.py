@@ -21,7 +21,8 @@ from gateway.dots.codes import Code, Method
 from gateway.dots.errors import DotsProtocolError, MethodNotAllowed, MissingAttribute
 from gateway.dots.heartbeat import HeartbeatMonitor, Role, SendHeartbeat, SignalLost
 from gateway.dots.message import DotsRequest, DotsResponse, Requester
-from gateway.dots.mitigation import MitigationStore, Owner, StoreOutput
+from gateway.dots.mitigation import MitigationStore
+from gateway.dots.mitigation_lifecycle import Owner, StoreOutput
 from gateway.dots.session_config import ConfigLimits, ServerSessionConfig
 from gateway.dots.uri import DotsPath, Resource, parse_path, parse_query
 from gateway.dots.validate import (

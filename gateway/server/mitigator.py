@@ -41,7 +41,7 @@ from gateway.config import Backend, ConfigError, Settings
 from gateway.dots.codec import message_to_json
 from gateway.dots.codes import Status
 from gateway.dots.keys import MODULE
-from gateway.dots.mitigation import ApplyMitigation, Counters, WithdrawMitigation
+from gateway.dots.mitigation_lifecycle import ApplyMitigation, Counters, WithdrawMitigation
 from gateway.dots.model import MitigationScope, Scope
 
 log = logging.getLogger(__name__)

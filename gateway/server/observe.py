@@ -20,7 +20,7 @@ from gateway.dots.codec import encode_message
 from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, Method, Status
 from gateway.dots.errors import DotsProtocolError
 from gateway.dots.message import DotsRequest, DotsResponse
-from gateway.dots.mitigation import Owner
+from gateway.dots.mitigation_lifecycle import Owner
 from gateway.dots.model import MitigationScope, Scope
 from gateway.dots.uri import ContentFilter, Resource, parse_path, parse_query
 from gateway.server.blocks import _block2

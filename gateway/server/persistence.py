@@ -1,9 +1,10 @@
 """Saved mitigations: the server store's records in SQLite, so a restart keeps them.
 
 Owns ``<state_dir>/dots.sqlite`` and is the only ``sqlite3`` user. It turns
-``gateway.dots.mitigation.Mitigation`` records into rows and back, and nothing else: what a
-restored record means (expiry, re-applying) is decided by ``MitigationStore.restore``. It
-must not import asyncio or the roles; the pure core must not import it.
+``gateway.dots.mitigation_lifecycle.Mitigation`` records into rows and back, and nothing
+else: what a restored record means (expiry, re-applying) is decided by
+``MitigationStore.restore``. It must not import asyncio or the roles; the pure core must not
+import it.
 
 Times: the store runs on the monotonic clock of its process, which means nothing to the
 next process, so every deadline is saved as epoch seconds (``monotonic + wall_offset``) and
@@ -34,13 +35,13 @@ from typing import Any
 
 from gateway.dots.codec import decode_message, encode_message
 from gateway.dots.codes import Status
-from gateway.dots.mitigation import (
+from gateway.dots.mitigation import MitigationStore
+from gateway.dots.mitigation_lifecycle import (
     INDEFINITE,
     UINT32_MAX,
     Counters,
     Mitigation,
     MitigationState,
-    MitigationStore,
     Owner,
 )
 from gateway.dots.model import MitigationScope, Scope

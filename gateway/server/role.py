@@ -36,7 +36,7 @@ from gateway.dots.codec import encode_message
 from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, Method, Status
 from gateway.dots.errors import DotsProtocolError
 from gateway.dots.message import DotsResponse, Requester
-from gateway.dots.mitigation import (
+from gateway.dots.mitigation_lifecycle import (
     ApplyMitigation,
     Counters,
     MitigationRemoved,

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.config import Backend, ConfigError, default_settings
 from gateway.dots.codes import Status
-from gateway.dots.mitigation import ApplyMitigation, Counters, Trigger, WithdrawMitigation
+from gateway.dots.mitigation_lifecycle import ApplyMitigation, Counters, Trigger, WithdrawMitigation
 from gateway.dots.model import PortRange, Scope, parse_prefix
 from gateway.server.mitigator import (
     JOURNAL_NAME,

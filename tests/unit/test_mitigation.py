@@ -7,14 +7,14 @@ import pytest
 from gateway.dots.codes import Code, ConflictCause, ConflictStatus, Status
 from gateway.dots.conflict import ConflictDecision, ConflictingRequest, fixed_policy
 from gateway.dots.errors import DotsUsageError, InvalidValue, NotFound
-from gateway.dots.mitigation import (
+from gateway.dots.mitigation import MitigationStore
+from gateway.dots.mitigation_lifecycle import (
     ApplyMitigation,
     Counters,
     MitigationPolicy,
     MitigationRemoved,
     MitigationState,
     MitigationStatusChanged,
-    MitigationStore,
     Owner,
     TransitionRefused,
     Trigger,

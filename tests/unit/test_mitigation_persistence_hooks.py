@@ -13,14 +13,14 @@ import pytest
 from gateway.dots.codes import Code, ConflictStatus, Status
 from gateway.dots.conflict import ConflictDecision, ConflictingRequest, fixed_policy
 from gateway.dots.errors import DotsUsageError
-from gateway.dots.mitigation import (
+from gateway.dots.mitigation import MitigationStore
+from gateway.dots.mitigation_lifecycle import (
     ApplyMitigation,
     Counters,
     Mitigation,
     MitigationPolicy,
     MitigationRemoved,
     MitigationState,
-    MitigationStore,
     Owner,
     Trigger,
     WithdrawMitigation,

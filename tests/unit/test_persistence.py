@@ -15,12 +15,12 @@ import pytest
 
 from gateway.dots.codes import ConflictStatus, Status
 from gateway.dots.conflict import ConflictDecision, fixed_policy
-from gateway.dots.mitigation import (
+from gateway.dots.mitigation import MitigationStore
+from gateway.dots.mitigation_lifecycle import (
     ApplyMitigation,
     Counters,
     Mitigation,
     MitigationState,
-    MitigationStore,
     Owner,
     Trigger,
     WithdrawMitigation,
@@ -328,7 +328,8 @@ def test_saves_survive_a_crash_of_the_process(tmp_path: Path) -> None:
     """synchronous=NORMAL: a committed save is in the WAL when the process dies."""
     script = textwrap.dedent(f"""
         import os
-        from gateway.dots.mitigation import MitigationStore, Owner
+        from gateway.dots.mitigation import MitigationStore
+        from gateway.dots.mitigation_lifecycle import Owner
         from gateway.dots.model import Scope, parse_prefix
         from gateway.server.persistence import MitigationDatabase
         store = MitigationStore(wall_offset={WALL})

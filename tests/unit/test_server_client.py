@@ -11,7 +11,7 @@ from gateway.dots.codec import decode_message, encode_message
 from gateway.dots.codes import AttackStatus, Code, Method, Status
 from gateway.dots.errors import DotsUsageError
 from gateway.dots.message import DotsRequest, DotsResponse, Requester
-from gateway.dots.mitigation import ApplyMitigation, MitigationRemoved
+from gateway.dots.mitigation_lifecycle import ApplyMitigation, MitigationRemoved
 from gateway.dots.model import MitigationScope, RedirectedSignal, Scope, SignalConfig, parse_prefix
 from gateway.dots.server import DotsServerCore, SendSessionHeartbeat, SessionLost
 from gateway.dots.uri import ContentFilter
