@@ -2,8 +2,8 @@
 
 The RFC leaves the choice to the operator ("accept all requests, reject all requests,
 accept only one"). A resolver sees the new request and the overlapping active requests of
-other clients and returns a decision; the store turns it into codes and
-``conflict-information``. Overlaps within one client are not policy: the mid decides.
+other clients and returns a decision; ``gateway.dots.mitigation_conflicts`` turns it into
+codes and ``conflict-information``. Overlaps within one client are not policy: the mid decides.
 
 ``ConflictingRequest`` (the 4.09 with its CBOR body) lives here rather than with the other
 errors: rendering it needs the codec, which itself raises the plain errors.

@@ -12,7 +12,9 @@ Persistence stays outside (``gateway/server/persistence.py``); the store only tr
 (``take_changes``, ``take_client_changes``) and takes saved records back (``restore``).
 
 The record, its states and transition table, the policy and the outputs are in
-``gateway.dots.mitigation_lifecycle``; this module holds the store that drives them.
+``gateway.dots.mitigation_lifecycle``; finding overlapping requests and turning them into
+4.09s or ``conflict-information`` is ``gateway.dots.mitigation_conflicts``. This module holds
+the store that drives both: it keeps the records, fires the transitions and emits the outputs.
 """
 
 from __future__ import annotations
@@ -22,19 +24,14 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
-from gateway.dots.codes import ConflictCause, ConflictStatus, Status
-from gateway.dots.conflict import (
-    DEFAULT_RESOLVER,
-    ConflictDecision,
-    ConflictingMitigation,
-    ConflictingRequest,
-    ConflictResolver,
-)
+from gateway.dots.codes import ConflictCause, Status
+from gateway.dots.conflict import DEFAULT_RESOLVER, ConflictingRequest, ConflictResolver
 from gateway.dots.errors import (
     DotsUsageError,
     InvalidValue,
     NotFound,
 )
+from gateway.dots.mitigation_conflicts import ConflictDetector, lost_to
 from gateway.dots.mitigation_lifecycle import (
     ACTIVE_STATES,
     DEACTIVATED_GRACE,
@@ -55,14 +52,7 @@ from gateway.dots.mitigation_lifecycle import (
     next_state,
     whole_seconds,
 )
-from gateway.dots.model import (
-    ConflictInformation,
-    ConflictScope,
-    MitigationScope,
-    PortRange,
-    Scope,
-    Targets,
-)
+from gateway.dots.model import ConflictInformation, MitigationScope, Scope, Targets
 from gateway.dots.uri import ContentFilter
 
 log = logging.getLogger(__name__)
@@ -87,11 +77,12 @@ class MitigationStore:
         wall_offset: float = 0.0,
     ) -> None:
         self.policy = policy or MitigationPolicy()
-        self.resolver = resolver
         self.wall_offset = wall_offset
         self._records: dict[tuple[str, int], Mitigation] = {}
         #: The same records by client: per-request work must not grow with other clients'.
         self._by_client: dict[str, dict[int, Mitigation]] = {}
+        #: Every overlap search goes through here (RFC 9132 §4.4.1.3).
+        self._conflicts = ConflictDetector(self._records, self._by_client, resolver)
         self._owners: dict[str, Owner] = {}
         self._termination_period: dict[str, int] = {}
         self._outputs: deque[StoreOutput] = deque()
@@ -330,13 +321,8 @@ class MitigationStore:
             record.mitigation_start = self._epoch(now)
             self._set_status(record, Status.ATTACK_MITIGATION_IN_PROGRESS)
             self._outputs.append(ApplyMitigation(cuid, record.mid, record.scope))
-        for record in list(self.records(cuid)):
-            if (
-                record.immediate
-                and record.state is S.MITIGATING
-                and any(record.scope.overlap(p.scope) for p in armed)
-            ):
-                self._fire(record, T.SERVER_WITHDREW, now)
+        for record in self._conflicts.preempted_by(cuid, armed):
+            self._fire(record, T.SERVER_WITHDREW, now)
 
     def update_status(
         self, cuid: str, mid: int, status: Status, now: float, counters: Counters | None = None
@@ -396,8 +382,7 @@ class MitigationStore:
         assert requested is not None
         lifetime = self.policy.grant(requested)
         if record.state is S.DEACTIVATED:
-            conflicts = self._other_client_conflicts(record.cuid, scope, now)
-            if conflicts:
+            if self._conflicts.other_clients(record.cuid, scope, now):
                 return PutResult(False, self._body(record, now))
             self._fire(record, T.REACTIVATED, now)
             record.conflict = None
@@ -419,34 +404,23 @@ class MitigationStore:
 
     def _create(self, cuid: str, mid: int, scope: Scope, owner: Owner, now: float) -> PutResult:
         assert scope.lifetime is not None
-        same_type: list[Mitigation] = []
-        other_type: list[Mitigation] = []
-        for record in self.records(cuid):
-            if record.state is S.ENDED or not record.scope.overlap(scope):
-                continue
-            (same_type if record.immediate == scope.triggers_immediately else other_type).append(
-                record
-            )
-        for record in same_type:
-            if record.mid > mid and record.state is not S.TERMINATING:
-                overlap = record.scope.overlap(scope)
-                assert overlap is not None
-                raise ConflictingRequest(  # §4.4.1.3: a lower mid arrived late
-                    f"overlaps mitigation mid {record.mid}, which has a higher mid",
-                    ConflictInformation(
-                        ConflictCause.OVERLAPPING_TARGETS,
-                        conflict_scope=_conflict_scope(overlap, record.mid),
-                    ),
-                )
+        own = self._conflicts.own_overlaps(cuid, mid, scope)
         conflict: ConflictInformation | None = None
         losers: list[Mitigation] = []
         if scope.triggers_immediately:
-            conflicts = self._other_client_conflicts(cuid, scope, now)
+            conflicts = self._conflicts.other_clients(cuid, scope, now)
             if conflicts:
-                conflict, losers = self._resolve(scope, conflicts, now)
+                settled = self._conflicts.settle(scope, conflicts)
+                conflict, losers = settled.conflict, settled.losers
+                for other, info in settled.shared:
+                    other.conflict = info
+                    self._touch(other)
+                    self._outputs.append(
+                        MitigationStatusChanged(other.cuid, other.mid, other.status)
+                    )
         lifetime = self.policy.grant(scope.lifetime)
-        rerequest = any(r.state is S.TERMINATING for r in same_type)
-        for record in same_type:
+        rerequest = any(r.state is S.TERMINATING for r in own.same_type)
+        for record in own.same_type:
             self._fire(record, T.SUPERSEDED, now)
         if rerequest:
             # §4.4.4: mitigation requested again during active-but-terminating: the next
@@ -485,7 +459,7 @@ class MitigationStore:
         if record.state is S.MITIGATING:
             record.mitigation_start = self._epoch(now)
             self._outputs.append(ApplyMitigation(cuid, mid, record.scope))
-            for other in other_type:
+            for other in own.other_type:
                 if other.state is S.MITIGATING:  # §4.4.1.3: the preconfigured one yields
                     self._fire(other, T.PREEMPTED, now)
                     self._outputs.append(WithdrawMitigation(cuid, other.mid, T.PREEMPTED))
@@ -499,71 +473,8 @@ class MitigationStore:
             self._deactivate(loser, record, now)
         return PutResult(True, self._body(record, now))
 
-    def _other_client_conflicts(
-        self, cuid: str, scope: Scope, now: float
-    ) -> list[tuple[Mitigation, ConflictingMitigation]]:
-        found = []
-        for record in self._records.values():
-            if record.cuid == cuid or record.state is not S.MITIGATING or not record.immediate:
-                continue
-            overlap = record.scope.overlap(scope)
-            if overlap is not None:
-                found.append(
-                    (
-                        record,
-                        ConflictingMitigation(
-                            record.cuid, record.mid, overlap, record.remaining_lifetime(now)
-                        ),
-                    )
-                )
-        return found
-
-    def _resolve(
-        self, scope: Scope, conflicts: list[tuple[Mitigation, ConflictingMitigation]], now: float
-    ) -> tuple[ConflictInformation, list[Mitigation]]:
-        views = [c for _r, c in conflicts]
-        decision = self.resolver(scope, views)
-        overlap = _merge_overlaps([c.overlap for c in views])
-        if decision is ConflictDecision.REJECT_NEW:
-            remaining = [c.remaining_lifetime for c in views]
-            retry = UINT32_MAX if INDEFINITE in remaining else max(remaining)
-            raise ConflictingRequest(
-                "overlaps an active mitigation of another DOTS client",
-                ConflictInformation(
-                    ConflictCause.OVERLAPPING_TARGETS,
-                    ConflictStatus.REQUEST_INACTIVE_OTHER_ACTIVE,
-                    retry_timer=retry,
-                    conflict_scope=_conflict_scope(overlap),
-                ),
-            )
-        info = ConflictInformation(
-            ConflictCause.OVERLAPPING_TARGETS,
-            ConflictStatus.REQUEST_ACTIVE,
-            conflict_scope=_conflict_scope(overlap),
-        )
-        if decision is ConflictDecision.ACCEPT_BOTH:
-            for record, c in conflicts:
-                record.conflict = ConflictInformation(
-                    ConflictCause.OVERLAPPING_TARGETS,
-                    ConflictStatus.REQUEST_ACTIVE,
-                    conflict_scope=_conflict_scope(c.overlap),
-                )
-                self._touch(record)
-                self._outputs.append(
-                    MitigationStatusChanged(record.cuid, record.mid, record.status)
-                )
-            return info, []
-        return info, [record for record, _c in conflicts]
-
     def _deactivate(self, loser: Mitigation, winner: Mitigation, now: float) -> None:
-        retry = UINT32_MAX if winner.lifetime == INDEFINITE else winner.lifetime
-        overlap = loser.scope.overlap(winner.scope)
-        loser.conflict = ConflictInformation(
-            ConflictCause.OVERLAPPING_TARGETS,
-            ConflictStatus.REQUEST_INACTIVE_OTHER_ACTIVE,
-            retry_timer=retry,
-            conflict_scope=None if overlap is None else _conflict_scope(overlap),
-        )
+        loser.conflict, retry = lost_to(loser, winner)
         self._fire(loser, T.CONFLICT_LOST, now)
         # §4.4.1.3: kept for retry-timer + 45 s so the client can refresh and re-check.
         loser.expires_at = now + min(retry, UINT32_MAX - DEACTIVATED_GRACE) + DEACTIVATED_GRACE
@@ -656,17 +567,3 @@ def _counters(c: Counters) -> dict[str, int | None]:
         "pkts_dropped": c.pkts_dropped,
         "pps_dropped": c.pps_dropped,
     }
-
-
-def _conflict_scope(overlap: Targets, mid: int | None = None) -> ConflictScope:
-    return ConflictScope(**{f: getattr(overlap, f) for f in Targets.__dataclass_fields__}, mid=mid)
-
-
-def _merge_overlaps(overlaps: list[Targets]) -> Targets:
-    merged: dict[str, dict[object, object]] = {f: {} for f in Targets.__dataclass_fields__}
-    for o in overlaps:
-        for f, values in merged.items():
-            for v in getattr(o, f):
-                # port ranges are keyed by lower-port (RFC 9132 §5.1 list key)
-                values.setdefault(v.lower_port if isinstance(v, PortRange) else v, v)
-    return Targets(**{f: tuple(v.values()) for f, v in merged.items()})  # type: ignore[arg-type]
