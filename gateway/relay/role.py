@@ -138,7 +138,11 @@ class GatewayRole(ServerRole):
                  response: DotsResponse, observe: int | None, now: float) -> None:
         if session.closed:
             return
-        coap = msg.response(int(response.code), payload=response.payload,
+        payload = response.payload
+        if (isinstance(session.layer, MessageLayer) and msg.code == int(Method.GET)
+                and response.code == Code.CONTENT):
+            payload = session.block_payload(msg, payload, now)
+        coap = msg.response(int(response.code), payload=payload,
                             content_format=response.content_format, max_age=response.max_age,
                             observe=observe)
         if isinstance(session.layer, MessageLayer):

@@ -1,6 +1,11 @@
 """Block2 and ETag for representations that do not fit one datagram (RFC 7959).
 
-Pure function of a response message and the Block2 option asked for.
+``_block2`` is a pure function of a response message and the Block2 option asked for.
+``BlockSnapshots`` keeps, per session, the representation a block-wise transfer started
+from, so that the following blocks are slices of the same bytes under the same ETag, as
+libcoap's large-body responses do. Without it each block is cut from a representation made
+anew, whose lifetimes tick every second: on a busy machine a transfer that spans a second
+boundary sees the ETag change and starts again, until the client gives up.
 """
 
 from __future__ import annotations
@@ -15,6 +20,38 @@ from gateway.dots.codes import Code
 #: SZX 6 = 1024 bytes, which with DTLS and CoAP overhead fits the 1280-byte IPv6 minimum.
 BLOCK_SZX = 6
 BLOCK_SIZE = 1 << (BLOCK_SZX + 4)
+#: How long blocks after the first are served from the first block's representation. Longer
+#: than any transfer takes; short enough that a client never sees data older than this.
+SNAPSHOT_TTL = 10.0
+#: Transfers one session may have under way at once (a client fetches one list at a time).
+SNAPSHOTS_PER_SESSION = 4
+
+Resource = tuple[object, ...]
+
+
+class BlockSnapshots:
+    """Per session: the representation each block-wise transfer started from."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held: dict[Resource, tuple[float, bytes]] = {}
+
+    def representation(self, resource: Resource, requested: Block | None, payload: bytes,
+                       now: float) -> bytes:
+        """The bytes to cut the requested block from: the held snapshot for a later block of a
+        transfer still under way, else ``payload`` (held when it starts a block-wise one)."""
+        if requested is not None and requested.num > 0:
+            held = self._held.get(resource)
+            if held is not None and now - held[0] < SNAPSHOT_TTL:
+                return held[1]
+            return payload
+        self._held.pop(resource, None)
+        if len(payload) > BLOCK_SIZE:
+            self._held[resource] = (now, payload)
+            while len(self._held) > SNAPSHOTS_PER_SESSION:
+                del self._held[next(iter(self._held))]
+        return payload
 
 
 def _block2(response: CoapMessage, requested: Block | None) -> CoapMessage:

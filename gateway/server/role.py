@@ -221,7 +221,11 @@ class ServerRole(ObserveNotifications):
         if request.path[2:3] == ("hb",) and response.code == Code.CHANGED:
             self.heartbeats["received"] = self.heartbeats.get("received", 0) + 1
         observe = self._observe(session, msg, request, response, now)
-        coap = msg.response(response.code, payload=response.payload,
+        payload = response.payload
+        if (isinstance(session.layer, MessageLayer) and request.method is Method.GET
+                and response.code == Code.CONTENT):
+            payload = session.block_payload(msg, payload, now)
+        coap = msg.response(response.code, payload=payload,
                             content_format=response.content_format,
                             max_age=response.max_age, observe=observe)
         if isinstance(session.layer, MessageLayer):

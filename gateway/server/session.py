@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.coap.layer import MessageLayer, TcpLayer, TransmissionParameters, outgoing
-from gateway.coap.message import CoapMessage
+from gateway.coap.message import BadOptionError, CoapMessage
 from gateway.dots.codes import Method
 from gateway.dots.message import DotsRequest, Requester
 from gateway.dots.server import ServerSession
+from gateway.server.blocks import BLOCK_SIZE, BlockSnapshots
 
 if TYPE_CHECKING:
     from gateway.server.observe import Observation
@@ -50,6 +51,21 @@ class SignalSession:
     classified_by: Any = None
     #: The session parameters the message layer's transmission settings were made from.
     transmission_from: Any = None
+    #: Representations of block-wise transfers under way (made on the first large answer).
+    block_snapshots: BlockSnapshots | None = None
+
+    def block_payload(self, msg: CoapMessage, payload: bytes, now: float) -> bytes:
+        """The representation to answer ``msg`` from: see ``BlockSnapshots``."""
+        if self.block_snapshots is None:
+            if len(payload) <= BLOCK_SIZE:
+                return payload
+            self.block_snapshots = BlockSnapshots()
+        try:
+            requested = msg.block2
+        except BadOptionError:
+            requested = None
+        resource = (msg.code, *msg.uri_path, *msg.uri_query)
+        return self.block_snapshots.representation(resource, requested, payload, now)
 
     # --- SessionHandler ----------------------------------------------------------------------
 

@@ -55,6 +55,38 @@ def scopes(message: CoapMessage) -> list[dict[str, object]]:
     return cbor_to_json(message.payload)["ietf-dots-signal-channel:mitigation-scope"]["scope"]
 
 
+async def test_blocks_of_one_transfer_come_from_one_representation(
+        server: tuple[RunningServer, Path, str]) -> None:
+    """The lifetimes in a list tick every second; the blocks after the first are still cut
+    from the representation the first came from (same ETag), so a transfer that spans a
+    second (a busy machine, a slow path) completes; a new transfer sees the new state."""
+    running, pki, cuid = server
+    peer = await connect(running, pki)
+    base = f".well-known/dots/mitigate/cuid={cuid}"
+
+    async def block(num: int) -> CoapMessage:
+        request = CoapMessage.request(1, tuple(base.split("/")), block2=Block(num, False, 6))
+        token = (2000 + num + 16 * len(seen)).to_bytes(2, "big")
+        seen.append(token)
+        peer.conn.send(encode_udp(CoapMessage(MessageType.CON, 1, int.from_bytes(token, "big"),
+                                              token, request.options)))
+        return await next_message(peer, token)
+
+    seen: list[bytes] = []
+    try:
+        for mid in range(1, 5):
+            prefixes = [f"10.{mid}.{i}.0/24" for i in range(30)]
+            assert (await peer.ask(3, f"{base}/mid={mid}", mitigation(*prefixes))).code == 0x41
+        first = await block(0)
+        assert first.block2 is not None and first.block2.more
+        await asyncio.sleep(1.2)  # every lifetime in a fresh representation is smaller now
+        second = await block(1)
+        assert second.option(OptionNumber.ETAG) == first.option(OptionNumber.ETAG)
+        assert (await block(0)).option(OptionNumber.ETAG) != first.option(OptionNumber.ETAG)
+    finally:
+        peer.conn.close()
+
+
 async def test_observe_all_mitigations_gets_paced_notifications(
         server: tuple[RunningServer, Path, str]) -> None:
     running, pki, cuid = server
