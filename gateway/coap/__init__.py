@@ -12,6 +12,14 @@ other I/O library). Time arrives as ``now`` arguments, randomness is injected, a
 cache is bounded.
 """
 
+from gateway.coap.codes import MessageType, format_code
+from gateway.coap.errors import (
+    BadOptionError,
+    CoapError,
+    CoapFormatError,
+    CoapUsageError,
+    MessageTooLarge,
+)
 from gateway.coap.layer import (
     ConnectionAborted,
     CsmReceived,
@@ -32,19 +40,12 @@ from gateway.coap.layer import (
 from gateway.coap.message import (
     DEFAULT_MAX_MESSAGE_SIZE,
     TCP_HARD_MAX_MESSAGE_SIZE,
-    BadOptionError,
-    CoapError,
-    CoapFormatError,
     CoapMessage,
-    CoapUsageError,
-    MessageTooLarge,
-    MessageType,
     TcpFramer,
     decode_tcp,
     decode_udp,
     encode_tcp,
     encode_udp,
-    format_code,
     unknown_critical_options,
 )
 from gateway.coap.options import (

@@ -25,24 +25,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.coap.message import (
+from gateway.coap.codes import (
     BAD_OPTION,
-    DEFAULT_MAX_MESSAGE_SIZE,
     EMPTY,
     REQUEST_ENTITY_TOO_LARGE,
-    CoapFormatError,
-    CoapMessage,
-    CoapUsageError,
-    MessageTooLarge,
     MessageType,
+    format_code,
+    is_request_code,
+    is_response_code,
+)
+from gateway.coap.errors import CoapFormatError, CoapUsageError, MessageTooLarge
+from gateway.coap.message import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    CoapMessage,
     TcpFramer,
     _encode_udp_fields,
     decode_udp,
     empty_ack,
     encode_tcp,
-    format_code,
-    is_request_code,
-    is_response_code,
     reset,
 )
 from gateway.coap.options import (

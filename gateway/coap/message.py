@@ -4,16 +4,24 @@
 A :class:`CoapMessage` is a frozen value; the codecs turn bytes into one and back. Decoders
 raise only :class:`CoapFormatError` on bad input, whatever the bytes (a hypothesis test
 checks it). Nothing here keeps state between messages except :class:`TcpFramer`, which
-buffers at most one incomplete frame, never more than its size limit.
+buffers at most one incomplete frame, never more than its size limit. Message types and
+codes live in :mod:`gateway.coap.codes`, the error family in :mod:`gateway.coap.errors`.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
+from gateway.coap.codes import (
+    EMPTY,
+    MessageType,
+    format_code,
+    is_request_code,
+    is_response_code,
+)
+from gateway.coap.errors import BadOptionError, CoapFormatError, CoapUsageError, MessageTooLarge
 from gateway.coap.options import (
     OPTION_SPECS,
     Block,
@@ -30,89 +38,7 @@ TCP_HARD_MAX_MESSAGE_SIZE = 64 * 1024
 _MAX_OPTION_LENGTH = 65535 + 269  # largest value the 14 extended form can express
 _MAX_OPTION_NUMBER = 65535
 
-
-class MessageType(enum.IntEnum):
-    """The UDP message types (RFC 7252 §3); absent over TCP (RFC 8323 §3.2)."""
-
-    CON = 0
-    NON = 1
-    ACK = 2
-    RST = 3
-
-
 _TYPES = (MessageType.CON, MessageType.NON, MessageType.ACK, MessageType.RST)
-
-#: Codes the CoAP layer itself uses or checks (class * 32 + detail).
-EMPTY = 0
-BAD_OPTION = 130  # 4.02
-REQUEST_ENTITY_TOO_LARGE = 141  # 4.13
-
-
-def format_code(code: int) -> str:
-    """The dotted notation, e.g. ``2.05``."""
-    return f"{code >> 5}.{code & 31:02d}"
-
-
-def is_request_code(code: int) -> bool:
-    return 0 < code < 32
-
-
-def is_response_code(code: int) -> bool:
-    return code >> 5 in (2, 4, 5)
-
-
-def is_signaling_code(code: int) -> bool:
-    return code >> 5 == 7
-
-
-# --- errors ----------------------------------------------------------------------------------
-
-
-class CoapError(Exception):
-    """Base of the errors this package raises on purpose."""
-
-
-class CoapUsageError(CoapError):
-    """Our own code misused the CoAP layer (a bug), never caused by peer input."""
-
-
-class CoapFormatError(CoapError, ValueError):
-    """Bytes from the peer are not a well-formed CoAP message (RFC 7252 §3, RFC 8323 §3.2).
-
-    ``mtype`` and ``mid`` are set when the UDP header could be read before the fault was
-    found, so that the message layer can reject a Confirmable message with a Reset
-    (RFC 7252 §4.2); for a Non-confirmable one it drops the message silently (§4.3).
-    """
-
-    def __init__(self, reason: str, *, mtype: MessageType | None = None,
-                 mid: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.mtype = mtype
-        self.mid = mid
-
-
-class MessageTooLarge(CoapFormatError):
-    """The message (or the frame a TCP header announces) exceeds our size limit."""
-
-    def __init__(self, size: int, limit: int, **header: Any) -> None:
-        super().__init__(f"message of {size} bytes exceeds the limit of {limit}", **header)
-        self.size = size
-        self.limit = limit
-
-
-class BadOptionError(CoapFormatError):
-    """An option value does not fit its format (RFC 7252 §5.4.3: treat it as unrecognized).
-
-    Raised only by the typed accessors of :class:`CoapMessage`. Messages that come out of
-    a message layer had such options removed (elective) or were rejected (critical), so
-    roles do not meet this error.
-    """
-
-    def __init__(self, number: int, reason: str) -> None:
-        super().__init__(f"{option_name(number)}: {reason}")
-        self.number = number
-
 
 # --- the message value -----------------------------------------------------------------------
 

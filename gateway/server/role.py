@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway.coap.codes import MessageType
 from gateway.coap.layer import (
     ConnectionAborted,
     MessageLayer,
@@ -32,7 +33,7 @@ from gateway.coap.layer import (
     TransmissionParameters,
     outgoing,
 )
-from gateway.coap.message import CoapMessage, MessageType
+from gateway.coap.message import CoapMessage
 from gateway.coap.options import Block, OptionNumber, encode_uint
 from gateway.credentials import certificate_subject, peer_identity
 from gateway.dots.codec import encode_message
