@@ -37,17 +37,7 @@ from gateway.coap.layer import (
     TcpLayer,
     TransmissionParameters,
 )
-from gateway.coap.message import (
-    DEFAULT_MAX_MESSAGE_SIZE,
-    TCP_HARD_MAX_MESSAGE_SIZE,
-    CoapMessage,
-    TcpFramer,
-    decode_tcp,
-    decode_udp,
-    encode_tcp,
-    encode_udp,
-    unknown_critical_options,
-)
+from gateway.coap.message import DEFAULT_MAX_MESSAGE_SIZE, CoapMessage, unknown_critical_options
 from gateway.coap.options import (
     DEFAULT_KNOWN_OPTIONS,
     Block,
@@ -57,6 +47,8 @@ from gateway.coap.options import (
     decode_uint,
     encode_uint,
 )
+from gateway.coap.tcp_framing import TCP_HARD_MAX_MESSAGE_SIZE, TcpFramer, decode_tcp, encode_tcp
+from gateway.coap.udp_codec import decode_udp, encode_udp
 
 __all__ = [
     "DEFAULT_KNOWN_OPTIONS",

@@ -35,16 +35,7 @@ from gateway.coap.codes import (
     is_response_code,
 )
 from gateway.coap.errors import CoapFormatError, CoapUsageError, MessageTooLarge
-from gateway.coap.message import (
-    DEFAULT_MAX_MESSAGE_SIZE,
-    CoapMessage,
-    TcpFramer,
-    _encode_udp_fields,
-    decode_udp,
-    empty_ack,
-    encode_tcp,
-    reset,
-)
+from gateway.coap.message import DEFAULT_MAX_MESSAGE_SIZE, CoapMessage
 from gateway.coap.options import (
     ABORT_BAD_CSM_OPTION,
     CSM_BLOCK_WISE_TRANSFER,
@@ -62,6 +53,8 @@ from gateway.coap.options import (
     encode_uint,
     option_name,
 )
+from gateway.coap.tcp_framing import TcpFramer, encode_tcp
+from gateway.coap.udp_codec import decode_udp, empty_ack, encode_udp_fields, reset
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +402,7 @@ class MessageLayer:
             raise CoapUsageError(f"token {token.hex()} is in use")
         mid = self._allocate_mid()
         mtype = CON if confirmable else NON
-        data = _encode_udp_fields(mtype, msg.code, mid, token, msg.options, msg.payload)
+        data = encode_udp_fields(mtype, msg.code, mid, token, msg.options, msg.payload)
         params = self.parameters
         if confirmable:
             self._pending[mid] = _Pending(data, token, True, self._initial_timeout(),
@@ -476,8 +469,8 @@ class MessageLayer:
         token = key.token
         if key.mtype is CON and (seen is None or seen.state is _AWAIT):
             mid = key.mid
-            data = _encode_udp_fields(ACK, response.code, mid, token, response.options,
-                                      response.payload)
+            data = encode_udp_fields(ACK, response.code, mid, token, response.options,
+                                     response.payload)
             self._datagrams.append(data)
             reply: bytes | None = data
         else:
@@ -710,8 +703,8 @@ class MessageLayer:
                        confirmable: bool) -> tuple[int, bytes]:
         mid = self._allocate_mid()
         mtype = CON if confirmable else NON
-        data = _encode_udp_fields(mtype, response.code, mid, token, response.options,
-                                  response.payload)
+        data = encode_udp_fields(mtype, response.code, mid, token, response.options,
+                                 response.payload)
         if confirmable:
             if len(self._pending) >= 2 * self.max_outstanding:
                 raise CoapUsageError("too many unacknowledged CON messages")
@@ -729,8 +722,8 @@ class MessageLayer:
             mtype, mid = ACK, request.mid
         else:
             mtype, mid = NON, self._allocate_mid()
-        data = _encode_udp_fields(mtype, code, mid, request.token, options,
-                                  diagnostic.encode("utf-8"))
+        data = encode_udp_fields(mtype, code, mid, request.token, options,
+                                 diagnostic.encode("utf-8"))
         self._datagrams.append(data)
         return data
 

@@ -17,7 +17,8 @@ import pytest
 
 from certs.devpki import init_dev_pki
 from gateway.coap.codes import MessageType
-from gateway.coap.message import CoapMessage, decode_udp, encode_udp
+from gateway.coap.message import CoapMessage
+from gateway.coap.udp_codec import decode_udp, encode_udp
 from gateway.transport.dtls_client import HandshakeError
 from tests.support.daemon import open_session
 
