@@ -54,7 +54,8 @@ from gateway.client.messages import Reply, coap_request, dots_response, request_
 from gateway.client.redirect import RedirectFollowing, redirect_in
 from gateway.client.session import ClientSession
 from gateway.client.state import ClientState
-from gateway.coap.layer import RequestKey, TransmissionParameters
+from gateway.coap.events import RequestKey
+from gateway.coap.layer import TransmissionParameters
 from gateway.coap.message import CoapMessage
 from gateway.dots.client import DotsClientCore
 from gateway.dots.codes import Code, Method

@@ -17,18 +17,15 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from gateway.client.connect import Endpoint, Transport
-from gateway.coap.layer import (
+from gateway.coap.events import (
     ConnectionAborted,
-    MessageLayer,
     ReleaseReceived,
     RequestFailed,
     RequestKey,
     RequestReceived,
     ResponseReceived,
-    TcpLayer,
-    TransmissionParameters,
-    outgoing,
 )
+from gateway.coap.layer import MessageLayer, TcpLayer, TransmissionParameters, outgoing
 from gateway.coap.message import CoapMessage
 
 log = logging.getLogger(__name__)

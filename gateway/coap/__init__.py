@@ -20,12 +20,11 @@ from gateway.coap.errors import (
     CoapUsageError,
     MessageTooLarge,
 )
-from gateway.coap.layer import (
+from gateway.coap.events import (
     ConnectionAborted,
     CsmReceived,
     Event,
     MessageDropped,
-    MessageLayer,
     PongReceived,
     ReleaseReceived,
     RequestFailed,
@@ -34,9 +33,8 @@ from gateway.coap.layer import (
     Reset,
     ResponseReceived,
     ResponseTimedOut,
-    TcpLayer,
-    TransmissionParameters,
 )
+from gateway.coap.layer import MessageLayer, TcpLayer, TransmissionParameters
 from gateway.coap.message import DEFAULT_MAX_MESSAGE_SIZE, CoapMessage, unknown_critical_options
 from gateway.coap.options import (
     DEFAULT_KNOWN_OPTIONS,

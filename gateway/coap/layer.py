@@ -23,7 +23,6 @@ import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 from gateway.coap.codes import (
     BAD_OPTION,
@@ -35,6 +34,21 @@ from gateway.coap.codes import (
     is_response_code,
 )
 from gateway.coap.errors import CoapFormatError, CoapUsageError, MessageTooLarge
+from gateway.coap.events import (
+    ConnectionAborted,
+    CsmReceived,
+    Event,
+    FailureReason,
+    MessageDropped,
+    PongReceived,
+    ReleaseReceived,
+    RequestFailed,
+    RequestKey,
+    RequestReceived,
+    Reset,
+    ResponseReceived,
+    ResponseTimedOut,
+)
 from gateway.coap.message import DEFAULT_MAX_MESSAGE_SIZE, CoapMessage
 from gateway.coap.options import (
     ABORT_BAD_CSM_OPTION,
@@ -51,7 +65,7 @@ from gateway.coap.options import (
     check_options,
     decode_uint,
     encode_uint,
-    option_name,
+    option_names,
 )
 from gateway.coap.tcp_framing import TcpFramer, encode_tcp
 from gateway.coap.udp_codec import decode_udp, empty_ack, encode_udp_fields, reset
@@ -59,7 +73,6 @@ from gateway.coap.udp_codec import decode_udp, empty_ack, encode_udp_fields, res
 log = logging.getLogger(__name__)
 
 CON, NON, ACK, RST = MessageType.CON, MessageType.NON, MessageType.ACK, MessageType.RST
-FailureReason = Literal["timeout", "reset", "bad-option"]
 
 
 # --- parameters ----------------------------------------------------------------------------
@@ -98,115 +111,7 @@ class TransmissionParameters:
         return self.max_transmit_span + self.max_latency
 
 
-# --- events ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RequestKey:
-    """Identifies a received request when answering it. Over TCP only the token counts."""
-
-    token: bytes
-    mid: int | None = None
-    mtype: MessageType | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RequestReceived:
-    """A new request (never a duplicate); answer it with ``send_response(key, ...)``."""
-
-    message: CoapMessage
-    key: RequestKey
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseReceived:
-    """A response (or an Observe notification) to the request we sent with this token."""
-
-    token: bytes
-    message: CoapMessage
-
-
-@dataclass(frozen=True, slots=True)
-class RequestFailed:
-    """Our request ends without a response: no answer in time (``timeout``), the peer
-    rejected it (``reset``), or its response had a critical option we cannot process
-    (``bad-option``). The token is forgotten."""
-
-    token: bytes
-    reason: FailureReason
-
-
-@dataclass(frozen=True, slots=True)
-class Reset:
-    """The peer rejected a response or notification we sent (RFC 7252 §4.2, §4.3); for a
-    notification this cancels the observation (RFC 7641 §3.6). Resets of our requests are
-    reported as :class:`RequestFailed` instead."""
-
-    mid: int
-    token: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseTimedOut:
-    """A Confirmable response or notification was never acknowledged (RFC 7641 §4.5: the
-    observer is to be removed)."""
-
-    mid: int
-    token: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class MessageDropped:
-    """Received bytes were discarded (malformed, unexpected, unknown token...); for logs
-    and counters. Duplicates are normal and not reported."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class CsmReceived:
-    """TCP: the peer's Capabilities and Settings (RFC 8323 §5.3)."""
-
-    max_message_size: int
-    block_wise: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PongReceived:
-    """TCP: answer to our Ping; ``rtt`` in seconds."""
-
-    token: bytes
-    rtt: float
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseReceived:
-    """TCP: the peer asks us to close the connection (RFC 8323 §5.5)."""
-
-    alternative_addresses: tuple[str, ...]
-    hold_off: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionAborted:
-    """TCP: the connection is unusable; the layer is closed. ``by_peer`` tells whether the
-    peer sent Abort or we did (then the Abort bytes are waiting in ``data_to_send``)."""
-
-    diagnostic: str
-    by_peer: bool
-
-
-Event = (RequestReceived | ResponseReceived | RequestFailed | Reset | ResponseTimedOut
-         | MessageDropped | CsmReceived | PongReceived | ReleaseReceived | ConnectionAborted)
-
-
 # --- UDP message layer ---------------------------------------------------------------------
-
-
-def _option_names(numbers: list[int], limit: int = 8) -> str:
-    """Diagnostic text naming the options, bounded in length whatever the peer sent."""
-    names = ", ".join(option_name(n) for n in numbers[:limit])
-    return names + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
 
 
 class _Pending:
@@ -593,7 +498,7 @@ class MessageLayer:
             return
         bad, ignored = check_options(msg.options, self.known_options)
         if bad:
-            names = _option_names(bad)
+            names = option_names(bad)
             if confirmable:  # RFC 7252 §5.4.1: 4.02 with a diagnostic payload
                 reply = self._layer_response(msg, BAD_OPTION, f"unrecognized: {names}")
             else:  # §5.4.1: a NON message is rejected (§4.3)
@@ -974,7 +879,7 @@ class TcpLayer:
     def _on_request(self, msg: CoapMessage) -> None:
         bad, ignored = check_options(msg.options, self.known_options)
         if bad:  # RFC 7252 §5.4.1 (no types over TCP: always answered)
-            names = _option_names(bad)
+            names = option_names(bad)
             self._write(CoapMessage(None, BAD_OPTION, 0, msg.token, (),
                                     f"unrecognized: {names}".encode()), check=False)
             self._events.append(MessageDropped(f"request with bad critical options {names}"))

@@ -20,19 +20,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.coap.codes import MessageType
-from gateway.coap.layer import (
+from gateway.coap.events import (
     ConnectionAborted,
-    MessageLayer,
     ReleaseReceived,
     RequestFailed,
     RequestKey,
     RequestReceived,
     Reset,
     ResponseReceived,
-    TcpLayer,
-    TransmissionParameters,
-    outgoing,
 )
+from gateway.coap.layer import MessageLayer, TcpLayer, TransmissionParameters, outgoing
 from gateway.coap.message import CoapMessage
 from gateway.coap.options import Block, OptionNumber, encode_uint
 from gateway.credentials import certificate_subject, peer_identity

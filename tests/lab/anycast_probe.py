@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.coap.codes import MessageType, format_code
-from gateway.coap.layer import ResponseReceived, TcpLayer
+from gateway.coap.events import ResponseReceived
+from gateway.coap.layer import TcpLayer
 from gateway.coap.message import CoapMessage
 from gateway.coap.udp_codec import decode_udp, encode_udp
 from gateway.transport.dtls_client import connect_dtls
