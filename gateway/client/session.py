@@ -25,8 +25,9 @@ from gateway.coap.events import (
     RequestReceived,
     ResponseReceived,
 )
-from gateway.coap.layer import MessageLayer, TcpLayer, TransmissionParameters, outgoing
+from gateway.coap.layer import MessageLayer, TransmissionParameters, outgoing
 from gateway.coap.message import CoapMessage
+from gateway.coap.tcp_layer import TcpLayer
 
 log = logging.getLogger(__name__)
 

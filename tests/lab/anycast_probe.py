@@ -29,8 +29,8 @@ from typing import Any
 
 from gateway.coap.codes import MessageType, format_code
 from gateway.coap.events import ResponseReceived
-from gateway.coap.layer import TcpLayer
 from gateway.coap.message import CoapMessage
+from gateway.coap.tcp_layer import TcpLayer
 from gateway.coap.udp_codec import decode_udp, encode_udp
 from gateway.transport.dtls_client import connect_dtls
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind
