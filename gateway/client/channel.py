@@ -55,8 +55,8 @@ from gateway.client.redirect import RedirectFollowing, redirect_in
 from gateway.client.session import ClientSession
 from gateway.client.state import ClientState
 from gateway.coap.events import RequestKey
-from gateway.coap.layer import TransmissionParameters
 from gateway.coap.message import CoapMessage
+from gateway.coap.reliability import TransmissionParameters
 from gateway.dots.client import DotsClientCore
 from gateway.dots.codes import Code, Method
 from gateway.dots.errors import DotsProtocolError, MethodNotAllowed, NotFound

@@ -25,8 +25,9 @@ from gateway.coap.events import (
     RequestReceived,
     ResponseReceived,
 )
-from gateway.coap.layer import MessageLayer, TransmissionParameters, outgoing
+from gateway.coap.layer import MessageLayer, outgoing
 from gateway.coap.message import CoapMessage
+from gateway.coap.reliability import TransmissionParameters
 from gateway.coap.tcp_layer import TcpLayer
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from gateway.coap.events import (
     ResponseReceived,
     ResponseTimedOut,
 )
-from gateway.coap.layer import MessageLayer, TransmissionParameters
+from gateway.coap.layer import MessageLayer
 from gateway.coap.message import DEFAULT_MAX_MESSAGE_SIZE, CoapMessage, unknown_critical_options
 from gateway.coap.options import (
     DEFAULT_KNOWN_OPTIONS,
@@ -45,6 +45,7 @@ from gateway.coap.options import (
     decode_uint,
     encode_uint,
 )
+from gateway.coap.reliability import TransmissionParameters
 from gateway.coap.tcp_framing import TCP_HARD_MAX_MESSAGE_SIZE, TcpFramer, decode_tcp, encode_tcp
 from gateway.coap.tcp_layer import TcpLayer
 from gateway.coap.udp_codec import decode_udp, encode_udp

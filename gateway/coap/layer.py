@@ -21,7 +21,6 @@ import random as _random
 import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from gateway.coap.codes import (
     BAD_OPTION,
@@ -52,6 +51,7 @@ from gateway.coap.options import (
     encode_uint,
     option_names,
 )
+from gateway.coap.reliability import Retransmissions, TransmissionParameters
 from gateway.coap.tcp_layer import TcpLayer
 from gateway.coap.udp_codec import decode_udp, empty_ack, encode_udp_fields, reset
 
@@ -60,60 +60,7 @@ log = logging.getLogger(__name__)
 CON, NON, ACK, RST = MessageType.CON, MessageType.NON, MessageType.ACK, MessageType.RST
 
 
-# --- parameters ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TransmissionParameters:
-    """CoAP transmission parameters (RFC 7252 §4.8) with the DOTS defaults (RFC 9132 §4.5.2:
-    max-retransmit 3, ack-timeout 2 s, ack-random-factor 1.5); DOTS negotiates the first
-    three per session. Durations are seconds; the derived values follow RFC 7252 §4.8.2."""
-
-    ack_timeout: float = 2.0
-    ack_random_factor: float = 1.5
-    max_retransmit: int = 3
-    max_latency: float = 100.0
-
-    def __post_init__(self) -> None:
-        if self.ack_timeout <= 0 or self.ack_random_factor < 1 or self.max_retransmit < 0:
-            raise CoapUsageError(f"invalid transmission parameters: {self}")
-
-    @property
-    def max_transmit_span(self) -> float:
-        return self.ack_timeout * ((1 << self.max_retransmit) - 1) * self.ack_random_factor
-
-    @property
-    def max_transmit_wait(self) -> float:
-        return self.ack_timeout * ((1 << (self.max_retransmit + 1)) - 1) * self.ack_random_factor
-
-    @property
-    def exchange_lifetime(self) -> float:
-        # PROCESSING_DELAY is ACK_TIMEOUT (RFC 7252 §4.8.2)
-        return self.max_transmit_span + 2 * self.max_latency + self.ack_timeout
-
-    @property
-    def non_lifetime(self) -> float:
-        return self.max_transmit_span + self.max_latency
-
-
 # --- UDP message layer ---------------------------------------------------------------------
-
-
-class _Pending:
-    """A Confirmable message of ours awaiting ACK or RST (RFC 7252 §4.2)."""
-
-    __slots__ = ("data", "is_request", "next_at", "retransmissions", "max_retransmit",
-                 "timeout", "token")
-
-    def __init__(self, data: bytes, token: bytes, is_request: bool, timeout: float,
-                 max_retransmit: int, now: float) -> None:
-        self.data = data
-        self.token = token
-        self.is_request = is_request
-        self.timeout = timeout
-        self.max_retransmit = max_retransmit
-        self.retransmissions = 0
-        self.next_at = now + timeout
 
 
 class _Exchange:
@@ -213,7 +160,6 @@ class MessageLayer:
         if dedup_max_entries < 1 or max_outstanding < 1:
             raise CoapUsageError("dedup_max_entries and max_outstanding must be positive")
         self.parameters = parameters or TransmissionParameters()
-        self._random = random
         self._token_source = token_source
         self.token_length = token_length
         self._next_mid = (int(random() * 0x10000) if initial_mid is None else initial_mid) & 0xFFFF
@@ -224,7 +170,7 @@ class MessageLayer:
         self._non_request_lifetime = non_request_lifetime
         self.max_outstanding = max_outstanding
         self.known_options = known_options
-        self._pending: dict[int, _Pending] = {}  # our CONs by message ID
+        self._retransmissions = Retransmissions(random)  # our CONs by message ID
         self._exchanges: dict[bytes, _Exchange] = {}  # our requests by token
         self._sent_non: OrderedDict[int, tuple[bytes, bool]] = OrderedDict()  # mid -> token
         self._seen: OrderedDict[int, _Seen] = OrderedDict()  # peer's message IDs
@@ -264,10 +210,7 @@ class MessageLayer:
         return out
 
     def get_timer(self) -> float | None:
-        deadline: float | None = None
-        for pending in self._pending.values():
-            if deadline is None or pending.next_at < deadline:
-                deadline = pending.next_at
+        deadline = self._retransmissions.next_deadline()
         for exchange in self._exchanges.values():
             at = exchange.expires_at
             if at is not None and (deadline is None or at < deadline):
@@ -295,8 +238,7 @@ class MessageLayer:
         data = encode_udp_fields(mtype, msg.code, mid, token, msg.options, msg.payload)
         params = self.parameters
         if confirmable:
-            self._pending[mid] = _Pending(data, token, True, self._initial_timeout(),
-                                          params.max_retransmit, now)
+            self._retransmissions.add(mid, data, token, True, params, now)
             lifetime = params.exchange_lifetime if lifetime is None else lifetime
             expires_at = None  # until the empty ACK; retransmission gives up on its own
         else:
@@ -315,9 +257,7 @@ class MessageLayer:
         exchange = self._exchanges.pop(token, None)
         if exchange is None:
             return False
-        pending = self._pending.get(exchange.mid)
-        if pending is not None and pending.is_request and pending.token == token:
-            del self._pending[exchange.mid]
+        self._retransmissions.forget_request(exchange.mid, token)
         return True
 
     def send_ack(self, key: RequestKey, now: float) -> bool:
@@ -387,7 +327,7 @@ class MessageLayer:
 
     def close(self) -> None:
         """Drop all state; later input is ignored and sending raises."""
-        self._pending.clear()
+        self._retransmissions.clear()
         self._exchanges.clear()
         self._sent_non.clear()
         self._seen.clear()
@@ -439,16 +379,9 @@ class MessageLayer:
         fail what has run out of time."""
         if self.closed:
             return
-        for mid, pending in list(self._pending.items()):
-            if pending.next_at > now:
-                continue
-            if pending.retransmissions < pending.max_retransmit:
-                pending.retransmissions += 1
-                pending.timeout *= 2
-                pending.next_at = now + pending.timeout
-                self._datagrams.append(pending.data)
-                continue
-            del self._pending[mid]  # MAX_RETRANSMIT reached: give up
+        resend, given_up = self._retransmissions.handle_timer(now)
+        self._datagrams.extend(resend)
+        for mid, pending in given_up:
             if pending.is_request:
                 self._fail(pending.token, "timeout")
             else:
@@ -531,25 +464,25 @@ class MessageLayer:
 
     def _on_ack(self, msg: CoapMessage, now: float) -> None:
         mid = msg.mid
-        pending = self._pending.get(mid)
+        pending = self._retransmissions.get(mid)
         if pending is None:
             return  # RFC 7252 §4.2: an unknown ACK is silently ignored (often a late one)
         if not pending.is_request:
             if msg.code == EMPTY:
-                del self._pending[mid]  # our CON response or notification was delivered
+                self._retransmissions.pop(mid)  # our CON response or notification was delivered
             else:
                 self._drop("ACK of a response carrying a response")
             return
         exchange = self._exchanges.get(pending.token)
         if msg.code == EMPTY:  # RFC 7252 §5.2.2: the response will come separately
-            del self._pending[mid]
+            self._retransmissions.pop(mid)
             if exchange is not None:
                 exchange.expires_at = now + exchange.lifetime
             return
         if msg.token != pending.token:  # RFC 7252 §5.3.2: must match the request
             self._drop("piggybacked response with another token")
             return
-        del self._pending[mid]
+        self._retransmissions.pop(mid)
         if exchange is None:
             return
         bad, ignored = check_options(msg.options, self.known_options)
@@ -559,7 +492,7 @@ class MessageLayer:
         self._complete(exchange, msg.without_options(*ignored) if ignored else msg)
 
     def _on_reset(self, mid: int) -> None:
-        pending = self._pending.pop(mid, None)
+        pending = self._retransmissions.pop(mid)
         if pending is not None:
             if pending.is_request:
                 self._fail(pending.token, "reset")
@@ -578,9 +511,8 @@ class MessageLayer:
 
     def _complete(self, exchange: _Exchange, msg: CoapMessage) -> None:
         token = exchange.token
-        pending = self._pending.get(exchange.mid)
-        if pending is not None and pending.is_request and pending.token == token:
-            del self._pending[exchange.mid]  # RFC 7252 §5.2.2: a CON response implies the ACK
+        # RFC 7252 §5.2.2: a CON response implies the ACK of our request
+        self._retransmissions.forget_request(exchange.mid, token)
         if exchange.observe and msg.code >> 5 == 2 and msg.has_option(OptionNumber.OBSERVE):
             exchange.expires_at = None  # RFC 7641 §3.1: observation established
         else:
@@ -596,10 +528,9 @@ class MessageLayer:
         data = encode_udp_fields(mtype, response.code, mid, token, response.options,
                                  response.payload)
         if confirmable:
-            if len(self._pending) >= 2 * self.max_outstanding:
+            if len(self._retransmissions) >= 2 * self.max_outstanding:
                 raise CoapUsageError("too many unacknowledged CON messages")
-            self._pending[mid] = _Pending(data, token, False, self._initial_timeout(),
-                                          self.parameters.max_retransmit, now)
+            self._retransmissions.add(mid, data, token, False, self.parameters, now)
         else:
             self._remember_non(mid, token, False)
         self._datagrams.append(data)
@@ -621,9 +552,7 @@ class MessageLayer:
         exchange = self._exchanges.pop(token, None)
         if exchange is None:
             return
-        pending = self._pending.get(exchange.mid)
-        if pending is not None and pending.is_request and pending.token == token:
-            del self._pending[exchange.mid]
+        self._retransmissions.forget_request(exchange.mid, token)
         self._events.append(RequestFailed(token, reason))
 
     def _seen_for(self, key: RequestKey) -> _Seen | None:
@@ -662,14 +591,9 @@ class MessageLayer:
             return self._dedup_non_lifetime
         return self.parameters.non_lifetime
 
-    def _initial_timeout(self) -> float:
-        # RFC 7252 §4.2: random between ACK_TIMEOUT and ACK_TIMEOUT * ACK_RANDOM_FACTOR
-        params = self.parameters
-        return params.ack_timeout * (1 + self._random() * (params.ack_random_factor - 1))
-
     def _allocate_mid(self) -> int:
         mid = self._next_mid
-        while mid in self._pending or mid in self._sent_non:
+        while mid in self._retransmissions or mid in self._sent_non:
             mid = (mid + 1) & 0xFFFF
         self._next_mid = (mid + 1) & 0xFFFF
         return mid

@@ -29,9 +29,10 @@ from gateway.coap.events import (
     Reset,
     ResponseReceived,
 )
-from gateway.coap.layer import MessageLayer, TransmissionParameters, outgoing
+from gateway.coap.layer import MessageLayer, outgoing
 from gateway.coap.message import CoapMessage
 from gateway.coap.options import Block, OptionNumber, encode_uint
+from gateway.coap.reliability import TransmissionParameters
 from gateway.coap.tcp_layer import TcpLayer
 from gateway.credentials import certificate_subject, peer_identity
 from gateway.dots.codec import encode_message
