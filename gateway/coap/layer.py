@@ -15,8 +15,6 @@ holds bytes and values only, never a transport object.
 
 from __future__ import annotations
 
-import enum
-import logging
 import random as _random
 import secrets
 from collections import OrderedDict, deque
@@ -31,6 +29,7 @@ from gateway.coap.codes import (
     is_request_code,
     is_response_code,
 )
+from gateway.coap.dedup import Answer, DedupCache
 from gateway.coap.errors import CoapFormatError, CoapUsageError
 from gateway.coap.events import (
     Event,
@@ -55,9 +54,8 @@ from gateway.coap.reliability import Retransmissions, TransmissionParameters
 from gateway.coap.tcp_layer import TcpLayer
 from gateway.coap.udp_codec import decode_udp, empty_ack, encode_udp_fields, reset
 
-log = logging.getLogger(__name__)
-
 CON, NON, ACK, RST = MessageType.CON, MessageType.NON, MessageType.ACK, MessageType.RST
+_AWAIT, _ACKED, _ANSWERED = Answer.AWAIT_ANSWER, Answer.ACKNOWLEDGED, Answer.ANSWERED
 
 
 # --- UDP message layer ---------------------------------------------------------------------
@@ -78,58 +76,12 @@ class _Exchange:
         self.observe = observe
 
 
-class Answer(enum.Enum):
-    """Where the answer to one message received from the peer stands."""
-
-    AWAIT_ANSWER = "await-answer"  # request delivered to the role, nothing sent yet
-    ACKNOWLEDGED = "acknowledged"  # empty ACK sent; a separate response is due
-    ANSWERED = "answered"  # response, ACK or rejection sent: duplicates get ``reply``
-
-
-_AWAIT, _ACKED, _ANSWERED = Answer.AWAIT_ANSWER, Answer.ACKNOWLEDGED, Answer.ANSWERED
-
-#: The allowed changes of :class:`Answer`; anything else is a caller bug (answering twice).
-_ANSWER_TRANSITIONS: frozenset[tuple[Answer, Answer]] = frozenset({
-    (_AWAIT, _ACKED),  # send_ack, or a duplicate CON while the role works (RFC 7252 §4.5)
-    (_AWAIT, _ANSWERED),  # piggybacked, or the response to a NON
-    (_ACKED, _ANSWERED),  # the separate response (RFC 7252 §5.2.2)
-})
-
-
-class _Seen:
-    """A message ID the peer used recently (RFC 7252 §4.5) and what we answered to it."""
-
-    __slots__ = ("expires_at", "reply", "state", "token")
-
-    def __init__(self, expires_at: float, token: bytes, state: Answer,
-                 reply: bytes | None) -> None:
-        self.expires_at = expires_at
-        self.token = token
-        self.state = state
-        self.reply = reply
-
-    def set_state(self, mid: int, new: Answer, reply: bytes | None) -> None:
-        """Move to ``new``; a refused transition raises and leaves the entry unchanged."""
-        if (self.state, new) not in _ANSWER_TRANSITIONS:
-            raise CoapUsageError(f"message mid={mid}: {self.state.value} -> {new.value} "
-                                 "is not allowed (answered already?)")
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("coap mid=%d: %s -> %s", mid, self.state.value, new.value)
-        self.state = new
-        self.reply = reply
-
-
 class MessageLayer:
     """RFC 7252 message layer for one DTLS session (one remote endpoint).
 
-    Deduplication trade-off: RFC 7252 §4.5 wants a message ID remembered for
-    EXCHANGE_LIFETIME (CON, ~223 s with DOTS defaults) or NON_LIFETIME (NON). We keep at most
-    ``dedup_max_entries`` IDs per session (oldest evicted first), each with the encoded reply
-    only (4 bytes for an ACK or RST, or our encoded response), so a session holds at most
-    ``dedup_max_entries`` small records plus that many cached responses. A peer
-    that sends more than that many messages within the lifetime can get a retransmission
-    processed twice; DOTS traffic (a heartbeat every 30 s plus occasional mitigation
-    requests) stays far below 64.
+    Deduplication keeps at most ``dedup_max_entries`` of the peer's message IDs, each with
+    our encoded reply; :class:`~gateway.coap.dedup.DedupCache` explains the trade-off
+    against the lifetimes RFC 7252 §4.5 asks for.
 
     Our NON requests are tracked for ``lifetime`` seconds (per request, default
     ``non_request_lifetime``) and then fail with ``timeout``; a CON request that received an
@@ -164,16 +116,13 @@ class MessageLayer:
         self.token_length = token_length
         self._next_mid = (int(random() * 0x10000) if initial_mid is None else initial_mid) & 0xFFFF
         self.max_message_size = max_message_size
-        self.dedup_max_entries = dedup_max_entries
-        self._dedup_con_lifetime = dedup_con_lifetime
-        self._dedup_non_lifetime = dedup_non_lifetime
         self._non_request_lifetime = non_request_lifetime
         self.max_outstanding = max_outstanding
         self.known_options = known_options
         self._retransmissions = Retransmissions(random)  # our CONs by message ID
         self._exchanges: dict[bytes, _Exchange] = {}  # our requests by token
         self._sent_non: OrderedDict[int, tuple[bytes, bool]] = OrderedDict()  # mid -> token
-        self._seen: OrderedDict[int, _Seen] = OrderedDict()  # peer's message IDs
+        self._seen = DedupCache(dedup_max_entries, dedup_con_lifetime, dedup_non_lifetime)
         self._events: deque[Event] = deque()
         self._datagrams: list[bytes] = []
         self.closed = False
@@ -190,6 +139,10 @@ class MessageLayer:
         if self._non_request_lifetime is not None:
             return self._non_request_lifetime
         return self.parameters.non_lifetime
+
+    @property
+    def dedup_max_entries(self) -> int:
+        return self._seen.max_entries
 
     @property
     def dedup_entries(self) -> int:
@@ -267,14 +220,15 @@ class MessageLayer:
         self._check_open()
         if key.mtype is not CON or key.mid is None:
             return False
-        seen = self._seen_for(key)
+        seen = self._seen.for_request(key.mid, key.token)
         if seen is not None and seen.state is not _AWAIT:
             return False
         ack = empty_ack(key.mid)
         if seen is not None:
             seen.set_state(key.mid, _ACKED, ack)
         else:  # evicted from the cache: note it again, or the response would be piggybacked
-            self._remember(key.mid, now + self._dedup_lifetime(True), key.token, _ACKED, ack)
+            expires_at = now + self._dedup_lifetime(True)
+            self._seen.remember(key.mid, expires_at, key.token, _ACKED, ack)
         self._datagrams.append(ack)
         return True
 
@@ -293,8 +247,8 @@ class MessageLayer:
             raise CoapUsageError("send_response needs the key of a UDP request")
         if not is_response_code(response.code):
             raise CoapUsageError(f"send_response with code {format_code(response.code)}")
-        seen = self._seen_for(key)
-        if seen is not None and (seen.state, _ANSWERED) not in _ANSWER_TRANSITIONS:
+        seen = self._seen.for_request(key.mid, key.token)
+        if seen is not None and not seen.allows(_ANSWERED):
             seen.set_state(key.mid, _ANSWERED, None)  # raises: answered already
         token = key.token
         if key.mtype is CON and (seen is None or seen.state is _AWAIT):
@@ -311,8 +265,8 @@ class MessageLayer:
         if seen is not None:
             seen.set_state(key.mid, _ANSWERED, reply)
         else:  # evicted (or never cached): cache the answer for duplicates from now on
-            self._remember(key.mid, now + self._dedup_lifetime(key.mtype is CON), token,
-                           _ANSWERED, reply)
+            self._seen.remember(key.mid, now + self._dedup_lifetime(key.mtype is CON), token,
+                                _ANSWERED, reply)
         return mid
 
     def send_notification(self, token: bytes, notification: CoapMessage, now: float, *,
@@ -341,7 +295,7 @@ class MessageLayer:
         """Process one decrypted datagram from the peer."""
         if self.closed:
             return
-        self._purge_seen(now)
+        self._seen.purge(now)
         try:
             msg = decode_udp(data)
         except CoapFormatError as exc:
@@ -411,7 +365,7 @@ class MessageLayer:
                 msg, REQUEST_ENTITY_TOO_LARGE,
                 f"request of {size} bytes exceeds {self.max_message_size}",
                 ((OptionNumber.SIZE1, encode_uint(self.max_message_size)),))
-            self._remember(mid, now + lifetime, msg.token, _ANSWERED, reply)
+            self._seen.remember(mid, now + lifetime, msg.token, _ANSWERED, reply)
             self._drop(f"request of {size} bytes")
             return
         bad, ignored = check_options(msg.options, self.known_options)
@@ -422,12 +376,12 @@ class MessageLayer:
             else:  # §5.4.1: a NON message is rejected (§4.3)
                 reply = reset(mid)
                 self._datagrams.append(reply)
-            self._remember(mid, now + lifetime, msg.token, _ANSWERED, reply)
+            self._seen.remember(mid, now + lifetime, msg.token, _ANSWERED, reply)
             self._drop(f"request with bad critical options {names}")
             return
         if ignored:  # RFC 7252 §5.4.3, §5.4.5: malformed elective options are ignored
             msg = msg.without_options(*ignored)
-        self._remember(mid, now + lifetime, msg.token, _AWAIT, None)
+        self._seen.remember(mid, now + lifetime, msg.token, _AWAIT, None)
         self._events.append(RequestReceived(msg, RequestKey(msg.token, mid, msg.mtype)))
 
     def _on_response(self, msg: CoapMessage, now: float) -> None:
@@ -444,20 +398,20 @@ class MessageLayer:
         if exchange is None:
             if confirmable or msg.option(OptionNumber.OBSERVE) is not None:
                 # RFC 7252 §4.2 (unknown CON); RFC 7641 §3.6 (unwanted notification)
-                self._remember(mid, expires_at, msg.token, _ANSWERED, reset(mid))
+                self._seen.remember(mid, expires_at, msg.token, _ANSWERED, reset(mid))
                 self._datagrams.append(reset(mid))
             self._drop(f"response {format_code(msg.code)} for unknown token")
             return
         bad, ignored = check_options(msg.options, self.known_options)
         if bad:  # RFC 7252 §5.4.1: the response is rejected
             reply = reset(mid) if confirmable else None
-            self._remember(mid, expires_at, msg.token, _ANSWERED, reply)
+            self._seen.remember(mid, expires_at, msg.token, _ANSWERED, reply)
             if reply is not None:
                 self._datagrams.append(reply)
             self._fail(msg.token, "bad-option")
             return
         reply = empty_ack(mid) if confirmable else None
-        self._remember(mid, expires_at, msg.token, _ANSWERED, reply)
+        self._seen.remember(mid, expires_at, msg.token, _ANSWERED, reply)
         if reply is not None:
             self._datagrams.append(reply)
         self._complete(exchange, msg.without_options(*ignored) if ignored else msg)
@@ -555,27 +509,6 @@ class MessageLayer:
         self._retransmissions.forget_request(exchange.mid, token)
         self._events.append(RequestFailed(token, reason))
 
-    def _seen_for(self, key: RequestKey) -> _Seen | None:
-        seen = self._seen.get(key.mid) if key.mid is not None else None
-        return seen if seen is not None and seen.token == key.token else None
-
-    def _remember(self, mid: int, expires_at: float, token: bytes, state: Answer,
-                  reply: bytes | None) -> None:
-        seen = self._seen
-        if len(seen) >= self.dedup_max_entries:
-            seen.popitem(last=False)  # the bound wins over the lifetime (class docstring)
-        seen[mid] = _Seen(expires_at, token, state, reply)
-
-    def _purge_seen(self, now: float) -> None:
-        # Entries are in arrival order; CON and NON lifetimes differ, so an unexpired entry
-        # at the front can shield expired ones behind it until it expires or is evicted.
-        seen = self._seen
-        while seen:
-            first = next(iter(seen.values()))
-            if first.expires_at > now:
-                break
-            seen.popitem(last=False)
-
     def _remember_non(self, mid: int, token: bytes, is_request: bool) -> None:
         sent = self._sent_non
         if len(sent) >= self.dedup_max_entries:
@@ -583,13 +516,7 @@ class MessageLayer:
         sent[mid] = (token, is_request)
 
     def _dedup_lifetime(self, confirmable: bool) -> float:
-        if confirmable:
-            if self._dedup_con_lifetime is not None:
-                return self._dedup_con_lifetime
-            return self.parameters.exchange_lifetime
-        if self._dedup_non_lifetime is not None:
-            return self._dedup_non_lifetime
-        return self.parameters.non_lifetime
+        return self._seen.lifetime(confirmable, self.parameters)
 
     def _allocate_mid(self) -> int:
         mid = self._next_mid
