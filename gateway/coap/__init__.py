@@ -10,6 +10,16 @@ returns; the roles translate its :class:`CoapMessage` values to and from the DOT
 It is pure: it must not import asyncio, socket, time, ssl, selectors or aiocoap (nor any
 other I/O library). Time arrives as ``now`` arguments, randomness is injected, and every
 cache is bounded.
+
+Modules, each importing only those above it:
+
+* ``codes``, ``options``: message types and codes; option numbers, formats and rules.
+* ``errors``: the :class:`CoapError` family.
+* ``message``: the :class:`CoapMessage` value.
+* ``option_codec``, ``udp_codec``, ``tcp_framing``: the wire forms.
+* ``events``: what the layers report.
+* ``reliability``, ``dedup``: CON retransmission and the peer's message-ID cache (UDP).
+* ``tcp_layer``: :class:`TcpLayer` (RFC 8323); ``layer``: :class:`MessageLayer` (RFC 7252).
 """
 
 from gateway.coap.codes import MessageType, format_code

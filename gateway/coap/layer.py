@@ -58,9 +58,6 @@ CON, NON, ACK, RST = MessageType.CON, MessageType.NON, MessageType.ACK, MessageT
 _AWAIT, _ACKED, _ANSWERED = Answer.AWAIT_ANSWER, Answer.ACKNOWLEDGED, Answer.ANSWERED
 
 
-# --- UDP message layer ---------------------------------------------------------------------
-
-
 class _Exchange:
     """A request of ours awaiting its response, or an established observation."""
 
