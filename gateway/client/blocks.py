@@ -14,7 +14,8 @@ from dataclasses import replace
 
 from gateway.client.connect import NetworkError
 from gateway.client.messages import Reply
-from gateway.coap.message import BadOptionError, CoapMessage
+from gateway.coap.errors import BadOptionError
+from gateway.coap.message import CoapMessage
 from gateway.coap.options import Block
 from gateway.dots.message import DotsRequest
 

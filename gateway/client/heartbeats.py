@@ -19,7 +19,7 @@ import logging
 from gateway.client.messages import coap_request, request_label
 from gateway.client.session import ClientSession
 from gateway.client.transmission import Failure, transmission_parameters
-from gateway.coap.layer import RequestKey
+from gateway.coap.events import RequestKey
 from gateway.coap.message import CoapMessage
 from gateway.dots.codes import Code, Method
 from gateway.dots.errors import DotsProtocolError, MethodNotAllowed, NotFound

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.client.connect import Endpoint, NetworkError
-from gateway.coap.message import CoapMessage, format_code
+from gateway.coap.codes import format_code
+from gateway.coap.message import CoapMessage
 from gateway.coap.options import Block
 from gateway.dots.client import Outcome
 from gateway.dots.codes import Code, Method, Status

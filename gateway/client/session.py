@@ -17,19 +17,18 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from gateway.client.connect import Endpoint, Transport
-from gateway.coap.layer import (
+from gateway.coap.events import (
     ConnectionAborted,
-    MessageLayer,
     ReleaseReceived,
     RequestFailed,
     RequestKey,
     RequestReceived,
     ResponseReceived,
-    TcpLayer,
-    TransmissionParameters,
-    outgoing,
 )
+from gateway.coap.layer import MessageLayer, outgoing
 from gateway.coap.message import CoapMessage
+from gateway.coap.reliability import TransmissionParameters
+from gateway.coap.tcp_layer import TcpLayer
 
 log = logging.getLogger(__name__)
 

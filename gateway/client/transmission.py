@@ -22,8 +22,8 @@ from gateway.client.connect import Endpoint, NetworkError
 from gateway.client.messages import Reply, coap_request, dots_response, request_label
 from gateway.client.redirect import redirect_in
 from gateway.client.session import ClientSession
-from gateway.coap.layer import TransmissionParameters
 from gateway.coap.message import CoapMessage
+from gateway.coap.reliability import TransmissionParameters
 from gateway.dots.message import DotsRequest
 from gateway.dots.session_config import SessionParameters
 from redirect.follow import MAX_REDIRECTS

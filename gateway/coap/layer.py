@@ -1,236 +1,61 @@
-"""The CoAP message layer of one session, sans-I/O.
+"""The CoAP message layer of one DTLS session (RFC 7252 §4), sans-I/O.
 
-:class:`MessageLayer` serves one remote endpoint over DTLS/UDP (RFC 7252 §4): message types,
-message IDs, retransmission of Confirmable messages, deduplication, piggybacked and separate
-responses, Reset handling, and our own deadline for Non-confirmable requests. :class:`TcpLayer`
-serves one TLS/TCP connection (RFC 8323): framing, the Capabilities and Settings Message,
-Ping/Pong, Release and Abort; there are no types, message IDs or retransmissions.
+:class:`MessageLayer` serves one remote endpoint over DTLS/UDP: message types, message IDs,
+retransmission of Confirmable messages, deduplication, piggybacked and separate responses,
+Reset handling, and our own deadline for Non-confirmable requests. Its TLS/TCP counterpart
+is :class:`~gateway.coap.tcp_layer.TcpLayer`; :func:`outgoing` serves the transport glue
+for either.
 
-Both are driven the same way: ``receive(data, now)``, ``send_*(..., now)`` and
-``handle_timer(now)`` are the inputs; ``next_event()``, ``get_timer()`` and
-``datagrams_to_send()`` / ``data_to_send()`` are pulled by the transport glue. Time is passed
-in, randomness is injected, and all state is bounded: the deduplication cache by entry count,
-outstanding exchanges by ``max_outstanding``. The layers hold bytes and values only, never a
-transport object.
+Driven by inputs ``receive(data, now)``, ``send_*(..., now)`` and ``handle_timer(now)``;
+``next_event()``, ``get_timer()`` and ``datagrams_to_send()`` are pulled by the transport
+glue. Time is passed in, randomness is injected, and all state is bounded: the
+deduplication cache by entry count, outstanding exchanges by ``max_outstanding``. The layer
+holds bytes and values only, never a transport object.
 """
 
 from __future__ import annotations
 
-import enum
-import logging
 import random as _random
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable
 
-from gateway.coap.message import (
+from gateway.coap.codes import (
     BAD_OPTION,
-    DEFAULT_MAX_MESSAGE_SIZE,
     EMPTY,
     REQUEST_ENTITY_TOO_LARGE,
-    CoapFormatError,
-    CoapMessage,
-    CoapUsageError,
-    MessageTooLarge,
     MessageType,
-    TcpFramer,
-    _encode_udp_fields,
-    decode_udp,
-    empty_ack,
-    encode_tcp,
     format_code,
     is_request_code,
     is_response_code,
-    reset,
 )
+from gateway.coap.dedup import Answer, DedupCache
+from gateway.coap.errors import CoapFormatError, CoapUsageError
+from gateway.coap.events import (
+    Event,
+    FailureReason,
+    MessageDropped,
+    RequestFailed,
+    RequestKey,
+    RequestReceived,
+    Reset,
+    ResponseReceived,
+    ResponseTimedOut,
+)
+from gateway.coap.message import DEFAULT_MAX_MESSAGE_SIZE, CoapMessage
 from gateway.coap.options import (
-    ABORT_BAD_CSM_OPTION,
-    CSM_BLOCK_WISE_TRANSFER,
-    CSM_MAX_MESSAGE_SIZE,
     DEFAULT_KNOWN_OPTIONS,
-    PING_CUSTODY,
-    RELEASE_ALTERNATIVE_ADDRESS,
-    RELEASE_HOLD_OFF,
-    SIGNALING_OPTION_SPECS,
     OptionNumber,
-    OptionSpec,
-    SignalCode,
     check_options,
-    decode_uint,
     encode_uint,
-    option_name,
+    option_names,
 )
-
-log = logging.getLogger(__name__)
+from gateway.coap.reliability import Retransmissions, TransmissionParameters
+from gateway.coap.tcp_layer import TcpLayer
+from gateway.coap.udp_codec import decode_udp, empty_ack, encode_udp_fields, reset
 
 CON, NON, ACK, RST = MessageType.CON, MessageType.NON, MessageType.ACK, MessageType.RST
-FailureReason = Literal["timeout", "reset", "bad-option"]
-
-
-# --- parameters ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TransmissionParameters:
-    """CoAP transmission parameters (RFC 7252 §4.8) with the DOTS defaults (RFC 9132 §4.5.2:
-    max-retransmit 3, ack-timeout 2 s, ack-random-factor 1.5); DOTS negotiates the first
-    three per session. Durations are seconds; the derived values follow RFC 7252 §4.8.2."""
-
-    ack_timeout: float = 2.0
-    ack_random_factor: float = 1.5
-    max_retransmit: int = 3
-    max_latency: float = 100.0
-
-    def __post_init__(self) -> None:
-        if self.ack_timeout <= 0 or self.ack_random_factor < 1 or self.max_retransmit < 0:
-            raise CoapUsageError(f"invalid transmission parameters: {self}")
-
-    @property
-    def max_transmit_span(self) -> float:
-        return self.ack_timeout * ((1 << self.max_retransmit) - 1) * self.ack_random_factor
-
-    @property
-    def max_transmit_wait(self) -> float:
-        return self.ack_timeout * ((1 << (self.max_retransmit + 1)) - 1) * self.ack_random_factor
-
-    @property
-    def exchange_lifetime(self) -> float:
-        # PROCESSING_DELAY is ACK_TIMEOUT (RFC 7252 §4.8.2)
-        return self.max_transmit_span + 2 * self.max_latency + self.ack_timeout
-
-    @property
-    def non_lifetime(self) -> float:
-        return self.max_transmit_span + self.max_latency
-
-
-# --- events ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RequestKey:
-    """Identifies a received request when answering it. Over TCP only the token counts."""
-
-    token: bytes
-    mid: int | None = None
-    mtype: MessageType | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RequestReceived:
-    """A new request (never a duplicate); answer it with ``send_response(key, ...)``."""
-
-    message: CoapMessage
-    key: RequestKey
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseReceived:
-    """A response (or an Observe notification) to the request we sent with this token."""
-
-    token: bytes
-    message: CoapMessage
-
-
-@dataclass(frozen=True, slots=True)
-class RequestFailed:
-    """Our request ends without a response: no answer in time (``timeout``), the peer
-    rejected it (``reset``), or its response had a critical option we cannot process
-    (``bad-option``). The token is forgotten."""
-
-    token: bytes
-    reason: FailureReason
-
-
-@dataclass(frozen=True, slots=True)
-class Reset:
-    """The peer rejected a response or notification we sent (RFC 7252 §4.2, §4.3); for a
-    notification this cancels the observation (RFC 7641 §3.6). Resets of our requests are
-    reported as :class:`RequestFailed` instead."""
-
-    mid: int
-    token: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseTimedOut:
-    """A Confirmable response or notification was never acknowledged (RFC 7641 §4.5: the
-    observer is to be removed)."""
-
-    mid: int
-    token: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class MessageDropped:
-    """Received bytes were discarded (malformed, unexpected, unknown token...); for logs
-    and counters. Duplicates are normal and not reported."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class CsmReceived:
-    """TCP: the peer's Capabilities and Settings (RFC 8323 §5.3)."""
-
-    max_message_size: int
-    block_wise: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PongReceived:
-    """TCP: answer to our Ping; ``rtt`` in seconds."""
-
-    token: bytes
-    rtt: float
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseReceived:
-    """TCP: the peer asks us to close the connection (RFC 8323 §5.5)."""
-
-    alternative_addresses: tuple[str, ...]
-    hold_off: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionAborted:
-    """TCP: the connection is unusable; the layer is closed. ``by_peer`` tells whether the
-    peer sent Abort or we did (then the Abort bytes are waiting in ``data_to_send``)."""
-
-    diagnostic: str
-    by_peer: bool
-
-
-Event = (RequestReceived | ResponseReceived | RequestFailed | Reset | ResponseTimedOut
-         | MessageDropped | CsmReceived | PongReceived | ReleaseReceived | ConnectionAborted)
-
-
-# --- UDP message layer ---------------------------------------------------------------------
-
-
-def _option_names(numbers: list[int], limit: int = 8) -> str:
-    """Diagnostic text naming the options, bounded in length whatever the peer sent."""
-    names = ", ".join(option_name(n) for n in numbers[:limit])
-    return names + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
-
-
-class _Pending:
-    """A Confirmable message of ours awaiting ACK or RST (RFC 7252 §4.2)."""
-
-    __slots__ = ("data", "is_request", "next_at", "retransmissions", "max_retransmit",
-                 "timeout", "token")
-
-    def __init__(self, data: bytes, token: bytes, is_request: bool, timeout: float,
-                 max_retransmit: int, now: float) -> None:
-        self.data = data
-        self.token = token
-        self.is_request = is_request
-        self.timeout = timeout
-        self.max_retransmit = max_retransmit
-        self.retransmissions = 0
-        self.next_at = now + timeout
+_AWAIT, _ACKED, _ANSWERED = Answer.AWAIT_ANSWER, Answer.ACKNOWLEDGED, Answer.ANSWERED
 
 
 class _Exchange:
@@ -248,58 +73,12 @@ class _Exchange:
         self.observe = observe
 
 
-class Answer(enum.Enum):
-    """Where the answer to one message received from the peer stands."""
-
-    AWAIT_ANSWER = "await-answer"  # request delivered to the role, nothing sent yet
-    ACKNOWLEDGED = "acknowledged"  # empty ACK sent; a separate response is due
-    ANSWERED = "answered"  # response, ACK or rejection sent: duplicates get ``reply``
-
-
-_AWAIT, _ACKED, _ANSWERED = Answer.AWAIT_ANSWER, Answer.ACKNOWLEDGED, Answer.ANSWERED
-
-#: The allowed changes of :class:`Answer`; anything else is a caller bug (answering twice).
-_ANSWER_TRANSITIONS: frozenset[tuple[Answer, Answer]] = frozenset({
-    (_AWAIT, _ACKED),  # send_ack, or a duplicate CON while the role works (RFC 7252 §4.5)
-    (_AWAIT, _ANSWERED),  # piggybacked, or the response to a NON
-    (_ACKED, _ANSWERED),  # the separate response (RFC 7252 §5.2.2)
-})
-
-
-class _Seen:
-    """A message ID the peer used recently (RFC 7252 §4.5) and what we answered to it."""
-
-    __slots__ = ("expires_at", "reply", "state", "token")
-
-    def __init__(self, expires_at: float, token: bytes, state: Answer,
-                 reply: bytes | None) -> None:
-        self.expires_at = expires_at
-        self.token = token
-        self.state = state
-        self.reply = reply
-
-    def set_state(self, mid: int, new: Answer, reply: bytes | None) -> None:
-        """Move to ``new``; a refused transition raises and leaves the entry unchanged."""
-        if (self.state, new) not in _ANSWER_TRANSITIONS:
-            raise CoapUsageError(f"message mid={mid}: {self.state.value} -> {new.value} "
-                                 "is not allowed (answered already?)")
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("coap mid=%d: %s -> %s", mid, self.state.value, new.value)
-        self.state = new
-        self.reply = reply
-
-
 class MessageLayer:
     """RFC 7252 message layer for one DTLS session (one remote endpoint).
 
-    Deduplication trade-off: RFC 7252 §4.5 wants a message ID remembered for
-    EXCHANGE_LIFETIME (CON, ~223 s with DOTS defaults) or NON_LIFETIME (NON). We keep at most
-    ``dedup_max_entries`` IDs per session (oldest evicted first), each with the encoded reply
-    only (4 bytes for an ACK or RST, or our encoded response), so a session holds at most
-    ``dedup_max_entries`` small records plus that many cached responses. A peer
-    that sends more than that many messages within the lifetime can get a retransmission
-    processed twice; DOTS traffic (a heartbeat every 30 s plus occasional mitigation
-    requests) stays far below 64.
+    Deduplication keeps at most ``dedup_max_entries`` of the peer's message IDs, each with
+    our encoded reply; :class:`~gateway.coap.dedup.DedupCache` explains the trade-off
+    against the lifetimes RFC 7252 §4.5 asks for.
 
     Our NON requests are tracked for ``lifetime`` seconds (per request, default
     ``non_request_lifetime``) and then fail with ``timeout``; a CON request that received an
@@ -330,21 +109,17 @@ class MessageLayer:
         if dedup_max_entries < 1 or max_outstanding < 1:
             raise CoapUsageError("dedup_max_entries and max_outstanding must be positive")
         self.parameters = parameters or TransmissionParameters()
-        self._random = random
         self._token_source = token_source
         self.token_length = token_length
         self._next_mid = (int(random() * 0x10000) if initial_mid is None else initial_mid) & 0xFFFF
         self.max_message_size = max_message_size
-        self.dedup_max_entries = dedup_max_entries
-        self._dedup_con_lifetime = dedup_con_lifetime
-        self._dedup_non_lifetime = dedup_non_lifetime
         self._non_request_lifetime = non_request_lifetime
         self.max_outstanding = max_outstanding
         self.known_options = known_options
-        self._pending: dict[int, _Pending] = {}  # our CONs by message ID
+        self._retransmissions = Retransmissions(random)  # our CONs by message ID
         self._exchanges: dict[bytes, _Exchange] = {}  # our requests by token
         self._sent_non: OrderedDict[int, tuple[bytes, bool]] = OrderedDict()  # mid -> token
-        self._seen: OrderedDict[int, _Seen] = OrderedDict()  # peer's message IDs
+        self._seen = DedupCache(dedup_max_entries, dedup_con_lifetime, dedup_non_lifetime)
         self._events: deque[Event] = deque()
         self._datagrams: list[bytes] = []
         self.closed = False
@@ -361,6 +136,10 @@ class MessageLayer:
         if self._non_request_lifetime is not None:
             return self._non_request_lifetime
         return self.parameters.non_lifetime
+
+    @property
+    def dedup_max_entries(self) -> int:
+        return self._seen.max_entries
 
     @property
     def dedup_entries(self) -> int:
@@ -381,10 +160,7 @@ class MessageLayer:
         return out
 
     def get_timer(self) -> float | None:
-        deadline: float | None = None
-        for pending in self._pending.values():
-            if deadline is None or pending.next_at < deadline:
-                deadline = pending.next_at
+        deadline = self._retransmissions.next_deadline()
         for exchange in self._exchanges.values():
             at = exchange.expires_at
             if at is not None and (deadline is None or at < deadline):
@@ -409,11 +185,10 @@ class MessageLayer:
             raise CoapUsageError(f"token {token.hex()} is in use")
         mid = self._allocate_mid()
         mtype = CON if confirmable else NON
-        data = _encode_udp_fields(mtype, msg.code, mid, token, msg.options, msg.payload)
+        data = encode_udp_fields(mtype, msg.code, mid, token, msg.options, msg.payload)
         params = self.parameters
         if confirmable:
-            self._pending[mid] = _Pending(data, token, True, self._initial_timeout(),
-                                          params.max_retransmit, now)
+            self._retransmissions.add(mid, data, token, True, params, now)
             lifetime = params.exchange_lifetime if lifetime is None else lifetime
             expires_at = None  # until the empty ACK; retransmission gives up on its own
         else:
@@ -432,9 +207,7 @@ class MessageLayer:
         exchange = self._exchanges.pop(token, None)
         if exchange is None:
             return False
-        pending = self._pending.get(exchange.mid)
-        if pending is not None and pending.is_request and pending.token == token:
-            del self._pending[exchange.mid]
+        self._retransmissions.forget_request(exchange.mid, token)
         return True
 
     def send_ack(self, key: RequestKey, now: float) -> bool:
@@ -444,14 +217,15 @@ class MessageLayer:
         self._check_open()
         if key.mtype is not CON or key.mid is None:
             return False
-        seen = self._seen_for(key)
+        seen = self._seen.for_request(key.mid, key.token)
         if seen is not None and seen.state is not _AWAIT:
             return False
         ack = empty_ack(key.mid)
         if seen is not None:
             seen.set_state(key.mid, _ACKED, ack)
         else:  # evicted from the cache: note it again, or the response would be piggybacked
-            self._remember(key.mid, now + self._dedup_lifetime(True), key.token, _ACKED, ack)
+            expires_at = now + self._dedup_lifetime(True)
+            self._seen.remember(key.mid, expires_at, key.token, _ACKED, ack)
         self._datagrams.append(ack)
         return True
 
@@ -470,14 +244,14 @@ class MessageLayer:
             raise CoapUsageError("send_response needs the key of a UDP request")
         if not is_response_code(response.code):
             raise CoapUsageError(f"send_response with code {format_code(response.code)}")
-        seen = self._seen_for(key)
-        if seen is not None and (seen.state, _ANSWERED) not in _ANSWER_TRANSITIONS:
+        seen = self._seen.for_request(key.mid, key.token)
+        if seen is not None and not seen.allows(_ANSWERED):
             seen.set_state(key.mid, _ANSWERED, None)  # raises: answered already
         token = key.token
         if key.mtype is CON and (seen is None or seen.state is _AWAIT):
             mid = key.mid
-            data = _encode_udp_fields(ACK, response.code, mid, token, response.options,
-                                      response.payload)
+            data = encode_udp_fields(ACK, response.code, mid, token, response.options,
+                                     response.payload)
             self._datagrams.append(data)
             reply: bytes | None = data
         else:
@@ -488,8 +262,8 @@ class MessageLayer:
         if seen is not None:
             seen.set_state(key.mid, _ANSWERED, reply)
         else:  # evicted (or never cached): cache the answer for duplicates from now on
-            self._remember(key.mid, now + self._dedup_lifetime(key.mtype is CON), token,
-                           _ANSWERED, reply)
+            self._seen.remember(key.mid, now + self._dedup_lifetime(key.mtype is CON), token,
+                                _ANSWERED, reply)
         return mid
 
     def send_notification(self, token: bytes, notification: CoapMessage, now: float, *,
@@ -504,7 +278,7 @@ class MessageLayer:
 
     def close(self) -> None:
         """Drop all state; later input is ignored and sending raises."""
-        self._pending.clear()
+        self._retransmissions.clear()
         self._exchanges.clear()
         self._sent_non.clear()
         self._seen.clear()
@@ -518,7 +292,7 @@ class MessageLayer:
         """Process one decrypted datagram from the peer."""
         if self.closed:
             return
-        self._purge_seen(now)
+        self._seen.purge(now)
         try:
             msg = decode_udp(data)
         except CoapFormatError as exc:
@@ -556,16 +330,9 @@ class MessageLayer:
         fail what has run out of time."""
         if self.closed:
             return
-        for mid, pending in list(self._pending.items()):
-            if pending.next_at > now:
-                continue
-            if pending.retransmissions < pending.max_retransmit:
-                pending.retransmissions += 1
-                pending.timeout *= 2
-                pending.next_at = now + pending.timeout
-                self._datagrams.append(pending.data)
-                continue
-            del self._pending[mid]  # MAX_RETRANSMIT reached: give up
+        resend, given_up = self._retransmissions.handle_timer(now)
+        self._datagrams.extend(resend)
+        for mid, pending in given_up:
             if pending.is_request:
                 self._fail(pending.token, "timeout")
             else:
@@ -595,23 +362,23 @@ class MessageLayer:
                 msg, REQUEST_ENTITY_TOO_LARGE,
                 f"request of {size} bytes exceeds {self.max_message_size}",
                 ((OptionNumber.SIZE1, encode_uint(self.max_message_size)),))
-            self._remember(mid, now + lifetime, msg.token, _ANSWERED, reply)
+            self._seen.remember(mid, now + lifetime, msg.token, _ANSWERED, reply)
             self._drop(f"request of {size} bytes")
             return
         bad, ignored = check_options(msg.options, self.known_options)
         if bad:
-            names = _option_names(bad)
+            names = option_names(bad)
             if confirmable:  # RFC 7252 §5.4.1: 4.02 with a diagnostic payload
                 reply = self._layer_response(msg, BAD_OPTION, f"unrecognized: {names}")
             else:  # §5.4.1: a NON message is rejected (§4.3)
                 reply = reset(mid)
                 self._datagrams.append(reply)
-            self._remember(mid, now + lifetime, msg.token, _ANSWERED, reply)
+            self._seen.remember(mid, now + lifetime, msg.token, _ANSWERED, reply)
             self._drop(f"request with bad critical options {names}")
             return
         if ignored:  # RFC 7252 §5.4.3, §5.4.5: malformed elective options are ignored
             msg = msg.without_options(*ignored)
-        self._remember(mid, now + lifetime, msg.token, _AWAIT, None)
+        self._seen.remember(mid, now + lifetime, msg.token, _AWAIT, None)
         self._events.append(RequestReceived(msg, RequestKey(msg.token, mid, msg.mtype)))
 
     def _on_response(self, msg: CoapMessage, now: float) -> None:
@@ -628,45 +395,45 @@ class MessageLayer:
         if exchange is None:
             if confirmable or msg.option(OptionNumber.OBSERVE) is not None:
                 # RFC 7252 §4.2 (unknown CON); RFC 7641 §3.6 (unwanted notification)
-                self._remember(mid, expires_at, msg.token, _ANSWERED, reset(mid))
+                self._seen.remember(mid, expires_at, msg.token, _ANSWERED, reset(mid))
                 self._datagrams.append(reset(mid))
             self._drop(f"response {format_code(msg.code)} for unknown token")
             return
         bad, ignored = check_options(msg.options, self.known_options)
         if bad:  # RFC 7252 §5.4.1: the response is rejected
             reply = reset(mid) if confirmable else None
-            self._remember(mid, expires_at, msg.token, _ANSWERED, reply)
+            self._seen.remember(mid, expires_at, msg.token, _ANSWERED, reply)
             if reply is not None:
                 self._datagrams.append(reply)
             self._fail(msg.token, "bad-option")
             return
         reply = empty_ack(mid) if confirmable else None
-        self._remember(mid, expires_at, msg.token, _ANSWERED, reply)
+        self._seen.remember(mid, expires_at, msg.token, _ANSWERED, reply)
         if reply is not None:
             self._datagrams.append(reply)
         self._complete(exchange, msg.without_options(*ignored) if ignored else msg)
 
     def _on_ack(self, msg: CoapMessage, now: float) -> None:
         mid = msg.mid
-        pending = self._pending.get(mid)
+        pending = self._retransmissions.get(mid)
         if pending is None:
             return  # RFC 7252 §4.2: an unknown ACK is silently ignored (often a late one)
         if not pending.is_request:
             if msg.code == EMPTY:
-                del self._pending[mid]  # our CON response or notification was delivered
+                self._retransmissions.pop(mid)  # our CON response or notification was delivered
             else:
                 self._drop("ACK of a response carrying a response")
             return
         exchange = self._exchanges.get(pending.token)
         if msg.code == EMPTY:  # RFC 7252 §5.2.2: the response will come separately
-            del self._pending[mid]
+            self._retransmissions.pop(mid)
             if exchange is not None:
                 exchange.expires_at = now + exchange.lifetime
             return
         if msg.token != pending.token:  # RFC 7252 §5.3.2: must match the request
             self._drop("piggybacked response with another token")
             return
-        del self._pending[mid]
+        self._retransmissions.pop(mid)
         if exchange is None:
             return
         bad, ignored = check_options(msg.options, self.known_options)
@@ -676,7 +443,7 @@ class MessageLayer:
         self._complete(exchange, msg.without_options(*ignored) if ignored else msg)
 
     def _on_reset(self, mid: int) -> None:
-        pending = self._pending.pop(mid, None)
+        pending = self._retransmissions.pop(mid)
         if pending is not None:
             if pending.is_request:
                 self._fail(pending.token, "reset")
@@ -695,9 +462,8 @@ class MessageLayer:
 
     def _complete(self, exchange: _Exchange, msg: CoapMessage) -> None:
         token = exchange.token
-        pending = self._pending.get(exchange.mid)
-        if pending is not None and pending.is_request and pending.token == token:
-            del self._pending[exchange.mid]  # RFC 7252 §5.2.2: a CON response implies the ACK
+        # RFC 7252 §5.2.2: a CON response implies the ACK of our request
+        self._retransmissions.forget_request(exchange.mid, token)
         if exchange.observe and msg.code >> 5 == 2 and msg.has_option(OptionNumber.OBSERVE):
             exchange.expires_at = None  # RFC 7641 §3.1: observation established
         else:
@@ -710,13 +476,12 @@ class MessageLayer:
                        confirmable: bool) -> tuple[int, bytes]:
         mid = self._allocate_mid()
         mtype = CON if confirmable else NON
-        data = _encode_udp_fields(mtype, response.code, mid, token, response.options,
-                                  response.payload)
+        data = encode_udp_fields(mtype, response.code, mid, token, response.options,
+                                 response.payload)
         if confirmable:
-            if len(self._pending) >= 2 * self.max_outstanding:
+            if len(self._retransmissions) >= 2 * self.max_outstanding:
                 raise CoapUsageError("too many unacknowledged CON messages")
-            self._pending[mid] = _Pending(data, token, False, self._initial_timeout(),
-                                          self.parameters.max_retransmit, now)
+            self._retransmissions.add(mid, data, token, False, self.parameters, now)
         else:
             self._remember_non(mid, token, False)
         self._datagrams.append(data)
@@ -729,8 +494,8 @@ class MessageLayer:
             mtype, mid = ACK, request.mid
         else:
             mtype, mid = NON, self._allocate_mid()
-        data = _encode_udp_fields(mtype, code, mid, request.token, options,
-                                  diagnostic.encode("utf-8"))
+        data = encode_udp_fields(mtype, code, mid, request.token, options,
+                                 diagnostic.encode("utf-8"))
         self._datagrams.append(data)
         return data
 
@@ -738,31 +503,8 @@ class MessageLayer:
         exchange = self._exchanges.pop(token, None)
         if exchange is None:
             return
-        pending = self._pending.get(exchange.mid)
-        if pending is not None and pending.is_request and pending.token == token:
-            del self._pending[exchange.mid]
+        self._retransmissions.forget_request(exchange.mid, token)
         self._events.append(RequestFailed(token, reason))
-
-    def _seen_for(self, key: RequestKey) -> _Seen | None:
-        seen = self._seen.get(key.mid) if key.mid is not None else None
-        return seen if seen is not None and seen.token == key.token else None
-
-    def _remember(self, mid: int, expires_at: float, token: bytes, state: Answer,
-                  reply: bytes | None) -> None:
-        seen = self._seen
-        if len(seen) >= self.dedup_max_entries:
-            seen.popitem(last=False)  # the bound wins over the lifetime (class docstring)
-        seen[mid] = _Seen(expires_at, token, state, reply)
-
-    def _purge_seen(self, now: float) -> None:
-        # Entries are in arrival order; CON and NON lifetimes differ, so an unexpired entry
-        # at the front can shield expired ones behind it until it expires or is evicted.
-        seen = self._seen
-        while seen:
-            first = next(iter(seen.values()))
-            if first.expires_at > now:
-                break
-            seen.popitem(last=False)
 
     def _remember_non(self, mid: int, token: bytes, is_request: bool) -> None:
         sent = self._sent_non
@@ -771,22 +513,11 @@ class MessageLayer:
         sent[mid] = (token, is_request)
 
     def _dedup_lifetime(self, confirmable: bool) -> float:
-        if confirmable:
-            if self._dedup_con_lifetime is not None:
-                return self._dedup_con_lifetime
-            return self.parameters.exchange_lifetime
-        if self._dedup_non_lifetime is not None:
-            return self._dedup_non_lifetime
-        return self.parameters.non_lifetime
-
-    def _initial_timeout(self) -> float:
-        # RFC 7252 §4.2: random between ACK_TIMEOUT and ACK_TIMEOUT * ACK_RANDOM_FACTOR
-        params = self.parameters
-        return params.ack_timeout * (1 + self._random() * (params.ack_random_factor - 1))
+        return self._seen.lifetime(confirmable, self.parameters)
 
     def _allocate_mid(self) -> int:
         mid = self._next_mid
-        while mid in self._pending or mid in self._sent_non:
+        while mid in self._retransmissions or mid in self._sent_non:
             mid = (mid + 1) & 0xFFFF
         self._next_mid = (mid + 1) & 0xFFFF
         return mid
@@ -804,291 +535,6 @@ class MessageLayer:
     def _check_open(self) -> None:
         if self.closed:
             raise CoapUsageError("message layer is closed")
-
-
-# --- TCP/TLS layer -------------------------------------------------------------------------
-
-
-class TcpLayer:
-    """RFC 8323 layer for one TLS/TCP connection.
-
-    Our CSM is queued on construction (RFC 8323 §5.3: it is the first message each side
-    sends); the peer's first message must be a CSM, anything else aborts the connection.
-    Requests wait ``lifetime`` seconds (default ``request_lifetime``) for a response; there
-    is no retransmission. Over TCP, requests and responses are matched by token only.
-    """
-
-    def __init__(
-        self,
-        *,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        block_wise: bool = False,
-        token_source: Callable[[int], bytes] = secrets.token_bytes,
-        token_length: int = 4,
-        request_lifetime: float = 60.0,
-        max_outstanding: int = 64,
-        known_options: frozenset[int] = DEFAULT_KNOWN_OPTIONS,
-    ) -> None:
-        if not 1 <= token_length <= 8:
-            raise CoapUsageError(f"token_length must be 1..8: {token_length}")
-        self._framer = TcpFramer(max_message_size)
-        self.max_message_size = max_message_size
-        self._token_source = token_source
-        self.token_length = token_length
-        self.request_lifetime = request_lifetime
-        self.max_outstanding = max_outstanding
-        self.known_options = known_options
-        self.peer_max_message_size = DEFAULT_MAX_MESSAGE_SIZE  # until the peer's CSM
-        self.peer_block_wise = False
-        self.csm_received = False
-        self.closed = False
-        self._exchanges: dict[bytes, tuple[float | None, bool]] = {}  # token -> expiry, observe
-        self._pings: OrderedDict[bytes, float] = OrderedDict()
-        self._events: deque[Event] = deque()
-        self._out = bytearray()
-        csm = [(CSM_MAX_MESSAGE_SIZE, encode_uint(max_message_size))]
-        if block_wise:
-            csm.append((CSM_BLOCK_WISE_TRANSFER, b""))
-        self._out += encode_tcp(CoapMessage(None, SignalCode.CSM, 0, b"", tuple(csm)))
-
-    # --- outputs -----------------------------------------------------------------------------
-
-    def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
-
-    def data_to_send(self) -> bytes:
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    def get_timer(self) -> float | None:
-        deadlines = [at for at, _ in self._exchanges.values() if at is not None]
-        return min(deadlines) if deadlines else None
-
-    @property
-    def outstanding(self) -> int:
-        return len(self._exchanges)
-
-    # --- sending -----------------------------------------------------------------------------
-
-    def send_request(self, msg: CoapMessage, now: float, *,
-                     lifetime: float | None = None) -> bytes:
-        self._check_open()
-        if not is_request_code(msg.code):
-            raise CoapUsageError(f"send_request with code {format_code(msg.code)}")
-        if len(self._exchanges) >= self.max_outstanding:
-            raise CoapUsageError(f"more than {self.max_outstanding} outstanding requests")
-        token = msg.token or self._new_token()
-        if token in self._exchanges:
-            raise CoapUsageError(f"token {token.hex()} is in use")
-        self._write(CoapMessage(None, msg.code, 0, token, msg.options, msg.payload))
-        observe = msg.option(OptionNumber.OBSERVE) == b""
-        self._exchanges[token] = (now + (self.request_lifetime if lifetime is None
-                                         else lifetime), observe)
-        return token
-
-    def cancel_request(self, token: bytes) -> bool:
-        return self._exchanges.pop(token, None) is not None
-
-    def send_response(self, key: RequestKey, response: CoapMessage, now: float) -> None:
-        self._check_open()
-        if not is_response_code(response.code):
-            raise CoapUsageError(f"send_response with code {format_code(response.code)}")
-        self._write(CoapMessage(None, response.code, 0, key.token, response.options,
-                                response.payload))
-
-    def send_notification(self, token: bytes, notification: CoapMessage, now: float) -> None:
-        self.send_response(RequestKey(token), notification, now)
-
-    def send_ping(self, now: float, *, custody: bool = False) -> bytes:
-        """Send a Ping (RFC 8323 §5.4); the answer arrives as :class:`PongReceived`."""
-        self._check_open()
-        token = self._new_token()
-        if len(self._pings) >= 8:
-            self._pings.popitem(last=False)
-        self._pings[token] = now
-        options = ((PING_CUSTODY, b""),) if custody else ()
-        self._write(CoapMessage(None, SignalCode.PING, 0, token, options))
-        return token
-
-    def release(self, now: float, *, alternative_addresses: tuple[str, ...] = (),
-                hold_off: int | None = None) -> None:
-        """Ask the peer to close the connection (RFC 8323 §5.5)."""
-        self._check_open()
-        options = [(RELEASE_ALTERNATIVE_ADDRESS, a.encode("utf-8"))
-                   for a in alternative_addresses]
-        if hold_off is not None:
-            options.append((RELEASE_HOLD_OFF, encode_uint(hold_off)))
-        self._write(CoapMessage(None, SignalCode.RELEASE, 0, b"", tuple(options)))
-
-    def abort(self, diagnostic: str, now: float, *, bad_csm_option: int | None = None) -> None:
-        """Send Abort (RFC 8323 §5.6) and close; send ``data_to_send()``, then close the
-        connection."""
-        if self.closed:
-            return
-        options = (((ABORT_BAD_CSM_OPTION, encode_uint(bad_csm_option)),)
-                   if bad_csm_option is not None else ())
-        data = encode_tcp(CoapMessage(None, SignalCode.ABORT, 0, b"", options,
-                                      diagnostic.encode("utf-8")))
-        self._shut(diagnostic, by_peer=False)
-        self._out += data
-
-    def close(self) -> None:
-        """Drop all state, including unsent bytes."""
-        self._shut("closed", by_peer=None)
-
-    # --- receiving ---------------------------------------------------------------------------
-
-    def receive(self, data: bytes, now: float) -> None:
-        if self.closed:
-            return
-        try:
-            messages = self._framer.feed(data)
-        except MessageTooLarge as exc:  # RFC 8323 §5.3.1: we announced our limit
-            self.abort(exc.reason, now)
-            return
-        except CoapFormatError as exc:  # a stream cannot resynchronize
-            self.abort(f"format error: {exc.reason}", now)
-            return
-        for msg in messages:
-            if self.closed:
-                return
-            self._dispatch(msg, now)
-
-    def handle_timer(self, now: float) -> None:
-        for token, (at, _) in list(self._exchanges.items()):
-            if at is not None and at <= now:
-                del self._exchanges[token]
-                self._events.append(RequestFailed(token, "timeout"))
-
-    def _dispatch(self, msg: CoapMessage, now: float) -> None:
-        code = msg.code
-        if not self.csm_received and code != SignalCode.CSM:
-            # RFC 8323 §3.3: a missing CSM is a connection error
-            self.abort("expected CSM as the first message", now)
-            return
-        if code >> 5 == 7:
-            self._on_signal(msg, now)
-        elif code == EMPTY:
-            pass  # RFC 8323 §3.4: Empty messages MUST be ignored (keepalive)
-        elif is_request_code(code):
-            self._on_request(msg)
-        elif is_response_code(code):
-            self._on_response(msg, now)
-        else:
-            self._events.append(MessageDropped(f"reserved code {format_code(code)}"))
-
-    def _on_request(self, msg: CoapMessage) -> None:
-        bad, ignored = check_options(msg.options, self.known_options)
-        if bad:  # RFC 7252 §5.4.1 (no types over TCP: always answered)
-            names = _option_names(bad)
-            self._write(CoapMessage(None, BAD_OPTION, 0, msg.token, (),
-                                    f"unrecognized: {names}".encode()), check=False)
-            self._events.append(MessageDropped(f"request with bad critical options {names}"))
-            return
-        if ignored:
-            msg = msg.without_options(*ignored)
-        self._events.append(RequestReceived(msg, RequestKey(msg.token)))
-
-    def _on_response(self, msg: CoapMessage, now: float) -> None:
-        entry = self._exchanges.get(msg.token)
-        if entry is None:
-            self._events.append(MessageDropped(f"response {format_code(msg.code)} "
-                                               "for unknown token"))
-            return
-        bad, ignored = check_options(msg.options, self.known_options)
-        if bad:
-            del self._exchanges[msg.token]
-            self._events.append(RequestFailed(msg.token, "bad-option"))
-            return
-        if ignored:
-            msg = msg.without_options(*ignored)
-        _, observe = entry
-        if observe and msg.code >> 5 == 2 and msg.has_option(OptionNumber.OBSERVE):
-            self._exchanges[msg.token] = (None, True)  # observation established (RFC 7641)
-        else:
-            del self._exchanges[msg.token]
-        self._events.append(ResponseReceived(msg.token, msg))
-
-    def _on_signal(self, msg: CoapMessage, now: float) -> None:
-        code = msg.code
-        specs: Mapping[int, OptionSpec] | None = SIGNALING_OPTION_SPECS.get(code)
-        if specs is None:
-            # Unassigned signaling code: RFC 8323 defines no handling; we ignore it like an
-            # unknown elective (aiocoap aborts instead).
-            self._events.append(MessageDropped(f"unknown signal {format_code(code)}"))
-            return
-        bad, _ = check_options(msg.options, frozenset(specs), specs)
-        if code == SignalCode.CSM:
-            if bad:  # RFC 8323 §5.3: unknown critical CSM option -> Abort with Bad-CSM-Option
-                self.abort(f"unsupported CSM option {bad[0]}", now, bad_csm_option=bad[0])
-                return
-            size = msg.option(CSM_MAX_MESSAGE_SIZE)
-            if size is not None and len(size) <= 4:
-                self.peer_max_message_size = decode_uint(size)
-            if msg.has_option(CSM_BLOCK_WISE_TRANSFER):
-                self.peer_block_wise = True
-            self.csm_received = True
-            self._events.append(CsmReceived(self.peer_max_message_size, self.peer_block_wise))
-            return
-        if bad:  # unknown critical option (RFC 7252 §5.4.1); a stream cannot reject one
-            # message, so the connection goes, as aiocoap does too
-            self.abort(f"unsupported option {bad[0]} in {format_code(code)}", now)
-            return
-        if code == SignalCode.PING:
-            # RFC 8323 §5.4: answer with a Pong carrying the Ping's token
-            self._write(CoapMessage(None, SignalCode.PONG, 0, msg.token), check=False)
-        elif code == SignalCode.PONG:
-            sent_at = self._pings.pop(msg.token, None)
-            if sent_at is not None:
-                self._events.append(PongReceived(msg.token, now - sent_at))
-        elif code == SignalCode.RELEASE:
-            addresses = tuple(v.decode("utf-8", "replace")
-                              for v in msg.option_values(RELEASE_ALTERNATIVE_ADDRESS))
-            hold = msg.option(RELEASE_HOLD_OFF)
-            self._events.append(ReleaseReceived(
-                addresses, decode_uint(hold) if hold is not None and len(hold) <= 3 else None))
-        elif code == SignalCode.ABORT:
-            self._shut(msg.payload.decode("utf-8", "replace"), by_peer=True)
-
-    # --- helpers -----------------------------------------------------------------------------
-
-    def _write(self, msg: CoapMessage, *, check: bool = True) -> None:
-        """Queue a message. What our caller sends must fit the peer's limit; the few small
-        answers the layer makes itself are sent regardless (a peer announcing a limit below
-        them is not worth an exception on receive)."""
-        data = encode_tcp(msg)
-        if check and len(data) > self.peer_max_message_size:  # RFC 8323 §5.3.1
-            raise CoapUsageError(f"message of {len(data)} bytes exceeds the peer's "
-                                 f"Max-Message-Size {self.peer_max_message_size}")
-        self._out += data
-
-    def _shut(self, diagnostic: str, *, by_peer: bool | None) -> None:
-        self.closed = True
-        self._pings.clear()
-        self._out.clear()
-        self._framer = TcpFramer(self.max_message_size)  # drop any buffered partial frame
-        if by_peer is None:  # close(): drop everything, report nothing
-            self._exchanges.clear()
-            self._events.clear()
-            return
-        # Abort: events already queued stay; every outstanding request ends with the
-        # connection, reported as "reset" so that waiters wake up.
-        for token in list(self._exchanges):
-            self._events.append(RequestFailed(token, "reset"))
-        self._exchanges.clear()
-        self._events.append(ConnectionAborted(diagnostic, by_peer))
-
-    def _new_token(self) -> bytes:
-        for _ in range(16):
-            token = self._token_source(self.token_length)
-            if token not in self._exchanges and token not in self._pings:
-                return token
-        raise CoapUsageError("token source keeps returning tokens in use")
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise CoapUsageError("connection layer is closed")
 
 
 def outgoing(layer: MessageLayer | TcpLayer) -> list[bytes]:

@@ -1,19 +1,25 @@
-"""CoAP messages and their two wire forms: UDP datagrams (RFC 7252 §3) and TCP/TLS frames
-(RFC 8323 §3.2).
+"""The CoAP message value: :class:`CoapMessage`, its option accessors and builders.
 
-A :class:`CoapMessage` is a frozen value; the codecs turn bytes into one and back. Decoders
-raise only :class:`CoapFormatError` on bad input, whatever the bytes (a hypothesis test
-checks it). Nothing here keeps state between messages except :class:`TcpFramer`, which
-buffers at most one incomplete frame, never more than its size limit.
+A :class:`CoapMessage` is a frozen value checked in its constructor; it knows nothing of
+bytes on the wire. The UDP form lives in :mod:`gateway.coap.udp_codec`, the TCP/TLS form in
+:mod:`gateway.coap.tcp_framing`; both build messages through :func:`unchecked_message` after
+checking the fields themselves, which is why that one skips the constructor's checks.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
+from gateway.coap.codes import (
+    EMPTY,
+    MessageType,
+    format_code,
+    is_request_code,
+    is_response_code,
+)
+from gateway.coap.errors import BadOptionError, CoapUsageError
 from gateway.coap.options import (
     OPTION_SPECS,
     Block,
@@ -25,99 +31,10 @@ from gateway.coap.options import (
 
 #: RFC 7252 §4.6: without knowledge of the path MTU, messages should fit 1152 bytes.
 DEFAULT_MAX_MESSAGE_SIZE = 1152
-#: The largest TCP frame the framer will ever buffer, whatever the configuration.
-TCP_HARD_MAX_MESSAGE_SIZE = 64 * 1024
 _MAX_OPTION_LENGTH = 65535 + 269  # largest value the 14 extended form can express
-_MAX_OPTION_NUMBER = 65535
-
-
-class MessageType(enum.IntEnum):
-    """The UDP message types (RFC 7252 §3); absent over TCP (RFC 8323 §3.2)."""
-
-    CON = 0
-    NON = 1
-    ACK = 2
-    RST = 3
-
-
-_TYPES = (MessageType.CON, MessageType.NON, MessageType.ACK, MessageType.RST)
-
-#: Codes the CoAP layer itself uses or checks (class * 32 + detail).
-EMPTY = 0
-BAD_OPTION = 130  # 4.02
-REQUEST_ENTITY_TOO_LARGE = 141  # 4.13
-
-
-def format_code(code: int) -> str:
-    """The dotted notation, e.g. ``2.05``."""
-    return f"{code >> 5}.{code & 31:02d}"
-
-
-def is_request_code(code: int) -> bool:
-    return 0 < code < 32
-
-
-def is_response_code(code: int) -> bool:
-    return code >> 5 in (2, 4, 5)
-
-
-def is_signaling_code(code: int) -> bool:
-    return code >> 5 == 7
-
-
-# --- errors ----------------------------------------------------------------------------------
-
-
-class CoapError(Exception):
-    """Base of the errors this package raises on purpose."""
-
-
-class CoapUsageError(CoapError):
-    """Our own code misused the CoAP layer (a bug), never caused by peer input."""
-
-
-class CoapFormatError(CoapError, ValueError):
-    """Bytes from the peer are not a well-formed CoAP message (RFC 7252 §3, RFC 8323 §3.2).
-
-    ``mtype`` and ``mid`` are set when the UDP header could be read before the fault was
-    found, so that the message layer can reject a Confirmable message with a Reset
-    (RFC 7252 §4.2); for a Non-confirmable one it drops the message silently (§4.3).
-    """
-
-    def __init__(self, reason: str, *, mtype: MessageType | None = None,
-                 mid: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.mtype = mtype
-        self.mid = mid
-
-
-class MessageTooLarge(CoapFormatError):
-    """The message (or the frame a TCP header announces) exceeds our size limit."""
-
-    def __init__(self, size: int, limit: int, **header: Any) -> None:
-        super().__init__(f"message of {size} bytes exceeds the limit of {limit}", **header)
-        self.size = size
-        self.limit = limit
-
-
-class BadOptionError(CoapFormatError):
-    """An option value does not fit its format (RFC 7252 §5.4.3: treat it as unrecognized).
-
-    Raised only by the typed accessors of :class:`CoapMessage`. Messages that come out of
-    a message layer had such options removed (elective) or were rejected (critical), so
-    roles do not meet this error.
-    """
-
-    def __init__(self, number: int, reason: str) -> None:
-        super().__init__(f"{option_name(number)}: {reason}")
-        self.number = number
-
-
-# --- the message value -----------------------------------------------------------------------
+MAX_OPTION_NUMBER = 65535
 
 Option = tuple[int, bytes]
-
 
 
 class RequestOptions(NamedTuple):
@@ -444,8 +361,8 @@ class CoapMessage:
         if not options:
             # Only the options added above, in ascending order and well formed: skip the
             # constructor's checks (a few percent of a request's CPU).
-            return _make(None, int(code), 0, self.token, tuple(opts),
-                         _checked_bytes(payload, "payload"))
+            return unchecked_message(None, int(code), 0, self.token, tuple(opts),
+                                     _checked_bytes(payload, "payload"))
         return CoapMessage(None, int(code), 0, self.token, tuple(opts), payload)
 
     def with_options(self, *options: Option) -> CoapMessage:
@@ -516,7 +433,7 @@ def _checked_options(options: object) -> tuple[Option, ...]:
         number, value = pair
         if type(number) is not int:
             number = _checked_int(number, "option number")
-        if not 0 <= number <= _MAX_OPTION_NUMBER:
+        if not 0 <= number <= MAX_OPTION_NUMBER:
             raise CoapUsageError(f"option number out of range: {number}")
         value = _checked_bytes(value, f"value of option {number}")
         if len(value) > _MAX_OPTION_LENGTH:
@@ -530,8 +447,8 @@ def _checked_options(options: object) -> tuple[Option, ...]:
     return tuple(out)
 
 
-def _make(mtype: MessageType | None, code: int, mid: int, token: bytes,
-          options: tuple[Option, ...], payload: bytes) -> CoapMessage:
+def unchecked_message(mtype: MessageType | None, code: int, mid: int, token: bytes,
+                      options: tuple[Option, ...], payload: bytes) -> CoapMessage:
     """Build a message from fields a decoder has already checked (skips validation)."""
     msg = _new(CoapMessage)
     _set(msg, "mtype", mtype)
@@ -557,272 +474,3 @@ def unknown_critical_options(msg: CoapMessage, known: set[int] | frozenset[int])
     """
     return sorted({n for n, _ in msg.options if n & 1 and n not in known})
 
-
-# --- option block codec (shared by UDP and TCP) ------------------------------------------------
-
-
-def _encode_options(options: tuple[Option, ...], out: bytearray) -> None:
-    previous = 0
-    for number, value in options:
-        delta = number - previous
-        previous = number
-        length = len(value)
-        if delta < 13 and length < 13:
-            out.append(delta << 4 | length)
-        else:
-            _append_extended_header(out, delta, length)
-        out += value
-
-
-def _append_extended_header(out: bytearray, delta: int, length: int) -> None:
-    if delta < 13:
-        d_nibble, d_ext = delta, b""
-    elif delta < 269:
-        d_nibble, d_ext = 13, bytes((delta - 13,))
-    else:
-        d_nibble, d_ext = 14, (delta - 269).to_bytes(2, "big")
-    if length < 13:
-        l_nibble, l_ext = length, b""
-    elif length < 269:
-        l_nibble, l_ext = 13, bytes((length - 13,))
-    else:
-        l_nibble, l_ext = 14, (length - 269).to_bytes(2, "big")
-    out.append(d_nibble << 4 | l_nibble)
-    out += d_ext
-    out += l_ext
-
-
-def _decode_options(data: bytes, pos: int) -> tuple[tuple[Option, ...], bytes]:
-    """Options from ``pos`` to the payload marker or the end (RFC 7252 §3.1)."""
-    options: list[Option] = []
-    end = len(data)
-    number = 0
-    while pos < end:
-        byte = data[pos]
-        pos += 1
-        if byte == 0xFF:
-            if pos == end:  # RFC 7252 §3: a marker followed by nothing is a format error
-                raise CoapFormatError("payload marker followed by an empty payload")
-            return tuple(options), data[pos:]
-        delta = byte >> 4
-        length = byte & 0x0F
-        if delta >= 13:
-            if delta == 13:
-                if pos >= end:
-                    raise CoapFormatError("truncated option delta")
-                delta = data[pos] + 13
-                pos += 1
-            elif delta == 14:
-                if pos + 2 > end:
-                    raise CoapFormatError("truncated option delta")
-                delta = (data[pos] << 8 | data[pos + 1]) + 269
-                pos += 2
-            else:  # RFC 7252 §3.1: nibble 15 is reserved outside the payload marker
-                raise CoapFormatError("option delta nibble 15")
-        if length >= 13:
-            if length == 13:
-                if pos >= end:
-                    raise CoapFormatError("truncated option length")
-                length = data[pos] + 13
-                pos += 1
-            elif length == 14:
-                if pos + 2 > end:
-                    raise CoapFormatError("truncated option length")
-                length = (data[pos] << 8 | data[pos + 1]) + 269
-                pos += 2
-            else:
-                raise CoapFormatError("option length nibble 15")
-        number += delta
-        if number > _MAX_OPTION_NUMBER:
-            raise CoapFormatError("option number beyond 65535")
-        stop = pos + length
-        if stop > end:
-            raise CoapFormatError("truncated option value")
-        options.append((number, data[pos:stop]))
-        pos = stop
-    return tuple(options), b""
-
-
-# --- UDP (RFC 7252 §3) -------------------------------------------------------------------------
-
-
-def decode_udp(data: bytes) -> CoapMessage:
-    """Decode one datagram; raises :class:`CoapFormatError` (with the header's type and
-    message ID when they could be read) on any malformation."""
-    if type(data) is not bytes:
-        data = bytes(data)
-    if len(data) < 4:
-        raise CoapFormatError("shorter than the 4-byte header")
-    first = data[0]
-    if first >> 6 != 1:  # RFC 7252 §3: unknown versions are silently ignored
-        raise CoapFormatError(f"version {first >> 6}")
-    mtype = _TYPES[first >> 4 & 3]
-    mid = data[2] << 8 | data[3]
-    tkl = first & 0x0F
-    code = data[1]
-    if tkl > 8:  # RFC 7252 §3: lengths 9-15 are reserved
-        raise CoapFormatError(f"token length {tkl}", mtype=mtype, mid=mid)
-    if code == EMPTY and len(data) != 4:  # RFC 7252 §4.1: nothing after the MID
-        raise CoapFormatError("empty message with bytes after the header", mtype=mtype, mid=mid)
-    pos = 4 + tkl
-    if len(data) < pos:
-        raise CoapFormatError("truncated token", mtype=mtype, mid=mid)
-    try:
-        options, payload = _decode_options(data, pos)
-    except CoapFormatError as exc:
-        exc.mtype, exc.mid = mtype, mid
-        raise
-    return _make(mtype, code, mid, data[4:pos], options, payload)
-
-
-def encode_udp(msg: CoapMessage) -> bytes:
-    mtype = msg.mtype
-    if mtype is None:
-        raise CoapUsageError("a UDP message needs a type")
-    if msg.code == EMPTY and (msg.token or msg.options or msg.payload):
-        raise CoapUsageError("an empty message carries no token, options or payload")
-    return _encode_udp_fields(mtype, msg.code, msg.mid, msg.token, msg.options, msg.payload)
-
-
-def _encode_udp_fields(mtype: int, code: int, mid: int, token: bytes,
-                       options: tuple[Option, ...], payload: bytes) -> bytes:
-    out = bytearray((0x40 | mtype << 4 | len(token), code, mid >> 8, mid & 0xFF))
-    out += token
-    if options:
-        _encode_options(options, out)
-    if payload:
-        out.append(0xFF)
-        out += payload
-    return bytes(out)
-
-
-def empty_ack(mid: int) -> bytes:
-    return bytes((0x60, 0, mid >> 8, mid & 0xFF))
-
-
-def reset(mid: int) -> bytes:
-    return bytes((0x70, 0, mid >> 8, mid & 0xFF))
-
-
-# --- TCP (RFC 8323 §3.2) -----------------------------------------------------------------------
-
-_EXT_LEN_BYTES = {13: 1, 14: 2, 15: 4}
-_EXT_LEN_OFFSET = {13: 13, 14: 269, 15: 65805}
-
-
-def tcp_frame_length(data: bytes | bytearray, pos: int = 0) -> int | None:
-    """Total length of the frame starting at ``pos``, or None while its header is incomplete.
-
-    Raises :class:`CoapFormatError` for a token length above 8.
-    """
-    if len(data) <= pos:
-        return None
-    first = data[pos]
-    nibble = first >> 4
-    tkl = first & 0x0F
-    if tkl > 8:
-        raise CoapFormatError(f"token length {tkl}")
-    if nibble < 13:
-        return 2 + tkl + nibble
-    ext = _EXT_LEN_BYTES[nibble]
-    if len(data) < pos + 1 + ext:
-        return None
-    body = int.from_bytes(data[pos + 1:pos + 1 + ext], "big") + _EXT_LEN_OFFSET[nibble]
-    return 2 + ext + tkl + body
-
-
-def decode_tcp(data: bytes) -> tuple[CoapMessage, int]:
-    """Decode the frame at the start of ``data``; returns the message and the bytes used.
-
-    Raises :class:`CoapFormatError` when the frame is malformed or not complete yet.
-    """
-    if type(data) is not bytes:
-        data = bytes(data)
-    size = tcp_frame_length(data)
-    if size is None or len(data) < size:
-        raise CoapFormatError("truncated frame")
-    return _decode_tcp_frame(data[:size] if size != len(data) else data), size
-
-
-def _decode_tcp_frame(frame: bytes) -> CoapMessage:
-    first = frame[0]
-    nibble = first >> 4
-    head = 1 + _EXT_LEN_BYTES.get(nibble, 0)
-    tkl = first & 0x0F
-    code = frame[head]
-    pos = head + 1 + tkl
-    options, payload = _decode_options(frame, pos)
-    return _make(None, code, 0, frame[head + 1:pos], options, payload)
-
-
-def encode_tcp(msg: CoapMessage) -> bytes:
-    body = bytearray()
-    if msg.options:
-        _encode_options(msg.options, body)
-    if msg.payload:
-        body.append(0xFF)
-        body += msg.payload
-    size = len(body)
-    tkl = len(msg.token)
-    if size < 13:
-        head = bytes((size << 4 | tkl, msg.code))
-    elif size < 269:
-        head = bytes((0xD0 | tkl, size - 13, msg.code))
-    elif size < 65805:
-        head = bytes((0xE0 | tkl,)) + (size - 269).to_bytes(2, "big") + bytes((msg.code,))
-    else:
-        head = bytes((0xF0 | tkl,)) + (size - 65805).to_bytes(4, "big") + bytes((msg.code,))
-    return head + msg.token + body
-
-
-class TcpFramer:
-    """Cuts a TCP/TLS byte stream into CoAP messages (RFC 8323 §3.2).
-
-    It holds at most one incomplete frame. A header announcing a frame larger than
-    ``max_message_size`` (the whole frame, header included, as RFC 8323 §5.3.1 counts it)
-    raises :class:`MessageTooLarge` before any of its body is buffered. After any error the
-    stream cannot be resynchronized: the framer stays failed and the connection must be
-    aborted.
-    """
-
-    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
-        if not 16 <= max_message_size <= TCP_HARD_MAX_MESSAGE_SIZE:
-            raise CoapUsageError(
-                f"max_message_size must be 16..{TCP_HARD_MAX_MESSAGE_SIZE}: {max_message_size}")
-        self.max_message_size = max_message_size
-        self._buffer = bytearray()
-        self._error: CoapFormatError | None = None
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)
-
-    def feed(self, data: bytes) -> list[CoapMessage]:
-        """Add received bytes; return every message they complete, in order.
-
-        On a malformed or oversized frame this raises; messages completed earlier in the same
-        call are lost with the connection.
-        """
-        if self._error is not None:
-            raise self._error
-        buffer = self._buffer
-        buffer += data
-        messages: list[CoapMessage] = []
-        pos = 0
-        try:
-            while True:
-                size = tcp_frame_length(buffer, pos)
-                if size is None:
-                    break
-                if size > self.max_message_size:
-                    raise MessageTooLarge(size, self.max_message_size)
-                if len(buffer) - pos < size:
-                    break
-                messages.append(_decode_tcp_frame(bytes(buffer[pos:pos + size])))
-                pos += size
-        except CoapFormatError as exc:
-            self._error = exc
-            buffer.clear()
-            raise
-        del buffer[:pos]
-        return messages

@@ -155,6 +155,12 @@ def option_name(number: int, code: int | None = None) -> str:
     return f"{spec.name}({number})" if spec else f"option {number}"
 
 
+def option_names(numbers: list[int], limit: int = 8) -> str:
+    """Diagnostic text naming the options, bounded in length whatever the peer sent."""
+    names = ", ".join(option_name(n) for n in numbers[:limit])
+    return names + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
+
+
 def check_options(
     options: Iterable[tuple[int, bytes]],
     known: frozenset[int] | set[int],

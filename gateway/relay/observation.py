@@ -20,7 +20,8 @@ from gateway.client.connect import NetworkError
 from gateway.client.messages import Reply
 from gateway.client.redirect import redirect_in
 from gateway.client.session import ClientSession
-from gateway.coap.message import BadOptionError, CoapMessage
+from gateway.coap.errors import BadOptionError
+from gateway.coap.message import CoapMessage
 from gateway.dots.codes import Code
 from gateway.dots.message import DotsRequest, DotsResponse
 

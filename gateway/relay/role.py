@@ -19,8 +19,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.client.connect import NetworkError
-from gateway.coap.layer import MessageLayer, RequestKey
-from gateway.coap.message import BadOptionError, CoapMessage, MessageType
+from gateway.coap.codes import MessageType
+from gateway.coap.errors import BadOptionError
+from gateway.coap.events import RequestKey
+from gateway.coap.layer import MessageLayer
+from gateway.coap.message import CoapMessage
 from gateway.dots.authz import Authorizer
 from gateway.dots.codes import CONTENT_FORMAT_TEXT, Code, Method
 from gateway.dots.errors import DotsProtocolError

@@ -19,18 +19,19 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gateway.coap.layer import (
+from gateway.coap.codes import MessageType
+from gateway.coap.events import (
     ConnectionAborted,
-    MessageLayer,
     ReleaseReceived,
     RequestFailed,
     RequestKey,
     RequestReceived,
     Reset,
     ResponseReceived,
-    TcpLayer,
 )
-from gateway.coap.message import CoapMessage, MessageType
+from gateway.coap.layer import MessageLayer
+from gateway.coap.message import CoapMessage
+from gateway.coap.tcp_layer import TcpLayer
 from gateway.credentials import certificate_subject, peer_identity
 from gateway.dots.codec import encode_message
 from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, Method, Status

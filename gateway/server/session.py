@@ -15,8 +15,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gateway.coap.layer import MessageLayer, TcpLayer, TransmissionParameters, outgoing
-from gateway.coap.message import BadOptionError, CoapMessage
+from gateway.coap.errors import BadOptionError
+from gateway.coap.layer import MessageLayer, outgoing
+from gateway.coap.message import CoapMessage
+from gateway.coap.reliability import TransmissionParameters
+from gateway.coap.tcp_layer import TcpLayer
 from gateway.dots.codes import Method
 from gateway.dots.message import DotsRequest, Requester
 from gateway.dots.server import ServerSession

@@ -42,7 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 from certs.devpki import init_dev_pki  # noqa: E402
 from certs.identity import cuid_from_certificate  # noqa: E402
-from gateway.coap.message import CoapMessage, MessageType, decode_udp, encode_udp  # noqa: E402
+from gateway.coap.codes import MessageType  # noqa: E402
+from gateway.coap.message import CoapMessage  # noqa: E402
+from gateway.coap.udp_codec import decode_udp, encode_udp  # noqa: E402
 from gateway.transport.secure_session import SecureSession  # noqa: E402
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind  # noqa: E402
 from tests.bench.bench_transport import Client, Generator, establish  # noqa: E402

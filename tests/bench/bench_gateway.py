@@ -54,7 +54,8 @@ sys.path.insert(0, str(ROOT))
 
 from certs.devpki import init_dev_pki  # noqa: E402
 from certs.identity import cuid_from_certificate, derive_id  # noqa: E402
-from gateway.coap.message import CoapMessage, decode_udp  # noqa: E402
+from gateway.coap.message import CoapMessage  # noqa: E402
+from gateway.coap.udp_codec import decode_udp  # noqa: E402
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind  # noqa: E402
 from tests.bench.bench_dots import Runner  # noqa: E402
 from tests.bench.bench_transport import (  # noqa: E402

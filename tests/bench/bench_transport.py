@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from certs.devpki import init_dev_pki  # noqa: E402
-from gateway.coap.message import CoapMessage, MessageType, decode_udp, encode_udp  # noqa: E402
+from gateway.coap.codes import MessageType  # noqa: E402
+from gateway.coap.message import CoapMessage  # noqa: E402
+from gateway.coap.udp_codec import decode_udp, encode_udp  # noqa: E402
 from gateway.transport.secure_session import SecureSession, State  # noqa: E402
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind  # noqa: E402
 from tests.bench.results import machine_lines, update_section  # noqa: E402

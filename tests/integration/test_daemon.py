@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from certs.devpki import init_dev_pki
-from gateway.coap.message import CoapMessage, MessageType, decode_udp, encode_udp
+from gateway.coap.codes import MessageType
+from gateway.coap.message import CoapMessage
+from gateway.coap.udp_codec import decode_udp, encode_udp
 from gateway.transport.dtls_client import HandshakeError
 from tests.support.daemon import open_session
 

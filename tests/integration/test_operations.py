@@ -25,7 +25,9 @@ import pytest
 from certs.devpki import init_dev_pki
 from certs.identity import cuid_from_certificate
 from gateway import cli
-from gateway.coap.message import CoapMessage, MessageType, decode_udp, encode_udp
+from gateway.coap.codes import MessageType
+from gateway.coap.message import CoapMessage
+from gateway.coap.udp_codec import decode_udp, encode_udp
 from gateway.dots.codec import json_to_cbor
 from gateway.ops import control
 from gateway.transport.dtls_client import HandshakeError

@@ -12,7 +12,9 @@ import pytest
 
 from certs.devpki import init_dev_pki
 from certs.identity import cuid_from_certificate
-from gateway.coap.message import CoapMessage, MessageType, encode_udp
+from gateway.coap.codes import MessageType
+from gateway.coap.message import CoapMessage
+from gateway.coap.udp_codec import encode_udp
 from gateway.config import parse_config
 from gateway.daemon import RunningServer, start_server
 from gateway.dots.codec import cbor_to_json

@@ -14,8 +14,10 @@ import pytest
 
 from certs.devpki import init_dev_pki
 from certs.identity import cuid_from_certificate
-from gateway.coap.message import CoapMessage, MessageType, decode_udp, encode_udp
+from gateway.coap.codes import MessageType
+from gateway.coap.message import CoapMessage
 from gateway.coap.options import Block, OptionNumber
+from gateway.coap.udp_codec import decode_udp, encode_udp
 from gateway.config import parse_config
 from gateway.daemon import RunningServer, start_server
 from gateway.dots.codec import cbor_to_json

@@ -27,8 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.coap.layer import ResponseReceived, TcpLayer
-from gateway.coap.message import CoapMessage, MessageType, decode_udp, encode_udp, format_code
+from gateway.coap.codes import MessageType, format_code
+from gateway.coap.events import ResponseReceived
+from gateway.coap.message import CoapMessage
+from gateway.coap.tcp_layer import TcpLayer
+from gateway.coap.udp_codec import decode_udp, encode_udp
 from gateway.transport.dtls_client import connect_dtls
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind
 from gateway.transport.tls_stream import connect_tls

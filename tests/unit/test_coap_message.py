@@ -30,7 +30,7 @@ from gateway.coap import (
     format_code,
     unknown_critical_options,
 )
-from gateway.coap.message import tcp_frame_length
+from gateway.coap.tcp_framing import tcp_frame_length
 
 aiocoap = pytest.importorskip("aiocoap")
 from aiocoap import Message as AMessage  # noqa: E402
