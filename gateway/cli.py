@@ -2,8 +2,8 @@
 
 ``run`` (terminal or gateway mode) and ``server`` (always terminal) are the daemon;
 ``check-config FILE`` lists every problem with its key; ``certs init DIR`` makes the dev
-PKI; ``show-config`` prints the effective settings; ``status`` asks a running daemon over
-its control socket (``gateway.ops.control``); ``drain`` signals one with ``[anycast]``
+PKI; ``show-config`` prints the effective settings; ``status`` and ``reload`` ask a running
+daemon over its control socket (``gateway.ops.control``); ``drain`` signals one with ``[anycast]``
 (``anycast.control``); ``discover`` and ``dhcp-option`` come from ``gateway.discovery``.
 """
 
@@ -85,6 +85,14 @@ def _settings(args: argparse.Namespace) -> Settings:
     return default_settings(state_dir)
 
 
+def _as_commanded(args: argparse.Namespace, settings: Settings) -> Settings:
+    if args.command == "server" and settings.general.mode is Mode.GATEWAY:
+        # `server` is the DOTS server itself whatever the file says; `run` honours the mode.
+        settings = dataclasses.replace(
+            settings, general=dataclasses.replace(settings.general, mode=Mode.TERMINAL))
+    return settings
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -102,12 +110,13 @@ def _serve(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return EXIT_FAILURE
     configure_logging(str(settings.logging.format), str(settings.logging.level))
-    if args.command == "server" and settings.general.mode is Mode.GATEWAY:
-        # `server` is the DOTS server itself whatever the file says; `run` honours the mode.
-        settings = dataclasses.replace(
-            settings, general=dataclasses.replace(settings.general, mode=Mode.TERMINAL))
+    settings = _as_commanded(args, settings)
+
+    def reread() -> Settings:  # SIGHUP and `reload`: the same file, read the same way
+        return _as_commanded(args, _settings(args))
+
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, reread=reread))
     except (RelayDatabaseError, UpstreamCredentialError) as exc:
         print(f"dots-gateway: gateway mode: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -198,6 +207,41 @@ def _status_from_state_file(args: argparse.Namespace, settings: Settings) -> int
     return EXIT_OK if state["running"] else EXIT_FAILURE
 
 
+def _reload(args: argparse.Namespace) -> int:
+    """``reload`` over the control socket (what SIGHUP does), and what it changed."""
+    from gateway.ops import control
+
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"reload: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    path = Path(args.socket) if args.socket else settings.control.socket
+    try:
+        response = control.request(path, "reload", timeout=args.timeout)
+    except control.ControlUnavailable as exc:
+        print(f"reload: no daemon answers on the control socket: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not response.get("ok"):
+        print(f"reload: {response.get('error')}", file=sys.stderr)
+        return EXIT_FAILURE
+    result = response.get("result", {})
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return EXIT_OK
+    print(f"reloaded {result.get('config', '?')}")
+    print("changed: " + (", ".join(result.get("changed", [])) or "nothing"))
+    print("reloaded: " + ", ".join(result.get("reloaded", [])))
+    restart = result.get("needs_restart", [])
+    if restart:
+        print("needs a restart (kept as running): " + ", ".join(restart))
+    withdrawn = result.get("withdrawn", [])
+    print(f"sessions closed: {len(withdrawn)}")
+    for w in withdrawn:
+        print(f"  {w.get('peer')} {w.get('client')}: {w.get('reason')} ({w.get('detail')})")
+    return EXIT_OK
+
+
 def _tls_secrets(args: argparse.Namespace) -> int:
     from gateway.credentials import write_fleet_secrets
 
@@ -249,6 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0,
                    help="seconds to wait for the daemon's answer (default 5)")
     p.set_defaults(func=_status)
+
+    p = sub.add_parser("reload", help="make the running daemon re-read its configuration "
+                       "(as SIGHUP does) and print what changed")
+    p.add_argument("--config", help="the daemon's configuration file (for its control socket)")
+    p.add_argument("--state-dir", help="the daemon's state directory")
+    p.add_argument("--socket", help="the control socket (default: control.socket)")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for the daemon's answer (default 30)")
+    p.set_defaults(func=_reload)
 
     p = sub.add_parser("tls-secrets", help="create shared cookie and ticket-key files")
     p.add_argument("directory")

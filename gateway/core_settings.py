@@ -1,4 +1,5 @@
-"""Turns validated configuration into the pure core's objects (limits, policies, server core).
+"""Turns validated configuration into the pure core's objects (limits, policies, server core,
+client rules, the redirect policy).
 
 The config module knows TOML and key paths; the core knows RFC 9132. This is the only
 place that knows both.
@@ -8,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.config import Bounds, SessionConfig, Settings
-from gateway.dots.authz import Authorizer, ClientRule
+from certs.devpki import DevPki
+from gateway.config import Bounds, RedirectTargetSettings, SessionConfig, Settings
+from gateway.dots.authz import ANY_NAME, EVERYWHERE, Authorizer, ClientRule
 from gateway.dots.conflict import ConflictDecision, ConflictResolver, fixed_policy
 from gateway.dots.mitigation import MitigationStore
 from gateway.dots.mitigation_lifecycle import MitigationPolicy
 from gateway.dots.server import DotsServerCore
 from gateway.dots.session_config import ConfigLimits, Limit
+from redirect.policy import AnycastMode, RedirectPolicy, Target
 
 
 def _limit(bounds: Bounds) -> Limit:  # type: ignore[type-arg]
@@ -63,4 +66,32 @@ def build_server_core(settings: Settings, wall_offset: float = 0.0,
         idle_limits=config_limits(settings.session.idle),
         config_max_age=settings.session.max_age,
         authorizer=Authorizer([*client_rules(settings), *extra_rules]),
+    )
+
+
+def dev_client_rules(pki: DevPki | None) -> list[ClientRule]:
+    """With the dev PKI, a first try works: its identities may protect anything (issue 5)."""
+    if pki is None:
+        return []
+    return [
+        ClientRule("dev-client", cuid=pki.client_cuid, prefixes=EVERYWHERE, fqdns=(ANY_NAME,)),
+        ClientRule("dev-psk", psk_identity=pki.psk_identity, prefixes=EVERYWHERE,
+                   fqdns=(ANY_NAME,)),
+    ]
+
+
+def redirect_policy(settings: Settings) -> RedirectPolicy:
+    r = settings.redirect
+
+    def target(t: RedirectTargetSettings) -> Target:
+        return Target(t.name, t.addresses)
+
+    return RedirectPolicy(
+        mode=AnycastMode(str(r.mode)),
+        own=Target(r.name, r.addresses) if r.name else None,
+        pool=tuple(target(t) for t in r.pool),
+        static={t.cuid: target(t) for t in r.static if t.cuid},
+        static_prefixes=tuple((prefix, target(t)) for t in r.static for prefix in t.prefixes),
+        ttl=r.ttl,
+        capacity=r.capacity,
     )

@@ -1,7 +1,9 @@
 """Settings -> (D)TLS server contexts: operator files or the dev PKI, PSKs, fleet secrets.
 
 Also maps an authenticated peer credential to the identity the DOTS layer works with
-(RFC 9132 App. B cuid of the certificate's SPKI or of the PSK identity).
+(RFC 9132 App. B cuid of the certificate's SPKI or of the PSK identity), and re-checks an
+established session's credential against newly loaded ones (``Trust``): a PSK withdrawn or
+changed, a certificate revoked, expired, or issued by a CA no longer trusted.
 """
 
 from __future__ import annotations
@@ -9,8 +11,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from certs.devpki import DevPki, init_dev_pki
 from certs.identity import PeerIdentity
@@ -122,3 +128,99 @@ def write_fleet_secrets(directory: Path) -> tuple[Path, Path]:
     write_secret_file(cookie, CookieSecrets.LENGTH)
     write_secret_file(tickets, TicketKey.LENGTH)
     return cookie, tickets
+
+
+@functools.lru_cache(maxsize=4096)
+def certificate_not_after(der: bytes) -> float:
+    """The end of a certificate's validity, in seconds since the epoch."""
+    return x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
+
+
+@functools.lru_cache(maxsize=4096)
+def _certificate(der: bytes) -> x509.Certificate:
+    return x509.load_der_x509_certificate(der)
+
+
+@dataclass(frozen=True)
+class Trust:
+    """The client credentials as one (re)load left them: what established sessions are
+    checked against. Built from the same files as the handshake contexts."""
+
+    psk: Mapping[bytes, bytes] = field(default_factory=dict, repr=False)
+    cas: tuple[x509.Certificate, ...] = ()
+    #: DER issuer name -> revoked serial numbers, from the CRL's lists whose signature a
+    #: trusted CA verifies (OpenSSL refuses the others at handshake time too).
+    revoked: Mapping[bytes, frozenset[int]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, credentials: ServerCredentials) -> Trust:
+        """Read the CA and CRL files named in ``credentials`` (OSError, ValueError)."""
+        cas: tuple[x509.Certificate, ...] = ()
+        if credentials.client_ca is not None:
+            cas = tuple(x509.load_pem_x509_certificates(credentials.client_ca.read_bytes()))
+        revoked: dict[bytes, frozenset[int]] = {}
+        if credentials.crl is not None:
+            for crl in _crls(credentials.crl.read_bytes()):
+                if not any(ca.subject == crl.issuer and _crl_signed_by(crl, ca) for ca in cas):
+                    log.warning("CRL of %s not signed by a trusted CA: ignored",
+                                crl.issuer.rfc4514_string())
+                    continue
+                key = crl.issuer.public_bytes()
+                revoked[key] = revoked.get(key, frozenset()) | {r.serial_number for r in crl}
+        return cls(dict(credentials.psk), cas, revoked)
+
+    def problem(self, credential: PeerCredential, before: Trust, now: float
+                ) -> tuple[str, str] | None:
+        """Why a session authenticated with ``credential`` (under ``before``) may not go on
+        under this trust: (reason label, detail), or None. ``now``: seconds since the epoch.
+
+        A certificate's chain is known by its issuer only (the session keeps the leaf):
+        one issued by a CA of this trust must verify with it; one whose issuer is in
+        neither trust (an intermediate the client sent) keeps its chain unchecked here."""
+        if credential.certificate is None:
+            identity = credential.psk_identity or b""
+            key = self.psk.get(identity)
+            if key is None:
+                return "psk_withdrawn", "its PSK identity is no longer configured"
+            if key != before.psk.get(identity, key):
+                return "psk_withdrawn", "its PSK changed"
+            return None
+        leaf = _certificate(credential.certificate)
+        if now >= leaf.not_valid_after_utc.timestamp():
+            return "certificate_expired", (
+                f"its certificate expired at {leaf.not_valid_after_utc.isoformat()}")
+        if leaf.serial_number in self.revoked.get(leaf.issuer.public_bytes(), ()):
+            return "certificate_revoked", (
+                f"its certificate (serial {leaf.serial_number:x}) is revoked by the CRL")
+        issuers = [ca for ca in self.cas if ca.subject == leaf.issuer]
+        if issuers:
+            if not any(_issued_by(leaf, ca) for ca in issuers):
+                return "ca_withdrawn", "its certificate's issuer is no longer trusted"
+        elif any(ca.subject == leaf.issuer for ca in before.cas):
+            return "ca_withdrawn", (
+                f"its CA {leaf.issuer.rfc4514_string()} is no longer trusted")
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _issued_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        leaf.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    try:
+        return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    except TypeError:  # a key type that cannot sign (X25519, say)
+        return False
+
+
+def _crls(data: bytes) -> list[x509.CertificateRevocationList]:
+    """Every CRL in a PEM file (OpenSSL's X509_STORE_load_file reads them all), or one DER."""
+    marker = b"-----BEGIN X509 CRL-----"
+    if marker not in data:
+        return [x509.load_der_x509_crl(data)]
+    return [x509.load_pem_x509_crl(marker + part) for part in data.split(marker)[1:]]

@@ -2,8 +2,10 @@
 
 ``dots-gateway server`` and (in terminal mode) ``dots-gateway run`` call ``serve()``. It
 binds every configured address for each configured transport, refuses to start when a port
-is taken, reloads credentials on SIGHUP (new handshakes use them; established sessions are
-kept), and on SIGTERM/SIGINT closes every session with close_notify before exiting.
+is taken, reloads its configuration on SIGHUP and ``reload`` (``gateway.reloading``: the
+file re-read and checked, credentials, rules and trusted gateways applied, established
+sessions re-checked, the CRL file watched), and on SIGTERM/SIGINT closes every session with
+close_notify before exiting.
 
 With ``[anycast] enabled`` it also runs ``anycast.manager.AnycastManager``: the anycast
 addresses are put in place and nothing is announced before listening; the route is announced
@@ -33,22 +35,21 @@ from typing import Any
 
 from anycast.addresses import anycast_classifier
 from gateway import __version__
-from gateway.config import Mode, RedirectTargetSettings, Settings, Transport
-from gateway.core_settings import build_server_core
-from gateway.credentials import datagram_limits, server_contexts, stream_limits
-from gateway.dots.authz import ANY_NAME, EVERYWHERE, ClientRule
+from gateway.config import Mode, Settings, Transport
+from gateway.core_settings import build_server_core, dev_client_rules, redirect_policy
+from gateway.credentials import Trust, datagram_limits, server_contexts, stream_limits
 from gateway.dots.mitigation_lifecycle import ACTIVE_STATES
 from gateway.ops.control import ControlProviders, ControlServer
 from gateway.ops.metrics import MetricsServer, Registry, daemon_metrics
 from gateway.relay.role import GatewayRole
-from gateway.relay.startup import build_gateway_role, choose_mode, upstream_credentials
+from gateway.relay.startup import build_gateway_role, choose_mode
+from gateway.reloading import Reloader
 from gateway.server.mitigator import Mitigator, build_mitigator
 from gateway.server.persistence import MitigationDatabase
 from gateway.server.role import ServerRole
 from gateway.transport.dtls_server import DtlsServer
 from gateway.transport.tls_stream import TlsServer
 from gateway.transport.udp import PortInUse
-from redirect.policy import AnycastMode, RedirectPolicy, Target
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class RunningServer:
     control: ControlProviders = field(default_factory=ControlProviders)
     mode: Mode = Mode.TERMINAL
     started_at: float = field(default_factory=time.time)
+    #: The configuration in force and its reload (set by ``start_server``).
+    reloader: Reloader | None = None
 
     @property
     def addresses(self) -> list[str]:
@@ -83,6 +86,8 @@ class RunningServer:
         return out
 
     async def stop(self) -> None:
+        if self.reloader is not None:
+            await self.reloader.stop()
         self.role.stop()
         await self.role.aclose()  # the gateway's upstream session and relay state
         if self.dtls is not None:
@@ -94,38 +99,17 @@ class RunningServer:
         self.database.close()
 
 
-def redirect_policy(settings: Settings) -> RedirectPolicy:
-    r = settings.redirect
-
-    def target(t: RedirectTargetSettings) -> Target:
-        return Target(t.name, t.addresses)
-
-    return RedirectPolicy(
-        mode=AnycastMode(str(r.mode)),
-        own=Target(r.name, r.addresses) if r.name else None,
-        pool=tuple(target(t) for t in r.pool),
-        static={t.cuid: target(t) for t in r.static if t.cuid},
-        static_prefixes=tuple((prefix, target(t)) for t in r.static for prefix in t.prefixes),
-        ttl=r.ttl,
-        capacity=r.capacity,
-    )
-
-
-async def start_server(settings: Settings) -> RunningServer:
-    """Bind and start serving; raises (PortInUse, OpenSSLError, ...) on a bad start."""
+async def start_server(settings: Settings, *,
+                       reread: Callable[[], Settings] | None = None) -> RunningServer:
+    """Bind and start serving; raises (PortInUse, OpenSSLError, ...) on a bad start.
+    ``reread``: how a reload reads the configuration (default: ``settings.source`` again)."""
     contexts = server_contexts(settings)
-    dev_rules: list[ClientRule] = []
+    trust = Trust.load(contexts.dtls.credentials)
     if contexts.dev_pki is not None:
         pki = contexts.dev_pki
         log.info("dev PKI in %s (client cuid %s, PSK identity %s)", pki.directory,
                  pki.client_cuid, pki.psk_identity)
-        # A first try works: the dev identities may protect anything (issue 5, dev defaults).
-        dev_rules = [
-            ClientRule("dev-client", cuid=pki.client_cuid, prefixes=EVERYWHERE,
-                       fqdns=(ANY_NAME,)),
-            ClientRule("dev-psk", psk_identity=pki.psk_identity, prefixes=EVERYWHERE,
-                       fqdns=(ANY_NAME,)),
-        ]
+    dev_rules = dev_client_rules(contexts.dev_pki)
     now = time.monotonic()
     core = build_server_core(settings, wall_offset=time.time() - now, extra_rules=dev_rules)
     # Saved mitigations come back before anything listens; the ApplyMitigation commands for
@@ -161,9 +145,11 @@ async def start_server(settings: Settings) -> RunningServer:
         database.close()
         raise
     server = RunningServer(role, dtls, tls, mitigator, database, mode=mode)
+    server.reloader = Reloader(server, settings, trust, reread)
     register_operations(server, settings)
     role.register_operations(server.metrics, server.control)
     role.start()
+    server.reloader.start()
     return server
 
 
@@ -204,13 +190,20 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
         "protects their records: openssl (until the client's first application data, or a "
         "non-AEAD suite) or gateway (keys taken over, OpenSSL's state freed).", ("layer",))
     record_layer.add_source(lambda: _record_layer_counts(server))
+    withdrawn = server.metrics.counter(
+        "dots_gateway_sessions_withdrawn_total", "Established sessions closed because their "
+        "credential or authorization ended (PSK or CA withdrawn, certificate revoked or "
+        "expired, [[clients]] rule or trusted gateway removed), by reason.", ("reason",))
+    withdrawn.add_source(lambda: {(k,): v for k, v in role.standing.withdrawn.items()})
 
     c = server.control
     c.status_sections["daemon"] = lambda: _daemon_section(server, settings)
     c.status_sections["sessions"] = lambda: _sessions_section(server)
     c.status_sections["mitigations"] = lambda: _mitigations_section(server)
     c.status_sections["upstreams"] = lambda: _upstreams_section(server)
-    c.actions["reload"] = lambda: reload(server, settings)
+    reloader = server.reloader
+    if reloader is not None:
+        c.actions["reload"] = reloader.reload
 
 
 def _dotted(code: int) -> str:
@@ -355,38 +348,6 @@ def _upstreams_section(server: RunningServer) -> dict[str, object]:
             "failovers": upstream.failovers, "list": rows}
 
 
-class ReloadError(Exception):
-    """``reload`` kept the old credentials; the message says why."""
-
-
-def reload(server: RunningServer, settings: Settings) -> dict[str, object]:
-    """SIGHUP and the ``reload`` command: new certificates, CAs, CRL and PSKs for new
-    handshakes, downstream and (gateway mode) upstream; sessions stay. ReloadError, with
-    nothing changed, when the new files cannot be loaded."""
-    try:
-        contexts = server_contexts(settings)
-        upstream = _upstream_client(server)
-        fresh = upstream_credentials(settings) if upstream is not None else None
-        if upstream is not None:
-            upstream.replace_credentials(fresh)
-    except Exception as exc:
-        raise ReloadError(f"reload failed, keeping the old credentials: {exc}") from exc
-    if server.dtls is not None:
-        server.dtls.replace_context(contexts.dtls)
-    if server.tls is not None:
-        server.tls.context = contexts.tls
-    log.info("credentials reloaded")
-    return {"reloaded": ["credentials"] + (["upstream credentials"] if fresh is not None else [])}
-
-
-def reload_credentials(server: RunningServer, settings: Settings) -> None:
-    """SIGHUP: ``reload``, with a failure logged (the old credentials stay)."""
-    try:
-        reload(server, settings)
-    except ReloadError as exc:
-        log.error("%s", exc)
-
-
 class Operations:
     """The control socket and the metrics endpoint of one daemon run."""
 
@@ -428,21 +389,24 @@ class Operations:
         await self.control.stop()
 
 
-async def serve(settings: Settings, *, ready: Any = None) -> None:
-    """Run until SIGTERM or SIGINT. ``ready`` (optional callable) gets the RunningServer."""
+async def serve(settings: Settings, *, ready: Any = None,
+                reread: Callable[[], Settings] | None = None) -> None:
+    """Run until SIGTERM or SIGINT. ``ready`` (optional callable) gets the RunningServer;
+    ``reread`` is how SIGHUP and ``reload`` read the configuration again."""
     ops = Operations(settings)
     await ops.open_control()
     try:
         if settings.anycast.enabled:
-            await _serve_anycast(settings, ready, ops)
+            await _serve_anycast(settings, ready, ops, reread)
         else:
-            await _serve(settings, ready, ops)
+            await _serve(settings, ready, ops, reread)
     finally:
         await ops.close()
 
 
-async def _serve(settings: Settings, ready: Any, ops: Operations) -> None:
-    server = await start_server(settings)
+async def _serve(settings: Settings, ready: Any, ops: Operations,
+                 reread: Callable[[], Settings] | None) -> None:
+    server = await start_server(settings, reread=reread)
     loop = asyncio.get_running_loop()
     stop: asyncio.Future[None] = loop.create_future()
 
@@ -456,7 +420,8 @@ async def _serve(settings: Settings, ready: Any, ops: Operations) -> None:
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, request_stop)
-    loop.add_signal_handler(signal.SIGHUP, reload_credentials, server, settings)
+    assert server.reloader is not None
+    loop.add_signal_handler(signal.SIGHUP, server.reloader.reload_logged)
     try:
         await ops.attach(server)
         _announce(server, ready)
@@ -479,14 +444,15 @@ def _announce(server: RunningServer, ready: Any) -> None:
         ready(server)
 
 
-async def _serve_anycast(settings: Settings, ready: Any, ops: Operations) -> None:
+async def _serve_anycast(settings: Settings, ready: Any, ops: Operations,
+                         reread: Callable[[], Settings] | None) -> None:
     """``serve()`` with the anycast manager: listen first, announce last, withdraw first."""
     from anycast.manager import AnycastManager, server_checks, session_split
 
     anycast = AnycastManager.from_settings(settings)
     await anycast.prepare()  # addresses in place, nothing announced (ExaBGP: stdout taken)
     try:
-        server = await start_server(settings)
+        server = await start_server(settings, reread=reread)
     except BaseException:
         await anycast.close()
         raise
@@ -514,7 +480,8 @@ async def _serve_anycast(settings: Settings, ready: Any, ops: Operations) -> Non
     for sig in signals:  # before the "serving" line, as in _serve
         loop.add_signal_handler(sig, request_stop, "drain requested" if sig == signal.SIGUSR2
                                 else sig.name)
-    loop.add_signal_handler(signal.SIGHUP, reload_credentials, server, settings)
+    assert server.reloader is not None
+    loop.add_signal_handler(signal.SIGHUP, server.reloader.reload_logged)
     try:
         await ops.attach(server)
         _announce(server, ready)

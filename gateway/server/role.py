@@ -32,7 +32,7 @@ from gateway.coap.events import (
 from gateway.coap.layer import MessageLayer
 from gateway.coap.message import CoapMessage
 from gateway.coap.tcp_layer import TcpLayer
-from gateway.credentials import certificate_subject, peer_identity
+from gateway.credentials import certificate_not_after, certificate_subject, peer_identity
 from gateway.dots.codec import encode_message
 from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, Method, Status
 from gateway.dots.errors import DotsProtocolError
@@ -51,6 +51,8 @@ from gateway.server.blocks import _block2
 from gateway.server.observe import ObserveNotifications
 from gateway.server.persistence import MitigationDatabase
 from gateway.server.session import SignalSession, _dots_request, _transmission
+from gateway.server.standing import CredentialCheck, Standing
+from gateway.transport.secure_session import PeerCredential
 from gateway.transport.tls_context import Kind
 from redirect.policy import Redirect, RedirectPolicy
 
@@ -89,6 +91,11 @@ class ServerRole(ObserveNotifications):
         self.database = database
         self.sessions: dict[int, SignalSession] = {}
         self._tick: asyncio.TimerHandle | None = None
+        #: Certificate deadlines and sessions closed because their standing ended.
+        self.standing = Standing()
+        #: The check a new session's credential must pass ((reason, detail) or None): the
+        #: daemon's current trust; None: the handshake's word is final.
+        self.admit: CredentialCheck | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -113,15 +120,7 @@ class ServerRole(ObserveNotifications):
         now = self.clock()
         credential = conn.peer
         identity = peer_identity(credential)
-        raw_psk = credential.psk_identity
-        psk = raw_psk.decode("utf-8", "replace") if raw_psk is not None else None
-        requester = Requester(
-            identity.cuid,
-            trusted_gateway=identity.cuid in self.trusted_gateways
-            or (psk is not None and psk in self.trusted_gateways),
-            psk_identity=psk,
-            subject=certificate_subject(credential.certificate) if credential.certificate else None,
-        )
+        requester = self.requester(credential)
         reliable = conn.kind is Kind.TLS
         dots = self.core.open_session(requester, now, reliable=reliable)
         layer: MessageLayer | TcpLayer
@@ -136,10 +135,41 @@ class ServerRole(ObserveNotifications):
             log.info("signal session opened peer=%s local=%s transport=%s client=%s cuid=%s",
                      conn.remote, conn.local, conn.kind.value, identity.name, identity.cuid)
         session.flush()  # the TCP layer's CSM
+        if credential.certificate is not None:
+            self.standing.watch(dots.id, now + certificate_not_after(credential.certificate)
+                                - time.time())
+        problem = self.admit(credential) if self.admit is not None else None
+        if problem is not None:
+            # A resumed session (ticket) skips the handshake's checks: the same ones here.
+            asyncio.get_running_loop().call_soon(self.withdraw, session, *problem)
         return session
+
+    def requester(self, credential: PeerCredential) -> Requester:
+        """Who the core sees behind ``credential``, with today's trusted gateways."""
+        identity = peer_identity(credential)
+        raw_psk = credential.psk_identity
+        psk = raw_psk.decode("utf-8", "replace") if raw_psk is not None else None
+        return Requester(
+            identity.cuid,
+            trusted_gateway=identity.cuid in self.trusted_gateways
+            or (psk is not None and psk in self.trusted_gateways),
+            psk_identity=psk,
+            subject=certificate_subject(credential.certificate) if credential.certificate else None,
+        )
+
+    def withdraw(self, session: SignalSession, reason: str, detail: str) -> None:
+        """Close ``session``: its credential or authorization ended (``standing.REASONS``)."""
+        if session.closed:
+            return
+        log.warning("signal session withdrawn peer=%s client=%s cuid=%s reason=%s: %s",
+                    session.conn.remote, session.identity,
+                    session.dots.requester.credential_id, reason, detail)
+        self.standing.count(reason)
+        session.conn.close(f"credential withdrawn: {detail}")
 
     def forget(self, session: SignalSession, reason: str) -> None:
         self.sessions.pop(session.dots.id, None)
+        self.standing.forget(session.dots.id)
         self.core.close_session(session.dots)
         log.info("signal session closed peer=%s reason=%s", session.conn.remote, reason)
 
@@ -384,6 +414,11 @@ class ServerRole(ObserveNotifications):
         try:
             self.core.handle_timer(now)
             self._core_outputs(now)  # heartbeats due are sent (and flushed) here
+            for session_id in self.standing.expired(now):
+                expired = self.sessions.get(session_id)
+                if expired is not None:
+                    self.withdraw(expired, "certificate_expired",
+                                  "its certificate expired")
             # Only sessions with something to do: this sweep runs twice a second over every
             # session, and requests wait while it runs.
             for session in list(self.sessions.values()):

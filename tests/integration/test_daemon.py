@@ -82,7 +82,16 @@ async def heartbeat(conn: object, replies: asyncio.Queue[bytes], mid: int) -> in
     return reply.code
 
 
-async def test_sighup_reloads_credentials_and_keeps_sessions(
+async def wait_closed(conn: object, timeout: float = 15.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not conn.closed:  # type: ignore[attr-defined]
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def test_sighup_reloads_credentials_and_keeps_sessions_still_trusted(
         daemon: tuple[subprocess.Popen[str], int, Path], tmp_path: Path) -> None:
     proc, port, tls_dir = daemon
     old_pki = tmp_path / "old"
@@ -90,23 +99,29 @@ async def test_sighup_reloads_credentials_and_keeps_sessions(
     old_session, old_replies = await open_session(port, old_pki)
     assert await heartbeat(old_session, old_replies, 1) == 0x44  # 2.04
 
-    # The operator rolls out a new PKI and sends SIGHUP.
+    # The operator rolls out a new PKI, still trusting the old CA meanwhile, and sends SIGHUP.
     new_pki = tmp_path / "new"
     init_dev_pki(new_pki)
-    for name in ("ca.pem", "server.pem", "server.key"):
+    for name in ("server.pem", "server.key"):
         shutil.copy(new_pki / name, tls_dir / name)
+    (tls_dir / "ca.pem").write_bytes((new_pki / "ca.pem").read_bytes()
+                                     + (old_pki / "ca.pem").read_bytes())
     os.kill(proc.pid, signal.SIGHUP)
     await asyncio.sleep(0.5)
 
     fresh, fresh_replies = await open_session(port, new_pki)
     assert await heartbeat(fresh, fresh_replies, 2) == 0x44
-    # The session established before the reload is still served.
+    # The session established before the reload is still served: its CA is still trusted.
     assert await heartbeat(old_session, old_replies, 3) == 0x44
-    # New handshakes with the old credentials are refused: the CA changed.
+
+    # The old CA goes: its client's session is closed, and it cannot come back.
+    shutil.copy(new_pki / "ca.pem", tls_dir / "ca.pem")
+    os.kill(proc.pid, signal.SIGHUP)
+    assert await wait_closed(old_session)
     with pytest.raises(HandshakeError):
         await open_session(port, old_pki)
-    for conn in (old_session, fresh):
-        conn.close()  # type: ignore[attr-defined]
+    assert await heartbeat(fresh, fresh_replies, 4) == 0x44
+    fresh.close()  # type: ignore[attr-defined]
     assert proc.poll() is None
 
 

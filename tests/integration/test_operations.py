@@ -311,12 +311,20 @@ async def test_reload_over_the_control_socket(daemon: Daemon, tmp_path: Path) ->
         init_dev_pki(new_pki)
         for name in ("ca.pem", "server.pem", "server.key"):
             shutil.copy(new_pki / name, daemon.pki / name)
-        assert await ask(daemon, "reload") == {"ok": True, "command": "reload",
-                                               "result": {"reloaded": ["credentials"]}}
+        reloaded = await ask(daemon, "reload")
+        assert reloaded["ok"] is True
+        assert reloaded["result"]["reloaded"] == ["credentials"]
+        assert reloaded["result"]["changed"] == [] and reloaded["result"]["needs_restart"] == []
+        # The held session's CA is no longer trusted: it is closed.
+        assert [w["reason"] for w in reloaded["result"]["withdrawn"]] == ["ca_withdrawn"]
         fresh, fresh_replies = await open_session(daemon.port, new_pki)
         assert await heartbeat(fresh, fresh_replies, 2) == CHANGED
         fresh.close()
-        assert await heartbeat(held, held_replies, 3) == CHANGED  # the old session stays
+        for _ in range(300):
+            if held.closed:
+                break
+            await asyncio.sleep(0.05)
+        assert held.closed
         with pytest.raises(HandshakeError):
             await open_session(daemon.port, old_pki)
     finally:

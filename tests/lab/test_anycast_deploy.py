@@ -247,7 +247,7 @@ rise = 2
     reload = command(service["ExecReload"][0])
     assert reload[:2] == ["/bin/kill", "-HUP"]
     daemon.send_signal(signal.SIGHUP)
-    wait_for(lambda: "credentials reloaded" in lab.log("first.log"), 5.0, "the reload")
+    wait_for(lambda: "configuration reloaded from" in lab.log("first.log"), 5.0, "the reload")
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(10) == 0, lab.log("first.log")
     assert "SIGTERM: withdrawing the anycast route" in lab.log("first.log")
