@@ -43,6 +43,9 @@ class Counters:
     refused_session_limit: int = 0
     refused_handshake_limit: int = 0
     refused_rate_limit: int = 0
+    refused_source_limit: int = 0
+    #: Half-open handshakes closed to make room for a source with fewer pending.
+    handshakes_evicted: int = 0
     dropped_garbage: int = 0
     dropped_truncated: int = 0
     sessions_closed: int = 0
@@ -128,7 +131,6 @@ class DtlsSessions(EndpointBase):
         self.on_session = on_session
         self.counters = Counters()
         self.sessions: dict[Key, DtlsConnection] = {}
-        self.handshaking = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ssl_objects = SslObjects()
         #: Handshake steps done by the workers, not yet taken up by the loop.
@@ -136,6 +138,13 @@ class DtlsSessions(EndpointBase):
         self._sent_by_workers: deque[int] = deque()  # datagrams, counted on the loop
         self._results_timer: asyncio.TimerHandle | None = None
         self.jobs_running = 0
+
+    def _handshake_over(self, conn: DtlsConnection) -> None:
+        """``conn`` no longer counts as a handshake (established, failed, closed)."""
+        raise NotImplementedError
+
+    def _is_live(self, conn: DtlsConnection) -> bool:
+        return self.sessions.get((conn.local, conn.remote)) is conn
 
     # --- handshakes (worker threads) ---------------------------------------------------------
 
@@ -209,7 +218,7 @@ class DtlsSessions(EndpointBase):
     def _handshake_done(self, conn: DtlsConnection, records: list[bytes],
                         error: Exception | None, retransmit_at: float | None) -> None:
         conn.busy = False
-        if self.sessions.get((conn.local, conn.remote)) is not conn:
+        if not self._is_live(conn):
             return  # closed while the worker ran; already freed by _close
         if error is not None:
             self._close(conn, f"handshake error: {error!r}", notify=False)
@@ -231,7 +240,7 @@ class DtlsSessions(EndpointBase):
         else:
             self._arm_retransmit(conn, retransmit_at)
         backlog = conn.backlog
-        while backlog and self.sessions.get((conn.local, conn.remote)) is conn:
+        while backlog and self._is_live(conn):
             next_data = backlog.popleft()
             if conn.session.state is State.HANDSHAKING:
                 self._handshake_step(conn, next_data)  # busy again: the rest waits for it
@@ -261,7 +270,7 @@ class DtlsSessions(EndpointBase):
             self._arm_retransmit(conn, _retransmit_deadline(conn.session))
 
     def _established(self, conn: DtlsConnection, early: list[bytes]) -> None:
-        self.handshaking -= 1
+        self._handshake_over(conn)
         conn.session.context.peers.pop(ssl_address(conn.session._ssl), None)
         if conn.retransmit is not None:
             conn.retransmit.cancel()
@@ -309,20 +318,22 @@ class DtlsSessions(EndpointBase):
         if send(sock, data, remote, local):
             self.counters.datagrams_out += 1
 
-    def _close(self, conn: DtlsConnection, reason: str, *, notify: bool) -> None:
+    def _close(self, conn: DtlsConnection, reason: str, *, notify: bool,
+               alert: bool = True) -> None:
+        """Forget ``conn`` and free its OpenSSL state; ``alert``: send close_notify (or
+        the pending alert); ``notify``: tell the handler."""
         if self.sessions.get((conn.local, conn.remote)) is not conn:
             return
         del self.sessions[(conn.local, conn.remote)]
         if conn.retransmit is not None:
             conn.retransmit.cancel()
-        was_handshaking = conn.session.state is State.HANDSHAKING or conn.handler is None
-        if was_handshaking:
-            self.handshaking -= 1
+        self._handshake_over(conn)  # no-op unless it was still a handshake
         if conn.session._ssl is not None:
             conn.session.context.peers.pop(ssl_address(conn.session._ssl), None)
         if not conn.busy:
-            conn.session.close()
-            self._flush(conn)
+            if alert:
+                conn.session.close()
+                self._flush(conn)
             conn.session.free()
         else:
             # A worker still uses the SSL object: free it when the job returns.
