@@ -43,6 +43,7 @@ from gateway.transport.udp import Address, forget, open_udp_socket, receive
 log = logging.getLogger(__name__)
 _BIO_CTRL_RESET = 1
 _BATCH = 64  # datagrams per readiness callback: fairness between sockets
+_HANDSHAKE, _CHANGE_CIPHER_SPEC, _ALERT = 22, 20, 21  # record content types
 _REFUSAL_COUNTERS = {
     SESSION_LIMIT: "refused_session_limit",
     HANDSHAKE_LIMIT: "refused_handshake_limit",
@@ -101,7 +102,7 @@ class DtlsServer(DtlsSessions):
 
     async def stop(self) -> None:
         """Close every session (close_notify), free all OpenSSL state, release the port."""
-        for conn in list(self.sessions.values()):
+        for conn in [*self.replacements.values(), *self.sessions.values()]:
             self._close(conn, "server shutting down", notify=True)
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -153,6 +154,8 @@ class DtlsServer(DtlsSessions):
     def _datagram(self, sock: socket.socket, data: bytes, local: Address, remote: Address) -> None:
         conn = self.sessions.get((local, remote))
         if conn is not None:
+            conn = self._route(conn, data)
+        if conn is not None:
             conn.last_activity = self.clock()
             if conn.session.state is State.HANDSHAKING:
                 self._handshake_step(conn, data)
@@ -163,6 +166,31 @@ class DtlsServer(DtlsSessions):
             self.counters.dropped_garbage += 1
             return
         self._listen(sock, data, local, remote)
+
+    def _route(self, conn: DtlsConnection, data: bytes) -> DtlsConnection | None:
+        """Which connection of this address a datagram is for; None: the cookie exchange.
+
+        A ClientHello with a ClientHello.random we do not know is a new handshake: the
+        client restarted on the same port (NAT, a rebooted CPE). It gets a stateless
+        HelloVerifyRequest like any other, and only a return with a valid cookie starts a
+        handshake, beside the established session (RFC 6347 §4.2.8)."""
+        hello = client_hello_random(data)
+        pending = self.replacements.get((conn.local, conn.remote))
+        if hello is not None:
+            handshake = pending or (conn if conn.session.state is State.HANDSHAKING else None)
+            if handshake is not None and handshake.client_random in (hello, None):
+                return handshake  # a retransmission
+            return None
+        if pending is not None and (pending.busy or data[0] in (_HANDSHAKE, _CHANGE_CIPHER_SPEC)
+                                    or (data[0] == _ALERT and data[3:5] == b"\0\0")):
+            # The new handshake's flights, including its encrypted Finished. While one of its
+            # steps runs, everything waits in its backlog: the step may be the one that
+            # establishes it, and its flight has left, so the client may already send
+            # application data under the new keys (the old session's own datagrams in that
+            # window are lost: the new keys cannot open them, and CoAP resends). Otherwise
+            # application data and the old keys' alerts stay with the established session.
+            return pending
+        return conn
 
     def _listen(self, sock: socket.socket, data: bytes, local: Address, remote: Address) -> None:
         listener = self._listener
@@ -218,7 +246,21 @@ class DtlsServer(DtlsSessions):
         )
         now = self.clock()
         conn = DtlsConnection(self, sock, local, remote, session, now)
-        self.sessions[(local, remote)] = conn
+        conn.client_random = client_hello_random(data)
+        key = (local, remote)
+        current = self.sessions.get(key)
+        if current is None:
+            self.sessions[key] = conn
+        elif current.session.state is State.HANDSHAKING:
+            # The client restarted during its handshake: nothing established to keep.
+            self._close(current, "replaced by a new handshake", notify=False, alert=False)
+            self.sessions[key] = conn
+        else:
+            earlier = self.replacements.get(key)
+            if earlier is not None:
+                self._close(earlier, "replaced by a new handshake", notify=False, alert=False)
+            self.replacements[key] = conn
+            self.counters.handshakes_replacing += 1
         self.admission.started(remote.host, conn)
         self.counters.handshakes_started += 1
         self._handshake_step(conn, b"")  # the ClientHello is already inside the SSL object
@@ -241,7 +283,7 @@ class DtlsServer(DtlsSessions):
     def _sweep(self) -> None:
         now = self.clock()
         deadline = self.admission.deadline()  # shorter when the handshake table fills up
-        for conn in list(self.sessions.values()):
+        for conn in [*self.sessions.values(), *self.replacements.values()]:
             if conn.session.state is State.HANDSHAKING or conn.handler is None:
                 if now - conn.created_at >= deadline:
                     self.counters.handshakes_timed_out += 1
@@ -261,3 +303,13 @@ class DtlsServer(DtlsSessions):
             self._ssl_objects.dispose(self._listener)
         self._listener = self._ssl_objects.take(self.context)
 
+
+def client_hello_random(data: bytes) -> bytes | None:
+    """The ClientHello.random of a datagram that starts with an epoch-0 record holding the
+    start of a ClientHello, else None (RFC 6347 §4.1, §4.2.2: record header 13 bytes,
+    handshake header 12, then client_version and random)."""
+    if len(data) < 59 or data[0] != _HANDSHAKE or data[3:5] != b"\0\0":
+        return None
+    if data[13] != 1 or data[19:22] != b"\0\0\0":  # client_hello, fragment_offset 0
+        return None
+    return data[27:59]

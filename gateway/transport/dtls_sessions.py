@@ -46,6 +46,10 @@ class Counters:
     refused_source_limit: int = 0
     #: Half-open handshakes closed to make room for a source with fewer pending.
     handshakes_evicted: int = 0
+    #: Handshakes started beside an established session of the same address (RFC 6347
+    #: §4.2.8), and the sessions they replaced once established.
+    handshakes_replacing: int = 0
+    sessions_replaced: int = 0
     dropped_garbage: int = 0
     dropped_truncated: int = 0
     sessions_closed: int = 0
@@ -88,6 +92,9 @@ class DtlsConnection:
         # established (an idle session should not carry an empty queue).
         self.backlog: deque[bytes] | None = None
         self.retransmit: asyncio.TimerHandle | None = None
+        #: The ClientHello.random this handshake started with: a ClientHello with another
+        #: one is a new handshake (the client restarted), not a retransmission.
+        self.client_random: bytes | None = None
 
     @property
     def kind(self) -> Kind:
@@ -131,6 +138,10 @@ class DtlsSessions(EndpointBase):
         self.on_session = on_session
         self.counters = Counters()
         self.sessions: dict[Key, DtlsConnection] = {}
+        #: New handshakes from the address of an established session (the client restarted
+        #: on the same port): the old session stays in ``sessions`` until the new one is
+        #: established, then the new one takes its place (RFC 6347 §4.2.8).
+        self.replacements: dict[Key, DtlsConnection] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ssl_objects = SslObjects()
         #: Handshake steps done by the workers, not yet taken up by the loop.
@@ -144,7 +155,8 @@ class DtlsSessions(EndpointBase):
         raise NotImplementedError
 
     def _is_live(self, conn: DtlsConnection) -> bool:
-        return self.sessions.get((conn.local, conn.remote)) is conn
+        key = (conn.local, conn.remote)
+        return self.sessions.get(key) is conn or self.replacements.get(key) is conn
 
     # --- handshakes (worker threads) ---------------------------------------------------------
 
@@ -271,6 +283,16 @@ class DtlsSessions(EndpointBase):
 
     def _established(self, conn: DtlsConnection, early: list[bytes]) -> None:
         self._handshake_over(conn)
+        key = (conn.local, conn.remote)
+        if self.replacements.get(key) is conn:
+            # RFC 6347 §4.2.8: after a correct Finished the server MUST abandon the previous
+            # association. Not before: a forged ClientHello must not cost a session. No
+            # close_notify: it would reach the new client under the old keys.
+            del self.replacements[key]
+            self.counters.sessions_replaced += 1
+            self._close(self.sessions[key], "replaced by a new session from the same address",
+                        notify=True, alert=False)
+            self.sessions[key] = conn
         conn.session.context.peers.pop(ssl_address(conn.session._ssl), None)
         if conn.retransmit is not None:
             conn.retransmit.cancel()
@@ -322,9 +344,16 @@ class DtlsSessions(EndpointBase):
                alert: bool = True) -> None:
         """Forget ``conn`` and free its OpenSSL state; ``alert``: send close_notify (or
         the pending alert); ``notify``: tell the handler."""
-        if self.sessions.get((conn.local, conn.remote)) is not conn:
+        key = (conn.local, conn.remote)
+        if self.sessions.get(key) is conn:
+            del self.sessions[key]
+            successor = self.replacements.pop(key, None)
+            if successor is not None:  # the old session ended first: the new one is next
+                self.sessions[key] = successor
+        elif self.replacements.get(key) is conn:
+            del self.replacements[key]
+        else:
             return
-        del self.sessions[(conn.local, conn.remote)]
         if conn.retransmit is not None:
             conn.retransmit.cancel()
         self._handshake_over(conn)  # no-op unless it was still a handshake
