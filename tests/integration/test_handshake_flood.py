@@ -83,7 +83,7 @@ async def test_half_open_handshakes_leave_room_for_other_sources(
                                      local_addr=("127.0.0.60", 0))
     loop = asyncio.get_running_loop()
     counts = FloodCounts()
-    hello = client_hello()
+    hello = client_hello(ctx)  # an X.509 ClientHello: the server goes on with it
     flooding = asyncio.ensure_future(flood(hello, FLOODERS, (address.host, address.port),
                                            counts, until=loop.time() + 20.0, per_source=2))
     try:
