@@ -82,6 +82,8 @@ def datagram_limits(limits: LimitSettings) -> Limits:
         idle_timeout=float(limits.idle_timeout),
         handshakes_per_source_per_second=float(limits.handshakes_per_source),
         handshake_burst=2 * limits.handshakes_per_source,
+        max_handshakes_per_source=limits.max_handshakes_per_source,
+        handshake_deadline_min=float(limits.handshake_deadline_min),
         datagram_size=limits.pmtu - 48,  # IPv6 + UDP headers
         handshake_threads=limits.handshake_threads,
     )

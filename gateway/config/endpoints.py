@@ -70,6 +70,8 @@ class LimitSettings:
     handshake_deadline: int = 20  # seconds to finish a (D)TLS handshake
     idle_timeout: int = 6 * 3600  # seconds without any datagram or byte from the peer
     handshakes_per_source: int = 20  # per second, per source address (burst: twice that)
+    max_handshakes_per_source: int = 8  # concurrent DTLS handshakes per source address
+    handshake_deadline_min: int = 4  # DTLS deadline when max_handshakes are all in use
     pmtu: int = 1280  # path MTU assumed for DTLS records (RFC 9132 §7.3)
     handshake_threads: int = 2
 
@@ -166,6 +168,10 @@ def read_limits(t: Table) -> LimitSettings:
         idle_timeout=t.integer("idle_timeout", d.idle_timeout, 10, 30 * 86400),
         handshakes_per_source=t.integer("handshakes_per_source", d.handshakes_per_source, 1,
                                         1_000_000),
+        max_handshakes_per_source=t.integer("max_handshakes_per_source",
+                                            d.max_handshakes_per_source, 1, 1_000_000),
+        handshake_deadline_min=t.integer("handshake_deadline_min", d.handshake_deadline_min,
+                                         1, 600),
         # IPv4's 576 is the smallest a DOTS agent may assume (RFC 9132 §7.3).
         pmtu=t.integer("pmtu", d.pmtu, 576, 65535),
         handshake_threads=t.integer("handshake_threads", d.handshake_threads, 1, 64),

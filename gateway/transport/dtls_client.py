@@ -178,8 +178,10 @@ async def connect_dtls(
     timeout: float = 10.0,
     on_lost: Callable[[str], None] | None = None,
     datagram_size: int = DEFAULT_DATAGRAM_SIZE,
+    local_addr: tuple[str, int] | None = None,
 ) -> DtlsClientConnection:
-    """Open a DTLS session; raises ``HandshakeError`` (refused, timed out) or OSError."""
+    """Open a DTLS session; raises ``HandshakeError`` (refused, timed out) or OSError.
+    ``local_addr``: the socket's own address and port (default: chosen by the system)."""
     if context.kind is not Kind.DTLS:
         raise ValueError("connect_dtls needs a DTLS client context")
     try:
@@ -190,7 +192,8 @@ async def connect_dtls(
         raise HandshakeError(str(exc)) from None
     loop = asyncio.get_running_loop()
     _transport, protocol = await loop.create_datagram_endpoint(
-        lambda: DtlsClientConnection(session, on_data, on_lost), remote_addr=(host, port)
+        lambda: DtlsClientConnection(session, on_data, on_lost), remote_addr=(host, port),
+        local_addr=local_addr,
     )
     await await_handshake(protocol, host, port, timeout)
     return protocol

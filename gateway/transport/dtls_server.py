@@ -4,11 +4,13 @@ Every datagram from an unknown (local, remote) pair goes through ``DTLSv1_listen
 reusable listener object, so a spoofed or unfinished ClientHello costs a HelloVerifyRequest
 and no state. Only a ClientHello with a valid cookie becomes a session, and only while the
 session and handshake caps and the per-source rate allow it; otherwise the client gets no
-cookie (it retries later) and we count and log it. Handshake crypto runs in worker threads
-(OpenSSL releases the GIL), one job at a time per session, so established sessions keep
-their latency during a reconnect storm; a worker sends the flight it produced and leaves
-its bookkeeping for the loop's next turn. A session's OpenSSL state is freed as soon as it
-closes, fails, misses its handshake deadline or idles out.
+cookie (it retries later) and we count and log it; dtls_admission.py decides, keeping
+room for sources with no handshake pending when a few sources hold many half-open ones.
+Handshake crypto runs in worker threads (OpenSSL releases the GIL), one job at a time per
+session, so established sessions keep their latency during a reconnect storm; a worker
+sends the flight it produced and leaves its bookkeeping for the loop's next turn. A
+session's OpenSSL state is freed as soon as it closes, fails, misses its handshake deadline
+or idles out.
 
 What happens to a session once its cookie is verified is in dtls_sessions.py; the pool of
 SSL objects in dtls_ssl_objects.py. Imports nothing above gateway.transport.
@@ -20,36 +22,34 @@ import asyncio
 import logging
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from gateway.transport.dtls_admission import (
+    HANDSHAKE_LIMIT,
+    RATE_LIMIT,
+    SESSION_LIMIT,
+    SOURCE_LIMIT,
+    Admission,
+    Limits,
+)
 from gateway.transport.dtls_sessions import DtlsConnection, DtlsSessions, SessionHandler
 from gateway.transport.dtls_ssl_objects import drain
 from gateway.transport.openssl_ffi import SSL_OP_COOKIE_EXCHANGE, crypto, ffi, ssl
-from gateway.transport.secure_session import DEFAULT_DATAGRAM_SIZE, SecureSession, State
+from gateway.transport.secure_session import SecureSession, State
 from gateway.transport.tls_context import Kind, ServerContext, ssl_address
 from gateway.transport.udp import Address, forget, open_udp_socket, receive
 
 log = logging.getLogger(__name__)
 _BIO_CTRL_RESET = 1
 _BATCH = 64  # datagrams per readiness callback: fairness between sockets
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_sessions: int = 20_000
-    max_handshakes: int = 512
-    handshake_deadline: float = 20.0
-    #: DOTS sessions are quiet for long stretches (heartbeats may be disabled when idle),
-    #: so the default is long; heartbeats normally detect dead peers first.
-    idle_timeout: float = 6 * 3600.0
-    handshakes_per_source_per_second: float = 20.0
-    handshake_burst: int = 40
-    tracked_sources: int = 8192
-    datagram_size: int = DEFAULT_DATAGRAM_SIZE
-    handshake_threads: int = 2
+_HANDSHAKE, _CHANGE_CIPHER_SPEC, _ALERT = 22, 20, 21  # record content types
+_REFUSAL_COUNTERS = {
+    SESSION_LIMIT: "refused_session_limit",
+    HANDSHAKE_LIMIT: "refused_handshake_limit",
+    SOURCE_LIMIT: "refused_source_limit",
+    RATE_LIMIT: "refused_rate_limit",
+}
 
 
 class DtlsServer(DtlsSessions):
@@ -69,7 +69,7 @@ class DtlsServer(DtlsSessions):
         super().__init__(context, on_session, self.limits.handshake_threads, clock=clock)
         self._sockets: list[socket.socket] = []
         self._listener: Any = None
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.admission: Admission[DtlsConnection] = Admission(self.limits)
         self._sweeper: asyncio.TimerHandle | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -102,7 +102,7 @@ class DtlsServer(DtlsSessions):
 
     async def stop(self) -> None:
         """Close every session (close_notify), free all OpenSSL state, release the port."""
-        for conn in list(self.sessions.values()):
+        for conn in [*self.replacements.values(), *self.sessions.values()]:
             self._close(conn, "server shutting down", notify=True)
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -146,8 +146,15 @@ class DtlsServer(DtlsSessions):
         if self._results:
             self._take_results()
 
+    @property
+    def handshaking(self) -> int:
+        """Handshakes past the cookie, not yet established (nor failed, nor timed out)."""
+        return self.admission.handshaking
+
     def _datagram(self, sock: socket.socket, data: bytes, local: Address, remote: Address) -> None:
         conn = self.sessions.get((local, remote))
+        if conn is not None:
+            conn = self._route(conn, data)
         if conn is not None:
             conn.last_activity = self.clock()
             if conn.session.state is State.HANDSHAKING:
@@ -159,6 +166,31 @@ class DtlsServer(DtlsSessions):
             self.counters.dropped_garbage += 1
             return
         self._listen(sock, data, local, remote)
+
+    def _route(self, conn: DtlsConnection, data: bytes) -> DtlsConnection | None:
+        """Which connection of this address a datagram is for; None: the cookie exchange.
+
+        A ClientHello with a ClientHello.random we do not know is a new handshake: the
+        client restarted on the same port (NAT, a rebooted CPE). It gets a stateless
+        HelloVerifyRequest like any other, and only a return with a valid cookie starts a
+        handshake, beside the established session (RFC 6347 §4.2.8)."""
+        hello = client_hello_random(data)
+        pending = self.replacements.get((conn.local, conn.remote))
+        if hello is not None:
+            handshake = pending or (conn if conn.session.state is State.HANDSHAKING else None)
+            if handshake is not None and handshake.client_random in (hello, None):
+                return handshake  # a retransmission
+            return None
+        if pending is not None and (pending.busy or data[0] in (_HANDSHAKE, _CHANGE_CIPHER_SPEC)
+                                    or (data[0] == _ALERT and data[3:5] == b"\0\0")):
+            # The new handshake's flights, including its encrypted Finished. While one of its
+            # steps runs, everything waits in its backlog: the step may be the one that
+            # establishes it, and its flight has left, so the client may already send
+            # application data under the new keys (the old session's own datagrams in that
+            # window are lost: the new keys cannot open them, and CoAP resends). Otherwise
+            # application data and the old keys' alerts stay with the established session.
+            return pending
+        return conn
 
     def _listen(self, sock: socket.socket, data: bytes, local: Address, remote: Address) -> None:
         listener = self._listener
@@ -180,19 +212,28 @@ class DtlsServer(DtlsSessions):
                 self._new_listener()  # a listener in an error state is not reused
                 return
             if out:
-                refusal = self._refusal(remote)
+                refusal = self.admission.check(remote.host, len(self.sessions), self.clock(),
+                                               consume=False).refusal
                 if refusal is not None:
+                    self._count_refusal(refusal)
                     self._rate_limited_log(refusal, "no cookie for %s: %s", remote, refusal)
                     return
                 self.counters.hello_verify_requests += 1
                 self._send(sock, out, remote, local)
             return
         # A valid cookie: this listener object becomes the session.
-        refusal = self._refusal(remote, consume=True)
-        if refusal is not None:
-            self._rate_limited_log(refusal, "refusing handshake from %s: %s", remote, refusal)
+        verdict = self.admission.check(remote.host, len(self.sessions), self.clock(),
+                                       consume=True)
+        if verdict.refusal is not None:
+            self._count_refusal(verdict.refusal)
+            self._rate_limited_log(verdict.refusal, "refusing handshake from %s: %s", remote,
+                                   verdict.refusal)
             self._new_listener(free_old=True)
             return
+        if verdict.evict is not None:
+            self.counters.handshakes_evicted += 1
+            self._close(verdict.evict, "evicted for a source with fewer handshakes",
+                        notify=False, alert=False)
         session_ptr = listener
         # DTLSv1_listen verified this ClientHello's cookie and left COOKIE_EXCHANGE set, so
         # the first handshake step would verify it again (our Python callback, in a worker).
@@ -205,33 +246,31 @@ class DtlsServer(DtlsSessions):
         )
         now = self.clock()
         conn = DtlsConnection(self, sock, local, remote, session, now)
-        self.sessions[(local, remote)] = conn
-        self.handshaking += 1
+        conn.client_random = client_hello_random(data)
+        key = (local, remote)
+        current = self.sessions.get(key)
+        if current is None:
+            self.sessions[key] = conn
+        elif current.session.state is State.HANDSHAKING:
+            # The client restarted during its handshake: nothing established to keep.
+            self._close(current, "replaced by a new handshake", notify=False, alert=False)
+            self.sessions[key] = conn
+        else:
+            earlier = self.replacements.get(key)
+            if earlier is not None:
+                self._close(earlier, "replaced by a new handshake", notify=False, alert=False)
+            self.replacements[key] = conn
+            self.counters.handshakes_replacing += 1
+        self.admission.started(remote.host, conn)
         self.counters.handshakes_started += 1
         self._handshake_step(conn, b"")  # the ClientHello is already inside the SSL object
 
-    def _refusal(self, remote: Address, *, consume: bool = False) -> str | None:
-        if len(self.sessions) >= self.limits.max_sessions:
-            self.counters.refused_session_limit += 1
-            return "session limit reached"
-        if self.handshaking >= self.limits.max_handshakes:
-            self.counters.refused_handshake_limit += 1
-            return "concurrent handshake limit reached"
-        if consume and not self._take_token(remote.host):
-            self.counters.refused_rate_limit += 1
-            return "per-source handshake rate exceeded"
-        return None
+    def _count_refusal(self, refusal: str) -> None:
+        name = _REFUSAL_COUNTERS[refusal]
+        setattr(self.counters, name, getattr(self.counters, name) + 1)
 
-    def _take_token(self, source: str) -> bool:
-        now = self.clock()
-        rate, burst = self.limits.handshakes_per_source_per_second, self.limits.handshake_burst
-        tokens, stamp = self._buckets.pop(source, (float(burst), now))
-        tokens = min(float(burst), tokens + (now - stamp) * rate)
-        allowed = tokens >= 1.0
-        self._buckets[source] = (tokens - 1.0 if allowed else tokens, now)
-        while len(self._buckets) > self.limits.tracked_sources:  # bounded, oldest first
-            self._buckets.popitem(last=False)
-        return allowed
+    def _handshake_over(self, conn: DtlsConnection) -> None:
+        self.admission.ended(conn.remote.host, conn)
 
     # --- timers ------------------------------------------------------------------------------
 
@@ -243,9 +282,10 @@ class DtlsServer(DtlsSessions):
 
     def _sweep(self) -> None:
         now = self.clock()
-        for conn in list(self.sessions.values()):
+        deadline = self.admission.deadline()  # shorter when the handshake table fills up
+        for conn in [*self.sessions.values(), *self.replacements.values()]:
             if conn.session.state is State.HANDSHAKING or conn.handler is None:
-                if now - conn.created_at >= self.limits.handshake_deadline:
+                if now - conn.created_at >= deadline:
                     self.counters.handshakes_timed_out += 1
                     self._close(conn, "handshake deadline passed", notify=False)
             elif now - conn.last_activity >= self.limits.idle_timeout:
@@ -262,3 +302,14 @@ class DtlsServer(DtlsSessions):
         if self._listener is not None and free_old:
             self._ssl_objects.dispose(self._listener)
         self._listener = self._ssl_objects.take(self.context)
+
+
+def client_hello_random(data: bytes) -> bytes | None:
+    """The ClientHello.random of a datagram that starts with an epoch-0 record holding the
+    start of a ClientHello, else None (RFC 6347 §4.1, §4.2.2: record header 13 bytes,
+    handshake header 12, then client_version and random)."""
+    if len(data) < 59 or data[0] != _HANDSHAKE or data[3:5] != b"\0\0":
+        return None
+    if data[13] != 1 or data[19:22] != b"\0\0\0":  # client_hello, fragment_offset 0
+        return None
+    return data[27:59]

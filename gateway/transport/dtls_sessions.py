@@ -43,6 +43,13 @@ class Counters:
     refused_session_limit: int = 0
     refused_handshake_limit: int = 0
     refused_rate_limit: int = 0
+    refused_source_limit: int = 0
+    #: Half-open handshakes closed to make room for a source with fewer pending.
+    handshakes_evicted: int = 0
+    #: Handshakes started beside an established session of the same address (RFC 6347
+    #: §4.2.8), and the sessions they replaced once established.
+    handshakes_replacing: int = 0
+    sessions_replaced: int = 0
     dropped_garbage: int = 0
     dropped_truncated: int = 0
     sessions_closed: int = 0
@@ -85,6 +92,9 @@ class DtlsConnection:
         # established (an idle session should not carry an empty queue).
         self.backlog: deque[bytes] | None = None
         self.retransmit: asyncio.TimerHandle | None = None
+        #: The ClientHello.random this handshake started with: a ClientHello with another
+        #: one is a new handshake (the client restarted), not a retransmission.
+        self.client_random: bytes | None = None
 
     @property
     def kind(self) -> Kind:
@@ -128,7 +138,10 @@ class DtlsSessions(EndpointBase):
         self.on_session = on_session
         self.counters = Counters()
         self.sessions: dict[Key, DtlsConnection] = {}
-        self.handshaking = 0
+        #: New handshakes from the address of an established session (the client restarted
+        #: on the same port): the old session stays in ``sessions`` until the new one is
+        #: established, then the new one takes its place (RFC 6347 §4.2.8).
+        self.replacements: dict[Key, DtlsConnection] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ssl_objects = SslObjects()
         #: Handshake steps done by the workers, not yet taken up by the loop.
@@ -136,6 +149,14 @@ class DtlsSessions(EndpointBase):
         self._sent_by_workers: deque[int] = deque()  # datagrams, counted on the loop
         self._results_timer: asyncio.TimerHandle | None = None
         self.jobs_running = 0
+
+    def _handshake_over(self, conn: DtlsConnection) -> None:
+        """``conn`` no longer counts as a handshake (established, failed, closed)."""
+        raise NotImplementedError
+
+    def _is_live(self, conn: DtlsConnection) -> bool:
+        key = (conn.local, conn.remote)
+        return self.sessions.get(key) is conn or self.replacements.get(key) is conn
 
     # --- handshakes (worker threads) ---------------------------------------------------------
 
@@ -209,7 +230,7 @@ class DtlsSessions(EndpointBase):
     def _handshake_done(self, conn: DtlsConnection, records: list[bytes],
                         error: Exception | None, retransmit_at: float | None) -> None:
         conn.busy = False
-        if self.sessions.get((conn.local, conn.remote)) is not conn:
+        if not self._is_live(conn):
             return  # closed while the worker ran; already freed by _close
         if error is not None:
             self._close(conn, f"handshake error: {error!r}", notify=False)
@@ -231,7 +252,7 @@ class DtlsSessions(EndpointBase):
         else:
             self._arm_retransmit(conn, retransmit_at)
         backlog = conn.backlog
-        while backlog and self.sessions.get((conn.local, conn.remote)) is conn:
+        while backlog and self._is_live(conn):
             next_data = backlog.popleft()
             if conn.session.state is State.HANDSHAKING:
                 self._handshake_step(conn, next_data)  # busy again: the rest waits for it
@@ -261,7 +282,17 @@ class DtlsSessions(EndpointBase):
             self._arm_retransmit(conn, _retransmit_deadline(conn.session))
 
     def _established(self, conn: DtlsConnection, early: list[bytes]) -> None:
-        self.handshaking -= 1
+        self._handshake_over(conn)
+        key = (conn.local, conn.remote)
+        if self.replacements.get(key) is conn:
+            # RFC 6347 §4.2.8: after a correct Finished the server MUST abandon the previous
+            # association. Not before: a forged ClientHello must not cost a session. No
+            # close_notify: it would reach the new client under the old keys.
+            del self.replacements[key]
+            self.counters.sessions_replaced += 1
+            self._close(self.sessions[key], "replaced by a new session from the same address",
+                        notify=True, alert=False)
+            self.sessions[key] = conn
         conn.session.context.peers.pop(ssl_address(conn.session._ssl), None)
         if conn.retransmit is not None:
             conn.retransmit.cancel()
@@ -309,20 +340,29 @@ class DtlsSessions(EndpointBase):
         if send(sock, data, remote, local):
             self.counters.datagrams_out += 1
 
-    def _close(self, conn: DtlsConnection, reason: str, *, notify: bool) -> None:
-        if self.sessions.get((conn.local, conn.remote)) is not conn:
+    def _close(self, conn: DtlsConnection, reason: str, *, notify: bool,
+               alert: bool = True) -> None:
+        """Forget ``conn`` and free its OpenSSL state; ``alert``: send close_notify (or
+        the pending alert); ``notify``: tell the handler."""
+        key = (conn.local, conn.remote)
+        if self.sessions.get(key) is conn:
+            del self.sessions[key]
+            successor = self.replacements.pop(key, None)
+            if successor is not None:  # the old session ended first: the new one is next
+                self.sessions[key] = successor
+        elif self.replacements.get(key) is conn:
+            del self.replacements[key]
+        else:
             return
-        del self.sessions[(conn.local, conn.remote)]
         if conn.retransmit is not None:
             conn.retransmit.cancel()
-        was_handshaking = conn.session.state is State.HANDSHAKING or conn.handler is None
-        if was_handshaking:
-            self.handshaking -= 1
+        self._handshake_over(conn)  # no-op unless it was still a handshake
         if conn.session._ssl is not None:
             conn.session.context.peers.pop(ssl_address(conn.session._ssl), None)
         if not conn.busy:
-            conn.session.close()
-            self._flush(conn)
+            if alert:
+                conn.session.close()
+                self._flush(conn)
             conn.session.free()
         else:
             # A worker still uses the SSL object: free it when the job returns.

@@ -84,7 +84,7 @@ def edge_extra(edge: str, cuid: str) -> str:
     other = "edge2" if edge == "edge1" else "edge1"
     return (REDIRECT.format(me=edge, me_v4=EDGES[edge][1], other=other,
                             other_v4=EDGES[other][1])
-            + "[limits]\nhandshakes_per_source = 1000000\n"
+            + "[limits]\nhandshakes_per_source = 1000000\nmax_handshakes_per_source = 1000000\n"
             + f'[[clients]]\nname = "bench"\ncuid = "{cuid}"\nprefixes = ["198.18.0.0/15"]\n')
 
 

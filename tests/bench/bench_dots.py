@@ -51,7 +51,7 @@ def start_server(pki: Path, state: Path) -> tuple[subprocess.Popen[bytes], int]:
         f'[server]\naddresses = ["127.0.0.1"]\nport = {port}\ntransports = ["udp"]\n'
         f'[tls]\nca = "{pki}/ca.pem"\ncert = "{pki}/server.pem"\nkey = "{pki}/server.key"\n'
         f'[[clients]]\nname = "bench"\ncuid = "{cuid}"\nprefixes = ["0.0.0.0/0"]\n'
-        "[limits]\nhandshakes_per_source = 100000\n")
+        "[limits]\nhandshakes_per_source = 100000\nmax_handshakes_per_source = 100000\n")
     proc = subprocess.Popen(["taskset", "-c", "0", str(ROOT / ".venv/bin/dots-gateway"),
                              "server", "--config", str(config)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)

@@ -136,7 +136,7 @@ class Pkis:
 
 
 LIMITS = ("[limits]\nmax_sessions = 100000\nmax_handshakes = 4096\n"
-          "handshakes_per_source = 1000000\n")
+          "handshakes_per_source = 1000000\nmax_handshakes_per_source = 1000000\n")
 
 
 def start(name: str, argv: list[str], cpu: int, log: Path) -> Server:

@@ -86,7 +86,7 @@ def start_ours(pki: Path, state: Path) -> Server:
         f'[server]\naddresses = ["127.0.0.1"]\nport = {port}\ntransports = ["udp"]\n'
         f'[tls]\nca = "{pki}/ca.pem"\ncert = "{pki}/server.pem"\nkey = "{pki}/server.key"\n'
         "[limits]\nmax_sessions = 100000\nmax_handshakes = 4096\n"
-        "handshakes_per_source = 1000000\n")
+        "handshakes_per_source = 1000000\nmax_handshakes_per_source = 1000000\n")
     proc = subprocess.Popen(["taskset", "-c", "0", str(ROOT / ".venv/bin/dots-gateway"),
                              "server", "--config", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)

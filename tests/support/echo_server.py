@@ -58,6 +58,7 @@ async def main(argv: list[str]) -> None:
             max_handshakes=args.max_handshakes,
             handshakes_per_source_per_second=1e9,
             handshake_burst=10**9,
+            max_handshakes_per_source=10**9,
         ),
     )
     tls = TlsServer(
