@@ -166,17 +166,18 @@ class RecordProtection:
         write_iv: bytes,
         epoch: int,
         next_write_sequence: int,
-        highest_read_sequence: int,
     ) -> None:
         self.suite = suite
         self.epoch = epoch
         self._read_key, self._read_iv = read_key, read_iv
         self._write_key, self._write_iv = write_key, write_iv
         self._next_write = next_write_sequence
-        # Everything up to the highest record OpenSSL authenticated counts as seen: a
-        # record from before the hand-over can never be replayed into this session.
-        self._highest_read = highest_read_sequence
-        self._window = (1 << REPLAY_WINDOW) - 1
+        # The replay window starts empty, as OpenSSL's does when the epoch changes
+        # (DTLS1_BITMAP zeroed: highest 0, no bit set). Bit n stands for _highest_read - n.
+        # The server keeps it from the first record of the epoch on, so that at the
+        # hand-over it holds exactly what OpenSSL authenticated (secure_session).
+        self._highest_read = 0
+        self._window = 0
 
     @classmethod
     def from_handshake(
@@ -189,7 +190,6 @@ class RecordProtection:
         is_server: bool,
         epoch: int,
         next_write_sequence: int,
-        highest_read_sequence: int,
     ) -> RecordProtection:
         """Derive the keys as RFC 5246 §6.3 does (AEAD suites have no MAC keys)."""
         key, iv = suite.key_length, suite.fixed_iv_length
@@ -209,7 +209,6 @@ class RecordProtection:
             write_iv=write_iv,
             epoch=epoch,
             next_write_sequence=next_write_sequence,
-            highest_read_sequence=highest_read_sequence,
         )
 
     def forget(self) -> None:
@@ -232,12 +231,20 @@ class RecordProtection:
             bytes((content_type,)) + DTLS_1_2 + epoch_seq + len(body).to_bytes(2, "big") + body
         )
 
+    def start_writing_at(self, sequence: int) -> None:
+        """The next record we seal gets ``sequence`` (the one after OpenSSL's last)."""
+        self._next_write = sequence
+
     def open(self, datagram: bytes) -> Opened:
         """Application data and alerts of one datagram; everything else is dropped."""
+        return self.open_records(split_records(datagram))
+
+    def open_records(self, records: list[tuple[int, int, int, bytes, bytes]]) -> Opened:
+        """``open`` for records already split (``split_records``), in arrival order."""
         data: list[bytes] = []
         dropped = 0
         renegotiation = False
-        for kind, epoch, seq, header, fragment in split_records(datagram):
+        for kind, epoch, seq, header, fragment in records:
             if epoch != self.epoch or kind not in (APPLICATION_DATA, ALERT, HANDSHAKE) \
                     or len(fragment) > _MAX_FRAGMENT or self._replayed(seq):
                 dropped += 1
@@ -260,6 +267,12 @@ class RecordProtection:
                 return Opened(data, (plaintext[0], plaintext[1]), dropped, renegotiation)
             # other warning alerts change nothing
         return Opened(data, None, dropped, renegotiation)
+
+    def authentic(self, record: tuple[int, int, int, bytes, bytes]) -> bool:
+        """Whether a record (from ``split_records``) was protected with the peer's keys of
+        our epoch; the replay window is neither consulted nor changed."""
+        kind, epoch, _, header, fragment = record
+        return epoch == self.epoch and self._decrypt(kind, header[3:11], fragment) is not None
 
     # --- internals ---------------------------------------------------------------------------
 
