@@ -34,6 +34,7 @@ CLOSE_NOTIFY = 0
 NO_RENEGOTIATION = 100
 #: RFC 6347 §4.1.2.6: a 64-record anti-replay window.
 REPLAY_WINDOW = 64
+_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 #: RFC 5246 §6.2.3: a protected fragment is at most 2^14 + 2048 bytes.
 _MAX_FRAGMENT = 2**14 + 2048
 _MAX_SEQUENCE = 2**48 - 1
@@ -310,7 +311,12 @@ class RecordProtection:
     def _mark(self, seq: int) -> None:
         if seq > self._highest_read:
             shift = seq - self._highest_read
-            self._window = ((self._window << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            if shift < REPLAY_WINDOW:
+                self._window = ((self._window << shift) | 1) & _WINDOW_MASK
+            else:
+                # RFC 6347 §4.1.2.6: a jump of the window size or more leaves nothing of the
+                # old window (never shift by it: up to 2^48 bits).
+                self._window = 1
             self._highest_read = seq
         else:
             self._window |= 1 << (self._highest_read - seq)
