@@ -204,7 +204,8 @@ class SecureSession:
             # A record must fit one datagram (RFC 9132 §7.3); callers use Block-wise transfer.
             raise OpenSSLError(f"{len(plaintext)} bytes do not fit one DTLS datagram")
         if self._records is not None:
-            self._sealed.append(self._records.seal(APPLICATION_DATA, plaintext))
+            if not self._seal(APPLICATION_DATA, plaintext):
+                raise OpenSSLError(self.failure or "cannot send")
             return
         crypto.ERR_clear_error()
         self._restore_buffers()
@@ -233,7 +234,7 @@ class SecureSession:
         """Send close_notify (if established) and move to CLOSED; call ``free()`` after
         taking the output."""
         if self._records is not None and self.state is State.ESTABLISHED:
-            self._sealed.append(self._records.seal(ALERT, bytes((ALERT_WARNING, CLOSE_NOTIFY))))
+            self._seal(ALERT, bytes((ALERT_WARNING, CLOSE_NOTIFY)))
         elif self._ssl is not None and self.state is State.ESTABLISHED:
             crypto.ERR_clear_error()
             self._restore_buffers()
@@ -486,10 +487,8 @@ class SecureSession:
         opened = self._records.open(data)
         if opened.renegotiation:
             # RFC 5246 §7.2.2: refuse with a warning; the session goes on as it was.
-            self._sealed.append(
-                self._records.seal(ALERT, bytes((ALERT_WARNING, NO_RENEGOTIATION)))
-            )
-        if opened.alert is not None:
+            self._seal(ALERT, bytes((ALERT_WARNING, NO_RENEGOTIATION)))
+        if opened.alert is not None and self.state is State.ESTABLISHED:
             level, description = opened.alert
             if level == ALERT_FATAL:
                 self._fail(f"peer sent fatal alert {description}")
@@ -498,6 +497,19 @@ class SecureSession:
             self._records.forget()
             self._records = None
         return opened.application_data
+
+    def _seal(self, content_type: int, plaintext: bytes) -> bool:
+        """One record to send, protected here; False if none can be: the sequence numbers
+        are exhausted, and the session has failed (the endpoint closes it)."""
+        assert self._records is not None
+        try:
+            self._sealed.append(self._records.seal(content_type, plaintext))
+        except OverflowError:
+            # RFC 6347 §4.1: a sequence number is never reused, so the session has to end;
+            # not even a close_notify can be sent.
+            self._fail("DTLS sequence numbers exhausted")
+            return False
+        return True
 
     def _release_buffers(self) -> None:
         """DTLS, established: hand the record buffers back between datagrams.

@@ -26,7 +26,7 @@ from gateway.transport.dtls_records import (
     prf,
     split_records,
 )
-from gateway.transport.openssl_ffi import ssl
+from gateway.transport.openssl_ffi import OpenSSLError, ssl
 from gateway.transport.secure_session import SecureSession, State
 from gateway.transport.tls_context import (
     ClientContext,
@@ -484,3 +484,39 @@ def test_the_last_sequence_number_is_accepted_and_nothing_after_it() -> None:
     assert server.open(last).application_data == []
     with pytest.raises(OverflowError):
         client.seal(APPLICATION_DATA, b"none left")  # RFC 6347 §4.1: never wraps
+
+
+def test_our_sequence_exhaustion_ends_the_session_cleanly(
+    pki: Path, server_context: ServerContext
+) -> None:
+    client, server = connected(pki, server_context, HANDOVER_SUITE)
+    client.send(b"a")
+    assert move(client, server) == [b"a"] and handed_over(server)
+    assert server._records is not None
+    server._records.start_writing_at(_LAST_SEQUENCE)
+    server.send(b"last")
+    assert move(server, client) == [b"last"]
+    with pytest.raises(OpenSSLError, match="exhausted"):
+        server.send(b"one too many")
+    assert server.state is State.FAILED and "exhausted" in (server.failure or "")
+    server.close()  # no sequence number is left for a close_notify: nothing is sent
+    assert server.take_output() == []
+    server.free()
+
+
+def test_a_renegotiation_attempt_after_exhaustion_ends_the_session(
+    pki: Path, server_context: ServerContext
+) -> None:
+    client, server = connected(pki, server_context, HANDOVER_SUITE)
+    client.send(b"a")
+    move(client, server)
+    own = server._records
+    assert own is not None
+    peer = RecordProtection(
+        own.suite, read_key=own._write_key, read_iv=own._write_iv, write_key=own._read_key,
+        write_iv=own._read_iv, epoch=own.epoch, next_write_sequence=own._highest_read + 10,
+    )
+    own.start_writing_at(_LAST_SEQUENCE + 1)
+    # Our answer would be a warning alert, but there is no sequence number left for it.
+    assert server.feed(peer.seal(HANDSHAKE, bytes([1]) + bytes(11))) == []
+    assert server.state is State.FAILED and server.take_output() == []
