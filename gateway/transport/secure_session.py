@@ -446,24 +446,25 @@ class SecureSession:
         secret = ffi.new("unsigned char[]", 48)
         client_random = ffi.new("unsigned char[]", 32)
         server_random = ffi.new("unsigned char[]", 32)
-        if (
-            session == ffi.NULL
-            or ssl.SSL_SESSION_get_master_key(session, secret, 48) != 48
-            or ssl.SSL_get_client_random(self._ssl, client_random, 32) != 32
-            or ssl.SSL_get_server_random(self._ssl, server_random, 32) != 32
-        ):
-            return None
-        records = RecordProtection.from_handshake(
-            SUITES[self.cipher],
-            master_secret=bytes(ffi.buffer(secret, 48)),
-            client_random=bytes(ffi.buffer(client_random, 32)),
-            server_random=bytes(ffi.buffer(server_random, 32)),
-            is_server=True,
-            epoch=_FIRST_EPOCH,
-            next_write_sequence=0,  # set at the hand-over
-        )
-        ffi.memmove(secret, bytes(48), 48)
-        return records
+        try:
+            if (
+                session == ffi.NULL
+                or ssl.SSL_SESSION_get_master_key(session, secret, 48) != 48
+                or ssl.SSL_get_client_random(self._ssl, client_random, 32) != 32
+                or ssl.SSL_get_server_random(self._ssl, server_random, 32) != 32
+            ):
+                return None
+            return RecordProtection.from_handshake(
+                SUITES[self.cipher],
+                master_secret=bytearray(ffi.buffer(secret, 48)),  # wiped by from_handshake
+                client_random=bytes(ffi.buffer(client_random, 32)),
+                server_random=bytes(ffi.buffer(server_random, 32)),
+                is_server=True,
+                epoch=_FIRST_EPOCH,
+                next_write_sequence=0,  # set at the hand-over
+            )
+        finally:
+            ffi.memmove(secret, bytes(48), 48)  # the C copy
 
     def _hand_over(self) -> None:
         """The shadow takes over (its window is OpenSSL's: nothing needs to be guessed);

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.transport import dtls_records
 from gateway.transport.dtls_records import (
     ALERT,
     APPLICATION_DATA,
@@ -233,17 +234,18 @@ def test_a_request_sharing_the_datagram_of_the_clients_finished(
 
 def pair_of_protections(suite_name: str) -> tuple[RecordProtection, RecordProtection]:
     suite = SUITES[suite_name]
-    secrets = {
-        "master_secret": bytes(range(48)),
-        "client_random": bytes(32),
-        "server_random": bytes([7]) * 32,
-        "epoch": 1,
-        "next_write_sequence": 1,
-    }
-    return (
-        RecordProtection.from_handshake(suite, is_server=True, **secrets),  # type: ignore[arg-type]
-        RecordProtection.from_handshake(suite, is_server=False, **secrets),  # type: ignore[arg-type]
-    )
+    def side(is_server: bool) -> RecordProtection:
+        return RecordProtection.from_handshake(
+            suite,
+            master_secret=bytearray(range(48)),  # one each: from_handshake wipes it
+            client_random=bytes(32),
+            server_random=bytes([7]) * 32,
+            is_server=is_server,
+            epoch=1,
+            next_write_sequence=1,
+        )
+
+    return side(True), side(False)
 
 
 def test_replay_window_accepts_reordering_once_and_drops_the_too_old() -> None:
@@ -294,12 +296,12 @@ def test_the_server_session_answers_renegotiation_with_a_warning(
     assert server._records is not None
     own = server._records
     # Seal a handshake record with the client's keys, as a renegotiating client would.
-    peer = RecordProtection(
+    peer = RecordProtection(  # copies: each RecordProtection wipes its own keys
         own.suite,
-        read_key=own._write_key,
-        read_iv=own._write_iv,
-        write_key=own._read_key,
-        write_iv=own._read_iv,
+        read_key=bytearray(own._write_key),
+        read_iv=bytearray(own._write_iv),
+        write_key=bytearray(own._read_key),
+        write_iv=bytearray(own._read_iv),
         epoch=own.epoch,
         next_write_sequence=own._highest_read + 10,  # clear of the client's next numbers
     )
@@ -332,9 +334,9 @@ def test_a_freed_session_takes_its_keys_out_of_the_cipher_cache(
     records = server._records
     assert records is not None
     cache = records.suite.cipher._objects
-    assert records._read_key in cache and records._write_key in cache
+    assert records._read_handle in cache and records._write_handle in cache
     server.free()
-    assert records._read_key not in cache and records._write_key not in cache
+    assert records._read_handle not in cache and records._write_handle not in cache
 
 
 # --- replay protection across the hand-over (issue 16, item 1) -------------------------------
@@ -513,10 +515,47 @@ def test_a_renegotiation_attempt_after_exhaustion_ends_the_session(
     own = server._records
     assert own is not None
     peer = RecordProtection(
-        own.suite, read_key=own._write_key, read_iv=own._write_iv, write_key=own._read_key,
-        write_iv=own._read_iv, epoch=own.epoch, next_write_sequence=own._highest_read + 10,
+        own.suite, read_key=bytearray(own._write_key), read_iv=bytearray(own._write_iv),
+        write_key=bytearray(own._read_key), write_iv=bytearray(own._read_iv), epoch=own.epoch,
+        next_write_sequence=own._highest_read + 10,
     )
     own.start_writing_at(_LAST_SEQUENCE + 1)
     # Our answer would be a warning alert, but there is no sequence number left for it.
     assert server.feed(peer.seal(HANDSHAKE, bytes([1]) + bytes(11))) == []
     assert server.state is State.FAILED and server.take_output() == []
+
+
+# --- key material (issue 16, item 6) ----------------------------------------------------------
+
+
+def test_secrets_are_kept_in_buffers_that_are_wiped(
+    pki: Path, server_context: ServerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    masters: list[object] = []
+    blocks: list[object] = []
+    derive = RecordProtection.from_handshake.__func__  # type: ignore[attr-defined]
+    real_prf = dtls_records.prf
+
+    def spy(cls: type, suite: object, **kw: object) -> RecordProtection:
+        masters.append(kw["master_secret"])
+        return derive(cls, suite, **kw)  # type: ignore[no-any-return]
+
+    def prf_spy(*args: object) -> object:
+        blocks.append(real_prf(*args))  # type: ignore[arg-type]
+        return blocks[-1]
+
+    monkeypatch.setattr(RecordProtection, "from_handshake", classmethod(spy))
+    monkeypatch.setattr(dtls_records, "prf", prf_spy)
+    client, server = connected(pki, server_context, HANDOVER_SUITE)
+    client.send(b"a")
+    assert move(client, server) == [b"a"] and handed_over(server)
+    # The master secret and the key block: wiped once the keys are derived.
+    assert masters and blocks
+    for secret in masters + blocks:
+        assert isinstance(secret, bytearray) and not any(secret)
+    records = server._records
+    assert records is not None
+    keys = [records._read_key, records._read_iv, records._write_key, records._write_iv]
+    assert all(isinstance(k, bytearray) and any(k) for k in keys)
+    server.free()  # the session's keys: wiped when it ends
+    assert not any(any(k) for k in keys)
