@@ -559,3 +559,27 @@ def test_secrets_are_kept_in_buffers_that_are_wiped(
     assert all(isinstance(k, bytearray) and any(k) for k in keys)
     server.free()  # the session's keys: wiped when it ends
     assert not any(any(k) for k in keys)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "OpenSSL 3.0 drops only the 13-byte header of a record with another version (or too "
+    "long) and parses on inside its body (a framing error, see BoringSSL's TODO in "
+    "dtls1_get_record); we skip the whole record by its length. Known, left for a decision."
+))
+def test_a_record_of_another_version_frames_the_datagram_as_openssl_does(
+    pki: Path, server_context: ServerContext
+) -> None:
+    # Another version, length 13: inside it, a header whose length runs past the datagram.
+    inner = b"\x17\xfe\xfd\x00\x01" + (1).to_bytes(6, "big") + (1024).to_bytes(2, "big")
+    odd = b"\x17\xfe\xff\x00\x01" + (9).to_bytes(6, "big") + len(inner).to_bytes(2, "big")
+
+    def deliveries(hand_over: bool) -> list[bytes]:
+        client, server = connected(pki, server_context, HANDOVER_SUITE)
+        if not hand_over:
+            server._may_hand_over = lambda: False  # type: ignore[method-assign]
+        m = sealed_by(client, 2)
+        assert server.feed(m[0]) == [b"m0"] and handed_over(server) is hand_over
+        return server.feed(odd + inner + m[1])
+
+    assert deliveries(hand_over=False) == []  # OpenSSL: m1 dumped as a partial record
+    assert deliveries(hand_over=True) == []  # we deliver m1
