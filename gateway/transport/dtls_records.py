@@ -13,11 +13,22 @@ is freed. What an idle session keeps is then a few hundred bytes of keys and cou
 
 Sans-I/O: bytes in, bytes out. Only AEAD suites are handled; a connection with another
 suite (the CBC ECDHE-PSK suite) simply stays on OpenSSL.
+
+Key material. The master secret reaches us in a ``bytearray`` (secure_session zeroes its C
+buffer) and is wiped once the key block is derived; the key block is wiped once split.
+What still holds keys while a session lives: its ``RecordProtection`` (keys and fixed IVs
+in ``bytearray``s, wiped by ``forget()`` when the session ends) and the AEAD objects of the
+cipher cache (OpenSSL cipher contexts with the expanded key; ``AESCCM`` also keeps a
+reference to our key buffer), dropped by ``forget()`` or when the cache is cleared, after
+which OpenSSL cleanses the context. Not wiped: the PRF's intermediate HMAC outputs, which
+CPython returns as immutable ``bytes`` (freed at once, not overwritten), and OpenSSL's own
+copy of the master secret in the SSL session, cleansed when OpenSSL frees it.
 """
 
 from __future__ import annotations
 
 import hmac
+import itertools
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +45,7 @@ CLOSE_NOTIFY = 0
 NO_RENEGOTIATION = 100
 #: RFC 6347 §4.1.2.6: a 64-record anti-replay window.
 REPLAY_WINDOW = 64
+_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 #: RFC 5246 §6.2.3: a protected fragment is at most 2^14 + 2048 bytes.
 _MAX_FRAGMENT = 2**14 + 2048
 _MAX_SEQUENCE = 2**48 - 1
@@ -56,28 +68,39 @@ class AeadSuite:
 
 
 class _CipherCache:
-    """The AEAD objects of the most recently used keys.
+    """The AEAD objects of the most recently used keys, by the key's handle (the keys are
+    ``bytearray``s, to be wiped, so not dictionary keys themselves).
 
     An AEAD object holds an OpenSSL cipher context once used (~1-2 KiB), too much to keep
     for every idle session; building one costs ~0.7 us, a few percent of a request. The
     busy sessions of the moment hit this cache; idle ones keep only their key bytes.
     """
 
-    def __init__(self, factory: Callable[[bytes], Any], size: int = 512) -> None:
+    def __init__(self, factory: Callable[[bytearray], Any], size: int = 512) -> None:
         self._factory = factory
         self._size = size
-        self._objects: dict[bytes, Any] = {}
+        self._objects: dict[int, Any] = {}
 
-    def __call__(self, key: bytes) -> Any:
-        cipher = self._objects.get(key)
+    def __call__(self, handle: int, key: bytearray) -> Any:
+        cipher = self._objects.get(handle)
         if cipher is None:
             if len(self._objects) >= self._size:
                 self._objects.clear()  # cheaper than LRU bookkeeping on every record
-            cipher = self._objects[key] = self._factory(key)
+            cipher = self._objects[handle] = self._factory(key)
         return cipher
 
-    def forget(self, key: bytes) -> None:
-        self._objects.pop(key, None)
+    def forget(self, handle: int) -> None:
+        self._objects.pop(handle, None)
+
+
+#: Handles of keys in the cipher caches (itertools.count is atomic under the GIL: keys are
+#: derived in handshake worker threads too).
+_handles = itertools.count()
+
+
+def wipe(secret: bytearray) -> None:
+    """Overwrite a secret in place."""
+    secret[:] = bytes(len(secret))
 
 
 _gcm = _CipherCache(AESGCM)
@@ -104,15 +127,19 @@ SUITES: dict[str, AeadSuite] = {
 }
 
 
-def prf(hash_name: str, secret: bytes, label: bytes, seed: bytes, length: int) -> bytes:
-    """The TLS 1.2 PRF, P_<hash>(secret, label + seed) (RFC 5246 §5)."""
+def prf(
+    hash_name: str, secret: bytes | bytearray, label: bytes, seed: bytes, length: int
+) -> bytearray:
+    """The TLS 1.2 PRF, P_<hash>(secret, label + seed) (RFC 5246 §5); the caller wipes
+    the result."""
     seed = label + seed
-    out = b""
+    out = bytearray()
     a = seed
     while len(out) < length:
         a = hmac.digest(secret, a, hash_name)
         out += hmac.digest(secret, a + seed, hash_name)
-    return out[:length]
+    del out[length:]
+    return out
 
 
 class Opened(NamedTuple):
@@ -153,50 +180,55 @@ class RecordProtection:
 
     __slots__ = (
         "suite", "epoch", "_read_key", "_read_iv", "_write_key", "_write_iv",
-        "_next_write", "_highest_read", "_window",
+        "_read_handle", "_write_handle", "_next_write", "_highest_read", "_window",
     )
 
     def __init__(
         self,
         suite: AeadSuite,
         *,
-        read_key: bytes,
-        read_iv: bytes,
-        write_key: bytes,
-        write_iv: bytes,
+        read_key: bytearray,
+        read_iv: bytearray,
+        write_key: bytearray,
+        write_iv: bytearray,
         epoch: int,
         next_write_sequence: int,
-        highest_read_sequence: int,
     ) -> None:
         self.suite = suite
         self.epoch = epoch
+        # Owned from now on: forget() wipes them.
         self._read_key, self._read_iv = read_key, read_iv
         self._write_key, self._write_iv = write_key, write_iv
+        self._read_handle, self._write_handle = next(_handles), next(_handles)
         self._next_write = next_write_sequence
-        # Everything up to the highest record OpenSSL authenticated counts as seen: a
-        # record from before the hand-over can never be replayed into this session.
-        self._highest_read = highest_read_sequence
-        self._window = (1 << REPLAY_WINDOW) - 1
+        # The replay window starts empty, as OpenSSL's does when the epoch changes
+        # (DTLS1_BITMAP zeroed: highest 0, no bit set). Bit n stands for _highest_read - n.
+        # The server keeps it from the first record of the epoch on, so that at the
+        # hand-over it holds exactly what OpenSSL authenticated (secure_session).
+        self._highest_read = 0
+        self._window = 0
 
     @classmethod
     def from_handshake(
         cls,
         suite: AeadSuite,
         *,
-        master_secret: bytes,
+        master_secret: bytearray,
         client_random: bytes,
         server_random: bytes,
         is_server: bool,
         epoch: int,
         next_write_sequence: int,
-        highest_read_sequence: int,
     ) -> RecordProtection:
-        """Derive the keys as RFC 5246 §6.3 does (AEAD suites have no MAC keys)."""
+        """Derive the keys as RFC 5246 §6.3 does (AEAD suites have no MAC keys); the
+        master secret is wiped."""
         key, iv = suite.key_length, suite.fixed_iv_length
         block = prf(suite.prf_hash, master_secret, b"key expansion",
                     server_random + client_random, 2 * (key + iv))
+        wipe(master_secret)
         client_key, server_key = block[:key], block[key : 2 * key]
         client_iv, server_iv = block[2 * key : 2 * key + iv], block[2 * key + iv :]
+        wipe(block)
         if is_server:
             read_key, read_iv, write_key, write_iv = client_key, client_iv, server_key, server_iv
         else:
@@ -209,13 +241,14 @@ class RecordProtection:
             write_iv=write_iv,
             epoch=epoch,
             next_write_sequence=next_write_sequence,
-            highest_read_sequence=highest_read_sequence,
         )
 
     def forget(self) -> None:
-        """The session ended: its keys leave the cipher cache now."""
-        self.suite.cipher.forget(self._read_key)
-        self.suite.cipher.forget(self._write_key)
+        """The session ended: its keys leave the cipher cache and are wiped."""
+        self.suite.cipher.forget(self._read_handle)
+        self.suite.cipher.forget(self._write_handle)
+        for secret in (self._read_key, self._read_iv, self._write_key, self._write_iv):
+            wipe(secret)
 
     def seal(self, content_type: int, plaintext: bytes) -> bytes:
         """One protected record."""
@@ -227,17 +260,26 @@ class RecordProtection:
         epoch_seq = self.epoch.to_bytes(2, "big") + seq.to_bytes(6, "big")
         aad = epoch_seq + bytes((content_type,)) + DTLS_1_2 + len(plaintext).to_bytes(2, "big")
         explicit, nonce = self._nonce(self._write_iv, epoch_seq, None)
-        body = explicit + self.suite.cipher(self._write_key).encrypt(nonce, plaintext, aad)
+        cipher = self.suite.cipher(self._write_handle, self._write_key)
+        body = explicit + cipher.encrypt(nonce, plaintext, aad)
         return (
             bytes((content_type,)) + DTLS_1_2 + epoch_seq + len(body).to_bytes(2, "big") + body
         )
 
+    def start_writing_at(self, sequence: int) -> None:
+        """The next record we seal gets ``sequence`` (the one after OpenSSL's last)."""
+        self._next_write = sequence
+
     def open(self, datagram: bytes) -> Opened:
         """Application data and alerts of one datagram; everything else is dropped."""
+        return self.open_records(split_records(datagram))
+
+    def open_records(self, records: list[tuple[int, int, int, bytes, bytes]]) -> Opened:
+        """``open`` for records already split (``split_records``), in arrival order."""
         data: list[bytes] = []
         dropped = 0
         renegotiation = False
-        for kind, epoch, seq, header, fragment in split_records(datagram):
+        for kind, epoch, seq, header, fragment in records:
             if epoch != self.epoch or kind not in (APPLICATION_DATA, ALERT, HANDSHAKE) \
                     or len(fragment) > _MAX_FRAGMENT or self._replayed(seq):
                 dropped += 1
@@ -261,9 +303,17 @@ class RecordProtection:
             # other warning alerts change nothing
         return Opened(data, None, dropped, renegotiation)
 
+    def authentic(self, record: tuple[int, int, int, bytes, bytes]) -> bool:
+        """Whether a record (from ``split_records``) was protected with the peer's keys of
+        our epoch; the replay window is neither consulted nor changed."""
+        kind, epoch, _, header, fragment = record
+        return epoch == self.epoch and self._decrypt(kind, header[3:11], fragment) is not None
+
     # --- internals ---------------------------------------------------------------------------
 
-    def _nonce(self, iv: bytes, epoch_seq: bytes, explicit: bytes | None) -> tuple[bytes, bytes]:
+    def _nonce(
+        self, iv: bytearray, epoch_seq: bytes, explicit: bytes | None
+    ) -> tuple[bytes, bytes | bytearray]:
         """(explicit part sent in the record, full nonce)."""
         if self.suite.explicit_nonce_length == 0:
             # RFC 7905 §2: the IV XORed with the 64-bit epoch and sequence number.
@@ -284,7 +334,7 @@ class RecordProtection:
         plain_length = len(ciphertext) - suite.tag_length
         aad = epoch_seq + bytes((kind,)) + DTLS_1_2 + plain_length.to_bytes(2, "big")
         try:
-            return suite.cipher(self._read_key).decrypt(nonce, ciphertext, aad)
+            return suite.cipher(self._read_handle, self._read_key).decrypt(nonce, ciphertext, aad)
         except InvalidTag:
             return None
 
@@ -297,7 +347,12 @@ class RecordProtection:
     def _mark(self, seq: int) -> None:
         if seq > self._highest_read:
             shift = seq - self._highest_read
-            self._window = ((self._window << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            if shift < REPLAY_WINDOW:
+                self._window = ((self._window << shift) | 1) & _WINDOW_MASK
+            else:
+                # RFC 6347 §4.1.2.6: a jump of the window size or more leaves nothing of the
+                # old window (never shift by it: up to 2^48 bits).
+                self._window = 1
             self._highest_read = seq
         else:
             self._window |= 1 << (self._highest_read - seq)

@@ -22,6 +22,7 @@ from gateway.transport.dtls_records import (
     ALERT_WARNING,
     APPLICATION_DATA,
     CLOSE_NOTIFY,
+    HANDSHAKE,
     NO_RENEGOTIATION,
     SUITES,
     RecordProtection,
@@ -70,6 +71,12 @@ _MIN_SEND_FRAGMENT = 512
 _READ_CHUNK = 16 * 1024 + 512
 #: SSL_free_buffers is safe from 3.0.14 on (CVE-2024-4741: it freed a buffer still in use).
 _SAFE_FREE_BUFFERS = 0x300000E0
+#: RFC 6347 §4.1: the epoch of the keys of the first handshake (we never renegotiate).
+_FIRST_EPOCH = 1
+#: Protected records kept during a handshake for the replay window (a client's Finished and
+#: its retransmissions); beyond that the session stays on OpenSSL.
+_MAX_EARLY_RECORDS = 8
+_MAX_EARLY_BYTES = 4096
 
 
 class State(enum.Enum):
@@ -122,6 +129,14 @@ class SecureSession:
         self._last_written: tuple[int, int] | None = None
         self._described: tuple[str, str, bool] | None = None
         self._may_protect_records = False
+        # Server, DTLS: the protected records fed during the handshake (bounded), and from
+        # the end of the handshake our own record protection run beside OpenSSL's as a
+        # shadow: it opens every record OpenSSL is given, so that its replay window holds
+        # exactly what OpenSSL authenticated when it takes over (see _hand_over).
+        self._early: list[tuple[int, int, int, bytes, bytes]] | None = (
+            [] if self.is_server and self.kind is Kind.DTLS else None
+        )
+        self._shadow: RecordProtection | None = None
         if ssl_ptr is None:
             ssl_ptr = ssl.SSL_new(context.ptr)
             if ssl_ptr == ffi.NULL:
@@ -162,14 +177,21 @@ class SecureSession:
         if data and ssl.BIO_write(self._rbio, data, len(data)) != len(data):
             self._fail("BIO_write failed")
             return []
+        after_handshake = None
         if self.state is State.HANDSHAKING:
+            if self._early is not None:
+                self._keep_early_records(data)
             self._progress()
             if self.state is not State.ESTABLISHED:
                 return []
+            after_handshake = self._start_shadow(data)
         self._restore_buffers()
         records = self._read_application_data()
+        if self._shadow is not None:
+            self._follow(split_records(data) if after_handshake is None else after_handshake,
+                         records)
         if records and self._may_hand_over():
-            self._hand_over(data, len(records))
+            self._hand_over()
         else:
             self._release_buffers()
         return records
@@ -182,7 +204,8 @@ class SecureSession:
             # A record must fit one datagram (RFC 9132 §7.3); callers use Block-wise transfer.
             raise OpenSSLError(f"{len(plaintext)} bytes do not fit one DTLS datagram")
         if self._records is not None:
-            self._sealed.append(self._records.seal(APPLICATION_DATA, plaintext))
+            if not self._seal(APPLICATION_DATA, plaintext):
+                raise OpenSSLError(self.failure or "cannot send")
             return
         crypto.ERR_clear_error()
         self._restore_buffers()
@@ -211,7 +234,7 @@ class SecureSession:
         """Send close_notify (if established) and move to CLOSED; call ``free()`` after
         taking the output."""
         if self._records is not None and self.state is State.ESTABLISHED:
-            self._sealed.append(self._records.seal(ALERT, bytes((ALERT_WARNING, CLOSE_NOTIFY))))
+            self._seal(ALERT, bytes((ALERT_WARNING, CLOSE_NOTIFY)))
         elif self._ssl is not None and self.state is State.ESTABLISHED:
             crypto.ERR_clear_error()
             self._restore_buffers()
@@ -229,6 +252,8 @@ class SecureSession:
         if self._records is not None:
             self._records.forget()
             self._records = None
+        self._drop_shadow()
+        self._early = None
         if self.state in (State.HANDSHAKING, State.ESTABLISHED):
             self.state = State.CLOSED
 
@@ -348,11 +373,12 @@ class SecureSession:
         )
 
     def _may_hand_over(self) -> bool:
-        """Server, DTLS, an AEAD suite, and nothing left inside OpenSSL: not a byte to read
-        or to send. Application data from the client proves it verified our Finished, so
-        the handshake will not be retransmitted (RFC 6347 §4.2.4)."""
+        """Server, DTLS, an AEAD suite, a shadow that agreed with OpenSSL on every record,
+        and nothing left inside OpenSSL: not a byte to read or to send. Application data
+        from the client proves it verified our Finished, so the handshake will not be
+        retransmitted (RFC 6347 §4.2.4)."""
         return (
-            self._may_protect_records
+            self._shadow is not None
             and self.state is State.ESTABLISHED
             and self._last_written is not None
             and ssl.BIO_ctrl(self._rbio, BIO_CTRL_PENDING, 0, ffi.NULL) <= 0
@@ -360,42 +386,98 @@ class SecureSession:
             and not ssl.SSL_has_pending(self._ssl)
         )
 
-    def _hand_over(self, datagram: bytes, records_read: int) -> None:
-        """Take the keys, free the SSL object, protect the records from now on."""
-        assert self._last_written is not None
-        write_epoch, last_write = self._last_written
-        seen = split_records(datagram)
-        # Only when every record of the datagram was application data OpenSSL accepted do
-        # we know the highest authentic sequence number (the replay window's start).
-        if len(seen) != records_read or any(
-            kind != APPLICATION_DATA or epoch != write_epoch for kind, epoch, *_ in seen
-        ):
-            self._release_buffers()
-            return
+    def _keep_early_records(self, datagram: bytes) -> None:
+        """Handshake: keep the datagram's protected records for the shadow window."""
+        assert self._early is not None
+        self._early.extend(r for r in split_records(datagram) if r[1] > 0)
+        if len(self._early) > _MAX_EARLY_RECORDS \
+                or sum(len(r[4]) for r in self._early) > _MAX_EARLY_BYTES:
+            self._early = None  # more than a handshake sends: this session stays on OpenSSL
+
+    def _start_shadow(self, datagram: bytes) -> list[tuple[int, int, int, bytes, bytes]]:
+        """The handshake ended with ``datagram``. Server, DTLS, AEAD suite: derive the keys
+        and mark in a fresh replay window what OpenSSL authenticated of epoch 1 so far.
+        Returns the records of ``datagram`` that OpenSSL reads after the handshake, for
+        ``_follow``.
+
+        During the handshake OpenSSL processes the protected handshake records (the
+        client's Finished; those that come before the ChangeCipherSpec are buffered and
+        processed after it). Any other protected record may or may not have been processed,
+        depending on where OpenSSL's read epoch was when it came: if one of those is
+        authentic, the window is not known and the session stays on OpenSSL.
+        """
+        early, self._early = self._early, None
+        if not self._may_protect_records or early is None:
+            return []
+        this = [r for r in split_records(datagram) if r[1] > 0]
+        last_handshake = max((i for i, r in enumerate(this) if r[0] == HANDSHAKE), default=-1)
+        during = early[: len(early) - len(this)] + this[: last_handshake + 1]
+        shadow = self._derive_records()
+        if shadow is None:
+            return []
+        if any(r[0] != HANDSHAKE and shadow.authentic(r) for r in during):
+            shadow.forget()
+            return []
+        shadow.open_records([r for r in during if r[0] == HANDSHAKE])
+        self._shadow = shadow
+        return this[last_handshake + 1 :]
+
+    def _follow(self, records: list[tuple[int, int, int, bytes, bytes]],
+                delivered: list[bytes]) -> None:
+        """The shadow opens what OpenSSL was given; should they ever disagree, OpenSSL
+        keeps the session (our window would not be OpenSSL's)."""
+        assert self._shadow is not None
+        opened = self._shadow.open_records(records)
+        if self.state is not State.ESTABLISHED:
+            self._drop_shadow()
+        elif opened.application_data != delivered:
+            log.warning("record protection disagrees with OpenSSL (%d vs %d records): the "
+                        "session stays on OpenSSL", len(opened.application_data), len(delivered))
+            self._drop_shadow()
+
+    def _drop_shadow(self) -> None:
+        if self._shadow is not None:
+            self._shadow.forget()
+            self._shadow = None
+
+    def _derive_records(self) -> RecordProtection | None:
+        """Our record protection for this connection's keys (no records sealed yet)."""
         session = ssl.SSL_get_session(self._ssl)
         secret = ffi.new("unsigned char[]", 48)
         client_random = ffi.new("unsigned char[]", 32)
         server_random = ffi.new("unsigned char[]", 32)
-        if (
-            session == ffi.NULL
-            or ssl.SSL_SESSION_get_master_key(session, secret, 48) != 48
-            or ssl.SSL_get_client_random(self._ssl, client_random, 32) != 32
-            or ssl.SSL_get_server_random(self._ssl, server_random, 32) != 32
-        ):
+        try:
+            if (
+                session == ffi.NULL
+                or ssl.SSL_SESSION_get_master_key(session, secret, 48) != 48
+                or ssl.SSL_get_client_random(self._ssl, client_random, 32) != 32
+                or ssl.SSL_get_server_random(self._ssl, server_random, 32) != 32
+            ):
+                return None
+            return RecordProtection.from_handshake(
+                SUITES[self.cipher],
+                master_secret=bytearray(ffi.buffer(secret, 48)),  # wiped by from_handshake
+                client_random=bytes(ffi.buffer(client_random, 32)),
+                server_random=bytes(ffi.buffer(server_random, 32)),
+                is_server=True,
+                epoch=_FIRST_EPOCH,
+                next_write_sequence=0,  # set at the hand-over
+            )
+        finally:
+            ffi.memmove(secret, bytes(48), 48)  # the C copy
+
+    def _hand_over(self) -> None:
+        """The shadow takes over (its window is OpenSSL's: nothing needs to be guessed);
+        the SSL object is freed."""
+        assert self._last_written is not None and self._shadow is not None
+        write_epoch, last_write = self._last_written
+        if write_epoch != self._shadow.epoch:
+            self._drop_shadow()
             self._release_buffers()
             return
         self._described = (self.cipher, self.version, self.resumed)
-        self._records = RecordProtection.from_handshake(
-            SUITES[self._described[0]],
-            master_secret=bytes(ffi.buffer(secret, 48)),
-            client_random=bytes(ffi.buffer(client_random, 32)),
-            server_random=bytes(ffi.buffer(server_random, 32)),
-            is_server=True,
-            epoch=write_epoch,
-            next_write_sequence=last_write + 1,
-            highest_read_sequence=max(seq for _, _, seq, _, _ in seen),
-        )
-        ffi.memmove(secret, bytes(48), 48)
+        self._records, self._shadow = self._shadow, None
+        self._records.start_writing_at(last_write + 1)
         self._take_psk_identity()
         self._dispose(self._ssl)
         self._ssl = self._rbio = self._wbio = None
@@ -406,10 +488,8 @@ class SecureSession:
         opened = self._records.open(data)
         if opened.renegotiation:
             # RFC 5246 §7.2.2: refuse with a warning; the session goes on as it was.
-            self._sealed.append(
-                self._records.seal(ALERT, bytes((ALERT_WARNING, NO_RENEGOTIATION)))
-            )
-        if opened.alert is not None:
+            self._seal(ALERT, bytes((ALERT_WARNING, NO_RENEGOTIATION)))
+        if opened.alert is not None and self.state is State.ESTABLISHED:
             level, description = opened.alert
             if level == ALERT_FATAL:
                 self._fail(f"peer sent fatal alert {description}")
@@ -418,6 +498,19 @@ class SecureSession:
             self._records.forget()
             self._records = None
         return opened.application_data
+
+    def _seal(self, content_type: int, plaintext: bytes) -> bool:
+        """One record to send, protected here; False if none can be: the sequence numbers
+        are exhausted, and the session has failed (the endpoint closes it)."""
+        assert self._records is not None
+        try:
+            self._sealed.append(self._records.seal(content_type, plaintext))
+        except OverflowError:
+            # RFC 6347 §4.1: a sequence number is never reused, so the session has to end;
+            # not even a close_notify can be sent.
+            self._fail("DTLS sequence numbers exhausted")
+            return False
+        return True
 
     def _release_buffers(self) -> None:
         """DTLS, established: hand the record buffers back between datagrams.

@@ -470,3 +470,26 @@ async def test_tls_connection_cap_refuses_extra_clients(pki: Path) -> None:
         for w in writers:
             w.close()
         await server.stop()
+
+
+async def test_our_sequence_exhaustion_closes_the_session_and_tells_the_handler(
+    dtls_server: DtlsServer, pki: Path
+) -> None:
+    address = dtls_server.bound[0]
+    reply, conn = await roundtrip(
+        connect_dtls, address.host, address.port, cert_client(Kind.DTLS, pki)
+    )
+    assert reply == b"echo:ping"
+    (server_side,) = dtls_server.sessions.values()
+    records = server_side.session._records
+    assert records is not None  # handed over
+    records.start_writing_at(2**48)  # RFC 6347 §4.1: no sequence number is left to send with
+    conn.send(b"one more")  # the echo cannot be sent: the session must end, not linger
+    for _ in range(100):
+        if not dtls_server.sessions:
+            break
+        await asyncio.sleep(0.02)
+    assert dtls_server.sessions == {}
+    assert server_side.handler is not None
+    assert "exhausted" in server_side.handler.lost[0]  # type: ignore[attr-defined]
+    conn.close()

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from gateway.transport import dtls_records
 from gateway.transport.dtls_records import (
     ALERT,
     APPLICATION_DATA,
@@ -23,7 +27,7 @@ from gateway.transport.dtls_records import (
     prf,
     split_records,
 )
-from gateway.transport.openssl_ffi import ssl
+from gateway.transport.openssl_ffi import OpenSSLError, ssl
 from gateway.transport.secure_session import SecureSession, State
 from gateway.transport.tls_context import (
     ClientContext,
@@ -180,35 +184,68 @@ def test_the_cbc_suite_stays_on_openssl(pki: Path, server_context: ServerContext
     assert not handed_over(server) and server._ssl is not None
 
 
-def test_no_hand_over_while_handshake_records_share_the_datagram(
+def test_a_stale_handshake_record_in_the_datagram_does_not_hold_up_the_hand_over(
     pki: Path, server_context: ServerContext
 ) -> None:
     client, server = connected(pki, server_context, "ECDHE-ECDSA-AES128-GCM-SHA256")
     client.send(b"a")
     (datagram,) = client.take_output()
-    # A stale epoch-0 handshake record in front: the highest authentic sequence number is
-    # not known from this datagram, so OpenSSL keeps the session for now.
+    # A stale epoch-0 handshake record in front: OpenSSL drops it; our window follows what
+    # OpenSSL authenticated record by record, so the hand-over need not wait.
     stale = b"\x16\xfe\xfd" + bytes(8) + (4).to_bytes(2, "big") + bytes(4)
     assert server.feed(stale + datagram) == [b"a"]
-    assert not handed_over(server)
+    assert handed_over(server)
+    assert server.feed(datagram) == []
     client.send(b"b")
-    assert move(client, server) == [b"b"] and handed_over(server)
+    assert move(client, server) == [b"b"]
+
+
+def test_a_request_sharing_the_datagram_of_the_clients_finished(
+    pki: Path, server_context: ServerContext
+) -> None:
+    # Resumed: the client finishes last and may send its request in the same datagram.
+    first, _ = connected(pki, server_context, HANDOVER_SUITE)
+    ticket = first.session_ticket()
+    assert ticket is not None
+    client = client_for(pki, HANDOVER_SUITE)
+    client._set_resumption(ticket)
+    server = SecureSession(server_context)
+    client.start()
+    for _ in range(4):
+        if client.state is State.ESTABLISHED:
+            break
+        for datagram in client.take_output():
+            server.feed(datagram)
+        for datagram in server.take_output():
+            client.feed(datagram)
+    assert client.state is State.ESTABLISHED and client.resumed
+    (finished,) = client.take_output()
+    client.send(b"early")
+    (request,) = client.take_output()
+    assert server.feed(finished + request) == [b"early"]
+    assert server.state is State.ESTABLISHED and server.resumed
+    server.send(b"answer")  # the hand-over needs OpenSSL's last sequence number
+    assert move(server, client) == [b"answer"]
+    client.send(b"next")
+    (second,) = client.take_output()
+    assert server.feed(second) == [b"next"] and handed_over(server)
+    assert server.feed(finished + request) == [] and server.feed(second) == []
 
 
 def pair_of_protections(suite_name: str) -> tuple[RecordProtection, RecordProtection]:
     suite = SUITES[suite_name]
-    secrets = {
-        "master_secret": bytes(range(48)),
-        "client_random": bytes(32),
-        "server_random": bytes([7]) * 32,
-        "epoch": 1,
-        "next_write_sequence": 1,
-        "highest_read_sequence": 0,
-    }
-    return (
-        RecordProtection.from_handshake(suite, is_server=True, **secrets),  # type: ignore[arg-type]
-        RecordProtection.from_handshake(suite, is_server=False, **secrets),  # type: ignore[arg-type]
-    )
+    def side(is_server: bool) -> RecordProtection:
+        return RecordProtection.from_handshake(
+            suite,
+            master_secret=bytearray(range(48)),  # one each: from_handshake wipes it
+            client_random=bytes(32),
+            server_random=bytes([7]) * 32,
+            is_server=is_server,
+            epoch=1,
+            next_write_sequence=1,
+        )
+
+    return side(True), side(False)
 
 
 def test_replay_window_accepts_reordering_once_and_drops_the_too_old() -> None:
@@ -259,15 +296,14 @@ def test_the_server_session_answers_renegotiation_with_a_warning(
     assert server._records is not None
     own = server._records
     # Seal a handshake record with the client's keys, as a renegotiating client would.
-    peer = RecordProtection(
+    peer = RecordProtection(  # copies: each RecordProtection wipes its own keys
         own.suite,
-        read_key=own._write_key,
-        read_iv=own._write_iv,
-        write_key=own._read_key,
-        write_iv=own._read_iv,
+        read_key=bytearray(own._write_key),
+        read_iv=bytearray(own._write_iv),
+        write_key=bytearray(own._read_key),
+        write_iv=bytearray(own._read_iv),
         epoch=own.epoch,
         next_write_sequence=own._highest_read + 10,  # clear of the client's next numbers
-        highest_read_sequence=0,
     )
     assert server.feed(peer.seal(HANDSHAKE, bytes([1]) + bytes(11))) == []
     (datagram,) = server.take_output()
@@ -298,6 +334,252 @@ def test_a_freed_session_takes_its_keys_out_of_the_cipher_cache(
     records = server._records
     assert records is not None
     cache = records.suite.cipher._objects
-    assert records._read_key in cache and records._write_key in cache
+    assert records._read_handle in cache and records._write_handle in cache
     server.free()
-    assert records._read_key not in cache and records._write_key not in cache
+    assert records._read_handle not in cache and records._write_handle not in cache
+
+
+# --- replay protection across the hand-over (issue 16, item 1) -------------------------------
+
+#: The on-path attacker's junk record of issue 16: application data, epoch 1, sequence 0,
+#: empty. OpenSSL drops it; the old hand-over refused every datagram carrying it.
+JUNK_RECORD = bytes.fromhex("17fefd0001000000000000" "0000")
+HANDOVER_SUITE = "ECDHE-ECDSA-AES128-GCM-SHA256"
+
+
+def sealed_by(client: SecureSession, count: int) -> list[bytes]:
+    """``count`` genuine datagrams of one record each, "m0", "m1"... in sequence order."""
+    datagrams = []
+    for i in range(count):
+        client.send(b"m%d" % i)
+        (datagram,) = client.take_output()
+        datagrams.append(datagram)
+    return datagrams
+
+
+def test_junk_and_a_held_back_datagram_cannot_open_a_replay_after_the_hand_over(
+    pki: Path, server_context: ServerContext
+) -> None:
+    client, server = connected(pki, server_context, HANDOVER_SUITE)
+    m = sealed_by(client, 6)
+    # The attacker pads m1..m4 with junk and holds m0 back: OpenSSL delivers each of them.
+    for i in range(1, 5):
+        assert server.feed(m[i] + JUNK_RECORD) == [b"m%d" % i]
+    assert server.feed(m[0]) == [b"m0"]  # released last
+    assert handed_over(server)
+    for i in range(5):  # every record OpenSSL delivered stays delivered once
+        assert server.feed(m[i]) == [], f"m{i} replayed"
+    assert server.feed(m[5]) == [b"m5"]
+
+
+def test_a_record_reordered_right_after_the_hand_over_is_delivered(
+    pki: Path, server_context: ServerContext
+) -> None:
+    client, server = connected(pki, server_context, HANDOVER_SUITE)
+    m = sealed_by(client, 3)
+    assert server.feed(m[2]) == [b"m2"]
+    assert handed_over(server)
+    assert server.feed(m[1]) == [b"m1"]  # OpenSSL would have accepted it: a lost NON otherwise
+    assert server.feed(m[0]) == [b"m0"]
+    assert server.feed(m[1]) == []
+
+
+#: Genuine records the client seals per example: more than the replay window, so that the
+#: scripts below can jump past it.
+GENUINE = REPLAY_WINDOW + 16
+
+
+def _datagram(op: str, i: int, j: int, m: list[bytes]) -> bytes:
+    if op == "send":
+        return m[i]
+    if op == "pair":  # two genuine records in one datagram
+        return m[i] + m[j]
+    if op == "tamper":
+        return m[i][:-1] + bytes((m[i][-1] ^ 1,))
+    if op == "junk-after":
+        return m[i] + JUNK_RECORD
+    if op == "junk-before":
+        return JUNK_RECORD + m[i]
+    if op == "old-epoch":  # the record relabelled with epoch 0, then the genuine one
+        return m[i][:3] + b"\x00\x00" + m[i][5:] + m[j]
+    if op == "forged-seq":  # a genuine body under another sequence number: unauthentic
+        return m[i][:5] + m[j][5:11] + m[i][11:]
+    raise AssertionError(op)
+
+
+_index = st.one_of(st.integers(0, 6), st.integers(0, GENUINE - 1))
+_scripts = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["send", "send", "pair", "tamper", "junk-after", "junk-before", "old-epoch",
+             "forged-seq"]
+        ),
+        _index,
+        _index,
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+def _deliver(
+    pki: Path, server_context: ServerContext, script: list[tuple[str, int, int]],
+    hand_over_from: int | None,
+) -> tuple[list[list[bytes]], SecureSession]:
+    """Run ``script`` against a fresh server; it may hand over from step ``hand_over_from``
+    on (None: never, OpenSSL does all)."""
+    client, server = connected(pki, server_context, HANDOVER_SUITE)
+    m = sealed_by(client, GENUINE)
+    server._may_hand_over = lambda: False  # type: ignore[method-assign]
+    delivered = []
+    for step, (op, i, j) in enumerate(script):
+        if step == hand_over_from:
+            del server._may_hand_over  # the method again
+        delivered.append(server.feed(_datagram(op, i, j, m)))
+    return delivered, server
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(script=_scripts)
+def test_the_hand_over_delivers_exactly_what_openssl_alone_delivers(
+    pki: Path, server_context: ServerContext, script: list[tuple[str, int, int]]
+) -> None:
+    reference, _ = _deliver(pki, server_context, script, None)
+    for point in range(len(script)):
+        delivered, server = _deliver(pki, server_context, script, point)
+        assert delivered == reference, f"hand-over allowed from step {point}"
+        if any(reference[point:]):  # OpenSSL delivered something it could hand over at
+            assert handed_over(server), f"no hand-over from step {point}"
+
+
+# --- sequence number jumps (issue 16, item 2) ----------------------------------------------
+
+_LAST_SEQUENCE = 2**48 - 1
+
+
+@pytest.mark.parametrize(
+    "jump", [REPLAY_WINDOW - 1, REPLAY_WINDOW, 2**32, _LAST_SEQUENCE - 1],
+    ids=["window-1", "window", "2^32", "to-2^48-1"],
+)
+def test_a_sequence_jump_moves_the_window_at_once(jump: int) -> None:
+    server, client = pair_of_protections("ECDHE-ECDSA-AES128-GCM-SHA256")
+    first = client.seal(APPLICATION_DATA, b"first")  # sequence 1
+    assert server.open(first).application_data == [b"first"]
+    client.start_writing_at(1 + jump)
+    far = client.seal(APPLICATION_DATA, b"far")
+    started = time.perf_counter()
+    assert server.open(far).application_data == [b"far"]
+    assert time.perf_counter() - started < 0.5  # was 2.6 s and 1.17 GB for 2^32
+    # RFC 6347 §4.1.2.6: a jump of the window size or more leaves nothing of the old window.
+    assert 0 < server._window.bit_length() <= REPLAY_WINDOW
+    assert server.open(far).application_data == []
+    assert server.open(first).application_data == []  # seen (window-1) or too old
+    client.start_writing_at(jump)  # the record just below the far one, never seen
+    assert server.open(client.seal(APPLICATION_DATA, b"late")).application_data == [b"late"]
+
+
+def test_the_last_sequence_number_is_accepted_and_nothing_after_it() -> None:
+    server, client = pair_of_protections("PSK-AES128-CCM8")
+    client.start_writing_at(_LAST_SEQUENCE)
+    last = client.seal(APPLICATION_DATA, b"last")
+    assert server.open(last).application_data == [b"last"]
+    assert server.open(last).application_data == []
+    with pytest.raises(OverflowError):
+        client.seal(APPLICATION_DATA, b"none left")  # RFC 6347 §4.1: never wraps
+
+
+def test_our_sequence_exhaustion_ends_the_session_cleanly(
+    pki: Path, server_context: ServerContext
+) -> None:
+    client, server = connected(pki, server_context, HANDOVER_SUITE)
+    client.send(b"a")
+    assert move(client, server) == [b"a"] and handed_over(server)
+    assert server._records is not None
+    server._records.start_writing_at(_LAST_SEQUENCE)
+    server.send(b"last")
+    assert move(server, client) == [b"last"]
+    with pytest.raises(OpenSSLError, match="exhausted"):
+        server.send(b"one too many")
+    assert server.state is State.FAILED and "exhausted" in (server.failure or "")
+    server.close()  # no sequence number is left for a close_notify: nothing is sent
+    assert server.take_output() == []
+    server.free()
+
+
+def test_a_renegotiation_attempt_after_exhaustion_ends_the_session(
+    pki: Path, server_context: ServerContext
+) -> None:
+    client, server = connected(pki, server_context, HANDOVER_SUITE)
+    client.send(b"a")
+    move(client, server)
+    own = server._records
+    assert own is not None
+    peer = RecordProtection(
+        own.suite, read_key=bytearray(own._write_key), read_iv=bytearray(own._write_iv),
+        write_key=bytearray(own._read_key), write_iv=bytearray(own._read_iv), epoch=own.epoch,
+        next_write_sequence=own._highest_read + 10,
+    )
+    own.start_writing_at(_LAST_SEQUENCE + 1)
+    # Our answer would be a warning alert, but there is no sequence number left for it.
+    assert server.feed(peer.seal(HANDSHAKE, bytes([1]) + bytes(11))) == []
+    assert server.state is State.FAILED and server.take_output() == []
+
+
+# --- key material (issue 16, item 6) ----------------------------------------------------------
+
+
+def test_secrets_are_kept_in_buffers_that_are_wiped(
+    pki: Path, server_context: ServerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    masters: list[object] = []
+    blocks: list[object] = []
+    derive = RecordProtection.from_handshake.__func__  # type: ignore[attr-defined]
+    real_prf = dtls_records.prf
+
+    def spy(cls: type, suite: object, **kw: object) -> RecordProtection:
+        masters.append(kw["master_secret"])
+        return derive(cls, suite, **kw)  # type: ignore[no-any-return]
+
+    def prf_spy(*args: object) -> object:
+        blocks.append(real_prf(*args))  # type: ignore[arg-type]
+        return blocks[-1]
+
+    monkeypatch.setattr(RecordProtection, "from_handshake", classmethod(spy))
+    monkeypatch.setattr(dtls_records, "prf", prf_spy)
+    client, server = connected(pki, server_context, HANDOVER_SUITE)
+    client.send(b"a")
+    assert move(client, server) == [b"a"] and handed_over(server)
+    # The master secret and the key block: wiped once the keys are derived.
+    assert masters and blocks
+    for secret in masters + blocks:
+        assert isinstance(secret, bytearray) and not any(secret)
+    records = server._records
+    assert records is not None
+    keys = [records._read_key, records._read_iv, records._write_key, records._write_iv]
+    assert all(isinstance(k, bytearray) and any(k) for k in keys)
+    server.free()  # the session's keys: wiped when it ends
+    assert not any(any(k) for k in keys)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "OpenSSL 3.0 drops only the 13-byte header of a record with another version (or too "
+    "long) and parses on inside its body (a framing error, see BoringSSL's TODO in "
+    "dtls1_get_record); we skip the whole record by its length. Known, left for a decision."
+))
+def test_a_record_of_another_version_frames_the_datagram_as_openssl_does(
+    pki: Path, server_context: ServerContext
+) -> None:
+    # Another version, length 13: inside it, a header whose length runs past the datagram.
+    inner = b"\x17\xfe\xfd\x00\x01" + (1).to_bytes(6, "big") + (1024).to_bytes(2, "big")
+    odd = b"\x17\xfe\xff\x00\x01" + (9).to_bytes(6, "big") + len(inner).to_bytes(2, "big")
+
+    def deliveries(hand_over: bool) -> list[bytes]:
+        client, server = connected(pki, server_context, HANDOVER_SUITE)
+        if not hand_over:
+            server._may_hand_over = lambda: False  # type: ignore[method-assign]
+        m = sealed_by(client, 2)
+        assert server.feed(m[0]) == [b"m0"] and handed_over(server) is hand_over
+        return server.feed(odd + inner + m[1])
+
+    assert deliveries(hand_over=False) == []  # OpenSSL: m1 dumped as a partial record
+    assert deliveries(hand_over=True) == []  # we deliver m1
