@@ -82,7 +82,7 @@ class MitigationStore:
         #: The same records by client: per-request work must not grow with other clients'.
         self._by_client: dict[str, dict[int, Mitigation]] = {}
         #: Every overlap search goes through here (RFC 9132 §4.4.1.3).
-        self._conflicts = ConflictDetector(self._records, self._by_client, resolver)
+        self._conflicts = ConflictDetector(resolver)
         self._owners: dict[str, Owner] = {}
         self._termination_period: dict[str, int] = {}
         self._outputs: deque[StoreOutput] = deque()
@@ -191,6 +191,7 @@ class MitigationStore:
                 continue
             self._records[key] = record
             self._by_client.setdefault(record.cuid, {})[record.mid] = record
+            self._conflicts.track(record)
             self._owners.setdefault(record.cuid, record.owner)
             restored.append(record)
         for cuid, period in (termination_periods or {}).items():
@@ -447,6 +448,7 @@ class MitigationStore:
         )
         self._records[(cuid, mid)] = record
         self._by_client.setdefault(cuid, {})[mid] = record
+        self._conflicts.track(record)
         self._owners.setdefault(cuid, owner)
         self._touch(record)
         log.info(
@@ -507,6 +509,7 @@ class MitigationStore:
                 else record.status
             )
             del self._records[(record.cuid, record.mid)]
+            self._conflicts.untrack(record)
             client = self._by_client.get(record.cuid, {})
             client.pop(record.mid, None)
             if not client:
