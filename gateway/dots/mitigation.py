@@ -30,6 +30,7 @@ from gateway.dots.errors import (
     DotsUsageError,
     InvalidValue,
     NotFound,
+    ServiceUnavailable,
 )
 from gateway.dots.mitigation_conflicts import ConflictDetector, lost_to
 from gateway.dots.mitigation_lifecycle import (
@@ -90,6 +91,8 @@ class MitigationStore:
         self._touched: dict[tuple[str, int], None] = {}
         #: Clients whose active-but-terminating period changed since ``take_client_changes``.
         self._touched_clients: dict[str, None] = {}
+        #: New requests refused with 5.03 because their client was at its cap.
+        self.refused_over_cap = 0
 
     # --- pulled outputs ----------------------------------------------------------------------
 
@@ -370,6 +373,26 @@ class MitigationStore:
                 ConflictInformation(ConflictCause.CUID_COLLISION),
             )
 
+    def _check_cap(self, cuid: str, superseded: int) -> None:
+        """5.03 when a new request would take the client over its cap; the ``superseded``
+        requests it replaces (§4.4.1.3) make room for it."""
+        cap = self.policy.max_requests_per_client
+        held = len(self._by_client.get(cuid, ()))
+        if held - superseded < cap:
+            return
+        self.refused_over_cap += 1
+        log.warning("mitigation refused cuid=%s: it holds %d requests, the cap is %d",
+                    cuid, held, cap)
+        # RFC 9132 §9: 5.03 is what a DOTS server answers when it is unable to handle a
+        # request; a request over a resource cap is that, not a protocol violation (4.00) nor a
+        # conflict (4.09). No Max-Age: room appears only when the client withdraws requests
+        # or lets them expire, at no time we could name.
+        raise ServiceUnavailable(
+            f"this client holds {held} mitigation requests, the limit of {cap} "
+            f"mitigation requests per client (max_requests_per_client) is reached: withdraw "
+            "some first (withdrawn ones count until their active-but-terminating period ends)"
+        )
+
     def _refresh(
         self, record: Mitigation, scope: Scope, now: float, efficacy_update: bool
     ) -> PutResult:
@@ -406,6 +429,7 @@ class MitigationStore:
     def _create(self, cuid: str, mid: int, scope: Scope, owner: Owner, now: float) -> PutResult:
         assert scope.lifetime is not None
         own = self._conflicts.own_overlaps(cuid, mid, scope)
+        self._check_cap(cuid, len(own.same_type))
         conflict: ConflictInformation | None = None
         losers: list[Mitigation] = []
         if scope.triggers_immediately:

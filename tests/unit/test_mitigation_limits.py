@@ -11,8 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from gateway.dots.codes import Code, Status
+from gateway.dots.errors import ServiceUnavailable
 from gateway.dots.mitigation import MitigationStore
-from gateway.dots.mitigation_lifecycle import Owner
+from gateway.dots.mitigation_lifecycle import MitigationPolicy, MitigationState, Owner
 from gateway.dots.model import Scope, Targets, parse_prefix
 
 CUID_A, CUID_B = "dz6pHjaADkaFTbjr0JGBpw", "f30d281ce6b64fc5a0b91e"
@@ -100,3 +102,55 @@ def test_signal_loss_preemption_looks_only_at_overlapping_requests(
     store.signal_lost(CUID_A, now=1.0)
     assert store.lookup(CUID_A, 8) is None  # 10.0.7.0/24, withdrawn for the preconfigured one
     assert comparisons[0] <= 1
+
+
+# --- the per-client cap ----------------------------------------------------------------------
+
+
+def test_default_cap_is_1000_requests_per_client() -> None:
+    store = MitigationStore()
+    fill(store, CUID_A, A, 1_000)
+    with pytest.raises(ServiceUnavailable) as info:
+        store.put(CUID_A, 1_001, scope(disjoint(1_000)), A, now=1.0)
+    # RFC 9132 §9: 5.03, the server cannot handle the request; the diagnostic names the cap.
+    response = info.value.to_response()
+    assert response.code is Code.SERVICE_UNAVAILABLE
+    assert "1000" in response.diagnostic and "max_requests_per_client" in response.diagnostic
+    assert store.lookup(CUID_A, 1_001) is None
+    assert store.next_event() is None  # nothing happened
+    # Another client is not affected by the first one's count.
+    assert store.put(CUID_B, 1, scope("172.16.0.0/24"), B, now=1.0) is not None
+
+
+def test_cap_counts_every_state_the_client_holds_requests_in() -> None:
+    store = MitigationStore(MitigationPolicy(max_requests_per_client=3))
+    store.put(CUID_A, 1, scope("10.0.0.0/24"), A, now=0.0)
+    store.put(CUID_A, 2, scope("10.0.1.0/24", trigger=False), A, now=0.0)  # preconfigured
+    store.put(CUID_A, 3, scope("10.0.2.0/24"), A, now=0.0)
+    with pytest.raises(ServiceUnavailable, match="3 mitigation requests"):
+        store.put(CUID_A, 4, scope("10.0.3.0/24"), A, now=1.0)
+    # Withdrawn but still mitigated (active-but-terminating, RFC 9132 §4.4.4): still held.
+    store.delete(CUID_A, 1, A, now=1.0)
+    assert store.lookup(CUID_A, 1).state is MitigationState.TERMINATING  # type: ignore[union-attr]
+    with pytest.raises(ServiceUnavailable):
+        store.put(CUID_A, 4, scope("10.0.3.0/24"), A, now=2.0)
+    store.handle_timer(now=1.0 + 120)  # the period ends; the request is gone
+    assert store.put(CUID_A, 4, scope("10.0.3.0/24"), A, now=122.0) is not None
+
+
+def test_at_the_cap_refreshes_and_superseding_requests_are_accepted() -> None:
+    store = MitigationStore(MitigationPolicy(max_requests_per_client=2))
+    store.put(CUID_A, 1, scope("10.0.0.0/24"), A, now=0.0)
+    store.put(CUID_A, 2, scope("10.0.1.0/24"), A, now=0.0)
+    refreshed = store.put(CUID_A, 2, scope("10.0.1.0/24"), A, now=1.0)
+    assert refreshed is not None and not refreshed.created
+    # A higher mid over both replaces them (RFC 9132 §4.4.1.3): the count goes down.
+    created = store.put(CUID_A, 3, scope("10.0.0.0/23"), A, now=2.0)
+    assert created is not None and created.created
+    assert [r.mid for r in store.records(CUID_A)] == [3]
+    # A re-request during active-but-terminating replaces the withdrawn one.
+    store.put(CUID_A, 4, scope("10.1.0.0/24"), A, now=3.0)
+    store.delete(CUID_A, 4, A, now=4.0)
+    again = store.put(CUID_A, 5, scope("10.1.0.0/24"), A, now=5.0)
+    assert again is not None and again.created
+    assert store.lookup(CUID_A, 5).status is Status.ATTACK_MITIGATION_IN_PROGRESS  # type: ignore[union-attr]
