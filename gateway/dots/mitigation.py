@@ -116,6 +116,10 @@ class MitigationStore:
     def lookup(self, cuid: str, mid: int) -> Mitigation | None:
         return self._records.get((cuid, mid))
 
+    def count(self, cuid: str) -> int:
+        """How many requests the client holds, in any state (what its cap counts)."""
+        return len(self._by_client.get(cuid, ()))
+
     def is_mitigating(self, cuid: str) -> bool:
         """Whether any request of this client is active: selects mitigating-config (§4.5)."""
         # Unsorted on purpose: it runs for every session on every timer sweep.
@@ -377,7 +381,7 @@ class MitigationStore:
         """5.03 when a new request would take the client over its cap; the ``superseded``
         requests it replaces (§4.4.1.3) make room for it."""
         cap = self.policy.max_requests_per_client
-        held = len(self._by_client.get(cuid, ()))
+        held = self.count(cuid)
         if held - superseded < cap:
             return
         self.refused_over_cap += 1
