@@ -13,8 +13,10 @@ from collections.abc import Iterator
 import cbor2
 import pytest
 
+from gateway.coap.codes import MessageType
 from gateway.coap.layer import MessageLayer
-from gateway.coap.message import CoapMessage, MessageType, decode_udp, encode_udp
+from gateway.coap.message import CoapMessage
+from gateway.coap.udp_codec import decode_udp, encode_udp
 from gateway.dots.message import Requester
 from gateway.dots.mitigation import MitigationStore
 from gateway.dots.server import DotsServerCore
