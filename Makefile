@@ -35,6 +35,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_transport.py
 	$(BIN)/python tests/bench/bench_dots.py
+	$(BIN)/python tests/bench/bench_limits.py
 	$(BIN)/python tests/bench/bench_anycast.py
 	$(BIN)/python tests/bench/bench_coap.py
 	$(BIN)/python tests/bench/bench_gateway.py

@@ -42,6 +42,7 @@ def mitigation_policy(settings: Settings) -> MitigationPolicy:
         active_but_terminating_max=m.active_but_terminating_max,
         allow_indefinite_lifetime=m.allow_indefinite_lifetime,
         max_lifetime=m.max_lifetime,
+        max_requests_per_client=m.max_requests_per_client,
     )
 
 

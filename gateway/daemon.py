@@ -118,7 +118,8 @@ async def start_server(settings: Settings, *,
     trusted = frozenset(settings.trusted_gateways.identities)
     role_options: dict[str, Any] = dict(
         trusted_gateways=trusted, database=database, redirect=redirect_policy(settings),
-        is_anycast=anycast_classifier(settings.anycast.addresses))
+        is_anycast=anycast_classifier(settings.anycast.addresses),
+        max_observations=settings.session.max_observations)
     mode, upstreams, discovery = await choose_mode(settings)
     role: ServerRole
     if mode is Mode.GATEWAY:
@@ -177,6 +178,14 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
     m.mitigations.add_source(lambda: _mitigation_counts(server))
     m.mitigations_active.add_source(lambda: {(): sum(
         1 for r in role.core.store.records() if r.state in ACTIVE_STATES)})
+    server.metrics.counter(
+        "dots_gateway_observations_declined_total", "Observe registrations answered without "
+        "Observe: the session held [session] max_observations already (RFC 7641 §4.1)."
+    ).add_source(lambda: {(): role.observations_declined})
+    server.metrics.counter(
+        "dots_gateway_mitigations_refused_total", "New mitigation requests refused with 5.03: "
+        "their client held [mitigation] max_requests_per_client already."
+    ).add_source(lambda: {(): role.core.store.refused_over_cap})
     refused = server.metrics.counter(
         "dots_gateway_connections_refused_total", "New sessions refused by a limit, by "
         "transport and limit (sessions, handshakes, rate).", ("transport", "limit"))

@@ -192,6 +192,7 @@ class Reloader:
         core.mitigating_limits = config_limits(new.session.mitigating)
         core.idle_limits = config_limits(new.session.idle)
         core.config_max_age = new.session.max_age
+        role.max_observations = new.session.max_observations  # new registrations only
         core.store.policy = mitigation_policy(new)
         core.store.resolver = conflict_resolver(new)
         role.redirect = redirect_policy(new)

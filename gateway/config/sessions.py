@@ -71,11 +71,22 @@ class SessionConfig:
     ack_random_factor: Bounds[Decimal]
 
 
+#: Observations one signal session may hold (RFC 7641 §4.1 lets a server decline more): one
+#: per mitigation of a client at the default per-client cap, plus room for observing the whole
+#: list and the configuration.
+DEFAULT_MAX_OBSERVATIONS = 1024
+#: Mitigation requests one client may hold (issue 17): far above what a client protecting its
+#: own domain needs, low enough that one client cannot fill the server.
+DEFAULT_MAX_REQUESTS_PER_CLIENT = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class SessionSettings:
     idle: SessionConfig
     mitigating: SessionConfig
     max_age: int
+    #: Observations per session; a registration beyond it is answered without Observe.
+    max_observations: int = DEFAULT_MAX_OBSERVATIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +98,8 @@ class MitigationSettings:
     conflict_policy: ConflictPolicy
     backend: Backend
     command: str
+    #: Requests one client (cuid) may hold in any state; a new one beyond it gets 5.03.
+    max_requests_per_client: int = DEFAULT_MAX_REQUESTS_PER_CLIENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +146,11 @@ def read_session(t: Table) -> SessionSettings:
     idle = _session_config(t.table("idle"))
     mitigating = _session_config(t.table("mitigating"))
     max_age = t.integer("max_age", 3600, 1, UINT32_MAX, " seconds (RFC 9132 §4.5.3 Max-Age)")
+    # RFC 9132 §4.4.2: Observe must be supported, so at least one.
+    observations = t.integer("max_observations", DEFAULT_MAX_OBSERVATIONS, 1, 1_000_000,
+                             " observations per session")
     t.finish()
-    return SessionSettings(idle, mitigating, max_age)
+    return SessionSettings(idle, mitigating, max_age, observations)
 
 
 def _session_config(t: Table) -> SessionConfig:
@@ -163,6 +179,8 @@ def read_mitigation(t: Table) -> MitigationSettings:
     indefinite = t.boolean("allow_indefinite_lifetime", True)
     max_lifetime = t.integer("max_lifetime", 0, 0, UINT32_MAX, " seconds (0: no cap)")
     policy = t.choice("conflict_policy", ConflictPolicy, ConflictPolicy.REJECT_NEW)
+    cap = t.integer("max_requests_per_client", DEFAULT_MAX_REQUESTS_PER_CLIENT, 1, 10_000_000,
+                    " requests per client")
     before = t.error_count
     backend = t.choice("backend", Backend, Backend.LOG)
     command = t.string("command", "")
@@ -178,7 +196,8 @@ def read_mitigation(t: Table) -> MitigationSettings:
         elif command:
             t.error("command", f'only used with backend = "command", but backend is "{backend}"')
     t.finish()
-    return MitigationSettings(abt, abt_max, indefinite, max_lifetime, policy, backend, command)
+    return MitigationSettings(abt, abt_max, indefinite, max_lifetime, policy, backend, command,
+                              cap)
 
 
 def read_clients(root: Table, psk_identities: set[str]) -> tuple[ClientSettings, ...]:

@@ -30,6 +30,7 @@ from gateway.dots.errors import (
     DotsUsageError,
     InvalidValue,
     NotFound,
+    ServiceUnavailable,
 )
 from gateway.dots.mitigation_conflicts import ConflictDetector, lost_to
 from gateway.dots.mitigation_lifecycle import (
@@ -82,7 +83,7 @@ class MitigationStore:
         #: The same records by client: per-request work must not grow with other clients'.
         self._by_client: dict[str, dict[int, Mitigation]] = {}
         #: Every overlap search goes through here (RFC 9132 §4.4.1.3).
-        self._conflicts = ConflictDetector(self._records, self._by_client, resolver)
+        self._conflicts = ConflictDetector(resolver)
         self._owners: dict[str, Owner] = {}
         self._termination_period: dict[str, int] = {}
         self._outputs: deque[StoreOutput] = deque()
@@ -90,6 +91,8 @@ class MitigationStore:
         self._touched: dict[tuple[str, int], None] = {}
         #: Clients whose active-but-terminating period changed since ``take_client_changes``.
         self._touched_clients: dict[str, None] = {}
+        #: New requests refused with 5.03 because their client was at its cap.
+        self.refused_over_cap = 0
 
     # --- pulled outputs ----------------------------------------------------------------------
 
@@ -112,6 +115,10 @@ class MitigationStore:
 
     def lookup(self, cuid: str, mid: int) -> Mitigation | None:
         return self._records.get((cuid, mid))
+
+    def count(self, cuid: str) -> int:
+        """How many requests the client holds, in any state (what its cap counts)."""
+        return len(self._by_client.get(cuid, ()))
 
     def is_mitigating(self, cuid: str) -> bool:
         """Whether any request of this client is active: selects mitigating-config (§4.5)."""
@@ -191,6 +198,7 @@ class MitigationStore:
                 continue
             self._records[key] = record
             self._by_client.setdefault(record.cuid, {})[record.mid] = record
+            self._conflicts.track(record)
             self._owners.setdefault(record.cuid, record.owner)
             restored.append(record)
         for cuid, period in (termination_periods or {}).items():
@@ -369,6 +377,26 @@ class MitigationStore:
                 ConflictInformation(ConflictCause.CUID_COLLISION),
             )
 
+    def _check_cap(self, cuid: str, superseded: int) -> None:
+        """5.03 when a new request would take the client over its cap; the ``superseded``
+        requests it replaces (§4.4.1.3) make room for it."""
+        cap = self.policy.max_requests_per_client
+        held = self.count(cuid)
+        if held - superseded < cap:
+            return
+        self.refused_over_cap += 1
+        log.warning("mitigation refused cuid=%s: it holds %d requests, the cap is %d",
+                    cuid, held, cap)
+        # RFC 9132 §9: 5.03 is what a DOTS server answers when it is unable to handle a
+        # request; a request over a resource cap is that, not a protocol violation (4.00) nor a
+        # conflict (4.09). No Max-Age: room appears only when the client withdraws requests
+        # or lets them expire, at no time we could name.
+        raise ServiceUnavailable(
+            f"this client holds {held} mitigation requests, the limit of {cap} "
+            f"mitigation requests per client (max_requests_per_client) is reached: withdraw "
+            "some first (withdrawn ones count until their active-but-terminating period ends)"
+        )
+
     def _refresh(
         self, record: Mitigation, scope: Scope, now: float, efficacy_update: bool
     ) -> PutResult:
@@ -405,6 +433,7 @@ class MitigationStore:
     def _create(self, cuid: str, mid: int, scope: Scope, owner: Owner, now: float) -> PutResult:
         assert scope.lifetime is not None
         own = self._conflicts.own_overlaps(cuid, mid, scope)
+        self._check_cap(cuid, len(own.same_type))
         conflict: ConflictInformation | None = None
         losers: list[Mitigation] = []
         if scope.triggers_immediately:
@@ -447,6 +476,7 @@ class MitigationStore:
         )
         self._records[(cuid, mid)] = record
         self._by_client.setdefault(cuid, {})[mid] = record
+        self._conflicts.track(record)
         self._owners.setdefault(cuid, owner)
         self._touch(record)
         log.info(
@@ -507,6 +537,7 @@ class MitigationStore:
                 else record.status
             )
             del self._records[(record.cuid, record.mid)]
+            self._conflicts.untrack(record)
             client = self._by_client.get(record.cuid, {})
             client.pop(record.mid, None)
             if not client:

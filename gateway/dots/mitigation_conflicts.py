@@ -8,15 +8,19 @@ immediate ones to preconfigured ones armed on signal loss). Overlaps with other 
 active requests go to the operator's ``ConflictResolver`` (``gateway.dots.conflict``),
 whose decision becomes a 4.09 or the ``conflict-information`` the store records.
 
-Every overlap search of the store goes through ``ConflictDetector``, so an index on target
-prefixes (to avoid looking at every request) belongs here and nowhere else. The detector
-reads the store's records and never changes them: state changes, outputs and change tracking
-stay with ``MitigationStore`` (``gateway.dots.mitigation``).
+Every overlap search of the store goes through ``ConflictDetector``, which answers from a
+``TargetIndex`` (records by prefix, FQDN, URI and alias) rather than by looking at every
+request: the work of a PUT grows with the number of requests it overlaps, not with how many
+its client or the other clients hold. The store tells the detector when a record enters or
+leaves its mappings (``track``, ``untrack``); the detector never changes a record: state
+changes, outputs and change tracking stay with ``MitigationStore``
+(``gateway.dots.mitigation``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from bisect import bisect_left, insort
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from gateway.dots.codes import ConflictCause, ConflictStatus
@@ -54,18 +58,162 @@ class Settlement:
     shared: list[tuple[Mitigation, ConflictInformation]]
 
 
-class ConflictDetector:
-    """Overlap searches over the store's records (the store's own mappings, read only)."""
+Key = tuple[str, int]
+#: An index leaf: the records naming one target value, by client then mid.
+Leaf = dict[str, dict[int, Mitigation]]
+_WIDTH = {4: 32, 6: 128}
 
-    def __init__(
-        self,
-        records: Mapping[tuple[str, int], Mitigation],
-        by_client: Mapping[str, Mapping[int, Mitigation]],
-        resolver: ConflictResolver,
-    ) -> None:
+
+class TargetIndex:
+    """The records by target value, to find those a scope overlaps without visiting others.
+
+    Two requests overlap when they share an address, prefix, FQDN, URI or alias
+    (``Targets.overlap``, RFC 9132 §4.4.1.3); ports and protocols only narrow an overlap, so
+    they are not indexed. FQDNs are compared as ``Targets.overlap`` compares them (case and a
+    trailing dot ignored), URIs and aliases exactly.
+
+    Prefixes: two CIDR prefixes of one family overlap exactly when one contains the other.
+    Those inside a new prefix (or equal to it) are the ones whose network address falls in
+    its range: a range in the sorted list of (network, length) per family. Those containing
+    it are found one length at a time among the lengths in use (at most 33 or 129 lookups).
+    A query therefore costs O(log n + lengths in use + what it finds).
+    """
+
+    def __init__(self) -> None:
+        self._leaves: dict[tuple[object, ...], Leaf] = {}
+        #: Per family: the sorted (network, length) of every indexed prefix, and how many
+        #: indexed prefixes have each length.
+        self._starts: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+        self._lengths: dict[int, dict[int, int]] = {4: {}, 6: {}}
+        #: Per record: its insertion number (answers come back in that order, as a scan of the
+        #: store's records in insertion order would give them) and the leaves it is in.
+        self._entries: dict[Key, tuple[int, tuple[tuple[object, ...], ...]]] = {}
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, record: Mitigation) -> None:
+        key = (record.cuid, record.mid)
+        if key in self._entries:
+            self.remove(key)
+        leaves = tuple(dict.fromkeys(_leaf_keys(record.scope)))
+        for leaf_key in leaves:
+            leaf = self._leaves.get(leaf_key)
+            if leaf is None:
+                leaf = self._leaves[leaf_key] = {}
+                if leaf_key[0] == "prefix":
+                    _kind, version, network, length = leaf_key
+                    assert isinstance(version, int) and isinstance(network, int)
+                    assert isinstance(length, int)
+                    insort(self._starts[version], (network, length))
+                    lengths = self._lengths[version]
+                    lengths[length] = lengths.get(length, 0) + 1
+            leaf.setdefault(record.cuid, {})[record.mid] = record
+        self._entries[key] = (self._next, leaves)
+        self._next += 1
+
+    def remove(self, key: Key) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        cuid, mid = key
+        for leaf_key in entry[1]:
+            leaf = self._leaves[leaf_key]
+            client = leaf[cuid]
+            del client[mid]
+            if client:
+                continue
+            del leaf[cuid]
+            if leaf:
+                continue
+            del self._leaves[leaf_key]
+            if leaf_key[0] == "prefix":
+                _kind, version, network, length = leaf_key
+                assert isinstance(version, int) and isinstance(length, int)
+                starts = self._starts[version]
+                del starts[bisect_left(starts, (network, length))]
+                lengths = self._lengths[version]
+                lengths[length] -= 1
+                if not lengths[length]:
+                    del lengths[length]
+
+    def overlapping(
+        self, targets: Targets, *, cuid: str | None = None, exclude: str | None = None
+    ) -> list[Mitigation]:
+        """The indexed records whose targets overlap ``targets`` (each once, in insertion
+        order): only client ``cuid``'s when given, none of client ``exclude``'s."""
+        found: dict[Key, Mitigation] = {}
+        for leaf in self._matching_leaves(targets):
+            if cuid is not None:
+                for record in leaf.get(cuid, {}).values():
+                    found[(record.cuid, record.mid)] = record
+                continue
+            for client, records in leaf.items():
+                if client != exclude:
+                    for record in records.values():
+                        found[(record.cuid, record.mid)] = record
+        if len(found) < 2:
+            return list(found.values())
+        entries = self._entries
+        return sorted(found.values(), key=lambda r: entries[(r.cuid, r.mid)][0])
+
+    def _matching_leaves(self, targets: Targets) -> Iterator[Leaf]:
+        leaves = self._leaves
+        for prefix in targets.target_prefix:
+            version = prefix.version
+            network = int(prefix.network_address)
+            last = int(prefix.broadcast_address)
+            starts = self._starts[version]
+            # Equal to the prefix, inside it, or containing it from the same first address.
+            for i in range(bisect_left(starts, (network, -1)), len(starts)):
+                start, length = starts[i]
+                if start > last:
+                    break
+                yield leaves[("prefix", version, start, length)]
+            # Containing it, from a lower first address.
+            width = _WIDTH[version]
+            for length in self._lengths[version]:
+                if length >= prefix.prefixlen:
+                    continue
+                start = network & ~((1 << (width - length)) - 1)
+                if start != network:
+                    leaf = leaves.get(("prefix", version, start, length))
+                    if leaf is not None:
+                        yield leaf
+        for leaf_key in _leaf_keys(targets, prefixes=False):
+            leaf = leaves.get(leaf_key)
+            if leaf is not None:
+                yield leaf
+
+
+def _leaf_keys(targets: Targets, *, prefixes: bool = True) -> Iterator[tuple[object, ...]]:
+    if prefixes:
+        for p in targets.target_prefix:
+            yield ("prefix", p.version, int(p.network_address), p.prefixlen)
+    for fqdn in targets.target_fqdn:
+        yield ("fqdn", fqdn.lower().rstrip("."))
+    for uri in targets.target_uri:
+        yield ("uri", uri)
+    for alias in targets.alias_name:
+        yield ("alias", alias)
+
+
+class ConflictDetector:
+    """Overlap searches over the store's records, answered from a ``TargetIndex`` that the
+    store keeps in step with its mappings (``track``/``untrack``)."""
+
+    def __init__(self, resolver: ConflictResolver) -> None:
         self.resolver = resolver
-        self._records = records
-        self._by_client = by_client
+        self.index = TargetIndex()
+
+    def track(self, record: Mitigation) -> None:
+        """``record`` is now in the store (created or restored)."""
+        self.index.add(record)
+
+    def untrack(self, record: Mitigation) -> None:
+        """``record`` has left the store."""
+        self.index.remove((record.cuid, record.mid))
 
     def own_overlaps(self, cuid: str, mid: int, scope: Scope) -> OwnOverlaps:
         """The client's requests that ``scope`` (new, with ``mid``) overlaps, in mid order.
@@ -75,8 +223,9 @@ class ConflictDetector:
         """
         same_type: list[Mitigation] = []
         other_type: list[Mitigation] = []
-        for _mid, record in sorted(self._by_client.get(cuid, {}).items()):
-            if record.state is S.ENDED or not record.scope.overlap(scope):
+        overlapping = self.index.overlapping(scope, cuid=cuid)
+        for record in sorted(overlapping, key=lambda r: r.mid):
+            if record.state is S.ENDED:
                 continue
             (same_type if record.immediate == scope.triggers_immediately else other_type).append(
                 record
@@ -100,19 +249,19 @@ class ConflictDetector:
         """Other clients' active immediate requests that ``scope`` overlaps, each with what a
         resolver may see of it."""
         found = []
-        for record in self._records.values():
-            if record.cuid == cuid or record.state is not S.MITIGATING or not record.immediate:
+        for record in self.index.overlapping(scope, exclude=cuid):
+            if record.state is not S.MITIGATING or not record.immediate:
                 continue
             overlap = record.scope.overlap(scope)
-            if overlap is not None:
-                found.append(
-                    (
-                        record,
-                        ConflictingMitigation(
-                            record.cuid, record.mid, overlap, record.remaining_lifetime(now)
-                        ),
-                    )
+            assert overlap is not None
+            found.append(
+                (
+                    record,
+                    ConflictingMitigation(
+                        record.cuid, record.mid, overlap, record.remaining_lifetime(now)
+                    ),
                 )
+            )
         return found
 
     def settle(
@@ -158,13 +307,12 @@ class ConflictDetector:
     def preempted_by(self, cuid: str, armed: list[Mitigation]) -> list[Mitigation]:
         """The client's active immediate requests, in mid order, that overlap one of ``armed``
         (its preconfigured requests just armed on signal loss)."""
-        return [
-            record
-            for _mid, record in sorted(self._by_client.get(cuid, {}).items())
-            if record.immediate
-            and record.state is S.MITIGATING
-            and any(record.scope.overlap(p.scope) for p in armed)
-        ]
+        found: dict[int, Mitigation] = {}
+        for preconfigured in armed:
+            for record in self.index.overlapping(preconfigured.scope, cuid=cuid):
+                if record.immediate and record.state is S.MITIGATING:
+                    found[record.mid] = record
+        return [found[mid] for mid in sorted(found)]
 
 
 def lost_to(loser: Mitigation, winner: Mitigation) -> tuple[ConflictInformation, int]:

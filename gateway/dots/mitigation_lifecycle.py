@@ -108,6 +108,10 @@ class MitigationPolicy:
     max_lifetime: int = 0  # 0 = no cap
     #: What an indefinite request is granted when policy refuses -1 and there is no cap.
     refused_indefinite_lifetime: int = 3600
+    #: The most requests one client (cuid) may hold, in any state: a withdrawn request still
+    #: mitigated (active-but-terminating) and a preconfigured or deactivated one count too,
+    #: since each is kept, indexed and reported. A new request beyond it gets 5.03.
+    max_requests_per_client: int = 1000
 
     def grant(self, requested: int) -> int:
         """The lifetime the server grants (RFC 9132 §4.4.1.1: it returns the granted value)."""

@@ -113,7 +113,8 @@ class GatewayRole(ServerRole):
         subscriber = (session.dots.id, msg.token)
         observe: int | None = None
         try:
-            if prepared.request.method is Method.GET and msg.observe == 0:
+            if (prepared.request.method is Method.GET and msg.observe == 0
+                    and self._observation_allowed(session, msg.token)):
                 response = await self.relay.subscribe(prepared, subscriber)
                 if response.code.is_success and not session.closed:
                     content = parse_query(prepared.request.query)

@@ -1,16 +1,21 @@
 """Observe on the server side: registrations, and the pacing of notifications.
 
 RFC 7641 observations of ``mitigate`` and of the session configuration (RFC 9132 §4.5.3),
-kept per session; changes in the store mark the observations they concern, and marked ones
-are sent at most once every ``NOTIFICATION_INTERVAL`` per session, plus a periodic status
-every ``PERIODIC_NOTIFICATION`` (RFC 9132 §4.4.2.1). ``ObserveNotifications`` is a part of
-``ServerRole`` (the gateway role overrides ``_send_notification``).
+kept per session, at most ``max_observations`` of them (RFC 7641 §4.1: a registration beyond
+it is answered without Observe); changes in the store mark the observations they concern, and
+marked ones are sent at most once every ``NOTIFICATION_INTERVAL`` per session, plus a periodic
+status every ``PERIODIC_NOTIFICATION`` (RFC 9132 §4.4.2.1). A round of marked notifications
+goes out in batches of ``NOTIFICATION_BUDGET`` rendered mitigations, one batch per loop turn,
+so one change that many observations watch cannot hold up the requests of other sessions.
+``ObserveNotifications`` is a part of ``ServerRole`` (the gateway role overrides
+``_send_notification``).
 
 Asyncio glue only; must not import the role at run time.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +38,16 @@ if TYPE_CHECKING:
 NOTIFICATION_INTERVAL = 3.0
 #: RFC 9132 §4.4.2.1: status is also sent periodically, not only on changes.
 PERIODIC_NOTIFICATION = 60.0
+#: Mitigations rendered into notifications in one loop turn, per session: a notification
+#: costs one per mitigation its body lists (the whole list for an observation of all of a
+#: client's). At least one notification goes out per turn, however large; the rest wait for
+#: the next turn (the session's timer, armed at once).
+NOTIFICATION_BUDGET = 64
+#: Observations per session unless configured (``[session] max_observations``).
+DEFAULT_MAX_OBSERVATIONS = 1024
 _OBSERVE_MODULUS = 1 << 24
+
+log = logging.getLogger(__name__)
 
 @dataclass
 class Observation:
@@ -51,6 +65,20 @@ class ObserveNotifications:
 
     core: DotsServerCore
     sessions: dict[int, SignalSession]
+    #: Observations one session may hold; registrations declined for it so far.
+    max_observations: int
+    observations_declined: int
+
+    def _observation_allowed(self, session: SignalSession, token: bytes) -> bool:
+        """Whether a registration with ``token`` may be kept: a new token only while the
+        session holds fewer than ``max_observations`` (RFC 7641 §4.1 lets the server decline:
+        the answer then carries no Observe option); a known token re-registers (§4.1)."""
+        if token in session.observations or len(session.observations) < self.max_observations:
+            return True
+        self.observations_declined += 1
+        log.info("observation declined peer=%s: the session holds %d observations, the limit "
+                 "(max_observations)", session.conn.remote, len(session.observations))
+        return False
 
     def _observe(self, session: SignalSession, msg: CoapMessage, request: DotsRequest,
                  response: DotsResponse, now: float) -> int | None:
@@ -64,6 +92,8 @@ class ObserveNotifications:
             return None
         if request.observe == 1 or not response.code.is_success:
             session.observations.pop(msg.token, None)
+            return None
+        if not self._observation_allowed(session, msg.token):
             return None
         if path.resource is Resource.CONFIG:
             # RFC 9132 §4.5.3: notifications of configuration changes.
@@ -98,15 +128,26 @@ class ObserveNotifications:
                     session.pending_notifications.add(token)
 
     def _notify_due(self, session: SignalSession, now: float) -> None:
-        if not session.pending_notifications or now < session.next_notification_at:
+        """Send marked notifications if the pacing allows, up to ``NOTIFICATION_BUDGET``;
+        what is left stays marked, due at once (the caller arms the session's timer)."""
+        pending = session.pending_notifications
+        if not pending or now < session.next_notification_at:
             return
-        for token in list(session.pending_notifications):
-            obs = session.observations.get(token)
+        budget = NOTIFICATION_BUDGET
+        while pending and budget > 0:
+            obs = session.observations.get(pending.pop())
             if obs is None:
                 continue
+            budget -= self._notification_cost(obs)
             self._send_notification(session, obs, now)
-        session.pending_notifications.clear()
-        session.next_notification_at = now + NOTIFICATION_INTERVAL
+        if not pending:
+            session.next_notification_at = now + NOTIFICATION_INTERVAL
+
+    def _notification_cost(self, obs: Observation) -> int:
+        """Mitigations the notification will list (the budget's unit)."""
+        if obs.cuid is None or obs.mid is not None:
+            return 1
+        return max(1, self.core.store.count(obs.cuid))
 
     def _send_notification(self, session: SignalSession, obs: Observation, now: float) -> None:
         owner = Owner(session.dots.requester.credential_id)

@@ -48,7 +48,7 @@ from gateway.dots.model import Heartbeat
 from gateway.dots.server import DotsServerCore, SendSessionHeartbeat, SessionLost
 from gateway.dots.uri import Resource, build_path
 from gateway.server.blocks import _block2
-from gateway.server.observe import ObserveNotifications
+from gateway.server.observe import DEFAULT_MAX_OBSERVATIONS, ObserveNotifications
 from gateway.server.persistence import MitigationDatabase
 from gateway.server.session import SignalSession, _dots_request, _transmission
 from gateway.server.standing import CredentialCheck, Standing
@@ -73,8 +73,11 @@ class ServerRole(ObserveNotifications):
                  mitigator: Callable[[Any], None] | None = None,
                  database: MitigationDatabase | None = None,
                  redirect: RedirectPolicy | None = None,
-                 is_anycast: Callable[[str], bool] = lambda _local: False) -> None:
+                 is_anycast: Callable[[str], bool] = lambda _local: False,
+                 max_observations: int = DEFAULT_MAX_OBSERVATIONS) -> None:
         self.core = core
+        self.max_observations = max_observations
+        self.observations_declined = 0
         self.redirect = redirect
         self.is_anycast = is_anycast
         self.draining = False

@@ -83,6 +83,7 @@ def test_default_session_and_mitigation_values() -> None:
     m = s.mitigation
     assert (m.active_but_terminating, m.active_but_terminating_max) == (120, 300)
     assert m.allow_indefinite_lifetime and m.max_lifetime == 0
+    assert m.max_requests_per_client == 1000 and s.session.max_observations == 1024
     assert m.conflict_policy is ConflictPolicy.REJECT_NEW
     assert m.backend is Backend.LOG and m.command == ""
 
@@ -148,7 +149,8 @@ def test_full_valid_sections() -> None:
         "[session.idle]\nack_timeout = { min = 1, max = 2.5 }\n"
         "heartbeat_interval = { min = 0, default = 0 }\n"
         '[mitigation]\nbackend = "command"\ncommand = "/usr/local/bin/mitigate"\n'
-        'conflict_policy = "accept-both"\nmax_lifetime = 86400\n'
+        'conflict_policy = "accept-both"\nmax_lifetime = 86400\nmax_requests_per_client = 50\n'
+        "[session]\nmax_observations = 8\n"
         '[[upstream]]\nname = "u"\nhost = "dots.example.net"\n'
         '[metrics]\nlisten = "[::1]:9464"\n'
         '[control]\nsocket = ""\n'
@@ -164,6 +166,7 @@ def test_full_valid_sections() -> None:
     assert s.clients[1].prefixes[1] == ipaddress.ip_network("198.51.100.7/32")
     assert s.clients[1].allow_any_cuid
     assert s.mitigation.backend is Backend.COMMAND
+    assert s.mitigation.max_requests_per_client == 50 and s.session.max_observations == 8
     assert s.upstream[0].address is None and s.upstream[0].server_name == "dots.example.net"
     assert s.upstream[0].port == 4646 and s.upstream[0].transport is Transport.UDP
     assert s.metrics.listen == ("::1", 9464)
@@ -235,6 +238,18 @@ SINGLE_ERRORS = [
         "must be from 1 to 65535",
     ),
     ("max-age", "[session]\nmax_age = 0", "session.max_age", "Max-Age"),
+    (
+        "max-observations",
+        "[session]\nmax_observations = 0",
+        "session.max_observations",
+        "must be from 1 to 1000000 observations per session",
+    ),
+    (
+        "max-requests-per-client",
+        "[mitigation]\nmax_requests_per_client = 0",
+        "mitigation.max_requests_per_client",
+        "must be from 1 to 10000000 requests per client",
+    ),
     (
         "abt",
         "[mitigation]\nactive_but_terminating = 301",
