@@ -94,6 +94,15 @@ class MitigationStore:
         #: New requests refused with 5.03 because their client was at its cap.
         self.refused_over_cap = 0
 
+    @property
+    def resolver(self) -> ConflictResolver:
+        """The operator's policy for other clients' overlapping requests; a reload sets it."""
+        return self._conflicts.resolver
+
+    @resolver.setter
+    def resolver(self, resolver: ConflictResolver) -> None:
+        self._conflicts.resolver = resolver
+
     # --- pulled outputs ----------------------------------------------------------------------
 
     def next_event(self) -> StoreOutput | None:

@@ -350,6 +350,16 @@ def test_accept_both_reports_conflict_to_both() -> None:
     assert first.status is Status.ATTACK_MITIGATION_IN_PROGRESS
 
 
+def test_a_resolver_set_later_decides_the_next_conflict() -> None:
+    # What a reload of [mitigation] conflict_policy does: it was silently ignored after the
+    # conflict detector took the resolver over.
+    store = MitigationStore()
+    store.put(CUID_A, 1, scope("192.0.2.0/24"), A, now=0.0)
+    store.resolver = fixed_policy(ConflictDecision.ACCEPT_BOTH)
+    result = store.put(CUID_B, 1, scope("192.0.2.0/24"), B, now=1.0)
+    assert result is not None and result.created
+
+
 def test_replace_existing_deactivates_other_client_for_retry_plus_45() -> None:
     store = MitigationStore(resolver=fixed_policy(ConflictDecision.REPLACE_EXISTING))
     store.put(CUID_A, 1, scope("192.0.2.0/24"), A, now=0.0)
