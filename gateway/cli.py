@@ -99,7 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
     from anycast.errors import AnycastError
     from gateway.daemon import serve
     from gateway.ops.logsetup import configure_logging
-    from gateway.relay.startup import UpstreamCredentialError
+    from gateway.relay.startup import NoUpstreamError, UpstreamCredentialError
     from gateway.relay.store import RelayDatabaseError
     from gateway.server.persistence import PersistenceError
     from gateway.transport.udp import PortInUse
@@ -117,7 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(serve(settings, reread=reread))
-    except (RelayDatabaseError, UpstreamCredentialError) as exc:
+    except (RelayDatabaseError, UpstreamCredentialError, NoUpstreamError) as exc:
         print(f"dots-gateway: gateway mode: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except PortInUse as exc:

@@ -286,7 +286,9 @@ def _mitigation_counts(server: RunningServer) -> Mapping[tuple[str, ...], float]
 
 
 def _daemon_section(server: RunningServer, settings: Settings) -> dict[str, object]:
-    return {"pid": os.getpid(), "version": __version__, "mode": server.mode.value,
+    fell_back = settings.general.mode is Mode.GATEWAY and server.mode is Mode.TERMINAL
+    mode = "terminal (gateway fallback: no upstream)" if fell_back else server.mode.value
+    return {"pid": os.getpid(), "version": __version__, "mode": mode,
             "node_name": settings.general.node_name,
             "started": round(server.started_at, 3),
             "uptime": round(time.time() - server.started_at, 1),

@@ -54,6 +54,10 @@ class GatewaySettings:
     ca: Path | None = None  # CAs for upstream servers' certificates (default: tls.ca)
     psk_identity: str | None = None
     psk_key: bytes | None = field(default=None, repr=False)
+    #: With no upstream configured or discovered at start: run as the DOTS server itself
+    #: (True) or refuse to start (False, the default: a gateway that answers 2.01 to
+    #: mitigations that go nowhere is worse than one that does not start).
+    fallback_to_terminal: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +133,7 @@ def read_gateway(t: Table, base_dir: Path | None) -> GatewaySettings:
     cert, key, ca = (t.opt_path(name, base_dir) for name in ("cert", "key", "ca"))
     if (cert is None) != (key is None):
         t.error("key" if key is None else "cert", "cert and key go together")
+    fallback_to_terminal = t.boolean("fallback_to_terminal", d.fallback_to_terminal)
     psk_identity = t.opt_string("psk_identity")
     psk_hex = t.opt_string("psk_key_hex", secret=True)
     psk_key = None
@@ -143,7 +148,7 @@ def read_gateway(t: Table, base_dir: Path | None) -> GatewaySettings:
     t.finish()
     return GatewaySettings(domain, insert_cdid, hop_limit, identity, request_timeout,
                            heartbeat_interval, missing_hb_allowed, reconnect_interval, cert,
-                           key, ca, psk_identity, psk_key)
+                           key, ca, psk_identity, psk_key, fallback_to_terminal)
 
 
 def read_upstream(root: Table) -> tuple[UpstreamSettings, ...]:

@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 DISCOVERY_DEADLINE = 10.0
 
 
+class NoUpstreamError(ValueError):
+    """Gateway mode found no upstream DOTS server at start and may not fall back."""
+
+
 class UpstreamCredentialError(ValueError):
     """Gateway mode without a credential for the gateway's own upstream sessions."""
 
@@ -123,8 +127,14 @@ async def choose_mode(settings: Settings
     servers = await discovery.once(DISCOVERY_DEADLINE)
     if not servers:
         await discovery.close()
+        if not settings.gateway.fallback_to_terminal:
+            raise NoUpstreamError(
+                f"no upstream DOTS server configured ([[upstream]]) or discovered within "
+                f"{DISCOVERY_DEADLINE:g} s (`dots-gateway discover` shows why); configure one, "
+                f"or set gateway.fallback_to_terminal = true to run as the DOTS server itself")
         log.warning("gateway mode: no upstream DOTS server configured or discovered; "
-                    "running as the DOTS server itself (terminal mode)")
+                    "running as the DOTS server itself (terminal mode, "
+                    "gateway.fallback_to_terminal)")
         return Mode.TERMINAL, [], None
     return Mode.GATEWAY, servers, discovery
 
