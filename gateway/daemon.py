@@ -177,6 +177,8 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
     m.mitigations.add_source(lambda: _mitigation_counts(server))
     m.mitigations_active.add_source(lambda: {(): sum(
         1 for r in role.core.store.records() if r.state in ACTIVE_STATES)})
+    m.save_failures.add_source(lambda: {("mitigations",): float(server.database.save_failures)})
+    m.unsaved_requests.add_source(lambda: {("mitigations",): float(role.core.unsaved_requests)})
     refused = server.metrics.counter(
         "dots_gateway_connections_refused_total", "New sessions refused by a limit, by "
         "transport and limit (sessions, handshakes, rate).", ("transport", "limit"))
