@@ -21,7 +21,12 @@ import time
 from pathlib import Path
 
 from gateway.dots.relay import RelayedMitigation, RelayTable
-from gateway.server.persistence import BUSY_TIMEOUT, RETRY_FIRST, RETRY_MAX
+from gateway.server.persistence import (
+    BUSY_TIMEOUT,
+    RETRY_FIRST,
+    RETRY_MAX,
+    check_integrity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,12 @@ class RelayDatabase:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Client identities and targets: owner-only, like the mitigation database.
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError as exc:
+            raise RelayDatabaseError(
+                f"{self.path}: cannot open for writing ({exc.strerror}); make the state "
+                "directory and the file writable, or set general.state_dir elsewhere"
+            ) from None
+        try:
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
         except (OSError, sqlite3.Error) as exc:
             raise RelayDatabaseError(f"{self.path}: cannot open ({exc}); check the file's "
@@ -84,6 +95,7 @@ class RelayDatabase:
             # of their own: inline, one in a few hundred saves stalled the event loop for
             # milliseconds (measured: 1.3 ms of the relayed-PUT p99 at 1,000 sessions).
             self._db.execute("PRAGMA wal_autocheckpoint=0")
+            check_integrity(self._db)
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
@@ -96,7 +108,8 @@ class RelayDatabase:
         except (sqlite3.DatabaseError, ValueError) as exc:
             self._db.close()
             raise RelayDatabaseError(f"{self.path}: not a usable SQLite database ({exc}); "
-                                     "move it aside to start without the relay state") from None
+                                     "restore it from a backup, or move it aside to start "
+                                     "without the relay state") from None
 
         self._stop = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoints, daemon=True,

@@ -147,7 +147,10 @@ class MitigationDatabase:
             # gives the -wal and -shm files the database file's mode.
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         except OSError as exc:
-            raise PersistenceError(f"{self.path}: cannot create: {exc.strerror}") from None
+            raise PersistenceError(
+                f"{self.path}: cannot open for writing ({exc.strerror}); make the state "
+                "directory and the file writable, or set general.state_dir elsewhere"
+            ) from None
         # isolation_level=None: no implicit transactions; ours are explicit (one per save).
         try:
             db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
@@ -160,12 +163,13 @@ class MitigationDatabase:
                 log.warning("%s: journal_mode is %s, not wal (file system without shared "
                             "memory?); saves are slower but as safe", self.path, mode)
             db.execute("PRAGMA synchronous=FULL")  # see the module docstring
+            check_integrity(db)
             self._upgrade(db)
         except sqlite3.DatabaseError as exc:
             db.close()
             raise PersistenceError(
-                f"{self.path}: not a usable SQLite database ({exc}); move it aside to start "
-                "without the saved mitigations"
+                f"{self.path}: not a usable SQLite database ({exc}); restore it from a "
+                "backup, or move it aside to start without the saved mitigations"
             ) from None
         except BaseException:
             db.close()
@@ -311,8 +315,14 @@ class MitigationDatabase:
         for inspection until a new request with the same key replaces it.
         """
         records = []
-        cursor = self._db.execute(f"SELECT {_COLUMNS} FROM mitigation ORDER BY cuid, mid")
-        for row in cursor:
+        try:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM mitigation ORDER BY cuid, mid").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise PersistenceError(
+                f"{self.path}: cannot read the saved mitigations ({exc}); restore the file "
+                "from a backup, or move it aside to start without them") from None
+        for row in rows:
             try:
                 records.append(_record(row, wall_offset))
             except Exception as exc:  # any bad row, whatever is wrong with it: skip, go on
@@ -324,7 +334,13 @@ class MitigationDatabase:
     def load_termination_periods(self) -> dict[str, int]:
         """Per-client active-but-terminating periods (RFC 9132 §4.4.4); bad rows skipped."""
         periods = {}
-        for cuid, period in self._db.execute("SELECT cuid, termination_period FROM client"):
+        try:
+            rows = self._db.execute("SELECT cuid, termination_period FROM client").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise PersistenceError(
+                f"{self.path}: cannot read the saved periods ({exc}); restore the file from "
+                "a backup, or move it aside to start without the saved mitigations") from None
+        for cuid, period in rows:
             if isinstance(cuid, str) and _is_int(period) and 0 <= period <= UINT32_MAX:
                 periods[cuid] = period
             else:
@@ -338,6 +354,14 @@ class MitigationDatabase:
         then save what restoring ended (records that expired while the gateway was down)."""
         store.restore(self.load(store.wall_offset), now, self.load_termination_periods())
         self.sync(store)
+
+
+def check_integrity(db: sqlite3.Connection) -> None:
+    """Refuse a damaged file at start rather than fail on its first read or write: SQLite's
+    quick check reads every page once (milliseconds for a few thousand mitigations)."""
+    problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+    if problems != ["ok"]:
+        raise sqlite3.DatabaseError("damaged: " + "; ".join(problems))
 
 
 @contextlib.contextmanager
