@@ -38,7 +38,8 @@ import pytest
 
 from certs.devpki import init_dev_pki
 from certs.identity import cuid_from_certificate
-from gateway.coap.message import CoapMessage, MessageType, decode_udp, encode_udp
+from gateway.coap.message import CoapMessage, MessageType
+from gateway.coap.udp_codec import decode_udp, encode_udp
 from gateway.dots.codec import cbor_to_json
 from gateway.transport.dtls_client import connect_dtls
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind
