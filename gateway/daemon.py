@@ -186,6 +186,8 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
         "dots_gateway_mitigations_refused_total", "New mitigation requests refused with 5.03: "
         "their client held [mitigation] max_requests_per_client already."
     ).add_source(lambda: {(): role.core.store.refused_over_cap})
+    m.save_failures.add_source(lambda: {("mitigations",): float(server.database.save_failures)})
+    m.unsaved_requests.add_source(lambda: {("mitigations",): float(role.core.unsaved_requests)})
     refused = server.metrics.counter(
         "dots_gateway_connections_refused_total", "New sessions refused by a limit, by "
         "transport and limit (sessions, handshakes, rate).", ("transport", "limit"))

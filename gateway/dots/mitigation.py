@@ -9,7 +9,11 @@ every call takes ``now`` (monotonic seconds); ``wall_offset`` turns it into epoc
 for ``mitigation-start``.
 
 Persistence stays outside (``gateway/server/persistence.py``); the store only tracks what changed
-(``take_changes``, ``take_client_changes``) and takes saved records back (``restore``).
+(``take_changes``, ``take_client_changes``) and takes saved records back (``restore``). A
+request's changes can be undone: ``begin`` opens a journal of the prior value of every key,
+owner and per-client period the request touches, ``commit`` forgets it once the role has
+saved the changes, and ``rollback`` puts them back, with the outputs the request queued
+dropped, when the save failed (the client is then answered 5.03, nothing else happened).
 
 The record, its states and transition table, the policy and the outputs are in
 ``gateway.dots.mitigation_lifecycle``; finding overlapping requests and turning them into
@@ -19,10 +23,11 @@ the store that drives both: it keeps the records, fires the transitions and emit
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 
 from gateway.dots.codes import ConflictCause, Status
 from gateway.dots.conflict import DEFAULT_RESOLVER, ConflictingRequest, ConflictResolver
@@ -68,6 +73,22 @@ class PutResult:
     body: MitigationScope
 
 
+_ABSENT = object()  # a journal entry's "there was none" (None is a valid period)
+
+
+@dataclass(slots=True)
+class _Journal:
+    """What an open transaction changed: prior values, first touch only."""
+
+    #: How many outputs were queued at ``begin``: the ones after it are the request's.
+    outputs: int
+    #: key -> (the object that was at the key, a copy of its fields then) or None if none.
+    records: dict[tuple[str, int], tuple[Mitigation, Mitigation] | None] = field(
+        default_factory=dict)
+    owners: dict[str, object] = field(default_factory=dict)
+    periods: dict[str, object] = field(default_factory=dict)
+
+
 class MitigationStore:
     """All mitigation requests of all clients, with RFC 9132 §4.4 semantics."""
 
@@ -93,6 +114,8 @@ class MitigationStore:
         self._touched_clients: dict[str, None] = {}
         #: New requests refused with 5.03 because their client was at its cap.
         self.refused_over_cap = 0
+        #: The open transaction (``begin``), if any.
+        self._journal: _Journal | None = None
 
     @property
     def resolver(self) -> ConflictResolver:
@@ -205,9 +228,7 @@ class MitigationStore:
                     else "another credential owns the cuid",
                 )
                 continue
-            self._records[key] = record
-            self._by_client.setdefault(record.cuid, {})[record.mid] = record
-            self._conflicts.track(record)
+            self._insert(record)
             self._owners.setdefault(record.cuid, record.owner)
             restored.append(record)
         for cuid, period in (termination_periods or {}).items():
@@ -224,6 +245,76 @@ class MitigationStore:
             len(active),
             len(restored) - len(kept),
         )
+
+    # --- transactions ------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Start recording prior values, so that ``rollback`` can undo what follows."""
+        if self._journal is not None:
+            raise DotsUsageError("a transaction is open already")
+        self._journal = _Journal(outputs=len(self._outputs))
+
+    def commit(self) -> None:
+        """Keep the changes since ``begin`` (they were saved)."""
+        if self._journal is None:
+            raise DotsUsageError("no transaction is open")
+        self._journal = None
+
+    def rollback(self) -> None:
+        """Put every record, owner and period back as it was at ``begin`` and drop the
+        outputs queued since: the mitigator and observers never hear of the changes.
+
+        The keys are marked changed again, so the next ``take_changes`` hands persistence
+        the restored values (a failed save may still hold the undone ones).
+        """
+        journal = self._journal
+        if journal is None:
+            raise DotsUsageError("no transaction is open")
+        self._journal = None
+        for key, prior in journal.records.items():
+            current = self._records.get(key)
+            if current is not None:
+                self._discard(current)
+            if prior is not None:
+                record, saved = prior
+                for f in _RECORD_FIELDS:
+                    setattr(record, f, getattr(saved, f))
+                self._insert(record)
+            self._touched[key] = None
+        for cuid, owner in journal.owners.items():
+            if owner is _ABSENT:
+                self._owners.pop(cuid, None)
+            else:
+                assert isinstance(owner, Owner)
+                self._owners[cuid] = owner
+        for cuid, period in journal.periods.items():
+            if period is _ABSENT:
+                self._termination_period.pop(cuid, None)
+            else:
+                assert isinstance(period, int)
+                self._termination_period[cuid] = period
+            self._touched_clients[cuid] = None
+        while len(self._outputs) > journal.outputs:
+            self._outputs.pop()
+        log.info("request rolled back: %d mitigations restored", len(journal.records))
+
+    def _before_change(self, key: tuple[str, int]) -> None:
+        """Journal the record at ``key`` (or its absence) before its first change."""
+        journal = self._journal
+        if journal is None or key in journal.records:
+            return
+        record = self._records.get(key)
+        journal.records[key] = None if record is None else (record, copy.copy(record))
+
+    def _before_owner(self, cuid: str) -> None:
+        journal = self._journal
+        if journal is not None and cuid not in journal.owners:
+            journal.owners[cuid] = self._owners.get(cuid, _ABSENT)
+
+    def _before_period(self, cuid: str) -> None:
+        journal = self._journal
+        if journal is not None and cuid not in journal.periods:
+            journal.periods[cuid] = self._termination_period.get(cuid, _ABSENT)
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -252,6 +343,7 @@ class MitigationStore:
         record = self._records.get((cuid, mid))
         if record is None or record.state is S.TERMINATING:
             return
+        self._before_change((cuid, mid))
         if record.state is S.MITIGATING:
             period = self._termination_period.get(cuid, self.policy.active_but_terminating)
             record.terminate_at = now + period
@@ -418,6 +510,7 @@ class MitigationStore:
         requested = scope.lifetime if scope.lifetime is not None else record.scope.lifetime
         assert requested is not None
         lifetime = self.policy.grant(requested)
+        self._before_change((record.cuid, record.mid))
         if record.state is S.DEACTIVATED:
             if self._conflicts.other_clients(record.cuid, scope, now):
                 return PutResult(False, self._body(record, now))
@@ -451,6 +544,7 @@ class MitigationStore:
                 settled = self._conflicts.settle(scope, conflicts)
                 conflict, losers = settled.conflict, settled.losers
                 for other, info in settled.shared:
+                    self._before_change((other.cuid, other.mid))
                     other.conflict = info
                     self._touch(other)
                     self._outputs.append(
@@ -463,6 +557,7 @@ class MitigationStore:
         if rerequest:
             # §4.4.4: mitigation requested again during active-but-terminating: the next
             # period doubles, up to the maximum.
+            self._before_period(cuid)
             current = self._termination_period.get(cuid, self.policy.active_but_terminating)
             self._termination_period[cuid] = min(
                 max(current, 1) * 2, self.policy.active_but_terminating_max
@@ -483,9 +578,9 @@ class MitigationStore:
             ),
             conflict=conflict,
         )
-        self._records[(cuid, mid)] = record
-        self._by_client.setdefault(cuid, {})[mid] = record
-        self._conflicts.track(record)
+        self._before_change((cuid, mid))
+        self._before_owner(cuid)
+        self._insert(record)
         self._owners.setdefault(cuid, owner)
         self._touch(record)
         log.info(
@@ -513,6 +608,7 @@ class MitigationStore:
         return PutResult(True, self._body(record, now))
 
     def _deactivate(self, loser: Mitigation, winner: Mitigation, now: float) -> None:
+        self._before_change((loser.cuid, loser.mid))
         loser.conflict, retry = lost_to(loser, winner)
         self._fire(loser, T.CONFLICT_LOST, now)
         # §4.4.1.3: kept for retry-timer + 45 s so the client can refresh and re-check.
@@ -526,6 +622,7 @@ class MitigationStore:
     def _set_state(
         self, record: Mitigation, new: MitigationState, trigger: Trigger, now: float
     ) -> None:
+        self._before_change((record.cuid, record.mid))
         old = record.state
         record.state = new
         self._touch(record)
@@ -545,26 +642,37 @@ class MitigationStore:
                 if old in ACTIVE_STATES
                 else record.status
             )
-            del self._records[(record.cuid, record.mid)]
-            self._conflicts.untrack(record)
-            client = self._by_client.get(record.cuid, {})
-            client.pop(record.mid, None)
-            if not client:
-                self._by_client.pop(record.cuid, None)
+            self._discard(record)
             if old in ACTIVE_STATES:
                 self._outputs.append(WithdrawMitigation(record.cuid, record.mid, trigger))
             self._outputs.append(MitigationRemoved(record.cuid, record.mid, final, trigger))
             if record.cuid not in self._by_client:
+                self._before_owner(record.cuid)
                 self._owners.pop(record.cuid, None)
 
     def _set_status(
         self, record: Mitigation, status: Status, *, transient: Status | None = None
     ) -> None:
+        self._before_change((record.cuid, record.mid))
         record.status = status
         record.transient_status = transient
         record.transient_reports_left = TRANSIENT_REPORTS if transient else 0
         self._touch(record)
         self._outputs.append(MitigationStatusChanged(record.cuid, record.mid, transient or status))
+
+    def _insert(self, record: Mitigation) -> None:
+        """The one place a record enters the store's indexes (``_discard`` leaves them)."""
+        self._records[(record.cuid, record.mid)] = record
+        self._by_client.setdefault(record.cuid, {})[record.mid] = record
+        self._conflicts.track(record)
+
+    def _discard(self, record: Mitigation) -> None:
+        del self._records[(record.cuid, record.mid)]
+        self._conflicts.untrack(record)
+        client = self._by_client.get(record.cuid, {})
+        client.pop(record.mid, None)
+        if not client:
+            self._by_client.pop(record.cuid, None)
 
     def _touch(self, record: Mitigation) -> None:
         """Mark the record's key for the next ``take_changes`` (changed, or removed if gone)."""
@@ -589,6 +697,8 @@ class MitigationStore:
     def _epoch(self, now: float) -> int:
         return int(now + self.wall_offset)
 
+
+_RECORD_FIELDS = tuple(f.name for f in fields(Mitigation))
 
 _MITIGATOR_STATUSES = frozenset(
     {

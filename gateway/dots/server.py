@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from gateway.dots.authz import Authorizer
 from gateway.dots.codec import encode_message
 from gateway.dots.codes import Code, Method
-from gateway.dots.errors import DotsProtocolError, MethodNotAllowed, MissingAttribute
+from gateway.dots.errors import (
+    DotsProtocolError,
+    MethodNotAllowed,
+    MissingAttribute,
+    ServiceUnavailable,
+)
 from gateway.dots.heartbeat import HeartbeatMonitor, Role, SendHeartbeat, SignalLost
 from gateway.dots.message import DotsRequest, DotsResponse, Requester
 from gateway.dots.mitigation import MitigationStore
@@ -35,6 +40,9 @@ from gateway.dots.validate import (
 
 log = logging.getLogger(__name__)
 _session_ids = itertools.count(1)
+
+#: Max-Age (seconds) of the 5.03 for a change that could not be saved: retry after this.
+SAVE_RETRY_AFTER = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +94,11 @@ class DotsServerCore:
         #: Mitigations held elsewhere (a gateway's upstream) also select the mitigating
         #: parameter set of the client's sessions (RFC 9132 §4.5).
         self.mitigating_elsewhere: Callable[[str], bool] | None = None
+        #: Writes the store's changes to disk; False when it could not (see the module
+        #: docstring). None: nothing is saved (tests, tools), every change stands.
+        self.save: Callable[[], bool] | None = None
+        #: Mitigation requests answered 5.03 because their change could not be saved.
+        self.unsaved_requests = 0
         self._outputs: deque[ServerOutput] = deque()
         self._now = 0.0  # the latest time an input brought; used when loss is processed
         #: Sessions whose heartbeat monitors may hold events since the last collection, so
@@ -182,7 +195,7 @@ class DotsServerCore:
         try:
             path = parse_path(request.path)
             if path.resource is Resource.MITIGATE:
-                response = self._mitigate(session, path, request, now)
+                response = self._durable_mitigate(session, path, request, now)
             elif path.resource is Resource.CONFIG:
                 response = self._config(session, path, request, now)
             else:
@@ -196,6 +209,33 @@ class DotsServerCore:
         self._schedule(session)
         self._dirty.append(session)
         return response
+
+    def _durable_mitigate(self, session: ServerSession, path: DotsPath, request: DotsRequest,
+                          now: float) -> DotsResponse | None:
+        """``_mitigate``, with a PUT's or DELETE's changes saved before a success answer."""
+        save = self.save
+        if save is None or request.method not in (Method.PUT, Method.DELETE):
+            return self._mitigate(session, path, request, now)
+        self.store.begin()
+        try:
+            response = self._mitigate(session, path, request, now)
+        except BaseException:
+            self.store.rollback()  # a refused request leaves nothing behind
+            raise
+        if response is not None and not response.code.is_success:
+            self.store.rollback()
+            return response
+        if save():
+            self.store.commit()
+            return response
+        self.store.rollback()
+        self.unsaved_requests += 1
+        log.warning("request refused session=%d method=%s path=/%s code=5.03: the change "
+                    "could not be saved", session.id, request.method.name,
+                    "/".join(request.path))
+        raise ServiceUnavailable(
+            "the server cannot save mitigation requests now (its state could not be "
+            f"written); nothing was changed; retry in {SAVE_RETRY_AFTER} s", SAVE_RETRY_AFTER)
 
     def _owner(self, session: ServerSession, path: DotsPath) -> Owner:
         # §4.4.1.2: a cdid is honoured only from trusted gateways; from anyone else it is

@@ -211,6 +211,8 @@ class DaemonMetrics:
     redirects: Counter  # reason
     mitigations: Gauge  # status
     mitigations_active: Gauge
+    save_failures: Counter  # database
+    unsaved_requests: Counter  # database
 
 
 def daemon_metrics(registry: Registry) -> DaemonMetrics:
@@ -246,6 +248,14 @@ def daemon_metrics(registry: Registry) -> DaemonMetrics:
         mitigations_active=r.gauge("dots_gateway_mitigations_active",
                                    "Mitigation requests the mitigator is acting on (mitigating "
                                    "or active-but-terminating)."),
+        save_failures=r.counter("dots_gateway_state_save_failures_total",
+                                "Writes of the saved state that failed (disk full, read-only "
+                                "file system, file locked), by database (mitigations, relay); "
+                                "they are retried.", ("database",)),
+        unsaved_requests=r.counter("dots_gateway_unsaved_requests_total",
+                                   "Mitigation requests answered 5.03 because their change "
+                                   "could not be saved (and was undone), by database.",
+                                   ("database",)),
     )
 
 

@@ -49,7 +49,7 @@ from gateway.dots.relay import (
     upstream_path,
     with_scope_changes,
 )
-from gateway.dots.uri import DotsPath, Resource
+from gateway.dots.uri import DotsPath, Resource, build_path
 from gateway.dots.validate import (
     decode_request_body,
     is_efficacy_update,
@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 RETRY_AFTER = 5
 #: Why the gateway answers itself when no upstream answer came.
 NO_ANSWER = "no upstream DOTS server answered"
+#: Why the gateway answers itself when its relay state could not be written.
+NOT_SAVED = "the gateway cannot save mitigation requests now (its state could not be written)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +129,8 @@ class GatewayRelay(SharedObservations, Reinstallation):
         self.relayed: dict[str, int] = {}
         self.reconciliations = 0
         self.reinstalled = 0
+        #: Requests answered 5.03 because the relay table could not be saved.
+        self.unsaved_requests = 0
         #: (cuid, mid) of PUTs waiting for their upstream answer: a reconciliation must
         #: neither re-send nor forget them.
         self._in_flight: set[tuple[str, int]] = set()
@@ -186,12 +190,20 @@ class GatewayRelay(SharedObservations, Reinstallation):
         record = self.table.get(cuid, mid)
         new = record is None or record.withdrawing
         if record is None or record.withdrawing:
+            replaced = record
             record = RelayedMitigation(
                 cuid, mid, prepared.requester.credential_id,
                 cdid_of(prepared.request.path), prepared.request.payload,
                 bool(prepared.scope_trigger), prepared.lifetime)
             self.table.put(record)
-            self._save()  # on record before the request leaves (restart safety)
+            # On record before the request leaves (restart safety); if it cannot be, the
+            # request does not leave: nothing happened, the client retries.
+            if not self._save():
+                if replaced is not None:
+                    self.table.put(replaced)
+                else:
+                    self.table.remove(cuid, mid)
+                return self._not_saved(prepared)
         request = prepared.request
         if record.activated_by_loss:
             # Upstream it is an immediate request now; the client's refresh must match.
@@ -209,7 +221,15 @@ class GatewayRelay(SharedObservations, Reinstallation):
             record.body = prepared.request.payload
             record.lifetime = prepared.lifetime
             self.table.accepted(record, reply.endpoint.uri, granted, self.wall_clock())
-            self._save()
+            if not self._save():
+                # Not on disk as accepted: after a crash the gateway would not re-install
+                # it, so the client must not be told it is. A new request is withdrawn
+                # upstream again (a refresh's earlier state is what the disk has).
+                if new:
+                    record.withdrawing = True
+                    self.table.touch(record)
+                    self._spawn(self._withdraw(record))
+                return self._not_saved(prepared)
         elif new:
             self.table.remove(cuid, mid)
             self._save()
@@ -220,9 +240,13 @@ class GatewayRelay(SharedObservations, Reinstallation):
         cuid, mid = prepared.cuid, prepared.path.mid
         record = self.table.get(cuid, mid)
         if record is not None:
+            was_withdrawing = record.withdrawing
             record.withdrawing = True  # whatever happens next, never re-install it
             self.table.touch(record)
-            self._save()
+            if not self._save():  # a DELETE is a write: on disk before it is answered
+                record.withdrawing = was_withdrawing
+                self.table.touch(record)
+                return self._not_saved(prepared)
         reply = await self._forward(prepared.request, mid)
         if not isinstance(reply, Reply):
             if record is None:
@@ -280,6 +304,32 @@ class GatewayRelay(SharedObservations, Reinstallation):
                                 b"with an unknown response code", 0)
         return response
 
+    async def _withdraw(self, record: RelayedMitigation) -> None:
+        """Take back upstream a request the gateway could not record as accepted."""
+        upstream = self.upstream
+        if upstream is None:
+            return  # the next reconciliation sends the DELETE (the record is withdrawing)
+        path = build_path(Resource.MITIGATE, cdid=record.cdid, cuid=record.cuid, mid=record.mid)
+        try:
+            await upstream.forward(DotsRequest(Method.DELETE, path), mid=record.mid,
+                                   timeout=self.settings.request_timeout)
+        except NetworkError as exc:
+            log.warning("withdrawing unsaved cuid=%s mid=%d upstream failed (%s); the next "
+                        "upstream session does", record.cuid, record.mid, exc)
+            return
+        if self.table.get(record.cuid, record.mid) is record:
+            self.table.remove(record.cuid, record.mid)
+        self._save(background=True)
+
+    def _not_saved(self, prepared: Prepared) -> DotsResponse:
+        """5.03 + Max-Age for a change the relay table could not save (RFC 9132 §4.4.1:
+        the gateway cannot act now; nothing was changed)."""
+        self.unsaved_requests += 1
+        log.warning("relayed %s cuid=%s mid=%s refused with 5.03: the relay state could not "
+                    "be saved", prepared.request.method.name, prepared.cuid,
+                    prepared.path.mid)
+        return self._unreachable(NOT_SAVED)
+
     def _unreachable(self, why: str = NO_ANSWER) -> DotsResponse:
         return DotsResponse(Code.SERVICE_UNAVAILABLE, f"gateway: {why}; retry".encode(), 0,
                             RETRY_AFTER)
@@ -290,16 +340,20 @@ class GatewayRelay(SharedObservations, Reinstallation):
     # --- housekeeping ------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Forget requests whose lifetime ended (the upstream server forgets them too)."""
-        if self.table.expire(self.wall_clock()):
-            self._save()
+        """Forget requests whose lifetime ended (the upstream server forgets them too), and
+        retry a failed save when the back-off allows."""
+        expired = self.table.expire(self.wall_clock())
+        if expired or (self.database is not None and self.database.pending):
+            self._save(background=True)
 
     def mitigating(self) -> bool:
         return self.table.active(self.wall_clock())
 
-    def _save(self) -> None:
-        if self.database is not None:
-            self.database.sync(self.table)
+    def _save(self, *, background: bool = False) -> bool:
+        """Write the table's changes; True once on disk (or when nothing is saved)."""
+        if self.database is None:
+            return True
+        return self.database.sync(self.table, background=background)
 
     def _count(self, label: str) -> None:
         self.relayed[label] = self.relayed.get(label, 0) + 1

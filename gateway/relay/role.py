@@ -228,6 +228,10 @@ class GatewayRole(ServerRole):
             lambda: {(code,): float(n) for code, n in relay.relayed.items()})
         m.upstream_health.add_source(self._upstream_health)
         m.heartbeats.add_source(self._upstream_heartbeats)
+        database = relay.database
+        if database is not None:
+            m.save_failures.add_source(lambda: {("relay",): float(database.save_failures)})
+        m.unsaved_requests.add_source(lambda: {("relay",): float(relay.unsaved_requests)})
         metrics.counter("dots_gateway_upstream_failovers_total",
                         "Times the gateway gave up on an upstream server and moved on."
                         ).add_source(lambda: {(): float(self._upstream_stat("failovers"))})

@@ -11,14 +11,13 @@ next process, so every deadline is saved as epoch seconds (``monotonic + wall_of
 loaded back as ``epoch - wall_offset`` of the loading process. A lifetime keeps running
 while the gateway is down (RFC 9132 §4.4.1: it is the client's promise to refresh in time).
 
-Durability (``journal_mode=WAL``, ``synchronous=NORMAL``): a committed save survives a crash
-of this process, because the WAL is written before COMMIT returns and the kernel keeps it.
-It does not fsync on every commit, so a power loss or kernel crash may lose the last saves
-before the next checkpoint (the database stays consistent; it loses whole transactions,
-never part of one). That is the trade-off taken: a commit costs microseconds, not a disk
-flush, and the role saves before answering every request that changed a mitigation. What
-is lost that way comes back when the client refreshes (a PUT of an unknown mid creates it,
-RFC 9132 §4.4.1) or re-requests it after its session is re-established.
+Durability (``journal_mode=WAL``, ``synchronous=FULL``): a save returns only once its WAL
+frames are fsynced, so a success answer that follows it survives a crash of this process,
+of the kernel, a power loss and a file system the kernel turns read-only after an error
+(whose unwritten page cache is dropped: with ``synchronous=NORMAL`` acknowledged saves were
+lost that way, issue 17). A commit costs one fsync of the WAL; checkpoints run inline
+(SQLite's automatic ones). A save that fails (disk full, read-only, the file locked by
+another process) writes nothing: the role rolls the request back and answers 5.03.
 """
 
 from __future__ import annotations
@@ -92,6 +91,14 @@ _COUNTERS = (
     ("pps-dropped", "pps_dropped"),
 )
 _UINT64_MAX = 2**64 - 1
+#: Seconds a write waits for another process's lock on the file before it fails. The wait
+#: blocks the event loop, and a save of ours takes microseconds: a longer lock is someone
+#: else's (an operator's open transaction), and the request is better answered 5.03.
+BUSY_TIMEOUT = 1.0
+#: Background saves (timers, mitigator reports) that failed are retried after these many
+#: seconds, doubling up to the maximum; a request's save is always attempted at once.
+RETRY_FIRST = 0.5
+RETRY_MAX = 8.0
 
 
 class PersistenceError(Exception):
@@ -107,6 +114,10 @@ class MitigationDatabase:
     """One SQLite file of saved mitigations; opening it creates or upgrades the schema.
 
     Counters for metrics: ``saves``, ``save_failures``, ``skipped_rows``.
+
+    A failed save keeps its changes (``pending``) and is tried again by the next ``sync``:
+    a request's at once, a background one (``background=True``: the role's timer) once the
+    back-off allows, so writes resume by themselves when the disk has room again.
     """
 
     def __init__(self, path: Path | str) -> None:
@@ -118,6 +129,9 @@ class MitigationDatabase:
         self._pending: dict[tuple[str, int], Mitigation | None] = {}
         self._pending_clients: dict[str, int | None] = {}
         self._wall_offset: float | None = None
+        #: Monotonic time before which a background sync does not retry a failed write.
+        self._retry_at = 0.0
+        self._retry_delay = RETRY_FIRST
         self._db = self._open()
 
     @classmethod
@@ -133,21 +147,29 @@ class MitigationDatabase:
             # gives the -wal and -shm files the database file's mode.
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         except OSError as exc:
-            raise PersistenceError(f"{self.path}: cannot create: {exc.strerror}") from None
+            raise PersistenceError(
+                f"{self.path}: cannot open for writing ({exc.strerror}); make the state "
+                "directory and the file writable, or set general.state_dir elsewhere"
+            ) from None
         # isolation_level=None: no implicit transactions; ours are explicit (one per save).
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
+        except sqlite3.Error as exc:
+            raise PersistenceError(f"{self.path}: cannot open ({exc}); check the file's "
+                                   "permissions and the file system") from None
         try:
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
                 log.warning("%s: journal_mode is %s, not wal (file system without shared "
                             "memory?); saves are slower but as safe", self.path, mode)
-            db.execute("PRAGMA synchronous=NORMAL")  # see the module docstring
+            db.execute("PRAGMA synchronous=FULL")  # see the module docstring
+            check_integrity(db)
             self._upgrade(db)
         except sqlite3.DatabaseError as exc:
             db.close()
             raise PersistenceError(
-                f"{self.path}: not a usable SQLite database ({exc}); move it aside to start "
-                "without the saved mitigations"
+                f"{self.path}: not a usable SQLite database ({exc}); restore it from a "
+                "backup, or move it aside to start without the saved mitigations"
             ) from None
         except BaseException:
             db.close()
@@ -226,10 +248,17 @@ class MitigationDatabase:
             raise PersistenceError(f"{self.path}: save failed: {exc}") from exc
         self.saves += 1
 
-    def sync(self, store: MitigationStore) -> bool:
+    @property
+    def pending(self) -> int:
+        """Changes a failed save kept (records and per-client periods) for the next try."""
+        return len(self._pending) + len(self._pending_clients)
+
+    def sync(self, store: MitigationStore, *, background: bool = False) -> bool:
         """Save what changed in ``store`` since the last call (``take_changes``), in one
-        transaction. On failure the changes are kept and written by the next call; the error
-        is logged and counted, never raised: the gateway goes on serving from memory."""
+        transaction; True once it is on disk. On failure the changes are kept and written
+        by the next call; the error is logged and counted, never raised: the role answers
+        the request 5.03 (the store rolls it back) and goes on serving reads from memory.
+        ``background``: a timer's save, attempted only when the back-off allows."""
         records, removed = store.take_changes()
         for key in removed:
             self._pending[key] = None
@@ -237,12 +266,15 @@ class MitigationDatabase:
             self._pending[(record.cuid, record.mid)] = record
         self._pending_clients.update(store.take_client_changes())
         self._wall_offset = store.wall_offset
+        if background and self.pending and time.monotonic() < self._retry_at:
+            return False
         return self._flush()
 
     def _flush(self) -> bool:
         if not self._pending and not self._pending_clients:
             return True
         assert self._wall_offset is not None
+        first_failure = self._retry_at == 0.0
         try:
             self.save(
                 [r for r in self._pending.values() if r is not None],
@@ -252,10 +284,18 @@ class MitigationDatabase:
             )
         except PersistenceError as exc:
             self.save_failures += 1
-            log.error("mitigations not saved (%d changes kept for the next try, %d failures "
-                      "so far): %s", len(self._pending) + len(self._pending_clients),
+            if not first_failure:
+                self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+            self._retry_at = time.monotonic() + self._retry_delay
+            log.error("mitigations not saved (%d changes kept, next try in %.1f s or with the "
+                      "next request, %d failures so far): %s", self.pending, self._retry_delay,
                       self.save_failures, exc)
             return False
+        if not first_failure:
+            log.warning("%s: saving works again; %d earlier failures", self.path,
+                        self.save_failures)
+        self._retry_at = 0.0
+        self._retry_delay = RETRY_FIRST
         self._pending.clear()
         self._pending_clients.clear()
         return True
@@ -275,8 +315,14 @@ class MitigationDatabase:
         for inspection until a new request with the same key replaces it.
         """
         records = []
-        cursor = self._db.execute(f"SELECT {_COLUMNS} FROM mitigation ORDER BY cuid, mid")
-        for row in cursor:
+        try:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM mitigation ORDER BY cuid, mid").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise PersistenceError(
+                f"{self.path}: cannot read the saved mitigations ({exc}); restore the file "
+                "from a backup, or move it aside to start without them") from None
+        for row in rows:
             try:
                 records.append(_record(row, wall_offset))
             except Exception as exc:  # any bad row, whatever is wrong with it: skip, go on
@@ -288,7 +334,13 @@ class MitigationDatabase:
     def load_termination_periods(self) -> dict[str, int]:
         """Per-client active-but-terminating periods (RFC 9132 §4.4.4); bad rows skipped."""
         periods = {}
-        for cuid, period in self._db.execute("SELECT cuid, termination_period FROM client"):
+        try:
+            rows = self._db.execute("SELECT cuid, termination_period FROM client").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise PersistenceError(
+                f"{self.path}: cannot read the saved periods ({exc}); restore the file from "
+                "a backup, or move it aside to start without the saved mitigations") from None
+        for cuid, period in rows:
             if isinstance(cuid, str) and _is_int(period) and 0 <= period <= UINT32_MAX:
                 periods[cuid] = period
             else:
@@ -302,6 +354,14 @@ class MitigationDatabase:
         then save what restoring ended (records that expired while the gateway was down)."""
         store.restore(self.load(store.wall_offset), now, self.load_termination_periods())
         self.sync(store)
+
+
+def check_integrity(db: sqlite3.Connection) -> None:
+    """Refuse a damaged file at start rather than fail on its first read or write: SQLite's
+    quick check reads every page once (milliseconds for a few thousand mitigations)."""
+    problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+    if problems != ["ok"]:
+        raise sqlite3.DatabaseError("damaged: " + "; ".join(problems))
 
 
 @contextlib.contextmanager

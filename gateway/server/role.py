@@ -90,8 +90,12 @@ class ServerRole(ObserveNotifications):
         self.trusted_gateways = trusted_gateways
         self.clock = clock
         self.mitigator = mitigator or log_mitigator
-        #: Where the store's changes are saved before anything that depends on them leaves.
+        #: Where the store's changes are saved before anything that depends on them leaves:
+        #: a mitigation PUT or DELETE is answered with success only once its change is on
+        #: disk (the core's ``save`` hook), else 5.03 with the change rolled back.
         self.database = database
+        if database is not None:
+            core.save = lambda: database.sync(core.store)
         self.sessions: dict[int, SignalSession] = {}
         self._tick: asyncio.TimerHandle | None = None
         #: Certificate deadlines and sessions closed because their standing ended.
@@ -270,9 +274,11 @@ class ServerRole(ObserveNotifications):
             self._mark_config_observers(session)
 
     def _persist(self) -> None:
-        """Save the store's changes (one transaction); a failure is logged and retried."""
+        """Save the store's changes not caused by a request (timers, signal loss, mitigator
+        reports) in one transaction; a failure is logged, counted and retried by the tick
+        with a back-off (``MitigationDatabase.sync``)."""
         if self.database is not None:
-            self.database.sync(self.core.store)
+            self.database.sync(self.core.store, background=True)
 
     def mitigator_status(self, cuid: str, mid: int, status: Status,
                          counters: Counters | None) -> None:

@@ -251,7 +251,7 @@ def test_new_file_is_wal_owner_only_and_versioned(db: MitigationDatabase) -> Non
     assert db.path.name == DATABASE_NAME
     assert stat.S_IMODE(db.path.stat().st_mode) == 0o600
     assert db._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert db._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: fsynced commits
     version = db._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     assert version == (str(SCHEMA_VERSION),)
 
