@@ -33,6 +33,7 @@ from gateway.dots.model import ConfigSet, ConfigValue, SignalConfig
 from gateway.dots.session_config import SessionParameters
 from gateway.dots.uri import Resource, build_path
 from gateway.relay.role import GatewayRole
+from gateway.relay.startup import NoUpstreamError
 from gateway.server.persistence import DATABASE_NAME
 from gateway.transport.tls_context import ClientCredentials
 from tests.integration.test_client_role import free_port, wait_until
@@ -433,12 +434,17 @@ async def test_transports_change_across_the_gateway(pkis: Pkis, tmp_path: Path) 
             await withdrawal_notified(observation)
 
 
-async def test_gateway_mode_with_no_upstream_anywhere_is_the_server_itself(
+async def test_gateway_mode_with_no_upstream_anywhere_falls_back_only_when_told(
         pkis: Pkis, tmp_path: Path) -> None:
     port = free_port()
     config = gateway_config(tmp_path, pkis, port, [])
     # Only the configured servers count (no DHCP or DNS traffic from a test).
     config.write_text(config.read_text() + '[discovery]\nmechanisms = ["manual"]\n')
+    with pytest.raises(NoUpstreamError, match="fallback_to_terminal"):
+        await start_server(load_config(config))
+    text = config.read_text().replace("[gateway]\n", "[gateway]\nfallback_to_terminal = true\n")
+    assert text != config.read_text()
+    config.write_text(text)
     running = await start_server(load_config(config))
     try:
         assert not isinstance(running.role, GatewayRole)
