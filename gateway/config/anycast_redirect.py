@@ -190,7 +190,8 @@ def _redirect_target(t: Table, *, with_cuid: bool) -> RedirectTargetSettings | N
     if name is not None and not _valid_fqdn(name):
         t.error("name", f"{name!r} is not a domain name (alt-server is an FQDN)")
     addresses = tuple(a for _key, a in t.parsed_list("addresses", parse_ip))
-    cuid, prefixes = None, ()
+    cuid: str | None = None
+    prefixes: tuple[IPNetwork, ...] = ()
     if with_cuid:  # a static assignment names its clients: by cuid or by source prefix
         cuid = t.opt_string("cuid")
         prefixes = tuple(prefix for _, prefix in t.parsed_list("prefixes", parse_prefix))
