@@ -34,6 +34,7 @@ test: $(STAMP)
 # Numbers, not pass/fail: results go to tests/bench/RESULTS.md with the machine and date.
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_transport.py
+	$(BIN)/python tests/bench/bench_handshake_flood.py
 	$(BIN)/python tests/bench/bench_dots.py
 	$(BIN)/python tests/bench/bench_limits.py
 	$(BIN)/python tests/bench/bench_anycast.py
