@@ -14,7 +14,7 @@ is freed. What an idle session keeps is then a few hundred bytes of keys and cou
 Sans-I/O: bytes in, bytes out. Only AEAD suites are handled; a connection with another
 suite (the CBC ECDHE-PSK suite) simply stays on OpenSSL.
 
-Key material. The master secret reaches us in a ``bytearray`` (secure_session zeroes its C
+Key material. The master secret reaches us in a ``bytearray`` (dtls_handover zeroes its C
 buffer) and is wiped once the key block is derived; the key block is wiped once split.
 What still holds keys while a session lives: its ``RecordProtection`` (keys and fixed IVs
 in ``bytearray``s, wiped by ``forget()`` when the session ends) and the AEAD objects of the
@@ -204,7 +204,7 @@ class RecordProtection:
         # The replay window starts empty, as OpenSSL's does when the epoch changes
         # (DTLS1_BITMAP zeroed: highest 0, no bit set). Bit n stands for _highest_read - n.
         # The server keeps it from the first record of the epoch on, so that at the
-        # hand-over it holds exactly what OpenSSL authenticated (secure_session).
+        # hand-over it holds exactly what OpenSSL authenticated (dtls_handover).
         self._highest_read = 0
         self._window = 0
 
@@ -356,3 +356,17 @@ class RecordProtection:
             self._highest_read = seq
         else:
             self._window |= 1 << (self._highest_read - seq)
+
+
+def pack_records(records: list[bytes], datagram_size: int) -> list[bytes]:
+    """Pack whole DTLS records into as few datagrams as the datagram size allows."""
+    datagrams: list[bytes] = []
+    current = b""
+    for record in records:
+        if current and len(current) + len(record) > datagram_size:
+            datagrams.append(current)
+            current = b""
+        current += record
+    if current:
+        datagrams.append(current)
+    return datagrams
