@@ -28,15 +28,13 @@ from gateway.transport.dtls_records import (
     HANDSHAKE,
     SUITES,
     AeadSuite,
+    Record,
     RecordProtection,
-    split_records,
+    split_incoming,
 )
 from gateway.transport.openssl_ffi import ffi, ssl
 
 log = logging.getLogger(__name__)
-
-#: (type, epoch, sequence, header, fragment), as ``split_records`` gives them.
-Record = tuple[int, int, int, bytes, bytes]
 
 #: RFC 6347 §4.1: the epoch of the keys of the first handshake (we never renegotiate).
 _FIRST_EPOCH = 1
@@ -66,7 +64,7 @@ class HandOver:
         """Handshake: keep the datagram's protected records for the shadow window."""
         if self._early is None:
             return
-        self._early.extend(r for r in split_records(datagram) if r[1] > 0)
+        self._early.extend(r for r in split_incoming(datagram) if r[1] > 0)
         if len(self._early) > _MAX_EARLY_RECORDS \
                 or sum(len(r[4]) for r in self._early) > _MAX_EARLY_BYTES:
             self._early = None  # more than a handshake sends: this session stays on OpenSSL
@@ -85,7 +83,7 @@ class HandOver:
         early, self._early = self._early, None
         if cipher not in SUITES or early is None:
             return []
-        this = [r for r in split_records(datagram) if r[1] > 0]
+        this = [r for r in split_incoming(datagram) if r[1] > 0]
         last_handshake = max((i for i, r in enumerate(this) if r[0] == HANDSHAKE), default=-1)
         during = early[: len(early) - len(this)] + this[: last_handshake + 1]
         shadow = derive_records(ssl_ptr, SUITES[cipher])

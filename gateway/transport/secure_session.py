@@ -32,6 +32,7 @@ from gateway.transport.dtls_records import (
     NO_RENEGOTIATION,
     RecordProtection,
     pack_records,
+    split_incoming,
     split_records,
 )
 from gateway.transport.openssl_connection import (
@@ -189,7 +190,7 @@ class SecureSession:
         self._restore_buffers()
         records = self._read_application_data()
         if handover is not None and handover.following:
-            handover.follow(split_records(data) if after_handshake is None else after_handshake,
+            handover.follow(split_incoming(data) if after_handshake is None else after_handshake,
                             records, established=self.state is State.ESTABLISHED)
         if records and self._may_hand_over():
             self._hand_over()
