@@ -14,7 +14,15 @@ is freed. What an idle session keeps is then a few hundred bytes of keys and cou
 Sans-I/O: bytes in, bytes out. Only AEAD suites are handled; a connection with another
 suite (the CBC ECDHE-PSK suite) simply stays on OpenSSL.
 
-Key material. The master secret reaches us in a ``bytearray`` (secure_session zeroes its C
+What a peer sends is framed as OpenSSL 3.0 frames it (``split_incoming``, measured against
+3.0.19 in our binding), so that a session delivers the same whether OpenSSL or we open its
+records. One known difference, kept on purpose: OpenSSL takes a record too short for the
+AEAD's explicit nonce and tag (measured with AES-GCM: 1 to 23 bytes, epoch 1) for an
+internal error and its connection reads nothing more, without a word; we drop the record
+and go on (RFC 6347 §4.1.2.7: an invalid record is discarded), as an unauthenticated record
+must not end a session.
+
+Key material. The master secret reaches us in a ``bytearray`` (dtls_handover zeroes its C
 buffer) and is wiped once the key block is derived; the key block is wiped once split.
 What still holds keys while a session lives: its ``RecordProtection`` (keys and fixed IVs
 in ``bytearray``s, wiped by ``forget()`` when the session ends) and the AEAD objects of the
@@ -50,6 +58,18 @@ _WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 _MAX_FRAGMENT = 2**14 + 2048
 _MAX_SEQUENCE = 2**48 - 1
 _HEADER = struct.Struct("!B2sH6sH")
+#: OpenSSL 3.0 discards a record header whose length field exceeds this, and reads on from
+#: the end of that header (measured on 3.0.19: 17,728 is read as a record, 17,729 is not;
+#: SSL3_RT_MAX_ENCRYPTED_LENGTH with the compression allowance).
+_OPENSSL_MAX_LENGTH = 2**14 + 1024 + 320
+#: What OpenSSL 3.0 takes from a memory BIO at once (its read buffer less the alignment):
+#: a longer datagram is framed as consecutive datagrams of this size (measured on 3.0.19,
+#: contexts without compression).
+_OPENSSL_READ = 16717
+
+#: (type, epoch, sequence, header, fragment), as ``split_records`` and ``split_incoming``
+#: give them.
+Record = tuple[int, int, int, bytes, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +174,10 @@ class Opened(NamedTuple):
     renegotiation: bool = False
 
 
-def split_records(datagram: bytes) -> list[tuple[int, int, int, bytes, bytes]]:
-    """(type, epoch, sequence, header, fragment) of each whole record; a truncated tail
-    is left out (RFC 6347 §4.1.2.7: invalid records are discarded)."""
+def split_records(datagram: bytes) -> list[Record]:
+    """(type, epoch, sequence, header, fragment) of each whole record, by their lengths; a
+    truncated tail is left out. For our own (or OpenSSL's) output; what a peer sends is
+    read with ``split_incoming``."""
     records = []
     offset = 0
     while offset + RECORD_HEADER <= len(datagram):
@@ -172,6 +193,41 @@ def split_records(datagram: bytes) -> list[tuple[int, int, int, bytes, bytes]]:
             datagram[offset + RECORD_HEADER : end],
         ))
         offset = end
+    return records
+
+
+def split_incoming(datagram: bytes) -> list[Record]:
+    """The records OpenSSL 3.0 reads from a datagram of an established DTLS 1.2 session
+    (``dtls1_get_record`` after the first packet): our record layer must accept exactly
+    what OpenSSL would, so it frames a datagram as OpenSSL does, measured against it:
+
+    - a header of another version is discarded alone (13 bytes), and the datagram is read
+      on from the start of that record's body; an alert only needs the major version
+      (0xfe), and is then read as a record of ours (OpenSSL puts the session's version in
+      the additional data, not the header's, so a relabelled genuine alert is authentic);
+    - so is a header whose length exceeds ``_OPENSSL_MAX_LENGTH``;
+    - a header whose length runs past the end of the datagram, or a partial header, ends
+      it: the rest is dumped (RFC 6347 §4.1.2.7);
+    - a datagram longer than ``_OPENSSL_READ`` is read as several.
+    """
+    records = []
+    for start in range(0, len(datagram), _OPENSSL_READ):
+        chunk = datagram[start : start + _OPENSSL_READ]
+        offset = 0
+        while offset + RECORD_HEADER <= len(chunk):
+            kind, version, epoch, seq, length = _HEADER.unpack_from(chunk, offset)
+            if (version != DTLS_1_2 and (kind != ALERT or version[0] != DTLS_1_2[0])) \
+                    or length > _OPENSSL_MAX_LENGTH:
+                offset += RECORD_HEADER
+                continue
+            end = offset + RECORD_HEADER + length
+            if end > len(chunk):
+                break
+            records.append((
+                kind, epoch, int.from_bytes(seq, "big"),
+                chunk[offset : offset + RECORD_HEADER], chunk[offset + RECORD_HEADER : end],
+            ))
+            offset = end
     return records
 
 
@@ -204,7 +260,7 @@ class RecordProtection:
         # The replay window starts empty, as OpenSSL's does when the epoch changes
         # (DTLS1_BITMAP zeroed: highest 0, no bit set). Bit n stands for _highest_read - n.
         # The server keeps it from the first record of the epoch on, so that at the
-        # hand-over it holds exactly what OpenSSL authenticated (secure_session).
+        # hand-over it holds exactly what OpenSSL authenticated (dtls_handover).
         self._highest_read = 0
         self._window = 0
 
@@ -272,10 +328,10 @@ class RecordProtection:
 
     def open(self, datagram: bytes) -> Opened:
         """Application data and alerts of one datagram; everything else is dropped."""
-        return self.open_records(split_records(datagram))
+        return self.open_records(split_incoming(datagram))
 
-    def open_records(self, records: list[tuple[int, int, int, bytes, bytes]]) -> Opened:
-        """``open`` for records already split (``split_records``), in arrival order."""
+    def open_records(self, records: list[Record]) -> Opened:
+        """``open`` for records already split (``split_incoming``), in arrival order."""
         data: list[bytes] = []
         dropped = 0
         renegotiation = False
@@ -303,8 +359,8 @@ class RecordProtection:
             # other warning alerts change nothing
         return Opened(data, None, dropped, renegotiation)
 
-    def authentic(self, record: tuple[int, int, int, bytes, bytes]) -> bool:
-        """Whether a record (from ``split_records``) was protected with the peer's keys of
+    def authentic(self, record: Record) -> bool:
+        """Whether a record (from ``split_incoming``) was protected with the peer's keys of
         our epoch; the replay window is neither consulted nor changed."""
         kind, epoch, _, header, fragment = record
         return epoch == self.epoch and self._decrypt(kind, header[3:11], fragment) is not None
@@ -356,3 +412,17 @@ class RecordProtection:
             self._highest_read = seq
         else:
             self._window |= 1 << (self._highest_read - seq)
+
+
+def pack_records(records: list[bytes], datagram_size: int) -> list[bytes]:
+    """Pack whole DTLS records into as few datagrams as the datagram size allows."""
+    datagrams: list[bytes] = []
+    current = b""
+    for record in records:
+        if current and len(current) + len(record) > datagram_size:
+            datagrams.append(current)
+            current = b""
+        current += record
+    if current:
+        datagrams.append(current)
+    return datagrams

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from gateway.transport.openssl_connection import attach_memory_bios
 from gateway.transport.openssl_ffi import BIO_CTRL_PENDING, error_queue, ffi, ssl
-from gateway.transport.secure_session import attach_memory_bios
 from gateway.transport.tls_context import ServerContext
 
 

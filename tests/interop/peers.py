@@ -440,7 +440,7 @@ def make_sub_ca_client(pki: Path, out: Path) -> tuple[Path, Path]:
 
     The dev CA itself is refused by OpenSSL already (its key usage is keyCertSign/cRLSign
     only), so only this certificate reaches the transport's own end-entity check
-    (``secure_session.leaf_problem``), the case the prototype got wrong.
+    (``tls_context.leaf_problem``), the case the prototype got wrong.
     """
     usage = x509.KeyUsage(digital_signature=True, content_commitment=False,
                           key_encipherment=False, data_encipherment=False,

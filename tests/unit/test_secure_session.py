@@ -17,13 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certs.devpki import init_dev_pki
+from gateway.transport.dtls_records import pack_records
 from gateway.transport.openssl_ffi import OpenSSLError
-from gateway.transport.secure_session import (
-    SecureSession,
-    State,
-    leaf_problem,
-    pack_records,
-)
+from gateway.transport.secure_session import SecureSession, State
 from gateway.transport.tls_context import (
     ClientContext,
     ClientCredentials,
@@ -33,6 +29,7 @@ from gateway.transport.tls_context import (
     ServerCredentials,
     TicketKey,
     TicketKeyRing,
+    leaf_problem,
     write_secret_file,
 )
 from tests.support.secure_pair import handshake
