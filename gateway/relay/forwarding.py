@@ -83,6 +83,8 @@ class RelaySettings:
     #: How this gateway names itself in 5.08 loop reports.
     identity: str = "dots-gateway"
     request_timeout: float = 10.0
+    #: Seconds before an upstream list that could not be read is asked for again (doubling).
+    recheck_after: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,10 @@ class GatewayRelay(SharedObservations, Reinstallation):
         self.reinstalled = 0
         #: Requests answered 5.03 because the relay table could not be saved.
         self.unsaved_requests = 0
+        #: Upstream answers that said nothing of what the server has (see ``reinstall``).
+        self.unreadable = 0
+        #: cuid -> attempts so far of asking an unreadable list again.
+        self._rechecks: dict[str, int] = {}
         #: (cuid, mid) of PUTs waiting for their upstream answer: a reconciliation must
         #: neither re-send nor forget them.
         self._in_flight: set[tuple[str, int]] = set()

@@ -7,6 +7,11 @@ the relay table (``gateway.dots.relay.RelayTable``) when the upstream side chang
   GETs each client's mitigations there, re-PUTs the missing ones with the same cuid and mid
   and what is left of their lifetime, sends withdrawals the old server never got, and
   registers the shared observations again;
+* an answer to that GET it cannot read (a body that does not decode, a 5.xx, anything but
+  a list or 4.04) means "unknown", never "none": every record is kept, the confirmed ones
+  are PUT again once (a refresh where the server has them, RFC 9132 §4.4.1.3), and the GET
+  is retried later (``recheck_after``, doubling, ``RECHECK_ATTEMPTS`` times) until an
+  answer says what the server has; each such answer is counted (``unreadable``);
 * on downstream signal loss (RFC 9132 §4.4.1, §4.7) it activates the client's
   preconfigured (``trigger-mitigation=false``) requests upstream itself (DELETE, then the
   same request with ``trigger-mitigation=true``), see ``gateway.relay.forwarding``.
@@ -22,8 +27,11 @@ import asyncio
 import logging
 
 from gateway.client.connect import NetworkError
-from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Method
+from gateway.client.messages import Reply
+from gateway.client.session import ClientSession
+from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, Method
 from gateway.dots.message import DotsRequest
+from gateway.dots.model import MitigationScope
 from gateway.dots.relay import RelayedMitigation
 from gateway.dots.uri import Resource, build_path
 
@@ -31,6 +39,11 @@ log = logging.getLogger("gateway.relay.forwarding")  # one logger for the relay'
 
 #: Concurrent requests one reconciliation sends upstream (bounded fan-out).
 RECONCILE_PARALLELISM = 16
+#: Times an unreadable list is asked for again on the same session before giving up (the
+#: records stay; the next upstream session checks again).
+RECHECK_ATTEMPTS = 8
+#: The longest wait between two of those attempts, seconds.
+RECHECK_MAX_DELAY = 300.0
 
 
 class Reinstallation:
@@ -87,7 +100,9 @@ class Reinstallation:
                     self._drop_observation(obs, cancel=False)
         self._save()
 
-    async def _reconcile_client(self, cuid: str) -> None:
+    async def _reconcile_client(self, cuid: str, *, recheck: bool = False) -> None:
+        """Make the upstream server's view of ``cuid`` match the table. ``recheck``: a
+        retry after an unreadable list (the records were PUT again already)."""
         upstream = self.upstream
         if upstream is None:
             return
@@ -100,8 +115,19 @@ class Reinstallation:
         if not live:
             return
         present = await self._present(cuid, live[0].cdid)
-        reinstalled = False
         now = self.wall_clock()
+        if present is None:
+            # Unknown, not "none": keep every record. Each confirmed one goes up again (a
+            # refresh if the server has it, the request again if it lost it), once per
+            # session; what the server really has is asked again later.
+            if not recheck:
+                for record in live:
+                    if record.confirmed and record.key not in self._in_flight:
+                        await self._reinstall(record, now)
+            self._recheck_later(cuid)
+            self._save()
+            return
+        reinstalled = False
         for record in live:
             if record.key in self._in_flight:
                 continue  # its own answer will say
@@ -118,23 +144,77 @@ class Reinstallation:
             # Requests with higher mids replace overlapping lower ones upstream (§4.4.1):
             # forget what the server itself removed.
             present = await self._present(cuid, live[0].cdid)
-            for record in self.table.of_cuid(cuid):
-                if record.confirmed and record.mid not in present \
-                        and record.key not in self._in_flight:
-                    log.info("cuid=%s mid=%d was superseded upstream", cuid, record.mid)
-                    self.table.remove(cuid, record.mid)
+            if present is None:
+                self._recheck_later(cuid)  # unknown: keep them all, look again later
+            else:
+                for record in self.table.of_cuid(cuid):
+                    if record.confirmed and record.mid not in present \
+                            and record.key not in self._in_flight:
+                        log.info("cuid=%s mid=%d was superseded upstream", cuid, record.mid)
+                        self.table.remove(cuid, record.mid)
         self._save()
 
-    async def _present(self, cuid: str, cdid: str | None) -> dict[int, int | None]:
-        """mid -> remaining lifetime of the client's requests the upstream server has."""
+    async def _present(self, cuid: str, cdid: str | None) -> dict[int, int | None] | None:
+        """mid -> remaining lifetime of the client's requests the upstream server has; {}
+        when it says it has none (4.04, or an empty list); None when its answer does not
+        say (logged and counted)."""
         upstream = self.upstream
         assert upstream is not None
         path = build_path(Resource.MITIGATE, cdid=cdid, cuid=cuid)
         reply = await upstream.forward(DotsRequest(Method.GET, path), mid=None,
                                        timeout=self.settings.request_timeout)
-        if not reply.ok:
-            return {}
-        return {s.mid: s.lifetime for s in reply.scopes if s.mid is not None}
+        if reply.code is Code.NOT_FOUND:
+            return {}  # RFC 9132 §4.4.2: 4.04 when the client has no request there
+        if reply.ok and isinstance(reply.message, MitigationScope):
+            return {s.mid: s.lifetime for s in reply.scopes if s.mid is not None}
+        self._unreadable(reply, f"the list of cuid={cuid}")
+        return None
+
+    def _unreadable(self, reply: Reply, what: str) -> None:
+        self.unreadable += 1
+        why = reply.diagnostic or ("no mitigation list in the body" if reply.ok
+                                   else "no diagnostic")
+        log.warning("upstream %s answered %s for %s, which says nothing of what it has "
+                    "(%s): the gateway keeps its records and asks again later",
+                    reply.endpoint.uri, reply.dotted, what, why)
+
+    def _recheck_later(self, cuid: str) -> None:
+        """Ask for ``cuid``'s list again on this session, later (see the module docstring)."""
+        upstream = self.upstream
+        if upstream is None or cuid in self._rechecks:
+            return
+        self._rechecks[cuid] = 0
+        self._spawn(self._recheck(cuid, upstream.session))
+
+    async def _recheck(self, cuid: str, session: ClientSession | None) -> None:
+        try:
+            for attempt in range(RECHECK_ATTEMPTS):
+                self._rechecks[cuid] = attempt + 1
+                await asyncio.sleep(min(RECHECK_MAX_DELAY,
+                                        self.settings.recheck_after * 2 ** attempt))
+                upstream = self.upstream
+                if upstream is None or upstream.session is not session or session is None \
+                        or session.closed:
+                    return  # a new session reconciles everything anyway
+                before = self.unreadable
+                try:
+                    await self._reconcile_client(cuid, recheck=True)
+                except NetworkError as exc:
+                    log.warning("checking cuid=%s on %s again failed: %s", cuid,
+                                upstream.name, exc)
+                    continue
+                if self.unreadable == before:
+                    return  # settled
+            log.error("upstream never said which requests of cuid=%s it has (%d attempts); "
+                      "keeping the gateway's records until the next upstream session", cuid,
+                      RECHECK_ATTEMPTS)
+        finally:
+            self._rechecks.pop(cuid, None)
+
+    @property
+    def rechecks_pending(self) -> int:
+        """Clients whose upstream list is to be asked for again."""
+        return len(self._rechecks)
 
     async def _reinstall(self, record: RelayedMitigation, now: float) -> None:
         upstream = self.upstream
@@ -150,6 +230,11 @@ class Reinstallation:
             self.reinstalled += 1
             log.info("re-installed cuid=%s mid=%d on %s", record.cuid, record.mid,
                      reply.endpoint.uri)
+        elif reply.raw_code >> 5 == 5:
+            # Not a refusal: the server could not say now. Keep it; the list is asked for
+            # again later and settles it.
+            self._unreadable(reply, f"re-installing cuid={record.cuid} mid={record.mid}")
+            self._recheck_later(record.cuid)
         else:
             log.warning("upstream %s refused to re-install cuid=%s mid=%d: %s %s",
                         reply.endpoint.uri, record.cuid, record.mid, reply.dotted,

@@ -238,6 +238,11 @@ class GatewayRole(ServerRole):
         metrics.counter("dots_gateway_relay_reinstalled_total",
                         "Mitigation requests re-installed on an upstream server (failover, "
                         "restart).").add_source(lambda: {(): float(relay.reinstalled)})
+        metrics.counter("dots_gateway_relay_unreadable_answers_total",
+                        "Upstream answers to the relay's own checks (a client's list, a "
+                        "re-installation) that did not say what the server has: an "
+                        "undecodable body, a 5.xx. The records were kept and the check "
+                        "retried.").add_source(lambda: {(): float(relay.unreadable)})
         metrics.gauge("dots_gateway_relayed_mitigations",
                       "Client mitigation requests the gateway answers for, by state "
                       "(installed, pending, withdrawing).", ("state",)

@@ -1,0 +1,143 @@
+"""The gateway against upstream servers that misbehave the way real ones did (issue 19 §1):
+a mitigation list it cannot read, an Observe registration declined, a restart that leaves
+the gateway's session dead without a word, and a cdid from a client that may not send one.
+
+The misbehaving upstream is our own server, in this process, with a hook on what it
+answers; the restarted one is a ``dots-gateway server`` process killed without a
+close_notify and started again on the same port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certs.devpki import init_dev_pki
+from gateway.client.role import make_scope
+from gateway.config import load_config
+from gateway.daemon import RunningServer, start_server
+from gateway.dots.codes import Code, Method
+from gateway.dots.message import DotsRequest, DotsResponse
+from gateway.dots.uri import Resource, build_path
+from tests.integration.test_client_role import free_port, wait_until
+from tests.integration.test_gateway import (
+    LIMITS,
+    Pkis,
+    Upstream,
+    client_of,
+    gateway,
+    gateway_config,
+    relay_of,
+    upstream_config,
+)
+from tests.support.daemon import serving
+
+
+@pytest.fixture(scope="module")
+def pkis(tmp_path_factory: pytest.TempPathFactory) -> Pkis:
+    down, up = tmp_path_factory.mktemp("pki-down"), tmp_path_factory.mktemp("pki-up")
+    init_dev_pki(down)
+    init_dev_pki(up)
+    return Pkis(down, up)
+
+
+# --- an upstream server in this process, with a hook on its answers -------------------------
+
+#: (request, the answer the server would give) -> the answer it gives.
+Mangle = Callable[[DotsRequest, DotsResponse | None], DotsResponse | None]
+
+
+@contextlib.asynccontextmanager
+async def hooked_upstream(directory: Path, pkis: Pkis) -> AsyncIterator[
+        tuple[RunningServer, int, list[Mangle]]]:
+    """Our DOTS server, terminal mode; every answer goes through the hooks in the list."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    running = await start_server(load_config(upstream_config(directory, pkis, port)))
+    hooks: list[Mangle] = []
+    core = running.role.core
+    original = core.receive_request
+
+    def receive_request(session: Any, request: DotsRequest, now: float) -> DotsResponse | None:
+        response = original(session, request, now)
+        for hook in hooks:
+            response = hook(request, response)
+        return response
+
+    core.receive_request = receive_request  # type: ignore[method-assign]
+    try:
+        yield running, port, hooks
+    finally:
+        await running.stop()
+
+
+def is_mitigation_list(request: DotsRequest) -> bool:
+    """A GET of a client's mitigations (no mid): what the gateway reconciles with."""
+    return (request.method is Method.GET and request.path[2:3] == ("mitigate",)
+            and not any(p.startswith("mid=") for p in request.path))
+
+
+def status_of(running: RunningServer) -> dict[str, Any]:
+    return {name: section() for name, section in running.control.status_sections.items()}
+
+
+# --- an unreadable answer is 'unknown', not 'none' ------------------------------------------
+
+
+async def test_unreadable_mitigation_list_keeps_the_records(pkis: Pkis, tmp_path: Path
+                                                            ) -> None:
+    async with hooked_upstream(tmp_path / "up", pkis) as (up, up_port, hooks):
+        port = free_port()
+        config = gateway_config(tmp_path, pkis, port, [f"127.0.0.1:{up_port}"])
+        async with gateway(config) as gw, client_of(pkis, port, tmp_path / "client") as client:
+            relay = relay_of(gw)
+            created = await client.mitigate(make_scope(target_prefix=["192.0.2.0/28"],
+                                                       lifetime=3600))
+            assert created.code is Code.CREATED, created
+
+            # From now on the upstream's lists are 2.05 with a body nobody can decode (as
+            # go-dots' were for us); everything else it answers normally.
+            listed: list[DotsRequest] = []
+
+            def garbled(request: DotsRequest, response: DotsResponse | None
+                        ) -> DotsResponse | None:
+                if is_mitigation_list(request) and response is not None \
+                        and response.code is Code.CONTENT:
+                    listed.append(request)
+                    return replace(response, payload=b"\xbf\x01\xff\xff")
+                return response
+
+            hooks.append(garbled)
+            # A new upstream session (as after an upstream restart): reconciliation reads
+            # the list, cannot, and must keep what the gateway answers for.
+            before = relay.reconciliations
+            upstream = relay.upstream
+            assert upstream.session is not None
+            upstream.session.close("test: a new session")
+            await wait_until(lambda: relay.reconciliations > before and listed, 30,
+                             "a reconciliation on the new session")
+            await wait_until(lambda: relay._reconcile_task is None, 30,
+                             "the reconciliation done")
+            record = relay.table.get(client.cuid, created.mid)
+            assert record is not None and record.confirmed, "record dropped on an unreadable list"
+            assert (client.cuid, created.mid) in up.role.core.store._records
+            assert relay.unreadable >= 1
+            text = gw.metrics.render()
+            assert "dots_gateway_relay_unreadable_answers_total" in text
+
+            # The check is retried: once the list is readable again, it settles.
+            hooks.remove(garbled)
+            seen = len(listed)
+            await wait_until(lambda: relay.rechecks_pending == 0, 60,
+                             "the retried check settled")
+            assert len(listed) == seen  # not garbled any more, and not sent garbled again
+            record = relay.table.get(client.cuid, created.mid)
+            assert record is not None and record.confirmed
