@@ -53,9 +53,14 @@ class SharedObservations:
     # --- observations ------------------------------------------------------------------------
 
     async def subscribe(self, prepared: Prepared, subscriber: tuple[int, bytes]
-                        ) -> DotsResponse:
+                        ) -> tuple[DotsResponse, bool]:
         """A downstream Observe registration: joins the upstream observation of the same
-        thing, creating it if needed. Returns the answer to the registration."""
+        thing, creating it if needed. Returns the answer to the registration and whether
+        the observer was kept: only then may the answer carry Observe downstream. An
+        upstream answer without Observe (RFC 7641 §4.1: the server declined; go-dots' first
+        answer never has one) or that is not a 2.xx ends it: the observer gets the answer
+        as a plain response and may poll or register again (re-registering ourselves with
+        a server that declines would only repeat the refusal)."""
         request = replace(prepared.request, observe=0, hop_limit=None)
         key: ObservationKey = (cdid_of(request.path), prepared.cuid, prepared.path.mid,
                                request.query)
@@ -63,18 +68,27 @@ class SharedObservations:
         if obs is not None and obs.last is not None and obs.session is not None \
                 and not obs.session.closed:
             obs.subscribers.add(subscriber)
-            return obs.last
+            return obs.last, True
         if obs is None:
             obs = UpstreamObservation(key, request, prepared.path.mid)
             self.observations[key] = obs
         obs.subscribers.add(subscriber)
         reply = await self._register(obs)
         response = self._answer(reply)
-        if reply is None or not reply.ok or reply.observe is None:
+        kept = reply is not None and reply.ok and reply.observe is not None \
+            and self.observations.get(key) is obs and subscriber in obs.subscribers
+        if not kept:
+            if reply is not None and reply.ok and reply.observe is None:
+                log.info("upstream %s declined to observe cuid=%s (no Observe in its "
+                         "answer): answering the observer without Observe",
+                         reply.endpoint.uri, prepared.cuid)
             obs.subscribers.discard(subscriber)
             if not obs.subscribers:
-                self._drop_observation(obs)
-        return response
+                # Nothing to cancel upstream when it declined (RFC 7641 §3.2: no Observe,
+                # no observation there); cancelling costs nothing otherwise.
+                self._drop_observation(obs, cancel=reply is not None
+                                       and reply.observe is not None)
+        return response, kept
 
     async def _register(self, obs: UpstreamObservation) -> Reply | None:
         upstream = self.upstream

@@ -115,8 +115,8 @@ class GatewayRole(ServerRole):
         try:
             if (prepared.request.method is Method.GET and msg.observe == 0
                     and self._observation_allowed(session, msg.token)):
-                response = await self.relay.subscribe(prepared, subscriber)
-                if response.code.is_success and not session.closed:
+                response, kept = await self.relay.subscribe(prepared, subscriber)
+                if kept and not session.closed:
                     content = parse_query(prepared.request.query)
                     session.observations[msg.token] = Observation(
                         msg.token, prepared.cuid, path.mid, content, last_sent=self.clock())

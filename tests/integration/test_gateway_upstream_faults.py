@@ -141,3 +141,29 @@ async def test_unreadable_mitigation_list_keeps_the_records(pkis: Pkis, tmp_path
             assert len(listed) == seen  # not garbled any more, and not sent garbled again
             record = relay.table.get(client.cuid, created.mid)
             assert record is not None and record.confirmed
+
+
+# --- Observe declined upstream is not claimed downstream ------------------------------------
+
+
+async def test_observe_declined_upstream_is_not_claimed_downstream(pkis: Pkis, tmp_path: Path
+                                                                   ) -> None:
+    async with hooked_upstream(tmp_path / "up", pkis) as (up, up_port, _hooks):
+        # The upstream answers the registration but keeps no observation (RFC 7641 §4.1:
+        # a server may decline; go-dots' first answer never carries Observe).
+        up.role._observe = lambda *_args: None  # type: ignore[method-assign]
+        port = free_port()
+        config = gateway_config(tmp_path, pkis, port, [f"127.0.0.1:{up_port}"])
+        async with gateway(config) as gw, client_of(pkis, port, tmp_path / "client") as client:
+            created = await client.mitigate(make_scope(target_prefix=["198.51.100.0/28"],
+                                                       lifetime=600))
+            assert created.code is Code.CREATED
+            observation = await client.observe(created.mid)
+            first = observation.first
+            assert first is not None and first.code is Code.CONTENT
+            assert first.observe is None, "Observe claimed downstream, declined upstream"
+            assert observation.ended
+            relay = relay_of(gw)
+            assert not relay.observations
+            role = gw.role
+            assert all(not s.observations for s in role.sessions.values())
