@@ -59,6 +59,11 @@ class GatewayRole(ServerRole):
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Long-running jobs started with the role (the discovery engine).
         self.background: list[Callable[[], Awaitable[None]]] = []
+        #: Requests whose cdid was ignored: sent by a client that is not a trusted gateway
+        #: (RFC 9132 §4.4.1.2: clients MUST NOT send one; the first gateway strips it).
+        self.cdid_ignored = 0
+        #: Downstream sessions already logged for that (once per session).
+        self._cdid_logged: set[int] = set()
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -99,6 +104,8 @@ class GatewayRole(ServerRole):
             raise _BadOption(exc.reason) from None
         requester = session.dots.requester
         assert path.cuid is not None
+        if path.cdid is not None and not requester.trusted_gateway:
+            self._cdid_from_client(session, path)
         authorizer = self.core.authorizer
         rule = authorizer.check_cuid(requester, path.cuid) if authorizer is not None else None
         prepared = self.relay.prepare(requester, path, request)
@@ -107,6 +114,17 @@ class GatewayRole(ServerRole):
         if request.method is Method.GET:
             parse_query(request.query)  # 4.00 for a bad filter, before anything leaves
         return prepared
+
+    def _cdid_from_client(self, session: SignalSession, path: DotsPath) -> None:
+        """A cdid from a client that is not a configured gateway: not passed on (the
+        gateway's own, or none, replaces it), counted, logged once per session."""
+        self.cdid_ignored += 1
+        if session.dots.id in self._cdid_logged:
+            return
+        self._cdid_logged.add(session.dots.id)
+        log.warning("cdid=%s from %s (cuid=%s) ignored: only a gateway listed in "
+                    "trusted_gateways may send one (RFC 9132 §4.4.1.2); not logged again for "
+                    "this session", path.cdid, session.conn.remote, path.cuid)
 
     async def _relay(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
                      path: DotsPath, prepared: Prepared) -> None:
@@ -238,6 +256,10 @@ class GatewayRole(ServerRole):
         metrics.counter("dots_gateway_relay_reinstalled_total",
                         "Mitigation requests re-installed on an upstream server (failover, "
                         "restart).").add_source(lambda: {(): float(relay.reinstalled)})
+        metrics.counter("dots_gateway_relay_cdid_ignored_total",
+                        "Relayed requests carrying a cdid from a client that is not a "
+                        "trusted gateway: the cdid was not passed on."
+                        ).add_source(lambda: {(): float(self.cdid_ignored)})
         metrics.counter("dots_gateway_relay_unreadable_answers_total",
                         "Upstream answers to the relay's own checks (a client's list, a "
                         "re-installation) that did not say what the server has: an "
@@ -303,6 +325,7 @@ class GatewayRole(ServerRole):
     # --- sessions and timers -----------------------------------------------------------------
 
     def forget(self, session: SignalSession, reason: str) -> None:
+        self._cdid_logged.discard(session.dots.id)
         for token in list(session.observations):
             self._unsubscribe(session, token)
         super().forget(session, reason)

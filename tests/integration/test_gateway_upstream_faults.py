@@ -167,3 +167,25 @@ async def test_observe_declined_upstream_is_not_claimed_downstream(pkis: Pkis, t
             assert not relay.observations
             role = gw.role
             assert all(not s.observations for s in role.sessions.values())
+
+
+# --- a cdid from a client that may not send one ---------------------------------------------
+
+
+async def test_cdid_from_an_untrusted_client_is_logged_once_and_counted(
+        pkis: Pkis, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with hooked_upstream(tmp_path / "up", pkis) as (_up, up_port, _hooks):
+        port = free_port()
+        config = gateway_config(tmp_path, pkis, port, [f"127.0.0.1:{up_port}"])
+        async with gateway(config) as gw, client_of(pkis, port, tmp_path / "client") as client:
+            caplog.set_level(logging.INFO, logger="gateway.relay")
+            for mid in (1, 2):
+                path = build_path(Resource.MITIGATE, cdid="forged-cdid", cuid=client.cuid,
+                                  mid=mid)
+                reply = await client._send(DotsRequest(Method.GET, path), confirmable=False,
+                                           mid=mid)
+                assert reply.code is Code.NOT_FOUND, reply
+            lines = [r for r in caplog.records if "forged-cdid" in r.getMessage()]
+            assert len(lines) == 1, [r.getMessage() for r in lines]
+            text = gw.metrics.render()
+            assert "dots_gateway_relay_cdid_ignored_total 2\n" in text
