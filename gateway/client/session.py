@@ -137,9 +137,11 @@ class ClientSession:
             # RFC 8323 §5.5: tell the server we are done, then close.
             self.layer.release(self.clock())
             self._flush()
+        # Ours first: closing the connection reports "closed locally" back through
+        # connection_lost, which must not replace the reason.
+        self._shut(reason)
         if self.connection is not None:
             self.connection.close()
-        self._shut(reason)
 
     # --- internals ---------------------------------------------------------------------------
 
