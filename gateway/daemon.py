@@ -357,8 +357,14 @@ def _upstreams_section(server: RunningServer) -> dict[str, object]:
         return {"count": 0, "list": []}
     rows = [{"host": s.host, "port": s.port,
              "transports": [t.value for t in s.transports]} for s in upstream.servers]
+    age = (None if upstream.last_error_at is None
+           else round(upstream.clock() - upstream.last_error_at, 1))
+    next_in = upstream.next_attempt_in
     return {"count": len(rows), "in_use": upstream.name, "connected": upstream.connected,
-            "failovers": upstream.failovers, "list": rows}
+            "failovers": upstream.failovers, "last_error": upstream.last_error,
+            "last_error_age": age,
+            "next_attempt_in": None if next_in is None else round(next_in, 1),
+            "list": rows}
 
 
 class Operations:

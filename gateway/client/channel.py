@@ -91,6 +91,8 @@ class ClientStats:
     server_heartbeats: int = 0
     retransmissions: int = 0
     config_refreshes: int = 0
+    #: Configuration refreshes that got no answer (CON retransmissions exhausted, Reset).
+    config_refresh_failures: int = 0
     signal_losses: int = 0
     notifications: int = 0
     #: 5.03 + redirected-signal received (RFC 9132 §4.6), followed or not.
@@ -161,6 +163,10 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
         self._pinned = 0  # requests resent after a redirect and not answered yet
         self._returning = False
         self.session: ClientSession | None = None
+        #: Why the latest session ended or the latest establishment failed, and when
+        #: (``clock``); for operators (``status``), kept after a new session is up.
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
         self._contexts: dict[Transport, ClientContext] = {}
         for transport in dict.fromkeys(t for spec in self.servers for t in spec.transports):
             self._context(transport)  # bad key or CA files fail here, not in a handshake
@@ -264,6 +270,7 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
             self._timer = None
         if self._closing:
             return
+        self._note_error(f"session to {session.endpoint} lost: {reason}")
         log.warning("signal channel to %s lost: %s", session.endpoint, reason)
         if not self.reconnect:
             self._session_gone()
@@ -288,7 +295,26 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
         assert self.session is not None
         return self.session
 
+    def _note_error(self, error: str) -> None:
+        self.last_error, self.last_error_at = error, self.clock()
+
+    @property
+    def next_attempt_in(self) -> float | None:
+        """Seconds until the next establishment attempt may run, while there is no session
+        and the back-off holds one back (RFC 9132 §4.7); None otherwise."""
+        at = self.backoff.next_attempt_at
+        if self.connected or at is None:
+            return None
+        return max(0.0, at - self.clock())
+
     async def _establish(self, *, resume: bool) -> None:
+        try:
+            await self._establish_once(resume=resume)
+        except NetworkError as exc:
+            self._note_error(f"no session: {exc}")
+            raise
+
+    async def _establish_once(self, *, resume: bool) -> None:
         if self.alternate is not None and self.follower.should_return(
                 self.clock(), under_attack=self.under_attack):
             self._end_redirect(returning=True)  # §4.6: the TTL expired meanwhile

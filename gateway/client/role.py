@@ -438,6 +438,8 @@ class DotsClient(SignalChannel):
         self._spawn(self._refresh_config())
 
     async def _refresh_config(self) -> None:
+        session = self.session
+        sent_at = self.clock()
         try:
             sid = self.sid
             if sid is None:
@@ -448,6 +450,20 @@ class DotsClient(SignalChannel):
                 log.info("the server forgot sid %d: negotiating again", sid)
                 await self.negotiate_config()
         except NetworkError as exc:
+            self.stats.config_refresh_failures += 1
+            if (session is not None and session is self.session and not session.closed
+                    and not self.core.under_attack
+                    and self.core.heartbeat.last_traffic_at < sent_at):
+                # The CON went unanswered through all its retransmissions, or came back
+                # as a Reset (RFC 7252 §4.2, §4.3: the server has no state for it), and
+                # nothing else came from the server meanwhile: a server that restarted
+                # lost our (D)TLS session and drops our records. Waiting for
+                # missing-hb-allowed heartbeats (§4.7) would take minutes; outside an
+                # attack (§4.7: never declare loss then) re-establish now.
+                log.warning("session configuration refresh failed and the server has been "
+                            "silent since it was sent (%s): session lost", exc)
+                self._lose(f"configuration refresh unanswered: {exc}")
+                return
             log.warning("session configuration refresh failed: %s", exc)
             self.core.config.refresh_at = self.clock() + 60  # later, not in a tight loop
         finally:

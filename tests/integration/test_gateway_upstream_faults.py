@@ -169,6 +169,69 @@ async def test_observe_declined_upstream_is_not_claimed_downstream(pkis: Pkis, t
             assert all(not s.observations for s in role.sessions.values())
 
 
+# --- a dead upstream is noticed without waiting for missing-hb-allowed heartbeats ------------
+
+
+def slow_heartbeats(config: Path) -> None:
+    """The gateway's heartbeats as a real deployment's: 15 x 60 s before they say anything."""
+    text = config.read_text()
+    config.write_text(text.replace("heartbeat_interval = 1\nmissing_hb_allowed = 2\n",
+                                   "heartbeat_interval = 60\nmissing_hb_allowed = 15\n"))
+
+
+def upstream_with_quick_refresh(directory: Path, pkis: Pkis, port: int) -> Path:
+    """A config that makes the gateway refresh its session configuration every couple of
+    seconds, with CON retransmission short enough for a test (1 s, 2 retransmissions)."""
+    config = upstream_config(directory, pkis, port)
+    quick = ("heartbeat_interval = { min = 15, max = 240, default = 60 }\n"
+             "missing_hb_allowed = { min = 1, max = 20, default = 15 }\n"
+             "max_retransmit = { min = 2, max = 2, default = 2 }\n"
+             "ack_timeout = { min = 1.0, max = 1.0, default = 1.0 }\n")
+    session = f"[session]\nmax_age = 600\n[session.idle]\n{LIMITS}[session.mitigating]\n{LIMITS}"
+    text = config.read_text()
+    assert session in text
+    config.write_text(text.replace(session, f"[session]\nmax_age = 3\n[session.idle]\n{quick}"
+                                            f"[session.mitigating]\n{quick}"))
+    return config
+
+
+async def test_restarted_upstream_is_noticed_by_the_config_refresh(pkis: Pkis, tmp_path: Path
+                                                                   ) -> None:
+    directory = tmp_path / "up"
+    directory.mkdir()
+    up_port = free_port()
+    config = upstream_with_quick_refresh(directory, pkis, up_port)
+    with serving("server", config, directory / "server.log") as proc:
+        up = Upstream(proc, up_port, directory)
+        port = free_port()
+        gw_config = gateway_config(tmp_path, pkis, port, [up.spec])
+        slow_heartbeats(gw_config)
+        async with gateway(gw_config) as gw:
+            relay = relay_of(gw)
+            upstream = relay.upstream
+            await wait_until(lambda: upstream.connected and upstream.sid is not None, 20,
+                             "upstream session configured")
+            assert upstream.core.heartbeat.missing_hb_allowed == 15
+            await wait_until(lambda: upstream.stats.config_refreshes >= 1, 20,
+                             "a first configuration refresh")
+            sessions = upstream.stats.sessions
+
+            # The upstream restarts without a close_notify: our DTLS session is gone there
+            # and its records are dropped; only silence comes back.
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            with serving("server", config, directory / "server.log"):
+                # Heartbeats would take 15 x 60 s; the unanswered CON refresh says it within
+                # a refresh period and the CoAP retransmissions (~3 + 7 s here).
+                await wait_until(lambda: upstream.stats.sessions > sessions, 60,
+                                 "a new upstream session after the restart")
+                status = status_of(gw)["upstreams"]
+                assert status["connected"] is True
+                assert "configuration refresh" in (status["last_error"] or "")
+                assert status["last_error_age"] is not None
+                assert "next_attempt_in" in status
+
+
 # --- a cdid from a client that may not send one ---------------------------------------------
 
 
