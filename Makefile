@@ -1,48 +1,70 @@
 # The two commands: `make run` (the gateway on embedded defaults) and `make test`.
 # Both build their own virtual environment, so they work on a fresh Debian machine as root.
+# `make run` installs only what the daemon needs, quietly; `make test` adds the test extras
+# and the Debian packages of the interop and lab tests. Each install has its own stamp.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
-# Debian packages: libssl3 (our OpenSSL binding), libcoap3-bin (interop peer), dnsmasq-base
-# (discovery lab), autoconf/automake (to build DTLSSocket, aiocoap's DTLS for interop tests).
-DEB_PACKAGES := libssl3 libcoap3-bin dnsmasq-base autoconf automake bird2
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+PIP := $(BIN)/pip --quiet --disable-pip-version-check --root-user-action=ignore
+# Debian packages. The daemon: libssl3 (our OpenSSL binding). The tests: libcoap3-bin
+# (interop peer), dnsmasq-base (discovery lab), bird2 (anycast lab), autoconf/automake (to
+# build DTLSSocket, aiocoap's DTLS for the interop tests).
+RUN_DEBS := libssl3
+TEST_DEBS := libcoap3-bin dnsmasq-base autoconf automake bird2
 
-.PHONY: run test deps venv lint bench clean
+.PHONY: run test run-deps test-deps venv lint bench clean
 
-$(STAMP): pyproject.toml | deps
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+# Installs the Debian packages named in $(1) that are missing: one line, and apt's own
+# output only when it fails.
+define install_debs
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; log=$$(mktemp); \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; } \
+			>$$log 2>&1 || { cat $$log; rm -f $$log; exit 1; }; rm -f $$log; \
+	fi
+endef
 
-venv: $(STAMP)
+run-deps:
+	$(call install_debs,$(RUN_DEBS))
 
-deps:
-ifneq ($(strip $(DEB_PACKAGES)),)
-	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
-endif
+test-deps:
+	$(call install_debs,$(TEST_DEBS))
 
-run: $(STAMP)
-	$(BIN)/dots-gateway run --state-dir state
+$(RUN_STAMP): pyproject.toml | run-deps
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(PIP) install -e .
+	@touch $@
 
-test: $(STAMP)
+$(TEST_STAMP): $(RUN_STAMP) | test-deps
+	$(PIP) install --upgrade pip
+	$(PIP) install -e '.[test]'
+	touch $@
+
+venv: $(TEST_STAMP)
+
+# The daemon's state (dev PKI, database, control socket) goes to ./state, the default of
+# every command.
+run: $(RUN_STAMP)
+	@exec $(BIN)/dots-gateway run
+
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest --cov=gateway/dots --cov=certs --cov=gateway.config \
 		--cov-report=term-missing:skip-covered --cov-fail-under=90
 
 # Numbers, not pass/fail: results go to tests/bench/RESULTS.md with the machine and date.
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python tests/bench/bench_transport.py
 	$(BIN)/python tests/bench/bench_handshake_flood.py
 	$(BIN)/python tests/bench/bench_dots.py
-	$(BIN)/python tests/bench/bench_limits.py
 	$(BIN)/python tests/bench/bench_anycast.py
 	$(BIN)/python tests/bench/bench_coap.py
 	$(BIN)/python tests/bench/bench_gateway.py
 
-lint: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev]'
+lint: $(TEST_STAMP)
+	$(PIP) install -e '.[dev]'
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
