@@ -456,8 +456,8 @@ async def _serve(settings: Settings, ready: Any, ops: Operations,
 
 
 def _announce(server: RunningServer, ready: Any) -> None:
-    for address in server.addresses:
-        log.info("serving %s", address)
+    # One line each on the log and on stdout (where supervisors, tests and `make run` look).
+    log.info("serving %s", " ".join(server.addresses))
     print("dots-gateway serving " + " ".join(server.addresses), flush=True)
     if ready is not None:
         ready(server)

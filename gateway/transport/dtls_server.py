@@ -81,7 +81,7 @@ class DtlsServer(DtlsSessions):
                 sock = open_udp_socket(host, port, freebind=freebind)
                 self._sockets.append(sock)
                 self._loop.add_reader(sock.fileno(), self._readable, sock)
-                log.info("dtls listening on %s", Address(host, sock.getsockname()[1]))
+                log.debug("dtls listening on %s", Address(host, sock.getsockname()[1]))
         except BaseException:
             await self.stop()
             raise

@@ -221,7 +221,7 @@ class TlsServer(EndpointBase):
                 sock = open_tcp_listener(host, port, freebind=freebind)
                 server = await loop.create_server(lambda: TlsConnection(self), sock=sock)
                 self._servers.append(server)
-                log.info("tls listening on %s", Address(host, sock.getsockname()[1]))
+                log.debug("tls listening on %s", Address(host, sock.getsockname()[1]))
         except BaseException:
             await self.stop()
             raise
