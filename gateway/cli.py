@@ -20,11 +20,21 @@ from typing import Any
 
 from certs.devpki import DevPkiError, init_dev_pki
 from gateway import __version__
-from gateway.config import ConfigError, Mode, Settings, check_config, default_settings, load_config
+from gateway.config import (
+    DEFAULT_STATE_DIR,
+    ConfigError,
+    Mode,
+    Settings,
+    check_config,
+    default_settings,
+    load_config,
+)
 from gateway.core_settings import build_server_core
 from gateway.discovery import cli as discovery_cli
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+STATE_DIR_HELP = (f"state directory: dev PKI, database, control socket (wins over "
+                  f"general.state_dir; default ./{DEFAULT_STATE_DIR})")
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -41,8 +51,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _show_config(args: argparse.Namespace) -> int:
     try:
-        settings = load_config(Path(args.config)) if args.config else default_settings(
-            Path(args.state_dir) if args.state_dir else None)
+        settings = _settings(args)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_FAILURE
@@ -79,10 +88,28 @@ def _certs_init(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    state_dir = Path(args.state_dir) if args.state_dir else None
-    if args.config:
-        return load_config(Path(args.config), default_state_dir=state_dir)
+    """The one rule of every command: ``--state-dir`` wins over ``general.state_dir`` in
+    ``--config``, which wins over the default ``./state`` (``DEFAULT_STATE_DIR``)."""
+    state_dir = Path(args.state_dir) if getattr(args, "state_dir", None) else None
+    if getattr(args, "config", None):
+        return load_config(Path(args.config), state_dir=state_dir)
     return default_settings(state_dir)
+
+
+def _state_dir_origin(args: argparse.Namespace) -> str:
+    """Where the state directory came from, for messages that say where a command looked."""
+    if getattr(args, "state_dir", None):
+        return "--state-dir"
+    if getattr(args, "config", None):
+        return f"general.state_dir in {args.config} (or its default)"
+    return f"the default {DEFAULT_STATE_DIR}/ (give --state-dir or --config)"
+
+
+def _socket_origin(args: argparse.Namespace, settings: Settings) -> str:
+    if getattr(args, "socket", None):
+        return f"the control socket {args.socket} (--socket)"
+    return (f"the control socket {settings.control.socket} (state directory "
+            f"{settings.general.state_dir}, from {_state_dir_origin(args)})")
 
 
 def _as_commanded(args: argparse.Namespace, settings: Settings) -> Settings:
@@ -142,9 +169,15 @@ def _drain(args: argparse.Namespace) -> int:
 
     try:
         settings = _settings(args)
-        pid = control.request_drain(settings.general.state_dir)
-    except (ConfigError, control.ControlError) as exc:
+    except ConfigError as exc:
         print(f"drain: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        pid = control.request_drain(settings.general.state_dir)
+    except control.ControlError as exc:
+        print(f"drain: {exc}", file=sys.stderr)
+        print(f"drain: looked in the state directory {settings.general.state_dir} (from "
+              f"{_state_dir_origin(args)})", file=sys.stderr)
         return EXIT_FAILURE
     grace = float(settings.anycast.grace)
     print(f"drain requested (pid {pid}): route withdrawn, serving for {grace:g} s, then stopping")
@@ -171,7 +204,8 @@ def _status(args: argparse.Namespace) -> int:
     try:
         response = control.request(path, "status", timeout=args.timeout)
     except control.ControlUnavailable as exc:
-        print(f"status: no daemon answers on the control socket: {exc}", file=sys.stderr)
+        print(f"status: no daemon answers: {exc}", file=sys.stderr)
+        print(f"status: looked at {_socket_origin(args, settings)}", file=sys.stderr)
         return _status_from_state_file(args, settings)
     if not response.get("ok"):
         print(f"status: the daemon refused: {response.get('error')}", file=sys.stderr)
@@ -220,7 +254,8 @@ def _reload(args: argparse.Namespace) -> int:
     try:
         response = control.request(path, "reload", timeout=args.timeout)
     except control.ControlUnavailable as exc:
-        print(f"reload: no daemon answers on the control socket: {exc}", file=sys.stderr)
+        print(f"reload: no daemon answers: {exc}", file=sys.stderr)
+        print(f"reload: looked at {_socket_origin(args, settings)}", file=sys.stderr)
         return EXIT_FAILURE
     if not response.get("ok"):
         print(f"reload: {response.get('error')}", file=sys.stderr)
@@ -272,13 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
                        ("server", "run a DOTS server on DTLS and TLS")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="configuration file (default: embedded defaults)")
-        p.add_argument("--state-dir", help="state directory (dev PKI, database)")
+        p.add_argument("--state-dir", help=STATE_DIR_HELP)
         p.set_defaults(func=_serve)
 
     p = sub.add_parser("drain", help="withdraw the anycast route of the running daemon, "
                        "let it serve for anycast.grace seconds, then stop it (SIGUSR2)")
     p.add_argument("--config", help="the daemon's configuration file (for its state directory)")
-    p.add_argument("--state-dir", help="the daemon's state directory")
+    p.add_argument("--state-dir", help="the daemon's " + STATE_DIR_HELP)
     p.add_argument("--wait", action="store_true", help="return when the daemon has stopped")
     p.add_argument("--timeout", type=float, default=30.0,
                    help="with --wait: seconds to wait beyond the grace period (default 30)")
@@ -287,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="sessions, mitigations, upstreams and anycast state of "
                        "the running daemon (over its control socket)")
     p.add_argument("--config", help="the daemon's configuration file (for its control socket)")
-    p.add_argument("--state-dir", help="the daemon's state directory")
+    p.add_argument("--state-dir", help="the daemon's " + STATE_DIR_HELP)
     p.add_argument("--socket", help="the control socket (default: control.socket)")
     p.add_argument("--json", action="store_true", help="machine-readable JSON")
     p.add_argument("--timeout", type=float, default=5.0,
@@ -297,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reload", help="make the running daemon re-read its configuration "
                        "(as SIGHUP does) and print what changed")
     p.add_argument("--config", help="the daemon's configuration file (for its control socket)")
-    p.add_argument("--state-dir", help="the daemon's state directory")
+    p.add_argument("--state-dir", help="the daemon's " + STATE_DIR_HELP)
     p.add_argument("--socket", help="the control socket (default: control.socket)")
     p.add_argument("--json", action="store_true", help="machine-readable JSON")
     p.add_argument("--timeout", type=float, default=30.0,
@@ -314,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show-config", help="print the effective settings as JSON")
     p.add_argument("--config", help="configuration file (default: embedded defaults)")
-    p.add_argument("--state-dir", help="state directory for the embedded defaults")
+    p.add_argument("--state-dir", help=STATE_DIR_HELP)
     p.set_defaults(func=_show_config)
 
     certs = sub.add_parser("certs", help="certificates and keys")

@@ -27,11 +27,11 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from gateway.config.loading import DEFAULT_STATE_DIR  # the same ./state as dots-gateway
 from gateway.dots.codec import cbor_to_json, json_to_cbor
 from gateway.dots.errors import DotsProtocolError, DotsUsageError
 
 EXIT_OK, EXIT_DOTS_ERROR, EXIT_USAGE, EXIT_NETWORK = 0, 3, 2, 4
-DEFAULT_STATE_DIR = Path("state")
 _CONFIG_OPTIONS = (  # (option, SessionParameters field, type)
     ("--heartbeat-interval", "heartbeat_interval", int),
     ("--missing-hb-allowed", "missing_hb_allowed", int),

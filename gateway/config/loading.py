@@ -67,7 +67,10 @@ from gateway.config.upstream import (
     read_upstream,
 )
 
-DEFAULT_STATE_DIR = Path("/var/lib/dots-gateway")
+#: Every command's state directory when neither ``--state-dir`` nor ``general.state_dir``
+#: names one: ``state`` under the working directory, where ``make run`` keeps it and where
+#: ``dots-client``, ``status``, ``reload`` and ``drain`` look. Installed services set theirs.
+DEFAULT_STATE_DIR = Path("state")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +95,13 @@ class Settings:
     gateway: GatewaySettings = GatewaySettings()
 
 
-def load_config(path: Path, *, default_state_dir: Path | None = None) -> Settings:
+def load_config(
+    path: Path, *, state_dir: Path | None = None, default_state_dir: Path | None = None
+) -> Settings:
     """Read and check one config file. Raises ConfigError listing every problem found.
 
-    ``default_state_dir`` is used when the file sets no ``general.state_dir``.
+    ``state_dir`` (the command line's ``--state-dir``) wins over ``general.state_dir``;
+    ``default_state_dir`` is used when neither names one (else ``DEFAULT_STATE_DIR``).
     """
     try:
         raw = path.read_bytes()
@@ -109,7 +115,11 @@ def load_config(path: Path, *, default_state_dir: Path | None = None) -> Setting
         message = f"not UTF-8 text (line {line}, byte offset {exc.start})"
         raise ConfigError("", message, source=str(path)) from None
     return parse_config(
-        text, str(path), base_dir=path.absolute().parent, default_state_dir=default_state_dir
+        text,
+        str(path),
+        base_dir=path.absolute().parent,
+        state_dir=state_dir,
+        default_state_dir=default_state_dir,
     )
 
 
@@ -118,16 +128,18 @@ def parse_config(
     source: str = "<string>",
     *,
     base_dir: Path | None = None,
+    state_dir: Path | None = None,
     default_state_dir: Path | None = None,
 ) -> Settings:
-    """Check TOML text. Relative paths are joined to ``base_dir`` (kept relative when None)."""
+    """Check TOML text. Relative paths are joined to ``base_dir`` (kept relative when None);
+    ``state_dir`` and ``default_state_dir`` as for ``load_config``."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         # The message carries "(at line L, column C)"; the line itself is not echoed because
         # it may hold a PSK.
         raise ConfigError("", f"TOML syntax error: {exc}", source=source) from None
-    return _build(data, source, base_dir, default_state_dir or DEFAULT_STATE_DIR)
+    return _build(data, source, base_dir, default_state_dir or DEFAULT_STATE_DIR, state_dir)
 
 
 def default_settings(state_dir: Path | None = None) -> Settings:
@@ -144,12 +156,18 @@ def check_config(path: Path) -> list[str]:
     return []
 
 
-def _build(data: dict[str, Any], source: str, base_dir: Path | None, state_dir: Path) -> Settings:
+def _build(
+    data: dict[str, Any],
+    source: str,
+    base_dir: Path | None,
+    state_dir: Path,
+    state_dir_override: Path | None = None,
+) -> Settings:
     errors: list[ConfigError] = []
     root = Table(data, "", errors)
     # Sections are read in the order the example file documents them, so problems are
     # listed in that order too.
-    general = read_general(root.table("general"), base_dir, state_dir)
+    general = read_general(root.table("general"), base_dir, state_dir, state_dir_override)
     logging = read_logging(root.table("logging"))
     server = read_server(root.table("server"))
     tls = read_tls(root.table("tls"), base_dir, general.state_dir)

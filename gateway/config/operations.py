@@ -57,8 +57,12 @@ class ControlSettings:
     socket: Path
 
 
-def read_general(t: Table, base_dir: Path | None, default_state_dir: Path) -> GeneralSettings:
-    state_dir = t.opt_path("state_dir", base_dir) or default_state_dir
+def read_general(
+    t: Table, base_dir: Path | None, default_state_dir: Path, override: Path | None = None
+) -> GeneralSettings:
+    """``override`` (``--state-dir``) wins over ``state_dir``, which is still checked."""
+    in_file = t.opt_path("state_dir", base_dir)
+    state_dir = override or in_file or default_state_dir
     mode = t.choice("mode", Mode, Mode.TERMINAL)
     node_name = t.opt_string("node_name", empty_ok=True) or "dots-gateway"
     # It goes into log lines and the 5.08 diagnostic payload (RFC 8768), both one-line text.

@@ -105,3 +105,30 @@ def test_log_lines_are_one_per_event(fmt: str) -> None:
     else:
         assert 'msg="mitigation created cuid=abc mid=7"' in lines[0]
         assert "peer=192.0.2.1" in lines[0] and "level=info" in lines[0]
+
+
+def test_status_defaults_to_state_and_says_where_it_looked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """No daemon: the same ./state as ``make run`` and ``dots-client``, named on stderr."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["status", "--timeout", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "state/control.sock" in err and "/var/lib" not in err
+    assert "looked at the control socket state/control.sock (state directory state, from " \
+        "the default state/" in err
+
+
+def test_state_dir_option_wins_over_the_config_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "gw.toml"
+    config.write_text(f'[general]\nstate_dir = "{tmp_path / "from-file"}"\n')
+    chosen = tmp_path / "from-cli"
+    assert cli.main(["show-config", "--config", str(config), "--state-dir", str(chosen)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["general"]["state_dir"] == str(chosen)
+    assert shown["control"]["socket"] == str(chosen / "control.sock")
+    for command in (["status", "--timeout", "1"], ["reload", "--timeout", "1"], ["drain"]):
+        assert cli.main([*command, "--config", str(config), "--state-dir", str(chosen)]) == 1
+        err = capsys.readouterr().err
+        assert str(chosen) in err and "from-file" not in err and "--state-dir" in err, command

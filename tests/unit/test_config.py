@@ -70,7 +70,7 @@ def test_default_settings_are_the_embedded_defaults() -> None:
 
 def test_default_session_and_mitigation_values() -> None:
     s = default_settings()
-    assert s.general.state_dir == Path("/var/lib/dots-gateway")
+    assert s.general.state_dir == Path("state")  # ./state, the same for every command
     for config in (s.session.idle, s.session.mitigating):
         hb = config.heartbeat_interval
         assert (hb.min, hb.max, hb.default) == (15, 240, 30)
@@ -135,6 +135,21 @@ def test_parse_config_without_base_dir_keeps_relative_paths() -> None:
 
 def test_load_config_default_state_dir() -> None:
     assert parse_config("", default_state_dir=Path("/srv/gw")).general.state_dir == Path("/srv/gw")
+
+
+def test_command_line_state_dir_wins_over_the_file(tmp_path: Path) -> None:
+    """--state-dir (``state_dir=``) beats general.state_dir, and everything derived from
+    the state directory follows it; the file's value is still checked."""
+    config = tmp_path / "gw.toml"
+    config.write_text('[general]\nstate_dir = "/srv/from-file"\n')
+    s = load_config(config, state_dir=Path("/srv/cli"))
+    assert s.general.state_dir == Path("/srv/cli")
+    assert s.control.socket == Path("/srv/cli/control.sock")
+    assert s.tls.dev_pki_dir == Path("/srv/cli/pki")
+    assert load_config(config).general.state_dir == Path("/srv/from-file")
+    config.write_text("[general]\nstate_dir = 4\n")
+    with pytest.raises(ConfigError, match="general.state_dir"):
+        load_config(config, state_dir=Path("/srv/cli"))
 
 
 def test_full_valid_sections() -> None:
