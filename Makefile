@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
-PIP := $(BIN)/pip --quiet --disable-pip-version-check --root-user-action=ignore
+PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check --root-user-action=ignore
 # Debian packages. The daemon: libssl3 (our OpenSSL binding). The tests: libcoap3-bin
 # (interop peer), dnsmasq-base (discovery lab), bird2 (anycast lab), autoconf/automake (to
 # build DTLSSocket, aiocoap's DTLS for the interop tests).
@@ -35,12 +35,12 @@ test-deps:
 
 $(RUN_STAMP): pyproject.toml | run-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(PIP) install -e .
+	@$(PIP_INSTALL) -e .
 	@touch $@
 
 $(TEST_STAMP): $(RUN_STAMP) | test-deps
-	$(PIP) install --upgrade pip
-	$(PIP) install -e '.[test]'
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) -e '.[test]'
 	touch $@
 
 venv: $(TEST_STAMP)
@@ -64,7 +64,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/python tests/bench/bench_gateway.py
 
 lint: $(TEST_STAMP)
-	$(PIP) install -e '.[dev]'
+	$(PIP_INSTALL) -e '.[dev]'
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
