@@ -35,7 +35,7 @@ test-deps:
 
 $(RUN_STAMP): pyproject.toml | run-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(PIP_INSTALL) -e .
+	@$(PIP_INSTALL) --quiet -e .  # -qq: errors only
 	@touch $@
 
 $(TEST_STAMP): $(RUN_STAMP) | test-deps
