@@ -127,8 +127,9 @@ def init_dev_pki(
                     return pki
                 if len(missing) < len(ALL_FILES):
                     raise DevPkiError(
-                        f"{directory} holds an incomplete dev PKI, missing {', '.join(missing)};"
-                        " regenerate all of it with overwrite=True or remove the directory"
+                        f"{directory} holds an incomplete dev PKI, missing {', '.join(missing)}"
+                        f"; regenerate all of it (dots-gateway certs init --force {directory})"
+                        " or remove the directory"
                     )
             _generate(directory, dns_names, ips, days, now)
             # The renames must be on disk before anyone relies on the files.
@@ -166,7 +167,7 @@ def _load(directory: Path, now: dt.datetime) -> tuple[DevPki, x509.Certificate]:
             raise DevPkiError(
                 f"{directory / cert_name} is not valid on {now:%Y-%m-%d} (only from"
                 f" {cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d});"
-                " regenerate the dev PKI with overwrite=True"
+                f" regenerate the dev PKI (dots-gateway certs init --force {directory})"
             )
     for leaf_name in (SERVER_CERT, CLIENT_CERT):
         try:
@@ -305,7 +306,7 @@ def _check_covers(cert: x509.Certificate, dns_names: list[str], ips: list[_Addre
     if lacking:
         raise DevPkiError(
             f"{SERVER_CERT} does not cover {', '.join(lacking)};"
-            " regenerate the dev PKI with overwrite=True to add them"
+            " regenerate the dev PKI (dots-gateway certs init --force DIR) to add them"
         )
 
 

@@ -301,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dots-gateway",
         description="Anycast DOTS (RFC 9132) gateway with signal-channel redirect.",
     )
+    parser.add_argument("--version", action="version", version=f"dots-gateway {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     for name, text in (("run", "run the gateway (terminal mode: it is the DOTS server)"),

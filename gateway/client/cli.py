@@ -27,6 +27,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from gateway import __version__
 from gateway.config.loading import DEFAULT_STATE_DIR  # the same ./state as dots-gateway
 from gateway.dots.codec import cbor_to_json, json_to_cbor
 from gateway.dots.errors import DotsProtocolError, DotsUsageError
@@ -49,14 +50,33 @@ class UsageError(Exception):
 # --- offline commands ------------------------------------------------------------------------
 
 
+# Their errors are the user's input, not a server's answer: usage errors (exit 2) whose
+# message names the input and, for bodies a server would refuse, what it would say.
+
+
 def _read(source: str) -> bytes:
-    return sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    try:
+        return sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{source}: {exc.strerror or exc}") from None
+
+
+def _name(source: str) -> str:
+    return "stdin" if source == "-" else source
 
 
 def _encode(args: argparse.Namespace) -> int:
-    data = json_to_cbor(_read(args.input).decode("utf-8"))
+    try:
+        data = json_to_cbor(_read(args.input).decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{_name(args.input)}: not UTF-8 text (byte {exc.start})") from None
+    except DotsProtocolError as exc:
+        raise UsageError(f"{_name(args.input)}: {exc.diagnostic}") from None
     if args.output:
-        Path(args.output).write_bytes(data)
+        try:
+            Path(args.output).write_bytes(data)
+        except OSError as exc:
+            raise UsageError(f"{args.output}: {exc.strerror or exc}") from None
     else:
         print(data.hex())
     return EXIT_OK
@@ -65,8 +85,14 @@ def _encode(args: argparse.Namespace) -> int:
 def _decode(args: argparse.Namespace) -> int:
     raw = _read(args.input)
     if args.hex:
-        raw = bytes.fromhex(raw.decode("ascii"))
-    print(json.dumps(cbor_to_json(raw), indent=2))
+        try:
+            raw = bytes.fromhex(raw.decode("ascii"))
+        except ValueError:  # UnicodeDecodeError included
+            raise UsageError(f"{_name(args.input)}: not hex digits") from None
+    try:
+        print(json.dumps(cbor_to_json(raw), indent=2))
+    except DotsProtocolError as exc:
+        raise UsageError(f"{_name(args.input)}: {exc.diagnostic}") from None
     return EXIT_OK
 
 
@@ -87,7 +113,10 @@ def _credentials(args: argparse.Namespace) -> Any:
             raise UsageError("--psk-identity and --psk go together")
         if cert is not None or key is not None:
             raise UsageError("use either --cert/--key or --psk-identity/--psk, not both")
-        secret = bytes.fromhex(psk[4:]) if psk.startswith("hex:") else psk.encode("utf-8")
+        try:
+            secret = bytes.fromhex(psk[4:]) if psk.startswith("hex:") else psk.encode("utf-8")
+        except ValueError:
+            raise UsageError("--psk hex:... must be followed by hex digits") from None
         return ClientCredentials(server_ca=_existing(ca) if ca else None,
                                  psk_identity=identity.encode("utf-8"), psk_key=secret)
     if cert is not None or key is not None:
@@ -222,8 +251,13 @@ async def _config(args: argparse.Namespace) -> int:
     preferred = replace(SessionParameters(), **chosen)
     async with _client(args, preferred_idle=preferred, preferred_mitigating=preferred) as client:
         replies = await client.negotiate_config()
-        for reply in replies[1:] or replies:  # the PUT and the negotiated values
-            _print(reply, args)
+        # One document: the PUT, and under "negotiated" the GET of its sid (the values in
+        # force and their Max-Age); only the first GET when the limits could not be read.
+        cbor = bool(_option(args, "cbor"))
+        doc = _document(replies[1] if len(replies) > 1 else replies[0], cbor=cbor)
+        if len(replies) > 2:
+            doc["negotiated"] = _document(replies[2], cbor=cbor)
+        print(json.dumps(doc, indent=2), flush=True)
         return _verdict(replies[-1])
 
 
@@ -374,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[_common(False)],
         epilog="exit codes: 0 success, 2 usage error, 3 DOTS error response, "
         "4 network failure")
+    parser.add_argument("--version", action="version", version=f"dots-client {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = [_common(True)]
 
@@ -397,17 +432,28 @@ def build_parser() -> argparse.ArgumentParser:
                        help="preferred value, for both idle and mitigating sets")
     p.set_defaults(func=_run, coroutine=_config)
 
-    p = sub.add_parser("mitigate", parents=common, help="request a mitigation (PUT)")
-    p.add_argument("--target-prefix", action="extend", nargs="+", metavar="PREFIX")
-    p.add_argument("--port", action="extend", nargs="+", metavar="N|LOW-HIGH")
-    p.add_argument("--protocol", action="extend", nargs="+", type=int, metavar="N")
-    p.add_argument("--fqdn", action="extend", nargs="+", metavar="NAME")
-    p.add_argument("--uri", action="extend", nargs="+", metavar="URI")
+    p = sub.add_parser("mitigate", parents=common, help="request a mitigation (PUT)",
+                       description="Request a mitigation (RFC 9132 §4.4.1). Give at least "
+                       "one target: --target-prefix, --fqdn or --uri. Each list option takes "
+                       "several values and may be repeated.")
+    p.add_argument("--target-prefix", action="extend", nargs="+", metavar="PREFIX",
+                   help="attacked prefix, e.g. 192.0.2.0/24 or 2001:db8::/48 (host bits zero)")
+    p.add_argument("--port", action="extend", nargs="+", metavar="N|LOW-HIGH",
+                   help="attacked port or port range, e.g. 443 or 1024-2047")
+    p.add_argument("--protocol", action="extend", nargs="+", type=_protocol,
+                   metavar="NAME|N", help="attacked protocol: a name (" +
+                   ", ".join(_PROTOCOLS) + ") or an IANA protocol number 0-255")
+    p.add_argument("--fqdn", action="extend", nargs="+", metavar="NAME",
+                   help="attacked DNS name, e.g. www.example.com")
+    p.add_argument("--uri", action="extend", nargs="+", metavar="URI",
+                   help="attacked URI, e.g. https://www.example.com/")
     p.add_argument("--lifetime", type=int, default=3600, metavar="S",
                    help="seconds, -1 = until withdrawn (default 3600)")
     p.add_argument("--no-trigger", action="store_true",
                    help="trigger-mitigation false: only if the signal channel is lost")
-    p.add_argument("--mid", type=int, help="refresh this request (default: a new mid)")
+    p.add_argument("--mid", type=int,
+                   help="refresh or change this request (default: a new mid, saved in "
+                   "the state directory)")
     p.set_defaults(func=_run, coroutine=_mitigate)
 
     p = sub.add_parser("efficacy", parents=common, help="efficacy update of a mitigation")
@@ -429,6 +475,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hb", parents=common, help="send one heartbeat")
     p.set_defaults(func=_run, coroutine=_hb)
     return parser
+
+
+# IANA protocol numbers of the names an operator is likely to type (no /etc/protocols
+# needed: minimal containers lack it).
+_PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51,
+              "icmpv6": 58, "sctp": 132}
+
+
+def _protocol(text: str) -> int:
+    if text.lower() in _PROTOCOLS:
+        return _PROTOCOLS[text.lower()]
+    if text.isdigit() and 0 <= int(text) <= 255:
+        return int(text)
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is neither a protocol name ({', '.join(_PROTOCOLS)}) nor a number 0-255")
 
 
 def _decimal(text: str) -> Decimal:

@@ -132,8 +132,10 @@ def test_hb_and_config_over_tls_with_explicit_certificates(server: Server, pki: 
 
     put = run("--server", server.uri(), *creds, "config", "put", "--heartbeat-interval", "90")
     assert put.returncode == 0, put.stderr
-    stored, negotiated = documents(put.stdout)
+    [stored] = documents(put.stdout)  # one document: the PUT, then what it negotiated
     assert stored["request"]["type"] == "CON" and stored["response"]["code"] == "2.01"
+    negotiated = stored["negotiated"]
+    assert negotiated["request"]["method"] == "GET"
     values = negotiated["response"]["body"]["ietf-dots-signal-channel:signal-config"]
     assert values["idle-config"]["heartbeat-interval"]["current-value"] == 90
 
