@@ -38,13 +38,23 @@ STATE_DIR_HELP = (f"state directory: dev PKI, database, control socket (wins ove
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    """What ``run`` would refuse, without starting: the file's problems, then (if it
+    parses) those of every credential file it names; one line each."""
+    from gateway.credentials import file_problems
+
     problems = check_config(Path(args.file))
+    if not problems:
+        settings = load_config(Path(args.file))
+        problems = [str(p) for p in file_problems(settings)]
+        try:
+            # The core re-checks what it receives; a config it refuses is a config error too.
+            build_server_core(settings)
+        except ConfigError as exc:
+            problems += [str(e) for e in exc.errors]
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)
         return EXIT_FAILURE
-    # The core re-checks what it receives; a config it refuses is a config error too.
-    build_server_core(load_config(Path(args.file)))
     print(f"{args.file}: OK")
     return EXIT_OK
 
@@ -124,17 +134,24 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from anycast.errors import AnycastError
+    from gateway.credentials import file_problems
     from gateway.daemon import serve
     from gateway.ops.logsetup import configure_logging
     from gateway.relay.startup import NoUpstreamError, UpstreamCredentialError
     from gateway.relay.store import RelayDatabaseError
     from gateway.server.persistence import PersistenceError
+    from gateway.transport.openssl_ffi import OpenSSLError
     from gateway.transport.udp import PortInUse
 
     try:
         settings = _settings(args)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
+        return EXIT_FAILURE
+    problems = file_problems(settings)
+    if problems:  # the same lines as check-config, before anything starts
+        for problem in problems:
+            print(problem, file=sys.stderr)
         return EXIT_FAILURE
     configure_logging(str(settings.logging.format), str(settings.logging.level))
     settings = _as_commanded(args, settings)
@@ -155,6 +172,15 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     except PersistenceError as exc:
         print(f"dots-gateway: saved mitigations: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ConfigError as exc:  # what only start-up finds (the mitigation command, say)
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILURE
+    except DevPkiError as exc:
+        print(f"dots-gateway: dev PKI: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OpenSSLError as exc:
+        print(f"dots-gateway: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except OSError as exc:  # e.g. the control socket's directory is not writable
         print(f"dots-gateway: {exc}", file=sys.stderr)
@@ -280,10 +306,18 @@ def _reload(args: argparse.Namespace) -> int:
 def _tls_secrets(args: argparse.Namespace) -> int:
     from gateway.credentials import write_fleet_secrets
 
+    directory = Path(args.directory)
     try:
-        cookie, tickets = write_fleet_secrets(Path(args.directory))
+        cookie, tickets = write_fleet_secrets(directory)
     except FileExistsError as exc:
-        print(f"tls-secrets: {exc.filename} exists; remove it to make a new one",
+        if Path(exc.filename) == directory:
+            print(f"tls-secrets: {directory} exists and is not a directory", file=sys.stderr)
+        else:
+            print(f"tls-secrets: {exc.filename} exists; remove it to make a new one",
+                  file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:
+        print(f"tls-secrets: {exc.filename or directory}: {exc.strerror or exc}",
               file=sys.stderr)
         return EXIT_FAILURE
     print(f"cookie secret: {cookie}\nticket keys:   {tickets}")

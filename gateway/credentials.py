@@ -1,27 +1,35 @@
 """Settings -> (D)TLS server contexts: operator files or the dev PKI, PSKs, fleet secrets.
 
-Also maps an authenticated peer credential to the identity the DOTS layer works with
-(RFC 9132 App. B cuid of the certificate's SPKI or of the PSK identity), and re-checks an
-established session's credential against newly loaded ones (``Trust``): a PSK withdrawn or
-changed, a certificate revoked, expired, or issued by a CA no longer trusted.
+``file_problems`` checks the state directory and the mitigation command, opens and parses
+every file the settings name (certificates, keys, CAs, CRL, fleet secrets, the gateway's
+upstream credential, an existing dev PKI) and checks that each key matches its certificate
+and each chain verifies: ``check-config`` and ``run`` list what it finds, one line per
+problem, instead of failing half-way through start-up.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import logging
-from collections.abc import Mapping
+import shlex
+import shutil
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
-from certs.devpki import DevPki, init_dev_pki
+from certs.devpki import ALL_FILES, DevPki, DevPkiError, init_dev_pki, load_dev_pki
 from certs.identity import PeerIdentity
-from gateway.config import LimitSettings, Settings
+from gateway.config import Backend, ConfigError, LimitSettings, Settings
 from gateway.transport.dtls_server import Limits
+from gateway.transport.openssl_ffi import OpenSSLError
 from gateway.transport.secure_session import PeerCredential
 from gateway.transport.tls_context import (
     CookieSecrets,
@@ -58,6 +66,131 @@ def server_credentials(settings: Settings) -> tuple[ServerCredentials, DevPki | 
         chain, key, ca = tls.cert, tls.key, tls.ca
     return ServerCredentials(chain, key, ca, psk=psk, crl=tls.crl,
                              allow_legacy_psk=tls.allow_legacy_psk), dev
+
+
+def file_problems(settings: Settings, now: float | None = None) -> list[ConfigError]:
+    """Every problem with the files ``settings`` name (state directory, credentials, the
+    mitigation command), each a ``ConfigError`` naming its key ("file: tls.cert: PATH: what
+    is wrong"); [] when all of them load.
+
+    Reads only: a state directory or dev PKI that does not exist yet is fine (``run``
+    creates them). ``now``: seconds since the epoch, for the validity periods."""
+    found: list[ConfigError] = []
+
+    def problem(key: str, message: str) -> None:
+        found.append(ConfigError(key, message, source=settings.source))
+
+    state_dir = settings.general.state_dir
+    if state_dir.exists() and not state_dir.is_dir():
+        problem("general.state_dir", f"{state_dir} exists and is not a directory")
+    if settings.mitigation.backend is Backend.COMMAND and settings.mitigation.command:
+        try:
+            program = shlex.split(settings.mitigation.command)[0]
+        except (ValueError, IndexError):
+            program = None  # the config check reports it
+        if program is not None and shutil.which(program) is None:
+            problem("mitigation.command", f"{program}: no such executable")
+
+    at = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC)
+    tls, gw = settings.tls, settings.gateway
+    cas: list[x509.Certificate] = []
+    if tls.dev_pki_dir is not None:
+        if any((tls.dev_pki_dir / name).exists() for name in ALL_FILES):
+            try:
+                load_dev_pki(tls.dev_pki_dir, now=at)
+            except DevPkiError as exc:
+                problem("tls", f"the dev PKI (no [tls] files given): {exc}")
+    else:
+        cas = _certificates(problem, "tls.ca", tls.ca)
+        _check_pair(problem, "tls", tls.cert, tls.key, cas, at)
+    if tls.crl is not None:
+        try:
+            _crls(tls.crl.read_bytes())
+        except OSError as exc:
+            problem("tls.crl", f"{tls.crl}: cannot read: {exc.strerror or exc}")
+        except ValueError:
+            problem("tls.crl", f"{tls.crl}: not a PEM or DER CRL")
+    for key, path, reader in (("tls.cookie_secret_file", tls.cookie_secret_file,
+                               CookieSecrets.from_file),
+                              ("tls.ticket_key_file", tls.ticket_key_file,
+                               TicketKeyRing.from_file)):
+        if path is None:
+            continue
+        try:
+            reader(path)
+        except OSError as exc:
+            problem(key, f"{path}: cannot read: {exc.strerror or exc}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            problem(key, str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+    upstream_cas = _certificates(problem, "gateway.ca", gw.ca) if gw.ca is not None else []
+    if gw.cert is not None or gw.key is not None:
+        _check_pair(problem, "gateway", gw.cert, gw.key, upstream_cas + cas, at)
+    if not found and tls.dev_pki_dir is None:
+        try:  # what OpenSSL itself refuses (a key too weak for its security level, say)
+            server_contexts(settings)
+        except (OpenSSLError, OSError, ValueError) as exc:
+            problem("tls", f"OpenSSL refuses the credentials: {exc}")
+    return found
+
+
+def _certificates(problem: Callable[[str, str], None], key: str,
+                  path: Path | None) -> list[x509.Certificate]:
+    """The PEM certificates in ``path`` (at least one), or [] after reporting why not."""
+    if path is None:
+        return []
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        problem(key, f"{path}: cannot read: {exc.strerror or exc}")
+        return []
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certificates = []
+    if not certificates:
+        problem(key, f"{path}: no PEM certificate in it")
+    return certificates
+
+
+def _check_pair(problem: Callable[[str, str], None], section: str, cert: Path | None,
+                key: Path | None, cas: list[x509.Certificate], at: dt.datetime) -> None:
+    """A certificate chain and its key: readable, matching, each link issued by the next
+    (the last one by a CA in ``cas`` when that CA is there), the leaf valid ``at``."""
+    chain = _certificates(problem, f"{section}.cert", cert)
+    private = None
+    if key is not None:
+        try:
+            private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+        except OSError as exc:
+            problem(f"{section}.key", f"{key}: cannot read: {exc.strerror or exc}")
+        except TypeError:
+            problem(f"{section}.key", f"{key}: the key is encrypted; give it unencrypted")
+        except (ValueError, UnsupportedAlgorithm):
+            problem(f"{section}.key", f"{key}: not a PEM private key")
+    if not chain:
+        return
+    leaf = chain[0]
+    if private is not None and _spki(private.public_key()) != _spki(leaf.public_key()):
+        problem(f"{section}.key", f"{key} is not the key of the certificate in {cert}")
+    if not leaf.not_valid_before_utc <= at <= leaf.not_valid_after_utc:
+        problem(f"{section}.cert", f"{cert}: the certificate is valid only from "
+                f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+                f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    for lower, upper in zip(chain, chain[1:], strict=False):
+        if not _issued_by(lower, upper):
+            problem(f"{section}.cert", f"{cert}: {lower.subject.rfc4514_string()} was not "
+                    f"issued by the next certificate, {upper.subject.rfc4514_string()}")
+            return
+    top = chain[-1]
+    issuers = [ca for ca in cas if ca.subject == top.issuer]
+    if issuers and not any(_issued_by(top, ca) for ca in issuers):
+        problem(f"{section}.cert", f"{cert}: {top.subject.rfc4514_string()} does not verify "
+                f"with its CA {top.issuer.rfc4514_string()}")
+
+
+def _spki(public_key: Any) -> bytes:
+    return bytes(public_key.public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def server_contexts(settings: Settings) -> ServerContexts:
