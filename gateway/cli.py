@@ -111,7 +111,7 @@ def _state_dir_origin(args: argparse.Namespace) -> str:
     if getattr(args, "state_dir", None):
         return "--state-dir"
     if getattr(args, "config", None):
-        return f"general.state_dir in {args.config} (or its default)"
+        return f"{args.config}: its general.state_dir, else the default ./{DEFAULT_STATE_DIR}"
     return f"the default {DEFAULT_STATE_DIR}/ (give --state-dir or --config)"
 
 
