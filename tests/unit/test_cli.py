@@ -17,7 +17,6 @@ from gateway.client import cli as client_cli
 from gateway.ops.logsetup import configure_logging
 
 
-
 def test_check_config_lists_every_problem_with_its_key(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.toml"
