@@ -230,7 +230,7 @@ def _status(args: argparse.Namespace) -> int:
     try:
         response = control.request(path, "status", timeout=args.timeout)
     except control.ControlUnavailable as exc:
-        print(f"status: no daemon answers: {exc}", file=sys.stderr)
+        print(f"status: no daemon answers on the control socket: {exc}", file=sys.stderr)
         print(f"status: looked at {_socket_origin(args, settings)}", file=sys.stderr)
         return _status_from_state_file(args, settings)
     if not response.get("ok"):
@@ -280,7 +280,7 @@ def _reload(args: argparse.Namespace) -> int:
     try:
         response = control.request(path, "reload", timeout=args.timeout)
     except control.ControlUnavailable as exc:
-        print(f"reload: no daemon answers: {exc}", file=sys.stderr)
+        print(f"reload: no daemon answers on the control socket: {exc}", file=sys.stderr)
         print(f"reload: looked at {_socket_origin(args, settings)}", file=sys.stderr)
         return EXIT_FAILURE
     if not response.get("ok"):
