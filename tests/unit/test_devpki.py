@@ -273,7 +273,7 @@ def test_unreadable_file(pki: DevPki) -> None:
 def test_expired_or_not_yet_valid(tmp_path: Path) -> None:
     init_dev_pki(tmp_path, days=10, now=NOW)
     load_dev_pki(tmp_path, now=NOW + dt.timedelta(days=9))
-    with pytest.raises(DevPkiError, match=r"ca\.pem is not valid on 2030-01-13.*certs init --force"):
+    with pytest.raises(DevPkiError, match=r"ca\.pem is not valid on 2030-01-13.*init --force"):
         init_dev_pki(tmp_path, now=NOW + dt.timedelta(days=11))
     with pytest.raises(DevPkiError, match="not valid on 2030-01-01"):
         load_dev_pki(tmp_path, now=NOW - dt.timedelta(days=1))
