@@ -59,6 +59,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/python tests/bench/bench_transport.py
 	$(BIN)/python tests/bench/bench_handshake_flood.py
 	$(BIN)/python tests/bench/bench_dots.py
+	$(BIN)/python tests/bench/bench_limits.py
 	$(BIN)/python tests/bench/bench_anycast.py
 	$(BIN)/python tests/bench/bench_coap.py
 	$(BIN)/python tests/bench/bench_gateway.py
