@@ -29,7 +29,7 @@ from gateway.config import (
     parse_config,
 )
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "dots-gateway.example.toml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "deploy" / "dots-gateway.example.toml"
 CUID = "jsx0P0wXmLcnNz8QDR63JQ"  # first 16 bytes of a SHA-256, base64url, unpadded
 PSK = '[[psk]]\nidentity = "cpe"\nkey = "0123456789abcdef"\n'
 CLIENT = '[[clients]]\nname = "c"\ncuid = "' + CUID + '"\nprefixes = ["192.0.2.0/24"]\n'

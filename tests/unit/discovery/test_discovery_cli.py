@@ -20,8 +20,8 @@ from gateway.discovery.engine import DiscoveryEngine, IoSettings
 from gateway.discovery.interfaces import IFF_UP, InterfaceInfo, slots_for
 from gateway.discovery.lookups import DhcpQuery, DnsQuery, FailureKind, LookupFailure, MdnsBrowse
 from gateway.discovery.procedure import Procedure, ProcedureSettings
-from tests.unit.test_discovery_procedure import World
-from tests.unit.test_discovery_snaptr import SEED_ZONE
+from tests.unit.discovery.test_discovery_procedure import World
+from tests.unit.discovery.test_discovery_snaptr import SEED_ZONE
 
 IFACES = {
     "eth0": InterfaceInfo("eth0", 2, bytes(6), IFF_UP, (ipaddress.IPv4Address("10.0.0.2"),),
@@ -197,7 +197,7 @@ FORBIDDEN = {"asyncio", "socket", "time", "selectors", "subprocess", "threading"
              "dns.query", "gateway.discovery.engine", "gateway.discovery.resolver",
              "gateway.discovery.mdns", "gateway.discovery.dhcp_client",
              "gateway.discovery.interfaces"}
-DISCOVERY = pathlib.Path(__file__).resolve().parents[2] / "gateway" / "discovery"
+DISCOVERY = pathlib.Path(__file__).resolve().parents[3] / "gateway" / "discovery"
 
 
 @pytest.mark.parametrize("name", PURE)

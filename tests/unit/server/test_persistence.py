@@ -34,7 +34,7 @@ from gateway.server.persistence import (
     SchemaTooNew,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CUID_A, CUID_B, CUID_C = "dz6pHjaADkaFTbjr0JGBpw", "f30d281ce6b64fc5a0b91e", "cuid-c"
 A, B, C = Owner("cred-a"), Owner("gw-cred", "cdid-b"), Owner("cred-c")
 WALL = 1_700_000_000.25

@@ -36,7 +36,7 @@ from gateway.discovery.procedure import (
     SlotState,
     ValidityExpired,
 )
-from tests.unit.test_discovery_snaptr import SEED_ZONE, answer
+from tests.unit.discovery.test_discovery_snaptr import SEED_ZONE, answer
 
 ip = ipaddress.ip_address
 ETH4 = Slot("eth0", Family.V4)

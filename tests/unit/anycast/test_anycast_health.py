@@ -260,7 +260,7 @@ def test_policy_refuses_nonsense(kwargs: dict[str, float]) -> None:
 
 
 def test_health_module_is_pure() -> None:
-    path = Path(__file__).resolve().parents[2] / "anycast" / "health.py"
+    path = Path(__file__).resolve().parents[3] / "anycast" / "health.py"
     imported = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
