@@ -190,8 +190,18 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
     m.unsaved_requests.add_source(lambda: {("mitigations",): float(role.core.unsaved_requests)})
     refused = server.metrics.counter(
         "dots_gateway_connections_refused_total", "New sessions refused by a limit, by "
-        "transport and limit (sessions, handshakes, rate).", ("transport", "limit"))
+        "transport and limit (sessions, handshakes, rate, source).", ("transport", "limit"))
     refused.add_source(lambda: _refusal_counts(server))
+    server.metrics.counter(
+        "dots_gateway_handshakes_evicted_total", "Half-open DTLS handshakes dropped to make "
+        "room for a source with fewer pending (handshake table full)."
+    ).add_source(lambda: {(): float(server.dtls.counters.handshakes_evicted
+                                    if server.dtls is not None else 0)})
+    server.metrics.counter(
+        "dots_gateway_sessions_replaced_total", "DTLS sessions replaced by a new handshake from "
+        "the same address (a client restarted on its port, RFC 6347 §4.2.8)."
+    ).add_source(lambda: {(): float(server.dtls.counters.sessions_replaced
+                                    if server.dtls is not None else 0)})
     dropped = server.metrics.counter(
         "dots_gateway_datagrams_dropped_total", "Datagrams dropped before DTLS (garbage, "
         "truncated).", ("reason",))
@@ -256,6 +266,7 @@ def _refusal_counts(server: RunningServer) -> Mapping[tuple[str, ...], float]:
         out[("dtls", "sessions")] = d.refused_session_limit
         out[("dtls", "handshakes")] = d.refused_handshake_limit
         out[("dtls", "rate")] = d.refused_rate_limit
+        out[("dtls", "source")] = d.refused_source_limit
     if server.tls is not None:
         t = server.tls.counters
         out[("tls", "sessions")] = t.refused_connection_limit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +172,14 @@ def test_daemon_metrics_declares_every_family_once() -> None:
     assert 'dots_gateway_relayed_requests_total{code="2.01"} 1\n' in text
     assert 'dots_gateway_upstream_health{upstream="coaps://192.0.2.1:4646"} 1\n' in text
     assert 'dots_gateway_sessions{side="downstream",transport="dtls"} 2\n' in text
+
+
+def test_the_readme_lists_every_metric_family_the_code_registers() -> None:
+    root = Path(__file__).resolve().parents[3]
+    registered = set()
+    for path in [*root.joinpath("gateway").rglob("*.py"), *root.joinpath("anycast").rglob("*.py")]:
+        registered.update(re.findall(r'"(dots_gateway_[a-z_]+)"', path.read_text()))
+    listed = set(re.findall(r"^  \| `(dots_gateway_[a-z_]+)` \|", (root / "README.md").read_text(),
+                            re.M))
+    assert len(registered) > 20
+    assert sorted(registered - listed) == []
