@@ -61,8 +61,11 @@ def load_trust_anchors(path: Path) -> TrustAnchors:
     """The trust anchor file; errors name the configuration key and the file."""
     try:
         text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrustAnchorError(f"{ANCHORS_KEY}: cannot read {path}: {exc}") from None
+    except OSError as exc:
+        raise TrustAnchorError(f"{ANCHORS_KEY}: {path}: cannot read: {exc.strerror or exc}"
+                               ) from None
+    except UnicodeDecodeError:
+        raise TrustAnchorError(f"{ANCHORS_KEY}: {path}: not text") from None
     return TrustAnchors.from_text(text, f"{ANCHORS_KEY}: {path}")
 
 log = logging.getLogger(__name__)

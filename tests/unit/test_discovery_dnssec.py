@@ -187,7 +187,7 @@ def test_unusable_trust_anchors_name_the_key(tmp_path: Path, text: str, fragment
         load_trust_anchors(path)
     assert str(info.value).startswith(f"discovery.dnssec_trust_anchors: {path}: ")
     assert fragment in str(info.value)
-    with pytest.raises(TrustAnchorError, match="discovery.dnssec_trust_anchors: cannot read"):
+    with pytest.raises(TrustAnchorError, match="dnssec_trust_anchors: .*missing: cannot read"):
         load_trust_anchors(tmp_path / "missing")
 
 
@@ -452,3 +452,18 @@ def test_daemon_metrics_and_status_section() -> None:
     section = control.status_sections["discovery"]()
     assert section["dnssec"] == "prefer" and section["unvalidated_used"] == 3
     assert [c["validated"] for c in section["candidates"]] == [False] * 3  # type: ignore[union-attr]
+
+
+def test_check_config_and_run_report_unusable_trust_anchors(tmp_path: Path,
+                                                           zones: list[SignedZone]) -> None:
+    from gateway.credentials import file_problems
+
+    anchors = tmp_path / "anchors"
+    text = '[discovery]\ndnssec = "require"\ndnssec_trust_anchors = "anchors"\n'
+    settings = parse_config(text, "x.toml", base_dir=tmp_path)
+    problems = [p for p in file_problems(settings) if p.key.startswith("discovery")]
+    assert [(p.key, p.message.split(":")[0]) for p in problems] == [
+        ("discovery.dnssec_trust_anchors", str(anchors))]
+    assert "cannot read" in problems[0].message
+    anchors.write_text(zones[0].anchor_text())
+    assert [p for p in file_problems(settings) if p.key.startswith("discovery")] == []
