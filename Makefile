@@ -9,10 +9,11 @@ RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check --root-user-action=ignore
 # Debian packages. The daemon: libssl3 (our OpenSSL binding). The tests: libcoap3-bin
-# (interop peer), dnsmasq-base (discovery lab), bird2 (anycast lab), autoconf/automake (to
-# build DTLSSocket, aiocoap's DTLS for the interop tests).
+# (interop peer), dnsmasq-base (discovery lab), nsd (authoritative server for the discovery
+# lab's signed zones), bird2 (anycast lab), autoconf/automake (to build DTLSSocket, aiocoap's
+# DTLS for the interop tests).
 RUN_DEBS := libssl3
-TEST_DEBS := libcoap3-bin dnsmasq-base autoconf automake bird2
+TEST_DEBS := libcoap3-bin dnsmasq-base nsd autoconf automake bird2
 
 .PHONY: run test run-deps test-deps venv lint bench clean
 

@@ -136,6 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
     from anycast.errors import AnycastError
     from gateway.credentials import file_problems
     from gateway.daemon import serve
+    from gateway.discovery.errors import DiscoveryError
     from gateway.ops.logsetup import configure_logging
     from gateway.relay.startup import NoUpstreamError, UpstreamCredentialError
     from gateway.relay.store import RelayDatabaseError
@@ -161,7 +162,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(serve(settings, reread=reread))
-    except (RelayDatabaseError, UpstreamCredentialError, NoUpstreamError) as exc:
+    except (RelayDatabaseError, UpstreamCredentialError, NoUpstreamError,
+            DiscoveryError) as exc:  # DiscoveryError: unusable trust anchors, naming the key
         print(f"dots-gateway: gateway mode: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except PortInUse as exc:

@@ -125,6 +125,15 @@ def file_problems(settings: Settings, now: float | None = None) -> list[ConfigEr
     upstream_cas = _certificates(problem, "gateway.ca", gw.ca) if gw.ca is not None else []
     if gw.cert is not None or gw.key is not None:
         _check_pair(problem, "gateway", gw.cert, gw.key, upstream_cas + cas, at)
+    anchors = settings.discovery.dnssec_trust_anchors
+    if anchors is not None and settings.discovery.dnssec.value != "off":
+        from gateway.discovery.dnssec import TrustAnchorError
+        from gateway.discovery.resolver import ANCHORS_KEY, load_trust_anchors
+
+        try:
+            load_trust_anchors(anchors)
+        except TrustAnchorError as exc:
+            problem(ANCHORS_KEY, str(exc).removeprefix(f"{ANCHORS_KEY}: "))
     if not found and tls.dev_pki_dir is None:
         try:  # what OpenSSL itself refuses (a key too weak for its security level, say)
             server_contexts(settings)

@@ -177,7 +177,7 @@ def _build(
     clients = read_clients(root, psk_identities)
     trusted_gateways = read_trusted_gateways(root.table("trusted_gateways"))
     upstream = read_upstream(root)
-    discovery = read_discovery(root.table("discovery"))
+    discovery = read_discovery(root.table("discovery"), base_dir)
     metrics = read_metrics(root.table("metrics"))
     control = read_control(root.table("control"), base_dir, general.state_dir)
     limits = read_limits(root.table("limits"))

@@ -3,7 +3,7 @@
 Owns their settings types, defaults and readers: the relay's rewriting rules and its own
 credential towards upstream servers, the configured upstream servers (each with the name its
 certificate must match), and the embedded discovery engine (seed §5-10, RFC 8973: mechanisms,
-interfaces, DHCP, mDNS, anycast addresses of upstream servers, retry delays).
+interfaces, DHCP, mDNS, anycast addresses of upstream servers, retry delays, DNSSEC).
 Imports: standard library, ``gateway.config.schema``, ``gateway.config.endpoints``.
 """
 
@@ -100,6 +100,21 @@ class DiscoveryAnycastSettings:
     port: int
 
 
+class DnssecMode(StrEnum):
+    """``discovery.dnssec`` (seed §11): what to do with DNS answers DNSSEC did not validate."""
+
+    OFF = "off"
+    PREFER = "prefer"  # use them, marked, logged and counted
+    REQUIRE = "require"  # refuse them
+
+
+class DnssecValidator(StrEnum):
+    """``discovery.dnssec_validator``: in process from trust anchors, or the AD bit."""
+
+    LOCAL = "local"
+    RESOLVER = "resolver"
+
+
 @dataclass(frozen=True, slots=True)
 class DiscoverySettings:
     """The embedded discovery engine (seed §5-10, RFC 8973)."""
@@ -117,6 +132,9 @@ class DiscoverySettings:
     mdns: DiscoveryMdnsSettings
     anycast: DiscoveryAnycastSettings
     retry: dict[str, int]  # seconds per failure kind, and "max"
+    dnssec: DnssecMode = DnssecMode.OFF
+    dnssec_validator: DnssecValidator = DnssecValidator.LOCAL
+    dnssec_trust_anchors: Path | None = None  # zone-file DS / DNSKEY lines
 
 
 def read_gateway(t: Table, base_dir: Path | None) -> GatewaySettings:
@@ -185,14 +203,14 @@ DISCOVERY_MECHANISMS = ("manual", "dhcp", "s-naptr", "dns-sd", "mdns", "anycast"
 # Seed §6: a failed lookup waits before it is retried, by kind of failure (never 0 s).
 DISCOVERY_RETRY_DEFAULTS = {
     "nxdomain": 300, "nodata": 300, "servfail": 60, "refused": 300, "timeout": 30,
-    "no_reply": 60, "malformed": 300, "unavailable": 60, "max": 3600,
+    "no_reply": 60, "malformed": 300, "unavailable": 60, "unvalidated": 300, "max": 3600,
 }
 # DHCPv4 codes the DHCPINFORM already requests for their RFC meaning; a seed-format code
 # must not reuse one of them.
 _DHCPV4_TAKEN = {0, 1, 3, 6, 15, 51, 52, 53, 54, 55, 147, 148, 213, 255}
 
 
-def read_discovery(t: Table) -> DiscoverySettings:
+def read_discovery(t: Table, base_dir: Path | None = None) -> DiscoverySettings:
     seen = Unique("interface")
     interfaces = []
     for key, name in t.strings("interfaces", ()):
@@ -248,10 +266,22 @@ def read_discovery(t: Table) -> DiscoverySettings:
         for kind, default in DISCOVERY_RETRY_DEFAULTS.items()
     }
     r.finish()
+    before = t.error_count
+    dnssec = t.choice("dnssec", DnssecMode, DnssecMode.OFF)
+    validator = t.choice("dnssec_validator", DnssecValidator, DnssecValidator.LOCAL)
+    anchors = t.opt_path("dnssec_trust_anchors", base_dir)
+    if (t.error_count == before
+            and dnssec is not DnssecMode.OFF and validator is DnssecValidator.LOCAL
+            and anchors is None and not t.has("dnssec_trust_anchors")):
+        # Seed §11: validation needs something to chain to; there is no built-in root key.
+        t.error("dnssec_trust_anchors", f'required with dnssec = "{dnssec.value}" and '
+                'dnssec_validator = "local": a file of DS or DNSKEY records for the zones '
+                'discovery looks in (or dnssec_validator = "resolver" to trust the AD bit)')
     t.finish()
     return DiscoverySettings(
         tuple(interfaces), tuple(families), tuple(mechanisms), collect_all, default_domain,
         dns_servers, tuple(trusted), min_validity, dns_timeout, dhcp, mdns, anycast, retry,
+        dnssec, validator, anchors,
     )  # fmt: skip
 
 

@@ -69,6 +69,23 @@ class Transport(enum.StrEnum):
 SIGNAL_TRANSPORTS = (Transport.SIGNAL_UDP, Transport.SIGNAL_TCP)
 
 
+class DnssecStatus(enum.StrEnum):
+    """What DNSSEC says about the DNS answers behind a candidate (``gateway.discovery.dnssec``;
+    seed §11). ``UNCHECKED``: validation is off."""
+
+    SECURE = "secure"  # every answer chained to a trust anchor (or had the resolver's AD bit)
+    UNCHECKED = "unchecked"
+    INSECURE = "insecure"  # unsigned, or no trust anchor covers the name
+    BOGUS = "bogus"  # signed, but the signatures do not validate
+
+    @classmethod
+    def combine(cls, statuses: Iterable[DnssecStatus]) -> DnssecStatus:
+        """The status of data built from several answers: the worst of them (an empty
+        combination is secure: nothing unvalidated went in)."""
+        order = list(cls)
+        return max(statuses, key=order.index, default=cls.SECURE)
+
+
 class IdentifierType(enum.StrEnum):
     """What kind of reference identifier a certificate is checked against (RFC 6125)."""
 
@@ -105,6 +122,13 @@ class Candidate:
     identifier_type: IdentifierType = IdentifierType.DNS
     expires_at: float | None = None
     source: str = ""
+    #: The DNS answers it was built from; None when none were (DHCP addresses, mDNS,
+    #: configured addresses), which DNSSEC cannot vouch for.
+    dnssec: DnssecStatus | None = None
+
+    @property
+    def validated(self) -> bool:
+        return self.dnssec is DnssecStatus.SECURE
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -131,6 +155,8 @@ class Candidate:
             "identifier_type": self.identifier_type.value,
             "expires_at": expires_at,
             "source": self.source,
+            "validated": self.validated,
+            "dnssec": None if self.dnssec is None else self.dnssec.value,
         }
         if now is not None:
             result["expires_in"] = (

@@ -56,6 +56,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="run only these mechanisms (repeatable; the order stays the seed's)")
     p.add_argument("--collect-all", action="store_true", default=None,
                    help="run every mechanism instead of stopping at the first that finds some")
+    p.add_argument("--dnssec", choices=("off", "prefer", "require"),
+                   help="DNSSEC for DNS answers instead of discovery.dnssec (seed §11)")
     p.add_argument("--timeout", type=float, default=30.0,
                    help="give up after this many seconds (default 30)")
     p.add_argument("--json", action="store_true", help="print a JSON list of candidates")
@@ -99,6 +101,7 @@ def run_discover(args: argparse.Namespace, io_factory: IoFactory | None = None,
         dns_servers=dns_servers,
         mechanisms=tuple(args.mechanism or ()),
         collect_all=args.collect_all,
+        dnssec=getattr(args, "dnssec", None),
     )
     try:
         return asyncio.run(_discover(settings, overrides, args, io_factory, interfaces))
@@ -110,7 +113,7 @@ def run_discover(args: argparse.Namespace, io_factory: IoFactory | None = None,
 async def _discover(settings: Settings, overrides: Overrides, args: argparse.Namespace,
                     io_factory: IoFactory | None,
                     interfaces: dict[str, InterfaceInfo] | None) -> int:
-    from gateway.discovery.engine import DiscoveryEngine, IoSettings, SystemIO
+    from gateway.discovery.engine import DiscoveryEngine, SystemIO, io_settings
     from gateway.discovery.interfaces import list_interfaces, slots_for
     from gateway.discovery.procedure import Procedure
     from gateway.discovery.settings import (
@@ -128,13 +131,8 @@ async def _discover(settings: Settings, overrides: Overrides, args: argparse.Nam
         print("discover: no interface x family to run on", file=sys.stderr)
         return EXIT_FAILURE
     psettings = procedure_settings(settings, overrides)
-    d = settings.discovery
-    io_settings = IoSettings(
-        dhcp_timeout=float(d.dhcp.timeout), dhcp_attempts=d.dhcp.attempts,
-        seed_address_code=d.dhcp.v4_seed_address_option, seed_ri_code=d.dhcp.v4_seed_ri_option,
-        dns_timeout=float(d.dns_timeout), mdns="mdns" in {m.value for m in psettings.mechanisms},
-    )
-    io = io_factory(known, io_settings) if io_factory else SystemIO(known, io_settings)
+    io_config = io_settings(settings, psettings)
+    io = io_factory(known, io_config) if io_factory else SystemIO(known, io_config)
     try:
         if isinstance(io, SystemIO):
             await io.start_mdns(sorted({s.interface for s in slots}))
@@ -147,10 +145,24 @@ async def _discover(settings: Settings, overrides: Overrides, args: argparse.Nam
     return EXIT_OK if candidates else EXIT_FAILURE
 
 
+def _dnssec_summary(procedure: Procedure) -> list[str]:
+    """Seed §11: what DNSSEC let through and refused in this run."""
+    mode = procedure.settings.dnssec.value
+    if mode == "off":
+        return []
+    stats = procedure.dnssec_stats
+    used = sum(stats.unvalidated_used.values())
+    rejected = sum(stats.rejected.values())
+    detail = ", ".join(f"{m} {s}: {n}" for (m, s), n in sorted(stats.unvalidated_used.items()))
+    return [f"dnssec {mode}: {used} candidate(s) used from answers DNSSEC did not validate"
+            + (f" ({detail})" if detail else "")
+            + f"; {rejected} answer(s) refused"]
+
+
 def _print(procedure: Procedure, candidates: list[Candidate], as_json: bool) -> None:
     now = time.monotonic()
     offset = time.time() - now
-    reasons = _reasons(procedure)
+    reasons = _reasons(procedure) + _dnssec_summary(procedure)
     if as_json:
         print(json.dumps([c.to_json(now, offset) for c in candidates], indent=2))
         for line in reasons:
@@ -162,11 +174,12 @@ def _print(procedure: Procedure, candidates: list[Candidate], as_json: bool) -> 
         print("no candidates")
         return
     header = ("#", "mechanism", "interface", "family", "transport", "address", "port",
-              "reference identifier", "expires in", "source")
+              "reference identifier", "expires in", "dnssec", "source")
     rows = [header] + [
         (str(i), c.mechanism.value, c.interface, f"ipv{c.family.value}", c.transport.value,
          str(c.address), str(c.port), c.reference_identifier,
-         "-" if c.expires_at is None else f"{c.expires_at - now:.0f} s", c.source)
+         "-" if c.expires_at is None else f"{c.expires_at - now:.0f} s",
+         "-" if c.dnssec is None else c.dnssec.value, c.source)
         for i, c in enumerate(candidates, 1)
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]

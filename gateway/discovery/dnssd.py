@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass
 
-from gateway.discovery.candidates import Family, IPAddress, Transport
+from gateway.discovery.candidates import DnssecStatus, Family, IPAddress, Transport
 from gateway.discovery.lookups import (
     DnsQuery,
     DnsResult,
@@ -57,6 +57,7 @@ class DnssdRow:
     port: int
     target: str  # SRV target: the reference identifier
     ttl: int
+    dnssec: DnssecStatus | None = None  # None: from mDNS, which DNSSEC does not cover
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,18 +93,20 @@ def browse(
             notes.append(f"PTR {owner}: {len(instances)} instances, using {MAX_INSTANCES}")
         for instance in instances[:MAX_INSTANCES]:
             found = yield from srv_rows(
-                instance, transport, family, servers, interface, budget, cache, notes, ptr.ttl
+                instance, transport, family, servers, interface, budget, cache, notes, ptr.ttl,
+                ptr.dnssec
             )
             txt = yield from _dns(instance, "TXT", servers, interface, budget, cache)
             if not isinstance(txt, LookupFailure) and any(
                 s for rdata in txt.rdataset for s in rdata.strings
             ):
                 notes.append(f"TXT {instance}: keys ignored (RFC 8973 §7 defines none)")
-            for row_transport, address, port, target, ttl in found:
+            for row_transport, address, port, target, ttl, status in found:
                 if (row_transport, address, port) in seen:
                     continue
                 seen.add((row_transport, address, port))
-                rows.append(DnssdRow(service, instance, row_transport, address, port, target, ttl))
+                rows.append(DnssdRow(service, instance, row_transport, address, port, target,
+                                     ttl, status))
     failure = None
     if not rows:
         failure = _summary(domain, family, failures, notes)

@@ -18,16 +18,20 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.discovery import dhcp_client
-from gateway.discovery.candidates import Candidate, Family, Slot
+from gateway.discovery.candidates import Candidate, Family, Mechanism, Slot
+from gateway.discovery.dnssec import TrustAnchors
 from gateway.discovery.interfaces import InterfaceInfo
 from gateway.discovery.lookups import (
     DhcpQuery,
     DhcpResult,
     DnsQuery,
     DnsResult,
+    DnssecMode,
+    DnssecValidator,
     FailureKind,
     LookupFailure,
     MdnsBrowse,
@@ -35,7 +39,10 @@ from gateway.discovery.lookups import (
     Request,
     Result,
 )
-from gateway.discovery.procedure import CandidatesFound, Event, Procedure
+from gateway.discovery.procedure import CandidatesFound, Event, Procedure, ProcedureSettings
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +62,40 @@ class IoSettings:
     seed_ri_code: int | None = None
     dns_timeout: float = 2.0
     mdns: bool = True
+    #: None: no DNSSEC validation (``discovery.dnssec = "off"``).
+    dnssec_validator: DnssecValidator | None = None
+    dnssec_trust_anchors: Path | None = None
+
+
+def io_settings(settings: Settings, procedure: ProcedureSettings) -> IoSettings:
+    """The I/O side of the ``[discovery]`` configuration; the mechanisms and the DNSSEC mode
+    are the procedure's (command-line overrides included)."""
+    d = settings.discovery
+    return IoSettings(
+        dhcp_timeout=float(d.dhcp.timeout), dhcp_attempts=d.dhcp.attempts,
+        seed_address_code=d.dhcp.v4_seed_address_option, seed_ri_code=d.dhcp.v4_seed_ri_option,
+        dns_timeout=float(d.dns_timeout), mdns=Mechanism.MDNS in procedure.mechanisms,
+        dnssec_validator=(None if procedure.dnssec is DnssecMode.OFF
+                          else DnssecValidator(d.dnssec_validator.value)),
+        dnssec_trust_anchors=d.dnssec_trust_anchors,
+    )
 
 
 class SystemIO:
     """The real network: sockets bound to the slot's interface, dnspython, zeroconf."""
 
     def __init__(self, interfaces: dict[str, InterfaceInfo], settings: IoSettings) -> None:
-        from gateway.discovery.resolver import DnsResolver
+        """Raises ``TrustAnchorError`` (naming the key) when the trust anchors are unusable."""
+        from gateway.discovery.resolver import DnsResolver, load_trust_anchors
 
         self.interfaces = interfaces
         self.settings = settings
-        self._resolver = DnsResolver(settings.dns_timeout)
+        anchors: TrustAnchors | None = None
+        if (settings.dnssec_validator is DnssecValidator.LOCAL
+                and settings.dnssec_trust_anchors is not None):
+            anchors = load_trust_anchors(settings.dnssec_trust_anchors)
+        self._resolver = DnsResolver(settings.dns_timeout, validator=settings.dnssec_validator,
+                                     anchors=anchors)
         self._browsers: dict[str, object] = {}
 
     async def start_mdns(self, names: Sequence[str]) -> None:

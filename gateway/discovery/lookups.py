@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import dns.rdataset
 
-from gateway.discovery.candidates import Family, IPAddress, Slot
+from gateway.discovery.candidates import DnssecStatus, Family, IPAddress, Slot
 from gateway.discovery.dhcp_options import DhcpInfo
 from gateway.discovery.errors import DiscoveryUsageError
 
@@ -34,7 +34,23 @@ class FailureKind(enum.StrEnum):
     TIMEOUT = "timeout"  # no answer from a DNS server in time
     NO_REPLY = "no-reply"  # no DHCP reply in time
     MALFORMED = "malformed"  # an answer we could not use
+    UNVALIDATED = "unvalidated"  # discovery.dnssec = "require" and DNSSEC did not validate it
     UNAVAILABLE = "unavailable"  # local problem: no address on the interface, port in use
+
+
+class DnssecMode(enum.StrEnum):
+    """``discovery.dnssec``: what discovery does with answers that are not validated."""
+
+    OFF = "off"  # no validation; candidates are "unchecked"
+    PREFER = "prefer"  # validate; use unvalidated answers too, marked, logged and counted
+    REQUIRE = "require"  # validate; an unvalidated answer is a failed lookup
+
+
+class DnssecValidator(enum.StrEnum):
+    """``discovery.dnssec_validator``: who validates."""
+
+    LOCAL = "local"  # in process, from ``dnssec_trust_anchors``
+    RESOLVER = "resolver"  # the AD bit of the DNS server asked (trusts the path to it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +76,8 @@ class DnsQuery:
 @dataclass(frozen=True, slots=True)
 class DnsAnswer:
     rdataset: dns.rdataset.Rdataset
+    dnssec: DnssecStatus = DnssecStatus.UNCHECKED
+    dnssec_detail: str = ""  # why it is not secure
 
     @property
     def ttl(self) -> int:

@@ -25,6 +25,7 @@ from gateway.discovery import dnssd, snaptr
 from gateway.discovery.candidates import (
     SIGNAL_TRANSPORTS,
     Candidate,
+    DnssecStatus,
     Family,
     IdentifierType,
     IPAddress,
@@ -118,12 +119,13 @@ class Mechanisms:
             if isinstance(found, str):
                 notes.append(f"{server.name}: {found}")
                 continue
-            addresses, expires_at = found
+            addresses, expires_at, status = found
             ri = server.reference_identifier or server.host
             for address in addresses:
                 out.append(self._candidate(run, Mechanism.MANUAL, transport, address,
                                            server.port, ri, expires_at,
-                                           f"[[upstream]] {server.name} ({server.host})"))
+                                           f"[[upstream]] {server.name} ({server.host})",
+                                           dnssec=status))
         return out, "; ".join(notes) if notes else ("" if out else "no usable entry")
 
     def _dhcp(self, run: Run) -> Step:
@@ -157,13 +159,13 @@ class Mechanisms:
                 if isinstance(found, str):
                     notes.append(f"RI {server.name}: {found}")
                     continue
-                addresses, ttl_expiry = found
+                addresses, ttl_expiry, status = found
                 for address in addresses:
                     for transport in SIGNAL_TRANSPORTS:
                         out.append(self._candidate(
                             run, Mechanism.DHCP, transport, address, transport.default_port,
                             server.name, min(expires_at, ttl_expiry or expires_at),
-                            f"DHCP RI {server.name} (resolved)"))
+                            f"DHCP RI {server.name} (resolved)", dnssec=status))
                 continue
             for address in server.addresses:
                 # Seed §9.1.3: with RI and ADDRESS both, the name is only the reference
@@ -205,7 +207,8 @@ class Mechanisms:
                 # RFC 8973 §8.2: the reference identifier is the domain of the S-NAPTR lookup.
                 self._candidate(run, Mechanism.SNAPTR, row.transport, row.address, row.port,
                                 domain, self._ttl_expiry(run, row.ttl),
-                                f"NAPTR {domain} order {row.order} -> {row.target}")
+                                f"NAPTR {domain} order {row.order} -> {row.target}",
+                                dnssec=row.dnssec)
                 for row in result.rows
             ]
             return out, "; ".join(notes)
@@ -287,15 +290,16 @@ class Mechanisms:
                 continue
             out.append(self._candidate(run, mechanism, row.transport, row.address, row.port,
                                        row.target, self._ttl_expiry(run, row.ttl),
-                                       f"{row.instance} -> {row.target}"))
+                                       f"{row.instance} -> {row.target}", dnssec=row.dnssec))
         return out
 
     def _candidate(self, run: Run, mechanism: Mechanism, transport: Transport,
                    address: IPAddress, port: int, ri: str, expires_at: float | None,
-                   source: str, ri_type: IdentifierType = IdentifierType.DNS) -> Candidate:
+                   source: str, ri_type: IdentifierType = IdentifierType.DNS, *,
+                   dnssec: DnssecStatus | None = None) -> Candidate:
         # The family of the address: DHCPv6 may carry IPv4-mapped ones (seed §9.1.2).
         return Candidate(mechanism, run.slot.interface, Family.of(address), transport, address,
-                         port, ri.rstrip("."), ri_type, expires_at, source)
+                         port, ri.rstrip("."), ri_type, expires_at, source, dnssec)
 
     def _ttl_expiry(self, run: Run, ttl: int) -> float:
         """A DNS TTL as an absolute expiry, floored at ``min_validity``, and bounded by the
@@ -327,8 +331,9 @@ class Mechanisms:
 
     def _resolve(
         self, run: Run, name: str, servers: tuple[IPAddress, ...]
-    ) -> Generator[Request, Result, tuple[list[IPAddress], float] | str]:
-        """Addresses of ``name`` in the slot's family with their expiry, or why not."""
+    ) -> Generator[Request, Result, tuple[list[IPAddress], float, DnssecStatus] | str]:
+        """Addresses of ``name`` in the slot's family with their expiry and the answer's
+        DNSSEC status, or why not."""
         rdtype = address_rdtype(run.slot.family)
         key = f"resolve {name} {rdtype}"
         waiting = self._waiting(run, key)
@@ -342,8 +347,8 @@ class Mechanisms:
         found = yield from _addresses_of_answer(name, result)
         if isinstance(found, str):
             return found
-        addresses, ttl = found
-        return addresses, self._ttl_expiry(run, ttl)
+        addresses, ttl, status = found
+        return addresses, self._ttl_expiry(run, ttl), status
 
     def _waiting(self, run: Run, key: str) -> str | None:
         """Why ``key`` may not be looked up now, or None. A skipped lookup still schedules
@@ -361,7 +366,7 @@ class Mechanisms:
 
 def _addresses_of_answer(
     name: str, result: Result
-) -> Generator[Request, Result, tuple[list[IPAddress], int] | str]:
+) -> Generator[Request, Result, tuple[list[IPAddress], int, DnssecStatus] | str]:
     if not isinstance(result, DnsAnswer):
         return f"{name}: unexpected answer {type(result).__name__}"
     addresses: list[IPAddress] = []
@@ -372,6 +377,6 @@ def _addresses_of_answer(
             continue
     if not addresses:
         return f"{name}: no addresses in the answer"
-    return addresses, result.ttl
+    return addresses, result.ttl, result.dnssec
     yield  # pragma: no cover
 

@@ -22,6 +22,13 @@ or DNS-SD domain, name resolution, mDNS browse) gets a wait chosen by its failur
 doubled while it keeps failing; within that wait the lookup is not sent again, even on
 demand (seed §6: "before retrying a lookup that has failed, a DOTS client MUST wait a time
 period that is appropriate for the encountered error"). Pure: no sockets, clock or asyncio.
+
+DNSSEC (seed §11; ``settings.dnssec``): every DNS answer arrives here with the status the
+resolver adapter gave it (``gateway.discovery.dnssec``). With ``require``, an answer that is
+not secure becomes a failed lookup (``FailureKind.UNVALIDATED``, its own retry wait) before
+the mechanism sees it: it can yield no candidate. With ``prefer`` it is used, and the run
+logs one warning listing why each such answer was not validated; ``dnssec_stats`` counts the
+candidates built from unvalidated data (by mechanism and status) and the answers refused.
 """
 
 from __future__ import annotations
@@ -35,13 +42,23 @@ from dataclasses import dataclass, field
 from gateway.discovery.candidates import (
     MECHANISM_ORDER,
     Candidate,
+    DnssecStatus,
     IPAddress,
     Mechanism,
     Slot,
     Transport,
 )
 from gateway.discovery.errors import DiscoveryUsageError
-from gateway.discovery.lookups import FailureKind, Plan, Request, Result
+from gateway.discovery.lookups import (
+    DnsAnswer,
+    DnsQuery,
+    DnssecMode,
+    FailureKind,
+    LookupFailure,
+    Plan,
+    Request,
+    Result,
+)
 from gateway.discovery.mechanisms import Mechanisms, Run
 from gateway.discovery.retry import DEFAULT_RETRY_WAITS, MINIMUM_RETRY_WAIT, RetryWaits
 
@@ -82,6 +99,7 @@ class ProcedureSettings:
     mdns_browse_time: float = 2.0
     retry_waits: Mapping[FailureKind, float] = field(default_factory=lambda: DEFAULT_RETRY_WAITS)
     retry_max: float = 3600.0
+    dnssec: DnssecMode = DnssecMode.OFF  # seed §11
 
     def __post_init__(self) -> None:
         if any(wait < MINIMUM_RETRY_WAIT for wait in self.retry_waits.values()):
@@ -156,6 +174,17 @@ Event = CandidatesFound | NothingFound | ValidityExpired
 
 
 @dataclass(slots=True)
+class DnssecStats:
+    """Counters for operators (``dots_gateway_discovery_*`` metrics, ``discover``)."""
+
+    #: Candidates built from DNS answers DNSSEC did not validate, used anyway (``prefer``),
+    #: by (mechanism, status); counted at each run that yields them.
+    unvalidated_used: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: DNS answers refused because not validated (``require``), by status.
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class _SlotRecord:
     slot: Slot
     state: SlotState = SlotState.IDLE
@@ -165,6 +194,7 @@ class _SlotRecord:
     outcomes: tuple[MechanismOutcome, ...] = ()
     timer_at: float | None = None
     runs: int = 0
+    unvalidated: list[str] = field(default_factory=list)  # this run's unvalidated answers
 
 
 class Procedure:
@@ -182,6 +212,7 @@ class Procedure:
         self._outstanding: dict[int, Slot] = {}
         self._now = now
         self._mechanisms = Mechanisms(settings, self._retry, lambda: self._now)
+        self.dnssec_stats = DnssecStats()
 
     # --- inputs ----------------------------------------------------------------------------
 
@@ -215,6 +246,7 @@ class Procedure:
         record = self._records[slot]
         record.request_id = None
         assert record.plan is not None
+        result = self._dnssec_policy(record, record.plan.outstanding, result)
         record.plan.query_result(result)
         self._check_done(record)
 
@@ -278,6 +310,44 @@ class Procedure:
         wait = self._retry.current(key, self._now)
         return None if wait is None else (wait.not_before, wait.kind)
 
+    # --- DNSSEC ------------------------------------------------------------------------------
+
+    def _dnssec_policy(self, record: _SlotRecord, request: Request | None,
+                       result: Result) -> Result:
+        """Seed §11: with ``require`` an answer DNSSEC did not validate is a failed lookup;
+        with ``prefer`` it is used and noted for the run's warning."""
+        mode = self.settings.dnssec
+        if (mode is DnssecMode.OFF or not isinstance(result, DnsAnswer)
+                or result.dnssec is DnssecStatus.SECURE):
+            return result
+        what = (f"{request.rdtype} {request.name}" if isinstance(request, DnsQuery)
+                else "answer")
+        why = f"{what}: {result.dnssec.value}" + (
+            f" ({result.dnssec_detail})" if result.dnssec_detail else "")
+        if mode is DnssecMode.REQUIRE:
+            stats = self.dnssec_stats.rejected
+            stats[result.dnssec.value] = stats.get(result.dnssec.value, 0) + 1
+            log.warning("discovery %s: DNSSEC: refused %s (discovery.dnssec = require)",
+                        record.slot, why)
+            return LookupFailure(FailureKind.UNVALIDATED, f"not validated by DNSSEC: {why}")
+        record.unvalidated.append(why)
+        return result
+
+    def _count_unvalidated(self, record: _SlotRecord, found: Sequence[Candidate]) -> None:
+        if self.settings.dnssec is DnssecMode.OFF:
+            return
+        used = [c for c in found if c.dnssec is not None and not c.validated]
+        if not used:
+            return
+        stats = self.dnssec_stats.unvalidated_used
+        for c in used:
+            assert c.dnssec is not None
+            key = (c.mechanism.value, c.dnssec.value)
+            stats[key] = stats.get(key, 0) + 1
+        log.warning("discovery %s: DNSSEC: using %d candidate(s) built from answers DNSSEC did "
+                    "not validate (discovery.dnssec = prefer): %s", record.slot, len(used),
+                    "; ".join(dict.fromkeys(record.unvalidated)) or "-")
+
     # --- state machine ---------------------------------------------------------------------
 
     def _fire(self, record: _SlotRecord, event: Input) -> None:
@@ -297,6 +367,7 @@ class Procedure:
         if record.request_id is not None:  # cannot happen: only finished slots restart
             self._outstanding.pop(record.request_id, None)
             record.request_id = None
+        record.unvalidated = []
         record.plan = Plan(self._run(Run(record.slot, self._now), record))
         self._check_done(record)
 
@@ -323,6 +394,7 @@ class Procedure:
         record.candidates = tuple(found)
         record.outcomes = tuple(outcomes)
         if found:
+            self._count_unvalidated(record, found)
             self._fire(record, Input.FOUND)
             expiries = [c.expires_at for c in found if c.expires_at is not None]
             record.timer_at = min(expiries) if expiries else None

@@ -25,6 +25,7 @@ DEFAULT_RETRY_WAITS: Mapping[FailureKind, float] = MappingProxyType({
     FailureKind.NO_REPLY: 60.0,
     FailureKind.MALFORMED: 300.0,
     FailureKind.UNAVAILABLE: 60.0,
+    FailureKind.UNVALIDATED: 300.0,
 })
 MINIMUM_RETRY_WAIT = 1.0
 

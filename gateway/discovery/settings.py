@@ -12,7 +12,7 @@ from types import MappingProxyType
 
 from gateway.config import Settings
 from gateway.discovery.candidates import IPAddress, Mechanism, Transport
-from gateway.discovery.lookups import FailureKind
+from gateway.discovery.lookups import DnssecMode, FailureKind
 from gateway.discovery.procedure import AnycastServer, ManualServer, ProcedureSettings
 
 _TRANSPORTS = {"udp": Transport.SIGNAL_UDP, "tcp": Transport.SIGNAL_TCP}
@@ -28,6 +28,7 @@ class Overrides:
     dns_servers: tuple[IPAddress, ...] = ()
     mechanisms: tuple[str, ...] = ()
     collect_all: bool | None = None
+    dnssec: str | None = None
 
 
 def procedure_settings(settings: Settings, overrides: Overrides = Overrides()) -> ProcedureSettings:
@@ -57,6 +58,7 @@ def procedure_settings(settings: Settings, overrides: Overrides = Overrides()) -
         mdns_browse_time=float(d.mdns.browse_time),
         retry_waits=MappingProxyType(retry),
         retry_max=float(d.retry["max"]),
+        dnssec=DnssecMode(overrides.dnssec or d.dnssec.value),
     )
 
 

@@ -5,7 +5,8 @@ For a domain: NAPTR records whose service field is ``DOTS`` with protocol tag
 processing order); a record without flags points to more NAPTRs (followed with the same
 tag), ``S`` to SRV records (priority/weight order, dnspython again), ``A`` to address
 records. The result is the seed's table: order, protocol, address, port, tag, plus the
-target name and the smallest TTL along the chain.
+target name, the smallest TTL along the chain, and the DNSSEC status of the answers it
+was built from (the worst of them: one unvalidated answer makes the row unvalidated).
 
 No DOTS NAPTR at the domain means discovery failed for that domain (seed §6); the failure
 kind (NXDOMAIN, NODATA, SERVFAIL, timeout...) decides the retry wait, which ``procedure``
@@ -23,7 +24,7 @@ from typing import cast
 import dns.rdtypes.IN.NAPTR
 import dns.rdtypes.IN.SRV
 
-from gateway.discovery.candidates import Family, IPAddress, Transport
+from gateway.discovery.candidates import DnssecStatus, Family, IPAddress, Transport
 from gateway.discovery.lookups import (
     DnsAnswer,
     DnsQuery,
@@ -48,6 +49,7 @@ class SnaptrRow:
     port: int
     target: str  # the host name the address came from
     ttl: int  # smallest TTL along the NAPTR -> SRV -> A/AAAA chain
+    dnssec: DnssecStatus = DnssecStatus.UNCHECKED  # the worst along the chain
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,14 @@ def parse_services(services: bytes) -> tuple[str, frozenset[Transport]] | None:
     app, *protocols = text.split(":")
     tags = frozenset(Transport(p) for p in protocols if p in {t.value for t in Transport})
     return app, tags
+
+
+#: One row before numbering: transport, address, port, target, TTL, DNSSEC status.
+RawRow = tuple[Transport, IPAddress, int, str, int, DnssecStatus]
+
+
+def worst(*statuses: DnssecStatus) -> DnssecStatus:
+    return DnssecStatus.combine(statuses)
 
 
 class _Budget:
@@ -103,8 +113,9 @@ def _dns(
 def addresses_of(
     target: str, family: Family, servers: tuple[IPAddress, ...], interface: str | None,
     budget: _Budget, cache: dict[tuple[str, str], DnsResult],
-) -> Generator[DnsQuery, DnsResult, tuple[list[IPAddress], int] | LookupFailure]:
-    """A or AAAA records of ``target`` (the slot's family only): addresses and their TTL."""
+) -> Generator[DnsQuery, DnsResult, tuple[list[IPAddress], int, DnssecStatus] | LookupFailure]:
+    """A or AAAA records of ``target`` (the slot's family only): addresses, their TTL and
+    the DNSSEC status of the answer."""
     result = yield from _dns(target, address_rdtype(family), servers, interface, budget, cache)
     if isinstance(result, LookupFailure):
         return result
@@ -116,22 +127,23 @@ def addresses_of(
             continue  # not an address record: a confused server, ignore the record
     if not parsed:
         return LookupFailure(FailureKind.NODATA, f"no {address_rdtype(family)} for {target}")
-    return parsed, result.ttl
+    return parsed, result.ttl, result.dnssec
 
 
 def srv_rows(
     owner: str, transport: Transport, family: Family, servers: tuple[IPAddress, ...],
     interface: str | None, budget: _Budget, cache: dict[tuple[str, str], DnsResult],
-    notes: list[str], ttl: int,
-) -> Generator[DnsQuery, DnsResult, list[tuple[Transport, IPAddress, int, str, int]]]:
+    notes: list[str], ttl: int, status: DnssecStatus,
+) -> Generator[DnsQuery, DnsResult, list[RawRow]]:
     """SRV records at ``owner`` in RFC 2782 order (dnspython's weighted processing order),
     each target's addresses. A target of "." means "no service here" (RFC 2782)."""
     result = yield from _dns(owner, "SRV", servers, interface, budget, cache)
     if isinstance(result, LookupFailure):
         notes.append(f"SRV {owner}: {result}")
         return []
-    rows: list[tuple[Transport, IPAddress, int, str, int]] = []
+    rows: list[RawRow] = []
     ttl = min(ttl, result.ttl)
+    status = worst(status, result.dnssec)
     for rdata in result.rdataset.processing_order():
         srv = cast(dns.rdtypes.IN.SRV.SRV, rdata)
         target = srv.target.to_text(omit_final_dot=True)
@@ -141,9 +153,10 @@ def srv_rows(
         if isinstance(found, LookupFailure):
             notes.append(f"{address_rdtype(family)} {target}: {found}")
             continue
-        addresses, address_ttl = found
+        addresses, address_ttl, address_status = found
         for address in addresses:
-            rows.append((transport, address, srv.port, target, min(ttl, address_ttl)))
+            rows.append((transport, address, srv.port, target, min(ttl, address_ttl),
+                         worst(status, address_status)))
     return rows
 
 
@@ -170,18 +183,19 @@ def resolve(
         # procedure fails for this domain name".
         return SnaptrResult(domain, (), LookupFailure(
             FailureKind.NODATA, f"no DOTS NAPTR records at {domain}"))
-    raw: list[tuple[Transport, IPAddress, int, str, int]] = []
+    raw: list[RawRow] = []
     for record, record_tags in records:
         raw += yield from _follow(
-            record, record_tags, family, servers, interface, budget, cache, notes, first.ttl, 0
+            record, record_tags, family, servers, interface, budget, cache, notes, first.ttl,
+            first.dnssec, 0
         )
     rows: list[SnaptrRow] = []
     seen: set[tuple[Transport, IPAddress, int]] = set()
-    for transport, address, port, target, ttl in raw:
+    for transport, address, port, target, ttl, status in raw:
         if (transport, address, port) in seen:
             continue
         seen.add((transport, address, port))
-        rows.append(SnaptrRow(len(rows) + 1, transport, address, port, target, ttl))
+        rows.append(SnaptrRow(len(rows) + 1, transport, address, port, target, ttl, status))
     failure: LookupFailure | None = None
     if not rows:
         failure = LookupFailure(
@@ -217,26 +231,27 @@ def _matching(
 def _follow(
     record: dns.rdtypes.IN.NAPTR.NAPTR, tags: frozenset[Transport], family: Family,
     servers: tuple[IPAddress, ...], interface: str | None, budget: _Budget,
-    cache: dict[tuple[str, str], DnsResult], notes: list[str], ttl: int, depth: int,
-) -> Generator[DnsQuery, DnsResult, list[tuple[Transport, IPAddress, int, str, int]]]:
+    cache: dict[tuple[str, str], DnsResult], notes: list[str], ttl: int,
+    status: DnssecStatus, depth: int,
+) -> Generator[DnsQuery, DnsResult, list[RawRow]]:
     replacement = record.replacement.to_text(omit_final_dot=True)
     flags = record.flags.lower()
     ordered_tags = [t for t in Transport if t in tags]
-    rows: list[tuple[Transport, IPAddress, int, str, int]] = []
+    rows: list[RawRow] = []
     if flags == b"s":
         for tag in ordered_tags:
             rows += yield from srv_rows(
-                replacement, tag, family, servers, interface, budget, cache, notes, ttl
+                replacement, tag, family, servers, interface, budget, cache, notes, ttl, status
             )
     elif flags == b"a":
         found = yield from addresses_of(replacement, family, servers, interface, budget, cache)
         if isinstance(found, LookupFailure):
             notes.append(f"{address_rdtype(family)} {replacement}: {found}")
         else:
-            addresses, address_ttl = found
+            addresses, address_ttl, address_status = found
             for tag in ordered_tags:
-                rows += [(tag, a, tag.default_port, replacement, min(ttl, address_ttl))
-                         for a in addresses]
+                rows += [(tag, a, tag.default_port, replacement, min(ttl, address_ttl),
+                          worst(status, address_status)) for a in addresses]
     elif not flags:
         if depth >= MAX_DEPTH:
             notes.append(f"NAPTR {replacement}: more than {MAX_DEPTH} non-terminal hops")
@@ -247,7 +262,8 @@ def _follow(
             return rows
         for child, child_tags in _matching(result, tags):
             rows += yield from _follow(child, child_tags, family, servers, interface, budget,
-                                       cache, notes, min(ttl, result.ttl), depth + 1)
+                                       cache, notes, min(ttl, result.ttl),
+                                       worst(status, result.dnssec), depth + 1)
     else:
         notes.append(f"NAPTR {replacement}: flag {flags.decode('ascii', 'replace')!r} ignored")
     return rows

@@ -64,6 +64,9 @@ class GatewayRole(ServerRole):
         self.cdid_ignored = 0
         #: Downstream sessions already logged for that (once per session).
         self._cdid_logged: set[int] = set()
+        #: More metric families and status sections, declared with the role's
+        #: (``register_operations``): the discovery engine's.
+        self.operation_hooks: list[Callable[[Registry, ControlProviders], None]] = []
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -270,6 +273,8 @@ class GatewayRole(ServerRole):
                       "(installed, pending, withdrawing).", ("state",)
                       ).add_source(self._relayed_by_state)
         control.status_sections["mitigations"] = self._relayed_section
+        for hook in self.operation_hooks:
+            hook(metrics, control)
 
     def _upstream_stat(self, name: str) -> int:
         upstream = self.relay.upstream

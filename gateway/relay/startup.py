@@ -22,6 +22,8 @@ from gateway.dots.heartbeat import ReconnectBackoff
 from gateway.dots.relay import Domain, RelayTable
 from gateway.dots.server import DotsServerCore
 from gateway.dots.session_config import SessionParameters
+from gateway.ops.control import ControlProviders
+from gateway.ops.metrics import Registry
 from gateway.relay.forwarding import GatewayRelay, RelaySettings
 from gateway.relay.role import GatewayRole
 from gateway.relay.store import RelayDatabase
@@ -107,6 +109,7 @@ def build_gateway_role(settings: Settings, core: DotsServerCore, servers: list[S
     if discovery is not None:
         discovery.upstream = upstream
         role.background.append(discovery.run)
+        role.operation_hooks.append(discovery.register_operations)
     log.info("gateway mode: %d relayed mitigations on record, upstream servers: %s "
              "(domain %s, cdid %s)", len(table), ", ".join(s.host for s in servers) or "-",
              g.domain.value, "inserted" if g.insert_cdid and g.domain is GatewayDomain.SERVER
@@ -145,7 +148,7 @@ class UpstreamDiscovery:
     gateway runs (re-runs at validity expiry and after retry waits)."""
 
     def __init__(self, settings: Settings) -> None:
-        from gateway.discovery.engine import DiscoveryEngine, IoSettings, SystemIO
+        from gateway.discovery.engine import DiscoveryEngine, SystemIO, io_settings
         from gateway.discovery.interfaces import list_interfaces, slots_for
         from gateway.discovery.procedure import Procedure
         from gateway.discovery.settings import procedure_settings
@@ -155,11 +158,7 @@ class UpstreamDiscovery:
         slots, _skipped = slots_for(known, d.interfaces, d.families)
         self.configured = [server_spec(u) for u in settings.upstream]
         psettings = procedure_settings(settings)
-        self.io = SystemIO(known, IoSettings(
-            dhcp_timeout=float(d.dhcp.timeout), dhcp_attempts=d.dhcp.attempts,
-            seed_address_code=d.dhcp.v4_seed_address_option,
-            seed_ri_code=d.dhcp.v4_seed_ri_option, dns_timeout=float(d.dns_timeout),
-            mdns="mdns" in {m.value for m in psettings.mechanisms}))
+        self.io = SystemIO(known, io_settings(settings, psettings))
         self.procedure = Procedure(psettings, slots, time.monotonic())
         self.engine = DiscoveryEngine(self.procedure, self.io, on_event=self._event)
         self.has_slots = bool(slots)
@@ -194,6 +193,36 @@ class UpstreamDiscovery:
 
     async def close(self) -> None:
         await self.io.close()
+
+    def register_operations(self, metrics: Registry, control: ControlProviders) -> None:
+        """Seed §11 made visible: candidates built from answers DNSSEC did not validate
+        (used with ``discovery.dnssec = "prefer"``) and answers refused (``"require"``),
+        as counters and in the ``discovery`` section of ``status``."""
+        stats = self.procedure.dnssec_stats
+        metrics.counter(
+            "dots_gateway_discovery_unvalidated_total",
+            "Discovered upstream candidates built from DNS answers DNSSEC did not validate "
+            "and used anyway (discovery.dnssec = prefer), by mechanism and DNSSEC status "
+            "(insecure, bogus); counted at each discovery run that yields them.",
+            ("mechanism", "status"),
+        ).add_source(lambda: {k: float(n) for k, n in stats.unvalidated_used.items()})
+        metrics.counter(
+            "dots_gateway_discovery_dnssec_refused_total",
+            "DNS answers discovery refused because DNSSEC did not validate them "
+            "(discovery.dnssec = require), by DNSSEC status.", ("status",),
+        ).add_source(lambda: {(k,): float(n) for k, n in stats.rejected.items()})
+        control.status_sections["discovery"] = self._status
+
+    def _status(self) -> dict[str, object]:
+        now = time.monotonic()
+        offset = time.time() - now
+        stats = self.procedure.dnssec_stats
+        return {
+            "dnssec": self.procedure.settings.dnssec.value,
+            "candidates": [c.to_json(now, offset) for c in self.procedure.candidates()],
+            "unvalidated_used": sum(stats.unvalidated_used.values()),
+            "dnssec_refused": sum(stats.rejected.values()),
+        }
 
     def _event(self, event: object) -> None:
         from gateway.discovery.procedure import CandidatesFound

@@ -387,3 +387,140 @@ def test_mdns_advertiser_and_browser_between_namespaces(lab: dict[str, Any]) -> 
             browser.wait(5)
         if advertiser is not None:
             net.stop(advertiser)
+
+
+# --- DNSSEC (seed §11): signed zones served by nsd -------------------------------------------
+#
+#     ns "auth": nsd, authoritative for good.example and tampered.example (signed here with
+#                dnspython, ED25519; in tampered.example the A record was changed after
+#                signing) and plain.example (unsigned)
+#     ns "vcli": ``dots-gateway discover`` with the DS records of the two signed zones
+#
+#     auth0 10.47.1.1/24  <-veth->  vcli0 10.47.1.2/24
+#
+# nsd quirks: ``-d`` keeps it in the foreground (Popen's PID is nsd's); ``username: ""`` and
+# ``chroot: ""`` keep it from dropping to the nsd user, ``database: ""`` from writing nsd.db.
+
+SIGNED_RECORDS = """\
+@ NAPTR 100 10 "S" "DOTS:signal.udp" "" _dots._signal._udp
+@ NAPTR 200 10 "S" "DOTS:signal.tcp" "" _dots._signal._tcp
+_dots._signal._udp SRV 0 0 5000 dots
+_dots._signal._tcp SRV 0 0 5001 dots
+dots A 10.47.0.10
+_dots-signal._udp PTR gw1._dots-signal._udp
+gw1._dots-signal._udp SRV 0 0 4646 gw1
+gw1._dots-signal._udp TXT ""
+gw1 A 10.47.0.11
+"""
+
+NSD_CONF = """\
+server:
+    ip-address: 10.47.1.1
+    port: 53
+    username: ""
+    chroot: ""
+    database: ""
+    zonesdir: "{dir}"
+    zonelistfile: "{dir}/zone.list"
+    xfrdfile: "{dir}/xfrd.state"
+    pidfile: "{dir}/nsd.pid"
+    logfile: "{dir}/nsd.log"
+    server-count: 1
+    verbosity: 2
+remote-control:
+    control-enable: no
+"""
+
+
+@pytest.fixture(scope="module")
+def signed_lab() -> Iterator[dict[str, Any]]:
+    from tests.dnssec_zones import make_zone
+
+    reason = require_root()
+    if reason:
+        pytest.skip(reason)
+    if shutil.which("nsd") is None:
+        pytest.fail("nsd is missing: `make test` installs it (apt nsd)")
+    cleanup_stale()
+    with Lab() as net:
+        auth, cli = net.namespace("auth"), net.namespace("vcli")
+        net.veth(auth, "auth0", cli, "vcli0")
+        net.address(auth, "auth0", "10.47.1.1/24")
+        net.address(cli, "vcli0", "10.47.1.2/24")
+        net.resolv_conf(cli, "10.47.1.1")
+        good = make_zone("good.example.", SIGNED_RECORDS)
+        tampered = make_zone("tampered.example.", SIGNED_RECORDS)
+        tampered.tamper("dots.tampered.example.", "A", "10.47.0.66")
+        plain = make_zone("plain.example.", SIGNED_RECORDS, signed=False)
+        conf = NSD_CONF.format(dir=net.dir)
+        for zone in (good, tampered, plain):
+            name = zone.origin.to_text(omit_final_dot=True)
+            (net.dir / f"{name}.zone").write_text(zone.zone.to_text(relativize=False))
+            conf += f"zone:\n    name: {name}\n    zonefile: \"{name}.zone\"\n"
+        (net.dir / "nsd.conf").write_text(conf)
+        anchors = net.dir / "anchors"
+        anchors.write_text(good.anchor_text("DS") + tampered.anchor_text("DS"))
+        nsd = net.popen(auth, ["nsd", "-d", "-c", str(net.dir / "nsd.conf")], "nsd.out")
+        deadline = time.monotonic() + 10
+        while True:  # serving once it answers the SOA of a zone
+            probe = net.run(cli, PY, "-c", "import dns.resolver as r; x = r.Resolver("
+                            "configure=False); x.nameservers = ['10.47.1.1']; x.lifetime = 0.5;"
+                            " x.resolve('good.example', 'SOA')", check=False)
+            if probe.returncode == 0:
+                break
+            if nsd.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"nsd did not start:\n{net.log('nsd.out')}\n{net.log('nsd.log')}")
+            time.sleep(0.1)
+        yield {"net": net, "cli": cli, "anchors": anchors}
+
+
+def discover_signed(lab: dict[str, Any], domain: str, mode: str,
+                    expect: int = 0) -> tuple[list[dict[str, Any]], str]:
+    config = (f'[discovery]\ndnssec = "{mode}"\n'
+              f'dnssec_trust_anchors = "{lab["anchors"]}"\n')
+    path = lab["net"].dir / f"dnssec-{mode}.toml"
+    path.write_text(config)
+    argv = [PY, "-m", "gateway.cli", "discover", "--json", "--timeout", "15", "--config",
+            str(path), "--interface", "vcli0", "--family", "4", "--dns-server", "10.47.1.1",
+            "--domain", domain, "--mechanism", "s-naptr", "--mechanism", "dns-sd",
+            "--collect-all"]
+    result = lab["net"].run(lab["cli"], *argv, timeout=30, check=False)
+    assert result.returncode == expect, (result.stdout, result.stderr,
+                                         lab["net"].log("nsd.log")[-3000:])
+    return json.loads(result.stdout or "[]"), result.stderr
+
+
+def test_dnssec_require_finds_the_signed_candidates_validated(
+        signed_lab: dict[str, Any]) -> None:
+    found, err = discover_signed(signed_lab, "good.example", "require")
+    assert [(c["mechanism"], c["address"], c["port"], c["reference_identifier"],
+             c["validated"], c["dnssec"]) for c in found] == [
+        ("s-naptr", "10.47.0.10", 5000, "good.example", True, "secure"),
+        ("s-naptr", "10.47.0.10", 5001, "good.example", True, "secure"),
+        ("dns-sd", "10.47.0.11", 4646, "gw1.good.example", True, "secure"),
+    ]
+    assert "dnssec require: 0 candidate(s) used" in err and "0 answer(s) refused" in err
+
+
+def test_dnssec_require_refuses_a_tampered_answer(signed_lab: dict[str, Any]) -> None:
+    found, err = discover_signed(signed_lab, "tampered.example", "require", expect=0)
+    # The DNS-SD instance's records are intact; the S-NAPTR target's A record is not.
+    assert [(c["mechanism"], c["address"], c["validated"]) for c in found] == [
+        ("dns-sd", "10.47.0.11", True)]
+    assert "A dots.tampered.example: bogus" in err and "verify failure" in err
+    assert "refused" in err and "answer(s) refused" in err and "0 answer(s) refused" not in err
+
+
+def test_dnssec_prefer_uses_tampered_and_unsigned_answers_marked(
+        signed_lab: dict[str, Any]) -> None:
+    found, err = discover_signed(signed_lab, "tampered.example", "prefer")
+    assert [(c["mechanism"], c["address"], c["validated"], c["dnssec"]) for c in found] == [
+        ("s-naptr", "10.47.0.66", False, "bogus"), ("s-naptr", "10.47.0.66", False, "bogus"),
+        ("dns-sd", "10.47.0.11", True, "secure")]
+    assert "DNSSEC: using 2 candidate(s) built from answers DNSSEC did not validate" in err
+    assert "dnssec prefer: 2 candidate(s) used" in err and "(s-naptr bogus: 2)" in err
+    found, err = discover_signed(signed_lab, "plain.example", "prefer")
+    assert {(c["validated"], c["dnssec"]) for c in found} == {(False, "insecure")}
+    assert len(found) == 3 and "no trust anchor covers it" in err
+    found, err = discover_signed(signed_lab, "plain.example", "require", expect=1)
+    assert found == [] and "insecure" in err
