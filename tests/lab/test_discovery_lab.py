@@ -434,7 +434,7 @@ remote-control:
 
 @pytest.fixture(scope="module")
 def signed_lab() -> Iterator[dict[str, Any]]:
-    from tests.dnssec_zones import make_zone
+    from tests.support.dnssec_zones import make_zone
 
     reason = require_root()
     if reason:

@@ -42,9 +42,9 @@ from gateway.discovery.lookups import (
 from gateway.discovery.procedure import Procedure, ProcedureSettings
 from gateway.discovery.resolver import DnsResolver, load_trust_anchors
 from gateway.discovery.settings import Overrides, procedure_settings
-from tests.dnssec_zones import SignedZone, lookup, make_zone
-from tests.unit.test_discovery_procedure import ETH6, World, drive
-from tests.unit.test_discovery_snaptr import SEED_ZONE
+from tests.support.dnssec_zones import SignedZone, lookup, make_zone
+from tests.unit.discovery.test_discovery_procedure import ETH6, World, drive
+from tests.unit.discovery.test_discovery_snaptr import SEED_ZONE
 
 RECORDS = """\
 @ NAPTR 100 10 "S" "DOTS:signal.udp" "" _dots._signal._udp
@@ -404,7 +404,7 @@ def test_config_errors_name_the_key(text: str, key: str, fragment: str) -> None:
 
 def test_discover_json_marks_candidates_and_summarises(capsys: pytest.CaptureFixture[str],
                                                        tmp_path: Path) -> None:
-    from tests.unit.test_discovery_cli import discover
+    from tests.unit.discovery.test_discovery_cli import discover
 
     config = tmp_path / "c.toml"
     config.write_text('[discovery]\ndnssec_validator = "resolver"\n')
@@ -430,7 +430,7 @@ def test_discover_without_anchors_is_a_usage_error(capsys: pytest.CaptureFixture
 
     args = cli.build_parser().parse_args(["discover", "--dnssec", "require", "--interface",
                                           "eth0"])
-    from tests.unit.test_discovery_cli import IFACES
+    from tests.unit.discovery.test_discovery_cli import IFACES
 
     assert args.func(args, interfaces=IFACES) == 2
     assert "discovery.dnssec_trust_anchors" in capsys.readouterr().err
