@@ -432,10 +432,11 @@ class SecureSession:
         if error == SSL_ERROR_ZERO_RETURN:
             self.state = State.CLOSED
         elif error in (SSL_ERROR_SSL, SSL_ERROR_SYSCALL):
-            if self.kind is Kind.DTLS:
-                crypto.ERR_clear_error()  # a bad DTLS record is dropped, not fatal
-            else:
-                self._fail("record error: " + error_queue())
+            # OpenSSL 3.0 drops a bad DTLS record without a word (RFC 6347 §4.1.2.7); an
+            # error is fatal: a fatal alert from the peer, or one OpenSSL sends (an internal
+            # error, a failed encrypt-then-MAC). Its connection reads nothing more, so the
+            # session fails; the endpoint closes it and tells its user.
+            self._fail("record error: " + (error_queue() or f"SSL error {error}"))
         return records
 
     def _fail(self, reason: str) -> None:

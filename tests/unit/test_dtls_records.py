@@ -664,3 +664,57 @@ def test_datagrams_are_framed_as_openssl_frames_them(
         return [server.feed(_framing(case, m, bye)), server.feed(m[3])], server.state
 
     assert deliveries(hand_over=True) == deliveries(hand_over=False)
+
+
+# --- errors OpenSSL reports, on sessions it holds --------------------------
+
+#: The ECDHE-PSK CBC suite our PSK contexts offer; its sessions stay on OpenSSL.
+CBC_SUITE = "ECDHE-PSK-AES128-CBC-SHA256"
+#: The shortest protected fragment of each suite: explicit nonce + tag (GCM, CCM), the tag
+#: alone (ChaCha20-Poly1305, RFC 7905), IV + one block + MAC (CBC); measured against
+#: OpenSSL 3.0.19: every non-empty shorter epoch-1 record put the session in an internal
+#: error (or, CBC with encrypt-then-MAC, a fatal decode_error), whatever its content type.
+SHORTEST = {
+    "ECDHE-ECDSA-AES128-GCM-SHA256": 24,
+    "ECDHE-ECDSA-AES256-GCM-SHA384": 24,
+    "ECDHE-ECDSA-CHACHA20-POLY1305": 16,
+    "ECDHE-PSK-CHACHA20-POLY1305": 16,
+    "PSK-AES128-GCM-SHA256": 24,
+    "PSK-AES128-CCM": 24,
+    "PSK-AES128-CCM8": 16,
+    CBC_SUITE: 64,
+}
+
+
+def on_openssl(pki: Path, server_context: ServerContext, suite: str
+               ) -> tuple[SecureSession, SecureSession]:
+    """An established pair whose server never hands over: OpenSSL opens every record."""
+    client, server = connected(pki, server_context, suite)
+    server._may_hand_over = lambda: False  # type: ignore[method-assign]
+    client.send(b"first")
+    assert move(client, server) == [b"first"]
+    server.send(b"back")
+    assert move(server, client) == [b"back"]
+    assert not handed_over(server)
+    return client, server
+
+
+def short_record(kind: int, length: int, seq: int = 1000) -> bytes:
+    return header(kind, DTLS_1_2, length, epoch=1, seq=seq) + os.urandom(length)
+
+
+def test_an_error_openssl_reports_ends_the_session_instead_of_hiding_it(
+    pki: Path, server_context: ServerContext
+) -> None:
+    # With encrypt-then-MAC (RFC 7366, negotiated between OpenSSL peers for CBC suites)
+    # OpenSSL 3.0 answers an epoch-1 record whose MAC fails with a fatal bad_record_mac,
+    # whatever its length: the session cannot go on, so it must not look established.
+    client, server = on_openssl(pki, server_context, CBC_SUITE)
+    forged = short_record(APPLICATION_DATA, SHORTEST[CBC_SUITE])
+    assert server.feed(forged) == []
+    assert server.state is State.FAILED and "bad record mac" in (server.failure or "")
+    (alert,) = server.take_output()  # OpenSSL's fatal alert tells the client
+    assert client.feed(alert) == []
+    assert client.state is State.FAILED and "alert" in (client.failure or "")
+    with pytest.raises(OpenSSLError):
+        server.send(b"too late")
