@@ -29,7 +29,7 @@ from gateway.transport.dtls_records import (
     prf,
     split_records,
 )
-from gateway.transport.openssl_ffi import OpenSSLError, ssl
+from gateway.transport.openssl_ffi import OpenSSLError, ffi, ssl
 from gateway.transport.secure_session import SecureSession, State
 from gateway.transport.tls_context import (
     ClientContext,
@@ -666,7 +666,7 @@ def test_datagrams_are_framed_as_openssl_frames_them(
     assert deliveries(hand_over=True) == deliveries(hand_over=False)
 
 
-# --- errors OpenSSL reports, on sessions it holds --------------------------
+# --- records OpenSSL cannot open, on sessions it holds ----------------------------------
 
 #: The ECDHE-PSK CBC suite our PSK contexts offer; its sessions stay on OpenSSL.
 CBC_SUITE = "ECDHE-PSK-AES128-CBC-SHA256"
@@ -701,6 +701,85 @@ def on_openssl(pki: Path, server_context: ServerContext, suite: str
 
 def short_record(kind: int, length: int, seq: int = 1000) -> bytes:
     return header(kind, DTLS_1_2, length, epoch=1, seq=seq) + os.urandom(length)
+
+
+@pytest.mark.parametrize("role", ["server", "client"])
+@pytest.mark.parametrize("suite", [*OPENSSL_CHECKED, CBC_SUITE])
+def test_a_record_too_short_to_authenticate_leaves_an_openssl_session_working(
+    pki: Path, server_context: ServerContext, suite: str, role: str
+) -> None:
+    # RFC 6347 §4.1.2.7: an invalid record is discarded and the association goes on.
+    assert dtls_records.shortest_fragment(suite) == SHORTEST[suite]
+    for length in (1, SHORTEST[suite] // 2, SHORTEST[suite] - 1):
+        for kind in (APPLICATION_DATA, ALERT, HANDSHAKE, 20):
+            client, server = on_openssl(pki, server_context, suite)
+            victim, peer = (server, client) if role == "server" else (client, server)
+            forged = short_record(kind, length)
+            assert victim.feed(forged) == []
+            assert victim.take_output() == []  # no alert: nothing happened
+            peer.send(b"genuine")
+            assert move(peer, victim) == [b"genuine"], f"{length} bytes, type {kind}"
+            victim.send(b"answer")
+            assert move(victim, peer) == [b"answer"]
+            assert (victim.state, peer.state) == (State.ESTABLISHED, State.ESTABLISHED)
+
+
+@pytest.mark.parametrize("suite", ["ECDHE-ECDSA-AES128-GCM-SHA256", "PSK-AES128-CCM8"])
+def test_a_short_record_in_the_same_datagram_as_genuine_ones(
+    pki: Path, server_context: ServerContext, suite: str
+) -> None:
+    client, server = on_openssl(pki, server_context, suite)
+    m = sealed_by(client, 2)
+    forged = short_record(APPLICATION_DATA, SHORTEST[suite] - 1)
+    assert server.feed(m[0] + forged + m[1]) == [b"m0", b"m1"]
+    client.send(b"next")
+    assert move(client, server) == [b"next"]
+
+
+def _handshake_with_a_short_record(
+    client: SecureSession, server: SecureSession, victim: SecureSession, at_round: int
+) -> int:
+    """``handshake``, with epoch-1 records given to ``victim`` before each of its datagrams
+    of round ``at_round``: as short as its suite allows once this handshake negotiated it,
+    15 bytes (shorter than any suite allows) before. Returns how many were given."""
+    given = 0
+    client.start()
+    for i in range(12):
+        moved = False
+        for sink, source in ((server, client), (client, server)):
+            for datagram in source.take_output():
+                if sink is victim and i == at_round:
+                    known = ssl.SSL_get_pending_cipher(victim._ssl) != ffi.NULL
+                    victim.feed(short_record(HANDSHAKE, 23 if known else 15, seq=1))
+                    given += known
+                sink.feed(datagram)
+                moved = True
+        if not moved:
+            break
+    return given
+
+
+def test_a_short_record_during_the_handshake_does_not_break_it(
+    pki: Path, server_context: ServerContext
+) -> None:
+    # Before the read epoch changes OpenSSL keeps epoch-1 records and opens them after the
+    # peer's ChangeCipherSpec: during the handshake each side discards what cannot
+    # authenticate under the suite it negotiated (or, before that, under any suite).
+    for victim_role in ("server", "client"):
+        given = 0
+        for at_round in range(3):
+            client = client_for(pki, "ECDHE-ECDSA-AES128-GCM-SHA256")
+            server = SecureSession(server_context)
+            server._may_hand_over = lambda: False  # type: ignore[method-assign]
+            victim = server if victim_role == "server" else client
+            given += _handshake_with_a_short_record(client, server, victim, at_round)
+            where = f"{victim_role}, round {at_round}"
+            assert (client.state, server.state) == (State.ESTABLISHED,) * 2, where
+            client.send(b"request")
+            assert move(client, server) == [b"request"], where
+            server.send(b"answer")
+            assert move(server, client) == [b"answer"], where
+        assert given >= 2, victim_role  # records of 23 bytes, the suite known
 
 
 def test_an_error_openssl_reports_ends_the_session_instead_of_hiding_it(
