@@ -435,7 +435,19 @@ def _datagram(op: str, i: int, j: int, m: list[bytes], bye: bytes) -> bytes:
             + m[j]
     if op == "bye-of-another-version":  # the client's close_notify, any minor version
         return relabelled(bye, DTLS_1_0) + m[i]
+    # Epoch-1 records too short for the suite (GCM: explicit nonce + tag, 24 bytes): never
+    # given to OpenSSL, which would take one for an internal error (dtls_records).
+    if op == "short-before":
+        return _short(j % 24, i) + m[i]
+    if op == "short-after":
+        return m[i] + _short(j % 24, i)
+    if op == "short-alone":
+        return _short(1 + j % 23, i)
     raise AssertionError(op)
+
+
+def _short(length: int, seq: int) -> bytes:
+    return header(APPLICATION_DATA, DTLS_1_2, length, seq=seq) + bytes(length)
 
 
 _index = st.one_of(st.integers(0, 6), st.integers(0, GENUINE - 1))
@@ -444,7 +456,8 @@ _scripts = st.lists(
         st.sampled_from(
             ["send", "send", "pair", "tamper", "junk-after", "junk-before", "old-epoch",
              "forged-seq", "version-wrap", "version-relabelled", "version-past-end",
-             "too-long", "bye-of-another-version"]
+             "too-long", "bye-of-another-version", "short-before", "short-after",
+             "short-alone"]
         ),
         _index,
         _index,
@@ -635,6 +648,12 @@ def _framing(case: str, m: list[bytes], bye: bytes) -> bytes:
     if case == "datagram-longer-than-openssl-reads":  # read as two datagrams
         pad = 16717 - 2 * RECORD_HEADER
         return header(APPLICATION_DATA, DTLS_1_2, pad) + bytes(pad) + m[1][:13] + m[1] + m[2]
+    if case == "short-record":  # too short for the suite: kept from OpenSSL
+        return _short(23, 7) + m[1] + _short(1, 8) + m[2]
+    if case == "short-record-in-a-long-datagram":  # the rest framed as without it
+        pad = 16717 - 2 * RECORD_HEADER - 10
+        return header(APPLICATION_DATA, DTLS_1_2, pad) + bytes(pad) + _short(10, 7) \
+            + m[1][:13] + m[1] + m[2]
     if case == "close-notify-of-another-minor-version":  # alerts need only the major version
         return relabelled(bye, DTLS_1_0) + m[1]
     if case == "close-notify-of-another-major-version":
@@ -646,6 +665,7 @@ FRAMING_CASES = [
     "version-wrap", "tls-version-wrap", "version-relabelled", "longest-record",
     "too-long-within-the-datagram", "datagram-longer-than-openssl-reads",
     "close-notify-of-another-minor-version", "close-notify-of-another-major-version",
+    "short-record", "short-record-in-a-long-datagram",
 ]
 
 
