@@ -16,11 +16,11 @@ suite (the CBC ECDHE-PSK suite) simply stays on OpenSSL.
 
 What a peer sends is framed as OpenSSL 3.0 frames it (``split_incoming``, measured against
 3.0.19 in our binding), so that a session delivers the same whether OpenSSL or we open its
-records. One known difference, kept on purpose: OpenSSL takes a record too short for the
-AEAD's explicit nonce and tag (measured with AES-GCM: 1 to 23 bytes, epoch 1) for an
-internal error and its connection reads nothing more, without a word; we drop the record
-and go on (RFC 6347 §4.1.2.7: an invalid record is discarded), as an unauthenticated record
-must not end a session.
+records. Records too short to authenticate under the session's suite (``shortest_fragment``)
+are the exception: OpenSSL 3.0 takes one of epoch 1 for an internal error and its connection
+reads nothing more, so a session OpenSSL holds (before the hand-over, a CBC suite, a client)
+is given its datagrams without them (``discard_short_records``), and our record layer drops
+them as unauthentic: either way the session goes on (RFC 6347 §4.1.2.7).
 
 Key material. The master secret reaches us in a ``bytearray`` (dtls_handover zeroes its C
 buffer) and is wiped once the key block is derived; the key block is wiped once split.
@@ -145,6 +145,62 @@ SUITES: dict[str, AeadSuite] = {
         AeadSuite("PSK-AES128-CCM8", _ccm8, 16, 4, 8, 8, "sha256"),
     )
 }
+_SHORTEST_OF_ALL = min(s.explicit_nonce_length + s.tag_length for s in SUITES.values())
+#: The epoch of the keys of the first handshake, the only one with keys (no renegotiation).
+_KEYED_EPOCH = 1
+#: An epoch OpenSSL reads as no one's (``discard_short_records``).
+_NO_EPOCH = b"\xff\xff"
+
+
+#: The CBC suites our contexts offer (they stay on OpenSSL): (IV and block size, MAC size).
+_CBC_SUITES = {"ECDHE-PSK-AES128-CBC-SHA256": (16, 32)}
+
+
+def shortest_fragment(cipher: str) -> int:
+    """The shortest protected fragment a genuine record of ``cipher`` (an OpenSSL suite
+    name) can have: explicit nonce + tag for GCM and CCM, the tag alone for
+    ChaCha20-Poly1305 (RFC 7905), IV + one block + MAC for CBC (RFC 5246 §6.2.3.2; with
+    encrypt-then-MAC, RFC 7366, as without). For a suite we do not know (or none yet), the
+    least over every suite we know: a record shorter than that cannot be genuine at all."""
+    suite = SUITES.get(cipher)
+    if suite is not None:
+        return suite.explicit_nonce_length + suite.tag_length
+    cbc = _CBC_SUITES.get(cipher)
+    if cbc is not None:
+        block, mac = cbc
+        return 2 * block + mac
+    return _SHORTEST_OF_ALL
+
+
+def discard_short_records(datagram: bytes, shortest: int) -> bytes:
+    """``datagram`` as OpenSSL may be given it: each record of epoch 1 (the only epoch with
+    keys: we never renegotiate) that OpenSSL would open but that is shorter than
+    ``shortest`` (``shortest_fragment``), and so cannot authenticate, is discarded.
+
+    OpenSSL 3.0 does not discard those (measured on 3.0.19 through our binding, every
+    content type, epoch 1): one of 1 to 23 bytes (GCM, CCM), 1 to 15 (ChaCha20-Poly1305,
+    CCM8) or 1 to 63 (AES128-CBC-SHA256 with encrypt-then-MAC) puts its connection in an
+    internal (or decode) error, after which it reads nothing more; needing no key, anyone
+    who knows the 4-tuple could end a session with one. RFC 6347 §4.1.2.7: an invalid
+    record is silently discarded, and the association goes on.
+
+    The record is discarded by relabelling its epoch as 0xFFFF, which is neither
+    OpenSSL's current read epoch nor the next (0 or 1, then 1 or 2): OpenSSL drops it
+    unopened (``dtls1_get_bitmap``), its replay window untouched, and reads the rest of the
+    datagram exactly as it would have (cutting the record out would move the 16,717-byte
+    boundaries at which OpenSSL reads a long datagram). Everything else reaches OpenSSL
+    unchanged; without such a record, the datagram itself.
+    """
+    short = [
+        start for start, (_, epoch, _, _, fragment) in _incoming_with_offsets(datagram)
+        if epoch == _KEYED_EPOCH and len(fragment) < shortest
+    ]
+    if not short:
+        return datagram
+    relabelled = bytearray(datagram)
+    for start in short:
+        relabelled[start + 3 : start + 5] = _NO_EPOCH
+    return bytes(relabelled)
 
 
 def prf(
@@ -210,6 +266,11 @@ def split_incoming(datagram: bytes) -> list[Record]:
       it: the rest is dumped (RFC 6347 §4.1.2.7);
     - a datagram longer than ``_OPENSSL_READ`` is read as several.
     """
+    return [record for _, record in _incoming_with_offsets(datagram)]
+
+
+def _incoming_with_offsets(datagram: bytes) -> list[tuple[int, Record]]:
+    """``split_incoming``, each record with the offset of its header in ``datagram``."""
     records = []
     for start in range(0, len(datagram), _OPENSSL_READ):
         chunk = datagram[start : start + _OPENSSL_READ]
@@ -223,10 +284,10 @@ def split_incoming(datagram: bytes) -> list[Record]:
             end = offset + RECORD_HEADER + length
             if end > len(chunk):
                 break
-            records.append((
+            records.append((start + offset, (
                 kind, epoch, int.from_bytes(seq, "big"),
                 chunk[offset : offset + RECORD_HEADER], chunk[offset + RECORD_HEADER : end],
-            ))
+            )))
             offset = end
     return records
 

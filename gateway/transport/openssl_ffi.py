@@ -112,6 +112,7 @@ ffi.cdef(
     long SSL_get_verify_result(const SSL *ssl);
     int SSL_session_reused(const SSL *s);
     const SSL_CIPHER *SSL_get_current_cipher(const SSL *s);
+    const SSL_CIPHER *SSL_get_pending_cipher(const SSL *s);
     const char *SSL_CIPHER_get_name(const SSL_CIPHER *c);
     const char *SSL_get_version(const SSL *s);
     const char *SSL_get_psk_identity(const SSL *s);

@@ -9,6 +9,17 @@ state (~100 KiB during a handshake, less once established with RELEASE_BUFFERS) 
 the moment ``free()`` is called, which endpoints do on close, so nothing outlives a session
 (the prototype kept closed sessions alive for 247 s in a CoAP library cache).
 
+Bad DTLS records. What cannot authenticate is discarded and the session goes on (RFC 6347
+§4.1.2.7): OpenSSL drops an unauthentic record silently, except one too short for the
+negotiated suite, which OpenSSL 3.0 takes for an internal error that ends its connection;
+``feed`` keeps those from it (``dtls_records.discard_short_records``; the server knows its
+suite from the ClientHello on, a client from the ServerHello, before which only what no suite
+could authenticate is discarded). Whatever error OpenSSL still reports on a read is fatal for
+its connection (a fatal alert either way, or a forged record on a CBC suite with
+encrypt-then-MAC: OpenSSL 3.0 answers it with a fatal bad_record_mac), so the session
+fails: its endpoint closes it and tells its user, and no session is left "established"
+that can no longer read.
+
 Key material: after the hand-over the session's ``RecordProtection`` (``_records``) holds
 the connection's keys; ``free()`` wipes them (and a shadow's, if one runs). Until then
 OpenSSL holds them, in the SSL object that ``free()`` disposes of.
@@ -31,7 +42,9 @@ from gateway.transport.dtls_records import (
     CLOSE_NOTIFY,
     NO_RENEGOTIATION,
     RecordProtection,
+    discard_short_records,
     pack_records,
+    shortest_fragment,
     split_incoming,
     split_records,
 )
@@ -134,6 +147,8 @@ class SecureSession:
         self._sealed: list[bytes] = []
         self._last_written: tuple[int, int] | None = None
         self._described: tuple[str, str, bool] | None = None
+        #: DTLS, established: the shortest record of the negotiated suite (dtls_records).
+        self._shortest: int | None = None
         # Server, DTLS: the records of the handshake, then our record protection run beside
         # OpenSSL's as a shadow until it takes over (dtls_handover).
         self._handover = HandOver() if self.is_server and self.kind is Kind.DTLS else None
@@ -174,6 +189,8 @@ class SecureSession:
             return self._open(data)
         if self._ssl is None:
             return []
+        if self.kind is Kind.DTLS:
+            data = discard_short_records(data, self._shortest_fragment())
         if data and ssl.BIO_write(self._rbio, data, len(data)) != len(data):
             self._fail("BIO_write failed")
             return []
@@ -406,6 +423,21 @@ class SecureSession:
             return False
         return True
 
+    def _shortest_fragment(self) -> int:
+        """The shortest record that can authenticate here (``dtls_records``): that of the
+        negotiated suite once established; during the handshake, of the suite this
+        handshake negotiated (the server's choice on the ClientHello, the client's on the
+        ServerHello), or of any suite before that."""
+        if self._shortest is not None:
+            return self._shortest
+        if self.state is State.ESTABLISHED:
+            self._shortest = shortest_fragment(self.cipher)
+            return self._shortest
+        pending = ssl.SSL_get_pending_cipher(self._ssl)
+        return shortest_fragment(
+            "" if pending == ffi.NULL else ffi.string(ssl.SSL_CIPHER_get_name(pending)).decode()
+        )
+
     def _release_buffers(self) -> None:
         """DTLS, established: hand the record buffers back between datagrams (this
         matters for the sessions not handed over: a CBC suite, no application data yet)."""
@@ -432,10 +464,11 @@ class SecureSession:
         if error == SSL_ERROR_ZERO_RETURN:
             self.state = State.CLOSED
         elif error in (SSL_ERROR_SSL, SSL_ERROR_SYSCALL):
-            if self.kind is Kind.DTLS:
-                crypto.ERR_clear_error()  # a bad DTLS record is dropped, not fatal
-            else:
-                self._fail("record error: " + error_queue())
+            # OpenSSL 3.0 drops a bad DTLS record without a word (RFC 6347 §4.1.2.7); an
+            # error is fatal: a fatal alert from the peer, or one OpenSSL sends (an internal
+            # error, a failed encrypt-then-MAC). Its connection reads nothing more, so the
+            # session fails; the endpoint closes it and tells its user.
+            self._fail("record error: " + (error_queue() or f"SSL error {error}"))
         return records
 
     def _fail(self, reason: str) -> None:

@@ -21,6 +21,7 @@ from gateway.transport import dtls_sessions as dtls_server_module
 from gateway.transport.dtls_client import HandshakeError, connect_dtls
 from gateway.transport.dtls_server import DtlsServer, Limits
 from gateway.transport.endpoint import HandshakeWorkers
+from gateway.transport.openssl_ffi import ssl
 from gateway.transport.secure_session import SecureSession, State
 from gateway.transport.tls_context import (
     ClientContext,
@@ -493,3 +494,80 @@ async def test_our_sequence_exhaustion_closes_the_session_and_tells_the_handler(
     assert server_side.handler is not None
     assert "exhausted" in server_side.handler.lost[0]  # type: ignore[attr-defined]
     conn.close()
+
+
+#: The CBC suite our PSK contexts offer: the server's sessions on it stay on OpenSSL.
+CBC_SUITE = "ECDHE-PSK-AES128-CBC-SHA256"
+
+
+def psk_client(pki: Path, cipher: str) -> ClientContext:
+    psk = json.loads((pki / "psk.json").read_text())
+    context = ClientContext(
+        Kind.DTLS,
+        ClientCredentials(psk_identity=psk["identity"].encode(), psk_key=psk["key"].encode()),
+    )
+    assert ssl.SSL_CTX_set_cipher_list(context.ptr, cipher.encode()) == 1
+    return context
+
+
+def short_record(length: int, seq: int = 1000) -> bytes:
+    """An epoch-1 application data record of ``length`` bytes: it needs no key."""
+    return b"\x17\xfe\xfd\x00\x01" + seq.to_bytes(6, "big") + length.to_bytes(2, "big") \
+        + bytes(length)
+
+
+async def connect_and_echo(
+    dtls_server: DtlsServer, context: ClientContext, payload: bytes, *, before: bytes = b""
+) -> tuple[Any, asyncio.Queue[bytes], list[str]]:
+    """A client session, ``before`` sent from its socket right after the handshake (the
+    server still on OpenSSL), then ``payload``; returns once it is echoed."""
+    address = dtls_server.bound[0]
+    echoes: asyncio.Queue[bytes] = asyncio.Queue()
+    lost: list[str] = []
+    conn = await connect_dtls(address.host, address.port, context, echoes.put_nowait,
+                              server_name="localhost", timeout=5, on_lost=lost.append)
+    if before:
+        conn.transport.sendto(before)  # from the client's own 4-tuple
+    conn.send(payload)
+    assert await asyncio.wait_for(echoes.get(), 5) == b"echo:" + payload
+    return conn, echoes, lost
+
+
+@pytest.mark.parametrize("suite", ["ECDHE-ECDSA-AES128-GCM-SHA256", CBC_SUITE])
+async def test_a_record_too_short_to_authenticate_leaves_both_ends_working(
+    dtls_server: DtlsServer, pki: Path, suite: str
+) -> None:
+    # RFC 6347 §4.1.2.7: anyone who knows the 4-tuple can send such a record; OpenSSL 3.0
+    # took it for an internal error, and its session read nothing more.
+    context = cert_client(Kind.DTLS, pki) if "ECDSA" in suite else psk_client(pki, suite)
+    conn, echoes, lost = await connect_and_echo(
+        dtls_server, context, b"first", before=short_record(23)
+    )
+    (server_side,) = dtls_server.sessions.values()
+    assert server_side.session.cipher == suite
+    # The client's session (always on OpenSSL), as if from the server's address.
+    conn.datagram_received(short_record(15), conn.transport.get_extra_info("peername"))
+    conn.send(b"second")
+    assert await asyncio.wait_for(echoes.get(), 5) == b"echo:second"
+    assert not conn.closed and lost == []
+    assert server_side.handler is not None and server_side.handler.lost == []  # type: ignore[attr-defined]
+    assert list(dtls_server.sessions.values()) == [server_side]
+    conn.close()
+
+
+async def test_an_error_openssl_reports_closes_the_session_at_both_ends(
+    dtls_server: DtlsServer, pki: Path
+) -> None:
+    # CBC with encrypt-then-MAC: OpenSSL 3.0 answers a forged record of any length with a
+    # fatal bad_record_mac. The session must end and its users be told, not linger.
+    conn, _, lost = await connect_and_echo(dtls_server, psk_client(pki, CBC_SUITE), b"first")
+    (server_side,) = dtls_server.sessions.values()
+    conn.transport.sendto(short_record(64))
+    for _ in range(100):
+        if not dtls_server.sessions and conn.closed:
+            break
+        await asyncio.sleep(0.02)
+    assert dtls_server.sessions == {}
+    assert server_side.handler is not None
+    assert "bad record mac" in server_side.handler.lost[0]  # type: ignore[attr-defined]
+    assert conn.closed and "alert" in lost[0]  # the server's fatal alert reached the client

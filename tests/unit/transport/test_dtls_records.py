@@ -29,7 +29,7 @@ from gateway.transport.dtls_records import (
     prf,
     split_records,
 )
-from gateway.transport.openssl_ffi import OpenSSLError, ssl
+from gateway.transport.openssl_ffi import OpenSSLError, ffi, ssl
 from gateway.transport.secure_session import SecureSession, State
 from gateway.transport.tls_context import (
     ClientContext,
@@ -435,7 +435,19 @@ def _datagram(op: str, i: int, j: int, m: list[bytes], bye: bytes) -> bytes:
             + m[j]
     if op == "bye-of-another-version":  # the client's close_notify, any minor version
         return relabelled(bye, DTLS_1_0) + m[i]
+    # Epoch-1 records too short for the suite (GCM: explicit nonce + tag, 24 bytes): never
+    # given to OpenSSL, which would take one for an internal error (dtls_records).
+    if op == "short-before":
+        return _short(j % 24, i) + m[i]
+    if op == "short-after":
+        return m[i] + _short(j % 24, i)
+    if op == "short-alone":
+        return _short(1 + j % 23, i)
     raise AssertionError(op)
+
+
+def _short(length: int, seq: int) -> bytes:
+    return header(APPLICATION_DATA, DTLS_1_2, length, seq=seq) + bytes(length)
 
 
 _index = st.one_of(st.integers(0, 6), st.integers(0, GENUINE - 1))
@@ -444,7 +456,8 @@ _scripts = st.lists(
         st.sampled_from(
             ["send", "send", "pair", "tamper", "junk-after", "junk-before", "old-epoch",
              "forged-seq", "version-wrap", "version-relabelled", "version-past-end",
-             "too-long", "bye-of-another-version"]
+             "too-long", "bye-of-another-version", "short-before", "short-after",
+             "short-alone"]
         ),
         _index,
         _index,
@@ -635,6 +648,12 @@ def _framing(case: str, m: list[bytes], bye: bytes) -> bytes:
     if case == "datagram-longer-than-openssl-reads":  # read as two datagrams
         pad = 16717 - 2 * RECORD_HEADER
         return header(APPLICATION_DATA, DTLS_1_2, pad) + bytes(pad) + m[1][:13] + m[1] + m[2]
+    if case == "short-record":  # too short for the suite: kept from OpenSSL
+        return _short(23, 7) + m[1] + _short(1, 8) + m[2]
+    if case == "short-record-in-a-long-datagram":  # the rest framed as without it
+        pad = 16717 - 2 * RECORD_HEADER - 10
+        return header(APPLICATION_DATA, DTLS_1_2, pad) + bytes(pad) + _short(10, 7) \
+            + m[1][:13] + m[1] + m[2]
     if case == "close-notify-of-another-minor-version":  # alerts need only the major version
         return relabelled(bye, DTLS_1_0) + m[1]
     if case == "close-notify-of-another-major-version":
@@ -646,6 +665,7 @@ FRAMING_CASES = [
     "version-wrap", "tls-version-wrap", "version-relabelled", "longest-record",
     "too-long-within-the-datagram", "datagram-longer-than-openssl-reads",
     "close-notify-of-another-minor-version", "close-notify-of-another-major-version",
+    "short-record", "short-record-in-a-long-datagram",
 ]
 
 
@@ -664,3 +684,136 @@ def test_datagrams_are_framed_as_openssl_frames_them(
         return [server.feed(_framing(case, m, bye)), server.feed(m[3])], server.state
 
     assert deliveries(hand_over=True) == deliveries(hand_over=False)
+
+
+# --- records OpenSSL cannot open, on sessions it holds ----------------------------------
+
+#: The ECDHE-PSK CBC suite our PSK contexts offer; its sessions stay on OpenSSL.
+CBC_SUITE = "ECDHE-PSK-AES128-CBC-SHA256"
+#: The shortest protected fragment of each suite: explicit nonce + tag (GCM, CCM), the tag
+#: alone (ChaCha20-Poly1305, RFC 7905), IV + one block + MAC (CBC); measured against
+#: OpenSSL 3.0.19: every non-empty shorter epoch-1 record put the session in an internal
+#: error (or, CBC with encrypt-then-MAC, a fatal decode_error), whatever its content type.
+SHORTEST = {
+    "ECDHE-ECDSA-AES128-GCM-SHA256": 24,
+    "ECDHE-ECDSA-AES256-GCM-SHA384": 24,
+    "ECDHE-ECDSA-CHACHA20-POLY1305": 16,
+    "ECDHE-PSK-CHACHA20-POLY1305": 16,
+    "PSK-AES128-GCM-SHA256": 24,
+    "PSK-AES128-CCM": 24,
+    "PSK-AES128-CCM8": 16,
+    CBC_SUITE: 64,
+}
+
+
+def on_openssl(pki: Path, server_context: ServerContext, suite: str
+               ) -> tuple[SecureSession, SecureSession]:
+    """An established pair whose server never hands over: OpenSSL opens every record."""
+    client, server = connected(pki, server_context, suite)
+    server._may_hand_over = lambda: False  # type: ignore[method-assign]
+    client.send(b"first")
+    assert move(client, server) == [b"first"]
+    server.send(b"back")
+    assert move(server, client) == [b"back"]
+    assert not handed_over(server)
+    return client, server
+
+
+def short_record(kind: int, length: int, seq: int = 1000) -> bytes:
+    return header(kind, DTLS_1_2, length, epoch=1, seq=seq) + os.urandom(length)
+
+
+@pytest.mark.parametrize("role", ["server", "client"])
+@pytest.mark.parametrize("suite", [*OPENSSL_CHECKED, CBC_SUITE])
+def test_a_record_too_short_to_authenticate_leaves_an_openssl_session_working(
+    pki: Path, server_context: ServerContext, suite: str, role: str
+) -> None:
+    # RFC 6347 §4.1.2.7: an invalid record is discarded and the association goes on.
+    assert dtls_records.shortest_fragment(suite) == SHORTEST[suite]
+    for length in (1, SHORTEST[suite] // 2, SHORTEST[suite] - 1):
+        for kind in (APPLICATION_DATA, ALERT, HANDSHAKE, 20):
+            client, server = on_openssl(pki, server_context, suite)
+            victim, peer = (server, client) if role == "server" else (client, server)
+            forged = short_record(kind, length)
+            assert victim.feed(forged) == []
+            assert victim.take_output() == []  # no alert: nothing happened
+            peer.send(b"genuine")
+            assert move(peer, victim) == [b"genuine"], f"{length} bytes, type {kind}"
+            victim.send(b"answer")
+            assert move(victim, peer) == [b"answer"]
+            assert (victim.state, peer.state) == (State.ESTABLISHED, State.ESTABLISHED)
+
+
+@pytest.mark.parametrize("suite", ["ECDHE-ECDSA-AES128-GCM-SHA256", "PSK-AES128-CCM8"])
+def test_a_short_record_in_the_same_datagram_as_genuine_ones(
+    pki: Path, server_context: ServerContext, suite: str
+) -> None:
+    client, server = on_openssl(pki, server_context, suite)
+    m = sealed_by(client, 2)
+    forged = short_record(APPLICATION_DATA, SHORTEST[suite] - 1)
+    assert server.feed(m[0] + forged + m[1]) == [b"m0", b"m1"]
+    client.send(b"next")
+    assert move(client, server) == [b"next"]
+
+
+def _handshake_with_a_short_record(
+    client: SecureSession, server: SecureSession, victim: SecureSession, at_round: int
+) -> int:
+    """``handshake``, with epoch-1 records given to ``victim`` before each of its datagrams
+    of round ``at_round``: as short as its suite allows once this handshake negotiated it,
+    15 bytes (shorter than any suite allows) before. Returns how many were given."""
+    given = 0
+    client.start()
+    for i in range(12):
+        moved = False
+        for sink, source in ((server, client), (client, server)):
+            for datagram in source.take_output():
+                if sink is victim and i == at_round:
+                    known = ssl.SSL_get_pending_cipher(victim._ssl) != ffi.NULL
+                    victim.feed(short_record(HANDSHAKE, 23 if known else 15, seq=1))
+                    given += known
+                sink.feed(datagram)
+                moved = True
+        if not moved:
+            break
+    return given
+
+
+def test_a_short_record_during_the_handshake_does_not_break_it(
+    pki: Path, server_context: ServerContext
+) -> None:
+    # Before the read epoch changes OpenSSL keeps epoch-1 records and opens them after the
+    # peer's ChangeCipherSpec: during the handshake each side discards what cannot
+    # authenticate under the suite it negotiated (or, before that, under any suite).
+    for victim_role in ("server", "client"):
+        given = 0
+        for at_round in range(3):
+            client = client_for(pki, "ECDHE-ECDSA-AES128-GCM-SHA256")
+            server = SecureSession(server_context)
+            server._may_hand_over = lambda: False  # type: ignore[method-assign]
+            victim = server if victim_role == "server" else client
+            given += _handshake_with_a_short_record(client, server, victim, at_round)
+            where = f"{victim_role}, round {at_round}"
+            assert (client.state, server.state) == (State.ESTABLISHED,) * 2, where
+            client.send(b"request")
+            assert move(client, server) == [b"request"], where
+            server.send(b"answer")
+            assert move(server, client) == [b"answer"], where
+        assert given >= 2, victim_role  # records of 23 bytes, the suite known
+
+
+def test_an_error_openssl_reports_ends_the_session_instead_of_hiding_it(
+    pki: Path, server_context: ServerContext
+) -> None:
+    # With encrypt-then-MAC (RFC 7366, negotiated between OpenSSL peers for CBC suites)
+    # OpenSSL 3.0 answers an epoch-1 record whose MAC fails with a fatal bad_record_mac,
+    # whatever its length: the session cannot go on, so it must not look established.
+    client, server = on_openssl(pki, server_context, CBC_SUITE)
+    forged = short_record(APPLICATION_DATA, SHORTEST[CBC_SUITE])
+    assert server.feed(forged) == []
+    assert server.state is State.FAILED and "bad record mac" in (server.failure or "")
+    (alert,) = server.take_output()  # OpenSSL's fatal alert tells the client
+    assert client.feed(alert) == []
+    assert client.state is State.FAILED and "alert" in (client.failure or "")
+    with pytest.raises(OpenSSLError):
+        server.send(b"too late")
