@@ -9,6 +9,7 @@ escape a decoder (property-tested).
 
 from __future__ import annotations
 
+import contextlib
 import decimal
 import functools
 import io
@@ -20,7 +21,7 @@ import cbor2
 
 from gateway.dots.codes import CBOR_TAG_DOTS
 from gateway.dots.errors import MalformedPayload, UnknownRequiredKeys, safe_int
-from gateway.dots.keys import BY_NAME, CHILDREN, KEYS, UINT_BOUNDS, KeyInfo, Kind
+from gateway.dots.keys import BY_NAME, CHILDREN, KEYS, MESSAGE_KINDS, UINT_BOUNDS, KeyInfo, Kind
 from gateway.dots.keys import is_comprehension_optional as _optional
 from gateway.dots.model import Message
 from gateway.dots.tree import message_from_tree, message_to_tree
@@ -123,10 +124,43 @@ def _map_from_cbor(
             else:
                 unknown.append(key)
             continue
+        if info.opaque and not info.comprehension_required and (
+            key not in allowed or _major(value) not in info.kind.majors
+        ):
+            # RFC 9132 §6: a comprehension-optional key may be ignored; one we do not act
+            # on, found where its RFC does not put it, is kept like an unknown one.
+            tree[key] = value
+            continue
         if key not in allowed:
             raise MalformedPayload(f"{where}: '{info.short_name}' (key {key}) is not allowed here")
-        tree[key] = _value_from_cbor(value, info, unknown, depth + 1)
+        if info.opaque:
+            tree[key] = _opaque_from_cbor(value, info)
+        else:
+            tree[key] = _value_from_cbor(value, info, unknown, depth + 1)
     return tree
+
+
+def _opaque_from_cbor(value: Any, info: KeyInfo) -> Any:
+    """A registered key we do not act on: its major type is checked, and its value kept as
+    received (an empty array too), so that it re-encodes to what the peer sent."""
+    if _major(value) not in info.kind.majors:
+        raise MalformedPayload(
+            f"{info.short_name} (key {info.key}, RFC {info.rfc}): expected CBOR major type "
+            f"{'/'.join(map(str, info.kind.majors))}, got {_cbor_type(value)}"
+        )
+    return value
+
+
+def _major(value: Any) -> int | None:
+    if isinstance(value, bool) or value is None:
+        return 7
+    if isinstance(value, int):
+        return 0 if value >= 0 else 1
+    for major, types in ((2, (bytes, bytearray)), (3, str), (4, list), (5, dict),
+                         (6, cbor2.CBORTag), (7, float)):
+        if isinstance(value, types):
+            return major
+    return None
 
 
 def _value_from_cbor(value: Any, info: KeyInfo, unknown: list[int], depth: int) -> Any:
@@ -207,7 +241,7 @@ def _checked_decimal(value: decimal.Decimal, where: str) -> decimal.Decimal:
 
 def _check_single_message(tree: Tree) -> None:
     kinds = [k for k in tree if k in CHILDREN[None]]
-    if len(kinds) != 1:
+    if len(kinds) != 1 or kinds[0] not in MESSAGE_KINDS:
         found = ", ".join(KEYS[k].name for k in kinds) or "none"
         raise MalformedPayload(
             "a DOTS message holds exactly one of mitigation-scope, signal-config, "
@@ -252,8 +286,8 @@ def tree_to_cbor(tree: Mapping[int, Any]) -> dict[int, Any]:
 
 def _value_to_cbor(key: int, value: Any) -> Any:
     info = KEYS.get(key)
-    if info is None:
-        return value  # a relayed comprehension-optional key, untouched
+    if info is None or info.opaque:
+        return value  # a relayed comprehension-optional key, or one we do not act on
     if info.kind is Kind.CONTAINER:
         return tree_to_cbor(value)
     if info.kind is Kind.LIST:
@@ -329,6 +363,13 @@ def _info_for_json_name(name: Any) -> KeyInfo | None:
 
 def _json_value_to_cbor(value: Any, info: KeyInfo, depth: int) -> Any:
     where = info.short_name
+    if info.opaque:
+        try:
+            return _opaque_from_json(value, info, depth)
+        except MalformedPayload:
+            if info.comprehension_required:
+                raise
+            return value  # an optional key that does not fit its table entry: kept as is
     if info.kind is Kind.CONTAINER:
         return _json_map_to_cbor(value, where, depth)
     if info.kind is Kind.LIST:
@@ -364,6 +405,96 @@ def _json_scalar(value: Any, info: KeyInfo, where: str) -> Any:
     return value
 
 
+def _opaque_from_json(value: Any, info: KeyInfo | None, depth: int) -> Any:
+    """JSON of a key we do not act on -> the CBOR value it stands for (names to keys, labels
+    and JSON strings to numbers, decimals to tag 4), as ``_opaque_to_json`` writes it."""
+    if depth > _MAX_DEPTH:
+        raise MalformedPayload("JSON nesting too deep")
+    if info is None:
+        return value  # below a key the table does not know: as written
+    kind, where = info.kind, info.short_name
+    if isinstance(value, dict):
+        if kind not in (Kind.CONTAINER, Kind.LIST):
+            raise MalformedPayload(f"{where}: expected a JSON {_json_type(kind)}")
+        out: dict[int, Any] = {}
+        for name, member in value.items():
+            child = _info_for_json_name(name)
+            if child is None:
+                if isinstance(name, str) and name.isascii() and name.isdigit() and len(name) <= 5:
+                    out[int(name)] = _opaque_from_json(member, None, depth + 1)
+                    continue
+                raise MalformedPayload(f"{where}: unknown attribute {name!r}")
+            out[child.key] = _opaque_from_json(member, child, depth + 1)
+        return out
+    if isinstance(value, list):
+        if kind in (Kind.LIST, Kind.CONTAINER):
+            return [_opaque_from_json(v, info, depth + 1) for v in value]
+        if kind is not Kind.LEAF_LIST:
+            raise MalformedPayload(f"{where}: expected a JSON {_json_type(kind)}")
+        return [_opaque_scalar_from_json(v, info, where) for v in value]
+    return _opaque_scalar_from_json(value, info, where)
+
+
+def _json_type(kind: Kind) -> str:
+    return {Kind.LEAF_LIST: "array"}.get(kind, "value")
+
+
+def _opaque_scalar_from_json(value: Any, info: KeyInfo | None, where: str) -> Any:
+    """Only the JSON forms ``_opaque_scalar_to_json`` writes are converted (labels, numbers
+    as canonical digit strings, decimals with two fraction digits); anything else is kept."""
+    if info is None or not isinstance(value, str) or not info.json_string:
+        return value
+    kind = info.item if info.kind is Kind.LEAF_LIST else info.kind
+    if kind is Kind.ENUM and info.labels is not None:
+        for code, label in info.labels.items():
+            if label == value:
+                return code
+    if kind is Kind.DECIMAL64:
+        number: decimal.Decimal | None = None
+        if len(value) < 32:
+            with contextlib.suppress(decimal.InvalidOperation):
+                number = decimal.Decimal(value)
+        if number is None or not number.is_finite() or f"{number:.2f}" != value:
+            raise MalformedPayload(f"{where}: not a decimal with two fraction digits: "
+                                   f"{value[:32]!r}")
+        return cbor2.CBORTag(_CBOR_TAG_DECIMAL_FRACTION, [-2, int(number.scaleb(2))])
+    if value.isascii() and value.isdigit() and len(value) <= 20 and str(int(value)) == value:
+        return int(value)
+    raise MalformedPayload(f"{where}: unexpected value {value[:32]!r}")
+
+
+def _opaque_to_json(value: Any, info: KeyInfo | None) -> Any:
+    """A kept value under a registered key we do not act on, written with the registry's
+    names and JSON types; whatever does not fit the table is shown as generic JSON."""
+    if info is None:
+        return _generic_json(value)
+    if isinstance(value, dict) and info.kind in (Kind.CONTAINER, Kind.LIST):
+        return {_json_name(k) if type(k) is int else str(k): _opaque_to_json(v, KEYS.get(k))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        if info.kind in (Kind.LIST, Kind.CONTAINER):
+            return [_opaque_to_json(v, info) for v in value]
+        if info.kind is Kind.LEAF_LIST:
+            return [_opaque_scalar_to_json(v, info) for v in value]
+    return _opaque_scalar_to_json(value, info)
+
+
+def _opaque_scalar_to_json(value: Any, info: KeyInfo) -> Any:
+    kind = info.item if info.kind is Kind.LEAF_LIST else info.kind
+    if type(value) is int and value >= 0:
+        if kind is Kind.ENUM and info.labels is not None and value in info.labels:
+            return info.labels[value]
+        if info.json_string and kind is not Kind.DECIMAL64:
+            return str(value)
+    if (kind is Kind.DECIMAL64 and isinstance(value, cbor2.CBORTag)
+            and value.tag == _CBOR_TAG_DECIMAL_FRACTION):
+        try:
+            return f"{_decimal_from_cbor(value, info.short_name):.2f}"
+        except MalformedPayload:
+            pass
+    return _generic_json(value)
+
+
 def tree_to_json(tree: Mapping[int, Any]) -> dict[str, Any]:
     return {_json_name(key): _value_to_json(key, value) for key, value in tree.items()}
 
@@ -377,6 +508,8 @@ def _value_to_json(key: int, value: Any) -> Any:
     info = KEYS.get(key)
     if info is None:
         return _generic_json(value)
+    if info.opaque:
+        return _opaque_to_json(value, info)
     if info.kind is Kind.CONTAINER:
         return tree_to_json(value)
     if info.kind is Kind.LIST:

@@ -87,6 +87,18 @@ class UnknownRequiredKeys(DotsProtocolError):
         )
 
 
+class RequiredKeysNotActedOn(UnknownRequiredKeys):
+    """Registered comprehension-required keys a DOTS server does not implement (RFC 9133's
+    acl-list, activation-type): a server answers as if it did not know them (RFC 9132 §6,
+    RFC 9133 §5) instead of silently ignoring what the client asked for. 4.00."""
+
+    def __init__(self, keys: Iterable[int], names: Iterable[str]) -> None:
+        super().__init__(keys)
+        self.diagnostic = ("comprehension-required CBOR keys this server does not act on: "
+                           + ", ".join(names))
+        self.args = (self.diagnostic,)
+
+
 class NotAuthorized(DotsProtocolError):
     """The client may not do this (RFC 9132 §8, §9: 4.01)."""
 

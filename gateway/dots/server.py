@@ -33,6 +33,7 @@ from gateway.dots.uri import DotsPath, Resource, parse_path, parse_query
 from gateway.dots.validate import (
     decode_request_body,
     is_efficacy_update,
+    refuse_required_keys_not_acted_on,
     validate_config_request,
     validate_heartbeat,
     validate_mitigation_request,
@@ -264,7 +265,9 @@ class DotsServerCore:
             self.store.delete(path.cuid, path.mid, owner, now)
             return DotsResponse(Code.DELETED)
         efficacy = is_efficacy_update(request)
-        scope = validate_mitigation_request(decode_request_body(request), efficacy_update=efficacy)
+        message = decode_request_body(request)
+        scope = validate_mitigation_request(message, efficacy_update=efficacy)
+        refuse_required_keys_not_acted_on(message)
         if rule is not None:
             Authorizer.check_targets(rule, scope)
         result = self.store.put(path.cuid, path.mid, scope, owner, now, efficacy_update=efficacy)

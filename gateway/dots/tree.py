@@ -66,7 +66,9 @@ def _message_from_tree(tree: Mapping[int, Any]) -> Message:
 
 
 def _extensions(node: Mapping[int, Any]) -> Extensions:
-    return tuple((k, v) for k, v in node.items() if k not in KEYS)
+    """Keys the model has no field for (unknown optional ones, and registered ones we do not
+    act on, such as RFC 9133's acl-list): kept whole, in order, to be written back."""
+    return tuple((k, v) for k, v in node.items() if k not in KEYS or KEYS[k].opaque)
 
 
 def _parse_address(text: str) -> IPAddress:

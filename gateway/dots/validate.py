@@ -13,8 +13,10 @@ from gateway.dots.errors import (
     InvalidValue,
     MalformedPayload,
     MissingAttribute,
+    RequiredKeysNotActedOn,
     UnsupportedContentFormat,
 )
+from gateway.dots.keys import KEYS
 from gateway.dots.message import DotsRequest
 from gateway.dots.model import Heartbeat, Message, MitigationScope, Scope, SignalConfig
 
@@ -81,6 +83,24 @@ def validate_mitigation_request(message: Message, *, efficacy_update: bool) -> S
                 "attack-status belongs only in an efficacy update (PUT with an empty If-Match)"
             )
     return scope
+
+
+def refuse_required_keys_not_acted_on(message: Message) -> None:
+    """For a server that terminates the request: the codec keeps registered keys we do not
+    act on (so a gateway can relay them), but a comprehension-required one (RFC 9133's
+    acl-list) asks for something this server does not do, so it is refused like an unknown
+    key (RFC 9132 §6) rather than silently ignored."""
+    if not isinstance(message, MitigationScope):
+        return
+    found: dict[int, str] = {}
+    for extensions in (message.outer_extensions, message.extensions,
+                       *(scope.extensions for scope in message.scope)):
+        for key, _ in extensions:
+            info = KEYS.get(key)
+            if info is not None and info.comprehension_required:
+                found[key] = f"{key} ({info.name}, RFC {info.rfc})"
+    if found:
+        raise RequiredKeysNotActedOn(found, (found[k] for k in sorted(found)))
 
 
 def validate_config_request(message: Message) -> SignalConfig:

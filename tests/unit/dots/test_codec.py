@@ -46,6 +46,7 @@ from gateway.dots.keys import (
     BY_NAME,
     CHILDREN,
     KEYS,
+    MESSAGE_KINDS,
     MODULE,
     K,
     Kind,
@@ -161,8 +162,8 @@ TABLE_5_NAMES = [
 
 
 def test_key_table_has_exactly_the_51_keys_of_table_5() -> None:
-    assert len(KEYS) == 51
-    assert sorted(KEYS) == list(range(1, 52))
+    # The keys of later RFCs are in the table too (test_cbor_registry.py).
+    assert sorted(k for k, info in KEYS.items() if info.rfc == 9132) == list(range(1, 52))
 
 
 def test_key_names_are_those_of_table_5() -> None:
@@ -170,7 +171,7 @@ def test_key_names_are_those_of_table_5() -> None:
 
 
 def test_names_map_back_to_keys() -> None:
-    assert {name: info.key for name, info in BY_NAME.items()} == {
+    assert {name: info.key for name, info in BY_NAME.items() if info.rfc == 9132} == {
         name: i for i, name in enumerate(TABLE_5_NAMES, start=1)
     }
 
@@ -178,18 +179,20 @@ def test_names_map_back_to_keys() -> None:
 def test_only_the_four_top_level_containers_carry_the_module_prefix() -> None:
     prefixed = {info.key for info in KEYS.values() if info.name.startswith(f"{MODULE}:")}
     assert prefixed == {K.MITIGATION_SCOPE, K.SIGNAL_CONFIG, K.REDIRECTED_SIGNAL, K.HEARTBEAT}
-    assert prefixed == CHILDREN[None]
+    assert prefixed == MESSAGE_KINDS
+    assert CHILDREN[None] - MESSAGE_KINDS == {203, 208}  # RFC 9244's /tm-setup and /tm bodies
 
 
 def test_k_enum_names_follow_the_yang_names() -> None:
     for info in KEYS.values():
-        assert K[info.short_name.upper().replace("-", "_")] == info.key
+        if info.rfc == 9132:
+            assert K[info.short_name.upper().replace("-", "_")] == info.key
 
 
 def test_json_strings_are_the_table_5_string_leaves() -> None:
     # 64-bit numbers, enumerations, decimals and retry-timer are JSON strings (Table 5).
     expected = {15, 16, 18, 19, 20, 25, 26, 27, 28, 29, 41, 42, 43}
-    assert {info.key for info in KEYS.values() if info.json_string} == expected
+    assert {info.key for info in KEYS.values() if info.json_string and info.rfc == 9132} == expected
 
 
 @pytest.mark.parametrize(
@@ -247,7 +250,7 @@ def test_comprehension_ranges(key: int, optional: bool) -> None:
 
 # --- unknown comprehension-optional keys are kept and relayed -----------------------------------
 
-EXT = {200: [1, "x", b"\x00\xff", True, None, {"a": -5}], 40000: {1: 2}}
+EXT = {240: [1, "x", b"\x00\xff", True, None, {"a": -5}], 40000: {1: 2}}
 
 
 def _with_ext(node: dict[int, Any]) -> dict[int, Any]:
@@ -336,7 +339,7 @@ def test_extensions_do_not_take_part_in_equality() -> None:
 
 def test_unknown_required_keys_inside_an_extension_value_are_not_inspected() -> None:
     # The value of an unknown optional key is opaque: we cannot know its structure.
-    data = dumps({K.HEARTBEAT: {K.PEER_HB_STATUS: True, 200: {5: 1, 60: 2, 0: 3}}})
+    data = dumps({K.HEARTBEAT: {K.PEER_HB_STATUS: True, 240: {5: 1, 60: 2, 0: 3}}})
     assert decode_message(data) == Heartbeat(True)
 
 
@@ -361,8 +364,8 @@ def test_extension_written_as_a_json_number_name() -> None:
     ],
 )
 def test_extension_values_in_json(value: Any, rendered: Any) -> None:
-    message = Heartbeat(True, extensions=((200, value),))
-    assert message_to_json(message)[f"{MODULE}:heartbeat"]["200"] == rendered
+    message = Heartbeat(True, extensions=((240, value),))
+    assert message_to_json(message)[f"{MODULE}:heartbeat"]["240"] == rendered
 
 
 # Relayed values pass through cbor2's semantic decoders (and its tag_hook); some come back
@@ -384,7 +387,7 @@ RELAYED_VALUES = [
 
 @pytest.mark.parametrize("value", RELAYED_VALUES)
 def test_relayed_extension_value_is_re_encoded_unchanged(value: Any) -> None:
-    data = dumps({K.HEARTBEAT: {K.PEER_HB_STATUS: True, 200: value}})
+    data = dumps({K.HEARTBEAT: {K.PEER_HB_STATUS: True, 240: value}})
     assert encode_message(decode_message(data)) == data
 
 
@@ -399,7 +402,7 @@ def test_tagged_value_where_a_boolean_is_expected_is_malformed() -> None:
     ("tree", "key"),
     [
         pytest.param({K.HEARTBEAT: {K.PEER_HB_STATUS: True}, 0: 1}, 0, id="top-0"),
-        pytest.param({K.HEARTBEAT: {K.PEER_HB_STATUS: True}, 52: 1}, 52, id="top-52"),
+        pytest.param({K.HEARTBEAT: {K.PEER_HB_STATUS: True}, 54: 1}, 54, id="top-54"),
         pytest.param({K.MITIGATION_SCOPE: {K.SCOPE: [], 100: 1}}, 100, id="mitigation-scope"),
         pytest.param(
             {K.MITIGATION_SCOPE: {K.SCOPE: [{K.TARGET_PREFIX: PREFIX, 127: 1}]}}, 127, id="scope"
@@ -446,7 +449,7 @@ def test_all_unknown_required_keys_are_listed_sorted() -> None:
 
 def test_unknown_required_and_optional_keys_together_report_the_required_ones() -> None:
     error = decode_error(
-        {K.HEARTBEAT: {K.PEER_HB_STATUS: True, 200: 1, 99: 1}}, UnknownRequiredKeys
+        {K.HEARTBEAT: {K.PEER_HB_STATUS: True, 240: 1, 99: 1}}, UnknownRequiredKeys
     )
     assert error.keys == (99,)  # type: ignore[attr-defined]
 
@@ -627,7 +630,7 @@ def test_known_key_in_the_wrong_place_is_malformed(tree: Any, fragment: str) -> 
     ("tree", "found"),
     [
         pytest.param({}, "found none", id="empty-map"),
-        pytest.param({200: 1}, "found none", id="extension-only"),
+        pytest.param({240: 1}, "found none", id="extension-only"),
         pytest.param(
             {K.HEARTBEAT: {K.PEER_HB_STATUS: True}, K.MITIGATION_SCOPE: {K.SCOPE: []}},
             f"found {MODULE}:mitigation-scope, {MODULE}:heartbeat",
@@ -758,8 +761,8 @@ def test_cuid_collision_with_a_conflict_status_is_invalid() -> None:
 
 
 def test_encoding_sorts_keys_whatever_the_construction_order() -> None:
-    message = Heartbeat(True, extensions=((40000, 1), (200, 2)))
-    assert encode_message(message) == bytes.fromhex("A1 18 31 A3 18 33 F5 18 C8 02 19 9C 40 01")
+    message = Heartbeat(True, extensions=((40000, 1), (240, 2)))
+    assert encode_message(message) == bytes.fromhex("A1 18 31 A3 18 33 F5 18 F0 02 19 9C 40 01")
 
 
 def test_encoding_something_that_is_not_a_message_is_refused() -> None:
