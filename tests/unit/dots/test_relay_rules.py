@@ -180,3 +180,17 @@ def test_database_refuses_garbage(tmp_path: Path) -> None:
     path.write_bytes(b"not a database at all" * 100)
     with pytest.raises(RelayDatabaseError, match="not a usable SQLite database"):
         RelayDatabase(path)
+
+
+def test_rewritten_bodies_keep_registered_keys_we_do_not_act_on() -> None:
+    # RFC 9133's acl-list (a comprehension-required key the gateway does not act on) and an
+    # RFC 9244 telemetry attribute travel upstream as the client wrote them.
+    acl_list = [{23: "an-accept-list", 52: 2}]
+    telemetry = [{134: 8, 141: 900}]
+    extended = encode_message(MitigationScope((Scope(
+        target_prefix=(parse_prefix("192.0.2.0/24"),), lifetime=600,
+        extensions=((53, acl_list), (205, telemetry))),)))
+    rewritten = single_scope(with_scope_changes(extended, lifetime=5))
+    assert rewritten.lifetime == 5
+    assert rewritten.extensions == ((53, acl_list), (205, telemetry))
+    assert with_scope_changes(extended) == extended
