@@ -168,10 +168,19 @@ class Ledger:
                 reply = None
             self.record(mid, reply)
 
-    async def check(self, c: Client, seed_note: str) -> None:
-        """The invariant, by one GET per mid the client ever asked about."""
+    async def check(self, c: Client, seed_note: str, settle: float = 60.0) -> None:
+        """The invariant, by one GET per mid the client ever asked about.
+
+        A 5.03 with Max-Age means "not now" (a gateway whose upstream has just restarted
+        answers so until its new upstream session is up): asked again after its Max-Age, as
+        a client would, for at most ``settle`` seconds in all.
+        """
+        deadline = time.monotonic() + settle
         for mid in sorted(set(self.acked) | self.refused | self.unanswered):
             reply = await c.ask(1, self.path(mid))
+            while reply.code == UNAVAILABLE and time.monotonic() < deadline:
+                await asyncio.sleep(min(float(reply.max_age or 1), 2.0))
+                reply = await c.ask(1, self.path(mid))
             if mid in self.acked:
                 assert reply.code == CONTENT, (
                     f"acknowledged mid {mid} is gone: {reply.code:#x} {reply.payload!r} "
