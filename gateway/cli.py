@@ -223,17 +223,10 @@ def _status(args: argparse.Namespace) -> int:
     (written by an anycast daemon, possibly older than this command) and say so."""
     from gateway.ops import control
 
-    try:
-        settings = _settings(args)
-    except ConfigError as exc:
-        print(f"status: {exc}", file=sys.stderr)
+    settings, response = _ask_daemon(args, "status")
+    if settings is None:
         return EXIT_FAILURE
-    path = Path(args.socket) if args.socket else settings.control.socket
-    try:
-        response = control.request(path, "status", timeout=args.timeout)
-    except control.ControlUnavailable as exc:
-        print(f"status: no daemon answers on the control socket: {exc}", file=sys.stderr)
-        print(f"status: looked at {_socket_origin(args, settings)}", file=sys.stderr)
+    if response is None:
         return _status_from_state_file(args, settings)
     if not response.get("ok"):
         print(f"status: the daemon refused: {response.get('error')}", file=sys.stderr)
@@ -244,6 +237,27 @@ def _status(args: argparse.Namespace) -> int:
     else:
         print(control.format_status(result), end="")
     return EXIT_OK
+
+
+def _ask_daemon(args: argparse.Namespace,
+                command: str) -> tuple[Settings | None, dict[str, Any] | None]:
+    """(the settings used, the daemon's answer to ``command`` on its control socket).
+    Settings are None when the configuration is bad, the answer None when no daemon answers;
+    either is said on stderr, with where the command looked."""
+    from gateway.ops import control
+
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return None, None
+    path = Path(args.socket) if args.socket else settings.control.socket
+    try:
+        return settings, control.request(path, command, timeout=args.timeout)
+    except control.ControlUnavailable as exc:
+        print(f"{command}: no daemon answers on the control socket: {exc}", file=sys.stderr)
+        print(f"{command}: looked at {_socket_origin(args, settings)}", file=sys.stderr)
+        return settings, None
 
 
 def _status_from_state_file(args: argparse.Namespace, settings: Settings) -> int:
@@ -271,19 +285,8 @@ def _status_from_state_file(args: argparse.Namespace, settings: Settings) -> int
 
 def _reload(args: argparse.Namespace) -> int:
     """``reload`` over the control socket (what SIGHUP does), and what it changed."""
-    from gateway.ops import control
-
-    try:
-        settings = _settings(args)
-    except ConfigError as exc:
-        print(f"reload: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    path = Path(args.socket) if args.socket else settings.control.socket
-    try:
-        response = control.request(path, "reload", timeout=args.timeout)
-    except control.ControlUnavailable as exc:
-        print(f"reload: no daemon answers on the control socket: {exc}", file=sys.stderr)
-        print(f"reload: looked at {_socket_origin(args, settings)}", file=sys.stderr)
+    _, response = _ask_daemon(args, "reload")
+    if response is None:
         return EXIT_FAILURE
     if not response.get("ok"):
         print(f"reload: {response.get('error')}", file=sys.stderr)

@@ -14,7 +14,6 @@ when it fails), its timer retries with a back-off, so writes resume by themselve
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -26,6 +25,7 @@ from gateway.server.persistence import (
     RETRY_FIRST,
     RETRY_MAX,
     check_integrity,
+    create_private_file,
 )
 
 log = logging.getLogger(__name__)
@@ -72,15 +72,9 @@ class RelayDatabase:
         #: Monotonic time before which a background sync does not retry a failed write.
         self._retry_at = 0.0
         self._retry_delay = RETRY_FIRST
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Client identities and targets: owner-only, like the mitigation database.
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        except OSError as exc:
-            raise RelayDatabaseError(
-                f"{self.path}: cannot open for writing ({exc.strerror}); make the state "
-                "directory and the file writable, or set general.state_dir elsewhere"
-            ) from None
+        problem = create_private_file(self.path)
+        if problem is not None:
+            raise RelayDatabaseError(problem)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
         except (OSError, sqlite3.Error) as exc:

@@ -110,6 +110,20 @@ class SchemaTooNew(PersistenceError):
     """The database was written by a newer dots-gateway; we refuse to touch it."""
 
 
+def create_private_file(path: Path) -> str | None:
+    """Create ``path`` (and its directory) readable by the owner only, unless it exists; what
+    went wrong, for the operator, or None. Client identities and targets live in our
+    databases: owner-only, like the dev PKI (SQLite gives its -wal and -shm files the
+    database file's mode)."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    except OSError as exc:
+        return (f"{path}: cannot open for writing ({exc.strerror}); make the state directory "
+                "and the file writable, or set general.state_dir elsewhere")
+    return None
+
+
 class MitigationDatabase:
     """One SQLite file of saved mitigations; opening it creates or upgrades the schema.
 
@@ -141,16 +155,9 @@ class MitigationDatabase:
     # --- opening -----------------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Client identities and targets live here: owner-only, like the dev PKI. SQLite
-            # gives the -wal and -shm files the database file's mode.
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        except OSError as exc:
-            raise PersistenceError(
-                f"{self.path}: cannot open for writing ({exc.strerror}); make the state "
-                "directory and the file writable, or set general.state_dir elsewhere"
-            ) from None
+        problem = create_private_file(self.path)
+        if problem is not None:
+            raise PersistenceError(problem)
         # isolation_level=None: no implicit transactions; ours are explicit (one per save).
         try:
             db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
