@@ -159,12 +159,22 @@ async def await_handshake(protocol: ClientConnection, host: str, port: int,
         await asyncio.wait_for(asyncio.shield(protocol.established), timeout)
     except TimeoutError:
         protocol._finish("handshake timed out")
+        _nobody_waits(protocol.established)
         raise HandshakeError(f"{protocol.kind} handshake with {host}:{port} timed out") from None
     except BaseException:
         # Cancelled (a losing Happy Eyeballs attempt) or failed: the caller gets no
         # connection to close, so release the socket and the OpenSSL state here.
         protocol._finish("connection attempt abandoned")
+        _nobody_waits(protocol.established)
         raise
+
+
+def _nobody_waits(established: asyncio.Future[None]) -> None:
+    """The handshake's outcome has no reader left (its shield was cancelled): take the
+    exception ``_finish`` set, or asyncio logs "Future exception was never retrieved" when the
+    future is collected, in whatever code runs then."""
+    if established.done() and not established.cancelled():
+        established.exception()
 
 
 async def connect_dtls(
