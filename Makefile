@@ -52,7 +52,7 @@ run: $(RUN_STAMP)
 	@exec $(BIN)/dots-gateway run
 
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest --cov=gateway/dots --cov=certs --cov=gateway.config \
+	$(BIN)/python -m pytest --durations=15 --cov=gateway/dots --cov=certs --cov=gateway.config \
 		--cov-report=term-missing:skip-covered --cov-fail-under=90
 
 # Numbers, not pass/fail: results go to tests/bench/RESULTS.md with the machine and date.
