@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,6 +119,16 @@ async def test_cycles_and_abandoned_handshakes_do_not_grow_memory(
     await asyncio.sleep(6.0)
     state = counters(proc)
     final = rss_kib(proc.pid)
+    # Finished sessions' OpenSSL objects are freed by the handshake workers (nice 19): on a
+    # busy machine that lags. Retained memory is what stays once the server's RSS stops
+    # falling (each report collects garbage and trims the heap), bounded to a minute.
+    settle_until = time.monotonic() + 60.0
+    while final > baseline * 1.10 and time.monotonic() < settle_until:
+        await asyncio.sleep(5.0)
+        state = counters(proc)
+        before, final = final, rss_kib(proc.pid)
+        if final >= before:
+            break
     print(
         f"{kind}: {measured.rate:.0f} cycles/s ({lost} retried), RSS baseline {baseline} KiB, "
         f"peak {peak} KiB, "
