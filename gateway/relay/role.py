@@ -35,7 +35,8 @@ from gateway.ops.control import ControlProviders
 from gateway.ops.metrics import Registry, daemon_metrics
 from gateway.relay.forwarding import GatewayRelay, Prepared
 from gateway.server.blocks import _block2
-from gateway.server.observe import Observation
+from gateway.server.observe import Observation, _asked_szx
+from gateway.server.qblock import notification_block, send_answer
 from gateway.server.role import ServerRole
 from gateway.server.session import SignalSession, _dots_request
 
@@ -140,7 +141,8 @@ class GatewayRole(ServerRole):
                 if kept and not session.closed:
                     content = parse_query(prepared.request.query)
                     session.observations[msg.token] = Observation(
-                        msg.token, prepared.cuid, path.mid, content, last_sent=self.clock())
+                        msg.token, prepared.cuid, path.mid, content, last_sent=self.clock(),
+                        szx=_asked_szx(msg))
                     self._relayed[subscriber] = None
                     observe = 1
                 else:
@@ -170,10 +172,11 @@ class GatewayRole(ServerRole):
         coap = msg.response(int(response.code), payload=payload,
                             content_format=response.content_format, max_age=response.max_age,
                             observe=observe)
-        if isinstance(session.layer, MessageLayer):
-            coap = _block2(coap, msg.block2)
         try:
-            session.layer.send_response(key, coap, now)
+            if isinstance(session.layer, MessageLayer):
+                send_answer(session.layer, key, msg, coap, payload, now)
+            else:
+                session.layer.send_response(key, coap, now)
         except Exception as exc:  # noqa: BLE001 - e.g. the layer closed meanwhile
             log.info("answer to %s not sent: %s", session.conn.remote, exc)
             return
@@ -224,7 +227,7 @@ class GatewayRole(ServerRole):
                                   max_age=response.max_age,
                                   observe=None if ended else obs.sequence)
         if isinstance(session.layer, MessageLayer):
-            message = _block2(message, None)
+            message = _block2(message, notification_block(len(response.payload), obs.szx))
             session.layer.send_notification(obs.token, message, now, confirmable=False)
         else:
             session.layer.send_notification(obs.token, message, now)

@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gateway.coap.errors import BadOptionError
 from gateway.coap.layer import MessageLayer
 from gateway.coap.message import CoapMessage
 from gateway.dots.codec import encode_message
@@ -29,6 +30,7 @@ from gateway.dots.mitigation_lifecycle import Owner
 from gateway.dots.model import MitigationScope, Scope
 from gateway.dots.uri import ContentFilter, Resource, parse_path, parse_query
 from gateway.server.blocks import _block2
+from gateway.server.qblock import notification_block
 
 if TYPE_CHECKING:
     from gateway.dots.server import DotsServerCore
@@ -57,6 +59,8 @@ class Observation:
     content: ContentFilter
     sequence: int = 2
     last_sent: float = 0.0
+    #: The block size (SZX) the registration asked for with Block2, if any (RFC 7959 §2.6).
+    szx: int | None = None
 
 
 
@@ -98,7 +102,8 @@ class ObserveNotifications:
         if path.resource is Resource.CONFIG:
             # RFC 9132 §4.5.3: notifications of configuration changes.
             session.observations[msg.token] = Observation(msg.token, None, path.sid,
-                                                          ContentFilter.ALL, last_sent=now)
+                                                          ContentFilter.ALL, last_sent=now,
+                                                          szx=_asked_szx(msg))
             return 1
         if path.resource is not Resource.MITIGATE or path.cuid is None:
             return None
@@ -106,7 +111,8 @@ class ObserveNotifications:
             content = parse_query(request.query)
         except DotsProtocolError:
             content = ContentFilter.ALL
-        observation = Observation(msg.token, path.cuid, path.mid, content, last_sent=now)
+        observation = Observation(msg.token, path.cuid, path.mid, content, last_sent=now,
+                                  szx=_asked_szx(msg))
         session.observations[msg.token] = observation
         return 1
 
@@ -176,7 +182,9 @@ class ObserveNotifications:
             # RFC 7641 §3.2: a notification without Observe ends the observation visibly.
             observe=None if ended else obs.sequence)
         if isinstance(session.layer, MessageLayer):
-            message = _block2(message, None)  # RFC 7959 §2.6: the first block; GET the rest
+            # RFC 7959 §2.6: the first block, of the size the registration asked for (if it
+            # did); the client GETs the rest.
+            message = _block2(message, notification_block(len(payload), obs.szx))
         # RFC 9132 §4.4.2.1: notifications are always Non-confirmable.
         if isinstance(session.layer, MessageLayer):
             session.layer.send_notification(obs.token, message, now, confirmable=False)
@@ -184,3 +192,11 @@ class ObserveNotifications:
             session.layer.send_notification(obs.token, message, now)
         if ended:
             session.observations.pop(obs.token, None)
+
+
+def _asked_szx(msg: CoapMessage) -> int | None:
+    try:
+        block = msg.block2
+    except BadOptionError:
+        return None
+    return None if block is None else block.szx

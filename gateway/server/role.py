@@ -47,9 +47,9 @@ from gateway.dots.mitigation_lifecycle import (
 from gateway.dots.model import Heartbeat
 from gateway.dots.server import DotsServerCore, SendSessionHeartbeat, SessionLost
 from gateway.dots.uri import Resource, build_path
-from gateway.server.blocks import _block2
 from gateway.server.observe import DEFAULT_MAX_OBSERVATIONS, ObserveNotifications
 from gateway.server.persistence import MitigationDatabase
+from gateway.server.qblock import Respond, Whole, probe_answer, q_block1, send_answer
 from gateway.server.session import SignalSession, _dots_request, _transmission
 from gateway.server.standing import CredentialCheck, Standing
 from gateway.transport.secure_session import PeerCredential
@@ -220,8 +220,38 @@ class ServerRole(ObserveNotifications):
 
     def _request(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
                  now: float) -> None:
-        if not self._redirected(session, msg, key, now):
-            self._answer(session, msg, key, now)
+        if self._redirected(session, msg, key, now):
+            return
+        if isinstance(session.layer, MessageLayer):
+            whole = self._q_block(session, msg, key, now)
+            if whole is None:
+                return
+            msg = whole
+        self._answer(session, msg, key, now)
+
+    def _q_block(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
+                 now: float) -> CoapMessage | None:
+        """RFC 9177 before the core sees a request: the answer to a probe, the blocks of a
+        Q-Block1 body (None: answered or waiting here), else the request to answer."""
+        assert isinstance(session.layer, MessageLayer)
+        probe = probe_answer(msg)
+        if probe is not None:
+            send_answer(session.layer, key, msg, probe, probe.payload, now)
+            self.answered[probe.code] = self.answered.get(probe.code, 0) + 1
+            return None
+        block = q_block1(msg)
+        if block is None:
+            return msg
+        outcome = session.q_bodies.receive(msg, block, now)
+        if isinstance(outcome, Whole):
+            return outcome.message
+        if isinstance(outcome, Respond):
+            session.layer.send_response(key, outcome.message, now)
+            code = outcome.message.code
+            self.answered[code] = self.answered.get(code, 0) + 1
+        elif key.mtype is MessageType.CON:
+            session.layer.send_ack(key, now)  # a CON block still needs its ACK
+        return None
 
     def _redirected(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
                     now: float) -> bool:
@@ -267,8 +297,9 @@ class ServerRole(ObserveNotifications):
                             content_format=response.content_format,
                             max_age=response.max_age, observe=observe)
         if isinstance(session.layer, MessageLayer):
-            coap = _block2(coap, msg.block2)
-        session.layer.send_response(key, coap, now)
+            send_answer(session.layer, key, msg, coap, payload, now)
+        else:
+            session.layer.send_response(key, coap, now)
         self._sync_transmission(session)
         if request.method in (Method.PUT, Method.DELETE) and request.path[2:3] == ("config",):
             self._mark_config_observers(session)

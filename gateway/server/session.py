@@ -24,6 +24,7 @@ from gateway.dots.codes import Method
 from gateway.dots.message import DotsRequest, Requester
 from gateway.dots.server import ServerSession
 from gateway.server.blocks import BLOCK_SIZE, BlockSnapshots
+from gateway.server.qblock import QBlockBodies
 
 if TYPE_CHECKING:
     from gateway.server.observe import Observation
@@ -56,6 +57,8 @@ class SignalSession:
     transmission_from: Any = None
     #: Representations of block-wise transfers under way (made on the first large answer).
     block_snapshots: BlockSnapshots | None = None
+    #: Request bodies arriving in Q-Block1 blocks (RFC 9177).
+    q_bodies: QBlockBodies = field(default_factory=QBlockBodies)
 
     def block_payload(self, msg: CoapMessage, payload: bytes, now: float) -> bytes:
         """The representation to answer ``msg`` from: see ``BlockSnapshots``."""
@@ -65,6 +68,10 @@ class SignalSession:
             self.block_snapshots = BlockSnapshots()
         try:
             requested = msg.block2
+            if requested is None:
+                # Q-Block2: a request for later blocks of a transfer (missing ones, or the
+                # next set) names a block past 0; they are cut from the same snapshot.
+                requested = max(msg.q_block2, key=lambda b: b.num, default=None)
         except BadOptionError:
             requested = None
         resource = (msg.code, *msg.uri_path, *msg.uri_query)
