@@ -105,6 +105,8 @@ class ClientStats:
     redirects_failed: int = 0
     #: Returns to the provisioned servers when a redirect's TTL expired.
     redirect_returns: int = 0
+    #: Large GETs and PUTs carried in Q-Block2/Q-Block1 (RFC 9177) to their answer.
+    q_block_transfers: int = 0
     #: The endpoints of the latest connection attempts, newest last.
     attempts: deque[str] = field(default_factory=lambda: deque(maxlen=32))
 
@@ -148,6 +150,9 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
         self.stats = ClientStats()
         self.last_redirect: Reply | None = None
         self._blocks = BlockTracker()
+        #: Large mitigation GETs and PUTs over DTLS in Q-Block2/Q-Block1 (RFC 9177); False:
+        #: Block2 only, as before (RFC 7959).
+        self.q_block = True
         self.follower = RedirectFollower()
         #: The alternate server in use after a redirect; None while on the provisioned
         #: ``servers``.

@@ -61,8 +61,11 @@ class ClientSession:
         self.connection: Any = None  # DtlsClientConnection | TlsClientConnection
         self.closed = False
         self.close_reason = ""
+        #: The server answered a Q-Block request with 4.02 (RFC 9177 §4.1): Block2 only.
+        self.q_block_refused = False
         self._callbacks: dict[bytes, ResponseCallback] = {}
         self._observe_tokens: set[bytes] = set()
+        self._multiple: set[bytes] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -100,9 +103,11 @@ class ClientSession:
     # --- API for the role --------------------------------------------------------------------
 
     def send_request(self, message: CoapMessage, callback: ResponseCallback, *,
-                     confirmable: bool, lifetime: float | None) -> bytes:
+                     confirmable: bool, lifetime: float | None, multiple: bool = False) -> bytes:
         """Send a request; ``callback`` gets its response, each notification of an
-        observation (a GET with Observe 0), or the failure. Returns the token."""
+        observation (a GET with Observe 0), or the failure. Returns the token. With
+        ``multiple`` (Q-Block2, over DTLS only) every response reaches ``callback`` until
+        ``forget`` or the lifetime ends."""
         if self.closed:
             raise ConnectionError(f"session to {self.endpoint} is closed: {self.close_reason}")
         now = self.clock()
@@ -110,7 +115,9 @@ class ClientSession:
             token = self.layer.send_request(message, now, lifetime=lifetime)
         else:
             token = self.layer.send_request(message, now, confirmable=confirmable,
-                                            lifetime=lifetime)
+                                            lifetime=lifetime, multiple=multiple)
+            if multiple:
+                self._multiple.add(token)
         self._callbacks[token] = callback
         if message.observe == 0:
             self._observe_tokens.add(token)
@@ -122,6 +129,7 @@ class ClientSession:
         """Stop waiting for ``token`` (no event; a later notification is answered RST)."""
         self._callbacks.pop(token, None)
         self._observe_tokens.discard(token)
+        self._multiple.discard(token)
         if not self.closed:
             self.layer.cancel_request(token)
             self._arm()
@@ -157,12 +165,14 @@ class ClientSession:
             elif isinstance(event, ResponseReceived):
                 callback = self._callbacks.get(event.token)
                 if callback is not None:
-                    if not self._observation_goes_on(event.token, event.message):
+                    if (event.token not in self._multiple
+                            and not self._observation_goes_on(event.token, event.message)):
                         del self._callbacks[event.token]
                         self._observe_tokens.discard(event.token)
                     callback(event.message, "")
             elif isinstance(event, RequestFailed):
                 self._observe_tokens.discard(event.token)
+                self._multiple.discard(event.token)
                 callback = self._callbacks.pop(event.token, None)
                 if callback is not None:
                     callback(None, event.reason)

@@ -20,10 +20,14 @@ from collections.abc import Callable
 from gateway.client.blocks import fetch_remaining
 from gateway.client.connect import Endpoint, NetworkError
 from gateway.client.messages import Reply, coap_request, dots_response, request_label
+from gateway.client.qblock import SZX, q_get, q_put
 from gateway.client.redirect import redirect_in
 from gateway.client.session import ClientSession
+from gateway.coap.codes import BAD_OPTION
 from gateway.coap.message import CoapMessage
+from gateway.coap.options import OptionNumber
 from gateway.coap.reliability import TransmissionParameters
+from gateway.dots.codes import Method
 from gateway.dots.message import DotsRequest
 from gateway.dots.session_config import SessionParameters
 from redirect.follow import MAX_REDIRECTS
@@ -34,6 +38,8 @@ log = logging.getLogger("gateway.client.channel")  # one logger for the channel'
 NON_RETRY_INTERVAL = 3.0
 #: Outcome of one transmission without a response: "timeout", "closed", "reset"...
 Failure = str
+#: A PUT body larger than this goes in Q-Block1 blocks of this size.
+Q_BLOCK_SIZE = 1 << (SZX + 4)
 
 
 class RequestSending:
@@ -109,8 +115,13 @@ class RequestSending:
             if attempt > 1:
                 self.stats.retransmissions += 1
                 log.info("no answer to %s, sending it again (attempt %d)", label, attempt)
-            outcome = await self._send_once(session, coap_request(request), confirmable,
-                                            lifetime, remaining + 0.5, later)
+            if self._q_block_fits(request, confirmable, session, later):
+                outcome = await self._send_q_block(session, request, remaining)
+                if outcome == "timeout":
+                    break  # the transfer resent what was missing until the deadline
+            else:
+                outcome = await self._send_once(session, coap_request(request), confirmable,
+                                                lifetime, remaining + 0.5, later)
             if isinstance(outcome, CoapMessage):
                 return self._reply(request, outcome, session.endpoint, mid), session
             if outcome == "timeout" and (confirmable or session.reliable):
@@ -118,6 +129,35 @@ class RequestSending:
             if outcome in ("reset", "bad-option"):
                 raise NetworkError(f"{label}: the server rejected the message ({outcome})")
         raise NetworkError(f"no answer to {label} within {limit:g} s")
+
+    def _q_block_fits(self, request: DotsRequest, confirmable: bool, session: ClientSession,
+                      later: object) -> bool:
+        """Whether ``request`` goes in Q-Block (RFC 9177): a mitigation GET (not an Observe
+        registration) or a PUT larger than one block, NON, over DTLS, to a server that did
+        not refuse it."""
+        if (not self.q_block or confirmable or session.reliable or later is not None
+                or session.q_block_refused or request.path[2:3] != ("mitigate",)):
+            return False
+        if request.method is Method.GET:
+            return request.observe is None and request.block2 is None
+        return request.method is Method.PUT and len(request.payload) > Q_BLOCK_SIZE
+
+    async def _send_q_block(self, session: ClientSession, request: DotsRequest,
+                            remaining: float) -> CoapMessage | Failure:
+        transfer = q_get if request.method is Method.GET else q_put
+        outcome = await transfer(session, coap_request(request), self.clock() + remaining,
+                                 self.clock)
+        if isinstance(outcome, CoapMessage) and (
+                outcome.has_option(OptionNumber.Q_BLOCK2) or request.method is Method.PUT):
+            self.stats.q_block_transfers += 1
+        if isinstance(outcome, CoapMessage) and outcome.code == BAD_OPTION:
+            # RFC 9177 §4.1: a server without Q-Block rejects the critical option.
+            log.info("server %s refused Q-Block: Block2 from now on", session.endpoint)
+            session.q_block_refused = True
+            return await self._send_once(session, coap_request(request), False,
+                                         min(NON_RETRY_INTERVAL, remaining),
+                                         remaining + 0.5)
+        return outcome
 
     async def _send_once(self, session: ClientSession, message: CoapMessage, confirmable: bool,
                          lifetime: float, wait: float,

@@ -61,16 +61,17 @@ _AWAIT, _ACKED, _ANSWERED = Answer.AWAIT_ANSWER, Answer.ACKNOWLEDGED, Answer.ANS
 class _Exchange:
     """A request of ours awaiting its response, or an established observation."""
 
-    __slots__ = ("confirmable", "expires_at", "lifetime", "mid", "observe", "token")
+    __slots__ = ("confirmable", "expires_at", "lifetime", "mid", "multiple", "observe", "token")
 
     def __init__(self, token: bytes, mid: int, confirmable: bool, lifetime: float,
-                 expires_at: float | None, observe: bool) -> None:
+                 expires_at: float | None, observe: bool, multiple: bool = False) -> None:
         self.token = token
         self.mid = mid
         self.confirmable = confirmable
         self.lifetime = lifetime
         self.expires_at = expires_at  # None: CON still being retransmitted, or observing
         self.observe = observe
+        self.multiple = multiple  # Q-Block2: several responses until cancelled or expired
 
 
 class MessageLayer:
@@ -170,10 +171,12 @@ class MessageLayer:
     # --- sending -----------------------------------------------------------------------------
 
     def send_request(self, msg: CoapMessage, now: float, *, confirmable: bool = True,
-                     lifetime: float | None = None) -> bytes:
+                     lifetime: float | None = None, multiple: bool = False) -> bytes:
         """Send a request; returns its token (``msg.token``, or a fresh one if empty).
 
-        The outcome arrives as :class:`ResponseReceived` or :class:`RequestFailed`.
+        The outcome arrives as :class:`ResponseReceived` or :class:`RequestFailed`. With
+        ``multiple`` (a Q-Block2 request, RFC 9177 §4.4: one request, a burst of responses)
+        every response arrives until :meth:`cancel_request` or ``lifetime`` ends it.
         """
         self._check_open()
         if not is_request_code(msg.code):
@@ -197,7 +200,7 @@ class MessageLayer:
             expires_at = now + lifetime
         observe = msg.option(OptionNumber.OBSERVE) == b""  # Observe 0: register (RFC 7641)
         self._exchanges[token] = _Exchange(token, mid, confirmable, lifetime, expires_at,
-                                           observe)
+                                           observe, multiple)
         self._datagrams.append(data)
         return token
 
@@ -411,7 +414,7 @@ class MessageLayer:
         self._seen.remember(mid, expires_at, msg.token, _ANSWERED, reply)
         if reply is not None:
             self._datagrams.append(reply)
-        self._complete(exchange, msg.without_options(*ignored) if ignored else msg)
+        self._complete(exchange, msg.without_options(*ignored) if ignored else msg, now)
 
     def _on_ack(self, msg: CoapMessage, now: float) -> None:
         mid = msg.mid
@@ -440,7 +443,7 @@ class MessageLayer:
         if bad:  # RFC 7252 §5.4.1: reject; an ACK cannot be answered, so just fail
             self._fail(pending.token, "bad-option")
             return
-        self._complete(exchange, msg.without_options(*ignored) if ignored else msg)
+        self._complete(exchange, msg.without_options(*ignored) if ignored else msg, now)
 
     def _on_reset(self, mid: int) -> None:
         pending = self._retransmissions.pop(mid)
@@ -460,11 +463,14 @@ class MessageLayer:
         else:
             self._events.append(Reset(mid, token))
 
-    def _complete(self, exchange: _Exchange, msg: CoapMessage) -> None:
+    def _complete(self, exchange: _Exchange, msg: CoapMessage, now: float) -> None:
         token = exchange.token
         # RFC 7252 §5.2.2: a CON response implies the ACK of our request
         self._retransmissions.forget_request(exchange.mid, token)
-        if exchange.observe and msg.code >> 5 == 2 and msg.has_option(OptionNumber.OBSERVE):
+        if exchange.multiple:
+            if exchange.expires_at is None:  # a CON answered: the burst has its lifetime
+                exchange.expires_at = now + exchange.lifetime
+        elif exchange.observe and msg.code >> 5 == 2 and msg.has_option(OptionNumber.OBSERVE):
             exchange.expires_at = None  # RFC 7641 §3.1: observation established
         else:
             del self._exchanges[token]

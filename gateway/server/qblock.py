@@ -85,7 +85,8 @@ class QBlockBodies:
     def __init__(self) -> None:
         self._bodies: dict[BodyKey, Reassembly] = {}
         self._reported: dict[BodyKey, set[int]] = {}
-        self._finished: dict[BodyKey, float] = {}
+        #: Bodies answered lately, for a resent last block (our answer was lost).
+        self._finished: dict[BodyKey, tuple[float, CoapMessage]] = {}
 
     def __len__(self) -> int:
         return len(self._bodies)
@@ -94,8 +95,15 @@ class QBlockBodies:
         self._expire(now)
         key: BodyKey = (msg.code, msg.uri_path, msg.uri_query,
                         msg.option(REQUEST_TAG) or b"")
-        if block.num and key in self._finished:
-            return Wait()  # a late copy of a block of a body already answered
+        finished = self._finished.get(key) if block.num else None
+        if finished is not None:
+            if block.more:
+                return Wait()  # a late copy of a block of a body already answered
+            # The last block again: the client did not get our answer; answer it again (a
+            # DOTS PUT of the same body is idempotent).
+            done = finished[1]
+            return Whole(CoapMessage(msg.mtype, done.code, msg.mid, msg.token, done.options,
+                                     done.payload))
         size1 = msg.size1 if block.num == 0 else None
         if block.szx > 6 or (size1 is not None
                              and block_count(size1, block.szx) > MAX_BODY_BLOCKS):
@@ -119,10 +127,13 @@ class QBlockBodies:
         if body.complete:
             self._bodies.pop(key)
             self._reported.pop(key, None)
-            self._finished[key] = now
             whole = msg.without_options(OptionNumber.Q_BLOCK1, OptionNumber.SIZE1, REQUEST_TAG)
-            return Whole(CoapMessage(whole.mtype, whole.code, whole.mid, whole.token,
-                                     whole.options, body.body()))
+            assembled = CoapMessage(whole.mtype, whole.code, whole.mid, whole.token,
+                                    whole.options, body.body())
+            self._finished[key] = (now, assembled)
+            while len(self._finished) > BODIES_PER_SESSION:
+                del self._finished[next(iter(self._finished))]
+            return Whole(assembled)
         reported = self._reported.get(key)
         ends_set = block.num % MAX_PAYLOADS == MAX_PAYLOADS - 1 or not block.more
         refill = reported is not None and block.num in reported
@@ -151,7 +162,7 @@ class QBlockBodies:
                          NON_PARTIAL_TIMEOUT, body.received, "/".join(key[1]))
                 del self._bodies[key]
                 self._reported.pop(key, None)
-        for key, at in list(self._finished.items()):
+        for key, (at, _whole) in list(self._finished.items()):
             if now - at > FINISHED_MEMORY:
                 del self._finished[key]
 
