@@ -104,8 +104,10 @@ async def q_get(session: ClientSession, message: CoapMessage, deadline: float,
     """See the module docstring."""
     listener = _Listener(session)
 
-    def ask(*blocks: Block) -> None:
+    def ask(*blocks: Block, etag: bytes | None = None) -> None:
         asked = message.with_options(*((OptionNumber.Q_BLOCK2, b.encode()) for b in blocks))
+        if etag is not None:
+            asked = asked.with_options((OptionNumber.ETAG, etag))
         listener.send(asked, deadline - clock(), multiple=True)
 
     try:
@@ -134,7 +136,9 @@ async def q_get(session: ClientSession, message: CoapMessage, deadline: float,
                     continue
                 missing = body.missing(min(asked_upto, count - 1))
                 if missing:
-                    ask(*(Block(num, False, body.szx) for num in missing[:MAX_PAYLOADS]))
+                    blocks = [Block(num, False, body.szx) for num in missing[:MAX_PAYLOADS]]
+                    # Block 0 alone would read as a new transfer: the ETag says which one.
+                    ask(*blocks, etag=etag if missing[0] == 0 else None)
                 elif asked_upto < count - 1:
                     ask(Block(asked_upto + 1, True, body.szx))
                 continue

@@ -38,14 +38,24 @@ class BlockSnapshots:
         self._held: dict[Resource, tuple[float, bytes]] = {}
 
     def representation(self, resource: Resource, requested: Block | None, payload: bytes,
-                       now: float) -> bytes:
+                       now: float, etag: bytes | None = None) -> bytes:
         """The bytes to cut the requested block from: the held snapshot for a later block of a
         transfer still under way, else ``payload`` (held when it starts a block-wise one)."""
         if requested is not None and requested.num > 0:
             held = self._held.get(resource)
             if held is not None and now - held[0] < SNAPSHOT_TTL:
+                # Sliding: a transfer still asking (blocks resent under loss, Q-Block sets
+                # and missing blocks) keeps its representation; one left idle loses it.
+                self._held[resource] = (now, held[1])
                 return held[1]
             return payload
+        held = self._held.get(resource)
+        if (etag is not None and held is not None and now - held[0] < SNAPSHOT_TTL
+                and hashlib.sha256(held[1]).digest()[:8] == etag):
+            # Block 0 asked for again with the ETag the client holds (a Q-Block2 client
+            # missing the first block): the same representation, not a new one.
+            self._held[resource] = (now, held[1])
+            return held[1]
         self._held.pop(resource, None)
         if len(payload) > BLOCK_SIZE:
             self._held[resource] = (now, payload)

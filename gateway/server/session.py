@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.coap.errors import BadOptionError
 from gateway.coap.layer import MessageLayer, outgoing
 from gateway.coap.message import CoapMessage
+from gateway.coap.options import OptionNumber
 from gateway.coap.reliability import TransmissionParameters
 from gateway.coap.tcp_layer import TcpLayer
 from gateway.dots.codes import Method
@@ -75,7 +76,8 @@ class SignalSession:
         except BadOptionError:
             requested = None
         resource = (msg.code, *msg.uri_path, *msg.uri_query)
-        return self.block_snapshots.representation(resource, requested, payload, now)
+        etag = msg.etag if msg.has_option(OptionNumber.Q_BLOCK2) else None
+        return self.block_snapshots.representation(resource, requested, payload, now, etag)
 
     # --- SessionHandler ----------------------------------------------------------------------
 
