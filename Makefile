@@ -64,6 +64,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/python tests/bench/bench_anycast.py
 	$(BIN)/python tests/bench/bench_coap.py
 	$(BIN)/python tests/bench/bench_gateway.py
+	$(BIN)/python tests/bench/bench_qblock.py
 
 lint: $(TEST_STAMP)
 	$(PIP_INSTALL) -e '.[dev]'
