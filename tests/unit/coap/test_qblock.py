@@ -92,3 +92,30 @@ def test_reassembly_refuses_what_does_not_fit() -> None:
     assert r2.missing() == [0, 1, 2, 3]
     with pytest.raises(ValueError):
         r2.body()
+
+
+# --- the message layer: one Q-Block2 request, a burst of responses -----------------------
+
+
+def test_layer_keeps_a_multiple_request_listening_until_cancelled() -> None:
+    from gateway.coap.codes import MessageType
+    from gateway.coap.events import ResponseReceived
+    from gateway.coap.layer import MessageLayer
+    from gateway.coap.udp_codec import encode_udp
+
+    layer = MessageLayer(random=lambda: 0.0, initial_mid=1)
+    request = CoapMessage.request(1, ("x",))
+    token = layer.send_request(request, 0.0, confirmable=True, lifetime=5.0, multiple=True)
+    layer.datagrams_to_send()
+    # the first block piggybacked, then two NON blocks with the same token
+    layer.receive(encode_udp(CoapMessage(MessageType.ACK, 69, 1, token, (), b"a")), 0.1)
+    for mid in (50, 51):
+        layer.receive(encode_udp(CoapMessage(MessageType.NON, 69, mid, token, (), b"b")), 0.2)
+    events = []
+    while (event := layer.next_event()) is not None:
+        events.append(event)
+    assert [type(e) for e in events] == [ResponseReceived] * 3
+    assert layer.outstanding == 1 and layer.get_timer() == 5.1  # lifetime from the ACK
+    assert layer.cancel_request(token)
+    layer.receive(encode_udp(CoapMessage(MessageType.NON, 69, 52, token, (), b"c")), 0.3)
+    assert not any(isinstance(e, ResponseReceived) for e in iter(layer.next_event, None))
