@@ -53,8 +53,6 @@ RESTARTS = 3
 #: Q-Block2 requests of one transfer kept listening at once (older ones are forgotten;
 #: the message layer bounds outstanding exchanges).
 LISTENING = 8
-#: Rounds without progress before a transfer fails (RFC 9177 §7.2 NON_MAX_RETRANSMIT),
-#: counted anew after every block that arrives.
 CONTINUE = 95  # 2.31
 INCOMPLETE = 136  # 4.08
 
@@ -111,11 +109,13 @@ async def q_get(session: ClientSession, message: CoapMessage, deadline: float,
         listener.send(asked, deadline - clock(), multiple=True)
 
     try:
-        ask(Block(0, False, SZX))
+        ask(Block(0, True, SZX))  # M set: the whole first set (libcoap sends one without)
         body: Reassembly | None = None
         etag: bytes | None = None
         count = 0
         asked_upto = MAX_PAYLOADS - 1
+        # Rounds of silence in a row: the transfer fails after NON_MAX_RETRANSMIT of them
+        # (RFC 9177 §7.2); any block that arrives starts the count again.
         idle = restarts = 0
         first: CoapMessage | None = None
         while True:
@@ -132,7 +132,7 @@ async def q_get(session: ClientSession, message: CoapMessage, deadline: float,
                 if idle > NON_MAX_RETRANSMIT:
                     return "timeout"
                 if body is None:
-                    ask(Block(0, False, SZX))
+                    ask(Block(0, True, SZX))
                     continue
                 missing = body.missing(min(asked_upto, count - 1))
                 if missing:
@@ -154,7 +154,7 @@ async def q_get(session: ClientSession, message: CoapMessage, deadline: float,
                         return "changed"
                     log.info("representation changed during a Q-Block2 transfer: again")
                     listener.forget_all()
-                    ask(Block(0, False, SZX))
+                    ask(Block(0, True, SZX))
                     body = None
                     continue
                 body, etag = Reassembly(block.szx, clock()), response.etag

@@ -7,9 +7,10 @@ attack) that costs one round trip per burst rather than per block.
 
 This module holds the parts both directions share: the RFC's default parameters (§7.2),
 the missing-blocks payload of 4.08 (§5, a CBOR Sequence of block numbers), which blocks a
-Q-Block2 request asks for (§4.4, with libcoap's reading of the M bit: NUM at the start of a
-set with M set asks for that whole set, "continue"; elsewhere with M set the rest of that
-set; without M that one block), cutting a block out of a representation, and
+Q-Block2 request asks for (§4.4, with libcoap's reading of the M bit: NUM with M set asks
+for the rest of that NUM's set of MAX_PAYLOADS, so NUM 0 or a set start with M set is the
+whole set, "continue"; without M, that one block: libcoap's probe, NUM 0 without M, wants
+one datagram back), cutting a block out of a representation, and
 ``Reassembly``, the receiving side's record of the blocks of one body. The role glue sends
 and times; nothing here does I/O.
 """
@@ -104,12 +105,12 @@ def set_end(num: int, total: int | None = None) -> int:
 
 def requested_blocks(requested: Sequence[Block], total: int) -> list[int]:
     """Block numbers a Q-Block2 request asks for, ascending, at most MAX_PAYLOADS of them
-    (RFC 9177 §4.4): an initial request (NUM 0 without M) asks for the first set."""
+    (RFC 9177 §4.4; see the module docstring for the M bit)."""
     wanted: set[int] = set()
     for block in requested:
         if block.num >= total:
             continue
-        if block.more or (block.num == 0 and len(requested) == 1):
+        if block.more:
             wanted.update(range(block.num, set_end(block.num, total) + 1))
         else:
             wanted.add(block.num)

@@ -174,7 +174,8 @@ class GatewayRole(ServerRole):
                             observe=observe)
         try:
             if isinstance(session.layer, MessageLayer):
-                send_answer(session.layer, key, msg, coap, payload, now)
+                send_answer(session.layer, key, msg, coap, payload, now,
+                            q_block_peer=session.q_block_peer)
             else:
                 session.layer.send_response(key, coap, now)
         except Exception as exc:  # noqa: BLE001 - e.g. the layer closed meanwhile

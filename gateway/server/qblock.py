@@ -195,11 +195,18 @@ def probe_answer(msg: CoapMessage) -> CoapMessage | None:
 
 
 def send_answer(layer: MessageLayer, key: RequestKey, request: CoapMessage,
-                response: CoapMessage, payload: bytes, now: float) -> int:
+                response: CoapMessage, payload: bytes, now: float, *,
+                q_block_peer: bool = False) -> int:
     """Send ``response`` (whose body is ``payload``) to ``request``: in Q-Block2 blocks when
-    the request carries Q-Block2 (RFC 9177 §4.4), else Block2 as before (RFC 7959).
-    Returns the number of datagrams (blocks) sent."""
+    the request carries Q-Block2 (RFC 9177 §4.4), or when it carries neither Block2 nor
+    Observe but the peer has used Q-Block on this session (``q_block_peer``: libcoap probes
+    once, then sends its GETs without Q-Block2 and expects Q-Block2 answers); else Block2
+    as before (RFC 7959). Returns the number of datagrams (blocks) sent."""
     wanted = q_block2(request)
+    if (not wanted and q_block_peer and len(payload) > 1 << (BLOCK_SZX + 4)
+            and _requested_block2(request) is None and not request.has_option(
+                OptionNumber.OBSERVE)):
+        wanted = (Block(0, True, BLOCK_SZX),)  # the first set, as for NUM 0 with M
     if not wanted or response.code >> 5 != 2:
         layer.send_response(key, _block2(response, _requested_block2(request)), now)
         return 1

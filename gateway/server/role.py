@@ -31,6 +31,7 @@ from gateway.coap.events import (
 )
 from gateway.coap.layer import MessageLayer
 from gateway.coap.message import CoapMessage
+from gateway.coap.options import OptionNumber
 from gateway.coap.tcp_layer import TcpLayer
 from gateway.credentials import certificate_not_after, certificate_subject, peer_identity
 from gateway.dots.codec import encode_message
@@ -234,6 +235,8 @@ class ServerRole(ObserveNotifications):
         """RFC 9177 before the core sees a request: the answer to a probe, the blocks of a
         Q-Block1 body (None: answered or waiting here), else the request to answer."""
         assert isinstance(session.layer, MessageLayer)
+        if msg.has_option(OptionNumber.Q_BLOCK2) or msg.has_option(OptionNumber.Q_BLOCK1):
+            session.q_block_peer = True  # RFC 9177 §4.1: it speaks Q-Block
         probe = probe_answer(msg)
         if probe is not None:
             send_answer(session.layer, key, msg, probe, probe.payload, now)
@@ -297,7 +300,8 @@ class ServerRole(ObserveNotifications):
                             content_format=response.content_format,
                             max_age=response.max_age, observe=observe)
         if isinstance(session.layer, MessageLayer):
-            send_answer(session.layer, key, msg, coap, payload, now)
+            send_answer(session.layer, key, msg, coap, payload, now,
+                        q_block_peer=session.q_block_peer)
         else:
             session.layer.send_response(key, coap, now)
         self._sync_transmission(session)

@@ -45,8 +45,9 @@ def test_sets_and_counts() -> None:
 
 
 def test_requested_blocks_follow_the_m_bit() -> None:
-    # the first request: the first set
-    assert requested_blocks([Block(0, False, 6)], 25) == list(range(10))
+    # NUM 0 with M: the first set; without M (libcoap's probe): block 0 only
+    assert requested_blocks([Block(0, True, 6)], 25) == list(range(10))
+    assert requested_blocks([Block(0, False, 6)], 25) == [0]
     # "continue" at a set start; the rest of a set from the middle
     assert requested_blocks([Block(10, True, 6)], 25) == list(range(10, 20))
     assert requested_blocks([Block(23, True, 6)], 25) == [23, 24]
