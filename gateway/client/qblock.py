@@ -104,6 +104,8 @@ async def q_get(session: ClientSession, message: CoapMessage, deadline: float,
 
     def ask(*blocks: Block, etag: bytes | None = None) -> None:
         asked = message.with_options(*((OptionNumber.Q_BLOCK2, b.encode()) for b in blocks))
+        log.debug("Q-Block2 request for %s", ", ".join(
+            f"{b.num}{'+' if b.more else ''}" for b in blocks))
         if etag is not None:
             asked = asked.with_options((OptionNumber.ETAG, etag))
         listener.send(asked, deadline - clock(), multiple=True)
