@@ -36,7 +36,6 @@ from gateway.coap.qblock import (
     MAX_PAYLOADS,
     NON_MAX_RETRANSMIT,
     NON_RECEIVE_TIMEOUT,
-    NON_TIMEOUT,
     REQUEST_TAG,
     Reassembly,
     block_count,
@@ -210,8 +209,9 @@ async def q_put(session: ClientSession, message: CoapMessage, deadline: float,
             left = deadline - clock()
             if left <= 0:
                 return "timeout"
-            # The server answers the set's last block at once; leave room for its RTT.
-            response, reason = await listener.next(min(NON_TIMEOUT + NON_RECEIVE_TIMEOUT, left))
+            # The server answers the set's last block at once: NON_RECEIVE_TIMEOUT of
+            # silence means that block or its answer was lost.
+            response, reason = await listener.next(min(NON_RECEIVE_TIMEOUT, left))
             if response is None:
                 if reason in ("reset", "bad-option", "closed"):
                     return reason

@@ -93,33 +93,40 @@ async def bench(args: argparse.Namespace) -> list[str]:
                     big = make_scope(target_prefix=[f"2001:db8:{0x1000 + i:x}::/48"
                                                     for i in range(BIG_PREFIXES)])
                     whole = await client.get()
-                    put = await client.mitigate(big, mid=MITIGATIONS + 1)
-                    assert whole.ok and put.ok, (whole, put)
-                    sizes = (len(whole.response.payload), len(put.request.payload))
-                    print(f"GET body {sizes[0]} bytes, PUT body {sizes[1]} bytes")
+                    assert whole.ok, whole
+                    sizes = [len(whole.response.payload), 0]
+                    # Every GET first: the large mitigation must not be in the list.
                     for mode, q_block in (("Q-Block", True), ("Block2", False)):
                         client.q_block = q_block
                         for loss in LOSSES:
-                            relay.loss = loss
-                            cells = [("GET 200 mitigations", client.get)]
-                            if q_block:
-                                cells.append(("PUT 1,000 prefixes", lambda: client.mitigate(
-                                    big, mid=MITIGATIONS + 1)))
-                            for what, call in cells:
-                                times, failed = await timed(call, args.runs, args.budget)
-                                line = row(what, mode, loss, times, failed)
-                                print(line, flush=True)
-                                rows.append(line)
-                            if not q_block:
-                                rows.append(f"| PUT 1,000 prefixes | {mode} | {loss:.0%} | "
-                                            "n/a | n/a | - | no Block1 here: 4.13 |")
-                            relay.loss = 0.0
-                            await asyncio.sleep(1)  # let retransmissions of the cell end
+                            await cell(rows, relay, loss, "GET 200 mitigations", mode,
+                                       client.get, args)
+                    client.q_block = True
+                    for loss in LOSSES:
+                        await cell(rows, relay, loss, "PUT 1,000 prefixes", "Q-Block",
+                                   lambda: client.mitigate(big, mid=MITIGATIONS + 1), args)
+                    for loss in LOSSES:
+                        rows.append(f"| PUT 1,000 prefixes | Block2 | {loss:.0%} | n/a | n/a "
+                                    "| - | no Block1 here: 4.13 |")
+                    put = await client.mitigate(big, mid=MITIGATIONS + 1)
+                    sizes[1] = len(put.request.payload)
+                    print(f"GET body {sizes[0]} bytes, PUT body {sizes[1]} bytes")
                 rows.insert(0, f"GET body {sizes[0]} bytes; PUT body {sizes[1]} bytes; "
                                f"{relay.dropped} datagrams dropped in all.")
             finally:
                 relay.close()
     return rows
+
+
+async def cell(rows: list[str], relay: LossyRelay, loss: float, what: str, mode: str,
+               call: object, args: argparse.Namespace) -> None:
+    relay.loss = loss
+    times, failed = await timed(call, args.runs, args.budget)
+    relay.loss = 0.0
+    line = row(what, mode, loss, times, failed)
+    print(line, flush=True)
+    rows.append(line)
+    await asyncio.sleep(1)  # let the cell's late retransmissions end
 
 
 def row(what: str, mode: str, loss: float, times: list[float], failed: int) -> str:
