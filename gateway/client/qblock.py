@@ -192,9 +192,9 @@ async def q_put(session: ClientSession, message: CoapMessage, deadline: float,
     listener = _Listener(session)
 
     def send(num: int) -> None:
-        options = [(OptionNumber.Q_BLOCK1, Block(num, num < count - 1, SZX).encode()), tag]
-        if num == 0:
-            options.append((OptionNumber.SIZE1, encode_uint(len(payload))))
+        # Size1 on every block: libcoap's server answers 4.08 "Size1 mismatch" otherwise.
+        options = [(OptionNumber.Q_BLOCK1, Block(num, num < count - 1, SZX).encode()), tag,
+                   (OptionNumber.SIZE1, encode_uint(len(payload)))]
         block = CoapMessage(None, message.code, 0, b"", message.options + tuple(options),
                             payload[num * size:(num + 1) * size])
         listener.send(block, deadline - clock(), multiple=False)

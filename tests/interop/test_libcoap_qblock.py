@@ -6,14 +6,20 @@ library holds no Q-Block code. With it, a large list must still arrive whole in 
 fallback for peers without Q-Block). A libcoap built with Q-Block (``ENABLE_Q_BLOCK``,
 e.g. 4.3.5 from source) can be named in ``DOTS_QBLOCK_COAP_CLIENT``: it then probes,
 switches Q-Block on, and gets the list in Q-Block2 (its ``-v 7`` output names the
-option); without it that test is skipped, saying why. Checked with libcoap 4.3.5 built
-from source (``cmake -DENABLE_DTLS=ON -DDTLS_BACKEND=openssl -DENABLE_Q_BLOCK=ON``).
+option); without it that test is skipped, saying why. The other direction: our client's
+Q-Block1 PUT and Q-Block2 GET against libcoap's ``coap-server`` from the same build
+(``DOTS_QBLOCK_COAP_SERVER``), on a resource it creates on PUT (``-d``). Checked with
+libcoap 4.3.5 built from source (``cmake -DENABLE_DTLS=ON -DDTLS_BACKEND=openssl
+-DENABLE_Q_BLOCK=ON``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import cbor2
@@ -21,9 +27,14 @@ import pytest
 
 from certs.devpki import init_dev_pki
 from certs.identity import cuid_from_certificate
+from gateway.client.connect import Endpoint, Transport, open_dtls
+from gateway.client.qblock import q_get, q_put
 from gateway.client.role import DotsClient, make_scope
+from gateway.client.session import ClientSession
+from gateway.coap.message import CoapMessage
+from gateway.transport.tls_context import ClientContext, Kind
 from tests.integration.test_client_role import cert_credentials, running_server
-from tests.interop.peers import coap_client, run_peer
+from tests.interop.peers import coap_client, free_port, run_peer
 
 pytestmark = pytest.mark.interop
 
@@ -109,3 +120,47 @@ async def test_qblock_libcoap_puts_a_large_mitigation_in_q_block1(pki: Path,
                               state_dir=tmp_path / "client", negotiate=False) as client:
             got = await client.get(7)
             assert got.ok and len(got.scopes[0].target_prefix) == 1000
+
+
+class _Owner:
+    """What a ClientSession reports to: nothing to do here."""
+
+    def request_received(self, *_args: object) -> None:
+        return None
+
+    def session_closed(self, *_args: object) -> None:
+        return None
+
+
+async def test_our_client_q_block_against_libcoap_server(pki: Path, tmp_path: Path) -> None:
+    binary = os.environ.get("DOTS_QBLOCK_COAP_SERVER")
+    if not binary or not Path(binary).exists():
+        pytest.skip("no Q-Block-capable coap-server: Debian's libcoap 4.3.1 is built without "
+                    "Q-Block; set DOTS_QBLOCK_COAP_SERVER to one built with ENABLE_Q_BLOCK")
+    port = free_port()  # DTLS listens on port + 1
+    proc = await asyncio.create_subprocess_exec(
+        binary, "-A", "127.0.0.1", "-p", str(port), "-d", "4", "-L", "5", "-v", "4",
+        "-c", str(pki / "server.pem"), "-j", str(pki / "server.key"), "-C", str(pki / "ca.pem"),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await asyncio.sleep(0.5)
+        endpoint = Endpoint(Transport.UDP, "127.0.0.1", port + 1, "localhost")
+        session = ClientSession(_Owner(), endpoint, time.monotonic)  # type: ignore[arg-type]
+        ctx = ClientContext(Kind.DTLS, cert_credentials(pki))
+        conn = await open_dtls(endpoint, ctx, session.data_received, session.connection_lost,
+                               resume=None, timeout=5)
+        session.attach(conn)
+        body = bytes(range(256)) * 80  # 20 KB: 20 blocks of 1,024
+        put = CoapMessage.request(3, ("qblock",), content_format=42, payload=body)
+        answer = await q_put(session, put, time.monotonic() + 30, time.monotonic)
+        assert isinstance(answer, CoapMessage) and answer.code in (0x41, 0x44), answer
+        get = CoapMessage.request(1, ("qblock",))
+        whole = await q_get(session, get, time.monotonic() + 30, time.monotonic)
+        assert isinstance(whole, CoapMessage) and whole.code == 0x45, whole
+        assert whole.option(31) is not None  # it came in Q-Block2
+        assert whole.payload == body
+        session.close()
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
