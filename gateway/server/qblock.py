@@ -199,8 +199,8 @@ def send_answer(layer: MessageLayer, key: RequestKey, request: CoapMessage,
                 q_block_peer: bool = False) -> int:
     """Send ``response`` (whose body is ``payload``) to ``request``: in Q-Block2 blocks when
     the request carries Q-Block2 (RFC 9177 §4.4), or when it carries neither Block2 nor
-    Observe but the peer has used Q-Block on this session (``q_block_peer``: libcoap probes
-    once, then sends its GETs without Q-Block2 and expects Q-Block2 answers); else Block2
+    Observe but the peer probed for Q-Block on this session (``q_block_peer``: libcoap
+    probes once, then sends its GETs without Q-Block2 and expects Q-Block2); else Block2
     as before (RFC 7959). Returns the number of datagrams (blocks) sent."""
     wanted = q_block2(request)
     if (not wanted and q_block_peer and len(payload) > 1 << (BLOCK_SZX + 4)

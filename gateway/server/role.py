@@ -235,10 +235,13 @@ class ServerRole(ObserveNotifications):
         """RFC 9177 before the core sees a request: the answer to a probe, the blocks of a
         Q-Block1 body (None: answered or waiting here), else the request to answer."""
         assert isinstance(session.layer, MessageLayer)
-        if msg.has_option(OptionNumber.Q_BLOCK2) or msg.has_option(OptionNumber.Q_BLOCK1):
-            session.q_block_peer = True  # RFC 9177 §4.1: it speaks Q-Block
         probe = probe_answer(msg)
         if probe is not None:
+            if msg.has_option(OptionNumber.Q_BLOCK2):
+                # RFC 9177 §4.1: a peer that probes (libcoap, go-dots) then sends plain GETs
+                # and expects Q-Block2; one that puts Q-Block2 in its GETs (ours) is not
+                # marked, so that its GETs without it (Observe, Block2) keep Block2.
+                session.q_block_peer = True
             send_answer(session.layer, key, msg, probe, probe.payload, now)
             self.answered[probe.code] = self.answered.get(probe.code, 0) + 1
             return None

@@ -60,8 +60,8 @@ class SignalSession:
     block_snapshots: BlockSnapshots | None = None
     #: Request bodies arriving in Q-Block1 blocks (RFC 9177).
     q_bodies: QBlockBodies = field(default_factory=QBlockBodies)
-    #: The peer sent a Q-Block option on this session (RFC 9177 §4.1): its large GET
-    #: answers go in Q-Block2 even when a request carries none.
+    #: The peer probed for Q-Block on this session (RFC 9177 §4.1): its large GET answers
+    #: go in Q-Block2 even when a request carries none.
     q_block_peer: bool = False
 
     def block_payload(self, msg: CoapMessage, payload: bytes, now: float) -> bytes:

@@ -119,8 +119,17 @@ async def test_q_block2_burst_then_missing_blocks_and_continue(server) -> None: 
         assert len(body) == total
         listed = cbor_to_json(body)["ietf-dots-signal-channel:mitigation-scope"]["scope"]
         assert [s["mid"] for s in listed] == list(range(1, 21))
-        # The session has used Q-Block: a GET without Q-Block2 (libcoap after its probe)
-        # is answered in Q-Block2 too; one with Block2 in Block2.
+        # Q-Block2 in GETs does not mark the session: a plain GET (our client in Block2
+        # mode, an Observe registration) still gets Block2 (the bench found such GETs cut
+        # to their first Q-Block2 block when it did).
+        send(peer, MessageType.CON, 1, 898, b"p0", path)
+        (b0,) = await collect(peer, {b"p0"}, 1)
+        assert b0.block2 is not None and b0.option(Q2) is None
+        # After a probe (libcoap), a GET without Q-Block2 is answered in Q-Block2; one with
+        # Block2 in Block2.
+        probe = CoapMessage.request(1, (".well-known", "core")).options
+        send(peer, MessageType.CON, 1, 899, b"pr", (*probe, (Q2, Block(0, False, 0).encode())))
+        await collect(peer, {b"pr"}, 1)
         send(peer, MessageType.CON, 1, 900, b"pl", path)
         plain = await collect(peer, {b"pl"}, MAX_PAYLOADS)
         assert len(plain) == MAX_PAYLOADS and all(m.option(Q2) for m in plain)
