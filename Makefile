@@ -15,7 +15,7 @@ PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check --root-use
 RUN_DEBS := libssl3
 TEST_DEBS := libcoap3-bin dnsmasq-base nsd autoconf automake bird2
 
-.PHONY: run test run-deps test-deps venv lint bench clean
+.PHONY: run test run-deps test-deps venv lint bench soak clean
 
 # Installs the Debian packages named in $(1) that are missing: one line, and apt's own
 # output only when it fails.
@@ -64,6 +64,11 @@ bench: $(TEST_STAMP)
 	$(BIN)/python tests/bench/bench_anycast.py
 	$(BIN)/python tests/bench/bench_coap.py
 	$(BIN)/python tests/bench/bench_gateway.py
+
+# The long haul (issue 21): 50,000 DTLS sessions with heartbeats for 10 minutes on a server,
+# then 25,000 through a gateway; ~30 minutes. SOAK_ARGS overrides (e.g. --sessions 5000).
+soak: $(TEST_STAMP)
+	$(BIN)/python tests/bench/soak.py $(SOAK_ARGS)
 
 lint: $(TEST_STAMP)
 	$(PIP_INSTALL) -e '.[dev]'

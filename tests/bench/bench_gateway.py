@@ -59,6 +59,7 @@ from gateway.coap.udp_codec import decode_udp  # noqa: E402
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind  # noqa: E402
 from tests.bench.bench_dots import Runner  # noqa: E402
 from tests.bench.bench_transport import (  # noqa: E402
+    DAEMON,
     Client,
     Generator,
     Server,
@@ -169,7 +170,7 @@ def start_upstream(tmp: Path, pkis: Pkis) -> Server:
         f'[[clients]]\nname = "direct"\ncuid = "{client}"\nprefixes = ["0.0.0.0/0"]\n'
         'allow_any_cuid = true\n'
         + LIMITS)
-    return start("server", [str(ROOT / ".venv/bin/dots-gateway"), "server", "--config",
+    return start("server", [*DAEMON, "server", "--config",
                             str(config)], SERVER_CPU, tmp / "upstream.log")
 
 
@@ -188,9 +189,9 @@ def start_gateway(tmp: Path, pkis: Pkis, upstream: Server, profile: Path | None)
         f'[[upstream]]\nname = "up"\naddress = "127.0.0.1"\nport = {upstream.port}\n'
         'reference_identifier = "localhost"\n')
     if profile is None:
-        argv = [str(ROOT / ".venv/bin/dots-gateway")]
+        argv = DAEMON
     else:
-        argv = [str(ROOT / ".venv/bin/python"), "-c", PROFILED_GATEWAY, str(profile)]
+        argv = [sys.executable, "-c", PROFILED_GATEWAY, str(profile)]
     return start("gateway", [*argv, "run", "--config", str(config)], GATEWAY_CPU,
                  tmp / "gateway.log")
 

@@ -42,6 +42,8 @@ from tests.bench.results import machine_lines, update_section  # noqa: E402
 HB = bytes.fromhex("a11831a11833f5")
 HB_OPTIONS = CoapMessage.request(3, (".well-known", "dots", "hb"), content_format=271).options
 CLK = os.sysconf("SC_CLK_TCK")
+#: The daemon from this checkout, run by the interpreter that runs the bench (the venv's).
+DAEMON = [sys.executable, "-m", "gateway.cli"]
 
 
 # --- servers under test --------------------------------------------------------------------------
@@ -87,8 +89,8 @@ def start_ours(pki: Path, state: Path) -> Server:
         f'[tls]\nca = "{pki}/ca.pem"\ncert = "{pki}/server.pem"\nkey = "{pki}/server.key"\n'
         "[limits]\nmax_sessions = 100000\nmax_handshakes = 4096\n"
         "handshakes_per_source = 1000000\nmax_handshakes_per_source = 1000000\n")
-    proc = subprocess.Popen(["taskset", "-c", "0", str(ROOT / ".venv/bin/dots-gateway"),
-                             "server", "--config", str(config)],
+    proc = subprocess.Popen(["taskset", "-c", "0", *DAEMON, "server", "--config", str(config)],
+                            cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     proc.stdout.readline()  # "dots-gateway serving ..."
