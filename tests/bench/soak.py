@@ -50,6 +50,7 @@ from gateway.coap.message import CoapMessage  # noqa: E402
 from gateway.coap.udp_codec import decode_udp, encode_udp, encode_udp_fields  # noqa: E402
 from gateway.transport.secure_session import SecureSession, State  # noqa: E402
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind  # noqa: E402
+from tests.bench import plots  # noqa: E402
 from tests.bench.bench_gateway import GATEWAY_CPU, Pkis, start_gateway, start_upstream  # noqa: E402
 from tests.bench.bench_transport import Server, pct, start_ours  # noqa: E402
 from tests.bench.results import machine_lines, update_section  # noqa: E402
@@ -438,11 +439,7 @@ def _merge(into: dict[str, Any], report: dict[str, Any]) -> None:
 
 
 def plot(result: PhaseResult, path: Path, interval: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
     ramp_t = [t - result.ramp_seconds for t, _, _ in result.ramp_points]
     t = [p.t for p in result.points]
