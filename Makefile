@@ -64,6 +64,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/python tests/bench/bench_anycast.py
 	$(BIN)/python tests/bench/bench_coap.py
 	$(BIN)/python tests/bench/bench_gateway.py
+	$(BIN)/python tests/bench/bench_storm.py
 
 # The long haul (issue 21): 50,000 DTLS sessions with heartbeats for 10 minutes on a server,
 # then 25,000 through a gateway; ~30 minutes. SOAK_ARGS overrides (e.g. --sessions 5000).
