@@ -114,6 +114,10 @@ def run(output: Path, out: TextIO = sys.stdout) -> int:
         timeline.step("failed", f"{exc}")
     except RuntimeError as exc:
         timeline.step("failed", str(exc))
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
+        # A command that failed or a daemon's unexpected answer: said in one line; the
+        # logs in output/logs tell the rest.
+        timeline.step("failed", f"{type(exc).__name__}: {exc}")
     except KeyboardInterrupt:
         timeline.step("stopped", "interrupted: cleaning up")
         status = 130
