@@ -28,12 +28,12 @@ PREFIX = "dgl"
 COMMAND_TIMEOUT = 10.0
 
 
-def require_root() -> str | None:
-    """The reason lab tests cannot run here, or None."""
+def require_root(what: str = "lab tests") -> str | None:
+    """The reason ``what`` cannot run here, or None."""
     if os.geteuid() != 0:
-        return "lab tests need root (network namespaces)"
+        return f"{what}: root needed (network namespaces)"
     if shutil.which("ip") is None:
-        return "lab tests need iproute2's ip"
+        return f"{what}: iproute2's ip needed"
     return None
 
 

@@ -88,11 +88,11 @@ def _on_terminate(signum: int, frame: FrameType | None) -> None:
 def run(output: Path, out: TextIO = sys.stdout) -> int:
     """The whole demo; 0 when every step saw what it expected. The timeline goes to ``out``
     and ``output/timeline.txt``, the picture to ``output/timeline.png``."""
-    why = require_root()
+    why = require_root("dots-gateway demo")
     missing = missing_tools()
     if why or missing:
-        print(f"demo: {why or 'missing ' + ', '.join(missing)} (`make demo` installs them)",
-              file=sys.stderr)
+        print(why or f"dots-gateway demo: missing {', '.join(missing)} (`make demo` installs "
+              "them)", file=sys.stderr)
         return 1
     output.mkdir(parents=True, exist_ok=True)
     previous = signal.signal(signal.SIGTERM, _on_terminate)
@@ -119,14 +119,21 @@ def run(output: Path, out: TextIO = sys.stdout) -> int:
         # logs in output/logs tell the rest.
         timeline.step("failed", f"{type(exc).__name__}: {exc}")
     except KeyboardInterrupt:
-        timeline.step("stopped", "interrupted: cleaning up")
+        timeline.step("stopped", "interrupted: cleaning up (bounded; another Ctrl-C waits)")
         status = 130
     finally:
-        if sampler is not None:
-            sampler.stop()
-        _keep_logs(lab, output / "logs")
-        lab.close()
-        signal.signal(signal.SIGTERM, previous)
+        # A second Ctrl-C must not leave half the lab behind: the clean-up is bounded
+        # (every process gets SIGTERM, then SIGKILL after 3 s), so it runs to the end.
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            if sampler is not None:
+                sampler.stop()
+            _keep_logs(lab, output / "logs")
+            lab.close()
+        finally:
+            signal.signal(signal.SIGINT, interrupt)
+            signal.signal(signal.SIGTERM, previous)
     left = namespaces(lab.prefix)
     timeline.step("cleanup", "namespaces, processes and temporary files removed"
                   if not left and not lab.dir.exists() else f"left behind: {left}")
@@ -284,12 +291,18 @@ def _edge_named(server_name: str | None) -> str:
     return str(server_name)
 
 
-def _where_client_is(net: Network) -> str | None:
-    for edge in EDGES:
-        view = daemon_view(net.control_socket(edge), CLIENT)
-        if view is not None and view[0] is not None:
-            return edge
-    return None
+def _where_client_is(net: Network, timeout: float = 5.0) -> str | None:
+    """The edge that has the client's session (it may list it a moment after the client
+    saw the handshake end), or None."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for edge in EDGES:
+            view = daemon_view(net.control_socket(edge), CLIENT)
+            if view is not None and view[0] is not None:
+                return edge
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
 
 
 def _provider_active(net: Network) -> int:
