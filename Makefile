@@ -67,7 +67,7 @@ test: $(TEST_STAMP)
 	$(BIN)/python -m pytest --durations=15 --cov=gateway/dots --cov=certs --cov=gateway.config \
 		--cov-report=term-missing:skip-covered --cov-fail-under=90
 
-# Root: namespaces, BIRD, dnsmasq and four daemons for about 30 s, then all removed; the
+# Root: namespaces, BIRD, dnsmasq and four daemons for 25-40 s, then all removed; the
 # timeline, the picture and the logs go to ./demo-output.
 demo: $(DEMO_STAMP)
 	@exec $(BIN)/dots-gateway demo --output demo-output

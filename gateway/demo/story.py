@@ -30,6 +30,7 @@ from gateway.demo.topology import (
     SERVICE_NAME,
     V4,
     Network,
+    last_line,
     missing_tools,
 )
 
@@ -72,12 +73,12 @@ class Client:
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
         line = self.process.stdout.readline() if ready else b""
         if not line:
-            raise DemoFailed(f"the client gave no answer to {command['op']} within {timeout:g} s"
-                             f"\n{self.net.lab.log('client.log')[-3000:]}")
+            raise DemoFailed(f"the client gave no answer to {command['op']} within "
+                             f"{timeout:g} s (client.log)")
         answer = dict(json.loads(line))
         if not answer["ok"]:
-            raise DemoFailed(f"the client failed on {command['op']}: {answer['error']}\n"
-                             + self.net.lab.log("client.log")[-3000:])
+            raise DemoFailed(f"the client failed on {command['op']}: {answer['error']} "
+                             "(client.log)")
         return answer
 
 
@@ -108,16 +109,12 @@ def run(output: Path, out: TextIO = sys.stdout) -> int:
                           CLIENT, active_only={"provider"})
         _story(net, timeline, sampler)
         status = 0
-    except DemoFailed as exc:
-        timeline.step("failed", str(exc))
-    except TimeoutError as exc:
-        timeline.step("failed", f"{exc}")
-    except RuntimeError as exc:
-        timeline.step("failed", str(exc))
+    except (DemoFailed, TimeoutError, RuntimeError) as exc:
+        timeline.step("failed", _one_line(str(exc), output))
     except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
         # A command that failed or a daemon's unexpected answer: said in one line; the
         # logs in output/logs tell the rest.
-        timeline.step("failed", f"{type(exc).__name__}: {exc}")
+        timeline.step("failed", _one_line(f"{type(exc).__name__}: {exc}", output))
     except KeyboardInterrupt:
         timeline.step("stopped", "interrupted: cleaning up (bounded; another Ctrl-C waits)")
         status = 130
@@ -155,7 +152,6 @@ def run(output: Path, out: TextIO = sys.stdout) -> int:
 
 def _story(net: Network, timeline: Timeline, sampler: Sampler) -> None:
     step = timeline.step
-    lab = net.lab
     net.build()
     step("network", f"{len(net.ns)} network namespaces ({', '.join(net.ns)}), linked by veth "
          "pairs through the router")
@@ -193,8 +189,8 @@ def _story(net: Network, timeline: Timeline, sampler: Sampler) -> None:
     addresses = sorted({c["address"] for c in candidates if c.get("mechanism") == "dhcp"})
     names = sorted({c.get("reference_identifier") for c in candidates} - {None})
     if not addresses:
-        raise DemoFailed("DHCP discovery found no DOTS server:\n" + found.stderr[-2000:]
-                         + lab.log("dnsmasq.log")[-2000:])
+        raise DemoFailed("DHCP discovery found no DOTS server: "
+                         f"{last_line(found.stderr) or 'nothing said'} (dnsmasq.log)")
     step("dhcp", f"the client asks DHCP (dnsmasq, RFC 8973 options 147 and 148 made by "
          f"`dots-gateway dhcp-option`): DOTS server {', '.join(names)} at "
          f"{', '.join(addresses)}")
@@ -308,6 +304,10 @@ def _where_client_is(net: Network, timeout: float = 5.0) -> str | None:
 def _provider_active(net: Network) -> int:
     view = daemon_view(net.control_socket("provider"), CLIENT, active=True)
     return 0 if view is None else view[1]
+
+
+def _one_line(message: str, output: Path) -> str:
+    return " ".join(message.split()) + f" [logs: {output / 'logs'}]"
 
 
 def _keep_logs(lab: Lab, directory: Path) -> None:

@@ -119,6 +119,12 @@ protocol bgp {n}v6 from edge {{ neighbor {e.v6} as 65046; ipv6 {{ import all; ex
 """
 
 
+def last_line(text: str) -> str:
+    """The last non-empty line of a log: what a daemon said last (often why it stopped)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
 def missing_tools() -> list[str]:
     """The programs the demo needs that are not installed (with their Debian package)."""
     needed = {"ip": "iproute2", "bird": "bird2", "birdc": "bird2", "dnsmasq": "dnsmasq-base"}
@@ -341,8 +347,8 @@ psk_key_hex = "{self.psk['key'].encode().hex()}"
                 raise TimeoutError(f"{what}: not within {timeout:g} s")
             for name, process in self.daemons.items():
                 if process.poll() is not None and name not in self.stopped:
-                    raise RuntimeError(f"{name} exited with {process.returncode}:\n"
-                                       + self.log(name)[-3000:])
+                    raise RuntimeError(f"{name} exited with {process.returncode}: "
+                                       f"{last_line(self.log(name))} ({name}.log)")
             time.sleep(interval)
         return time.monotonic() - started
 
