@@ -82,8 +82,14 @@ class Client:
         return answer
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: handled as Ctrl-C is (clean up, then exit 128 + the signal number)."""
+
+    signum = signal.SIGTERM
+
+
 def _on_terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Terminated()
 
 
 def run(output: Path, out: TextIO = sys.stdout) -> int:
@@ -115,9 +121,11 @@ def run(output: Path, out: TextIO = sys.stdout) -> int:
         # A command that failed or a daemon's unexpected answer: said in one line; the
         # logs in output/logs tell the rest.
         timeline.step("failed", _one_line(f"{type(exc).__name__}: {exc}", output))
-    except KeyboardInterrupt:
-        timeline.step("stopped", "interrupted: cleaning up (bounded; another Ctrl-C waits)")
-        status = 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        timeline.step("stopped", f"interrupted ({signal.Signals(signum).name}): cleaning up "
+                      "(bounded; another Ctrl-C waits)")
+        status = 128 + signum
     finally:
         # A second Ctrl-C must not leave half the lab behind: the clean-up is bounded
         # (every process gets SIGTERM, then SIGKILL after 3 s), so it runs to the end.

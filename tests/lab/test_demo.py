@@ -3,8 +3,8 @@
 One run checks the narrated timeline (every step, in order), the picture (a valid PNG:
 signature, IHDR first, IEND last, every chunk's CRC) and that nothing is left behind: no
 ``dgd<pid>-`` namespace, no process started from the demo's temporary directory, no
-temporary directory. A second run is interrupted with SIGINT (Ctrl-C) once the anycast
-route is up and must clean up just the same; a third, in this process, breaks the edges'
+temporary directory. Two more runs are interrupted, with SIGINT (Ctrl-C) and SIGTERM, once
+the anycast route is up and must clean up just the same; a third, in this process, breaks the edges'
 configuration and must say so in one line and clean up too.
 """
 
@@ -128,7 +128,8 @@ def test_demo_tells_the_whole_story_and_leaves_nothing(tmp_path: Path) -> None:
     assert took < BUDGET
 
 
-def test_ctrl_c_cleans_up(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_demo_cleans_up(tmp_path: Path, signum: signal.Signals) -> None:
     process = demo(tmp_path)
     seen = ""
     try:
@@ -141,13 +142,13 @@ def test_ctrl_c_cleans_up(tmp_path: Path) -> None:
                     break
                 seen += line
         assert " anycast " in seen, seen
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         rest, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
-    assert process.returncode == 130, seen + rest + err
+    assert process.returncode == 128 + signum, seen + rest + err
     names = [name for name, _ in steps(seen + rest)]
     assert names[-3:-1] == ["stopped", "cleanup"] or names[-2:] == ["stopped", "cleanup"]
     assert "Traceback" not in err
