@@ -8,8 +8,9 @@ JSON command per stdin line, one JSON answer per stdout line; its log goes to st
 
 Every answer has ``ok``; a failure is an answer (``error``) too, never a crash. The client
 uses TLS only (coaps+tcp): a server that dies resets the connection, so the client sees the
-loss at once instead of after its heartbeat budget (minutes while a mitigation is active,
-RFC 9132 §4.7), which keeps the demo short.
+loss at once. Over DTLS a dead server is silent, and a client with an active mitigation
+never declares the session lost (RFC 9132 §4.7: not during an attack; the parallel session
+the RFC allows instead is not implemented, see ``gateway.client.heartbeats``).
 """
 
 from __future__ import annotations
