@@ -411,8 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole story in network namespaces (root): anycast "
                        "edges, DHCP discovery, redirect, an edge failure and a drain")
-    p.add_argument("--output", default="demo-output",
-                   help="directory for timeline.txt and timeline.png (default demo-output)")
+    p.add_argument("--output", default="demo-output", metavar="DIR",
+                   help="where timeline.txt, timeline.png and logs/ go (default demo-output)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("version", help="print the version")
