@@ -330,6 +330,12 @@ def _tls_secrets(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run as run_demo
+
+    return run_demo(Path(args.output))
+
+
 def _version(_args: argparse.Namespace) -> int:
     print(f"dots-gateway {__version__}")
     return EXIT_OK
@@ -402,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_certs_init)
 
     discovery_cli.register(sub)  # discover, dhcp-option
+
+    p = sub.add_parser("demo", help="the whole story in network namespaces (root): anycast "
+                       "edges, DHCP discovery, redirect, an edge failure and a drain")
+    p.add_argument("--output", default="demo-output", metavar="DIR",
+                   help="where timeline.txt, timeline.png and logs/ go (default demo-output)")
+    p.set_defaults(func=_demo)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=_version)
