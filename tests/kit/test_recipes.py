@@ -1,0 +1,60 @@
+"""The README's testing-kit recipes, run as written: each ```python block that starts with
+``# testing-kit recipe:`` is saved as a test module in an empty directory and run there by
+pytest in a subprocess, as a user's project would run it (no ini file: pytest-asyncio in
+its default strict mode; the plugin from the installed entry point)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+BLOCK = re.compile(r"^```python\n(# testing-kit recipe: ([^\n]+)\n.*?)^```$",
+                   re.MULTILINE | re.DOTALL)
+
+pytestmark = pytest.mark.interop
+
+
+def recipes() -> list[tuple[str, str]]:
+    return [(title.strip(), body) for body, title in BLOCK.findall(README.read_text())]
+
+
+def plugin_args() -> list[str]:
+    """``-p`` the plugin module unless the installed metadata already has the entry point
+    (then pytest loads it by itself, and a second registration would be refused)."""
+    names = {ep.name for ep in importlib.metadata.entry_points(group="pytest11")}
+    return [] if "dots_gateway" in names else ["-p", "gateway.testing.pytest_plugin"]
+
+
+def test_the_readme_has_both_recipes() -> None:
+    titles = [title for title, _ in recipes()]
+    assert any("coaps (DTLS)" in t for t in titles), titles
+    assert any("coaps+tcp" in t for t in titles), titles
+
+
+@pytest.mark.parametrize("title,body", recipes(), ids=[t for t, _ in recipes()])
+def test_recipe_runs_as_written(title: str, body: str, tmp_path: Path) -> None:
+    if "tinydtls" in body:
+        import aiocoap.defaults
+
+        if missing := aiocoap.defaults.dtls_missing_modules():
+            pytest.skip(f"aiocoap's tinydtls transport is unavailable (missing {missing})")
+    (tmp_path / "test_recipe.py").write_text(body)
+    scratch = tmp_path / "tmp"  # where the kit's temporary directory goes, and must leave
+    scratch.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(scratch)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *plugin_args(),
+         "test_recipe.py"], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=120)
+    report = f"recipe {title!r}:\n{done.stdout}\n{done.stderr}"
+    assert done.returncode == 0, report
+    assert re.search(r"\b1 passed\b", done.stdout), report
+    assert list(scratch.iterdir()) == [], "the kit left its directory behind"
