@@ -58,3 +58,14 @@ def test_recipe_runs_as_written(title: str, body: str, tmp_path: Path) -> None:
     assert done.returncode == 0, report
     assert re.search(r"\b1 passed\b", done.stdout), report
     assert list(scratch.iterdir()) == [], "the kit left its directory behind"
+
+
+def test_pyproject_registers_the_plugin_for_pytest() -> None:
+    """The entry point users get with the package names the plugin module (pytest11)."""
+    import importlib
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    target = project["entry-points"]["pytest11"]["dots_gateway"]
+    plugin = importlib.import_module(target)
+    assert callable(plugin.dots_server) and callable(plugin.pytest_configure)
