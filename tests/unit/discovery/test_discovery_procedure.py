@@ -30,6 +30,7 @@ from gateway.discovery.procedure import (
     CandidatesFound,
     Input,
     ManualServer,
+    MechanismFinished,
     NothingFound,
     Procedure,
     ProcedureSettings,
@@ -78,10 +79,12 @@ def drive(proc: Procedure, world: World, now: float) -> None:
     raise AssertionError("procedure did not settle")
 
 
-def events(proc: Procedure) -> list:  # type: ignore[type-arg]
+def events(proc: Procedure, *, progress: bool = False) -> list:  # type: ignore[type-arg]
+    """The events so far; the per-mechanism progress ones only with ``progress``."""
     out = []
     while (event := proc.next_event()) is not None:
-        out.append(event)
+        if progress or not isinstance(event, MechanismFinished):
+            out.append(event)
     return out
 
 
