@@ -320,7 +320,8 @@ def _tls_secrets(args: argparse.Namespace) -> int:
         if Path(exc.filename) == directory:
             print(f"tls-secrets: {directory} exists and is not a directory", file=sys.stderr)
         else:
-            print(f"tls-secrets: {exc.filename} exists; remove it to make a new one",
+            print(f"tls-secrets: {exc.filename} exists; `dots-gateway tls-secrets --rotate "
+                  f"{directory}` adds a new secret and keeps the previous one",
                   file=sys.stderr)
         return EXIT_FAILURE
     except OSError as exc:

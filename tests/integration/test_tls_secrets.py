@@ -119,3 +119,12 @@ def test_rotate_refuses_what_is_not_a_secret_file_in_one_line(
     assert message in err and len(err.splitlines()) == 1, err
     assert (tmp_path / "ticket.keys").read_text() == tickets_before  # nothing half-done
     assert cli.main(["tls-secrets", "--rotate", "--keep", "0", str(tmp_path)]) == 2
+
+
+def test_creating_over_existing_files_points_to_rotate(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["tls-secrets", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert cli.main(["tls-secrets", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "exists; `dots-gateway tls-secrets --rotate" in err and len(err.splitlines()) == 1
