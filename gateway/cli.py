@@ -312,13 +312,16 @@ def _tls_secrets(args: argparse.Namespace) -> int:
     from gateway.credentials import write_fleet_secrets
 
     directory = Path(args.directory)
+    if args.rotate:
+        return _rotate_tls_secrets(directory, args.keep)
     try:
         cookie, tickets = write_fleet_secrets(directory)
     except FileExistsError as exc:
         if Path(exc.filename) == directory:
             print(f"tls-secrets: {directory} exists and is not a directory", file=sys.stderr)
         else:
-            print(f"tls-secrets: {exc.filename} exists; remove it to make a new one",
+            print(f"tls-secrets: {exc.filename} exists; `dots-gateway tls-secrets --rotate "
+                  f"{directory}` adds a new secret and keeps the previous one",
                   file=sys.stderr)
         return EXIT_FAILURE
     except OSError as exc:
@@ -334,6 +337,34 @@ def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import run as run_demo
 
     return run_demo(Path(args.output))
+
+
+def _rotate_tls_secrets(directory: Path, keep: int) -> int:
+    from gateway.credentials import rotate_fleet_secrets
+
+    if keep < 1:
+        print("tls-secrets: --keep must be at least 1 (the previous secret stays accepted)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        rotated = rotate_fleet_secrets(directory, keep)
+    except FileNotFoundError as exc:
+        print(f"tls-secrets: {exc.filename}: no such file to rotate (make the first ones "
+              f"with `dots-gateway tls-secrets {directory}`)", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:
+        print(f"tls-secrets: {exc.filename or directory}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    except ValueError as exc:  # a file that is not a secret file: names file and line
+        print(f"tls-secrets: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for path, dropped in rotated:
+        print(f"{path}: new secret first, {keep} previous kept"
+              + (f", {dropped} older removed" if dropped else ""))
+    print("copy both to every node, then `dots-gateway reload` each: new tickets and cookies "
+          "use the new secret, those made with the previous one stay valid")
+    return EXIT_OK
 
 
 def _version(_args: argparse.Namespace) -> int:
@@ -385,8 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for the daemon's answer (default 30)")
     p.set_defaults(func=_reload)
 
-    p = sub.add_parser("tls-secrets", help="create shared cookie and ticket-key files")
+    p = sub.add_parser("tls-secrets", help="create (or --rotate) the shared cookie and "
+                       "ticket-key files")
     p.add_argument("directory")
+    p.add_argument("--rotate", action="store_true",
+                   help="put a new secret first in both existing files, keeping the previous")
+    p.add_argument("--keep", type=int, default=1,
+                   help="with --rotate: previous secrets kept after the new one (default 1)")
     p.set_defaults(func=_tls_secrets)
 
     p = sub.add_parser("check-config", help="validate a configuration file; list every problem")

@@ -311,12 +311,14 @@ def _daemon_section(server: RunningServer, settings: Settings) -> dict[str, obje
 def _sessions_section(server: RunningServer) -> dict[str, object]:
     rows: list[dict[str, object]] = []
     sessions = list(server.role.sessions.values())
+    now = server.role.clock()
     for session in sessions[:STATUS_LIST_LIMIT]:
         requester = session.dots.requester
         rows.append({"side": "downstream", "transport": session.conn.kind.value,
                      "peer": str(session.conn.remote), "local": str(session.conn.local),
                      "client": session.identity, "cuid": requester.credential_id,
-                     "anycast": bool(server.is_anycast(session.conn.local))})
+                     "anycast": bool(server.is_anycast(session.conn.local)),
+                     **_session_liveness(session.dots.heartbeat, now)})
     upstream = _upstream_session(server)
     if upstream is not None:
         rows.append(upstream)
@@ -324,6 +326,18 @@ def _sessions_section(server: RunningServer) -> dict[str, object]:
     if len(sessions) > STATUS_LIST_LIMIT:
         out["truncated"] = True
     return out
+
+
+def _session_liveness(monitor: Any, now: float) -> dict[str, object]:
+    """``idle``: seconds since the client's last message; ``lost_in``: seconds left before
+    the signal is declared lost if nothing more arrives (RFC 9132 §4.7: missing-hb-allowed
+    x heartbeat-interval without any traffic; None with heartbeats off or once lost)."""
+    idle = max(0.0, now - monitor.last_traffic_at)
+    lost_in = None
+    if monitor.get_timer() is not None and monitor.interval:
+        window = monitor.missing_hb_allowed * monitor.interval
+        lost_in = max(0, int(window - idle))
+    return {"idle": int(idle), "lost_in": lost_in}
 
 
 def _mitigations_section(server: RunningServer) -> dict[str, object]:
@@ -336,8 +350,10 @@ def _mitigations_section(server: RunningServer) -> dict[str, object]:
         if len(rows) >= STATUS_LIST_LIMIT:
             continue
         scope = record.scope
+        # As a GET says it: a withdrawn active mitigation ends with its
+        # active-but-terminating period, whatever its lifetime.
         rows.append({"cuid": record.cuid, "mid": record.mid, "status": record.status.label,
-                     "lifetime": record.remaining_lifetime(now),
+                     "lifetime": record.lifetime_left(now),
                      "targets": [str(p) for p in scope.target_prefix] + list(
                          scope.target_fqdn)})
     out: dict[str, object] = {"count": count, "active": active, "list": rows}

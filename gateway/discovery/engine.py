@@ -164,6 +164,8 @@ class DiscoveryEngine:
         self.on_event = on_event
         self._tasks: dict[asyncio.Task[Result], int] = {}
         self._wake = asyncio.Event()
+        #: The slots ``run_once`` left running at its deadline ([] when every run ended).
+        self.cut_short: list[Slot] = []
 
     def rerun(self, slot: Slot | None = None) -> None:
         """Run the procedure again now (lookups inside their retry wait stay skipped)."""
@@ -172,17 +174,23 @@ class DiscoveryEngine:
 
     async def run_once(self, deadline: float | None = None) -> list[Candidate]:
         """Start every slot and return when none is running (or at ``deadline``, monotonic):
-        what ``dots-gateway discover`` prints."""
+        what ``dots-gateway discover`` prints. A slot still running at the deadline gives
+        the candidates of its mechanisms that had finished (``cut_short`` names it)."""
         self.procedure.start(self.clock())
+        self.cut_short = []
         try:
             while self.procedure.busy or self._tasks:
                 timeout = None if deadline is None else deadline - self.clock()
                 if timeout is not None and timeout <= 0:
-                    log.warning("discovery: stopped at the deadline with lookups pending")
+                    self.cut_short = self.procedure.running()
+                    log.warning("discovery: stopped at the deadline with lookups pending "
+                                "(%s)", ", ".join(str(s) for s in self.cut_short))
                     break
                 await self._step(timeout)
         finally:
             await self._cancel()
+        if self.cut_short:
+            return self.procedure.candidates_so_far()
         return self.procedure.candidates()
 
     async def run_forever(self) -> None:

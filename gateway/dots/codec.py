@@ -564,8 +564,13 @@ def message_to_json(message: Message) -> dict[str, Any]:
 
 
 def json_to_cbor(text_or_obj: str | Mapping[str, Any]) -> bytes:
+    """A DOTS message in the RFC's JSON notation (text or parsed) -> application/dots+cbor
+    body. The message is checked as a server would check it: a ``DotsProtocolError``
+    (``MalformedPayload``, ``InvalidValue``...) names what is wrong."""
     return encode_message(message_from_json(text_or_obj))
 
 
 def cbor_to_json(data: bytes) -> dict[str, Any]:
+    """An application/dots+cbor body -> the RFC's JSON notation (``DotsProtocolError`` for a
+    body that is not one DOTS message); unknown comprehension-optional keys are kept."""
     return message_to_json(decode_message(data))

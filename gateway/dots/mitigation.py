@@ -52,7 +52,6 @@ from gateway.dots.mitigation_lifecycle import (
     Trigger,
     WithdrawMitigation,
     next_state,
-    whole_seconds,
 )
 from gateway.dots.mitigation_records import MitigationRecords
 from gateway.dots.model import ConflictInformation, MitigationScope, Scope, Targets
@@ -231,10 +230,7 @@ class MitigationStore(MitigationRecords):
                 if record.transient_reports_left <= 0:
                     record.transient_status = None
                 self._touch(record)
-        lifetime = record.remaining_lifetime(now)
-        if record.terminate_at is not None:
-            left = whole_seconds(record.terminate_at - now)
-            lifetime = left if lifetime == INDEFINITE else min(lifetime, left)
+        lifetime = record.lifetime_left(now)
         config = content is not ContentFilter.NON_CONFIG
         state = content is not ContentFilter.CONFIG
         base = record.scope.targets() if config else Targets()

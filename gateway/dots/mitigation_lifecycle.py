@@ -160,6 +160,15 @@ class Mitigation:
             return INDEFINITE
         return whole_seconds(self.expires_at - now)
 
+    def lifetime_left(self, now: float) -> int:
+        """The lifetime a GET reports (RFC 9132 §4.4.2): the remaining lifetime, cut short by
+        the active-but-terminating period once the client withdrew the request."""
+        lifetime = self.remaining_lifetime(now)
+        if self.terminate_at is not None:
+            left = whole_seconds(self.terminate_at - now)
+            lifetime = left if lifetime == INDEFINITE else min(lifetime, left)
+        return lifetime
+
     def deadline(self) -> float | None:
         times = [t for t in (self.expires_at, self.terminate_at) if t is not None]
         return min(times) if times else None

@@ -447,12 +447,25 @@ def _table(rows: list[Any]) -> list[str]:
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
+    cells = [[_column_cell(c, row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["  " + "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     for r in cells:
         lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
     return [line.rstrip() for line in lines]
+
+
+#: Columns in seconds, shown as durations: what is left of a mitigation's lifetime (-1:
+#: indefinite, RFC 9132 §4.4.1), a session's time since its client's last message and
+#: before its signal is declared lost.
+DURATION_COLUMNS = frozenset({"lifetime", "idle", "lost_in"})
+
+
+def _column_cell(column: str, value: object) -> str:
+    if column in DURATION_COLUMNS and isinstance(value, int | float) and not isinstance(
+            value, bool):
+        return "indefinite" if value < 0 else _duration(value)
+    return _cell(value)
 
 
 def _cell(value: object) -> str:

@@ -110,6 +110,31 @@ def write_secret_file(path: Path, length: int) -> None:
         f.write(secrets.token_bytes(length).hex() + "\n")
 
 
+def rotate_secret_file(path: Path, length: int, what: str, keep: int = 1) -> int:
+    """Put a new secret on the first line of ``path`` and keep the ``keep`` previous ones
+    below it (the first signs or encrypts, all verify or decrypt, so what the fleet issued
+    before stays valid until the next rotation). The file is replaced atomically with mode
+    0600. Returns how many older secrets were dropped; ValueError for a file that is not a
+    secret file of this kind, OSError for one that cannot be read or written."""
+    if keep < 1:
+        raise ValueError("keep at least the previous secret (keep >= 1)")
+    previous = _read_secret_lines(path, length, what)
+    lines = [secrets.token_bytes(length).hex(), *(k.hex() for k in previous[:keep])]
+    temporary = path.with_name(f".{path.name}.rotating")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"# {what}s, newest first: the first is used, all are accepted\n")
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return max(0, len(previous) - keep)
+
+
 class CookieSecrets:
     """HMAC secrets for DTLS HelloVerifyRequest cookies (RFC 6347 §4.2.1).
 

@@ -36,7 +36,7 @@ def blocks(kind: str) -> list[str]:
 def test_every_fenced_block_is_marked() -> None:
     """Runnable or synopsis, never left for a reader to guess."""
     langs = {lang for lang, _ in BLOCK.findall(README.read_text())}
-    assert "" not in langs and langs <= {"sh", "text", "toml", "json"}, langs
+    assert "" not in langs and langs <= {"sh", "text", "toml", "json", "python"}, langs
     assert len(blocks("sh")) >= 2
 
 
