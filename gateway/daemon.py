@@ -188,6 +188,8 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
     ).add_source(lambda: {(): role.core.store.refused_over_cap})
     m.save_failures.add_source(lambda: {("mitigations",): float(server.database.save_failures)})
     m.unsaved_requests.add_source(lambda: {("mitigations",): float(role.core.unsaved_requests)})
+    m.saves.add_source(lambda: {("mitigations",): float(server.database.saves)})
+    m.fsyncs.add_source(lambda: {("mitigations",): float(server.database.fsyncs)})
     refused = server.metrics.counter(
         "dots_gateway_connections_refused_total", "New sessions refused by a limit, by "
         "transport and limit (sessions, handshakes, rate, source).", ("transport", "limit"))

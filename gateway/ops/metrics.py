@@ -213,6 +213,8 @@ class DaemonMetrics:
     mitigations_active: Gauge
     save_failures: Counter  # database
     unsaved_requests: Counter  # database
+    saves: Counter  # database
+    fsyncs: Counter  # database
 
 
 def daemon_metrics(registry: Registry) -> DaemonMetrics:
@@ -256,6 +258,12 @@ def daemon_metrics(registry: Registry) -> DaemonMetrics:
                                    "Mitigation requests answered 5.03 because their change "
                                    "could not be saved (and was undone), by database.",
                                    ("database",)),
+        saves=r.counter("dots_gateway_state_saves_total",
+                        "Transactions that saved state changes, by database.", ("database",)),
+        fsyncs=r.counter("dots_gateway_state_fsyncs_total",
+                         "fsyncs that made saved changes durable before their answers left, "
+                         "by database (mitigations: one per turn of the event loop, shared by "
+                         "the requests of that turn: group commit).", ("database",)),
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,7 @@ from gateway.dots.server import DotsServerCore, SendSessionHeartbeat, SessionLos
 from gateway.dots.uri import Resource, build_path
 from gateway.server.blocks import _block2
 from gateway.server.observe import DEFAULT_MAX_OBSERVATIONS, ObserveNotifications
-from gateway.server.persistence import MitigationDatabase
+from gateway.server.persistence import MitigationDatabase, PersistenceError
 from gateway.server.session import SignalSession, _dots_request, _transmission
 from gateway.server.standing import CredentialCheck, Standing
 from gateway.transport.secure_session import PeerCredential
@@ -63,6 +64,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _CORE_TICK = 0.5
+#: Exit status when saved changes could not be made durable (sysexits' EX_IOERR).
+EXIT_UNSYNCED = 74
+
+
+def stop_unsynced(reason: str) -> None:
+    """A failed fsync may have lost committed saves (the kernel drops the pages it could not
+    write): acknowledging them would be a lie, and they cannot be rolled back any more. Stop
+    at once, as a crash would (nothing acknowledged depends on what was lost; clients repeat
+    what went unanswered, and a supervisor restarts the daemon on what is on disk)."""
+    log.critical("stopping: %s; answers that depend on it were not sent", reason)
+    logging.shutdown()
+    os._exit(EXIT_UNSYNCED)
 
 
 class ServerRole(ObserveNotifications):
@@ -96,6 +109,10 @@ class ServerRole(ObserveNotifications):
         self.database = database
         if database is not None:
             core.save = lambda: database.sync(core.store)
+        #: Group commit: sessions whose answers wait for the fsync of ``_flush_batch``.
+        self._awaiting: dict[int, SignalSession] = {}  # by session id
+        self._batch: asyncio.Handle | None = None
+        self.on_unsynced: Callable[[str], None] = stop_unsynced
         self.sessions: dict[int, SignalSession] = {}
         self._tick: asyncio.TimerHandle | None = None
         #: Certificate deadlines and sessions closed because their standing ended.
@@ -115,6 +132,9 @@ class ServerRole(ObserveNotifications):
     def stop(self) -> None:
         if self._tick is not None:
             self._tick.cancel()
+        if self._batch is not None:  # answers that wait for their fsync leave first
+            self._batch.cancel()
+            self._flush_batch()
         for session in list(self.sessions.values()):
             session.conn.close("server shutting down")
 
@@ -213,10 +233,38 @@ class ServerRole(ObserveNotifications):
                 session.conn.close("released by the peer" if isinstance(event, ReleaseReceived)
                                    else f"aborted: {event.diagnostic}")
                 return
+        if self.database is not None and self.database.unsynced:
+            # Group commit: this session's answers wait for one fsync shared by every
+            # request of this turn of the event loop (``_flush_batch`` runs next turn).
+            self._awaiting[session.dots.id] = session
+            if self._batch is None:
+                self._batch = asyncio.get_running_loop().call_soon(self._flush_batch)
+            return
         self._core_outputs(now)
         self._notify_due(session, now)
         session.flush()
         self._arm(session)
+
+    def _flush_batch(self) -> None:
+        self._batch = None
+        sessions, self._awaiting = self._awaiting, {}
+        now = self.clock()
+        self._core_outputs(now)  # the one fsync, then the mitigator and the observers
+        for session in sessions.values():
+            if not session.closed:
+                self._notify_due(session, now)
+                session.flush()
+                self._arm(session)
+
+    def durable(self) -> None:
+        """Make every save so far durable: called before anything that depends on one leaves
+        (``SignalSession.flush``, ``_core_outputs``)."""
+        if self.database is None or not self.database.unsynced:
+            return
+        try:
+            self.database.make_durable()
+        except PersistenceError as exc:
+            self.on_unsynced(str(exc))
 
     def _request(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
                  now: float) -> None:
@@ -294,6 +342,7 @@ class ServerRole(ObserveNotifications):
         # changed is saved before a response, notification or mitigator command leaves.
         events = list(self.core.events())
         self._persist()
+        self.durable()
         for event in events:
             if isinstance(event, MitigationStatusChanged):
                 changed.setdefault(event.cuid, set()).add(event.mid)
