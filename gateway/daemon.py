@@ -44,6 +44,7 @@ from gateway.ops.metrics import MetricsServer, Registry, daemon_metrics
 from gateway.relay.role import GatewayRole
 from gateway.relay.startup import build_gateway_role, choose_mode
 from gateway.reloading import Reloader
+from gateway.server.data_http import DataChannelServer, start_data_channel
 from gateway.server.mitigator import Mitigator, build_mitigator
 from gateway.server.persistence import MitigationDatabase
 from gateway.server.role import ServerRole
@@ -75,6 +76,8 @@ class RunningServer:
     started_at: float = field(default_factory=time.time)
     #: The configuration in force and its reload (set by ``start_server``).
     reloader: Reloader | None = None
+    #: The RFC 8783 data channel (HTTPS), None when ``[data_channel]`` is off.
+    data: DataChannelServer | None = None
 
     @property
     def addresses(self) -> list[str]:
@@ -83,6 +86,8 @@ class RunningServer:
             out += [f"coaps://{a}" for a in self.dtls.bound]
         if self.tls is not None:
             out += [f"coaps+tcp://{a}" for a in self.tls.bound]
+        if self.data is not None:
+            out += self.data.urls
         return out
 
     async def stop(self) -> None:
@@ -94,6 +99,8 @@ class RunningServer:
             await self.dtls.stop()
         if self.tls is not None:
             await self.tls.stop()
+        if self.data is not None:
+            await self.data.aclose()
         await self.mitigator.aclose()  # scripts in flight finish; their reports are saved
         self.database.sync(self.role.core.store)
         self.database.close()
@@ -128,6 +135,7 @@ async def start_server(settings: Settings, *,
         role = ServerRole(core, **role_options)
     hosts = [(str(address), settings.server.port) for address in settings.server.addresses]
     dtls = tls = None
+    data: DataChannelServer | None = None
     try:
         database.restore_into(core.store, now)
         mitigator = build_mitigator(settings, role.mitigator_status)
@@ -138,6 +146,10 @@ async def start_server(settings: Settings, *,
         if Transport.TCP in settings.server.transports:
             tls = TlsServer(contexts.tls, role.on_session, stream_limits(settings.limits))
             await tls.start(hosts)
+        if settings.data_channel.enabled:
+            data = await start_data_channel(
+                settings, contexts.tls.credentials, lambda: role.core.authorizer,
+                lambda: frozenset(role.trusted_gateways))
     except BaseException:
         if dtls is not None:
             await dtls.stop()
@@ -145,7 +157,7 @@ async def start_server(settings: Settings, *,
             await tls.stop()
         database.close()
         raise
-    server = RunningServer(role, dtls, tls, mitigator, database, mode=mode)
+    server = RunningServer(role, dtls, tls, mitigator, database, mode=mode, data=data)
     server.reloader = Reloader(server, settings, trust, reread)
     register_operations(server, settings)
     role.register_operations(server.metrics, server.control)
