@@ -261,7 +261,10 @@ class DataChannelCore:
         if entry is None:
             raise RestconfError(404, "invalid-value", f"no {list_name} named {target.name}",
                                 target.path)
-        return DataResponse(200, {f"{MODULE}:{list_name}": [_entry_json(entry, content, now)]})
+        # One entry in its container, as RFC 8783's examples answer (§6.3 Figure 13, §7.3):
+        # go-dots does the same; our client reads this and RFC 8040's bare list form.
+        return DataResponse(200, {f"{MODULE}:{target.kind}": {list_name: [
+            _entry_json(entry, content, now)]}})
 
     def _client_json(self, client: DataClient, content: str, now: float) -> dict[str, Any]:
         out: dict[str, Any] = {"cuid": client.cuid}
@@ -350,7 +353,13 @@ class DataChannelCore:
         client = self._client(target)
         kind, list_name = target.kind, KINDS[target.kind]
         node = Node(document, target.path)
-        items = node.array(f"{MODULE}:{list_name}", max_items=1, required=True)
+        if node.has(f"{MODULE}:{kind}"):  # the RFC 8783 examples' container form
+            inner = node.child(f"{MODULE}:{kind}")
+            assert inner is not None
+            items = inner.array(list_name, max_items=1, required=True)
+            inner.finish()
+        else:  # RFC 8040 §4.5: the target resource itself
+            items = node.array(f"{MODULE}:{list_name}", max_items=1, required=True)
         node.finish()
         container = Node({list_name: items}, f"{target.path.rpartition('/')[0]}")
         entry = self._read_entries(rule, container, kind, now)[0]
