@@ -199,6 +199,17 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
         "their client held [mitigation] max_requests_per_client already."
     ).add_source(lambda: {(): role.core.store.refused_over_cap})
     m.save_failures.add_source(lambda: {("mitigations",): float(server.database.save_failures)})
+    if server.data is not None:
+        data = server.data
+        m.save_failures.add_source(lambda: {("data_channel",): float(data.store.save_failures)})
+        server.metrics.counter(
+            "dots_gateway_data_channel_requests_total", "Data-channel (RFC 8783) requests "
+            "answered, by HTTP status.", ("status",)
+        ).add_source(lambda: {(str(k),): float(v) for k, v in data.core.answered.items()})
+        server.metrics.gauge(
+            "dots_gateway_data_channel_entries", "Registered data-channel clients and their "
+            "aliases and ACLs.", ("kind",)
+        ).add_source(lambda: _data_entry_counts(data))
     m.unsaved_requests.add_source(lambda: {("mitigations",): float(role.core.unsaved_requests)})
     refused = server.metrics.counter(
         "dots_gateway_connections_refused_total", "New sessions refused by a limit, by "
@@ -237,6 +248,13 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
     reloader = server.reloader
     if reloader is not None:
         c.actions["reload"] = reloader.reload
+
+
+def _data_entry_counts(data: DataChannelServer) -> Mapping[tuple[str, ...], float]:
+    clients = data.store.clients().values()
+    return {("clients",): float(len(clients)),
+            ("aliases",): float(sum(len(c.aliases) for c in clients)),
+            ("acls",): float(sum(len(c.acls) for c in clients))}
 
 
 def _dotted(code: int) -> str:

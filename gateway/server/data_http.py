@@ -145,11 +145,13 @@ class DataChannelServer:
             answer = self.core.handle(data_request, time.time())
         except PersistenceError as exc:
             self.failures += 1
+            self.core.answered[503] = self.core.answered.get(503, 0) + 1
             log.error("data channel %s %s not saved: %s", request.method, request.path, exc)
             return _error(RestconfError(503, "operation-failed", "the change could not be "
                                         "saved; nothing was changed, try again later"))
         except Exception:
             self.failures += 1
+            self.core.answered[500] = self.core.answered.get(500, 0) + 1
             log.exception("data channel %s %s failed", request.method, request.path)
             return _error(RestconfError(500, "operation-failed", "internal error"))
         if request.method != "GET" or answer.status >= 400:
