@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,7 +116,7 @@ class DataChannelClient:
     async def capabilities(self) -> DataAnswer:
         return await self.request("GET", f"{DATA_ROOT}/capabilities")
 
-    async def create(self, kind: str, entries: list[Mapping[str, Any]]) -> DataAnswer:
+    async def create(self, kind: str, entries: Sequence[Mapping[str, Any]]) -> DataAnswer:
         """POST new aliases or ACLs (``kind``: "aliases" or "acls"); 409 when one exists."""
         list_name = _list_name(kind)
         return await self.request("POST", self.client_path(),

@@ -191,7 +191,7 @@ def _entries(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
     return [_alias(args) if kind == "aliases" else _acl(args)]
 
 
-def _port_range(text: str, what: str) -> dict[str, int]:
+def _port_range(text: str, what: str) -> dict[str, Any]:
     low, _, high = text.partition("-")
     try:
         out = {"lower-port": int(low)}

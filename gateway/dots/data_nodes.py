@@ -295,10 +295,10 @@ def read_alias(value: Any, list_path: str) -> dict[str, Any]:
     for i, item in enumerate(node.array("target-port-range", max_items=MAX_ALIAS_TARGETS)):
         at = f"{node.at('target-port-range')}[{i + 1}]"
         r = Node(item, at)
-        lower = r.uint("lower-port", 16, required=True)
+        lower = check_uint(r.required("lower-port"), r.at("lower-port"), 16)
         upper = r.uint("upper-port", 16)
         r.finish()
-        if upper is not None and upper < lower:  # type: ignore[operator]
+        if upper is not None and upper < lower:
             raise bad(f"{at}/upper-port", f"must not be below lower-port ({lower})")
         if any(existing["lower-port"] == lower for existing in ranges):
             raise bad(at, f"repeats the key lower-port {lower}")
