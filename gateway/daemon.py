@@ -41,6 +41,7 @@ from gateway.credentials import Trust, datagram_limits, server_contexts, stream_
 from gateway.dots.mitigation_lifecycle import ACTIVE_STATES
 from gateway.ops.control import ControlProviders, ControlServer
 from gateway.ops.metrics import MetricsServer, Registry, daemon_metrics
+from gateway.relay.data_upstream import build_data_upstream, data_cdid
 from gateway.relay.role import GatewayRole
 from gateway.relay.startup import build_gateway_role, choose_mode
 from gateway.reloading import Reloader
@@ -147,9 +148,13 @@ async def start_server(settings: Settings, *,
             tls = TlsServer(contexts.tls, role.on_session, stream_limits(settings.limits))
             await tls.start(hosts)
         if settings.data_channel.enabled:
+            relay_options: dict[str, Any] = {}
+            if mode is Mode.GATEWAY:  # checked here, relayed upstream (RFC 8783 §3)
+                relay_options = dict(upstream=build_data_upstream(settings, discovery),
+                                     cdid=data_cdid(settings))
             data = await start_data_channel(
                 settings, contexts.tls.credentials, lambda: role.core.authorizer,
-                lambda: frozenset(role.trusted_gateways))
+                lambda: frozenset(role.trusted_gateways), **relay_options)
     except BaseException:
         if dtls is not None:
             await dtls.stop()

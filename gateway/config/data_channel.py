@@ -10,10 +10,12 @@ Imports: standard library, ``gateway.config.schema``, ``gateway.config.endpoints
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from gateway.config.endpoints import ServerSettings, Transport
-from gateway.config.schema import IPAddress, Table, Unique, parse_ip
+from gateway.config.schema import IPAddress, Table, Unique, parse_dns_name, parse_ip
 
 DEFAULT_DATA_PORT = 8443
 
@@ -31,9 +33,31 @@ class DataChannelSettings:
     max_body: int = 262_144  # bytes of one request body
     #: Minutes an alias or ACL lives without a refresh (RFC 8783: one week); 0: forever.
     lifetime: int = 10080
+    #: Gateway mode: the upstream data-channel server (``https://HOST[:PORT]``); None: the
+    #: discovery engine's ``data.tcp`` candidates.
+    upstream: str | None = None
+    upstream_server_name: str | None = None
 
     def listen_addresses(self, server: ServerSettings) -> tuple[IPAddress, ...]:
         return self.addresses or server.addresses
+
+
+def _https_url(text: str) -> str:
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if parts.scheme != "https" or not parts.hostname or parts.path.strip("/") or parts.query:
+        raise ValueError(f"must be https://HOST[:PORT], got {text!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"https://{host}:{port or 443}"
+
+
+def _optional(t: Table, name: str, parse: Callable[[str], str]) -> str | None:
+    """An optional string; "" is the same as leaving it out."""
+    text = t.opt_string(name, empty_ok=True)
+    return t.parsed(name, parse) if text else None
 
 
 def read_data_channel(t: Table, server: ServerSettings, *, present: bool) -> DataChannelSettings:
@@ -55,6 +79,8 @@ def read_data_channel(t: Table, server: ServerSettings, *, present: bool) -> Dat
         max_body=t.integer("max_body", 262_144, 1024, 64 * 1024 * 1024),
         lifetime=t.integer("lifetime", 10080, 0, 2**31 - 1,
                            " (minutes; 0 keeps entries until deleted)"),
+        upstream=_optional(t, "upstream", _https_url),
+        upstream_server_name=_optional(t, "upstream_server_name", parse_dns_name),
     )
     if (enabled and settings.port == server.port and Transport.TCP in server.transports
             and set(settings.listen_addresses(server)) & set(server.addresses)):

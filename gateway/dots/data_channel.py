@@ -17,6 +17,7 @@ for something a restart would lose. ``now`` is wall-clock epoch seconds: pending
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -189,6 +190,68 @@ class DataChannelCore:
             response = DataResponse(exc.status, exc.body(), headers)
         self.answered[response.status] = self.answered.get(response.status, 0) + 1
         return response
+
+    def vet(self, request: DataRequest, now: float, *, cdid: str | None = None) -> bytes:
+        """Gateway mode (RFC 8783 §3, RFC 8811): check a request as this server would
+        (path, query, the client's cuid and domain, every node of the body) without acting
+        on it, and return the body to relay upstream. ``cdid`` (a server-domain gateway's)
+        goes into a registration unless a trusted gateway below us supplied one. Raises
+        ``RestconfError``; nothing is stored."""
+        target = parse_path(request.raw_path)
+        method = request.method.upper()
+        _query(request.query, method)
+        try:
+            rule = self.authorizer.rule_for(request.requester)
+        except NotAuthorized as exc:
+            raise RestconfError(403, "access-denied", str(exc)) from None
+        if target.cuid is not None:
+            self._check_cuid(request.requester, rule, target)
+        if method not in ("POST", "PUT"):
+            if method not in ("GET", "DELETE"):
+                raise RestconfError(405, "operation-not-supported",
+                                    f"method {method} is not supported (GET, POST, PUT, DELETE)")
+            return request.body
+        document = decode_json(request.body)
+        if (target.cuid is None and method == "POST") or (target.kind is None
+                                                          and method == "PUT"):
+            if target.cuid is None and method == "PUT":
+                raise RestconfError(405, "operation-not-supported", "PUT dots-client=CUID",
+                                    target.path)
+            cuid, own_cdid = self._read_registration(request.requester, document,
+                                                     target.path if target.cuid else ROOT_PATH)
+            self._check_cuid(request.requester, rule, _Target(cuid=cuid))
+            entry: dict[str, Any] = {"cuid": cuid}
+            if own_cdid or cdid:
+                entry["cdid"] = own_cdid or cdid  # RFC 8783 §6.1: one cdid, the first one
+            return json.dumps({f"{MODULE}:dots-client": [entry]}).encode()
+        if target.kind is None:  # aliases or ACLs POSTed to dots-client=CUID
+            node = Node(document, target.path)
+            kinds = [k for k in KINDS if node.has(f"{MODULE}:{k}")]
+            if len(kinds) != 1:
+                node.finish()
+                raise bad(target.path, f"the body must hold exactly one of {MODULE}:aliases "
+                          f"or {MODULE}:acls", "missing-element" if not kinds else
+                          "invalid-value")
+            container = Node(node.raw(f"{MODULE}:{kinds[0]}"), f"{target.path}/{kinds[0]}")
+            node.finish()
+            self._read_entries(rule, container, kinds[0], now)
+            return request.body
+        if target.name is None:
+            raise RestconfError(405, "operation-not-supported", "POST aliases and ACLs to "
+                                "dots-client=CUID; PUT one entry", target.path)
+        kind, list_name = target.kind, KINDS[target.kind]
+        node = Node(document, target.path)
+        inner = node.child(f"{MODULE}:{kind}") if node.has(f"{MODULE}:{kind}") else None
+        items = (inner.array(list_name, max_items=1, required=True) if inner is not None
+                 else node.array(f"{MODULE}:{list_name}", max_items=1, required=True))
+        if inner is not None:
+            inner.finish()
+        node.finish()
+        entry_body = self._read_entries(rule, Node({list_name: items}, target.path), kind,
+                                        now)[0].body
+        if entry_body["name"] != target.name:
+            raise bad(f"{target.path}/name", f"must be the name of the URI ({target.name})")
+        return request.body
 
     # --- dispatch ------------------------------------------------------------------------------
 

@@ -20,14 +20,14 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from gateway.config import Settings
 from gateway.credentials import certificate_subject, peer_identity
 from gateway.dots.authz import Authorizer
-from gateway.dots.data_channel import DataChannelCore, DataLimits, DataRequest
+from gateway.dots.data_channel import DataChannelCore, DataLimits, DataRequest, DataResponse
 from gateway.dots.data_nodes import MEDIA_TYPE, RestconfError
 from gateway.dots.message import Requester
 from gateway.server.data_store import DataStoreDatabase
@@ -59,6 +59,15 @@ def server_ssl_context(credentials: ServerCredentials) -> ssl.SSLContext:
     return context
 
 
+class Upstream(Protocol):
+    """Gateway mode: where accepted requests go (``gateway.relay.data_upstream``)."""
+
+    async def forward(self, method: str, path: str, query: str,
+                      body: bytes) -> DataResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class DataChannelOptions:
     hosts: Sequence[tuple[str, int]]
@@ -72,8 +81,13 @@ class DataChannelServer:
 
     def __init__(self, store: DataStoreDatabase, context: ssl.SSLContext,
                  options: DataChannelOptions, authorizer: Callable[[], Authorizer],
-                 trusted_gateways: Callable[[], frozenset[str]]) -> None:
+                 trusted_gateways: Callable[[], frozenset[str]], *,
+                 upstream: Upstream | None = None,
+                 cdid: Callable[[str], str | None] = lambda _: None) -> None:
         self.store = store
+        #: Gateway mode: requests are checked here and relayed there; nothing is stored.
+        self.upstream = upstream
+        self._cdid = cdid
         self.context = context
         self.options = options
         self.core = DataChannelCore(store, authorizer(), options.limits)
@@ -114,6 +128,8 @@ class DataChannelServer:
 
     async def aclose(self) -> None:
         await self.stop()
+        if self.upstream is not None:
+            await self.upstream.aclose()
         self.store.close()
 
     # --- one request ------------------------------------------------------------------------
@@ -142,7 +158,10 @@ class DataChannelServer:
         data_request = DataRequest(request.method, request.raw_path.partition("?")[0],
                                    request.query_string, body, requester)
         try:
-            answer = self.core.handle(data_request, time.time())
+            if self.upstream is not None:
+                answer = await self._relay(data_request)
+            else:
+                answer = self.core.handle(data_request, time.time())
         except PersistenceError as exc:
             self.failures += 1
             self.core.answered[503] = self.core.answered.get(503, 0) + 1
@@ -162,6 +181,18 @@ class DataChannelServer:
             return web.Response(status=answer.status, headers=headers)
         return web.json_response(answer.document, status=answer.status, headers=headers,
                                  content_type=MEDIA_TYPE, dumps=_dumps)
+
+    async def _relay(self, request: DataRequest) -> DataResponse:
+        assert self.upstream is not None
+        try:
+            body = self.core.vet(request, time.time(),
+                                 cdid=self._cdid(request.requester.credential_id))
+            answer = await self.upstream.forward(request.method, request.raw_path,
+                                                 request.query, body)
+        except RestconfError as exc:
+            answer = DataResponse(exc.status, exc.body())
+        self.core.answered[answer.status] = self.core.answered.get(answer.status, 0) + 1
+        return answer
 
     def _requester(self, request: web.Request) -> Requester | None:
         transport = request.transport
@@ -185,10 +216,14 @@ def _error(error: RestconfError) -> web.Response:
 
 async def start_data_channel(settings: Settings, credentials: ServerCredentials,
                              authorizer: Callable[[], Authorizer],
-                             trusted_gateways: Callable[[], frozenset[str]]) -> DataChannelServer:
+                             trusted_gateways: Callable[[], frozenset[str]], *,
+                             upstream: Upstream | None = None,
+                             cdid: Callable[[str], str | None] = lambda _: None,
+                             ) -> DataChannelServer:
     """Open the data-channel store (``dots.sqlite`` of the state directory) and listen on
     ``[data_channel]``'s addresses; raises ``OSError`` (port in use), ``ssl.SSLError`` or
-    ``PersistenceError`` with nothing left open."""
+    ``PersistenceError`` with nothing left open. ``upstream`` (gateway mode): relay what
+    passes the checks there instead of storing it, with ``cdid`` for registrations."""
     d = settings.data_channel
     store = DataStoreDatabase.in_state_dir(settings.general.state_dir)
     try:
@@ -198,15 +233,19 @@ async def start_data_channel(settings: Settings, credentials: ServerCredentials,
                               max_acls=d.max_acls, max_aces=d.max_aces, lifetime=d.lifetime),
             max_body=d.max_body)
         server = DataChannelServer(store, server_ssl_context(credentials), options, authorizer,
-                                   trusted_gateways)
+                                   trusted_gateways, upstream=upstream, cdid=cdid)
         await server.start()
     except OSError as exc:
         store.close()
+        if upstream is not None:
+            await upstream.aclose()
         if exc.errno == errno.EADDRINUSE:
             raise PortInUse(exc.errno, f"data_channel.port {d.port} is already in use") \
                 from None
         raise
     except BaseException:
         store.close()
+        if upstream is not None:
+            await upstream.aclose()
         raise
     return server
