@@ -38,6 +38,7 @@ from gateway import __version__
 from gateway.config import Mode, Settings, Transport
 from gateway.core_settings import build_server_core, dev_client_rules, redirect_policy
 from gateway.credentials import Trust, datagram_limits, server_contexts, stream_limits
+from gateway.dots.authz import Authorizer
 from gateway.dots.mitigation_lifecycle import ACTIVE_STATES
 from gateway.ops.control import ControlProviders, ControlServer
 from gateway.ops.metrics import MetricsServer, Registry, daemon_metrics
@@ -153,8 +154,14 @@ async def start_server(settings: Settings, *,
                 relay_options = dict(upstream=build_data_upstream(settings, discovery),
                                      cdid=data_cdid(settings))
             data = await start_data_channel(
-                settings, contexts.tls.credentials, lambda: role.core.authorizer,
+                settings, contexts.tls.credentials,
+                lambda: role.core.authorizer or Authorizer(()),  # no rules: nobody
                 lambda: frozenset(role.trusted_gateways), **relay_options)
+            # Aliases in mitigation requests (RFC 9132 §4.4.1.3): ours in terminal mode; in
+            # gateway mode they live upstream, which answers 4.00 for one it does not know.
+            store = data.store
+            core.known_alias = ((lambda cuid, name: store.alias(cuid, name) is not None)
+                                if mode is Mode.TERMINAL else (lambda cuid, name: True))
     except BaseException:
         if dtls is not None:
             await dtls.stop()
@@ -257,9 +264,11 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
 
 def _data_entry_counts(data: DataChannelServer) -> Mapping[tuple[str, ...], float]:
     clients = data.store.clients().values()
-    return {("clients",): float(len(clients)),
-            ("aliases",): float(sum(len(c.aliases) for c in clients)),
-            ("acls",): float(sum(len(c.acls) for c in clients))}
+    counts: dict[tuple[str, ...], float] = {
+        ("clients",): float(len(clients)),
+        ("aliases",): float(sum(len(c.aliases) for c in clients)),
+        ("acls",): float(sum(len(c.acls) for c in clients))}
+    return counts
 
 
 def _dotted(code: int) -> str:

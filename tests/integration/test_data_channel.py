@@ -133,3 +133,30 @@ async def test_a_client_without_a_trusted_certificate_is_refused(daemon: Any,
     async with client:
         with pytest.raises(NetworkError):
             await client.capabilities()
+
+
+async def test_a_mitigation_may_name_an_alias_created_over_the_data_channel(
+        daemon: Any) -> None:
+    """Before the data channel, every alias-name was refused 4.00 (RFC 9132 §4.4.1.3:
+    the alias must be one the client created); now the client's own aliases pass."""
+    import cbor2
+
+    from tests.integration.test_bad_input import connect
+
+    running, pki, _ = daemon
+    async with client_of(running, pki) as client:
+        assert (await client.register()).status == 201
+        alias = rfc.ALIAS["ietf-dots-data-channel:aliases"]["alias"]
+        assert (await client.create("aliases", alias)).status == 201
+        cuid = client.cuid
+    peer = await connect(running, pki)
+    try:
+        base = f".well-known/dots/mitigate/cuid={cuid}"
+        known = cbor2.dumps({1: {2: [{13: ["https1"], 14: 600}]}})
+        assert (await peer.ask(3, f"{base}/mid=1", known)).code == 0x41  # 2.01
+        unknown = cbor2.dumps({1: {2: [{13: ["not-mine"], 14: 600}]}})
+        refused = await peer.ask(3, f"{base}/mid=2", unknown)
+        assert refused.code == 0x80  # 4.00
+        assert b"not-mine is unknown" in refused.payload
+    finally:
+        peer.conn.close()
