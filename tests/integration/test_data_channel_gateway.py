@@ -105,3 +105,31 @@ async def test_no_reachable_upstream_is_an_explicit_error(pair: dict[str, Any]) 
         answer = await c.register()
         assert answer.status == 503 and "no upstream data-channel server" in answer.error
 
+
+
+async def test_a_mitigation_through_the_gateway_names_an_alias(pair: dict[str, Any]) -> None:
+    """The acceptance session through a gateway: the alias is created over the relayed data
+    channel, then a mitigation request naming it is relayed and the upstream accepts it."""
+    import cbor2
+
+    from tests.integration.test_bad_input import connect
+
+    gateway, site, upstream = pair["gateway"], pair["site"], pair["upstream"]
+    async with client(gateway, site) as c:
+        assert (await c.register()).status == 201
+        alias = rfc.ALIAS["ietf-dots-data-channel:aliases"]["alias"]
+        assert (await c.create("aliases", alias)).status == 201
+        cuid = c.cuid
+    peer = await connect(gateway, site)
+    try:
+        base = f".well-known/dots/mitigate/cuid={cuid}"
+        body = cbor2.dumps({1: {2: [{13: ["https1"], 14: 600}]}})
+        answer = await peer.ask(3, f"{base}/mid=7", body)
+        assert answer.code == 0x41, answer.payload  # 2.01 from the upstream, relayed
+        unknown = cbor2.dumps({1: {2: [{13: ["not-mine"], 14: 600}]}})
+        refused = await peer.ask(3, f"{base}/mid=8", unknown)
+        assert refused.code == 0x80, refused.payload  # the upstream's 4.00, relayed
+    finally:
+        peer.conn.close()
+    records = [r for r in upstream.role.core.store.records() if r.cuid == cuid]
+    assert [r.mid for r in records] == [7]
