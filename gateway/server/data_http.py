@@ -85,6 +85,9 @@ class DataChannelServer:
                  upstream: Upstream | None = None,
                  cdid: Callable[[str], str | None] = lambda _: None) -> None:
         self.store = store
+        #: The context new handshakes use (replaced by ``reload_credentials``).
+        self.current = context
+        context.sni_callback = self._hand_over
         #: Gateway mode: requests are checked here and relayed there; nothing is stored.
         self.upstream = upstream
         self._cdid = cdid
@@ -96,6 +99,19 @@ class DataChannelServer:
         self.failures = 0
         self._runner: web.AppRunner | None = None
         self.bound: list[str] = []
+
+    def reload_credentials(self, credentials: ServerCredentials) -> None:
+        """A reload or a changed CRL: new connections get a context built from
+        ``credentials`` (certificate, CAs, CRL); connections already open keep the identity
+        they were admitted with. The listener's own context only hands each handshake over
+        to the current one (its SNI callback), since asyncio binds a listener to one
+        context object for good."""
+        self.current = server_ssl_context(credentials)
+
+    def _hand_over(self, ssl_object: ssl.SSLObject, _name: str | None,
+                   _context: ssl.SSLContext) -> None:
+        if self.current is not self.context:
+            ssl_object.context = self.current
 
     @property
     def urls(self) -> list[str]:

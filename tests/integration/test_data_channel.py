@@ -23,6 +23,10 @@ from tests.support import rfc8783 as rfc
 ROOT = "/restconf/data/ietf-dots-data-channel:dots-data"
 
 
+def _cuid(pki: Path) -> str:
+    return cuid_from_certificate((pki / "client.pem").read_bytes())
+
+
 def settings_for(tmp_path: Path, pki: Path, data_port: int) -> Settings:
     cuid = cuid_from_certificate((pki / "client.pem").read_bytes())
     return parse_config(
@@ -160,3 +164,36 @@ async def test_a_mitigation_may_name_an_alias_created_over_the_data_channel(
         assert b"not-mine is unknown" in refused.payload
     finally:
         peer.conn.close()
+
+
+async def test_a_certificate_revoked_in_a_new_crl_is_refused(tmp_path: Path) -> None:
+    """The CRL watch (and a reload) reaches the data channel: new connections of a revoked
+    client are refused."""
+    from types import SimpleNamespace
+
+    from tests.integration.test_reload import write_crl
+
+    pki = tmp_path / "pki"
+    init_dev_pki(pki)
+    crl = tmp_path / "clients.crl"
+    holder = SimpleNamespace(pki=pki, crl=crl)
+    write_crl(holder, None)  # type: ignore[arg-type]
+    settings = settings_for(tmp_path, pki, free_port())
+    text = (f'[general]\nstate_dir = "{tmp_path}"\n[logging]\nlevel = "warning"\n'
+            f'[server]\naddresses = ["127.0.0.1"]\nport = {free_port()}\n'
+            f'transports = ["udp"]\n[tls]\nca = "{pki}/ca.pem"\ncert = "{pki}/server.pem"\n'
+            f'key = "{pki}/server.key"\ncrl = "{crl}"\n'
+            f'[[clients]]\nname = "site-a"\ncuid = "{_cuid(pki)}"\nprefixes = ["10.0.0.0/8"]\n'
+            f'[data_channel]\nport = {settings.data_channel.port}\n')
+    running = await start_server(parse_config(text))
+    try:
+        async with client_of(running, pki) as client:
+            assert (await client.capabilities()).status == 200
+        write_crl(holder, pki / "client.pem")  # type: ignore[arg-type]
+        assert running.reloader is not None
+        running.reloader.check_crl()
+        async with client_of(running, pki) as client:
+            with pytest.raises(NetworkError):
+                await client.capabilities()
+    finally:
+        await running.stop()
