@@ -118,18 +118,18 @@ class Node:
 
     def child(self, name: str, *, required: bool = False) -> Node | None:
         value = self.required(name) if required else self.raw(name)
-        return None if value is None and not required else Node(value, self.at(name))
+        return None if not required and name not in self.data else Node(value, self.at(name))
 
     def string(self, name: str, *, required: bool = False, max_length: int = 255) -> str | None:
         value = self.required(name) if required else self.raw(name)
-        if value is None and not required:
+        if not required and name not in self.data:
             return None
         return check_string(value, self.at(name), max_length)
 
     def uint(self, name: str, bits: int, *, lo: int = 0, hi: int | None = None,
              required: bool = False) -> int | None:
         value = self.required(name) if required else self.raw(name)
-        if value is None and not required:
+        if not required and name not in self.data:
             return None
         return check_uint(value, self.at(name), bits, lo, hi)
 
@@ -178,7 +178,7 @@ class Node:
 
     def array(self, name: str, *, max_items: int, required: bool = False) -> list[Any]:
         value = self.required(name) if required else self.raw(name)
-        if value is None and not required:
+        if not required and name not in self.data:
             return []
         if not isinstance(value, list):
             raise bad(self.at(name), f"must be a JSON array, got {_json_type(value)}")

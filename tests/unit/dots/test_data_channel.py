@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from gateway.dots.authz import Authorizer, ClientRule
 from gateway.dots.data_acls import CAPABILITIES
 from gateway.dots.data_channel import DataChannelCore, DataLimits, DataRequest, DataResponse
+from gateway.dots.data_nodes import RestconfError
 from gateway.dots.message import Requester
 from gateway.server.data_store import DataStoreDatabase
 from tests.support import rfc8783 as rfc
@@ -269,7 +270,7 @@ json_values = st.recursive(
     max_leaves=20)
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=json_values, method=st.sampled_from(["POST", "PUT"]))
 def test_any_json_is_answered_never_raises(store: DataStoreDatabase, body: Any,
@@ -277,6 +278,51 @@ def test_any_json_is_answered_never_raises(store: DataStoreDatabase, body: Any,
     core = core_for(store)
     if rfc.EXAMPLE_CUID not in store.clients():
         call(core, "POST", ROOT, rfc.REGISTER)
-    for path in (CLIENT, f"{CLIENT}/acls/acl=x", ROOT):
+    for path in (CLIENT, f"{CLIENT}/acls/acl=x", f"{CLIENT}/aliases/alias=a", ROOT):
         answer = call(core, method, path, body)
         assert answer.status in (201, 204, 400, 403, 404, 405, 409, 413)
+
+
+def test_vet_checks_without_storing_and_inserts_the_cdid(store: DataStoreDatabase) -> None:
+    """Gateway mode: the gateway's checks, the body it relays, nothing stored."""
+    core = core_for(store)
+    request = DataRequest("POST", ROOT, "", json.dumps(rfc.REGISTER).encode(), ME)
+    relayed = json.loads(core.vet(request, NOW, cdid="site-cdid"))
+    assert relayed == {"ietf-dots-data-channel:dots-client": [
+        {"cuid": rfc.EXAMPLE_CUID, "cdid": "site-cdid"}]}
+    assert json.loads(core.vet(request, NOW)) == rfc.REGISTER  # client-domain gateway
+    alias = DataRequest("POST", CLIENT, "", json.dumps(rfc.ALIAS).encode(), ME)
+    assert core.vet(alias, NOW) == alias.body
+    assert store.clients() == {}
+    outside = DataRequest("POST", CLIENT, "", json.dumps(_alias(
+        **{"target-prefix": ["192.0.2.0/24"]})).encode(), ME)
+    with pytest.raises(RestconfError) as refused:
+        core.vet(outside, NOW)
+    assert refused.value.status == 403
+    with pytest.raises(RestconfError) as other:
+        core.vet(DataRequest("GET", f"{ROOT}/dots-client=someone-else", "", b"", ME), NOW)
+    assert other.value.status == 403
+
+
+def test_the_store_satisfies_the_agreed_acl_catalog_protocol(store: DataStoreDatabase) -> None:
+    """The interface agreed with the signal channel's RFC 9133 work (gateway/dots/filters.py
+    in its branch), restated here: structural typing is the whole contract."""
+    from collections.abc import Mapping
+    from typing import Protocol, runtime_checkable
+
+    @runtime_checkable
+    class AclCatalog(Protocol):
+        def lookup(self, cuid: str, acl_name: str) -> Mapping[str, Any] | None: ...
+
+        def update_activation(self, cuid: str, acl_name: str,
+                              activation_type: str) -> None: ...
+
+    catalog: AclCatalog = store  # mypy checks the signatures here
+    assert isinstance(catalog, AclCatalog)
+    core = registered(store)
+    assert call(core, "POST", CLIENT, rfc.ACL_IPV6_UDP).status == 201
+    assert catalog.lookup(rfc.EXAMPLE_CUID, "test-acl-ipv6-udp") is not None
+    catalog.update_activation(rfc.EXAMPLE_CUID, "test-acl-ipv6-udp", "deactivate")
+    got = call(core, "GET", f"{CLIENT}/acls/acl=test-acl-ipv6-udp")
+    assert got.document["ietf-dots-data-channel:acls"]["acl"][0]["activation-type"] == \
+        "deactivate"
