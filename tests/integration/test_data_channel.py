@@ -197,3 +197,27 @@ async def test_a_certificate_revoked_in_a_new_crl_is_refused(tmp_path: Path) -> 
                 await client.capabilities()
     finally:
         await running.stop()
+
+
+async def test_a_write_that_cannot_be_saved_is_503_and_changes_nothing(daemon: Any) -> None:
+    import sqlite3
+
+    running, pki, _ = daemon
+    assert running.data is not None
+    store = running.data.store
+    async with client_of(running, pki) as client:
+        assert (await client.register()).status == 201
+        writable = store._db
+        # The file turns read-only under the daemon (as after an I/O error).
+        store._db = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True,
+                                    isolation_level=None)
+        try:
+            alias = rfc.ALIAS["ietf-dots-data-channel:aliases"]["alias"]
+            answer = await client.create("aliases", alias)
+            assert answer.status == 503 and "could not be saved" in answer.error
+            assert (await client.read("aliases")).entries("aliases") == []
+        finally:
+            store._db.close()
+            store._db = writable
+        assert (await client.create("aliases", alias)).status == 201  # writes resume
+    assert store.save_failures == 1
