@@ -222,6 +222,7 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
             "dots_gateway_data_channel_entries", "Registered data-channel clients and their "
             "aliases and ACLs.", ("kind",)
         ).add_source(lambda: _data_entry_counts(data))
+        server.control.status_sections["data_channel"] = lambda: _data_section(data)
     m.unsaved_requests.add_source(lambda: {("mitigations",): float(role.core.unsaved_requests)})
     refused = server.metrics.counter(
         "dots_gateway_connections_refused_total", "New sessions refused by a limit, by "
@@ -269,6 +270,17 @@ def _data_entry_counts(data: DataChannelServer) -> Mapping[tuple[str, ...], floa
         ("aliases",): float(sum(len(c.aliases) for c in clients)),
         ("acls",): float(sum(len(c.acls) for c in clients))}
     return counts
+
+
+def _data_section(data: DataChannelServer) -> dict[str, object]:
+    out: dict[str, object] = {"urls": data.urls}
+    if data.upstream is not None:  # gateway mode
+        servers = getattr(data.upstream, "servers", lambda: [])()
+        out["upstream"] = servers[0].url if servers else None
+    else:
+        out.update({k[0]: int(v) for k, v in _data_entry_counts(data).items()})
+    out["answered"] = {str(k): v for k, v in sorted(data.core.answered.items())}
+    return out
 
 
 def _dotted(code: int) -> str:
