@@ -270,7 +270,9 @@ class DataChannelCore:
             return DataResponse(200, {f"{MODULE}:capabilities": CAPABILITIES})
         if target.cuid is not None:
             self._check_cuid(request.requester, rule, target)
-        self._expire(now)
+        # The requester's own entries first (a sweep of everyone runs on the adapter's
+        # timer): a request costs what its client holds, not what all clients hold.
+        self.expire(now, [target.cuid or request.requester.credential_id])
         if method == "GET":
             return self._get(request.requester, rule, target, query, now)
         if method == "DELETE":
@@ -501,9 +503,13 @@ class DataChannelCore:
             raise RestconfError(409, "resource-denied", f"the server holds its limit of "
                                 f"{self.limits.max_clients} registered DOTS clients", ROOT_PATH)
 
-    def _expire(self, now: float) -> None:
-        """Drop aliases and ACLs whose pending lifetime ran out (RFC 8783 §6.1, §7.3)."""
-        for client in list(self.store.clients().values()):
+    def expire(self, now: float, cuids: Iterable[str] | None = None) -> None:
+        """Drop aliases and ACLs whose pending lifetime ran out (RFC 8783 §6.1, §7.3), of
+        ``cuids`` or of every client (None)."""
+        clients = self.store.clients()
+        chosen = (list(clients.values()) if cuids is None
+                  else [clients[c] for c in cuids if c in clients])
+        for client in chosen:
             for kind in KINDS:
                 gone = [name for name, e in client.entries(kind).items()
                         if e.expires_at is not None and e.expires_at <= now]

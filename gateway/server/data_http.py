@@ -13,6 +13,8 @@ RESTCONF root (RFC 8040 §3.1).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -39,6 +41,8 @@ from gateway.transport.udp import PortInUse
 log = logging.getLogger(__name__)
 
 _JSON_TYPES = (MEDIA_TYPE, "application/json")
+#: Seconds between two sweeps of expired aliases and ACLs (RFC 8783 pending-lifetime).
+SWEEP_INTERVAL = 60.0
 _HOST_META = ("<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n"
               "    <Link rel='restconf' href='/restconf'/>\n</XRD>\n")
 
@@ -98,6 +102,7 @@ class DataChannelServer:
         self._trusted = trusted_gateways
         self.failures = 0
         self._runner: web.AppRunner | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.bound: list[str] = []
 
     def reload_credentials(self, credentials: ServerCredentials) -> None:
@@ -135,9 +140,27 @@ class DataChannelServer:
         except BaseException:
             await self.stop()
             raise
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Expired aliases and ACLs of every client go once a minute (each request also
+        expires its own client's at once)."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            if self.upstream is not None:
+                continue
+            try:
+                self.core.expire(time.time())
+            except PersistenceError as exc:  # counted by the store; tried again next time
+                log.error("data channel: expired entries not removed: %s", exc)
 
     async def stop(self) -> None:
         """Close the listeners and connections (the store stays open: ``close``)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()

@@ -326,3 +326,12 @@ def test_the_store_satisfies_the_agreed_acl_catalog_protocol(store: DataStoreDat
     got = call(core, "GET", f"{CLIENT}/acls/acl=test-acl-ipv6-udp")
     assert got.document["ietf-dots-data-channel:acls"]["acl"][0]["activation-type"] == \
         "deactivate"
+
+
+def test_the_sweep_expires_every_client(store: DataStoreDatabase) -> None:
+    core = registered(store, lifetime=10)
+    assert call(core, "POST", CLIENT, rfc.ALIAS).status == 201
+    core.expire(NOW + 599)
+    assert list(store.clients()[rfc.EXAMPLE_CUID].aliases) == ["https1"]
+    core.expire(NOW + 600)  # the adapter's timer: no request of this client needed
+    assert store.clients()[rfc.EXAMPLE_CUID].aliases == {}
