@@ -16,9 +16,12 @@ short), then stop. Without it, nothing of that runs and pyroute2 is not even imp
 Operations: the control socket (``gateway.ops.control``; ``status``, ``reload``, and ``drain``
 with anycast) is bound first, because it is also the lock that keeps a second daemon off
 the same state directory; the metrics endpoint (``gateway.ops.metrics``) starts when
-``metrics.listen`` is set. ``start_server`` declares the metric families and status sections
-of the server it starts (``RunningServer.metrics`` and ``.control``) and calls the role's
-``register_operations`` hook, where the gateway role adds its upstream ones.
+``metrics.listen`` is set. With ``[data_channel]`` (on with the embedded defaults) it also
+serves the DOTS data channel over HTTPS (``gateway.server.data_http``; in gateway mode
+relayed upstream by ``gateway.relay.data_upstream``). ``start_server`` declares the metric
+families and status sections of the server it starts (``RunningServer.metrics`` and
+``.control``) and calls the role's ``register_operations`` hook, where the gateway role adds
+its upstream ones.
 """
 
 from __future__ import annotations
