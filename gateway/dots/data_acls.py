@@ -167,14 +167,18 @@ def _read_l3(node: Node, version: int) -> dict[str, Any]:
     put("ttl", node.uint("ttl", 8))
     put("protocol", node.uint("protocol", 8))
     if version == 4:
-        put("ihl", node.uint("ihl", 4))
+        put("ihl", node.uint("ihl", 8, lo=5, hi=60))  # RFC 8519: uint8 range 5..60
         put("flags", node.bits("flags", IPV4_FLAGS))
         put("offset", node.uint("offset", 16))
         put("identification", node.uint("identification", 16))
     else:
-        flow = node.child("flow-label")
-        if flow is not None:
-            out["flow-label"] = _range_or_operator(flow, "flow-label", 20)
+        if isinstance(node.data.get("flow-label"), int):
+            # A bare label, as go-dots sends it: kept as given (RFC 8783 has the container).
+            put("flow-label", node.uint("flow-label", 20))
+        else:
+            flow = node.child("flow-label")
+            if flow is not None:
+                out["flow-label"] = _range_or_operator(flow, "flow-label", 20)
     for side in ("destination", "source"):
         put(f"{side}-ipv{version}-network", node.prefix(f"{side}-ipv{version}-network", version))
     fragment = node.child("fragment")
@@ -225,7 +229,7 @@ def _read_tcp(node: Node) -> dict[str, Any]:
     flags = node.bits("flags", TCP_FLAGS)
     if flags is not None:
         out["flags"] = flags
-    options = node.binary("options")
+    options = _binary_or_uint32(node, "options", 40)
     if options is not None:
         out["options"] = options
     mask = node.child("flags-bitmask")
@@ -254,11 +258,18 @@ def _read_icmp(node: Node) -> dict[str, Any]:
         value = node.uint(name, 8)
         if value is not None:
             out[name] = value
-    rest = node.binary("rest-of-header", max_bytes=64)
+    rest = _binary_or_uint32(node, "rest-of-header", 64)
     if rest is not None:
         out["rest-of-header"] = rest
     node.finish()
     return out
+
+
+def _binary_or_uint32(node: Node, name: str, max_bytes: int) -> str | int | None:
+    """YANG binary (base64, RFC 8519), or the uint32 go-dots sends; kept as given."""
+    if isinstance(node.data.get(name), int):
+        return node.uint(name, 32)
+    return node.binary(name, max_bytes=max_bytes)
 
 
 _READ_L4 = {"tcp": _read_tcp, "udp": _read_udp, "icmp": _read_icmp}

@@ -335,3 +335,23 @@ def test_the_sweep_expires_every_client(store: DataStoreDatabase) -> None:
     assert list(store.clients()[rfc.EXAMPLE_CUID].aliases) == ["https1"]
     core.expire(NOW + 600)  # the adapter's timer: no request of this client needed
     assert store.clients()[rfc.EXAMPLE_CUID].aliases == {}
+
+
+def test_go_dots_forms_are_accepted_and_kept(store: DataStoreDatabase) -> None:
+    """go-dots (the other public implementation) sends a bare flow label and uint32 TCP
+    options / ICMP rest-of-header where RFC 8783 has a container and binary."""
+    core = registered(store)
+    body = _acl({"matches": {"ipv6": {"destination-ipv6-network": "2001:db8::/48",
+                                      "flow-label": 5}, "icmp": {"rest-of-header": 7}},
+                 "actions": DROP})
+    assert call(core, "POST", CLIENT, body).status == 201
+    tcp = _acl({"matches": {"ipv4": {"flags": "reserved more fragment", "ihl": 5},
+                            "tcp": {"options": 3}}, "actions": DROP})
+    tcp["ietf-dots-data-channel:acls"]["acl"][0]["name"] = "y"
+    assert call(core, "POST", CLIENT, tcp).status == 201
+    got = call(core, "GET", f"{CLIENT}/acls", query="content=config").document
+    first, second = got["ietf-dots-data-channel:acls"]["acl"]
+    assert first["aces"]["ace"][0]["matches"]["ipv6"]["flow-label"] == 5
+    assert first["aces"]["ace"][0]["matches"]["icmp"] == {"rest-of-header": 7}
+    assert second["aces"]["ace"][0]["matches"]["tcp"] == {"options": 3}
+    assert second["aces"]["ace"][0]["matches"]["ipv4"]["flags"] == "reserved fragment more"
