@@ -50,6 +50,7 @@ from gateway.relay.role import GatewayRole
 from gateway.relay.startup import build_gateway_role, choose_mode
 from gateway.reloading import Reloader
 from gateway.server.data_http import DataChannelServer, start_data_channel
+from gateway.server.data_store import DataStoreDatabase
 from gateway.server.mitigator import Mitigator, build_mitigator
 from gateway.server.persistence import MitigationDatabase
 from gateway.server.role import ServerRole
@@ -127,6 +128,10 @@ async def start_server(settings: Settings, *,
     # Saved mitigations come back before anything listens; the ApplyMitigation commands for
     # the active ones reach the mitigator with the role's first core outputs (tick or pump).
     database = MitigationDatabase.in_state_dir(settings.general.state_dir)
+    # The data channel's store (same file) before the role: it is also the signal channel's
+    # ACL catalog (RFC 9133) and alias book.
+    data_store = (DataStoreDatabase.in_state_dir(settings.general.state_dir)
+                  if settings.data_channel.enabled else None)
     trusted = frozenset(settings.trusted_gateways.identities)
     role_options: dict[str, Any] = dict(
         trusted_gateways=trusted, database=database, redirect=redirect_policy(settings),
@@ -159,10 +164,11 @@ async def start_server(settings: Settings, *,
             data = await start_data_channel(
                 settings, contexts.tls.credentials,
                 lambda: role.core.authorizer or Authorizer(()),  # no rules: nobody
-                lambda: frozenset(role.trusted_gateways), **relay_options)
+                lambda: frozenset(role.trusted_gateways), store=data_store, **relay_options)
             # Aliases in mitigation requests (RFC 9132 §4.4.1.3): ours in terminal mode; in
             # gateway mode they live upstream, which answers 4.00 for one it does not know.
-            store = data.store
+            store = data_store
+            assert store is not None
             core.known_alias = ((lambda cuid, name: store.alias(cuid, name) is not None)
                                 if mode is Mode.TERMINAL else (lambda cuid, name: True))
     except BaseException:
@@ -170,6 +176,8 @@ async def start_server(settings: Settings, *,
             await dtls.stop()
         if tls is not None:
             await tls.stop()
+        if data_store is not None:
+            data_store.close()
         database.close()
         raise
     server = RunningServer(role, dtls, tls, mitigator, database, mode=mode, data=data)
@@ -278,7 +286,7 @@ def _data_entry_counts(data: DataChannelServer) -> Mapping[tuple[str, ...], floa
 def _data_section(data: DataChannelServer) -> dict[str, object]:
     out: dict[str, object] = {"urls": data.urls}
     if data.upstream is not None:  # gateway mode
-        servers = getattr(data.upstream, "servers", lambda: [])()
+        servers: list[Any] = getattr(data.upstream, "servers", lambda: [])()
         out["upstream"] = servers[0].url if servers else None
     else:
         out.update({k[0]: int(v) for k, v in _data_entry_counts(data).items()})

@@ -258,13 +258,17 @@ async def start_data_channel(settings: Settings, credentials: ServerCredentials,
                              trusted_gateways: Callable[[], frozenset[str]], *,
                              upstream: Upstream | None = None,
                              cdid: Callable[[str], str | None] = lambda _: None,
+                             store: DataStoreDatabase | None = None,
                              ) -> DataChannelServer:
     """Open the data-channel store (``dots.sqlite`` of the state directory) and listen on
     ``[data_channel]``'s addresses; raises ``OSError`` (port in use), ``ssl.SSLError`` or
     ``PersistenceError`` with nothing left open. ``upstream`` (gateway mode): relay what
-    passes the checks there instead of storing it, with ``cdid`` for registrations."""
+    passes the checks there instead of storing it, with ``cdid`` for registrations.
+    ``store``: one the caller opened (and closes if this fails); else opened here."""
     d = settings.data_channel
-    store = DataStoreDatabase.in_state_dir(settings.general.state_dir)
+    owned = store is None
+    if store is None:
+        store = DataStoreDatabase.in_state_dir(settings.general.state_dir)
     try:
         options = DataChannelOptions(
             hosts=[(str(a), d.port) for a in d.listen_addresses(settings.server)],
@@ -275,7 +279,8 @@ async def start_data_channel(settings: Settings, credentials: ServerCredentials,
                                    trusted_gateways, upstream=upstream, cdid=cdid)
         await server.start()
     except OSError as exc:
-        store.close()
+        if owned:
+            store.close()
         if upstream is not None:
             await upstream.aclose()
         if exc.errno == errno.EADDRINUSE:
@@ -283,7 +288,8 @@ async def start_data_channel(settings: Settings, credentials: ServerCredentials,
                 from None
         raise
     except BaseException:
-        store.close()
+        if owned:
+            store.close()
         if upstream is not None:
             await upstream.aclose()
         raise

@@ -221,3 +221,20 @@ async def test_a_write_that_cannot_be_saved_is_503_and_changes_nothing(daemon: A
             store._db = writable
         assert (await client.create("aliases", alias)).status == 201  # writes resume
     assert store.save_failures == 1
+
+
+async def test_a_taken_data_port_stops_start_up_naming_the_key(tmp_path: Path) -> None:
+    import socket
+
+    from gateway.transport.udp import PortInUse
+
+    pki = tmp_path / "pki"
+    init_dev_pki(pki)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = settings_for(tmp_path, pki, taken.getsockname()[1])
+        with pytest.raises(PortInUse, match="data_channel.port"):
+            await start_server(settings)
+    running = await start_server(settings)  # nothing was left open (files, sockets)
+    await running.stop()
