@@ -133,3 +133,36 @@ async def test_a_mitigation_through_the_gateway_names_an_alias(pair: dict[str, A
         peer.conn.close()
     records = [r for r in upstream.role.core.store.records() if r.cuid == cuid]
     assert [r.mid for r in records] == [7]
+
+
+async def test_the_upstream_can_come_from_discovery(pair: dict[str, Any]) -> None:
+    """No [data_channel] upstream: the first data.tcp candidate of the discovery engine
+    (the signal-channel candidates are not data-channel servers)."""
+    import ipaddress
+    from types import SimpleNamespace
+
+    from gateway.config import parse_config
+    from gateway.discovery.candidates import Candidate, Family, Mechanism, Transport
+    from gateway.relay.data_upstream import build_data_upstream
+
+    gateway, site, upstream = pair["gateway"], pair["site"], pair["upstream"]
+    port = int(upstream.data.urls[0].rpartition(":")[2])
+    loopback = ipaddress.ip_address("127.0.0.1")
+    candidates = [
+        Candidate(Mechanism.SNAPTR, "lo", Family.V4, Transport.SIGNAL_UDP, loopback, 4646,
+                  "localhost"),
+        Candidate(Mechanism.SNAPTR, "lo", Family.V4, Transport.DATA_TCP, loopback, port,
+                  "localhost"),
+    ]
+    discovery = SimpleNamespace(procedure=SimpleNamespace(candidates=lambda: candidates))
+    settings = parse_config(pair["gateway_text"])  # no [data_channel] upstream
+    relay = build_data_upstream(settings, discovery)  # type: ignore[arg-type]
+    assert [s.url for s in relay.servers()] == [f"https://127.0.0.1:{port}"]
+    old, gateway.data.upstream = gateway.data.upstream, relay
+    try:
+        async with client(gateway, site) as c:
+            assert (await c.register()).status == 201
+        assert _cuid(site) in upstream.data.store.clients()
+    finally:
+        gateway.data.upstream = old
+        await relay.aclose()
