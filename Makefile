@@ -15,7 +15,7 @@ PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check --root-use
 # lab's signed zones), bird2 (anycast lab), autoconf/automake (to build DTLSSocket, aiocoap's
 # DTLS for the interop tests).
 RUN_DEBS := libssl3
-TEST_DEBS := libcoap3-bin dnsmasq-base nsd autoconf automake bird2
+TEST_DEBS := libcoap3-bin dnsmasq-base nsd autoconf automake bird2 curl
 # The demo: bird2 (router and edges), dnsmasq-base (DHCP with the DOTS options), iproute2.
 DEMO_DEBS := bird2 dnsmasq-base iproute2
 

@@ -16,9 +16,12 @@ short), then stop. Without it, nothing of that runs and pyroute2 is not even imp
 Operations: the control socket (``gateway.ops.control``; ``status``, ``reload``, and ``drain``
 with anycast) is bound first, because it is also the lock that keeps a second daemon off
 the same state directory; the metrics endpoint (``gateway.ops.metrics``) starts when
-``metrics.listen`` is set. ``start_server`` declares the metric families and status sections
-of the server it starts (``RunningServer.metrics`` and ``.control``) and calls the role's
-``register_operations`` hook, where the gateway role adds its upstream ones.
+``metrics.listen`` is set. With ``[data_channel]`` (on with the embedded defaults) it also
+serves the DOTS data channel over HTTPS (``gateway.server.data_http``; in gateway mode
+relayed upstream by ``gateway.relay.data_upstream``). ``start_server`` declares the metric
+families and status sections of the server it starts (``RunningServer.metrics`` and
+``.control``) and calls the role's ``register_operations`` hook, where the gateway role adds
+its upstream ones.
 """
 
 from __future__ import annotations
@@ -38,12 +41,16 @@ from gateway import __version__
 from gateway.config import Mode, Settings, Transport
 from gateway.core_settings import build_server_core, dev_client_rules, redirect_policy
 from gateway.credentials import Trust, datagram_limits, server_contexts, stream_limits
+from gateway.dots.authz import Authorizer
 from gateway.dots.mitigation_lifecycle import ACTIVE_STATES
 from gateway.ops.control import ControlProviders, ControlServer
 from gateway.ops.metrics import MetricsServer, Registry, daemon_metrics
+from gateway.relay.data_upstream import build_data_upstream, data_cdid
 from gateway.relay.role import GatewayRole
 from gateway.relay.startup import build_gateway_role, choose_mode
 from gateway.reloading import Reloader
+from gateway.server.data_http import DataChannelServer, start_data_channel
+from gateway.server.data_store import DataStoreDatabase
 from gateway.server.mitigator import Mitigator, build_mitigator
 from gateway.server.persistence import MitigationDatabase
 from gateway.server.role import ServerRole
@@ -75,6 +82,8 @@ class RunningServer:
     started_at: float = field(default_factory=time.time)
     #: The configuration in force and its reload (set by ``start_server``).
     reloader: Reloader | None = None
+    #: The RFC 8783 data channel (HTTPS), None when ``[data_channel]`` is off.
+    data: DataChannelServer | None = None
 
     @property
     def addresses(self) -> list[str]:
@@ -83,6 +92,8 @@ class RunningServer:
             out += [f"coaps://{a}" for a in self.dtls.bound]
         if self.tls is not None:
             out += [f"coaps+tcp://{a}" for a in self.tls.bound]
+        if self.data is not None:
+            out += self.data.urls
         return out
 
     async def stop(self) -> None:
@@ -94,6 +105,8 @@ class RunningServer:
             await self.dtls.stop()
         if self.tls is not None:
             await self.tls.stop()
+        if self.data is not None:
+            await self.data.aclose()
         await self.mitigator.aclose()  # scripts in flight finish; their reports are saved
         self.database.sync(self.role.core.store)
         self.database.close()
@@ -115,6 +128,10 @@ async def start_server(settings: Settings, *,
     # Saved mitigations come back before anything listens; the ApplyMitigation commands for
     # the active ones reach the mitigator with the role's first core outputs (tick or pump).
     database = MitigationDatabase.in_state_dir(settings.general.state_dir)
+    # The data channel's store (same file) before the role: it is also the signal channel's
+    # ACL catalog (RFC 9133) and alias book.
+    data_store = (DataStoreDatabase.in_state_dir(settings.general.state_dir)
+                  if settings.data_channel.enabled else None)
     trusted = frozenset(settings.trusted_gateways.identities)
     role_options: dict[str, Any] = dict(
         trusted_gateways=trusted, database=database, redirect=redirect_policy(settings),
@@ -128,6 +145,7 @@ async def start_server(settings: Settings, *,
         role = ServerRole(core, **role_options)
     hosts = [(str(address), settings.server.port) for address in settings.server.addresses]
     dtls = tls = None
+    data: DataChannelServer | None = None
     try:
         database.restore_into(core.store, now)
         mitigator = build_mitigator(settings, role.mitigator_status)
@@ -138,14 +156,31 @@ async def start_server(settings: Settings, *,
         if Transport.TCP in settings.server.transports:
             tls = TlsServer(contexts.tls, role.on_session, stream_limits(settings.limits))
             await tls.start(hosts)
+        if settings.data_channel.enabled:
+            relay_options: dict[str, Any] = {}
+            if mode is Mode.GATEWAY:  # checked here, relayed upstream (RFC 8783 §3)
+                relay_options = dict(upstream=build_data_upstream(settings, discovery),
+                                     cdid=data_cdid(settings))
+            data = await start_data_channel(
+                settings, contexts.tls.credentials,
+                lambda: role.core.authorizer or Authorizer(()),  # no rules: nobody
+                lambda: frozenset(role.trusted_gateways), store=data_store, **relay_options)
+            # Aliases in mitigation requests (RFC 9132 §4.4.1.3): ours in terminal mode; in
+            # gateway mode they live upstream, which answers 4.00 for one it does not know.
+            store = data_store
+            assert store is not None
+            core.known_alias = ((lambda cuid, name: store.alias(cuid, name) is not None)
+                                if mode is Mode.TERMINAL else (lambda cuid, name: True))
     except BaseException:
         if dtls is not None:
             await dtls.stop()
         if tls is not None:
             await tls.stop()
+        if data_store is not None:
+            data_store.close()
         database.close()
         raise
-    server = RunningServer(role, dtls, tls, mitigator, database, mode=mode)
+    server = RunningServer(role, dtls, tls, mitigator, database, mode=mode, data=data)
     server.reloader = Reloader(server, settings, trust, reread)
     register_operations(server, settings)
     role.register_operations(server.metrics, server.control)
@@ -187,6 +222,18 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
         "their client held [mitigation] max_requests_per_client already."
     ).add_source(lambda: {(): role.core.store.refused_over_cap})
     m.save_failures.add_source(lambda: {("mitigations",): float(server.database.save_failures)})
+    if server.data is not None:
+        data = server.data
+        m.save_failures.add_source(lambda: {("data_channel",): float(data.store.save_failures)})
+        server.metrics.counter(
+            "dots_gateway_data_channel_requests_total", "Data-channel (RFC 8783) requests "
+            "answered, by HTTP status.", ("status",)
+        ).add_source(lambda: {(str(k),): float(v) for k, v in data.core.answered.items()})
+        server.metrics.gauge(
+            "dots_gateway_data_channel_entries", "Registered data-channel clients and their "
+            "aliases and ACLs.", ("kind",)
+        ).add_source(lambda: _data_entry_counts(data))
+        server.control.status_sections["data_channel"] = lambda: _data_section(data)
     m.unsaved_requests.add_source(lambda: {("mitigations",): float(role.core.unsaved_requests)})
     m.saves.add_source(lambda: {("mitigations",): float(server.database.saves)})
     m.fsyncs.add_source(lambda: {("mitigations",): float(server.database.fsyncs)})
@@ -227,6 +274,26 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
     reloader = server.reloader
     if reloader is not None:
         c.actions["reload"] = reloader.reload
+
+
+def _data_entry_counts(data: DataChannelServer) -> Mapping[tuple[str, ...], float]:
+    clients = data.store.clients().values()
+    counts: dict[tuple[str, ...], float] = {
+        ("clients",): float(len(clients)),
+        ("aliases",): float(sum(len(c.aliases) for c in clients)),
+        ("acls",): float(sum(len(c.acls) for c in clients))}
+    return counts
+
+
+def _data_section(data: DataChannelServer) -> dict[str, object]:
+    out: dict[str, object] = {"urls": data.urls}
+    if data.upstream is not None:  # gateway mode
+        servers: list[Any] = getattr(data.upstream, "servers", lambda: [])()
+        out["upstream"] = servers[0].url if servers else None
+    else:
+        out.update({k[0]: int(v) for k, v in _data_entry_counts(data).items()})
+    out["answered"] = {str(k): v for k, v in sorted(data.core.answered.items())}
+    return out
 
 
 def _dotted(code: int) -> str:

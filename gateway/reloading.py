@@ -215,6 +215,12 @@ class Reloader:
             server.dtls.replace_context(contexts.dtls)
         if server.tls is not None:
             server.tls.context = contexts.tls
+        if server.data is not None:  # the data channel's HTTPS (stdlib ssl)
+            try:
+                server.data.reload_credentials(contexts.tls.credentials)
+            except (OSError, ValueError) as exc:
+                log.error("data channel: the new credentials could not be loaded (%s); it "
+                          "keeps the previous ones", exc)
         server.role.admit = lambda credential: trust.problem(credential, trust, time.time())
 
     # --- the CRL file ------------------------------------------------------------------------

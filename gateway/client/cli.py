@@ -5,6 +5,7 @@ Session commands talk to a DOTS server through ``gateway.client.role.DotsClient`
 ``hb``. Each request and its answer are printed as one JSON document in the RFC's notation
 (``--cbor`` adds the wire bytes in hex). ``encode``/``decode`` convert between that JSON and
 the CBOR wire form without any network, so requests can be fed to other CoAP tools.
+``data ...`` speaks the DOTS data channel (RFC 8783, HTTPS): ``gateway.client.data_cli``.
 
 Redirects (RFC 9132 §4.6) are followed: each one is noted on stderr, and the printed
 exchange is the one with the server that finally answered.
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
+from gateway.client.data_cli import add_data_parser
 from gateway.config.loading import DEFAULT_STATE_DIR  # the same ./state as dots-gateway
 from gateway.dots.codec import cbor_to_json, json_to_cbor
 from gateway.dots.errors import DotsProtocolError, DotsUsageError
@@ -383,7 +385,8 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     g = p.add_argument_group("connection")
     g.add_argument("--server", metavar="URI", default=default,
                    help="coaps://HOST[:PORT] (DTLS), coaps+tcp://HOST[:PORT] (TLS) or "
-                   "HOST[:PORT] (both, Happy Eyeballs); default: localhost, both, port 4646")
+                   "HOST[:PORT] (both, Happy Eyeballs); default: localhost, both, port 4646; "
+                   "for data: https://HOST[:PORT], default https://localhost:8443")
     g.add_argument("--server-name", default=default,
                    help="name the server certificate must match (default: the URI's host)")
     g.add_argument("--cert", default=default, help="client certificate chain (PEM)")
@@ -474,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("hb", parents=common, help="send one heartbeat")
     p.set_defaults(func=_run, coroutine=_hb)
+
+    add_data_parser(sub, common)  # the data channel (RFC 8783): gateway.client.data_cli
     return parser
 
 

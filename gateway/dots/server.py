@@ -95,6 +95,9 @@ class DotsServerCore:
         #: Mitigations held elsewhere (a gateway's upstream) also select the mitigating
         #: parameter set of the client's sessions (RFC 9132 §4.5).
         self.mitigating_elsewhere: Callable[[str], bool] | None = None
+        #: ``(cuid, alias-name) -> bool``: the client created that alias over the data
+        #: channel (RFC 9132 §4.4.1.3). None: no data channel, every alias is unknown (4.00).
+        self.known_alias: Callable[[str, str], bool] | None = None
         #: Writes the store's changes to disk; False when it could not (see the module
         #: docstring). None: nothing is saved (tests, tools), every change stands.
         self.save: Callable[[], bool] | None = None
@@ -269,7 +272,10 @@ class DotsServerCore:
         scope = validate_mitigation_request(message, efficacy_update=efficacy)
         refuse_required_keys_not_acted_on(message)
         if rule is not None:
-            Authorizer.check_targets(rule, scope)
+            known = self.known_alias
+            cuid = path.cuid
+            Authorizer.check_targets(rule, scope, known_alias=None if known is None
+                                     else lambda name: known(cuid, name))
         result = self.store.put(path.cuid, path.mid, scope, owner, now, efficacy_update=efficacy)
         if result is None:
             return None

@@ -113,7 +113,9 @@ class GatewayRole(ServerRole):
         rule = authorizer.check_cuid(requester, path.cuid) if authorizer is not None else None
         prepared = self.relay.prepare(requester, path, request)
         if rule is not None and prepared.scope is not None:
-            Authorizer.check_targets(rule, prepared.scope)
+            known, cuid = self.core.known_alias, path.cuid
+            Authorizer.check_targets(rule, prepared.scope, known_alias=None if known is None
+                                     else lambda name: known(cuid, name))
         if request.method is Method.GET:
             parse_query(request.query)  # 4.00 for a bad filter, before anything leaves
         return prepared
