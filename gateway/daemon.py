@@ -38,6 +38,7 @@ from gateway import __version__
 from gateway.config import Mode, Settings, Transport
 from gateway.core_settings import build_server_core, dev_client_rules, redirect_policy
 from gateway.credentials import Trust, datagram_limits, server_contexts, stream_limits
+from gateway.dots.filters import AclCatalog
 from gateway.dots.mitigation_lifecycle import ACTIVE_STATES
 from gateway.ops.control import ControlProviders, ControlServer
 from gateway.ops.metrics import MetricsServer, Registry, daemon_metrics
@@ -100,9 +101,12 @@ class RunningServer:
 
 
 async def start_server(settings: Settings, *,
-                       reread: Callable[[], Settings] | None = None) -> RunningServer:
+                       reread: Callable[[], Settings] | None = None,
+                       acl_catalog: AclCatalog | None = None) -> RunningServer:
     """Bind and start serving; raises (PortInUse, OpenSSLError, ...) on a bad start.
-    ``reread``: how a reload reads the configuration (default: ``settings.source`` again)."""
+    ``reread``: how a reload reads the configuration (default: ``settings.source`` again).
+    ``acl_catalog``: the clients' ACLs (the data channel's, RFC 8783) that mitigation
+    requests may activate (RFC 9133); None: no ACL exists, an acl-list naming one is 4.04."""
     contexts = server_contexts(settings)
     trust = Trust.load(contexts.dtls.credentials)
     if contexts.dev_pki is not None:
@@ -119,7 +123,7 @@ async def start_server(settings: Settings, *,
     role_options: dict[str, Any] = dict(
         trusted_gateways=trusted, database=database, redirect=redirect_policy(settings),
         is_anycast=anycast_classifier(settings.anycast.addresses),
-        max_observations=settings.session.max_observations)
+        max_observations=settings.session.max_observations, acl_catalog=acl_catalog)
     mode, upstreams, discovery = await choose_mode(settings)
     role: ServerRole
     if mode is Mode.GATEWAY:
