@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from gateway.dots.codec import encode_message
 from gateway.dots.errors import (
+    DotsProtocolError,
     InvalidValue,
     MalformedPayload,
     MissingAttribute,
@@ -191,6 +192,19 @@ def merge_acl_lists(current: tuple[AclActivation, ...] | None,
     named = {a.acl_name: a for a in update}
     kept = [named.pop(a.acl_name, a) for a in current or ()]
     return (*kept, *named.values())
+
+
+def carry_acl_list(new: Scope, previous: Scope | None) -> Scope:
+    """``new`` (a request accepted for a mitigation that had ``previous``) with the acl-list
+    the mitigation has now: what a client or gateway keeps to send the request again on
+    another server (a refresh without acl-list left the server's as it was)."""
+    try:
+        before = acl_list_of(previous) if previous is not None else None
+        if before is None:
+            return new
+        return with_acl_list(new, merge_acl_lists(before, acl_list_of(new) or ()))
+    except DotsProtocolError:  # a list the server accepted but we cannot read: as sent
+        return new
 
 
 # --- the catalog of ACLs ----------------------------------------------------------------------

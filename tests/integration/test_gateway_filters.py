@@ -17,9 +17,11 @@ import cbor2
 from gateway.client.role import make_scope
 from gateway.config import load_config
 from gateway.daemon import start_server
+from gateway.dots.codec import decode_message
 from gateway.dots.codes import Code
 from gateway.dots.filters import AclActivation, MemoryAclCatalog, acl_list_of
 from gateway.dots.keys import K
+from gateway.dots.model import MitigationScope
 from gateway.server.mitigator import JOURNAL_NAME
 from tests.integration.test_client_role import free_port
 from tests.integration.test_filter_control import settle
@@ -29,6 +31,7 @@ from tests.integration.test_gateway import (
     gateway,
     gateway_config,
     pkis,  # noqa: F401 (the module-scoped fixture)
+    relay_of,
     upstream_config,
 )
 from tests.unit.dots.test_filters import ACCEPT_LIST, RATE_LIMIT
@@ -55,7 +58,8 @@ async def test_acl_list_is_relayed_both_ways(pkis: Pkis, tmp_path: Path) -> None
     core.receive_request = receive_request  # type: ignore[method-assign]
     try:
         port = free_port()
-        async with gateway(gateway_config(tmp_path, pkis, port, [f"127.0.0.1:{up_port}"])), \
+        async with gateway(gateway_config(tmp_path, pkis, port,
+                                          [f"127.0.0.1:{up_port}"])) as gw, \
                 client_of(pkis, port, tmp_path / "client") as client:
             scope = make_scope(target_prefix=["192.0.2.0/26"], lifetime=600,
                                acl_list=["my-accept-list:immediate"])
@@ -82,6 +86,21 @@ async def test_acl_list_is_relayed_both_ways(pkis: Pkis, tmp_path: Path) -> None
             assert changed.code is Code.CHANGED, changed
             got = await client.get(3)
             assert acl_list_of(got.scopes[0]) == (
+                AclActivation("my-accept-list", "deactivate"),
+                AclActivation("rate-limit-udp", "immediate"))
+
+            # A refresh without acl-list leaves the upstream's as it was; the gateway keeps
+            # it in the body it would re-install elsewhere (failover, restart).
+            refreshed = await client.mitigate(make_scope(target_prefix=["192.0.2.0/26"],
+                                                         lifetime=900), mid=3)
+            assert refreshed.code is Code.CHANGED, refreshed
+            assert K.CONTROL_ACL_LIST not in cbor2.loads(seen[-1])[K.MITIGATION_SCOPE][
+                K.SCOPE][0]
+            record = relay_of(gw).table.get(pkis.client_cuid, 3)
+            message = decode_message(record.body)
+            assert isinstance(message, MitigationScope)
+            assert message.scope[0].lifetime == 900
+            assert acl_list_of(message.scope[0]) == (
                 AclActivation("my-accept-list", "deactivate"),
                 AclActivation("rate-limit-udp", "immediate"))
 

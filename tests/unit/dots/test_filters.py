@@ -18,6 +18,7 @@ from gateway.dots.filters import (
     NullAclCatalog,
     acl_list_of,
     active_acls,
+    carry_acl_list,
     merge_acl_lists,
     with_acl_list,
 )
@@ -28,6 +29,7 @@ from gateway.dots.mitigation_lifecycle import (
     WithdrawMitigation,
 )
 from gateway.dots.model import MitigationScope, Scope, parse_prefix
+from gateway.dots.relay import carry_acl_list_body
 from gateway.dots.server import DotsServerCore
 
 CUID = "dz6pHjaADkaFTbjr0JGBpw"
@@ -332,3 +334,32 @@ def test_null_catalog_has_nothing() -> None:
     assert null.lookup(CUID, "x") is None
     with pytest.raises(LookupError):
         null.update_activation(CUID, "x", "immediate")
+
+
+# --- what a client or gateway keeps to send a request again ---------------------------------
+
+
+def test_carry_acl_list_keeps_what_a_refresh_left_out() -> None:
+    first = with_acl_list(raw_scope([]), (AclActivation("a", "immediate"),))
+    refresh = Scope(target_prefix=(parse_prefix("192.0.2.0/24"),), lifetime=60)
+    kept = carry_acl_list(refresh, first)
+    assert acl_list_of(kept) == (AclActivation("a", "immediate"),)
+    changed = carry_acl_list(with_acl_list(refresh, (AclActivation("a", "deactivate"),
+                                                     AclActivation("b"))), kept)
+    assert acl_list_of(changed) == (AclActivation("a", "deactivate"), AclActivation("b"))
+    assert carry_acl_list(refresh, None) is refresh
+    assert carry_acl_list(refresh, refresh) is refresh
+    assert carry_acl_list(raw_scope(["bad"]), first).extensions == ((53, ["bad"]),)
+
+
+def test_a_gateway_keeps_the_acl_list_for_a_reinstall() -> None:
+    first = encode_message(MitigationScope((with_acl_list(
+        raw_scope([]), (AclActivation("a", "immediate"),)),)))
+    refresh = encode_message(MitigationScope((Scope(
+        target_prefix=(parse_prefix("192.0.2.0/24"),), lifetime=600),)))
+    kept = decode_message(carry_acl_list_body(first, refresh))
+    assert isinstance(kept, MitigationScope)
+    assert kept.scope[0].lifetime == 600
+    assert acl_list_of(kept.scope[0]) == (AclActivation("a", "immediate"),)
+    assert carry_acl_list_body(refresh, refresh) == refresh
+    assert carry_acl_list_body(b"\xff", refresh) == refresh
