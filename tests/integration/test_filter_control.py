@@ -30,6 +30,7 @@ from gateway.dots.codes import Code
 from gateway.dots.filters import AclActivation, MemoryAclCatalog, acl_list_of
 from gateway.server.mitigator import JOURNAL_NAME
 from tests.integration.test_client_role import FAST, cert_credentials, free_port
+from tests.support.daemon import serving
 from tests.unit.dots.test_filters import ACCEPT_LIST, RATE_LIMIT
 
 DOTS_CLIENT = Path(sys.executable).parent / "dots-client"
@@ -37,8 +38,12 @@ ACL_KEY = "ietf-dots-signal-control:acl-list"
 
 
 def settings_for(tmp_path: Path, pki: Path, port: int, mitigation: str = "") -> Any:
+    return parse_config(config_text(tmp_path, pki, port, mitigation))
+
+
+def config_text(tmp_path: Path, pki: Path, port: int, mitigation: str = "") -> str:
     cuid = cuid_from_certificate((pki / "client.pem").read_bytes())
-    return parse_config(
+    return (
         f'[general]\nstate_dir = "{tmp_path}/state"\n[logging]\nlevel = "warning"\n'
         f'[server]\naddresses = ["127.0.0.1"]\nport = {port}\ntransports = ["udp"]\n'
         f'[tls]\nca = "{pki}/ca.pem"\ncert = "{pki}/server.pem"\nkey = "{pki}/server.key"\n'
@@ -278,3 +283,28 @@ async def test_without_a_data_channel_an_acl_name_is_4_04_and_an_empty_list_is_k
             assert acl_list_of(got.scopes[0]) == ()
     finally:
         await running.stop()
+
+
+async def test_daemon_process_without_data_channel(tmp_path: Path, pki: Path) -> None:
+    """``dots-gateway server`` as a process (no data channel configured) and ``dots-client``
+    as a process: an ACL name is refused with 4.04 saying why; an empty acl-list is kept,
+    and the GET answer that carries it decodes and prints."""
+    port = free_port()
+    config = tmp_path / "server.toml"
+    config.write_text(config_text(tmp_path, pki, port))
+    state = tmp_path / "client-state"
+    shutil.copytree(pki, state / "pki")
+    common = ["--server", f"coaps://127.0.0.1:{port}", "--state-dir", str(state)]
+    with serving("server", config, tmp_path / "server.log"):
+        code, out, err = await dots_client(*common, "mitigate", "--target-prefix",
+                                           "192.0.2.0/28", "--acl", "my-accept-list")
+        assert code == 3, (out, err)
+        assert "4.04" in err and "this server has no data channel (RFC 8783)" in err
+        async with client_to(pki, port, tmp_path / "client") as client:
+            empty = await client.mitigate(make_scope(
+                target_prefix=["192.0.2.0/26"], lifetime=600, acl_list=[]), mid=40)
+            assert empty.code is Code.CREATED, empty
+        code, out, err = await dots_client(*common, "get", "--mid", "40")
+        assert code == 0, err
+        (got,) = documents(out)
+        assert body_scope(got, "response")[ACL_KEY] == []
