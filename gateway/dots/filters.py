@@ -11,7 +11,9 @@ The codec keeps key 53 whole, as received (``gateway.dots.keys``), so a gateway 
 unchanged; this module reads and checks it for a server that acts on it, and writes it.
 
 ``AclCatalog`` is the interface to the data channel's store (``lookup``,
-``update_activation``). ``MemoryAclCatalog`` holds ACLs in memory (tests, and the store a
+``update_activation``); one that can also list a client's ACL names (``ListingAclCatalog``)
+lets a mitigation activate the client's 'activate-when-mitigating' ACLs it does not name
+(RFC 8783 §7.1). ``MemoryAclCatalog`` holds ACLs in memory (tests, and the store a
 data channel can fill); ``NullAclCatalog`` is what a server without a data channel has: no
 ACL exists, so an acl-list naming one is refused with 4.04 and a diagnostic that says why.
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from gateway.dots.codec import encode_message
 from gateway.dots.errors import (
@@ -224,6 +226,17 @@ class AclCatalog(Protocol):
         ...
 
 
+@runtime_checkable
+class ListingAclCatalog(AclCatalog, Protocol):
+    """A catalog that can also list a client's ACL names. With it, a mitigation also
+    activates the client's ACLs of type 'activate-when-mitigating' that its acl-list does
+    not name (RFC 8783 §7.1: while a mitigation is in progress the server activates the
+    'activate-when-mitigating' filters of the client that triggered it)."""
+
+    def acl_names(self, cuid: str) -> Iterable[str]:
+        ...
+
+
 class NullAclCatalog:
     """No data channel: no client has any ACL."""
 
@@ -256,6 +269,9 @@ class MemoryAclCatalog:
     def remove(self, cuid: str, acl_name: str) -> None:
         self._acls.get(cuid, {}).pop(acl_name, None)
 
+    def acl_names(self, cuid: str) -> Iterable[str]:
+        return tuple(self._acls.get(cuid, {}))
+
     def lookup(self, cuid: str, acl_name: str) -> Mapping[str, Any] | None:
         acl = self._acls.get(cuid, {}).get(acl_name)
         return None if acl is None else copy.deepcopy(acl)
@@ -284,12 +300,23 @@ def active_acls(catalog: AclCatalog, cuid: str,
                 acls: Iterable[AclActivation] | None) -> tuple[ActiveAcl, ...]:
     """The ACLs the mitigator applies for a mitigation whose acl-list is ``acls``: the
     active entries whose ACL the catalog still has (one deleted over the data channel since
-    is left out)."""
+    is left out); then, from a catalog that can list them, the client's other ACLs whose
+    activation type is 'activate-when-mitigating' (RFC 8783 §7.1)."""
     out: list[ActiveAcl] = []
+    named: set[str] = set()
     for entry in acls or ():
+        named.add(entry.acl_name)
         if not entry.active:
             continue
         acl = catalog.lookup(cuid, entry.acl_name)
         if acl is not None:
             out.append(ActiveAcl(entry.acl_name, entry.activation_type, acl))
+    if isinstance(catalog, ListingAclCatalog):
+        for name in catalog.acl_names(cuid):
+            if name in named:
+                continue
+            acl = catalog.lookup(cuid, name)
+            kind = (acl or {}).get("activation-type", DEFAULT_ACTIVATION_TYPE)
+            if acl is not None and kind == ACTIVATE_WHEN_MITIGATING:
+                out.append(ActiveAcl(name, kind, acl))
     return tuple(out)

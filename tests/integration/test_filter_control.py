@@ -196,11 +196,15 @@ async def test_command_backend_gets_the_active_acls(tmp_path: Path, pki: Path) -
         await running.stop()
     apply, update, withdraw = commands()
     assert apply["action"] == "apply"
-    assert acl_names(apply) == [("rate-limit-udp", "activate-when-mitigating")]
+    # The client's other 'activate-when-mitigating' ACL comes along (RFC 8783 §7.1).
+    assert acl_names(apply) == [("rate-limit-udp", "activate-when-mitigating"),
+                                ("my-accept-list", "activate-when-mitigating")]
     assert apply["acls"][0]["aces"] == RATE_LIMIT["aces"]
-    assert update["action"] == "update" and update["acls"] == []
+    assert update["action"] == "update"
+    assert acl_names(update) == [("my-accept-list", "activate-when-mitigating")]
     assert update["deactivated-acls"] == ["rate-limit-udp"]
-    assert withdraw["action"] == "withdraw" and withdraw["acls"] == []
+    assert withdraw["action"] == "withdraw"
+    assert acl_names(withdraw) == [("my-accept-list", "activate-when-mitigating")]
 
 
 async def dots_client(*args: str) -> tuple[int, str, str]:

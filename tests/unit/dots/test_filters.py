@@ -221,7 +221,8 @@ def test_absent_activation_type_is_stored_and_returned_as_the_default() -> None:
     assert s.catalog.lookup(CUID, "rate-limit-udp")["activation-type"] == (
         "activate-when-mitigating")
     [apply] = s.outputs()
-    assert [a.acl_name for a in apply.acls] == ["rate-limit-udp"]
+    # The client's other 'activate-when-mitigating' ACL is active too (RFC 8783 §7.1).
+    assert [a.acl_name for a in apply.acls] == ["rate-limit-udp", "my-accept-list"]
 
 
 def test_unknown_acl_name_is_4_04_and_changes_nothing() -> None:
@@ -363,3 +364,33 @@ def test_a_gateway_keeps_the_acl_list_for_a_reinstall() -> None:
     assert acl_list_of(kept.scope[0]) == (AclActivation("a", "immediate"),)
     assert carry_acl_list_body(refresh, refresh) == refresh
     assert carry_acl_list_body(b"\xff", refresh) == refresh
+
+
+class LookupOnly:
+    """A catalog with the agreed minimum: no listing of a client's ACLs."""
+
+    def __init__(self, inner: MemoryAclCatalog) -> None:
+        self.inner = inner
+
+    def lookup(self, cuid: str, acl_name: str) -> Any:
+        return self.inner.lookup(cuid, acl_name)
+
+    def update_activation(self, cuid: str, acl_name: str, activation_type: str) -> None:
+        self.inner.update_activation(cuid, acl_name, activation_type)
+
+
+def test_a_mitigation_activates_the_clients_activate_when_mitigating_acls() -> None:
+    # RFC 8783 §7.1: while a mitigation is in progress, the client's
+    # 'activate-when-mitigating' ACLs are active, named in the acl-list or not.
+    s = Server(catalog())
+    assert s.request(Method.PUT, 1, body()).code is Code.CREATED
+    [apply] = s.outputs()
+    assert [(a.acl_name, a.activation_type) for a in apply.acls] == [
+        ("my-accept-list", "activate-when-mitigating")]
+    # A catalog that cannot list them: only the named ones.
+    s = Server(LookupOnly(catalog()))
+    assert s.request(Method.PUT, 1, body()).code is Code.CREATED
+    [apply] = s.outputs()
+    assert apply.acls == ()
+    assert s.request(Method.PUT, 2, body([{23: "rate-limit-udp", 52: 2}])).code is (
+        Code.CREATED)
