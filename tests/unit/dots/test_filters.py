@@ -8,6 +8,8 @@ from typing import Any
 
 import cbor2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.dots.codec import cbor_to_json, decode_message, encode_message, json_to_cbor
 from gateway.dots.codes import Code, Method
@@ -394,3 +396,24 @@ def test_a_mitigation_activates_the_clients_activate_when_mitigating_acls() -> N
     assert apply.acls == ()
     assert s.request(Method.PUT, 2, body([{23: "rate-limit-udp", 52: 2}])).code is (
         Code.CREATED)
+
+
+_scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats()
+            | st.text(max_size=8) | st.binary(max_size=8))
+_keys = st.sampled_from([23, 52, 24, 200, 49152, 0, -1, 70000]) | _scalars.filter(
+    lambda v: v == v)  # NaN keys are not findable again
+_entries = st.dictionaries(_keys, _scalars | st.lists(_scalars, max_size=3), max_size=4)
+
+
+@given(st.lists(_entries | _scalars, max_size=5))
+@settings(max_examples=300)
+def test_any_acl_list_parses_or_raises_the_protocol_error(value: list[Any]) -> None:
+    catalog = MemoryAclCatalog()
+    catalog.add(CUID, ACCEPT_LIST)
+    try:
+        acls = acl_list_of(raw_scope(value))
+    except DotsProtocolError:
+        return
+    assert acls is not None
+    active_acls(catalog, CUID, acls)
+    assert acl_list_of(with_acl_list(raw_scope([]), acls)) == acls
