@@ -190,6 +190,12 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
         "dots_gateway_mitigations_refused_total", "New mitigation requests refused with 5.03: "
         "their client held [mitigation] max_requests_per_client already."
     ).add_source(lambda: {(): role.core.store.refused_over_cap})
+    server.metrics.counter(
+        "dots_gateway_acl_activations_total", "ACL activation types set by mitigation "
+        "requests (RFC 9133), by result: done, failed (the request was answered 5.03).",
+        ("result",)
+    ).add_source(lambda: {("done",): role.core.acl_activations,
+                          ("failed",): role.core.failed_activations})
     m.save_failures.add_source(lambda: {("mitigations",): float(server.database.save_failures)})
     m.unsaved_requests.add_source(lambda: {("mitigations",): float(role.core.unsaved_requests)})
     refused = server.metrics.counter(

@@ -105,6 +105,8 @@ class DotsServerCore:
         self.acl_catalog: AclCatalog = acl_catalog or NullAclCatalog()
         #: Activation types a PUT being processed sets in the catalog once it stands.
         self._activations: list[tuple[str, int, AclActivation]] = []
+        #: ACL activation types set in the catalog by requests that stood (RFC 9133).
+        self.acl_activations = 0
         #: Catalog updates that failed (the request was answered 5.03).
         self.failed_activations = 0
         self.mitigating_limits = mitigating_limits or ConfigLimits()
@@ -252,6 +254,7 @@ class DotsServerCore:
             raise
         if save is None or save():
             self.store.commit()
+            self._log_activations(undo)
             return response
         self._undo(undo)
         self.store.rollback()
@@ -325,6 +328,13 @@ class DotsServerCore:
                 raise AclActivationFailed(mid, acl) from None
             undo.append((cuid, acl.acl_name, str(previous)))
         return undo
+
+    def _log_activations(self, done: list[tuple[str, str, str]]) -> None:
+        for cuid, name, _previous in done:
+            acl = self.acl_catalog.lookup(cuid, name)
+            log.info("ACL activation cuid=%s acl-name=%s activation-type=%s", cuid, name,
+                     (acl or {}).get("activation-type", "-"))
+        self.acl_activations += len(done)
 
     def _undo(self, undo: list[tuple[str, str, str]]) -> None:
         for cuid, name, previous in reversed(undo):

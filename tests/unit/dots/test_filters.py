@@ -417,3 +417,10 @@ def test_any_acl_list_parses_or_raises_the_protocol_error(value: list[Any]) -> N
     assert acls is not None
     active_acls(catalog, CUID, acls)
     assert acl_list_of(with_acl_list(raw_scope([]), acls)) == acls
+
+
+def test_activations_are_counted() -> None:
+    s = Server(catalog())
+    s.request(Method.PUT, 1, body([{23: "my-accept-list", 52: 2}, {23: "rate-limit-udp"}]))
+    s.request(Method.PUT, 2, body([{23: "nope"}]))  # refused: nothing counted
+    assert (s.core.acl_activations, s.core.failed_activations) == (2, 0)
