@@ -88,9 +88,10 @@ class UnknownRequiredKeys(DotsProtocolError):
 
 
 class RequiredKeysNotActedOn(UnknownRequiredKeys):
-    """Registered comprehension-required keys a DOTS server does not implement (RFC 9133's
-    acl-list, activation-type): a server answers as if it did not know them (RFC 9132 §6,
-    RFC 9133 §5) instead of silently ignoring what the client asked for. 4.00."""
+    """Registered comprehension-required keys a DOTS server does not implement (where the
+    caller does not act on them: e.g. RFC 9133's acl-list outside a mitigation scope): a
+    server answers as if it did not know them (RFC 9132 §6) instead of silently ignoring
+    what the client asked for. 4.00."""
 
     def __init__(self, keys: Iterable[int], names: Iterable[str]) -> None:
         super().__init__(keys)
