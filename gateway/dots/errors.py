@@ -88,8 +88,8 @@ class UnknownRequiredKeys(DotsProtocolError):
 
 
 class RequiredKeysNotActedOn(UnknownRequiredKeys):
-    """Registered comprehension-required keys a DOTS server does not implement (where the
-    caller does not act on them: e.g. RFC 9133's acl-list outside a mitigation scope): a
+    """Registered comprehension-required keys a DOTS server does not implement (RFC 9066's
+    call-home source attributes in a mitigation request): a
     server answers as if it did not know them (RFC 9132 §6) instead of silently ignoring
     what the client asked for. 4.00."""
 
