@@ -369,8 +369,14 @@ class MitigationStore(MitigationRecords):
             self._set_status(record, Status.ATTACK_MITIGATION_IN_PROGRESS)
             self._outputs.append(ApplyMitigation(record.cuid, record.mid,
                                                  with_acl_list(scope, acls)))
-        elif filters_changed and record.state in ACTIVE_STATES:
-            self._outputs.append(UpdateFilters(record.cuid, record.mid, record.scope))
+        elif filters_changed:
+            if record.state in ACTIVE_STATES:
+                self._outputs.append(UpdateFilters(record.cuid, record.mid, record.scope))
+            # Observers see the new acl-list in a notification (RFC 7641 §4.2: the state
+            # of the resource changed).
+            self._outputs.append(MitigationStatusChanged(record.cuid, record.mid,
+                                                         record.transient_status or
+                                                         record.status))
             log.info("filters changed cuid=%s mid=%d acl-list=%s", record.cuid, record.mid,
                      ",".join(f"{a.acl_name}:{a.activation_type}" for a in acls or ()) or "-")
         record.lifetime = lifetime

@@ -110,11 +110,21 @@ async def test_activate_change_withdraw_with_the_log_backend_and_a_restart(
             assert created.code is Code.CREATED, created
             got = await client.get(1)
             assert acl_list_of(got.scopes[0]) == (AclActivation("my-accept-list", "immediate"),)
+            observation = await client.observe(1)
             # During the mitigation: deactivate one ACL, activate another (RFC 9133 §3.2).
             changed = await client.mitigate(make_scope(
                 target_prefix=["192.0.2.0/26"], lifetime=600,
                 acl_list=["my-accept-list:deactivate", "rate-limit-udp:immediate"]), mid=1)
             assert changed.code is Code.CHANGED, changed
+            # Observers are notified of the new acl-list.
+            for _ in range(5):
+                note = await observation.next(timeout=10)
+                assert note.code is Code.CONTENT and note.observe is not None
+                if len(acl_list_of(note.scopes[0]) or ()) == 2:
+                    break
+            else:
+                raise AssertionError("no notification with the new acl-list")
+            await observation.cancel()
             got = await client.get(1)
             assert acl_list_of(got.scopes[0]) == (
                 AclActivation("my-accept-list", "deactivate"),

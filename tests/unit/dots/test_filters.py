@@ -27,6 +27,7 @@ from gateway.dots.filters import (
 from gateway.dots.message import DotsRequest, Requester
 from gateway.dots.mitigation_lifecycle import (
     ApplyMitigation,
+    MitigationStatusChanged,
     UpdateFilters,
     WithdrawMitigation,
 )
@@ -255,7 +256,10 @@ def test_acl_list_in_a_refresh_changes_activation_during_the_mitigation() -> Non
     changed = s.request(Method.PUT, 1, body([{23: "my-accept-list", 52: 3},
                                              {23: "rate-limit-udp", 52: 2}]))
     assert changed.code is Code.CHANGED
-    [update] = s.outputs()
+    events = list(s.core.events())
+    # Observers are told: the mitigation's representation changed.
+    assert any(isinstance(e, MitigationStatusChanged) and e.mid == 1 for e in events)
+    [update] = [e for e in events if isinstance(e, UpdateFilters | ApplyMitigation)]
     assert isinstance(update, UpdateFilters)
     assert [(a.acl_name, a.activation_type) for a in update.acls] == [
         ("rate-limit-udp", "immediate")]
