@@ -42,6 +42,7 @@ from gateway.config import Mode, Settings, Transport
 from gateway.core_settings import build_server_core, dev_client_rules, redirect_policy
 from gateway.credentials import Trust, datagram_limits, server_contexts, stream_limits
 from gateway.dots.authz import Authorizer
+from gateway.dots.filters import AclCatalog
 from gateway.dots.mitigation_lifecycle import ACTIVE_STATES
 from gateway.ops.control import ControlProviders, ControlServer
 from gateway.ops.metrics import MetricsServer, Registry, daemon_metrics
@@ -113,9 +114,12 @@ class RunningServer:
 
 
 async def start_server(settings: Settings, *,
-                       reread: Callable[[], Settings] | None = None) -> RunningServer:
+                       reread: Callable[[], Settings] | None = None,
+                       acl_catalog: AclCatalog | None = None) -> RunningServer:
     """Bind and start serving; raises (PortInUse, OpenSSLError, ...) on a bad start.
-    ``reread``: how a reload reads the configuration (default: ``settings.source`` again)."""
+    ``reread``: how a reload reads the configuration (default: ``settings.source`` again).
+    ``acl_catalog``: the clients' ACLs (the data channel's, RFC 8783) that mitigation
+    requests may activate (RFC 9133); None: no ACL exists, an acl-list naming one is 4.04."""
     contexts = server_contexts(settings)
     trust = Trust.load(contexts.dtls.credentials)
     if contexts.dev_pki is not None:
@@ -133,11 +137,15 @@ async def start_server(settings: Settings, *,
     data_store = (DataStoreDatabase.in_state_dir(settings.general.state_dir)
                   if settings.data_channel.enabled else None)
     trusted = frozenset(settings.trusted_gateways.identities)
+    mode, upstreams, discovery = await choose_mode(settings)
+    if acl_catalog is None and data_store is not None and mode is Mode.TERMINAL:
+        # RFC 9133: the ACLs a mitigation request activates are the ones the client made
+        # over our data channel. In gateway mode acl-lists are relayed: the upstream checks.
+        acl_catalog = data_store
     role_options: dict[str, Any] = dict(
         trusted_gateways=trusted, database=database, redirect=redirect_policy(settings),
         is_anycast=anycast_classifier(settings.anycast.addresses),
-        max_observations=settings.session.max_observations)
-    mode, upstreams, discovery = await choose_mode(settings)
+        max_observations=settings.session.max_observations, acl_catalog=acl_catalog)
     role: ServerRole
     if mode is Mode.GATEWAY:
         role = build_gateway_role(settings, core, upstreams, discovery, **role_options)
@@ -221,6 +229,12 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
         "dots_gateway_mitigations_refused_total", "New mitigation requests refused with 5.03: "
         "their client held [mitigation] max_requests_per_client already."
     ).add_source(lambda: {(): role.core.store.refused_over_cap})
+    server.metrics.counter(
+        "dots_gateway_acl_activations_total", "ACL activation types set by mitigation "
+        "requests (RFC 9133), by result: done, failed (the request was answered 5.03).",
+        ("result",)
+    ).add_source(lambda: {("done",): role.core.acl_activations,
+                          ("failed",): role.core.failed_activations})
     m.save_failures.add_source(lambda: {("mitigations",): float(server.database.save_failures)})
     if server.data is not None:
         data = server.data

@@ -270,8 +270,10 @@ async def _mitigate(args: argparse.Namespace) -> int:
         scope = make_scope(target_prefix=args.target_prefix or (),
                            target_port_range=[parse_port_range(p) for p in args.port or ()],
                            target_protocol=args.protocol or (), target_fqdn=args.fqdn or (),
-                           target_uri=args.uri or (), lifetime=args.lifetime,
-                           trigger_mitigation=False if args.no_trigger else None)
+                           target_uri=args.uri or (), alias_name=args.alias or (),
+                           lifetime=args.lifetime,
+                           trigger_mitigation=False if args.no_trigger else None,
+                           acl_list=args.acl)
     except (DotsProtocolError, DotsUsageError, ValueError) as exc:
         raise UsageError(getattr(exc, "diagnostic", str(exc))) from None
     async with _client(args) as client:
@@ -437,8 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mitigate", parents=common, help="request a mitigation (PUT)",
                        description="Request a mitigation (RFC 9132 §4.4.1). Give at least "
-                       "one target: --target-prefix, --fqdn or --uri. Each list option takes "
-                       "several values and may be repeated.")
+                       "one target: --target-prefix, --fqdn, --uri or --alias. Each list "
+                       "option takes several values and may be repeated. --acl with --mid of "
+                       "an active mitigation activates or deactivates filters during it "
+                       "(RFC 9133).")
     p.add_argument("--target-prefix", action="extend", nargs="+", metavar="PREFIX",
                    help="attacked prefix, e.g. 192.0.2.0/24 or 2001:db8::/48 (host bits zero)")
     p.add_argument("--port", action="extend", nargs="+", metavar="N|LOW-HIGH",
@@ -450,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attacked DNS name, e.g. www.example.com")
     p.add_argument("--uri", action="extend", nargs="+", metavar="URI",
                    help="attacked URI, e.g. https://www.example.com/")
+    p.add_argument("--alias", action="extend", nargs="+", metavar="NAME",
+                   help="target alias created over the data channel (RFC 8783)")
+    p.add_argument("--acl", action="extend", nargs="+", metavar="NAME[:TYPE]",
+                   help="ACL created over the data channel to control with this request "
+                   "(RFC 9133); TYPE is activate-when-mitigating (the default), immediate "
+                   "or deactivate")
     p.add_argument("--lifetime", type=int, default=3600, metavar="S",
                    help="seconds, -1 = until withdrawn (default 3600)")
     p.add_argument("--no-trigger", action="store_true",

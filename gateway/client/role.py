@@ -46,6 +46,7 @@ from gateway.client.session import ClientSession
 from gateway.client.transmission import NON_RETRY_INTERVAL, Failure
 from gateway.coap.message import CoapMessage
 from gateway.dots.codes import AttackStatus, Code, ConflictCause, Method
+from gateway.dots.filters import carry_acl_list
 from gateway.dots.heartbeat import ReconnectBackoff
 from gateway.dots.message import DotsRequest
 from gateway.dots.model import Scope, SignalConfig
@@ -188,7 +189,7 @@ class DotsClient(SignalChannel):
         reply = await self._mitigation(lambda: self.core.mitigation_request(scope, chosen),
                                        mid, timeout)
         if reply.ok:
-            self._scopes[mid] = scope
+            self._scopes[mid] = carry_acl_list(scope, self._scopes.get(mid))
         return reply
 
     async def refresh(self, mid: int, scope: Scope, *, timeout: float | None = None) -> Reply:

@@ -34,6 +34,7 @@ from gateway.dots.errors import (
     NotFound,
     ServiceUnavailable,
 )
+from gateway.dots.filters import acl_list_of, merge_acl_lists, with_acl_list
 from gateway.dots.mitigation_conflicts import lost_to
 from gateway.dots.mitigation_lifecycle import (
     ACTIVE_STATES,
@@ -50,6 +51,7 @@ from gateway.dots.mitigation_lifecycle import (
     MitigationStatusChanged,
     Owner,
     Trigger,
+    UpdateFilters,
     WithdrawMitigation,
     next_state,
 )
@@ -345,14 +347,34 @@ class MitigationStore(MitigationRecords):
         assert requested is not None
         lifetime = self.policy.grant(requested)
         self._before_change((record.cuid, record.mid))
+        # RFC 9133 §3.2: a refresh or efficacy update may activate or deactivate ACLs; one
+        # without an acl-list leaves the mitigation's as it was.
+        current = acl_list_of(record.scope)
+        update = acl_list_of(scope)
+        acls = current if update is None else merge_acl_lists(current, update)
+        filters_changed = acls != current
+        if filters_changed:
+            record.scope = with_acl_list(record.scope, acls)
         if record.state is S.DEACTIVATED:
             if self._conflicts.other_clients(record.cuid, scope, now):
+                self._touch(record)
                 return PutResult(False, self._body(record, now))
             self._fire(record, T.REACTIVATED, now)
             record.conflict = None
             record.mitigation_start = self._epoch(now)
             self._set_status(record, Status.ATTACK_MITIGATION_IN_PROGRESS)
-            self._outputs.append(ApplyMitigation(record.cuid, record.mid, scope))
+            self._outputs.append(ApplyMitigation(record.cuid, record.mid,
+                                                 with_acl_list(scope, acls)))
+        elif filters_changed:
+            if record.state in ACTIVE_STATES:
+                self._outputs.append(UpdateFilters(record.cuid, record.mid, record.scope))
+            # Observers see the new acl-list in a notification (RFC 7641 §4.2: the state
+            # of the resource changed).
+            self._outputs.append(MitigationStatusChanged(record.cuid, record.mid,
+                                                         record.transient_status or
+                                                         record.status))
+            log.info("filters changed cuid=%s mid=%d acl-list=%s", record.cuid, record.mid,
+                     ",".join(f"{a.acl_name}:{a.activation_type}" for a in acls or ()) or "-")
         record.lifetime = lifetime
         record.expires_at = None if lifetime == INDEFINITE else now + lifetime
         record.scope = replace(record.scope, lifetime=requested, attack_status=None)

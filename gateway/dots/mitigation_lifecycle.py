@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway.dots.codes import Status
 from gateway.dots.errors import DotsUsageError
+from gateway.dots.filters import ActiveAcl
 from gateway.dots.model import ConflictInformation, Scope
 
 INDEFINITE = -1
@@ -184,6 +185,19 @@ class ApplyMitigation:
     cuid: str
     mid: int
     scope: Scope
+    #: The ACLs active for it (RFC 9133); the server core fills them in from its catalog.
+    acls: tuple[ActiveAcl, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateFilters:
+    """Command: an active mitigation's acl-list changed (RFC 9133 §3.2: a PUT activated or
+    deactivated ACLs); ``acls`` are the ones active now (filled in by the server core)."""
+
+    cuid: str
+    mid: int
+    scope: Scope
+    acls: tuple[ActiveAcl, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +228,8 @@ class MitigationRemoved:
     reason: Trigger
 
 
-StoreOutput = ApplyMitigation | WithdrawMitigation | MitigationStatusChanged | MitigationRemoved
+StoreOutput = (ApplyMitigation | UpdateFilters | WithdrawMitigation | MitigationStatusChanged
+               | MitigationRemoved)
 
 
 def whole_seconds(remaining: float) -> int:

@@ -13,7 +13,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.dots.authz import Authorizer
 from gateway.dots.codec import encode_message
@@ -24,10 +24,21 @@ from gateway.dots.errors import (
     MissingAttribute,
     ServiceUnavailable,
 )
+from gateway.dots.filters import (
+    AclActivation,
+    AclActivationFailed,
+    AclCatalog,
+    NullAclCatalog,
+    acl_list_of,
+    active_acls,
+    check_known,
+    with_acl_list,
+)
 from gateway.dots.heartbeat import HeartbeatMonitor, Role, SendHeartbeat, SignalLost
+from gateway.dots.keys import K
 from gateway.dots.message import DotsRequest, DotsResponse, Requester
 from gateway.dots.mitigation import MitigationStore
-from gateway.dots.mitigation_lifecycle import Owner, StoreOutput
+from gateway.dots.mitigation_lifecycle import ApplyMitigation, Owner, StoreOutput, UpdateFilters
 from gateway.dots.session_config import ConfigLimits, ServerSessionConfig
 from gateway.dots.uri import DotsPath, Resource, parse_path, parse_query
 from gateway.dots.validate import (
@@ -44,6 +55,8 @@ _session_ids = itertools.count(1)
 
 #: Max-Age (seconds) of the 5.03 for a change that could not be saved: retry after this.
 SAVE_RETRY_AFTER = 5
+#: Comprehension-required keys of a mitigation request's scope this core acts on.
+_ACTED_ON = frozenset({int(K.CONTROL_ACL_LIST)})  # RFC 9133
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +97,18 @@ class DotsServerCore:
     def __init__(self, store: MitigationStore | None = None, *,
                  mitigating_limits: ConfigLimits | None = None,
                  idle_limits: ConfigLimits | None = None, config_max_age: int = 3600,
-                 authorizer: Authorizer | None = None) -> None:
+                 authorizer: Authorizer | None = None,
+                 acl_catalog: AclCatalog | None = None) -> None:
         self.store = store or MitigationStore()
+        #: The clients' ACLs (RFC 8783 data channel) that an acl-list may name (RFC 9133);
+        #: the null catalog has none, so any name is refused with 4.04.
+        self.acl_catalog: AclCatalog = acl_catalog or NullAclCatalog()
+        #: Activation types a PUT being processed sets in the catalog once it stands.
+        self._activations: list[tuple[str, int, AclActivation]] = []
+        #: ACL activation types set in the catalog by requests that stood (RFC 9133).
+        self.acl_activations = 0
+        #: Catalog updates that failed (the request was answered 5.03).
+        self.failed_activations = 0
         self.mitigating_limits = mitigating_limits or ConfigLimits()
         self.idle_limits = idle_limits or ConfigLimits()
         self.config_max_age = config_max_age
@@ -216,22 +239,27 @@ class DotsServerCore:
 
     def _durable_mitigate(self, session: ServerSession, path: DotsPath, request: DotsRequest,
                           now: float) -> DotsResponse | None:
-        """``_mitigate``, with a PUT's or DELETE's changes saved before a success answer."""
+        """``_mitigate``, with a PUT's or DELETE's changes saved before a success answer,
+        and the ACL activations it asks for (RFC 9133) made in the catalog before that."""
         save = self.save
-        if save is None or request.method not in (Method.PUT, Method.DELETE):
+        if request.method not in (Method.PUT, Method.DELETE):
             return self._mitigate(session, path, request, now)
+        self._activations = []
         self.store.begin()
         try:
             response = self._mitigate(session, path, request, now)
+            if response is not None and not response.code.is_success:
+                self.store.rollback()
+                return response
+            undo = self._activate()
         except BaseException:
             self.store.rollback()  # a refused request leaves nothing behind
             raise
-        if response is not None and not response.code.is_success:
-            self.store.rollback()
-            return response
-        if save():
+        if save is None or save():
             self.store.commit()
+            self._log_activations(undo)
             return response
+        self._undo(undo)
         self.store.rollback()
         self.unsaved_requests += 1
         log.warning("request refused session=%d method=%s path=/%s code=5.03: the change "
@@ -270,17 +298,68 @@ class DotsServerCore:
         efficacy = is_efficacy_update(request)
         message = decode_request_body(request)
         scope = validate_mitigation_request(message, efficacy_update=efficacy)
-        refuse_required_keys_not_acted_on(message)
+        refuse_required_keys_not_acted_on(message, _ACTED_ON)
         if rule is not None:
             known = self.known_alias
             cuid = path.cuid
             Authorizer.check_targets(rule, scope, known_alias=None if known is None
                                      else lambda name: known(cuid, name))
+        acls = acl_list_of(scope)
+        if acls is not None:
+            check_known(self.acl_catalog, path.cuid, acls)  # RFC 9133 §3.2: 4.04
+            scope = with_acl_list(scope, acls)  # stored with every activation-type explicit
         result = self.store.put(path.cuid, path.mid, scope, owner, now, efficacy_update=efficacy)
         if result is None:
             return None
+        self._activations.extend((path.cuid, path.mid, acl) for acl in acls or ())
         code = Code.CREATED if result.created else Code.CHANGED
         return DotsResponse.with_body(code, encode_message(result.body))
+
+    def _activate(self) -> list[tuple[str, str, str]]:
+        """Set the activation types the request asked for in the catalog (RFC 9133 §3.2:
+        they outlive the mitigation). Returns how to undo them; on a failure, undoes what
+        it did and raises the 5.03 that names the failed update (§3.2)."""
+        undo: list[tuple[str, str, str]] = []
+        activations, self._activations = self._activations, []
+        for cuid, mid, acl in activations:
+            try:
+                before = self.acl_catalog.lookup(cuid, acl.acl_name)
+                previous = (before or {}).get("activation-type", acl.activation_type)
+                self.acl_catalog.update_activation(cuid, acl.acl_name, acl.activation_type)
+            except Exception as exc:
+                self.failed_activations += 1
+                log.error("ACL activation failed cuid=%s acl-name=%s activation-type=%s: %s",
+                          cuid, acl.acl_name, acl.activation_type, exc)
+                self._undo(undo)
+                raise AclActivationFailed(mid, acl) from None
+            undo.append((cuid, acl.acl_name, str(previous)))
+        return undo
+
+    def _log_activations(self, done: list[tuple[str, str, str]]) -> None:
+        for cuid, name, _previous in done:
+            acl = self.acl_catalog.lookup(cuid, name)
+            log.info("ACL activation cuid=%s acl-name=%s activation-type=%s", cuid, name,
+                     (acl or {}).get("activation-type", "-"))
+        self.acl_activations += len(done)
+
+    def _undo(self, undo: list[tuple[str, str, str]]) -> None:
+        for cuid, name, previous in reversed(undo):
+            try:
+                self.acl_catalog.update_activation(cuid, name, previous)
+            except Exception as exc:  # the catalog is failing: say so, go on
+                log.error("ACL activation not undone cuid=%s acl-name=%s: %s", cuid, name, exc)
+
+    def _with_acls(self, out: ServerOutput) -> ServerOutput:
+        """Commands for the mitigator carry the full ACLs active for the mitigation."""
+        if not isinstance(out, ApplyMitigation | UpdateFilters):
+            return out
+        try:
+            acls = active_acls(self.acl_catalog, out.cuid, acl_list_of(out.scope))
+        except Exception as exc:  # a saved scope that no longer parses, a failing catalog
+            log.error("ACLs of mitigation cuid=%s mid=%d not resolved: %s", out.cuid, out.mid,
+                      exc)
+            return out
+        return replace(out, acls=acls) if acls else out
 
     def _config(self, session: ServerSession, path: DotsPath, request: DotsRequest,
                 now: float) -> DotsResponse:
@@ -318,7 +397,7 @@ class DotsServerCore:
 
     def _collect(self, sessions: list[ServerSession]) -> None:
         while (out := self.store.next_event()) is not None:
-            self._outputs.append(out)
+            self._outputs.append(self._with_acls(out))
         for session in sessions:
             if session.closed:
                 continue
@@ -333,4 +412,4 @@ class DotsServerCore:
                     self.close_session(session)
                     self._outputs.append(SessionLost(session.id, frozenset(session.cuids)))
                     while (out := self.store.next_event()) is not None:
-                        self._outputs.append(out)
+                        self._outputs.append(self._with_acls(out))

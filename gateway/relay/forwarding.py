@@ -44,6 +44,7 @@ from gateway.dots.relay import (
     Domain,
     RelayedMitigation,
     RelayTable,
+    carry_acl_list_body,
     forward_hop_limit,
     loop_report,
     upstream_path,
@@ -224,7 +225,7 @@ class GatewayRelay(SharedObservations, Reinstallation):
             return self._answer(reply)  # withdrawn meanwhile: the DELETE decided
         if isinstance(reply, Reply) and reply.ok:
             granted = next((s.lifetime for s in reply.scopes if s.lifetime is not None), None)
-            record.body = prepared.request.payload
+            record.body = carry_acl_list_body(record.body, prepared.request.payload)
             record.lifetime = prepared.lifetime
             self.table.accepted(record, reply.endpoint.uri, granted, self.wall_clock())
             if not self._save():

@@ -1,4 +1,5 @@
-"""Mitigator backends: what happens to the store's ``ApplyMitigation`` / ``WithdrawMitigation``.
+"""Mitigator backends: what happens to the store's ``ApplyMitigation`` / ``UpdateFilters`` /
+``WithdrawMitigation``.
 
 The store decides *that* a scope is to be mitigated; a backend makes it so, or records it.
 ``log`` appends one JSON object per command to ``<state_dir>/mitigations.jsonl``;
@@ -12,6 +13,7 @@ The JSON object, one line::
 
     {"action": "apply", "cuid": "...", "mid": 123,
      "scope": {"target-prefix": ["192.0.2.0/24"], "lifetime": 3600, ...},
+     "acls": [{"name": "drop-udp", "activation-type": "immediate", "aces": {...}, ...}],
      "reason": null, "timestamp": "2024-05-01T12:00:00.000Z"}
 
 ``scope`` is the request's scope entry in the RFC 9132 JSON notation (RFC 7951 names). A
@@ -19,6 +21,13 @@ withdraw carries the ``reason`` (the store's trigger, e.g. ``withdrawn``,
 ``lifetime-expired``) and the scope this backend applied, or null when it did not apply it
 in this process (a request that expired while the gateway was down). Scripts should key
 their state on (cuid, mid): two requests may cover the same targets.
+
+``acls`` are the filtering rules active for the mitigation (RFC 9133: named in its
+``acl-list`` with activation type ``immediate`` or ``activate-when-mitigating``), each the
+ACL's RFC 8783 JSON from the data channel with the activation type in force. An ``update``
+(action) says an active mitigation's ACLs changed (a PUT activated or deactivated some):
+``acls`` are the ones active now and ``deactivated-acls`` the names no longer active. A
+withdraw carries the ACLs this backend last applied for the request (to be removed).
 """
 
 from __future__ import annotations
@@ -40,13 +49,19 @@ from typing import Any, Protocol
 from gateway.config import Backend, ConfigError, Settings
 from gateway.dots.codec import message_to_json
 from gateway.dots.codes import Status
+from gateway.dots.filters import ActiveAcl
 from gateway.dots.keys import MODULE
-from gateway.dots.mitigation_lifecycle import ApplyMitigation, Counters, WithdrawMitigation
+from gateway.dots.mitigation_lifecycle import (
+    ApplyMitigation,
+    Counters,
+    UpdateFilters,
+    WithdrawMitigation,
+)
 from gateway.dots.model import MitigationScope, Scope
 
 log = logging.getLogger(__name__)
 
-MitigatorCommand = ApplyMitigation | WithdrawMitigation
+MitigatorCommand = ApplyMitigation | UpdateFilters | WithdrawMitigation
 #: ``on_status(cuid, mid, status, counters)``; counters None: the report carried none.
 StatusCallback = Callable[[str, int, Status, Counters | None], None]
 
@@ -99,23 +114,34 @@ class _Backend:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.stats = MitigatorStats()
-        #: Scopes applied in this process, so a withdraw can say what it withdraws.
-        self._applied: dict[tuple[str, int], Scope] = {}
+        #: Scopes and ACLs applied in this process, so a withdraw can say what it withdraws.
+        self._applied: dict[tuple[str, int], tuple[Scope, tuple[ActiveAcl, ...]]] = {}
 
     def describe(self, command: MitigatorCommand) -> dict[str, Any]:
         """The command as the JSON object both backends hand out."""
         key = (command.cuid, command.mid)
         scope: Scope | None
+        acls: tuple[ActiveAcl, ...] = ()
+        extra: dict[str, Any] = {}
         if isinstance(command, ApplyMitigation):
-            self._applied[key] = command.scope
-            action, scope, reason = "apply", command.scope, None
+            self._applied[key] = (command.scope, command.acls)
+            action, scope, acls, reason = "apply", command.scope, command.acls, None
+        elif isinstance(command, UpdateFilters):
+            _, before = self._applied.get(key, (command.scope, ()))
+            self._applied[key] = (command.scope, command.acls)
+            action, scope, acls, reason = "update", command.scope, command.acls, None
+            now_active = {a.acl_name for a in acls}
+            extra["deactivated-acls"] = sorted({a.acl_name for a in before} - now_active)
         else:
-            action, scope, reason = "withdraw", self._applied.pop(key, None), command.reason.value
+            scope, acls = self._applied.pop(key, (None, ()))
+            action, reason = "withdraw", command.reason.value
         return {
             "action": action,
             "cuid": command.cuid,
             "mid": command.mid,
             "scope": None if scope is None else scope_to_json(scope),
+            "acls": [acl.to_json() for acl in acls],
+            **extra,
             "reason": reason,
             "timestamp": _timestamp(self.clock()),
         }

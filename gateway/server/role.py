@@ -37,12 +37,14 @@ from gateway.credentials import certificate_not_after, certificate_subject, peer
 from gateway.dots.codec import encode_message
 from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, Method, Status
 from gateway.dots.errors import DotsProtocolError
+from gateway.dots.filters import AclCatalog
 from gateway.dots.message import DotsResponse, Requester
 from gateway.dots.mitigation_lifecycle import (
     ApplyMitigation,
     Counters,
     MitigationRemoved,
     MitigationStatusChanged,
+    UpdateFilters,
     WithdrawMitigation,
 )
 from gateway.dots.model import Heartbeat
@@ -87,8 +89,12 @@ class ServerRole(ObserveNotifications):
                  database: MitigationDatabase | None = None,
                  redirect: RedirectPolicy | None = None,
                  is_anycast: Callable[[str], bool] = lambda _local: False,
-                 max_observations: int = DEFAULT_MAX_OBSERVATIONS) -> None:
+                 max_observations: int = DEFAULT_MAX_OBSERVATIONS,
+                 acl_catalog: AclCatalog | None = None) -> None:
         self.core = core
+        if acl_catalog is not None:
+            # The data channel's ACLs (RFC 8783) that mitigation requests activate (RFC 9133).
+            core.acl_catalog = acl_catalog
         self.max_observations = max_observations
         self.observations_declined = 0
         self.redirect = redirect
@@ -349,7 +355,7 @@ class ServerRole(ObserveNotifications):
             elif isinstance(event, MitigationRemoved):
                 removed.append(event)
                 changed.setdefault(event.cuid, set()).add(event.mid)
-            elif isinstance(event, ApplyMitigation | WithdrawMitigation):
+            elif isinstance(event, ApplyMitigation | UpdateFilters | WithdrawMitigation):
                 self.mitigator(event)
             elif isinstance(event, SendSessionHeartbeat):
                 target = self.sessions.get(event.session_id)

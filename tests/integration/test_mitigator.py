@@ -65,7 +65,7 @@ def test_log_backend_appends_one_json_object_per_command(
     scope_json = {"target-prefix": ["192.0.2.0/24"], "target-port-range": [{"lower-port": 443}],
                   "target-protocol": [6], "lifetime": 3600}
     assert apply == {"action": "apply", "cuid": CUID, "mid": 7, "scope": scope_json,
-                     "reason": None, "timestamp": "2024-05-01T12:00:00.000Z"}
+                     "acls": [], "reason": None, "timestamp": "2024-05-01T12:00:00.000Z"}
     assert withdraw == {**apply, "action": "withdraw", "reason": "withdrawn"}
     assert unknown["scope"] is None and unknown["reason"] == "lifetime-expired"
     assert f"mitigator apply cuid={CUID} mid=7" in caplog.text

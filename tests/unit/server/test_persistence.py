@@ -389,3 +389,24 @@ def test_a_failed_fsync_is_an_error_and_the_saves_stay_unsynced(
     with pytest.raises(PersistenceError, match="fsync failed"):
         db.make_durable()
     assert db.unsynced
+def test_acl_list_is_stored_with_the_mitigation_and_its_changes(tmp_path: Path) -> None:
+    """RFC 9133: the acl-list (as changed by a later PUT) survives a restart, and the
+    re-apply after it carries it."""
+    from gateway.dots.filters import AclActivation, acl_list_of, with_acl_list
+
+    first = MitigationStore(wall_offset=WALL)
+    first.put(CUID_A, 1, with_acl_list(scope("192.0.2.0/24"), (AclActivation("a", "immediate"),)),
+              A, now=100.0)
+    first.put(CUID_A, 1, with_acl_list(scope("192.0.2.0/24"), (AclActivation("a", "deactivate"),
+                                                               AclActivation("b"))), A, now=101.0)
+    db = MitigationDatabase.in_state_dir(tmp_path)
+    db.sync(first)
+    db.close()
+    second = MitigationStore(wall_offset=WALL)
+    db = MitigationDatabase.in_state_dir(tmp_path)
+    db.restore_into(second, now=102.0)
+    db.close()
+    expected = (AclActivation("a", "deactivate"), AclActivation("b"))
+    assert acl_list_of(second.get(CUID_A, 1, A, now=102.0).scope[0]) == expected
+    [apply] = [e for e in iter(second.next_event, None) if isinstance(e, ApplyMitigation)]
+    assert acl_list_of(apply.scope) == expected
