@@ -1,8 +1,9 @@
 """``dots-client``: the command-line DOTS client.
 
 Session commands talk to a DOTS server through ``gateway.client.role.DotsClient``:
-``config get|put``, ``mitigate``, ``efficacy``, ``withdraw``, ``get`` (``--observe``) and
-``hb``. Each request and its answer are printed as one JSON document in the RFC's notation
+``config get|put``, ``mitigate``, ``efficacy``, ``withdraw``, ``get`` (``--observe``),
+``hb`` and ``telemetry ...`` (RFC 9244, ``gateway.client.telemetry_cli``). Each request
+and its answer are printed as one JSON document in the RFC's notation
 (``--cbor`` adds the wire bytes in hex). ``encode``/``decode`` convert between that JSON and
 the CBOR wire form without any network, so requests can be fed to other CoAP tools.
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
+from gateway.client.telemetry_cli import Tools, add_telemetry_parser
 from gateway.config.loading import DEFAULT_STATE_DIR  # the same ./state as dots-gateway
 from gateway.dots.codec import cbor_to_json, json_to_cbor
 from gateway.dots.errors import DotsProtocolError, DotsUsageError
@@ -187,8 +189,8 @@ def _document(reply: Any, *, cbor: bool) -> dict[str, Any]:
         resp["observe"] = reply.observe
     if response.max_age is not None:
         resp["max-age"] = response.max_age
-    if reply.message is not None:
-        resp["body"] = _body(response.payload)
+    if reply.message is not None or (response.payload and not response.diagnostic):
+        resp["body"] = _body(response.payload)  # a DOTS message, or telemetry (RFC 9244)
     elif response.payload:
         resp["diagnostic"] = reply.diagnostic
     if cbor and response.payload:
@@ -210,10 +212,15 @@ def _note_redirect(reply: Any) -> None:
 
 
 def _body(payload: bytes) -> Any:
+    from gateway.dots.telemetry import body_to_json
+
     try:
         return cbor_to_json(payload)
     except DotsProtocolError as exc:
-        return {"undecodable": exc.diagnostic, "hex": payload.hex()}
+        try:
+            return body_to_json(payload)
+        except DotsProtocolError:
+            return {"undecodable": exc.diagnostic, "hex": payload.hex()}
 
 
 def _print(reply: Any, args: argparse.Namespace) -> None:
@@ -474,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("hb", parents=common, help="send one heartbeat")
     p.set_defaults(func=_run, coroutine=_hb)
+
+    add_telemetry_parser(sub, common, Tools(_client, _print, _verdict, _follow, UsageError,
+                                            _run))
     return parser
 
 

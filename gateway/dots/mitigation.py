@@ -48,6 +48,7 @@ from gateway.dots.mitigation_lifecycle import (
     MitigationRemoved,
     MitigationState,
     MitigationStatusChanged,
+    MitigationTelemetry,
     Owner,
     Trigger,
     WithdrawMitigation,
@@ -56,6 +57,7 @@ from gateway.dots.mitigation_lifecycle import (
 )
 from gateway.dots.mitigation_records import MitigationRecords
 from gateway.dots.model import ConflictInformation, MitigationScope, Scope, Targets
+from gateway.dots.telemetry import SCOPE_TELEMETRY as _SCOPE_TELEMETRY
 from gateway.dots.uri import ContentFilter
 
 log = logging.getLogger(__name__)
@@ -349,7 +351,8 @@ class MitigationStore(MitigationRecords):
         assert requested is not None
         lifetime = self.policy.grant(requested)
         self._before_change((record.cuid, record.mid))
-        if record.state is S.DEACTIVATED:
+        reactivated = record.state is S.DEACTIVATED
+        if reactivated:
             if self._conflicts.other_clients(record.cuid, scope, now):
                 return PutResult(False, self._body(record, now))
             self._fire(record, T.REACTIVATED, now)
@@ -368,6 +371,11 @@ class MitigationStore(MitigationRecords):
                 record.mid,
                 scope.attack_status.label if scope.attack_status else "-",
             )
+        telemetry = tuple((k, v) for k, v in scope.extensions if k in _SCOPE_TELEMETRY)
+        if telemetry and not reactivated:  # a reactivation's ApplyMitigation carries it
+            # RFC 9244 §9.1: the mitigator gets the client's view of the attack.
+            self._outputs.append(MitigationTelemetry(record.cuid, record.mid, telemetry,
+                                                     scope.attack_status))
         return PutResult(False, self._body(record, now))
 
     def _create(self, cuid: str, mid: int, scope: Scope, owner: Owner, now: float) -> PutResult:
