@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
-from gateway.client.telemetry_cli import Tools, add_telemetry_parser
+from gateway.client.telemetry_cli import Tools, add_telemetry_parser, scope_telemetry_file
 from gateway.config.loading import DEFAULT_STATE_DIR  # the same ./state as dots-gateway
 from gateway.dots.codec import cbor_to_json, json_to_cbor
 from gateway.dots.errors import DotsProtocolError, DotsUsageError
@@ -43,6 +43,11 @@ _CONFIG_OPTIONS = (  # (option, SessionParameters field, type)
     ("--ack-timeout", "ack_timeout", Decimal),
     ("--ack-random-factor", "ack_random_factor", Decimal),
 )
+
+
+_TELEMETRY_HELP = ("JSON object of RFC 9244 attack telemetry to carry in the scope "
+                   '(e.g. {"ietf-dots-telemetry:total-attack-traffic": [{"unit": '
+                   '"megabit-ps", "peak-g": "900"}]}), or - for stdin')
 
 
 class UsageError(Exception):
@@ -279,6 +284,9 @@ async def _mitigate(args: argparse.Namespace) -> int:
                            trigger_mitigation=False if args.no_trigger else None)
     except (DotsProtocolError, DotsUsageError, ValueError) as exc:
         raise UsageError(getattr(exc, "diagnostic", str(exc))) from None
+    from dataclasses import replace
+
+    scope = replace(scope, extensions=scope_telemetry_file(args.telemetry, UsageError))
     async with _client(args) as client:
         reply = await client.mitigate(scope, mid=args.mid)
         _print(reply, args)
@@ -289,13 +297,16 @@ async def _efficacy(args: argparse.Namespace) -> int:
     from gateway.dots.codes import AttackStatus
 
     status = AttackStatus.from_label(args.attack_status)
+    scope_telemetry_file(args.telemetry, UsageError)  # a bad file stops before connecting
     async with _client(args) as client:
         # §4.4.3: the update repeats the original parameters; the server has them.
         current = await client.get(args.mid)
         if not current.ok or len(current.scopes) != 1:
             _print(current, args)
             return _verdict(current)
-        reply = await client.efficacy_update(args.mid, current.scopes[0], status)
+        reply = await client.efficacy_update(
+            args.mid, current.scopes[0], status,
+            telemetry=scope_telemetry_file(args.telemetry, UsageError))
         _print(reply, args)
         return _verdict(reply)
 
@@ -461,12 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mid", type=int,
                    help="refresh or change this request (default: a new mid, saved in "
                    "the state directory)")
+    p.add_argument("--telemetry", metavar="FILE", help=_TELEMETRY_HELP)
     p.set_defaults(func=_run, coroutine=_mitigate)
 
     p = sub.add_parser("efficacy", parents=common, help="efficacy update of a mitigation")
     p.add_argument("--mid", type=int, required=True)
     p.add_argument("--attack-status", required=True,
                    choices=["under-attack", "attack-successfully-mitigated"])
+    p.add_argument("--telemetry", metavar="FILE", help=_TELEMETRY_HELP)
     p.set_defaults(func=_run, coroutine=_efficacy)
 
     p = sub.add_parser("withdraw", parents=common, help="withdraw a mitigation (DELETE)")

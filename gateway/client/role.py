@@ -48,7 +48,7 @@ from gateway.coap.message import CoapMessage
 from gateway.dots.codes import AttackStatus, Code, ConflictCause, Method
 from gateway.dots.heartbeat import ReconnectBackoff
 from gateway.dots.message import DotsRequest
-from gateway.dots.model import Scope, SignalConfig
+from gateway.dots.model import Extensions, Scope, SignalConfig
 from gateway.dots.session_config import SessionParameters
 from gateway.dots.uri import ContentFilter
 from gateway.transport.tls_context import ClientCredentials
@@ -196,10 +196,12 @@ class DotsClient(SignalChannel):
         return await self.mitigate(scope, mid=mid, timeout=timeout)
 
     async def efficacy_update(self, mid: int, scope: Scope, attack_status: AttackStatus, *,
+                              telemetry: Extensions = (),
                               timeout: float | None = None) -> Reply:
         """PUT with the original parameters, ``attack-status`` and an empty If-Match (§4.4.3);
-        ``scope`` may be what a GET returned (server-only nodes are dropped). 2.04."""
-        body = request_scope(scope)
+        ``scope`` may be what a GET returned (server-only nodes are dropped). 2.04.
+        ``telemetry``: RFC 9244 §9.1 attributes (keys 204-207) to carry with it."""
+        body = replace(request_scope(scope), extensions=tuple(telemetry))
         return await self._mitigation(
             lambda: self.core.efficacy_update(mid, body, attack_status), mid, timeout)
 

@@ -111,6 +111,24 @@ async def _telemetry(args: argparse.Namespace, tools: Tools) -> int:
         return tools.verdict(reply)
 
 
+def scope_telemetry_file(source: str | None,
+                         usage_error: type[Exception]) -> tuple[tuple[int, Any], ...]:
+    """``--telemetry FILE`` of ``mitigate``/``efficacy``: §8.1 attributes for the scope."""
+    from gateway.dots.telemetry import scope_telemetry_from_json
+
+    if source is None:
+        return ()
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+        return scope_telemetry_from_json(json.loads(text))
+    except OSError as exc:
+        raise usage_error(f"{source}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise usage_error(f"{source}: not JSON: {exc}") from None
+    except DotsProtocolError as exc:
+        raise usage_error(f"{source}: {exc.diagnostic}") from None
+
+
 def _body_for(args: argparse.Namespace, tools: Tools) -> bytes:
     """The CBOR body: the JSON input, or one built from the options (not both)."""
     from gateway.dots.telemetry import body_from_json

@@ -338,6 +338,29 @@ def tree_from_json(obj: Any, *, kinds: frozenset[int] = MESSAGE_KINDS) -> Tree:
     return tree_from_cbor(cbor_like, kinds=kinds)
 
 
+def extension_tree_from_json(obj: Any, kinds: frozenset[int]) -> Tree:
+    """JSON of a message of a later RFC (RFC 9244's telemetry bodies, whose values we keep
+    whole) -> checked tree. Strict: a value that does not fit the key table is an error
+    here, where the writer can fix it, not a value kept as written (as when relaying)."""
+    if not isinstance(obj, dict):
+        raise MalformedPayload("message: expected a JSON object")
+    cbor_like: dict[int, Any] = {}
+    for name, value in obj.items():
+        info = _info_for_json_name(name)
+        if info is None or info.key not in kinds:
+            raise MalformedPayload(f"message: unexpected attribute {name!r}")
+        cbor_like[info.key] = _opaque_from_json(value, info, 1)
+    return tree_from_cbor(cbor_like, kinds=kinds)
+
+
+def extension_value_from_json(name: str, value: Any) -> tuple[int, Any]:
+    """One attribute of a later RFC by its JSON name -> (key, CBOR value), strictly."""
+    info = _info_for_json_name(name)
+    if info is None or not info.opaque:
+        raise MalformedPayload(f"unknown extension attribute {name!r}")
+    return info.key, _opaque_from_json(value, info, 1)
+
+
 def _json_map_to_cbor(obj: Any, where: str, depth: int) -> dict[int, Any]:
     if depth > _MAX_DEPTH:
         raise MalformedPayload("JSON nesting too deep")

@@ -25,8 +25,9 @@ from gateway.dots.codec import (
     decimal_to_cbor,
     decode_cbor,
     encode_cbor,
+    extension_tree_from_json,
+    extension_value_from_json,
     tree_from_cbor,
-    tree_from_json,
     tree_to_json,
 )
 from gateway.dots.codes import Code
@@ -120,7 +121,7 @@ def body_to_json(payload: bytes) -> dict[str, Any]:
 def body_from_json(obj: Any) -> bytes:
     """JSON in the RFC's notation -> a telemetry body (for ``dots-client telemetry``)."""
     # The same check a server makes: exactly one telemetry container at the top.
-    tree = tree_from_json(obj, kinds=frozenset({SETUP_MESSAGE, TELEMETRY_MESSAGE}))
+    tree = extension_tree_from_json(obj, frozenset({SETUP_MESSAGE, TELEMETRY_MESSAGE}))
     return encode_cbor(tree)
 
 
@@ -131,6 +132,23 @@ def scope_telemetry(extensions: Iterable[tuple[int, Any]]) -> dict[int, Any]:
 
 def scope_telemetry_json(extensions: Iterable[tuple[int, Any]]) -> dict[str, Any]:
     return tree_to_json(scope_telemetry(extensions))
+
+
+def scope_telemetry_from_json(obj: Any) -> tuple[tuple[int, Any], ...]:
+    """A JSON object of §8.1 attributes as they stand in a mitigation request's scope
+    (``"ietf-dots-telemetry:total-attack-traffic": [...]``...) -> scope extensions."""
+    if not isinstance(obj, dict) or not obj:
+        raise MalformedPayload("expected a JSON object of telemetry attributes")
+    out = []
+    for name, value in obj.items():
+        key, cbor = extension_value_from_json(name, value)
+        if key not in SCOPE_TELEMETRY:
+            raise MalformedPayload(f"{name!r} is not a telemetry attribute of a mitigation "
+                                   "request (RFC 9244 §8.1: ietf-dots-telemetry:total-traffic, "
+                                   "total-attack-traffic, total-attack-connection, "
+                                   "attack-detail)")
+        out.append((key, cbor))
+    return tuple(out)
 
 
 # --- state ----------------------------------------------------------------------------------
