@@ -51,7 +51,7 @@ SETUP_MESSAGE, TELEMETRY_MESSAGE = 203, 208
 # Mitigation-request and efficacy-update telemetry in a scope entry (§9.1).
 SCOPE_TELEMETRY = frozenset({204, 205, 206, 207})
 # RFC 9132 target keys, reused inside 'target' and 'baseline' (§7.3, §8.1.1).
-_PREFIX, _PORTS, _PROTOCOL, _FQDN, _URI, _ALIAS = 6, 7, 10, 11, 12, 13
+_PREFIX, _PORTS, _LOWER, _UPPER, _PROTOCOL, _FQDN, _URI, _ALIAS = 6, 7, 8, 9, 10, 11, 12, 13
 _TARGET_KEYS = frozenset({_PREFIX, _PORTS, _PROTOCOL, _FQDN, _URI, _ALIAS})
 
 CONFIG, PIPE_KIND, BASELINE_KIND = "telemetry-config", "pipe", "baseline"
@@ -543,6 +543,17 @@ def _check_targets(node: Mapping[int, Any], where: str, *, allow_mid_list: bool,
         for text in node.get(key, ()):
             if not isinstance(text, str) or not text:
                 raise InvalidValue(f"{where}: key {key} values must be non-empty strings")
+    for ident in node.get(MID_LIST, ()) if allow_mid_list else ():
+        _uint(ident, f"{where}: mid-list value")
+    for protocol in node.get(_PROTOCOL, ()):
+        _uint(protocol, f"{where}: target-protocol value", 255)
+    for ports in node.get(_PORTS, ()):
+        if not isinstance(ports, dict) or _LOWER not in ports:
+            raise InvalidValue(f"{where}: a target-port-range entry needs lower-port")
+        lower = _uint(ports[_LOWER], f"{where}: lower-port", 2**16 - 1)
+        upper = _uint(ports.get(_UPPER, lower), f"{where}: upper-port", 2**16 - 1)
+        if upper < lower:
+            raise InvalidValue(f"{where}: upper-port {upper} is below lower-port {lower}")
 
 
 def _network(text: Any, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import cbor2
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.dots.client import DotsClientCore
 from gateway.dots.codes import AttackStatus, Code, Method
@@ -225,6 +228,10 @@ def test_tm_put_get_override_and_delete() -> None:
         pytest.param({"target": {"target-prefix": ["192.0.2.0/33"]}}, "not an IP prefix",
                      id="bad-prefix"),
         pytest.param({"target": {"target-prefix": []}}, "non-empty list", id="empty-list"),
+        pytest.param({"target": {"target-protocol": [300]}}, "target-protocol value",
+                     id="protocol-range"),
+        pytest.param({"target": {"target-port-range": [{"lower-port": 90, "upper-port": 80}]}},
+                     "below lower-port", id="port-order"),
     ],
 )
 def test_tm_refusals(entry: dict[str, Any], fragment: str) -> None:
@@ -233,6 +240,17 @@ def test_tm_refusals(entry: dict[str, Any], fragment: str) -> None:
     error = refused(store.plan_tm_put, CUID, 1, body)
     assert error.code is Code.BAD_REQUEST
     assert fragment in error.diagnostic
+
+
+@pytest.mark.parametrize("target", [{186: [{}]}, {186: [-1]}, {7: [1]}, {10: ["x"]}],
+                         ids=["mid-list-map", "mid-list-negative", "port-not-map",
+                              "protocol-text"])
+def test_bad_target_values_are_refused_not_crashed(target: dict[int, Any]) -> None:
+    # Found writing the fuzz test: a map in mid-list crashed the overlap check (unhashable).
+    store = TelemetryStore()
+    store.apply(store.plan_tm_put(CUID, 2, tm_body("192.0.2.0/24")))
+    error = refused(store.plan_tm_put, CUID, 3, cbor2.dumps({208: {138: [{189: target}]}}))
+    assert error.code is Code.BAD_REQUEST
 
 
 def test_json_bodies_are_checked_strictly() -> None:
@@ -315,3 +333,32 @@ def test_efficacy_update_telemetry_reaches_the_mitigator_events() -> None:
     assert response is not None and response.code is Code.CHANGED
     events = [e for e in server.events() if isinstance(e, MitigationTelemetry)]
     assert events == [MitigationTelemetry(CUID, 7, attack, AttackStatus.UNDER_ATTACK)]
+
+
+# --- fuzz: any body either is accepted or raises the protocol error -----------------------------
+
+_KEYS = st.sampled_from([6, 7, 10, 11, 12, 13, 128, 129, 130, 133, 134, 135, 136, 137, 138,
+                         163, 174, 175, 176, 179, 180, 181, 182, 186, 189, 190, 205])
+_LEAVES = st.one_of(st.integers(-5, 2**64), st.text(max_size=8), st.booleans(), st.none(),
+                    st.sampled_from(["192.0.2.0/24", "2001:db8::/32", "10.0.0.0/33"]),
+                    st.builds(lambda: cbor2.CBORTag(4, [-2, 950])), st.floats(allow_nan=True))
+_VALUES = st.recursive(_LEAVES, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(_KEYS, inner, max_size=4)), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(_KEYS, _VALUES, max_size=4), st.sampled_from([203, 208]),
+       st.integers(0, 3))
+def test_any_body_is_accepted_or_refused_with_a_code(inner: dict[int, Any], top: int,
+                                                     ident: int) -> None:
+    store = TelemetryStore()
+    store.apply(store.plan_tm_put(CUID, 2, tm_body("192.0.2.0/24")))
+    store.apply(store.plan_setup_put(CUID, 2, setup_body(pipe(("link1", 4)))))
+    payload = cbor2.dumps({top: inner})
+    for plan in (store.plan_setup_put, store.plan_tm_put):
+        try:
+            store.apply(plan(CUID, ident, payload))
+        except DotsProtocolError:
+            continue
+        store.setup_body(CUID, None)  # what was accepted can be rendered
+        store.tm_body(CUID, None)
