@@ -57,7 +57,7 @@ from gateway.dots.mitigation_lifecycle import (
 )
 from gateway.dots.mitigation_records import MitigationRecords
 from gateway.dots.model import ConflictInformation, MitigationScope, Scope, Targets
-from gateway.dots.telemetry import SCOPE_TELEMETRY as _SCOPE_TELEMETRY
+from gateway.dots.telemetry_checks import SCOPE_TELEMETRY as _SCOPE_TELEMETRY
 from gateway.dots.uri import ContentFilter
 
 log = logging.getLogger(__name__)
