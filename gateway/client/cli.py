@@ -73,8 +73,19 @@ def _name(source: str) -> str:
 
 
 def _encode(args: argparse.Namespace) -> int:
+    from gateway.dots.telemetry import body_from_json
+
     try:
-        data = json_to_cbor(_read(args.input).decode("utf-8"))
+        text = _read(args.input).decode("utf-8")
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            obj = None  # json_to_cbor names the JSON error
+        if isinstance(obj, dict) and any(str(k).startswith("ietf-dots-telemetry:")
+                                         for k in obj):
+            data = body_from_json(obj)  # an RFC 9244 /tm-setup or /tm body
+        else:
+            data = json_to_cbor(text)
     except UnicodeDecodeError as exc:
         raise UsageError(f"{_name(args.input)}: not UTF-8 text (byte {exc.start})") from None
     except DotsProtocolError as exc:
@@ -96,10 +107,16 @@ def _decode(args: argparse.Namespace) -> int:
             raw = bytes.fromhex(raw.decode("ascii"))
         except ValueError:  # UnicodeDecodeError included
             raise UsageError(f"{_name(args.input)}: not hex digits") from None
+    from gateway.dots.telemetry import body_to_json
+
     try:
-        print(json.dumps(cbor_to_json(raw), indent=2))
+        doc = cbor_to_json(raw)
     except DotsProtocolError as exc:
-        raise UsageError(f"{_name(args.input)}: {exc.diagnostic}") from None
+        try:
+            doc = body_to_json(raw)  # an RFC 9244 /tm-setup or /tm body
+        except DotsProtocolError:
+            raise UsageError(f"{_name(args.input)}: {exc.diagnostic}") from None
+    print(json.dumps(doc, indent=2))
     return EXIT_OK
 
 
