@@ -295,8 +295,8 @@ class DotsServerCore:
                    request: DotsRequest) -> DotsResponse:
         """``/tm-setup`` (RFC 9244 §7) and ``/tm`` (§8) of the client named by cuid."""
         assert path.cuid is not None
-        if self.authorizer is not None:
-            self.authorizer.check_cuid(session.requester, path.cuid)
+        rule = (self.authorizer.check_cuid(session.requester, path.cuid)
+                if self.authorizer is not None else None)
         setup = path.resource is Resource.TM_SETUP
         ident = path.tsid if setup else path.tmid
         name = "tsid" if setup else "tmid"
@@ -322,6 +322,9 @@ class DotsServerCore:
         else:
             raise MethodNotAllowed(f"{request.method.name} is not used on "
                                    f"{path.resource.value} (GET, PUT and DELETE are)")
+        if rule is not None:
+            for targets in plan.targets:  # the client's own prefixes and names, as on mitigate
+                Authorizer.check_targets(rule, targets)
         session.cuids.add(path.cuid)
         save = self.save_telemetry
         if plan.changes and save is not None and not save(plan.changes):

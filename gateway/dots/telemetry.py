@@ -40,20 +40,27 @@ from gateway.dots.errors import (
     ServiceUnavailable,
     UnacceptableConfig,
 )
+from gateway.dots.model import PortRange, Scope, parse_prefix
 from gateway.dots.telemetry_checks import (
+    ALIAS,
     BASELINE,
     CONFIG,
     CURRENT_CONFIG,
+    FQDN,
     HIGH,
     INTERVAL,
     LOW,
+    LOWER_PORT,
     MAX_CONFIG,
     MID_P,
     MIN_CONFIG,
     NOTIFY_INTERVAL,
     PIPE,
     PIPE_KIND,
+    PORTS,
     PRE,
+    PREFIX,
+    PROTOCOL,
     QUERY_TYPE,
     SAMPLE,
     SCOPE_TELEMETRY,
@@ -61,6 +68,7 @@ from gateway.dots.telemetry_checks import (
     SETUP_KIND,
     SETUP_MESSAGE,
     TARGET,
+    TARGET_KEYS,
     TELEMETRY,
     TELEMETRY_MESSAGE,
     TMID,
@@ -69,6 +77,8 @@ from gateway.dots.telemetry_checks import (
     UNIT_CLASSES,
     UNIT_CONFIG,
     UNIT_STATUS,
+    UPPER_PORT,
+    URI,
     check_baseline,
     check_bounded,
     check_pipe,
@@ -221,6 +231,9 @@ class Plan:
     state: ClientTelemetry
     changes: tuple[Change, ...]
     code: Code
+    #: The targets the PUT names (its 'target', its baselines' targets), as scopes, for the
+    #: same authorization as a mitigation request's (the client's own prefixes and names).
+    targets: tuple[Scope, ...] = ()
 
 
 class TelemetryStore:
@@ -273,7 +286,10 @@ class TelemetryStore:
         stored = stored_pipe(entry) if kind == PIPE_KIND else entry
         state.setups[tsid] = Setup(kind, stored, cdid)
         changes.append(Change(cuid, "setup", tsid, cdid, encode_cbor(stored)))
-        return Plan(cuid, state, tuple(changes), Code.CREATED if created else Code.CHANGED)
+        targets = tuple(target_scope(item) for item in entry.get(BASELINE, ())
+                        if any(key in TARGET_KEYS for key in item))
+        return Plan(cuid, state, tuple(changes), Code.CREATED if created else Code.CHANGED,
+                    targets)
 
     def plan_setup_delete(self, cuid: str, tsid: int | None) -> Plan:
         """DELETE one tsid (§7.1.4) or all of them (§7.4): 2.02 even when there was none."""
@@ -421,7 +437,8 @@ class TelemetryStore:
                                      "limit; delete some first", _RETRY_AFTER)
         state.pre[tmid] = PreMitigation(dict(entry), cdid)
         changes.append(Change(cuid, "tm", tmid, cdid, encode_cbor(dict(entry))))
-        return Plan(cuid, state, tuple(changes), Code.CHANGED)  # §8.2: 2.04
+        scopes = (target_scope(target),) if any(key in TARGET_KEYS for key in target) else ()
+        return Plan(cuid, state, tuple(changes), Code.CHANGED, scopes)  # §8.2: 2.04
 
     def plan_tm_delete(self, cuid: str, tmid: int | None) -> Plan:
         """DELETE one tmid, or all of them without one (§8.2): 2.02."""
@@ -466,6 +483,17 @@ class TelemetryStore:
                 client.pre[ident] = PreMitigation(entry, cdid)
             count += 1
         return count
+
+
+def target_scope(node: Mapping[int, Any]) -> Scope:
+    """The RFC 9132 targets of a telemetry 'target' or baseline entry (checked already), as
+    a scope: its constructor refuses what a mitigation request may not name (4.00)."""
+    ports = tuple(PortRange(p[LOWER_PORT], p.get(UPPER_PORT)) for p in node.get(PORTS, ()))
+    return Scope(target_prefix=tuple(parse_prefix(p) for p in node.get(PREFIX, ())),
+                 target_port_range=ports,
+                 target_protocol=tuple(node.get(PROTOCOL, ())),
+                 target_fqdn=tuple(node.get(FQDN, ())), target_uri=tuple(node.get(URI, ())),
+                 alias_name=tuple(node.get(ALIAS, ())))
 
 
 # --- rendering -------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ SETUP_MESSAGE, TELEMETRY_MESSAGE = 203, 208
 # Mitigation-request and efficacy-update telemetry in a scope entry (§9.1).
 SCOPE_TELEMETRY = frozenset({204, 205, 206, 207})
 # RFC 9132 target keys, reused inside 'target' and 'baseline' (§7.3, §8.1.1).
-PREFIX, PORTS, _LOWER, _UPPER, _PROTOCOL, _FQDN, _URI, _ALIAS = 6, 7, 8, 9, 10, 11, 12, 13
-TARGET_KEYS = frozenset({PREFIX, PORTS, _PROTOCOL, _FQDN, _URI, _ALIAS})
+PREFIX, PORTS, LOWER_PORT, UPPER_PORT, PROTOCOL, FQDN, URI, ALIAS = 6, 7, 8, 9, 10, 11, 12, 13
+TARGET_KEYS = frozenset({PREFIX, PORTS, PROTOCOL, FQDN, URI, ALIAS})
 
 CONFIG, PIPE_KIND, BASELINE_KIND = "telemetry-config", "pipe", "baseline"
 SETUP_KIND = {CURRENT_CONFIG: CONFIG, PIPE: PIPE_KIND, BASELINE: BASELINE_KIND}
@@ -118,19 +118,19 @@ def check_targets(node: Mapping[int, Any], where: str, *, allow_mid_list: bool,
             raise InvalidValue(f"{where}: key {key} must be a non-empty list (RFC 9244 §5.3)")
     for text in node.get(PREFIX, ()):
         _network(text, where)
-    for key in (_FQDN, _URI, _ALIAS):
+    for key in (FQDN, URI, ALIAS):
         for text in node.get(key, ()):
             if not isinstance(text, str) or not text:
                 raise InvalidValue(f"{where}: key {key} values must be non-empty strings")
     for ident in node.get(MID_LIST, ()) if allow_mid_list else ():
         check_uint(ident, f"{where}: mid-list value")
-    for protocol in node.get(_PROTOCOL, ()):
+    for protocol in node.get(PROTOCOL, ()):
         check_uint(protocol, f"{where}: target-protocol value", 255)
     for ports in node.get(PORTS, ()):
-        if not isinstance(ports, dict) or _LOWER not in ports:
+        if not isinstance(ports, dict) or LOWER_PORT not in ports:
             raise InvalidValue(f"{where}: a target-port-range entry needs lower-port")
-        lower = check_uint(ports[_LOWER], f"{where}: lower-port", 2**16 - 1)
-        upper = check_uint(ports.get(_UPPER, lower), f"{where}: upper-port", 2**16 - 1)
+        lower = check_uint(ports[LOWER_PORT], f"{where}: lower-port", 2**16 - 1)
+        upper = check_uint(ports.get(UPPER_PORT, lower), f"{where}: upper-port", 2**16 - 1)
         if upper < lower:
             raise InvalidValue(f"{where}: upper-port {upper} is below lower-port {lower}")
 
@@ -139,7 +139,7 @@ def _network(text: Any, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Net
     if not isinstance(text, str):
         raise InvalidValue(f"{where}: target-prefix values must be strings")
     try:
-        return ipaddress.ip_network(text, strict=True)
+        return ipaddress.ip_network(text, strict=False)  # host bits: as on mitigate
     except ValueError:
         raise InvalidValue(f"{where}: {text!r} is not an IP prefix") from None
 
@@ -150,7 +150,7 @@ def targets_overlap(a: Mapping[int, Any], b: Mapping[int, Any]) -> bool:
     nets_b = [_network(t, "target") for t in b.get(PREFIX, ())]
     if any(x.version == y.version and x.overlaps(y) for x in nets_a for y in nets_b):
         return True
-    for key in (_FQDN, _URI, _ALIAS, MID_LIST):
+    for key in (FQDN, URI, ALIAS, MID_LIST):
         if set(a.get(key, ())) & set(b.get(key, ())):
             return True
     return False

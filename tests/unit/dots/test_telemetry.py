@@ -176,8 +176,8 @@ def test_baselines_override_by_id_and_target() -> None:
         pytest.param(lambda: setup_body({"baseline": [{"target-prefix": ["192.0.2.0/24"]}]}),
                      Code.BAD_REQUEST, "needs its 'id'", id="baseline-without-id"),
         pytest.param(lambda: setup_body({"baseline": [{"id": 1,
-                                                       "target-prefix": ["192.0.2.1/24"]}]}),
-                     Code.BAD_REQUEST, "not an IP prefix", id="baseline-host-bits"),
+                                                       "target-prefix": ["192.0.2.0/40"]}]}),
+                     Code.BAD_REQUEST, "not an IP prefix", id="baseline-bad-prefix"),
         pytest.param(lambda: b"", Code.BAD_REQUEST, "needs a body", id="no-body"),
         pytest.param(lambda: tm_body("192.0.2.0/24"), Code.BAD_REQUEST,
                      "exactly one of ietf-dots-telemetry:telemetry-setup", id="tm-body"),
@@ -362,3 +362,29 @@ def test_any_body_is_accepted_or_refused_with_a_code(inner: dict[int, Any], top:
             continue
         store.setup_body(CUID, None)  # what was accepted can be rendered
         store.tm_body(CUID, None)
+
+
+def test_telemetry_targets_are_authorized_like_mitigation_targets() -> None:
+    from gateway.dots.authz import Authorizer, ClientRule
+
+    rule = ClientRule("site-a", cuid=CUID, prefixes=(parse_prefix("192.0.2.0/24"),),
+                      fqdns=("example.com",))
+    server = DotsServerCore(authorizer=Authorizer([rule]))
+    session = server.open_session(Requester(CUID), 0.0)
+    client = DotsClientCore(CUID, 0.0)
+
+    def code(request: DotsRequest) -> Code:
+        response = server.receive_request(session, request, 0.0)
+        assert response is not None
+        return response.code
+
+    assert code(client.telemetry_put(tm_body("192.0.2.0/25"), 1)) is Code.CHANGED
+    assert code(client.telemetry_put(tm_body("198.51.100.0/24"), 2)) is Code.UNAUTHORIZED
+    outside = setup_body({"baseline": [{"id": 1, "target-fqdn": ["www.example.net"]}]})
+    assert code(client.telemetry_setup_put(outside, 3)) is Code.UNAUTHORIZED
+    domain_wide = setup_body({"baseline": [{"id": 1, "total-traffic-normal": [
+        {"unit": "megabit-ps", "peak-g": "100"}]}]})
+    assert code(client.telemetry_setup_put(domain_wide, 3)) is Code.CREATED
+    other = DotsClientCore("another-cuid-not-ours", 0.0)
+    assert code(other.telemetry_get()) is Code.UNAUTHORIZED
+    assert [t for t in server.telemetry.clients[CUID].pre] == [1]
