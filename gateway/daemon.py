@@ -156,6 +156,7 @@ async def start_server(settings: Settings, *,
     data: DataChannelServer | None = None
     try:
         database.restore_into(core.store, now)
+        database.restore_telemetry_into(core.telemetry)
         mitigator = build_mitigator(settings, role.mitigator_status)
         role.mitigator = mitigator
         if Transport.UDP in settings.server.transports:

@@ -1,8 +1,9 @@
 """``dots-client``: the command-line DOTS client.
 
 Session commands talk to a DOTS server through ``gateway.client.role.DotsClient``:
-``config get|put``, ``mitigate``, ``efficacy``, ``withdraw``, ``get`` (``--observe``) and
-``hb``. Each request and its answer are printed as one JSON document in the RFC's notation
+``config get|put``, ``mitigate``, ``efficacy``, ``withdraw``, ``get`` (``--observe``),
+``hb`` and ``telemetry ...`` (RFC 9244, ``gateway.client.telemetry_cli``). Each request
+and its answer are printed as one JSON document in the RFC's notation
 (``--cbor`` adds the wire bytes in hex). ``encode``/``decode`` convert between that JSON and
 the CBOR wire form without any network, so requests can be fed to other CoAP tools.
 ``data ...`` speaks the DOTS data channel (RFC 8783, HTTPS): ``gateway.client.data_cli``.
@@ -30,6 +31,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.client.data_cli import add_data_parser
+from gateway.client.telemetry_cli import Tools, add_telemetry_parser, scope_telemetry_file
 from gateway.config.loading import DEFAULT_STATE_DIR  # the same ./state as dots-gateway
 from gateway.dots.codec import cbor_to_json, json_to_cbor
 from gateway.dots.errors import DotsProtocolError, DotsUsageError
@@ -43,6 +45,11 @@ _CONFIG_OPTIONS = (  # (option, SessionParameters field, type)
     ("--ack-timeout", "ack_timeout", Decimal),
     ("--ack-random-factor", "ack_random_factor", Decimal),
 )
+
+
+_TELEMETRY_HELP = ("JSON object of RFC 9244 attack telemetry to carry in the scope "
+                   '(e.g. {"ietf-dots-telemetry:total-attack-traffic": [{"unit": '
+                   '"megabit-ps", "peak-g": "900"}]}), or - for stdin')
 
 
 class UsageError(Exception):
@@ -68,8 +75,19 @@ def _name(source: str) -> str:
 
 
 def _encode(args: argparse.Namespace) -> int:
+    from gateway.dots.telemetry import body_from_json
+
     try:
-        data = json_to_cbor(_read(args.input).decode("utf-8"))
+        text = _read(args.input).decode("utf-8")
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            obj = None  # json_to_cbor names the JSON error
+        if isinstance(obj, dict) and any(str(k).startswith("ietf-dots-telemetry:")
+                                         for k in obj):
+            data = body_from_json(obj)  # an RFC 9244 /tm-setup or /tm body
+        else:
+            data = json_to_cbor(text)
     except UnicodeDecodeError as exc:
         raise UsageError(f"{_name(args.input)}: not UTF-8 text (byte {exc.start})") from None
     except DotsProtocolError as exc:
@@ -91,10 +109,16 @@ def _decode(args: argparse.Namespace) -> int:
             raw = bytes.fromhex(raw.decode("ascii"))
         except ValueError:  # UnicodeDecodeError included
             raise UsageError(f"{_name(args.input)}: not hex digits") from None
+    from gateway.dots.telemetry import body_to_json
+
     try:
-        print(json.dumps(cbor_to_json(raw), indent=2))
+        doc = cbor_to_json(raw)
     except DotsProtocolError as exc:
-        raise UsageError(f"{_name(args.input)}: {exc.diagnostic}") from None
+        try:
+            doc = body_to_json(raw)  # an RFC 9244 /tm-setup or /tm body
+        except DotsProtocolError:
+            raise UsageError(f"{_name(args.input)}: {exc.diagnostic}") from None
+    print(json.dumps(doc, indent=2))
     return EXIT_OK
 
 
@@ -189,8 +213,8 @@ def _document(reply: Any, *, cbor: bool) -> dict[str, Any]:
         resp["observe"] = reply.observe
     if response.max_age is not None:
         resp["max-age"] = response.max_age
-    if reply.message is not None:
-        resp["body"] = _body(response.payload)
+    if reply.message is not None or (response.payload and not response.diagnostic):
+        resp["body"] = _body(response.payload)  # a DOTS message, or telemetry (RFC 9244)
     elif response.payload:
         resp["diagnostic"] = reply.diagnostic
     if cbor and response.payload:
@@ -212,10 +236,15 @@ def _note_redirect(reply: Any) -> None:
 
 
 def _body(payload: bytes) -> Any:
+    from gateway.dots.telemetry import body_to_json
+
     try:
         return cbor_to_json(payload)
     except DotsProtocolError as exc:
-        return {"undecodable": exc.diagnostic, "hex": payload.hex()}
+        try:
+            return body_to_json(payload)
+        except DotsProtocolError:
+            return {"undecodable": exc.diagnostic, "hex": payload.hex()}
 
 
 def _print(reply: Any, args: argparse.Namespace) -> None:
@@ -276,6 +305,9 @@ async def _mitigate(args: argparse.Namespace) -> int:
                            acl_list=args.acl)
     except (DotsProtocolError, DotsUsageError, ValueError) as exc:
         raise UsageError(getattr(exc, "diagnostic", str(exc))) from None
+    from dataclasses import replace
+
+    scope = replace(scope, extensions=scope_telemetry_file(args.telemetry, UsageError))
     async with _client(args) as client:
         reply = await client.mitigate(scope, mid=args.mid)
         _print(reply, args)
@@ -286,13 +318,16 @@ async def _efficacy(args: argparse.Namespace) -> int:
     from gateway.dots.codes import AttackStatus
 
     status = AttackStatus.from_label(args.attack_status)
+    scope_telemetry_file(args.telemetry, UsageError)  # a bad file stops before connecting
     async with _client(args) as client:
         # §4.4.3: the update repeats the original parameters; the server has them.
         current = await client.get(args.mid)
         if not current.ok or len(current.scopes) != 1:
             _print(current, args)
             return _verdict(current)
-        reply = await client.efficacy_update(args.mid, current.scopes[0], status)
+        reply = await client.efficacy_update(
+            args.mid, current.scopes[0], status,
+            telemetry=scope_telemetry_file(args.telemetry, UsageError))
         _print(reply, args)
         return _verdict(reply)
 
@@ -467,12 +502,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mid", type=int,
                    help="refresh or change this request (default: a new mid, saved in "
                    "the state directory)")
+    p.add_argument("--telemetry", metavar="FILE", help=_TELEMETRY_HELP)
     p.set_defaults(func=_run, coroutine=_mitigate)
 
     p = sub.add_parser("efficacy", parents=common, help="efficacy update of a mitigation")
     p.add_argument("--mid", type=int, required=True)
     p.add_argument("--attack-status", required=True,
                    choices=["under-attack", "attack-successfully-mitigated"])
+    p.add_argument("--telemetry", metavar="FILE", help=_TELEMETRY_HELP)
     p.set_defaults(func=_run, coroutine=_efficacy)
 
     p = sub.add_parser("withdraw", parents=common, help="withdraw a mitigation (DELETE)")
@@ -489,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run, coroutine=_hb)
 
     add_data_parser(sub, common)  # the data channel (RFC 8783): gateway.client.data_cli
+    add_telemetry_parser(sub, common, Tools(_client, _print, _verdict, _follow, UsageError,
+                                            _run))
     return parser
 
 

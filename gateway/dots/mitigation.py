@@ -49,6 +49,7 @@ from gateway.dots.mitigation_lifecycle import (
     MitigationRemoved,
     MitigationState,
     MitigationStatusChanged,
+    MitigationTelemetry,
     Owner,
     Trigger,
     UpdateFilters,
@@ -57,6 +58,7 @@ from gateway.dots.mitigation_lifecycle import (
 )
 from gateway.dots.mitigation_records import MitigationRecords
 from gateway.dots.model import ConflictInformation, MitigationScope, Scope, Targets
+from gateway.dots.telemetry_checks import SCOPE_TELEMETRY as _SCOPE_TELEMETRY
 from gateway.dots.uri import ContentFilter
 
 log = logging.getLogger(__name__)
@@ -355,7 +357,8 @@ class MitigationStore(MitigationRecords):
         filters_changed = acls != current
         if filters_changed:
             record.scope = with_acl_list(record.scope, acls)
-        if record.state is S.DEACTIVATED:
+        reactivated = record.state is S.DEACTIVATED
+        if reactivated:
             if self._conflicts.other_clients(record.cuid, scope, now):
                 self._touch(record)
                 return PutResult(False, self._body(record, now))
@@ -386,6 +389,11 @@ class MitigationStore(MitigationRecords):
                 record.mid,
                 scope.attack_status.label if scope.attack_status else "-",
             )
+        telemetry = tuple((k, v) for k, v in scope.extensions if k in _SCOPE_TELEMETRY)
+        if telemetry and not reactivated:  # a reactivation's ApplyMitigation carries it
+            # RFC 9244 §9.1: the mitigator gets the client's view of the attack.
+            self._outputs.append(MitigationTelemetry(record.cuid, record.mid, telemetry,
+                                                     scope.attack_status))
         return PutResult(False, self._body(record, now))
 
     def _create(self, cuid: str, mid: int, scope: Scope, owner: Owner, now: float) -> PutResult:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
-from gateway.dots.codes import Status
+from gateway.dots.codes import AttackStatus, Status
 from gateway.dots.errors import DotsUsageError
 from gateway.dots.filters import ActiveAcl
 from gateway.dots.model import ConflictInformation, Scope
@@ -228,8 +229,19 @@ class MitigationRemoved:
     reason: Trigger
 
 
+@dataclass(frozen=True, slots=True)
+class MitigationTelemetry:
+    """Command: telemetry for an active request, from a refresh or an efficacy update
+    (RFC 9244 §9.1): the keys 204-207 of the scope, as received, and its attack-status."""
+
+    cuid: str
+    mid: int
+    telemetry: tuple[tuple[int, Any], ...]
+    attack_status: AttackStatus | None = None
+
+
 StoreOutput = (ApplyMitigation | UpdateFilters | WithdrawMitigation | MitigationStatusChanged
-               | MitigationRemoved)
+               | MitigationRemoved | MitigationTelemetry)
 
 
 def whole_seconds(remaining: float) -> int:

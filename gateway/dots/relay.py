@@ -77,11 +77,17 @@ def loop_report(identity: str, upstream: DotsResponse | None = None) -> DotsResp
                         CONTENT_FORMAT_TEXT)
 
 
+#: What a gateway relays upstream; config and hb are per hop (RFC 9132 §4.5, §4.7). RFC 9244
+#: §5.2: telemetry follows RFC 9132 §4.4.1's gateway rules (cdid) like mitigate.
+RELAYED = frozenset({Resource.MITIGATE, Resource.TM_SETUP, Resource.TM})
+
+
 def upstream_path(path: DotsPath, cdid: str | None) -> tuple[str, ...]:
-    """The mitigate Uri-Path for upstream: the client's cdid (if any) is always replaced."""
-    if path.resource is not Resource.MITIGATE:
-        raise ValueError("only mitigate requests are relayed")
-    return build_path(Resource.MITIGATE, cdid=cdid, cuid=path.cuid, mid=path.mid)
+    """The Uri-Path for upstream: the client's cdid (if any) is always replaced."""
+    if path.resource not in RELAYED:
+        raise ValueError("only mitigate and telemetry requests are relayed")
+    return build_path(path.resource, cdid=cdid, cuid=path.cuid, mid=path.mid, tsid=path.tsid,
+                      tmid=path.tmid)
 
 
 def gateway_error(exc: DotsProtocolError) -> DotsResponse:

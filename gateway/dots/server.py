@@ -40,6 +40,7 @@ from gateway.dots.message import DotsRequest, DotsResponse, Requester
 from gateway.dots.mitigation import MitigationStore
 from gateway.dots.mitigation_lifecycle import ApplyMitigation, Owner, StoreOutput, UpdateFilters
 from gateway.dots.session_config import ConfigLimits, ServerSessionConfig
+from gateway.dots.telemetry import Change, Plan, TelemetryStore
 from gateway.dots.uri import DotsPath, Resource, parse_path, parse_query
 from gateway.dots.validate import (
     decode_request_body,
@@ -75,7 +76,14 @@ class SessionLost:
     cuids: frozenset[str]
 
 
-ServerOutput = StoreOutput | SendSessionHeartbeat | SessionLost
+@dataclass(frozen=True, slots=True)
+class TelemetryChanged:
+    """Event: a client's pre-or-ongoing-mitigation telemetry (``/tm``) changed."""
+
+    cuid: str
+
+
+ServerOutput = StoreOutput | SendSessionHeartbeat | SessionLost | TelemetryChanged
 
 
 @dataclass(eq=False)
@@ -109,6 +117,11 @@ class DotsServerCore:
         self.acl_activations = 0
         #: Catalog updates that failed (the request was answered 5.03).
         self.failed_activations = 0
+        #: RFC 9244 telemetry setup and pre-or-ongoing-mitigation telemetry, per client.
+        self.telemetry = TelemetryStore()
+        #: Writes telemetry changes to disk before the success answer; False: not saved
+        #: (the request is answered 5.03 and nothing changes). None: nothing is saved.
+        self.save_telemetry: Callable[[tuple[Change, ...]], bool] | None = None
         self.mitigating_limits = mitigating_limits or ConfigLimits()
         self.idle_limits = idle_limits or ConfigLimits()
         self.config_max_age = config_max_age
@@ -225,6 +238,8 @@ class DotsServerCore:
                 response = self._durable_mitigate(session, path, request, now)
             elif path.resource is Resource.CONFIG:
                 response = self._config(session, path, request, now)
+            elif path.resource in (Resource.TM_SETUP, Resource.TM):
+                response = self._telemetry(session, path, request)
             else:
                 response = self._heartbeat(session, request, now)
         except DotsProtocolError as exc:
@@ -360,6 +375,52 @@ class DotsServerCore:
                       exc)
             return out
         return replace(out, acls=acls) if acls else out
+
+    def _telemetry(self, session: ServerSession, path: DotsPath,
+                   request: DotsRequest) -> DotsResponse:
+        """``/tm-setup`` (RFC 9244 §7) and ``/tm`` (§8) of the client named by cuid."""
+        assert path.cuid is not None
+        rule = (self.authorizer.check_cuid(session.requester, path.cuid)
+                if self.authorizer is not None else None)
+        setup = path.resource is Resource.TM_SETUP
+        ident = path.tsid if setup else path.tmid
+        name = "tsid" if setup else "tmid"
+        store = self.telemetry
+        if request.method is Method.GET:
+            # §5.4: 'c' as on mitigate (all of ours is returned); the §8.3 target filters
+            # are optional and not advertised in supported-query-type: 4.00 (§10).
+            parse_query(request.query)
+            body = store.setup_body(path.cuid, ident) if setup else store.tm_body(path.cuid,
+                                                                                 ident)
+            return DotsResponse.with_body(Code.CONTENT, body)
+        cdid = self._owner(session, path).cdid
+        plan: Plan
+        if request.method is Method.PUT:
+            if ident is None:
+                raise MissingAttribute(f"PUT on {path.resource.value} needs the '{name}' "
+                                       "Uri-Path parameter (RFC 9244 §7.1.2, §8.2)")
+            plan = (store.plan_setup_put(path.cuid, ident, request.payload, cdid) if setup
+                    else store.plan_tm_put(path.cuid, ident, request.payload, cdid))
+        elif request.method is Method.DELETE:
+            plan = (store.plan_setup_delete(path.cuid, ident) if setup
+                    else store.plan_tm_delete(path.cuid, ident))
+        else:
+            raise MethodNotAllowed(f"{request.method.name} is not used on "
+                                   f"{path.resource.value} (GET, PUT and DELETE are)")
+        if rule is not None:
+            for targets in plan.targets:  # the client's own prefixes and names, as on mitigate
+                Authorizer.check_targets(rule, targets)
+        session.cuids.add(path.cuid)
+        save = self.save_telemetry
+        if plan.changes and save is not None and not save(plan.changes):
+            self.unsaved_requests += 1
+            raise ServiceUnavailable(
+                "the server cannot save telemetry now (its state could not be written); "
+                f"nothing was changed; retry in {SAVE_RETRY_AFTER} s", SAVE_RETRY_AFTER)
+        store.apply(plan)
+        if not setup and plan.changes:
+            self._outputs.append(TelemetryChanged(path.cuid))
+        return DotsResponse(plan.code)
 
     def _config(self, session: ServerSession, path: DotsPath, request: DotsRequest,
                 now: float) -> DotsResponse:

@@ -41,6 +41,7 @@ from gateway.dots.message import DotsRequest, DotsResponse, Requester
 from gateway.dots.model import Scope
 from gateway.dots.relay import (
     DEFAULT_HOP_LIMIT,
+    RELAYED,
     Domain,
     RelayedMitigation,
     RelayTable,
@@ -50,6 +51,7 @@ from gateway.dots.relay import (
     upstream_path,
     with_scope_changes,
 )
+from gateway.dots.telemetry import SETUP_MESSAGE, TELEMETRY_MESSAGE, decode_body
 from gateway.dots.uri import DotsPath, Resource, build_path
 from gateway.dots.validate import (
     decode_request_body,
@@ -148,10 +150,12 @@ class GatewayRelay(SharedObservations, Reinstallation):
     # --- checks that are the gateway's own ----------------------------------------------------
 
     def prepare(self, requester: Requester, path: DotsPath, request: DotsRequest) -> Prepared:
-        """Check a downstream mitigate request; raises ``DotsProtocolError`` with the answer
-        (``HopLimitReached`` for 5.08)."""
-        assert path.resource is Resource.MITIGATE and path.cuid is not None
+        """Check a downstream mitigate or telemetry request; raises ``DotsProtocolError``
+        with the answer (``HopLimitReached`` for 5.08)."""
+        assert path.resource in RELAYED and path.cuid is not None
         hop_limit = forward_hop_limit(request.hop_limit, self.settings.hop_limit)
+        if path.resource is not Resource.MITIGATE:
+            return self._prepare_telemetry(requester, path, request, hop_limit)
         if request.method not in (Method.GET, Method.PUT, Method.DELETE):
             raise MethodNotAllowed(f"{request.method.name} is not used on mitigate "
                                    "(GET, PUT and DELETE are)")
@@ -170,6 +174,26 @@ class GatewayRelay(SharedObservations, Reinstallation):
                            hop_limit=hop_limit, requester=None, observe=None)
         return Prepared(requester, path, upstream, scope)
 
+    def _prepare_telemetry(self, requester: Requester, path: DotsPath, request: DotsRequest,
+                           hop_limit: int) -> Prepared:
+        """RFC 9244 §5.2: relayed with the cdid like mitigate; the state is the upstream
+        server's (the gateway keeps none). A body that is not a telemetry message at all is
+        refused here; whether its values are acceptable is the upstream server's call."""
+        name = "tsid" if path.resource is Resource.TM_SETUP else "tmid"
+        if request.method not in (Method.GET, Method.PUT, Method.DELETE):
+            raise MethodNotAllowed(f"{request.method.name} is not used on "
+                                   f"{path.resource.value} (GET, PUT and DELETE are)")
+        if request.method is Method.PUT:
+            if (path.tsid if name == "tsid" else path.tmid) is None:
+                raise MissingAttribute(f"PUT on {path.resource.value} needs the '{name}' "
+                                       "Uri-Path parameter (RFC 9244 §7.1.2, §8.2)")
+            decode_body(request.payload, SETUP_MESSAGE if name == "tsid"
+                        else TELEMETRY_MESSAGE)
+        self.table.check_owner(path.cuid or "", requester.credential_id)
+        upstream = replace(request, path=upstream_path(path, self._cdid(requester, path)),
+                           hop_limit=hop_limit, requester=None, observe=None)
+        return Prepared(requester, path, upstream)
+
     def _cdid(self, requester: Requester, path: DotsPath) -> str | None:
         if self.settings.domain is Domain.CLIENT or not self.settings.insert_cdid:
             return None
@@ -184,6 +208,11 @@ class GatewayRelay(SharedObservations, Reinstallation):
     async def relay(self, prepared: Prepared) -> DotsResponse:
         """Send one prepared request upstream; the answer for the downstream client."""
         method = prepared.request.method
+        if prepared.path.resource is not Resource.MITIGATE:
+            # Telemetry: forwarded as it is; tm-setup is Confirmable (RFC 9244 §7).
+            reply = await self._forward(prepared.request, None,
+                                        confirmable=prepared.path.resource is Resource.TM_SETUP)
+            return self._answer(reply)
         if method is Method.PUT and prepared.scope_trigger is not None:
             return await self._put(prepared)
         if method is Method.DELETE:
@@ -265,7 +294,8 @@ class GatewayRelay(SharedObservations, Reinstallation):
         self._save()
         return self._answer(reply)
 
-    async def _forward(self, request: DotsRequest, mid: int | None) -> Reply | str:
+    async def _forward(self, request: DotsRequest, mid: int | None, *,
+                       confirmable: bool = False) -> Reply | str:
         """The upstream answer, or why there is none (for the gateway's own 5.03)."""
         upstream = self.upstream
         if upstream is None:
@@ -273,7 +303,8 @@ class GatewayRelay(SharedObservations, Reinstallation):
         sent_at = upstream.clock()
         try:
             reply = await upstream.forward(request, mid=mid,
-                                           timeout=self.settings.request_timeout)
+                                           timeout=self.settings.request_timeout,
+                                           confirmable=confirmable)
         except UpstreamBusy as exc:
             log.warning("relayed %s: %s", request.method.name, exc)
             self._count("busy")

@@ -62,15 +62,18 @@ class SharedObservations:
         as a plain response and may poll or register again (re-registering ourselves with
         a server that declines would only repeat the refusal)."""
         request = replace(prepared.request, observe=0, hop_limit=None)
-        key: ObservationKey = (cdid_of(request.path), prepared.cuid, prepared.path.mid,
-                               request.query)
+        # The resource is part of what is observed: mitigate and tm (RFC 9244 §8.3) of the
+        # same client are different observations; ``mid`` is the tmid on tm.
+        ident = prepared.path.mid if prepared.path.tmid is None else prepared.path.tmid
+        key: ObservationKey = (cdid_of(request.path), prepared.cuid, ident,
+                               (prepared.path.resource.value, *request.query))
         obs = self.observations.get(key)
         if obs is not None and obs.last is not None and obs.session is not None \
                 and not obs.session.closed:
             obs.subscribers.add(subscriber)
             return obs.last, True
         if obs is None:
-            obs = UpstreamObservation(key, request, prepared.path.mid)
+            obs = UpstreamObservation(key, request, ident)
             self.observations[key] = obs
         obs.subscribers.add(subscriber)
         reply = await self._register(obs)

@@ -28,7 +28,7 @@ from gateway.dots.authz import Authorizer
 from gateway.dots.codes import CONTENT_FORMAT_TEXT, Code, Method
 from gateway.dots.errors import DotsProtocolError
 from gateway.dots.message import DotsRequest, DotsResponse
-from gateway.dots.relay import HopLimitReached, gateway_error
+from gateway.dots.relay import RELAYED, HopLimitReached, gateway_error
 from gateway.dots.server import DotsServerCore, SessionLost
 from gateway.dots.uri import DotsPath, Resource, parse_path, parse_query
 from gateway.ops.control import ControlProviders
@@ -76,7 +76,7 @@ class GatewayRole(ServerRole):
             path = parse_path(tuple(msg.uri_path))
         except DotsProtocolError:
             path = None
-        if path is None or path.resource is not Resource.MITIGATE:
+        if path is None or path.resource not in RELAYED:
             super()._answer(session, msg, key, now)  # config and hb are per hop (§4.5, §4.7)
             return
         session.dots.heartbeat.traffic_received(now)
@@ -141,8 +141,10 @@ class GatewayRole(ServerRole):
                 response, kept = await self.relay.subscribe(prepared, subscriber)
                 if kept and not session.closed:
                     content = parse_query(prepared.request.query)
+                    telemetry = path.resource is Resource.TM
                     session.observations[msg.token] = Observation(
-                        msg.token, prepared.cuid, path.mid, content, last_sent=self.clock())
+                        msg.token, prepared.cuid, path.tmid if telemetry else path.mid,
+                        content, last_sent=self.clock(), telemetry=telemetry)
                     self._relayed[subscriber] = None
                     observe = 1
                 else:

@@ -108,8 +108,10 @@ class UpstreamClient(DotsClient):
 
     async def forward(self, request: DotsRequest, *, mid: int | None,
                       timeout: float | None = None,
-                      later: NotificationSink | None = None) -> Reply:
-        """Send a relayed request (NON, §4.4) and return the upstream answer as received.
+                      later: NotificationSink | None = None,
+                      confirmable: bool = False) -> Reply:
+        """Send a relayed request (NON, §4.4; CON for RFC 9244's tm-setup) and return the
+        upstream answer as received.
         Raises ``NetworkError`` when no upstream server answers in time, ``UpstreamBusy``
         when no slot freed up in that time."""
         limit = timeout if timeout is not None else self.request_timeout
@@ -120,8 +122,8 @@ class UpstreamClient(DotsClient):
                                f"{limit:g} s") from None
         try:
             # Block-wise answers come back whole (the channel joins them, RFC 7959).
-            return await self._send(request, confirmable=False, timeout=timeout, mid=mid,
-                                    later=later)
+            return await self._send(request, confirmable=confirmable, timeout=timeout,
+                                    mid=mid, later=later)
         finally:
             self._slots.release()
 

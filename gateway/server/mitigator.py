@@ -17,6 +17,11 @@ The JSON object, one line::
      "reason": null, "timestamp": "2024-05-01T12:00:00.000Z"}
 
 ``scope`` is the request's scope entry in the RFC 9132 JSON notation (RFC 7951 names). A
+request or efficacy update that carries RFC 9244 telemetry (§8.1 attributes: total traffic,
+total attack traffic and connections, attack details with top talkers) adds ``telemetry``
+with those attributes by their JSON names; a refresh or efficacy update of an active
+request that carries some is a command of its own, ``"action": "telemetry"`` (with
+``attack-status`` when the update had one): a script that only mitigates can ignore it. A
 withdraw carries the ``reason`` (the store's trigger, e.g. ``withdrawn``,
 ``lifetime-expired``) and the scope this backend applied, or null when it did not apply it
 in this process (a request that expired while the gateway was down). Scripts should key
@@ -54,14 +59,16 @@ from gateway.dots.keys import MODULE
 from gateway.dots.mitigation_lifecycle import (
     ApplyMitigation,
     Counters,
+    MitigationTelemetry,
     UpdateFilters,
     WithdrawMitigation,
 )
-from gateway.dots.model import MitigationScope, Scope
+from gateway.dots.model import Extensions, MitigationScope, Scope
+from gateway.dots.telemetry import scope_telemetry, scope_telemetry_json
 
 log = logging.getLogger(__name__)
 
-MitigatorCommand = ApplyMitigation | UpdateFilters | WithdrawMitigation
+MitigatorCommand = ApplyMitigation | UpdateFilters | WithdrawMitigation | MitigationTelemetry
 #: ``on_status(cuid, mid, status, counters)``; counters None: the report carried none.
 StatusCallback = Callable[[str, int, Status, Counters | None], None]
 
@@ -122,20 +129,28 @@ class _Backend:
         key = (command.cuid, command.mid)
         scope: Scope | None
         acls: tuple[ActiveAcl, ...] = ()
+        telemetry: Extensions = ()
         extra: dict[str, Any] = {}
         if isinstance(command, ApplyMitigation):
             self._applied[key] = (command.scope, command.acls)
             action, scope, acls, reason = "apply", command.scope, command.acls, None
+            telemetry = command.scope.extensions
         elif isinstance(command, UpdateFilters):
             _, before = self._applied.get(key, (command.scope, ()))
             self._applied[key] = (command.scope, command.acls)
             action, scope, acls, reason = "update", command.scope, command.acls, None
             now_active = {a.acl_name for a in acls}
             extra["deactivated-acls"] = sorted({a.acl_name for a in before} - now_active)
+        elif isinstance(command, MitigationTelemetry):
+            scope, acls = self._applied.get(key, (None, ()))
+            action, reason = "telemetry", None
+            telemetry = command.telemetry
+            if command.attack_status is not None:
+                extra["attack-status"] = command.attack_status.label
         else:
             scope, acls = self._applied.pop(key, (None, ()))
             action, reason = "withdraw", command.reason.value
-        return {
+        entry = {
             "action": action,
             "cuid": command.cuid,
             "mid": command.mid,
@@ -145,6 +160,11 @@ class _Backend:
             "reason": reason,
             "timestamp": _timestamp(self.clock()),
         }
+        if scope_telemetry(telemetry):
+            # RFC 9244 §8, §9.1: total-traffic, total-attack-traffic, total-attack-connection
+            # and attack-detail (top talkers) as the client sent them, in the RFC's JSON.
+            entry["telemetry"] = scope_telemetry_json(telemetry)
+        return entry
 
 
 def scope_to_json(scope: Scope) -> dict[str, Any]:

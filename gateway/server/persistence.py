@@ -1,10 +1,11 @@
 """Saved mitigations: the server store's records in SQLite, so a restart keeps them.
 
 Owns ``<state_dir>/dots.sqlite`` and is the only ``sqlite3`` user. It turns
-``gateway.dots.mitigation_lifecycle.Mitigation`` records into rows and back, and nothing
-else: what a restored record means (expiry, re-applying) is decided by
-``MitigationStore.restore``. It must not import asyncio or the roles; the pure core must not
-import it.
+``gateway.dots.mitigation_lifecycle.Mitigation`` records into rows and back, and the RFC 9244
+telemetry a client installed (``gateway.dots.telemetry``: setups and pre-mitigation
+telemetry, written at once, before the answer), and nothing else: what a restored record
+means (expiry, re-applying) is decided by ``MitigationStore.restore``. It must not import
+asyncio or the roles; the pure core must not import it.
 
 Times: the store runs on the monotonic clock of its process, which means nothing to the
 next process, so every deadline is saved as epoch seconds (``monotonic + wall_offset``) and
@@ -50,12 +51,13 @@ from gateway.dots.mitigation_lifecycle import (
     Owner,
 )
 from gateway.dots.model import MitigationScope, Scope
+from gateway.dots.telemetry import Change, TelemetryStore
 
 log = logging.getLogger(__name__)
 
 DATABASE_NAME = "dots.sqlite"
 #: Bumped with every change of the tables below; a step in ``_MIGRATIONS`` goes with it.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -83,8 +85,20 @@ _SCHEMA = (
     # Per client: the active-but-terminating period after re-requests (RFC 9132 §4.4.4).
     "CREATE TABLE client (cuid TEXT PRIMARY KEY, termination_period INTEGER NOT NULL)",
 )
+# RFC 9244 telemetry of a client: kind 'setup' (ident: tsid) or 'tm' (ident: tmid); body is
+# the CBOR of the telemetry entry (gateway.dots.telemetry.Change).
+_TELEMETRY_TABLE = """CREATE TABLE telemetry (
+    cuid TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    ident INTEGER NOT NULL,
+    cdid TEXT,
+    body BLOB NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (cuid, kind, ident)
+)"""
+_SCHEMA = (*_SCHEMA, _TELEMETRY_TABLE)
 #: version -> statements that take a database from that version to the next.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: (_TELEMETRY_TABLE,)}
 
 _COLUMNS = (
     "cuid, mid, credential_id, cdid, scope, lifetime, expires_at, terminate_at, state, status, "
@@ -407,6 +421,61 @@ class MitigationDatabase:
                 log.warning("%s: skipping saved termination period cuid=%r period=%r",
                             self.path, cuid, period)
         return periods
+
+    # --- telemetry (RFC 9244) ------------------------------------------------------------
+
+    def save_telemetry(self, changes: Iterable[Change]) -> bool:
+        """Write telemetry rows (a None body deletes) in one transaction; False
+        when it failed (logged, counted in ``save_failures``; nothing written): the request
+        is then answered 5.03 and its change not made."""
+        now = time.time()
+        rows = list(changes)
+        try:
+            with _transaction(self._db):
+                for change in rows:
+                    if change.body is None:
+                        self._db.execute(
+                            "DELETE FROM telemetry WHERE cuid = ? AND kind = ? AND ident = ?",
+                            (change.cuid, change.kind, change.ident))
+                    else:
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO telemetry VALUES (?, ?, ?, ?, ?, ?)",
+                            (change.cuid, change.kind, change.ident, change.cdid,
+                             change.body, now))
+        except sqlite3.Error as exc:
+            self.save_failures += 1
+            log.error("telemetry not saved (%d changes refused): %s: %s", len(rows),
+                      self.path, exc)
+            return False
+        self.saves += 1
+        self._unsynced = self._group_commit  # durable before the answer: make_durable
+        return True
+
+    def restore_telemetry_into(self, store: TelemetryStore) -> None:
+        """Load the saved telemetry into ``store``; a row that no longer decodes is
+        skipped with a warning and counted in ``skipped_rows``."""
+        try:
+            rows = self._db.execute("SELECT cuid, kind, ident, cdid, body FROM telemetry "
+                                    "ORDER BY cuid, kind, ident").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise PersistenceError(
+                f"{self.path}: cannot read the saved telemetry ({exc}); restore the file "
+                "from a backup, or move it aside to start without it") from None
+        kept = 0
+        for row in rows:
+            cuid, kind, ident, cdid, body = row
+            try:
+                if not (isinstance(cuid, str) and kind in ("setup", "tm") and _is_int(ident)
+                        and 0 <= ident <= UINT32_MAX and isinstance(body, bytes)
+                        and (cdid is None or isinstance(cdid, str))):
+                    raise ValueError("bad column values")
+                kept += store.restore([(cuid, kind, ident, cdid, body)])
+            except Exception as exc:  # any bad row: skip it, keep the others
+                self.skipped_rows += 1
+                log.warning("%s: skipping saved telemetry cuid=%r %s=%r: %s", self.path, cuid,
+                            "tsid" if kind == "setup" else "tmid", ident, exc)
+        if kept:
+            log.info("%s: %d telemetry entries restored", self.path, kept)
 
     def restore_into(self, store: MitigationStore, now: float) -> None:
         """Load everything and ``restore`` it into ``store`` (at start, on an empty store),

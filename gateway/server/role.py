@@ -44,11 +44,17 @@ from gateway.dots.mitigation_lifecycle import (
     Counters,
     MitigationRemoved,
     MitigationStatusChanged,
+    MitigationTelemetry,
     UpdateFilters,
     WithdrawMitigation,
 )
 from gateway.dots.model import Heartbeat
-from gateway.dots.server import DotsServerCore, SendSessionHeartbeat, SessionLost
+from gateway.dots.server import (
+    DotsServerCore,
+    SendSessionHeartbeat,
+    SessionLost,
+    TelemetryChanged,
+)
 from gateway.dots.uri import Resource, build_path
 from gateway.server.blocks import _block2
 from gateway.server.observe import DEFAULT_MAX_OBSERVATIONS, ObserveNotifications
@@ -115,6 +121,7 @@ class ServerRole(ObserveNotifications):
         self.database = database
         if database is not None:
             core.save = lambda: database.sync(core.store)
+            core.save_telemetry = database.save_telemetry
         #: Group commit: sessions whose answers wait for the fsync of ``_flush_batch``.
         self._awaiting: dict[int, SignalSession] = {}  # by session id
         self._batch: asyncio.Handle | None = None
@@ -343,6 +350,7 @@ class ServerRole(ObserveNotifications):
 
     def _core_outputs(self, now: float) -> None:
         changed: dict[str, set[int]] = {}
+        telemetry: set[str] = set()
         removed: list[MitigationRemoved] = []
         # Collecting runs signal-loss processing too; then everything it and the requests
         # changed is saved before a response, notification or mitigator command leaves.
@@ -355,8 +363,11 @@ class ServerRole(ObserveNotifications):
             elif isinstance(event, MitigationRemoved):
                 removed.append(event)
                 changed.setdefault(event.cuid, set()).add(event.mid)
-            elif isinstance(event, ApplyMitigation | UpdateFilters | WithdrawMitigation):
+            elif isinstance(event, ApplyMitigation | UpdateFilters | WithdrawMitigation
+                            | MitigationTelemetry):
                 self.mitigator(event)
+            elif isinstance(event, TelemetryChanged):
+                telemetry.add(event.cuid)
             elif isinstance(event, SendSessionHeartbeat):
                 target = self.sessions.get(event.session_id)
                 if target is not None:
@@ -368,6 +379,8 @@ class ServerRole(ObserveNotifications):
                     target.conn.close("signal lost: no traffic from the client")
         if changed:
             self._mark_observers(changed)
+        if telemetry:
+            self._mark_telemetry_observers(telemetry)
 
     def _client_lost(self, event: SessionLost) -> None:
         """A client's session went silent (its preconfigured requests were armed in the
