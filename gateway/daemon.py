@@ -39,8 +39,10 @@ from gateway.config import Mode, Settings, Transport
 from gateway.core_settings import build_server_core, dev_client_rules, redirect_policy
 from gateway.credentials import Trust, datagram_limits, server_contexts, stream_limits
 from gateway.dots.mitigation_lifecycle import ACTIVE_STATES
+from gateway.eventlog import log_event
 from gateway.ops.control import ControlProviders, ControlServer
-from gateway.ops.metrics import MetricsServer, Registry, daemon_metrics
+from gateway.ops.metrics import DaemonMetrics, MetricsServer, Registry, daemon_metrics
+from gateway.ops.process_metrics import register_process_metrics
 from gateway.relay.role import GatewayRole
 from gateway.relay.startup import build_gateway_role, choose_mode
 from gateway.reloading import Reloader
@@ -170,6 +172,12 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
     build.set(1, __version__, server.mode.value)
     server.metrics.gauge("dots_gateway_start_time_seconds", "Start of the daemon, in seconds "
                          "since the epoch.").set(round(server.started_at, 3))
+    register_process_metrics(server.metrics)
+    role.observe_request = lambda resource, seconds: m.request_duration.observe(
+        seconds, resource if resource in _RESOURCES else "other")  # a bounded label set
+    for endpoint, transport in ((server.dtls, "dtls"), (server.tls, "tls")):
+        if endpoint is not None:
+            endpoint.observe_handshake = _handshake_observer(m, transport)
     m.sessions.add_source(lambda: _session_counts(server))
     m.handshakes.add_source(lambda: _handshake_counts(server))
     m.heartbeats.add_source(lambda: {("downstream", k): v for k, v in role.heartbeats.items()})
@@ -225,6 +233,15 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
     reloader = server.reloader
     if reloader is not None:
         c.actions["reload"] = reloader.reload
+
+
+#: The ``resource`` label of request durations: the signal channel's resources; any other
+#: path a client sends is counted as "other" (labels must not grow with client input).
+_RESOURCES = frozenset({"mitigate", "config", "hb"})
+
+
+def _handshake_observer(m: DaemonMetrics, transport: str) -> Callable[[float], None]:
+    return lambda seconds: m.handshake_duration.observe(seconds, "downstream", transport)
 
 
 def _dotted(code: int) -> str:
@@ -457,7 +474,7 @@ async def _serve(settings: Settings, ready: Any, ops: Operations,
         _announce(server, ready)
         await stop
     finally:
-        log.info("shutting down")
+        log_event(log, logging.INFO, "daemon.stopping", "shutting down")
         try:
             await server.stop()
             await ops.close()
@@ -468,7 +485,8 @@ async def _serve(settings: Settings, ready: Any, ops: Operations,
 
 def _announce(server: RunningServer, ready: Any) -> None:
     # One line each on the log and on stdout (where supervisors, tests and `make run` look).
-    log.info("serving %s", " ".join(server.addresses))
+    log_event(log, logging.INFO, "daemon.serving", "serving " + " ".join(server.addresses),
+              addresses=server.addresses, mode=server.mode.value)
     print("dots-gateway serving " + " ".join(server.addresses), flush=True)
     if ready is not None:
         ready(server)
@@ -527,7 +545,7 @@ async def _serve_anycast(settings: Settings, ready: Any, ops: Operations,
         log.info("%s: withdrawing the anycast route, then stopping", why)
         await anycast.drain(interrupted)
     finally:
-        log.info("shutting down")
+        log_event(log, logging.INFO, "daemon.stopping", "shutting down")
         try:
             await server.stop()
             await anycast.close()

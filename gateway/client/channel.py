@@ -63,6 +63,7 @@ from gateway.client.transmission import RequestSending, transmission_parameters
 from gateway.dots.client import DotsClientCore
 from gateway.dots.heartbeat import HeartbeatMonitor, ReconnectBackoff, Role
 from gateway.dots.session_config import ClientSessionConfig, SessionParameters
+from gateway.eventlog import log_event
 from gateway.transport.dtls_client import HandshakeError
 from gateway.transport.openssl_ffi import OpenSSLError
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind
@@ -271,7 +272,8 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
         if self._closing:
             return
         self._note_error(f"session to {session.endpoint} lost: {reason}")
-        log.warning("signal channel to %s lost: %s", session.endpoint, reason)
+        log_event(log, logging.WARNING, "upstream.lost", "signal channel lost",
+                  upstream=session.endpoint.uri, reason=reason)
         if not self.reconnect:
             self._session_gone()
         elif self._reconnecting is None or self._reconnecting.done():
@@ -415,8 +417,8 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
             missing_hb_allowed=1 if session.reliable else params.missing_hb_allowed)
         self.core.heartbeat.under_attack = self.core.under_attack
         self._ready.set()
-        log.info("signal channel to %s established (%s) cuid=%s", session.endpoint,
-                 "resumed" if session.resumed else "full handshake", self.core.cuid)
+        log_event(log, logging.INFO, "upstream.connected", "signal channel established",
+                  upstream=session.endpoint.uri, cuid=self.core.cuid, resumed=session.resumed)
         self._arm()
 
     def _save_ticket(self, session: ClientSession) -> None:

@@ -31,12 +31,13 @@ from gateway.dots.message import DotsRequest, DotsResponse
 from gateway.dots.relay import HopLimitReached, gateway_error
 from gateway.dots.server import DotsServerCore, SessionLost
 from gateway.dots.uri import DotsPath, Resource, parse_path, parse_query
+from gateway.eventlog import log_event
 from gateway.ops.control import ControlProviders
 from gateway.ops.metrics import Registry, daemon_metrics
-from gateway.relay.forwarding import GatewayRelay, Prepared
+from gateway.relay.forwarding import GatewayRelay, Prepared, spec_label
 from gateway.server.blocks import _block2
 from gateway.server.observe import Observation
-from gateway.server.role import ServerRole
+from gateway.server.role import ServerRole, log_answer
 from gateway.server.session import SignalSession, _dots_request
 
 log = logging.getLogger(__name__)
@@ -84,14 +85,11 @@ class GatewayRole(ServerRole):
         try:
             prepared = self._prepare(session, msg, path, request)
         except HopLimitReached:
-            log.warning("hop limit reached: cuid=%s from %s (a gateway loop?)", path.cuid,
-                        session.conn.remote)
+            log_event(log, logging.WARNING, "relay.hop_limit", "hop limit reached (a gateway "
+                      "loop?)", peer=session.conn.remote, cuid=path.cuid)
             self._respond(session, msg, key, self.relay.hop_limit_report(), None, now)
             return
-        except DotsProtocolError as exc:
-            log.info("relay refused %s /%s from %s: %s %s", request.method.name,
-                     "/".join(msg.uri_path), session.conn.remote, exc.code.dotted,
-                     exc.diagnostic)
+        except DotsProtocolError as exc:  # logged by _respond (request.answered)
             self._respond(session, msg, key, gateway_error(exc), None, now)
             return
         session.dots.cuids.add(prepared.cuid)
@@ -172,6 +170,8 @@ class GatewayRole(ServerRole):
                             observe=observe)
         if isinstance(session.layer, MessageLayer):
             coap = _block2(coap, msg.block2)
+        if response.code >= 0x80:
+            log_answer(session, _method_name(msg.code), tuple(msg.uri_path), response)
         try:
             session.layer.send_response(key, coap, now)
         except Exception as exc:  # noqa: BLE001 - e.g. the layer closed meanwhile
@@ -247,6 +247,10 @@ class GatewayRole(ServerRole):
         relay = self.relay
         m.relayed_requests.add_source(
             lambda: {(code,): float(n) for code, n in relay.relayed.items()})
+        relay.observe_upstream = lambda name, seconds: m.relay_duration.observe(seconds, name)
+        # The mitigations the gateway has installed upstream and that are acting (the core's
+        # own store, which the daemon counts, holds none in gateway mode).
+        m.mitigations_active.add_source(lambda: {(): float(self._relayed_active())})
         m.upstream_health.add_source(self._upstream_health)
         m.heartbeats.add_source(self._upstream_heartbeats)
         database = relay.database
@@ -286,7 +290,8 @@ class GatewayRole(ServerRole):
             return {}
         # Usable = the one the session is up with; the others are untried or failed.
         current = upstream.current_spec()
-        return {(_label(spec),): float(spec is current) for spec in upstream.servers}
+        names = self.relay.upstream_names
+        return {(spec_label(spec, names),): float(spec is current) for spec in upstream.servers}
 
     def _upstream_heartbeats(self) -> dict[tuple[str, ...], float]:
         upstream = self.relay.upstream
@@ -298,6 +303,13 @@ class GatewayRole(ServerRole):
                 ("upstream", "missed"): float(max(0, stats.heartbeats_sent
                                                   - stats.heartbeats_answered)),
                 ("upstream", "received"): float(stats.server_heartbeats)}
+
+    def _relayed_active(self) -> int:
+        now = self.relay.wall_clock()
+        return sum(1 for r in self.relay.table
+                   if r.confirmed and not r.withdrawing
+                   and (r.trigger_mitigation or r.activated_by_loss)
+                   and (r.expires_at is None or r.expires_at > now))
 
     def _relayed_by_state(self) -> dict[tuple[str, ...], float]:
         counts = {"installed": 0.0, "pending": 0.0, "withdrawing": 0.0}
@@ -364,8 +376,9 @@ class GatewayRole(ServerRole):
                 await upstream.connect()
             except NetworkError as exc:
                 at = backoff.attempt_failed(self.clock())
-                log.warning("no upstream DOTS server reachable (%s); next attempt in %.0f s",
-                            exc, at - self.clock())
+                log_event(log, logging.WARNING, "upstream.unreachable", "no upstream DOTS "
+                          "server reachable", reason=str(exc),
+                          retry_in=round(at - self.clock()))
                 await asyncio.sleep(max(1.0, at - self.clock()))
                 continue
             backoff.succeeded()
@@ -401,6 +414,8 @@ class _BadOption(DotsProtocolError):
     code = Code.BAD_OPTION
 
 
-def _label(spec: Any) -> str:
-    host = f"[{spec.host}]" if ":" in spec.host else spec.host
-    return f"{host}:{spec.port}"
+def _method_name(code: int) -> str:
+    try:
+        return Method(code).name
+    except ValueError:
+        return str(code)

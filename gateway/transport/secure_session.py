@@ -474,7 +474,9 @@ class SecureSession:
     def _fail(self, reason: str) -> None:
         self.state = State.FAILED
         self.failure = reason
-        log.info(
+        # Debug only: the endpoint that owns the session logs the event once (a server's
+        # handshake.failed, a client's HandshakeError), with the peer's address.
+        log.debug(
             "secure session failed kind=%s role=%s reason=%s",
             self.kind.value,
             "server" if self.is_server else "client",

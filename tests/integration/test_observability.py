@@ -1,0 +1,229 @@
+"""Structured logs and metrics of a real ``dots-gateway server`` process.
+
+Logs: in both formats every line parses (JSON, logfmt), the key events carry their fields,
+and a client presenting a certificate from a CA the server does not trust produces exactly
+one line (``handshake.failed``) per attempt: before, the DTLS side logged it twice (the
+session's "secure session failed" and the endpoint's warning).
+
+Metrics: process metrics, the latency histograms (request handling, handshake duration)
+and their buckets, scraped from the live endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certs.devpki import init_dev_pki
+from gateway.eventlog import EVENTS
+from gateway.transport.dtls_client import HandshakeError, connect_dtls
+from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind
+from gateway.transport.tls_stream import connect_tls
+from tests.integration.test_operations import (
+    CHANGED,
+    CREATED,
+    Daemon,
+    call,
+    heartbeat,
+    http_get,
+    mitigate,
+    start_daemon,
+)
+from tests.support.daemon import open_session
+from tests.unit.ops.test_eventlog import parse_logfmt
+
+BAD_REQUEST = 0x80
+
+
+@pytest.fixture(params=["json", "kv"])
+def logging_daemon(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Daemon]:
+    pki = tmp_path / "tls"
+    init_dev_pki(pki)
+    running = start_daemon(tmp_path, pki, extra_config=f'[logging]\nformat = "{request.param}"\n')
+    running.log_format = request.param  # type: ignore[attr-defined]
+    try:
+        yield running
+    finally:
+        running.stop()
+        if running.proc.stdout is not None:
+            running.proc.stdout.close()
+
+
+def parsed_lines(daemon: Daemon) -> list[dict[str, Any]]:
+    fmt = daemon.log_format  # type: ignore[attr-defined]
+    out = []
+    for line in daemon.stderr.read_text().splitlines():
+        out.append(json.loads(line) if fmt == "json" else parse_logfmt(line))
+    return out
+
+
+def events(lines: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [line for line in lines if line.get("event") == name]
+
+
+async def until(condition: Any, timeout: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.1)
+
+
+async def wrong_certificate(daemon: Daemon, other: Path, kind: Kind) -> None:
+    """A handshake with a client certificate from a CA the server does not trust (the client
+    trusts the server), refused by the server."""
+    credentials = ClientCredentials(other / "client.pem", other / "client.key",
+                                    daemon.pki / "ca.pem")
+    connect = connect_dtls if kind is Kind.DTLS else connect_tls
+    with pytest.raises((HandshakeError, ConnectionError, OSError)):
+        conn = await connect("127.0.0.1", daemon.port, ClientContext(kind, credentials),
+                             lambda _data: None, server_name="localhost", timeout=10)
+        # TLS 1.3: the client finishes first; the server's refusal arrives as an alert.
+        await asyncio.sleep(1)
+        conn.send(b"\x00")
+        await asyncio.sleep(1)
+        conn.send(b"\x00")
+
+
+async def test_events_are_fields_and_a_failed_handshake_is_one_line(
+        logging_daemon: Daemon, tmp_path: Path) -> None:
+    daemon = logging_daemon
+    other = tmp_path / "other-pki"
+    init_dev_pki(other)
+
+    conn, replies = await open_session(daemon.port, daemon.pki)
+    try:
+        assert await heartbeat(conn, replies, 1) == CHANGED
+        assert await mitigate(conn, replies, daemon.cuid, 2) == CREATED
+        bad = await call(conn, replies, 3, (".well-known", "dots", "mitigate",
+                                            f"cuid={daemon.cuid}", "mid=3"), b"\xff\x00")
+        assert bad == BAD_REQUEST
+    finally:
+        conn.close()
+
+    for kind in (Kind.DTLS, Kind.TLS):
+        await wrong_certificate(daemon, other, kind)
+    await until(lambda: len(events(parsed_lines(daemon), "handshake.failed")) >= 2, 15,
+                "both failed handshakes logged")
+    await until(lambda: events(parsed_lines(daemon), "session.closed"), 15, "session closed")
+    await asyncio.sleep(0.5)  # a second line for the same failure would come now
+    assert daemon.stop() == 0
+
+    lines = parsed_lines(daemon)  # every line parsed in its format, or the test fails here
+    for line in lines:
+        assert {"ts", "level", "logger", "msg"} <= set(line), line
+        if "event" in line:
+            assert line["event"] in EVENTS, line
+    failed = events(lines, "handshake.failed")
+    assert sorted(f["transport"] for f in failed) == ["dtls", "tls"], failed
+    for f in failed:
+        assert f["peer"].startswith("127.0.0.1:") and f["local"].endswith(f":{daemon.port}")
+        assert f["level"] == "warning" and f["reason"]
+    # Nothing else about those handshakes: one event, one line.
+    others = [line for line in lines if line.get("event") != "handshake.failed"
+              and ("unknown ca" in json.dumps(line) or "handshake" in line["msg"])]
+    assert others == [], others
+
+    established = events(lines, "session.established")
+    assert len(established) == 1, established
+    session = established[0]
+    assert session["cuid"] == daemon.cuid and session["transport"] == "dtls"
+    assert session["client"] == "dots-dev-client" and session["peer"].startswith("127.0.0.1:")
+    installed = events(lines, "mitigation.installed")
+    assert [(i["cuid"], str(i["mid"])) for i in installed] == [(daemon.cuid, "2")]
+    assert any(c["action"] == "apply" and str(c["mid"]) == "2"
+               for c in events(lines, "mitigator.command"))
+    answered = events(lines, "request.answered")
+    assert len(answered) == 1, answered
+    refusal = answered[0]
+    assert refusal["code"] == "4.00" and str(refusal["mid"]) == "3"
+    assert refusal["cuid"] == daemon.cuid and refusal["method"] == "PUT"
+    assert refusal["path"] == "/.well-known/dots/mitigate" and refusal["diagnostic"]
+    closed = events(lines, "session.closed")
+    assert closed and closed[0]["cuid"] == daemon.cuid
+    assert events(lines, "daemon.serving") and events(lines, "daemon.stopping")
+    if daemon.log_format == "json":  # type: ignore[attr-defined]
+        assert isinstance(installed[0]["mid"], int) and isinstance(refusal["mid"], str)
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def metrics_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    pki = tmp_path / "tls"
+    init_dev_pki(pki)
+    running = start_daemon(tmp_path, pki)
+    try:
+        yield running
+    finally:
+        running.stop()
+        if running.proc.stdout is not None:
+            running.proc.stdout.close()
+
+
+def families(body: str) -> dict[str, str]:
+    """``{name: type}`` from the # TYPE lines."""
+    return {m[1]: m[2] for m in re.finditer(r"^# TYPE (\S+) (\S+)$", body, re.M)}
+
+
+def samples(body: str) -> dict[str, float]:
+    out = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+async def test_process_metrics_and_latency_histograms(metrics_daemon: Daemon) -> None:
+    daemon = metrics_daemon
+    conn, replies = await open_session(daemon.port, daemon.pki)
+    try:
+        assert await heartbeat(conn, replies, 1) == CHANGED
+        assert await mitigate(conn, replies, daemon.cuid, 2) == CREATED
+    finally:
+        conn.close()
+    status, body = await http_get(daemon.metrics_port)
+    assert status == 200
+    kinds = families(body)
+    values = samples(body)
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes",
+                 "process_open_fds", "process_max_fds", "process_start_time_seconds",
+                 "process_virtual_memory_bytes"):
+        assert name in kinds, name
+    assert kinds["process_cpu_seconds_total"] == "counter"
+    assert values["process_cpu_seconds_total"] > 0
+    assert 10 * 2**20 < values["process_resident_memory_bytes"] < 4 * 2**30
+    assert 5 < values["process_open_fds"] <= values["process_max_fds"]
+    assert abs(values["process_start_time_seconds"]
+               - values["dots_gateway_start_time_seconds"]) < 60
+
+    for name in ("dots_gateway_request_duration_seconds",
+                 "dots_gateway_handshake_duration_seconds",
+                 "dots_gateway_relay_upstream_duration_seconds"):
+        assert kinds[name] == "histogram", name
+    # One hb and one mitigate answered here, each in its own series; buckets are cumulative
+    # and end with +Inf = _count.
+    for resource in ("hb", "mitigate"):
+        label = f'resource="{resource}"'
+        count = values[f"dots_gateway_request_duration_seconds_count{{{label}}}"]
+        assert count == 1
+        assert values[f'dots_gateway_request_duration_seconds_bucket{{{label},le="+Inf"}}'] \
+            == count
+        assert 0 < values[f"dots_gateway_request_duration_seconds_sum{{{label}}}"] < 5
+    dtls = 'side="downstream",transport="dtls"'
+    assert values[f"dots_gateway_handshake_duration_seconds_count{{{dtls}}}"] == 1
+    buckets = [(float(m[1]) if m[1] != "+Inf" else float("inf"), v)
+               for key, v in values.items()
+               if (m := re.match(r'dots_gateway_handshake_duration_seconds_bucket\{'
+                                 + re.escape(dtls) + r',le="([^"]+)"\}', key))]
+    assert len(buckets) >= 10
+    counts = [v for _le, v in sorted(buckets)]
+    assert counts == sorted(counts) and counts[-1] == 1
