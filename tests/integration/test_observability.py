@@ -75,11 +75,10 @@ async def until(condition: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
-async def wrong_certificate(daemon: Daemon, other: Path, kind: Kind) -> None:
-    """A handshake with a client certificate from a CA the server does not trust (the client
-    trusts the server), refused by the server."""
-    credentials = ClientCredentials(other / "client.pem", other / "client.key",
-                                    daemon.pki / "ca.pem")
+async def wrong_certificate(daemon: Daemon, cert: Path, key: Path, kind: Kind) -> None:
+    """A handshake with a client certificate the server refuses (the client trusts the
+    server)."""
+    credentials = ClientCredentials(cert, key, daemon.pki / "ca.pem")
     connect = connect_dtls if kind is Kind.DTLS else connect_tls
     with pytest.raises((HandshakeError, ConnectionError, OSError)):
         conn = await connect("127.0.0.1", daemon.port, ClientContext(kind, credentials),
@@ -107,8 +106,12 @@ async def test_events_are_fields_and_a_failed_handshake_is_one_line(
     finally:
         conn.close()
 
-    for kind in (Kind.DTLS, Kind.TLS):
-        await wrong_certificate(daemon, other, kind)
+    # DTLS: a certificate from a CA the server does not know. TLS: one from the right CA
+    # whose extended key usage is serverAuth only (refused by our verify callback, whose
+    # reason used to be a line of its own).
+    await wrong_certificate(daemon, other / "client.pem", other / "client.key", Kind.DTLS)
+    await wrong_certificate(daemon, daemon.pki / "server.pem", daemon.pki / "server.key",
+                            Kind.TLS)
     await until(lambda: len(events(parsed_lines(daemon), "handshake.failed")) >= 2, 15,
                 "both failed handshakes logged")
     await until(lambda: events(parsed_lines(daemon), "session.closed"), 15, "session closed")
@@ -125,9 +128,13 @@ async def test_events_are_fields_and_a_failed_handshake_is_one_line(
     for f in failed:
         assert f["peer"].startswith("127.0.0.1:") and f["local"].endswith(f":{daemon.port}")
         assert f["level"] == "warning" and f["reason"]
+    by_transport = {f["transport"]: f["reason"] for f in failed}
+    assert "(unable to get local issuer certificate)" in by_transport["dtls"], by_transport
+    assert "(unsuitable certificate purpose)" in by_transport["tls"], by_transport
     # Nothing else about those handshakes: one event, one line.
     others = [line for line in lines if line.get("event") != "handshake.failed"
-              and ("unknown ca" in json.dumps(line) or "handshake" in line["msg"])]
+              and ("unknown ca" in json.dumps(line) or "key usage" in json.dumps(line)
+                   or "handshake" in line["msg"] or "certificate" in line["msg"])]
     assert others == [], others
 
     established = events(lines, "session.established")
