@@ -148,7 +148,9 @@ class GatewayRole(ServerRole):
                     self._unsubscribe(session, msg.token)  # RFC 7641 §3.6
                 response = await self.relay.relay(prepared)
         except Exception:
-            log.exception("relaying %s from %s failed", msg, session.conn.remote)
+            log_event(log, logging.ERROR, "request.failed", "relaying a request failed",
+                      exc_info=True, peer=session.conn.remote,
+                      method=_method_name(msg.code), path="/" + "/".join(msg.uri_path))
             response = DotsResponse(Code.INTERNAL_SERVER_ERROR,
                                     b"gateway: internal error; the gateway logged it",
                                     CONTENT_FORMAT_TEXT)
