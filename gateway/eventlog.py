@@ -45,6 +45,7 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "mitigator.command": ("action", "cuid", "mid", "reason", "seconds"),
     "mitigator.failed": ("action", "cuid", "mid", "exit_status", "reason", "pid"),
     # gateway mode: the relay and the upstream side
+    "mitigation.relayed": ("peer", "cuid", "mid", "method", "code", "upstream"),
     "relay.hop_limit": ("peer", "cuid"),
     "relay.no_answer": ("upstream", "method", "path", "reason"),
     "upstream.connected": ("upstream", "cuid", "resumed"),

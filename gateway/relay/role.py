@@ -174,6 +174,8 @@ class GatewayRole(ServerRole):
             coap = _block2(coap, msg.block2)
         if response.code >= 0x80:
             log_answer(session, _method_name(msg.code), tuple(msg.uri_path), response)
+        elif msg.code in (int(Method.PUT), int(Method.DELETE)):
+            self._log_relayed(session, msg, response)
         try:
             session.layer.send_response(key, coap, now)
         except Exception as exc:  # noqa: BLE001 - e.g. the layer closed meanwhile
@@ -182,6 +184,20 @@ class GatewayRole(ServerRole):
         self._sync_transmission(session)
         session.flush()
         self._arm(session)
+
+    def _log_relayed(self, session: SignalSession, msg: CoapMessage,
+                     response: DotsResponse) -> None:
+        """``mitigation.relayed``: a client's mitigation change accepted upstream (or, for a
+        DELETE while no upstream answers, accepted by the gateway to pass on later)."""
+        if not log.isEnabledFor(logging.INFO):
+            return
+        fields = dict(segment.partition("=")[::2] for segment in msg.uri_path
+                      if segment.startswith(("cuid=", "mid=")))
+        code = int(response.code)
+        log_event(log, logging.INFO, "mitigation.relayed", "mitigation request relayed",
+                  peer=session.conn.remote, cuid=fields.get("cuid"), mid=fields.get("mid"),
+                  method=_method_name(msg.code), code=f"{code >> 5}.{code & 31:02d}",
+                  upstream=self.relay.upstream_name())
 
     # --- observations ------------------------------------------------------------------------
 

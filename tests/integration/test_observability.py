@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -299,3 +300,51 @@ async def test_every_metric_of_the_dashboard_is_one_the_daemon_exposes(
             "dots_gateway_relay_upstream_duration_seconds", "process_cpu_seconds_total",
             "process_resident_memory_bytes", "process_open_fds",
             "dots_gateway_mitigations_active"} <= used
+
+
+async def test_gateway_events_carry_the_upstream_and_the_request(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Gateway mode, in process with a real upstream server: the upstream session, a relayed
+    mitigation and a refused one are events with their fields."""
+    from gateway.client.role import make_scope
+    from gateway.dots.codes import Code
+    from tests.integration.test_client_role import free_port
+    from tests.integration.test_gateway import (
+        Pkis,
+        client_of,
+        gateway,
+        gateway_config,
+        upstream_server,
+    )
+
+    caplog.set_level(logging.INFO)
+    down, up = tmp_path / "pki-down", tmp_path / "pki-up"
+    init_dev_pki(down)
+    init_dev_pki(up)
+    pkis = Pkis(down, up)
+    with upstream_server(tmp_path / "up", pkis) as upstream:
+        port = free_port()
+        async with gateway(gateway_config(tmp_path, pkis, port, [upstream.spec])) as running:
+            relay = running.role.relay  # type: ignore[attr-defined]
+            await until(lambda: relay.upstream.connected, 15, "the upstream session")
+            async with client_of(pkis, port, tmp_path / "client") as client:
+                created = await client.mitigate(make_scope(target_prefix=["192.0.2.0/28"],
+                                                           lifetime=600))
+                assert created.code is Code.CREATED
+                refused = await client.mitigate(make_scope(target_prefix=["10.0.0.0/8"],
+                                                           lifetime=600))
+                assert refused.code is Code.UNAUTHORIZED
+
+    def records(name: str) -> list[Any]:
+        return [r for r in caplog.records if getattr(r, "event", None) == name]
+
+    connected = records("upstream.connected")
+    assert connected and connected[0].upstream.endswith(f":{upstream.port}")
+    assert connected[0].cuid == pkis.gateway_cuid
+    (relayed,) = records("mitigation.relayed")
+    assert (relayed.cuid, relayed.mid, relayed.method, relayed.code, relayed.upstream) == (
+        pkis.client_cuid, str(created.mid), "PUT", "2.01", "up0")
+    (answered,) = records("request.answered")
+    assert (answered.cuid, answered.code, answered.method) == (pkis.client_cuid, "4.01", "PUT")
+    assert answered.mid == str(refused.mid) and answered.diagnostic
+    assert str(answered.peer).startswith("127.0.0.1:")
