@@ -56,7 +56,7 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "mitigation.reinstalled": ("upstream", "cuid", "mid"),
     # client side redirects (dots-client and the gateway's upstream side)
     "redirect.followed": ("cuid", "origin", "target", "endpoint", "ttl", "reason"),
-    "redirect.not_followed": ("cuid", "origin", "target", "ttl", "reason"),
+    "redirect.not_followed": ("cuid", "origin", "target", "ttl", "reason", "error"),
     # anycast
     "anycast.health": ("old", "new", "cause", "penalty", "hold_down"),
     "anycast.route": ("action", "reason"),

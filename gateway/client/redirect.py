@@ -91,8 +91,8 @@ class RedirectFollowing:
             self.follower.current = previous
             self.stats.redirects_failed += 1
             log_event(log, logging.WARNING, "redirect.not_followed", "redirect not followed: "
-                      f"{exc}", cuid=self.cuid, origin=origin.uri, target=decision.server,
-                      ttl=decision.ttl, reason=reason)
+                      "the alternate server is unreachable", cuid=self.cuid, origin=origin.uri,
+                      target=decision.server, ttl=decision.ttl, reason=reason, error=str(exc))
             return False
         if self._closing:
             new.close("the client is closing")
