@@ -303,7 +303,9 @@ class GatewayRelay(SharedObservations, Reinstallation):
                 upstream.fail_over(f"no answer to a relayed request: {exc}")
             return NO_ANSWER
         self._count(reply.dotted)
-        self.observe_upstream(self.upstream_name(upstream), upstream.clock() - sent_at)
+        # A redirect's alternate server is in no list: it goes by its URI.
+        self.observe_upstream(self.upstream_name(upstream) or reply.endpoint.uri,
+                              upstream.clock() - sent_at)
         if reply.raw_code == int(Code.SERVICE_UNAVAILABLE) and reply.redirect is None:
             # 5.03 without a redirect: this server cannot serve us now; try the next one
             # for later requests (this answer still goes back, with its Max-Age).
