@@ -116,6 +116,10 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
     #: Requests and observations one session may have open (a bound on our own memory).
     max_outstanding = 64
 
+    #: Called with the transport ("dtls", "tls") and the seconds each completed handshake
+    #: took (the gateway feeds its handshake histogram, side="upstream").
+    observe_handshake: Callable[[str, float], None] | None = None
+
     def __init__(self, credentials: ClientCredentials,
                  servers: Sequence[ServerSpec | str] | ServerSpec | str | None, *,
                  state_dir: Path | None, cuid: str | None, attempt_delay: float,
@@ -372,12 +376,16 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
                                 transmission_parameters(self.parameters()),
                                 max_outstanding=self.max_outstanding)
         opener = open_dtls if endpoint.transport is Transport.UDP else open_tls
+        started = time.perf_counter()
         try:
             connection = await opener(endpoint, self._context(endpoint.transport),
                                       session.data_received, session.connection_lost,
                                       resume=resume, timeout=self.handshake_timeout)
         except (HandshakeError, OSError, TimeoutError) as exc:
             raise NetworkError(str(exc) or type(exc).__name__) from None
+        if self.observe_handshake is not None:
+            self.observe_handshake("dtls" if endpoint.transport is Transport.UDP else "tls",
+                                   time.perf_counter() - started)
         session.attach(connection)
         return session
 

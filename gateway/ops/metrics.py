@@ -339,9 +339,10 @@ def daemon_metrics(registry: Registry) -> DaemonMetrics:
             ("resource",), buckets=REQUEST_BUCKETS),
         handshake_duration=r.histogram(
             "dots_gateway_handshake_duration_seconds",
-            "Completed (D)TLS handshakes: seconds from the client's first handshake message "
-            "(after the DTLS cookie exchange) to the established session, by side and "
-            "transport.", ("side", "transport"), buckets=HANDSHAKE_BUCKETS),
+            "Completed (D)TLS handshakes, by side and transport: downstream, seconds from a "
+            "client's first handshake message (after the DTLS cookie exchange) to its session; "
+            "upstream, from the gateway's connect to its session.", ("side", "transport"),
+            buckets=HANDSHAKE_BUCKETS),
         relay_duration=r.histogram(
             "dots_gateway_relay_upstream_duration_seconds",
             "Gateway mode: round trip of a relayed request to the upstream server that "

@@ -266,6 +266,10 @@ class GatewayRole(ServerRole):
         m.relayed_requests.add_source(
             lambda: {(code,): float(n) for code, n in relay.relayed.items()})
         relay.observe_upstream = lambda name, seconds: m.relay_duration.observe(seconds, name)
+        if relay.upstream is not None:
+            relay.upstream.observe_handshake = (
+                lambda transport, seconds: m.handshake_duration.observe(seconds, "upstream",
+                                                                        transport))
         # The mitigations the gateway has installed upstream and that are acting (the core's
         # own store, which the daemon counts, holds none in gateway mode).
         m.mitigations_active.add_source(lambda: {(): float(self._relayed_active())})

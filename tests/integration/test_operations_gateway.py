@@ -83,4 +83,9 @@ async def test_upstream_session_in_status_and_metrics(tmp_path: Path, pkis: Pkis
             count = re.search(r'^dots_gateway_relay_upstream_duration_seconds_count'
                               r'\{upstream="up0"\} (\d+)$', text, re.M)
             assert count is not None and int(count[1]) >= 1, text
+            # The gateway's own handshake with the upstream server.
+            handshakes = re.search(r'^dots_gateway_handshake_duration_seconds_count'
+                                   rf'\{{side="upstream",transport="{transport}"\}} (\d+)$',
+                                   text, re.M)
+            assert handshakes is not None and int(handshakes[1]) >= 1, text
 
