@@ -286,6 +286,15 @@ async def test_every_metric_of_the_dashboard_is_one_the_daemon_exposes(
         registry = running.metrics
         exposed = set(registry.names())
         text = registry.render()
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)  # Grafana keys panels by id
+    for p in panels:
+        assert {"h", "w", "x", "y"} <= set(p["gridPos"]) and p["gridPos"]["x"] + p["gridPos"][
+            "w"] <= 24, p["title"]
+        if p["type"] != "row":
+            assert p["targets"] and all('instance=~"$instance"' in t["expr"]
+                                        for t in p["targets"]), p["title"]
     histograms = {name for name in exposed if f"# TYPE {name} histogram\n" in text}
     exprs = dashboard_expressions()
     assert len(exprs) > 20
