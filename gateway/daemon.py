@@ -44,8 +44,10 @@ from gateway.credentials import Trust, datagram_limits, server_contexts, stream_
 from gateway.dots.authz import Authorizer
 from gateway.dots.filters import AclCatalog
 from gateway.dots.mitigation_lifecycle import ACTIVE_STATES
+from gateway.eventlog import log_event
 from gateway.ops.control import ControlProviders, ControlServer
-from gateway.ops.metrics import MetricsServer, Registry, daemon_metrics
+from gateway.ops.metrics import DaemonMetrics, MetricsServer, Registry, daemon_metrics
+from gateway.ops.process_metrics import register_process_metrics
 from gateway.relay.data_upstream import build_data_upstream, data_cdid
 from gateway.relay.role import GatewayRole
 from gateway.relay.startup import build_gateway_role, choose_mode
@@ -214,6 +216,12 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
     build.set(1, __version__, server.mode.value)
     server.metrics.gauge("dots_gateway_start_time_seconds", "Start of the daemon, in seconds "
                          "since the epoch.").set(round(server.started_at, 3))
+    register_process_metrics(server.metrics)
+    role.observe_request = lambda resource, seconds: m.request_duration.observe(
+        seconds, resource if resource in _RESOURCES else "other")  # a bounded label set
+    for endpoint, transport in ((server.dtls, "dtls"), (server.tls, "tls")):
+        if endpoint is not None:
+            endpoint.observe_handshake = _handshake_observer(m, transport)
     m.sessions.add_source(lambda: _session_counts(server))
     m.handshakes.add_source(lambda: _handshake_counts(server))
     m.heartbeats.add_source(lambda: {("downstream", k): v for k, v in role.heartbeats.items()})
@@ -309,6 +317,13 @@ def _data_section(data: DataChannelServer) -> dict[str, object]:
         out.update({k[0]: int(v) for k, v in _data_entry_counts(data).items()})
     out["answered"] = {str(k): v for k, v in sorted(data.core.answered.items())}
     return out
+#: The ``resource`` label of request durations: the signal channel's resources; any other
+#: path a client sends is counted as "other" (labels must not grow with client input).
+_RESOURCES = frozenset({"mitigate", "config", "hb"})
+
+
+def _handshake_observer(m: DaemonMetrics, transport: str) -> Callable[[float], None]:
+    return lambda seconds: m.handshake_duration.observe(seconds, "downstream", transport)
 
 
 def _dotted(code: int) -> str:
@@ -557,7 +572,7 @@ async def _serve(settings: Settings, ready: Any, ops: Operations,
         _announce(server, ready)
         await stop
     finally:
-        log.info("shutting down")
+        log_event(log, logging.INFO, "daemon.stopping", "shutting down")
         try:
             await server.stop()
             await ops.close()
@@ -568,7 +583,8 @@ async def _serve(settings: Settings, ready: Any, ops: Operations,
 
 def _announce(server: RunningServer, ready: Any) -> None:
     # One line each on the log and on stdout (where supervisors, tests and `make run` look).
-    log.info("serving %s", " ".join(server.addresses))
+    log_event(log, logging.INFO, "daemon.serving", "serving " + " ".join(server.addresses),
+              addresses=server.addresses, mode=server.mode.value)
     print("dots-gateway serving " + " ".join(server.addresses), flush=True)
     if ready is not None:
         ready(server)
@@ -627,7 +643,7 @@ async def _serve_anycast(settings: Settings, ready: Any, ops: Operations,
         log.info("%s: withdrawing the anycast route, then stopping", why)
         await anycast.drain(interrupted)
     finally:
-        log.info("shutting down")
+        log_event(log, logging.INFO, "daemon.stopping", "shutting down")
         try:
             await server.stop()
             await anycast.close()

@@ -40,6 +40,7 @@ from gateway.discovery.lookups import (
     Result,
 )
 from gateway.discovery.procedure import CandidatesFound, Event, Procedure, ProcedureSettings
+from gateway.eventlog import log_event
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -247,7 +248,8 @@ class DiscoveryEngine:
     def _drain_events(self) -> None:
         while (event := self.procedure.next_event()) is not None:
             if isinstance(event, CandidatesFound):
-                log.info("discovery %s: %d candidates", event.slot, len(event.candidates))
+                log_event(log, logging.INFO, "discovery.candidates", "discovery found "
+                          "candidates", slot=str(event.slot), count=len(event.candidates))
             if self.on_event is not None:
                 self.on_event(event)
 

@@ -60,6 +60,7 @@ from gateway.dots.mitigation_records import MitigationRecords
 from gateway.dots.model import ConflictInformation, MitigationScope, Scope, Targets
 from gateway.dots.telemetry_checks import SCOPE_TELEMETRY as _SCOPE_TELEMETRY
 from gateway.dots.uri import ContentFilter
+from gateway.eventlog import log_event
 
 log = logging.getLogger(__name__)
 S, T = MitigationState, Trigger
@@ -324,8 +325,8 @@ class MitigationStore(MitigationRecords):
         if held - superseded < cap:
             return
         self.refused_over_cap += 1
-        log.warning("mitigation refused cuid=%s: it holds %d requests, the cap is %d",
-                    cuid, held, cap)
+        log_event(log, logging.WARNING, "mitigation.refused", "mitigation refused: the "
+                  "client holds its cap of requests", cuid=cuid, held=held, cap=cap)
         # RFC 9132 §9: 5.03 is what a DOTS server answers when it is unable to handle a
         # request; a request over a resource cap is that, not a protocol violation (4.00) nor a
         # conflict (4.09). No Max-Age: room appears only when the client withdraws requests
@@ -383,12 +384,9 @@ class MitigationStore(MitigationRecords):
         record.scope = replace(record.scope, lifetime=requested, attack_status=None)
         self._touch(record)
         if efficacy_update:
-            log.info(
-                "efficacy update cuid=%s mid=%d attack-status=%s",
-                record.cuid,
-                record.mid,
-                scope.attack_status.label if scope.attack_status else "-",
-            )
+            log_event(log, logging.INFO, "mitigation.efficacy", "efficacy update",
+                      cuid=record.cuid, mid=record.mid,
+                      attack_status=scope.attack_status.label if scope.attack_status else None)
         telemetry = tuple((k, v) for k, v in scope.extensions if k in _SCOPE_TELEMETRY)
         if telemetry and not reactivated:  # a reactivation's ApplyMitigation carries it
             # RFC 9244 §9.1: the mitigator gets the client's view of the attack.
@@ -447,13 +445,8 @@ class MitigationStore(MitigationRecords):
         self._insert(record)
         self._owners.setdefault(cuid, owner)
         self._touch(record)
-        log.info(
-            "mitigation created cuid=%s mid=%d state=%s lifetime=%d",
-            cuid,
-            mid,
-            record.state.value,
-            lifetime,
-        )
+        log_event(log, logging.INFO, "mitigation.installed", "mitigation created", cuid=cuid,
+                  mid=mid, state=record.state.value, lifetime=lifetime)
         if record.state is S.MITIGATING:
             record.mitigation_start = self._epoch(now)
             self._outputs.append(ApplyMitigation(cuid, mid, record.scope))
@@ -490,14 +483,9 @@ class MitigationStore(MitigationRecords):
         old = record.state
         record.state = new
         self._touch(record)
-        log.info(
-            "mitigation cuid=%s mid=%d %s -> %s (%s)",
-            record.cuid,
-            record.mid,
-            old.value,
-            new.value,
-            trigger.value,
-        )
+        log_event(log, logging.INFO, "mitigation.state_changed", "mitigation state changed",
+                  cuid=record.cuid, mid=record.mid, old=old.value, new=new.value,
+                  reason=trigger.value)
         if new is S.ENDED:
             final = (
                 Status.ATTACK_MITIGATION_WITHDRAWN

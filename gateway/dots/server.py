@@ -50,6 +50,7 @@ from gateway.dots.validate import (
     validate_heartbeat,
     validate_mitigation_request,
 )
+from gateway.eventlog import log_event
 
 log = logging.getLogger(__name__)
 _session_ids = itertools.count(1)
@@ -243,9 +244,10 @@ class DotsServerCore:
             else:
                 response = self._heartbeat(session, request, now)
         except DotsProtocolError as exc:
-            log.info("request refused session=%d method=%s path=/%s code=%s diagnostic=%r",
-                     session.id, request.method.name, "/".join(request.path), exc.code.dotted,
-                     exc.diagnostic)
+            # Debug: the role logs the answer (request.answered) with the peer's address.
+            log.debug("request refused session=%d method=%s path=/%s code=%s diagnostic=%r",
+                      session.id, request.method.name, "/".join(request.path), exc.code.dotted,
+                      exc.diagnostic)
             response = exc.to_response()
         self._sync_parameters(session, now)
         self._schedule(session)
@@ -466,8 +468,9 @@ class DotsServerCore:
                 if isinstance(hb, SendHeartbeat):
                     self._outputs.append(SendSessionHeartbeat(session.id, hb.peer_hb_status))
                 elif isinstance(hb, SignalLost):
-                    log.warning("signal lost session=%d cuids=%s", session.id,
-                                ",".join(sorted(session.cuids)) or "-")
+                    log_event(log, logging.WARNING, "signal.lost", "signal lost: no traffic "
+                              "from the client", session=session.id,
+                              cuids=sorted(session.cuids))
                     for cuid in session.cuids:
                         self.store.signal_lost(cuid, self._now)
                     self.close_session(session)

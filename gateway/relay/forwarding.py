@@ -58,6 +58,7 @@ from gateway.dots.validate import (
     is_efficacy_update,
     validate_mitigation_request,
 )
+from gateway.eventlog import log_event
 from gateway.relay.observation import (
     ObservationKey,
     SharedObservations,
@@ -146,6 +147,19 @@ class GatewayRelay(SharedObservations, Reinstallation):
         self._reconcile_task: asyncio.Task[None] | None = None
         self._reconcile_again = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Configured ``[[upstream]] name`` by server spec: what metrics and logs call an
+        #: upstream (a discovered one goes by its address).
+        self.upstream_names: dict[Any, str] = {}
+        #: ``(upstream name, seconds)`` for each upstream answer to a relayed request (the
+        #: daemon feeds the round-trip histogram with it).
+        self.observe_upstream: Callable[[str, float], None] = lambda _name, _seconds: None
+
+    def upstream_name(self, upstream: UpstreamClient | None = None) -> str | None:
+        """The configured name of the upstream server in use (its address when it was
+        discovered); None when there is none."""
+        upstream = upstream or self.upstream
+        spec = upstream.current_spec() if upstream is not None else None
+        return None if spec is None else spec_label(spec, self.upstream_names)
 
     # --- checks that are the gateway's own ----------------------------------------------------
 
@@ -310,8 +324,10 @@ class GatewayRelay(SharedObservations, Reinstallation):
             self._count("busy")
             return "the gateway is busy"
         except NetworkError as exc:
-            log.warning("relayed %s %s: no upstream answer (%s)", request.method.name,
-                        "/".join(request.path[2:]), exc)
+            log_event(log, logging.WARNING, "relay.no_answer", "no upstream answer to a "
+                      "relayed request", upstream=self.upstream_name(upstream),
+                      method=request.method.name, path="/" + "/".join(request.path[2:3]),
+                      reason=str(exc))
             self._count("no-answer")
             if upstream.connected and upstream.core.heartbeat.last_traffic_at < sent_at:
                 # Silent since the request left (not merely slow to answer this one): the
@@ -319,6 +335,9 @@ class GatewayRelay(SharedObservations, Reinstallation):
                 upstream.fail_over(f"no answer to a relayed request: {exc}")
             return NO_ANSWER
         self._count(reply.dotted)
+        # A redirect's alternate server is in no list: it goes by its URI.
+        self.observe_upstream(self.upstream_name(upstream) or reply.endpoint.uri,
+                              upstream.clock() - sent_at)
         if reply.raw_code == int(Code.SERVICE_UNAVAILABLE) and reply.redirect is None:
             # 5.03 without a redirect: this server cannot serve us now; try the next one
             # for later requests (this answer still goes back, with its Max-Age).
@@ -411,3 +430,12 @@ class GatewayRelay(SharedObservations, Reinstallation):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._save()
+
+
+def spec_label(spec: Any, names: dict[Any, str]) -> str:
+    """``names[spec]``, else ``host:port`` (``[v6]:port``)."""
+    name = names.get(spec)
+    if name:
+        return name
+    host = f"[{spec.host}]" if ":" in spec.host else spec.host
+    return f"{host}:{spec.port}"

@@ -31,12 +31,13 @@ from gateway.dots.message import DotsRequest, DotsResponse
 from gateway.dots.relay import RELAYED, HopLimitReached, gateway_error
 from gateway.dots.server import DotsServerCore, SessionLost
 from gateway.dots.uri import DotsPath, Resource, parse_path, parse_query
+from gateway.eventlog import log_event
 from gateway.ops.control import ControlProviders
 from gateway.ops.metrics import Registry, daemon_metrics
-from gateway.relay.forwarding import GatewayRelay, Prepared
+from gateway.relay.forwarding import GatewayRelay, Prepared, spec_label
 from gateway.server.blocks import _block2
 from gateway.server.observe import Observation
-from gateway.server.role import ServerRole
+from gateway.server.role import ServerRole, log_answer
 from gateway.server.session import SignalSession, _dots_request
 
 log = logging.getLogger(__name__)
@@ -84,14 +85,11 @@ class GatewayRole(ServerRole):
         try:
             prepared = self._prepare(session, msg, path, request)
         except HopLimitReached:
-            log.warning("hop limit reached: cuid=%s from %s (a gateway loop?)", path.cuid,
-                        session.conn.remote)
+            log_event(log, logging.WARNING, "relay.hop_limit", "hop limit reached (a gateway "
+                      "loop?)", peer=session.conn.remote, cuid=path.cuid)
             self._respond(session, msg, key, self.relay.hop_limit_report(), None, now)
             return
-        except DotsProtocolError as exc:
-            log.info("relay refused %s /%s from %s: %s %s", request.method.name,
-                     "/".join(msg.uri_path), session.conn.remote, exc.code.dotted,
-                     exc.diagnostic)
+        except DotsProtocolError as exc:  # logged by _respond (request.answered)
             self._respond(session, msg, key, gateway_error(exc), None, now)
             return
         session.dots.cuids.add(prepared.cuid)
@@ -154,7 +152,9 @@ class GatewayRole(ServerRole):
                     self._unsubscribe(session, msg.token)  # RFC 7641 §3.6
                 response = await self.relay.relay(prepared)
         except Exception:
-            log.exception("relaying %s from %s failed", msg, session.conn.remote)
+            log_event(log, logging.ERROR, "request.failed", "relaying a request failed",
+                      exc_info=True, peer=session.conn.remote,
+                      method=_method_name(msg.code), path="/" + "/".join(msg.uri_path))
             response = DotsResponse(Code.INTERNAL_SERVER_ERROR,
                                     b"gateway: internal error; the gateway logged it",
                                     CONTENT_FORMAT_TEXT)
@@ -176,6 +176,10 @@ class GatewayRole(ServerRole):
                             observe=observe)
         if isinstance(session.layer, MessageLayer):
             coap = _block2(coap, msg.block2)
+        if response.code >= 0x80:
+            log_answer(session, _method_name(msg.code), tuple(msg.uri_path), response)
+        elif msg.code in (int(Method.PUT), int(Method.DELETE)):
+            self._log_relayed(session, msg, response)
         try:
             session.layer.send_response(key, coap, now)
         except Exception as exc:  # noqa: BLE001 - e.g. the layer closed meanwhile
@@ -184,6 +188,20 @@ class GatewayRole(ServerRole):
         self._sync_transmission(session)
         session.flush()
         self._arm(session)
+
+    def _log_relayed(self, session: SignalSession, msg: CoapMessage,
+                     response: DotsResponse) -> None:
+        """``mitigation.relayed``: a client's mitigation change accepted upstream (or, for a
+        DELETE while no upstream answers, accepted by the gateway to pass on later)."""
+        if not log.isEnabledFor(logging.INFO):
+            return
+        fields = dict(segment.partition("=")[::2] for segment in msg.uri_path
+                      if segment.startswith(("cuid=", "mid=")))
+        code = int(response.code)
+        log_event(log, logging.INFO, "mitigation.relayed", "mitigation request relayed",
+                  peer=session.conn.remote, cuid=fields.get("cuid"), mid=fields.get("mid"),
+                  method=_method_name(msg.code), code=f"{code >> 5}.{code & 31:02d}",
+                  upstream=self.relay.upstream_name())
 
     # --- observations ------------------------------------------------------------------------
 
@@ -251,6 +269,14 @@ class GatewayRole(ServerRole):
         relay = self.relay
         m.relayed_requests.add_source(
             lambda: {(code,): float(n) for code, n in relay.relayed.items()})
+        relay.observe_upstream = lambda name, seconds: m.relay_duration.observe(seconds, name)
+        if relay.upstream is not None:
+            relay.upstream.observe_handshake = (
+                lambda transport, seconds: m.handshake_duration.observe(seconds, "upstream",
+                                                                        transport))
+        # The mitigations the gateway has installed upstream and that are acting (the core's
+        # own store, which the daemon counts, holds none in gateway mode).
+        m.mitigations_active.add_source(lambda: {(): float(self._relayed_active())})
         m.upstream_health.add_source(self._upstream_health)
         m.heartbeats.add_source(self._upstream_heartbeats)
         database = relay.database
@@ -290,7 +316,8 @@ class GatewayRole(ServerRole):
             return {}
         # Usable = the one the session is up with; the others are untried or failed.
         current = upstream.current_spec()
-        return {(_label(spec),): float(spec is current) for spec in upstream.servers}
+        names = self.relay.upstream_names
+        return {(spec_label(spec, names),): float(spec is current) for spec in upstream.servers}
 
     def _upstream_heartbeats(self) -> dict[tuple[str, ...], float]:
         upstream = self.relay.upstream
@@ -302,6 +329,13 @@ class GatewayRole(ServerRole):
                 ("upstream", "missed"): float(max(0, stats.heartbeats_sent
                                                   - stats.heartbeats_answered)),
                 ("upstream", "received"): float(stats.server_heartbeats)}
+
+    def _relayed_active(self) -> int:
+        now = self.relay.wall_clock()
+        return sum(1 for r in self.relay.table
+                   if r.confirmed and not r.withdrawing
+                   and (r.trigger_mitigation or r.activated_by_loss)
+                   and (r.expires_at is None or r.expires_at > now))
 
     def _relayed_by_state(self) -> dict[tuple[str, ...], float]:
         counts = {"installed": 0.0, "pending": 0.0, "withdrawing": 0.0}
@@ -368,8 +402,9 @@ class GatewayRole(ServerRole):
                 await upstream.connect()
             except NetworkError as exc:
                 at = backoff.attempt_failed(self.clock())
-                log.warning("no upstream DOTS server reachable (%s); next attempt in %.0f s",
-                            exc, at - self.clock())
+                log_event(log, logging.WARNING, "upstream.unreachable", "no upstream DOTS "
+                          "server reachable", reason=str(exc),
+                          retry_in=round(at - self.clock()))
                 await asyncio.sleep(max(1.0, at - self.clock()))
                 continue
             backoff.succeeded()
@@ -405,6 +440,8 @@ class _BadOption(DotsProtocolError):
     code = Code.BAD_OPTION
 
 
-def _label(spec: Any) -> str:
-    host = f"[{spec.host}]" if ":" in spec.host else spec.host
-    return f"{host}:{spec.port}"
+def _method_name(code: int) -> str:
+    try:
+        return Method(code).name
+    except ValueError:
+        return str(code)

@@ -30,6 +30,7 @@ from gateway.coap.message import CoapMessage
 from gateway.dots.heartbeat import ReconnectBackoff
 from gateway.dots.message import DotsRequest
 from gateway.dots.session_config import SessionParameters
+from gateway.eventlog import log_event
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind
 
 log = logging.getLogger(__name__)
@@ -152,8 +153,9 @@ class UpstreamClient(DotsClient):
         self.leave_alternate(reason)  # a redirect's alternate is not preferred any more
         self._ticket = None
         self._ticket_endpoint = None
-        log.warning("upstream %s failed (%s): failing over to %s", current.uri, reason,
-                    self.servers[0].host if self.servers else "-")
+        log_event(log, logging.WARNING, "upstream.failover", "upstream failed: failing over",
+                  upstream=current.uri, reason=reason,
+                  next=f"{self.servers[0].host}:{self.servers[0].port}" if self.servers else None)
         self._lose(f"failover: {reason}")
 
     # --- hooks of the channel ----------------------------------------------------------------

@@ -65,6 +65,7 @@ from gateway.dots.mitigation_lifecycle import (
 )
 from gateway.dots.model import Extensions, MitigationScope, Scope
 from gateway.dots.telemetry import scope_telemetry, scope_telemetry_json
+from gateway.eventlog import log_event
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +197,9 @@ class LogMitigator(_Backend):
     def __call__(self, command: MitigatorCommand) -> None:
         self.stats.commands += 1
         entry = self.describe(command)
-        log.info("mitigator %s cuid=%s mid=%d%s", entry["action"], command.cuid, command.mid,
-                 f" reason={entry['reason']}" if entry["reason"] else "")
+        log_event(log, logging.INFO, "mitigator.command", f"mitigator {entry['action']}",
+                  action=entry["action"], cuid=command.cuid, mid=command.mid,
+                  reason=entry["reason"] or None)
         try:
             with self.path.open("a", encoding="utf-8") as journal:
                 journal.write(json.dumps(entry, separators=(",", ":"), default=str) + "\n")
@@ -273,6 +275,7 @@ class CommandMitigator(_Backend):
 
     async def _execute(self, entry: dict[str, Any]) -> None:
         what = f"{entry['action']} cuid={entry['cuid']} mid={entry['mid']}"
+        fields = {"action": entry["action"], "cuid": entry["cuid"], "mid": entry["mid"]}
         started = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -280,8 +283,8 @@ class CommandMitigator(_Backend):
                 stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=_LINE_LIMIT)
         except OSError as exc:
             self.stats.failures += 1
-            log.error("mitigator command %s for %s could not start: %s", self.argv[0], what,
-                      exc.strerror or exc)
+            log_event(log, logging.ERROR, "mitigator.failed", "mitigator command could not "
+                      "start", **fields, reason=f"{self.argv[0]}: {exc.strerror or exc}")
             return
         payload = (json.dumps(entry, separators=(",", ":"), default=str) + "\n").encode()
         try:
@@ -289,19 +292,21 @@ class CommandMitigator(_Backend):
         except TimeoutError:
             self.stats.timeouts += 1
             self.stats.failures += 1
-            log.error("mitigator command for %s still running after %g s: killed (pid %d)",
-                      what, self.timeout, proc.pid)
+            log_event(log, logging.ERROR, "mitigator.failed", f"mitigator command still "
+                      f"running after {self.timeout:g} s: killed", **fields,
+                      reason="timeout", pid=proc.pid)
             return
         finally:
             if proc.returncode is None:  # timed out, or we are being cancelled
                 await _kill(proc)
         if proc.returncode == 0:
-            log.info("mitigator command for %s done in %.2f s", what, time.monotonic() - started)
+            log_event(log, logging.INFO, "mitigator.command", "mitigator command done",
+                      **fields, seconds=round(time.monotonic() - started, 3))
         else:
             self.stats.failures += 1
-            log.error("mitigator command for %s failed with exit status %d%s", what,
-                      proc.returncode,
-                      " (killed by a signal)" if (proc.returncode or 0) < 0 else "")
+            log_event(log, logging.ERROR, "mitigator.failed", "mitigator command failed",
+                      **fields, exit_status=proc.returncode,
+                      reason="killed by a signal" if (proc.returncode or 0) < 0 else None)
 
     async def _converse(self, proc: asyncio.subprocess.Process, payload: bytes,
                         entry: dict[str, Any], what: str) -> None:

@@ -56,6 +56,7 @@ from gateway.dots.server import (
     TelemetryChanged,
 )
 from gateway.dots.uri import Resource, build_path
+from gateway.eventlog import log_event
 from gateway.server.blocks import _block2
 from gateway.server.observe import DEFAULT_MAX_OBSERVATIONS, ObserveNotifications
 from gateway.server.persistence import MitigationDatabase, PersistenceError
@@ -112,6 +113,9 @@ class ServerRole(ObserveNotifications):
         #: answered, missed, received): plain counts that the metrics read when scraped.
         self.answered: dict[int, int] = {}
         self.heartbeats: dict[str, int] = {}
+        #: ``(resource, seconds)`` for each request answered here (the daemon feeds the
+        #: request-duration histogram with it).
+        self.observe_request: Callable[[str, float], None] = _ignore_duration
         self.trusted_gateways = trusted_gateways
         self.clock = clock
         self.mitigator = mitigator or log_mitigator
@@ -171,9 +175,13 @@ class ServerRole(ObserveNotifications):
             layer = MessageLayer(parameters=_transmission(params))
         session = SignalSession(self, conn, dots, layer, identity.name)
         self.sessions[dots.id] = session
-        if log.isEnabledFor(logging.INFO):  # an enum's .value is a Python-level lookup
-            log.info("signal session opened peer=%s local=%s transport=%s client=%s cuid=%s",
-                     conn.remote, conn.local, conn.kind.value, identity.name, identity.cuid)
+        if log.isEnabledFor(logging.INFO):  # cipher and resumed are OpenSSL calls
+            secure = getattr(conn, "session", None)
+            log_event(log, logging.INFO, "session.established", "signal session opened",
+                      transport=conn.kind.value, peer=conn.remote, local=conn.local,
+                      client=identity.name, cuid=identity.cuid,
+                      cipher=getattr(secure, "cipher", None),
+                      resumed=getattr(secure, "resumed", None))
         session.flush()  # the TCP layer's CSM
         if credential.certificate is not None:
             self.standing.watch(dots.id, now + certificate_not_after(credential.certificate)
@@ -201,9 +209,10 @@ class ServerRole(ObserveNotifications):
         """Close ``session``: its credential or authorization ended (``standing.REASONS``)."""
         if session.closed:
             return
-        log.warning("signal session withdrawn peer=%s client=%s cuid=%s reason=%s: %s",
-                    session.conn.remote, session.identity,
-                    session.dots.requester.credential_id, reason, detail)
+        log_event(log, logging.WARNING, "session.withdrawn", "signal session withdrawn",
+                  transport=session.conn.kind.value, peer=session.conn.remote,
+                  client=session.identity, cuid=session.dots.requester.credential_id,
+                  reason=reason, detail=detail)
         self.standing.count(reason)
         session.conn.close(f"credential withdrawn: {detail}")
 
@@ -211,7 +220,9 @@ class ServerRole(ObserveNotifications):
         self.sessions.pop(session.dots.id, None)
         self.standing.forget(session.dots.id)
         self.core.close_session(session.dots)
-        log.info("signal session closed peer=%s reason=%s", session.conn.remote, reason)
+        log_event(log, logging.INFO, "session.closed", "signal session closed",
+                  transport=session.conn.kind.value, peer=session.conn.remote,
+                  cuid=session.dots.requester.credential_id, reason=reason)
 
     # --- the pump ----------------------------------------------------------------------------
 
@@ -302,15 +313,20 @@ class ServerRole(ObserveNotifications):
     def _answer(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
                 now: float) -> None:
         """Answer a request from the local core (mitigate, config, hb)."""
+        started = time.perf_counter()
         request = _dots_request(msg, session.dots.requester)
         try:
             response = self.core.receive_request(session.dots, request, now)
         except DotsProtocolError as exc:  # the core answers these itself; belt and braces
             response = exc.to_response()
         except Exception:
-            log.exception("internal error answering %s from %s", msg, session.conn.remote)
+            log_event(log, logging.ERROR, "request.failed", "internal error answering a "
+                      "request", exc_info=True, peer=session.conn.remote,
+                      method=request.method.name, path="/" + "/".join(request.path))
             response = DotsResponse(Code.INTERNAL_SERVER_ERROR,
                                     b"internal error; the server logged it", 0)
+        if response is not None and response.code >= 0x80:
+            log_answer(session, request.method.name, request.path, response)
         if response is None:
             # RFC 9132 §4.4.3: silently ignored; a CON still needs its ACK to stop retries.
             if key.mtype is MessageType.CON and isinstance(session.layer, MessageLayer):
@@ -333,6 +349,8 @@ class ServerRole(ObserveNotifications):
         self._sync_transmission(session)
         if request.method in (Method.PUT, Method.DELETE) and request.path[2:3] == ("config",):
             self._mark_config_observers(session)
+        self.observe_request(request.path[2] if len(request.path) > 2 else "-",
+                             time.perf_counter() - started)
 
     def _persist(self) -> None:
         """Save the store's changes not caused by a request (timers, signal loss, mitigator
@@ -397,9 +415,10 @@ class ServerRole(ObserveNotifications):
         if decision is not None:
             self.redirects[decision.reason.value] = self.redirects.get(decision.reason.value,
                                                                        0) + 1
-            log.info("redirect cuid=%s from=%s to=%s ttl=%d reason=%s",
-                     session.dots.requester.credential_id, session.conn.local,
-                     decision.target.name, decision.ttl, decision.reason.value)
+            log_event(log, logging.INFO, "redirect.sent", "redirect sent",
+                      peer=session.conn.remote, cuid=session.dots.requester.credential_id,
+                      local=session.conn.local, target=decision.target.name,
+                      ttl=decision.ttl, reason=decision.reason.value)
         return decision
 
     def start_drain(self, _deadline: float | None = None) -> None:
@@ -514,3 +533,28 @@ def log_mitigator(command: object) -> None:
     """The ``log`` mitigator backend: one line per command (issue 5 adds JSON lines/command)."""
     log.info("mitigator %s", command)
 
+
+def _ignore_duration(_resource: str, _seconds: float) -> None:
+    pass
+
+
+def log_answer(session: SignalSession, method: str, path: tuple[str, ...] | list[str],
+               response: DotsResponse) -> None:
+    """One ``request.answered`` event for an error answer (4.xx, 5.xx), with who asked
+    (peer, cuid) and what (method, path, mid), the code and its diagnostic."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    cuid = session.dots.requester.credential_id
+    mid = None
+    for segment in path:
+        name, _, value = segment.partition("=")
+        if name == "cuid" and value:
+            cuid = value
+        elif name == "mid" and value:
+            mid = value
+    code = int(response.code)
+    diagnostic = response.diagnostic[:300] or None
+    log_event(log, logging.INFO, "request.answered", "request answered with an error",
+              peer=session.conn.remote, cuid=cuid, mid=mid, method=method,
+              path="/" + "/".join(p for p in path if not p.startswith(("cuid=", "mid="))),
+              code=f"{code >> 5}.{code & 31:02d}", diagnostic=diagnostic)

@@ -501,8 +501,9 @@ def wipe(upstream_dir: Path) -> None:
 
 async def reinstalled(gw: Daemon, count: int) -> None:
     """Wait until the gateway logged ``count`` more re-installations."""
-    base = gw.log_text().count("re-installed cuid=")
-    await eventually(lambda: gw.log_text().count("re-installed cuid=") >= base + count, 60)
+    base = gw.log_text().count("event=mitigation.reinstalled")
+    await eventually(lambda: gw.log_text().count("event=mitigation.reinstalled") >= base + count,
+                     60)
 
 
 async def test_gateway_and_upstream_kill9_at_random_points(tmp_path: Path, pkis: Pkis) -> None:
