@@ -307,7 +307,9 @@ async def _mitigate(args: argparse.Namespace) -> int:
         raise UsageError(getattr(exc, "diagnostic", str(exc))) from None
     from dataclasses import replace
 
-    scope = replace(scope, extensions=scope_telemetry_file(args.telemetry, UsageError))
+    # Telemetry attributes join the scope's other extensions (RFC 9133's acl-list is one).
+    scope = replace(scope, extensions=scope.extensions
+                    + scope_telemetry_file(args.telemetry, UsageError))
     async with _client(args) as client:
         reply = await client.mitigate(scope, mid=args.mid)
         _print(reply, args)
