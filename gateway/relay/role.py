@@ -364,9 +364,9 @@ class GatewayRole(ServerRole):
                 await upstream.connect()
             except NetworkError as exc:
                 at = backoff.attempt_failed(self.clock())
-                log.warning("no upstream DOTS server reachable (%s); next attempt in %.0f s",
-                            exc, at - self.clock())
-                await asyncio.sleep(max(1.0, at - self.clock()))
+                log.warning("no upstream DOTS server reachable (%s); next attempt in %.0f s "
+                            "(`dots-gateway reconnect` tries now)", exc, at - self.clock())
+                await upstream.backoff_wait(max(1.0, at - self.clock()))
                 continue
             backoff.succeeded()
 

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway.client.connect import NetworkError, ServerSpec, Transport
 from gateway.client.messages import Reply, coap_request
@@ -61,6 +62,7 @@ class UpstreamClient(DotsClient):
                  preferred_idle: SessionParameters | None = None,
                  preferred_mitigating: SessionParameters | None = None,
                  backoff: ReconnectBackoff | None = None,
+                 names: dict[tuple[str, int], str] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(credentials, list(servers), state_dir=state_dir,
                          request_timeout=request_timeout, handshake_timeout=handshake_timeout,
@@ -72,12 +74,69 @@ class UpstreamClient(DotsClient):
         self.failovers = 0
         self._connecting = asyncio.Lock()
         self._slots = asyncio.Semaphore(self.max_in_flight)
+        #: (host as configured, port) -> the ``[[upstream]]`` entry's name.
+        self.names = dict(names or {})
+        #: Establishments running now (start, re-establishment, ``reconnect``).
+        self.establishing = 0
+        #: Set by ``reconnect_now``: ends the back-off wait of whichever loop is waiting.
+        self._wake = asyncio.Event()
 
     async def connect(self) -> None:
         # The daemon connects at start while the first relayed requests may already ask for
-        # a session: one establishment at a time, or two sessions race and one leaks.
+        # a session: one establishment at a time, or two sessions race and one leaks. One
+        # that waited for another's attempt to fail does not try again at once: the
+        # back-off decides when the next attempt runs (RFC 9132 §4.7).
+        waited = self._connecting.locked()
         async with self._connecting:
+            if waited and not self.connected and self.last_error is not None:
+                raise NetworkError(self.last_error)
             await super().connect()
+
+    async def _establish(self, *, resume: bool) -> None:
+        self.establishing += 1
+        try:
+            await super()._establish(resume=resume)
+        finally:
+            self.establishing -= 1
+
+    @property
+    def session_expected(self) -> bool:
+        """Whether a relayed request may get a session: one is up, or an establishment is
+        running now. False while the back-off holds the next attempt back: a request then
+        gets the gateway's 5.03 at once instead of waiting for its timeout."""
+        return self.connected or self.establishing > 0
+
+    def label(self, endpoint: Any) -> str:
+        """How diagnostics and logs name an upstream endpoint: the ``[[upstream]]`` name
+        it was configured under, with its URI."""
+        index = _spec_index(self.servers, endpoint.address, endpoint.port,
+                            endpoint.server_name)
+        name = None
+        if index is not None:
+            spec = self.servers[index]
+            name = self.names.get((spec.host, spec.port))
+        return f"{name} ({endpoint.uri})" if name else endpoint.uri
+
+    async def backoff_wait(self, delay: float) -> None:
+        """Sleep until the next establishment attempt, or until ``reconnect_now``."""
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), max(0.0, delay))
+        except TimeoutError:
+            pass
+
+    def reconnect_now(self) -> str:
+        """The operator's ``reconnect``: forget the back-off and attempt at once. What it
+        did, in words."""
+        if self.connected:
+            return f"connected to {self.name}: nothing to do"
+        if self.establishing:
+            return "an attempt is under way"
+        # Whichever loop waits (the daemon's first connection, or re-establishment after a
+        # loss; one of them runs while there is no session) wakes and attempts at once.
+        self.backoff.succeeded()
+        self._wake.set()
+        return "attempting now"
 
     def current_spec(self) -> ServerSpec | None:
         """The configured (or discovered) server the session in use goes to."""
