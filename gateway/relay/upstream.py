@@ -80,6 +80,8 @@ class UpstreamClient(DotsClient):
         self.establishing = 0
         #: Set by ``reconnect_now``: ends the back-off wait of whichever loop is waiting.
         self._wake = asyncio.Event()
+        #: (host as configured, port) -> (why the latest attempt to it failed, when).
+        self.server_errors: dict[tuple[str, int], tuple[str, float]] = {}
 
     async def connect(self) -> None:
         # The daemon connects at start while the first relayed requests may already ask for
@@ -98,6 +100,48 @@ class UpstreamClient(DotsClient):
             await super()._establish(resume=resume)
         finally:
             self.establishing -= 1
+
+    async def _attempt(self, endpoint: Any, resume: bytes | None = None) -> ClientSession:
+        try:
+            return await super()._attempt(endpoint, resume)
+        except NetworkError as exc:
+            index = _spec_index(self.servers, endpoint.address, endpoint.port,
+                                endpoint.server_name)
+            if index is not None:
+                spec = self.servers[index]
+                self.server_errors[(spec.host, spec.port)] = (
+                    f"{endpoint.uri}: {exc}", self.clock())
+            raise
+
+    def find(self, name: str) -> ServerSpec | None:
+        """The upstream server configured under ``name`` (or with that host)."""
+        for spec in self.servers:
+            if name in (self.names.get((spec.host, spec.port)), spec.host,
+                        f"{spec.host}:{spec.port}"):
+                return spec
+        return None
+
+    def prefer(self, spec: ServerSpec) -> None:
+        """Try ``spec`` first from the next establishment on."""
+        self.servers.remove(spec)
+        self.servers.insert(0, spec)
+
+    def status_rows(self) -> list[dict[str, object]]:
+        """One row per upstream server in the order they are tried, for ``status``: its
+        name, whether the session is to it, and why the latest attempt to it failed."""
+        current = self.current_spec()
+        now = self.clock()
+        rows: list[dict[str, object]] = []
+        for spec in self.servers:
+            error = self.server_errors.get((spec.host, spec.port))
+            rows.append({"name": self.names.get((spec.host, spec.port), ""),
+                         "host": spec.host, "port": spec.port,
+                         "transports": [t.value for t in spec.transports],
+                         "in_use": spec is current,
+                         "last_error": None if error is None else error[0],
+                         "last_error_age": None if error is None
+                         else round(now - error[1], 1)})
+        return rows
 
     @property
     def session_expected(self) -> bool:
@@ -125,9 +169,14 @@ class UpstreamClient(DotsClient):
         except TimeoutError:
             pass
 
-    def reconnect_now(self) -> str:
-        """The operator's ``reconnect``: forget the back-off and attempt at once. What it
-        did, in words."""
+    def reconnect_now(self, spec: ServerSpec | None = None) -> str:
+        """The operator's ``reconnect``: forget the back-off and attempt at once (``spec``
+        first; when connected to another server, move there). What it did, in words."""
+        if spec is not None and self.current_spec() is not spec:
+            self.prefer(spec)
+            if self.connected:
+                self.fail_over(f"the operator asked for {spec.host}:{spec.port}")
+                return f"moving to {spec.host}:{spec.port}"
         if self.connected:
             return f"connected to {self.name}: nothing to do"
         if self.establishing:
