@@ -137,7 +137,7 @@ class RequestSending:
                 wait = min(NON_RETRY_INTERVAL, remaining) if resendable else remaining
                 done, _ = await asyncio.wait({future}, timeout=wait)
                 if not done:
-                    if resendable and session.resend(token):
+                    if resendable and deadline > self.clock() and session.resend(token):
                         sent += 1
                         self.stats.retransmissions += 1
                         log.info("no answer to %s, sending it again (transmission %d, same "

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway.client.connect import NetworkError
+from gateway.client.connect import Endpoint, NetworkError
 from gateway.client.messages import Reply
 from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, CONTENT_FORMAT_TEXT, Code, Method
 from gateway.dots.errors import MethodNotAllowed, MissingAttribute
@@ -325,9 +325,9 @@ class GatewayRelay(SharedObservations, Reinstallation):
         if response.code.value != reply.raw_code:
             return DotsResponse(Code.BAD_GATEWAY, b"gateway: the upstream server answered "
                                 b"with an unknown response code", 0)
-        return self._from_upstream(reply, response)
+        return self._from_upstream(reply.endpoint, response)
 
-    def _from_upstream(self, reply: Reply, response: DotsResponse) -> DotsResponse:
+    def _from_upstream(self, endpoint: Endpoint, response: DotsResponse) -> DotsResponse:
         """An upstream error says which hop produced it: its diagnostic is prefixed with
         ``upstream <name> (<uri>): `` (issue 20 §2: a client of the gateway must tell the
         provider's refusal from the gateway's, whose diagnostics start with ``gateway:``).
@@ -336,7 +336,7 @@ class GatewayRelay(SharedObservations, Reinstallation):
         if response.code.is_success or response.content_format == CONTENT_FORMAT_DOTS_CBOR:
             return response
         upstream = self.upstream
-        hop = upstream.label(reply.endpoint) if upstream is not None else reply.endpoint.uri
+        hop = upstream.label(endpoint) if upstream is not None else endpoint.uri
         text = response.payload.decode("utf-8", "replace")
         prefix = f"upstream {hop}: "
         # RFC 7252 §5.5.2: a diagnostic payload has no Content-Format (text/plain).

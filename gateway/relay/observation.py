@@ -131,7 +131,8 @@ class SharedObservations:
             return
         obs.last = response
         # RFC 7641 §3.2: without Observe the upstream observation ended; observers learn so.
-        self.notify(set(obs.subscribers), response, ended)
+        self.notify(set(obs.subscribers), self._from_upstream(session.endpoint, response),
+                    ended)
         if ended:
             self._drop_observation(obs, cancel=False)
 
@@ -148,7 +149,8 @@ class SharedObservations:
         if self.observations.get(obs.key) is not obs:
             return
         obs.last = reply.response
-        self.notify(set(obs.subscribers), reply.response, not reply.ok)
+        self.notify(set(obs.subscribers), self._from_upstream(reply.endpoint, reply.response),
+                    not reply.ok)
         if not reply.ok:
             self._drop_observation(obs, cancel=False)
 
