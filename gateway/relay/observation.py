@@ -92,8 +92,8 @@ class SharedObservations:
 
     async def _register(self, obs: UpstreamObservation) -> Reply | None:
         upstream = self.upstream
-        if upstream is None:
-            return None
+        if upstream is None or not upstream.session_expected:
+            return None  # no session and none coming now: the 5.03 at once (issue 20 §4)
 
         def later(session: ClientSession, message: CoapMessage | None, _why: str) -> None:
             self._notification(obs, session, message)
