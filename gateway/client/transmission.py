@@ -96,15 +96,17 @@ class RequestSending:
         """``_send`` without following redirects: the reply and the session it came on.
 
         A NON request over DTLS is sent again after 3 s of silence as the *same* message,
-        same token and Message ID: RFC 9132 §4.4.1 sends NON mitigation requests "at
-        regular intervals until a response is received" (at most one every 3 s, §4.4);
-        RFC 7252 §4.3 lets a sender transmit several copies of a NON message, which the
-        receiver processes once (§4.5, by Message ID); and a separate response is matched
-        by token alone (§5.3.2). So an answer that comes late, after several copies (a
-        gateway's 5.03 at the end of its own upstream bound), completes the request, and a
-        gateway in the path relays the request once, not once per copy. Only a new session
-        (the previous one closed) gets a new message and token. After the last copy
-        (``attempts``) the request keeps waiting for its answer until ``limit``."""
+        same token and Message ID: RFC 9132 §4.4.1 has a DOTS client repeat its NON
+        mitigation request at regular intervals until it gets a response (without an RTT
+        estimate at most one every 3 s) and says nothing of new tokens or Message IDs for
+        the repetitions; RFC 7252 §4.3 lets a sender transmit several copies of a NON
+        message, which the receiver processes once (§4.5, by Message ID); and a separate
+        response is matched by token alone (§5.3.2). So an answer that comes late, after
+        several copies (a gateway's 5.03 at the end of its own upstream bound), completes
+        the request, and a gateway in the path relays the request once, not once per copy.
+        Only a new session (the previous one closed) gets a new message and token. After
+        the last copy (``attempts``) the request keeps waiting for its answer until
+        ``limit``."""
         started = self.clock()
         deadline = started + limit
         label = request_label(request)
