@@ -372,6 +372,8 @@ def _upstreams_section(server: RunningServer) -> dict[str, object]:
     next_in = upstream.next_attempt_in
     next_at = (None if next_in is None else time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + next_in)))
+    for row in rows:  # one attempt tries them all, in this order
+        row["next_attempt_at"] = next_at
     return {"count": len(rows), "in_use": upstream.name, "connected": upstream.connected,
             "failovers": upstream.failovers, "last_error": upstream.last_error,
             "last_error_age": age,

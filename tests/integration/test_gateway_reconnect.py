@@ -53,6 +53,7 @@ def test_status_shows_why_and_when_and_reconnect_tries_at_once(pkis: Pkis,  # no
         assert upstreams["next_attempt_at"].endswith("Z")  # type: ignore[index, union-attr]
         (row,) = upstreams["list"]  # type: ignore[index]
         assert row["name"] == "up0" and row["in_use"] is False
+        assert row["next_attempt_at"] == upstreams["next_attempt_at"]  # type: ignore[index]
         assert row["last_error"].startswith(f"coaps://127.0.0.1:{up_port}")
         text = command("status", "--config", str(config))
         assert "next_attempt_at" in text.stdout and "up0" in text.stdout

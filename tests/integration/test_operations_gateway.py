@@ -56,7 +56,7 @@ async def test_upstream_session_in_status_and_metrics(tmp_path: Path, pkis: Pkis
             assert upstreams["list"] == [  # type: ignore[index]
                 {"name": "up0", "host": "127.0.0.1", "port": up.port,
                  "transports": ["udp"], "in_use": True, "last_error": None,
-                 "last_error_age": None}]  # config default: udp
+                 "last_error_age": None, "next_attempt_at": None}]  # config default: udp
             text = running.metrics.render()
             transport = row["transport"]
             assert f'dots_gateway_sessions{{side="upstream",transport="{transport}"}} 1\n' in text
