@@ -339,7 +339,7 @@ class GatewayRelay(SharedObservations, Reinstallation):
         hop = upstream.label(endpoint) if upstream is not None else endpoint.uri
         text = response.payload.decode("utf-8", "replace")
         prefix = f"upstream {hop}: "
-        # RFC 7252 §5.5.2: a diagnostic payload has no Content-Format (text/plain).
+        # RFC 7252 §5.5.2: a diagnostic payload is UTF-8 text; its Content-Format stays.
         return replace(response, payload=(prefix + (text or response.code.dotted)).encode(),
                        content_format=response.content_format
                        if response.content_format == CONTENT_FORMAT_TEXT else None)
