@@ -242,7 +242,8 @@ class ReconnectBackoff:
         jitter = 0.1 * self._jitter()
         if self.maximum is None:
             return self.interval * (1 + jitter)
-        base = min(self.maximum, self.interval * 2 ** min(self.failures - 1, 32))
+        doublings = max(0, min(self.failures - 1, 32))
+        base = min(self.maximum, self.interval * float(1 << doublings))
         wait = base * (1 + jitter)
         if wait > self.maximum:
             wait = max(self.interval, self.maximum * (1 - jitter))
