@@ -2,9 +2,10 @@
 
 ``run`` (terminal or gateway mode) and ``server`` (always terminal) are the daemon;
 ``check-config FILE`` lists every problem with its key; ``certs init DIR`` makes the dev
-PKI; ``show-config`` prints the effective settings; ``status`` and ``reload`` ask a running
-daemon over its control socket (``gateway.ops.control``); ``drain`` signals one with ``[anycast]``
-(``anycast.control``); ``discover`` and ``dhcp-option`` come from ``gateway.discovery``.
+PKI; ``show-config`` prints the effective settings; ``status``, ``reload`` and ``reconnect``
+(gateway mode) ask a running daemon over its control socket (``gateway.ops.control``);
+``drain`` signals one with ``[anycast]`` (``anycast.control``); ``discover`` and
+``dhcp-option`` come from ``gateway.discovery``.
 """
 
 from __future__ import annotations
@@ -239,8 +240,8 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _ask_daemon(args: argparse.Namespace,
-                command: str) -> tuple[Settings | None, dict[str, Any] | None]:
+def _ask_daemon(args: argparse.Namespace, command: str,
+                **fields: object) -> tuple[Settings | None, dict[str, Any] | None]:
     """(the settings used, the daemon's answer to ``command`` on its control socket).
     Settings are None when the configuration is bad, the answer None when no daemon answers;
     either is said on stderr, with where the command looked."""
@@ -253,7 +254,7 @@ def _ask_daemon(args: argparse.Namespace,
         return None, None
     path = Path(args.socket) if args.socket else settings.control.socket
     try:
-        return settings, control.request(path, command, timeout=args.timeout)
+        return settings, control.request(path, command, timeout=args.timeout, **fields)
     except control.ControlUnavailable as exc:
         print(f"{command}: no daemon answers on the control socket: {exc}", file=sys.stderr)
         print(f"{command}: looked at {_socket_origin(args, settings)}", file=sys.stderr)
@@ -306,6 +307,29 @@ def _reload(args: argparse.Namespace) -> int:
     for w in withdrawn:
         print(f"  {w.get('peer')} {w.get('client')}: {w.get('reason')} ({w.get('detail')})")
     return EXIT_OK
+
+
+def _reconnect(args: argparse.Namespace) -> int:
+    """``reconnect [NAME]``: the gateway's upstream attempts now (NAME first), not when its
+    back-off says; prints how the attempt went. Exit 0 when connected afterwards."""
+    fields = {} if args.upstream is None else {"upstream": args.upstream}
+    _, response = _ask_daemon(args, "reconnect", **fields)
+    if response is None:
+        return EXIT_FAILURE
+    if not response.get("ok"):
+        print(f"reconnect: {response.get('error')}", file=sys.stderr)
+        return EXIT_FAILURE
+    result = response.get("result", {})
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    elif result.get("connected"):
+        print(f"reconnect: {result.get('action')}; connected to {result.get('in_use')}")
+    else:
+        next_in = result.get("next_attempt_in")
+        print(f"reconnect: {result.get('action')}; not connected: "
+              f"{result.get('last_error') or 'no answer yet'}"
+              + ("" if next_in is None else f"; next attempt in {next_in:.0f} s"))
+    return EXIT_OK if result.get("connected") else EXIT_FAILURE
 
 
 def _tls_secrets(args: argparse.Namespace) -> int:
@@ -415,6 +439,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0,
                    help="seconds to wait for the daemon's answer (default 30)")
     p.set_defaults(func=_reload)
+
+    p = sub.add_parser("reconnect", help="gateway mode: connect upstream now instead of "
+                       "when the back-off allows (NAME first, moving there if connected "
+                       "elsewhere)")
+    p.add_argument("upstream", nargs="?", metavar="NAME",
+                   help="an [[upstream]] name (or host) to try first")
+    p.add_argument("--config", help="the daemon's configuration file (for its control socket)")
+    p.add_argument("--state-dir", help="the daemon's " + STATE_DIR_HELP)
+    p.add_argument("--socket", help="the control socket (default: control.socket)")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for the daemon's answer (default 30)")
+    p.set_defaults(func=_reconnect)
 
     p = sub.add_parser("tls-secrets", help="create (or --rotate) the shared cookie and "
                        "ticket-key files")

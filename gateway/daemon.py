@@ -481,16 +481,19 @@ def _upstreams_section(server: RunningServer) -> dict[str, object]:
     upstream = _upstream_client(server)
     if upstream is None:
         return {"count": 0, "list": []}
-    rows = [{"host": s.host, "port": s.port,
-             "transports": [t.value for t in s.transports]} for s in upstream.servers]
+    rows = upstream.status_rows()
     age = (None if upstream.last_error_at is None
            else round(upstream.clock() - upstream.last_error_at, 1))
     next_in = upstream.next_attempt_in
+    next_at = (None if next_in is None else time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + next_in)))
+    for row in rows:  # one attempt tries them all, in this order
+        row["next_attempt_at"] = next_at
     return {"count": len(rows), "in_use": upstream.name, "connected": upstream.connected,
             "failovers": upstream.failovers, "last_error": upstream.last_error,
             "last_error_age": age,
             "next_attempt_in": None if next_in is None else round(next_in, 1),
-            "list": rows}
+            "next_attempt_at": next_at, "list": rows}
 
 
 class Operations:

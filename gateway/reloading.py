@@ -67,7 +67,8 @@ LIVE_SECTIONS = ("logging", "tls", "psk", "session", "mitigation", "clients",
 RESTART_FIELDS = {
     "mitigation": ("backend", "command"),
     "gateway": ("domain", "insert_cdid", "hop_limit", "identity", "request_timeout",
-                "heartbeat_interval", "missing_hb_allowed", "reconnect_interval"),
+                "heartbeat_interval", "missing_hb_allowed", "reconnect_interval",
+                "reconnect_max_interval"),
 }
 
 

@@ -440,7 +440,7 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
             now = self.clock()
             if not self.backoff.may_attempt(now):
                 assert self.backoff.next_attempt_at is not None
-                await asyncio.sleep(self.backoff.next_attempt_at - now)
+                await self.backoff_wait(self.backoff.next_attempt_at - now)
                 continue
             try:
                 await self._establish(resume=True)
@@ -453,6 +453,11 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
                 continue
             self.backoff.succeeded()
             return
+
+    async def backoff_wait(self, delay: float) -> None:
+        """Wait ``delay`` seconds for the next establishment attempt (a subclass may let
+        an operator cut it short)."""
+        await asyncio.sleep(max(0.0, delay))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

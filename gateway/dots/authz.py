@@ -61,7 +61,8 @@ class Authorizer:
         if cuid != requester.credential_id and not rule.allow_any_cuid:
             raise NotAuthorized(
                 f"cuid {cuid} is not the one derived from your credential "
-                f"({requester.credential_id}, RFC 9132 App. B)"
+                f"({requester.credential_id}, RFC 9132 App. B); a DOTS gateway relaying its "
+                f"clients' requests needs allow_any_cuid = true in its [[clients]] entry"
             )
         return rule
 

@@ -33,9 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway.client.connect import NetworkError
+from gateway.client.connect import Endpoint, NetworkError
 from gateway.client.messages import Reply
-from gateway.dots.codes import Code, Method
+from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, CONTENT_FORMAT_TEXT, Code, Method
 from gateway.dots.errors import MethodNotAllowed, MissingAttribute
 from gateway.dots.message import DotsRequest, DotsResponse, Requester
 from gateway.dots.model import Scope
@@ -314,11 +314,28 @@ class GatewayRelay(SharedObservations, Reinstallation):
         upstream = self.upstream
         if upstream is None:
             return NO_ANSWER
+        if not upstream.session_expected:
+            # No session and none being established (the back-off holds the next attempt
+            # back): the gateway knows now that nothing will answer, so the client gets the
+            # 5.03 now rather than after a request timeout (issue 20 §4).
+            self._count("no-session")
+            why = upstream.last_error or "not established yet"
+            log.warning("relayed %s %s: no upstream session (%s)", request.method.name,
+                        "/".join(request.path[2:]), why)
+            return f"no upstream session ({why})"
         sent_at = upstream.clock()
+        bound = self.settings.request_timeout
         try:
-            reply = await upstream.forward(request, mid=mid,
-                                           timeout=self.settings.request_timeout,
-                                           confirmable=confirmable)
+            # The bound holds even while a session is being established for this request
+            # (handshakes have their own timeouts, which could add up past it).
+            reply = await asyncio.wait_for(
+                upstream.forward(request, mid=mid, timeout=bound, confirmable=confirmable),
+                bound + 1.0)
+        except TimeoutError:
+            log.warning("relayed %s %s: no upstream answer within %g s",
+                        request.method.name, "/".join(request.path[2:]), bound)
+            self._count("no-answer")
+            return NO_ANSWER
         except UpstreamBusy as exc:
             log.warning("relayed %s: %s", request.method.name, exc)
             self._count("busy")
@@ -359,7 +376,24 @@ class GatewayRelay(SharedObservations, Reinstallation):
         if response.code.value != reply.raw_code:
             return DotsResponse(Code.BAD_GATEWAY, b"gateway: the upstream server answered "
                                 b"with an unknown response code", 0)
-        return response
+        return self._from_upstream(reply.endpoint, response)
+
+    def _from_upstream(self, endpoint: Endpoint, response: DotsResponse) -> DotsResponse:
+        """An upstream error says which hop produced it: its diagnostic is prefixed with
+        ``upstream <name> (<uri>): `` (issue 20 §2: a client of the gateway must tell the
+        provider's refusal from the gateway's, whose diagnostics start with ``gateway:``).
+        Success bodies and RFC-defined CBOR bodies (4.09 conflict information) travel
+        unchanged."""
+        if response.code.is_success or response.content_format == CONTENT_FORMAT_DOTS_CBOR:
+            return response
+        upstream = self.upstream
+        hop = upstream.label(endpoint) if upstream is not None else endpoint.uri
+        text = response.payload.decode("utf-8", "replace")
+        prefix = f"upstream {hop}: "
+        # RFC 7252 §5.5.2: a diagnostic payload is UTF-8 text; its Content-Format stays.
+        return replace(response, payload=(prefix + (text or response.code.dotted)).encode(),
+                       content_format=response.content_format
+                       if response.content_format == CONTENT_FORMAT_TEXT else None)
 
     async def _withdraw(self, record: RelayedMitigation) -> None:
         """Take back upstream a request the gateway could not record as accepted."""

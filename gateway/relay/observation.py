@@ -95,8 +95,8 @@ class SharedObservations:
 
     async def _register(self, obs: UpstreamObservation) -> Reply | None:
         upstream = self.upstream
-        if upstream is None:
-            return None
+        if upstream is None or not upstream.session_expected:
+            return None  # no session and none coming now: the 5.03 at once (issue 20 §4)
 
         def later(session: ClientSession, message: CoapMessage | None, _why: str) -> None:
             self._notification(obs, session, message)
@@ -134,7 +134,8 @@ class SharedObservations:
             return
         obs.last = response
         # RFC 7641 §3.2: without Observe the upstream observation ended; observers learn so.
-        self.notify(set(obs.subscribers), response, ended)
+        self.notify(set(obs.subscribers), self._from_upstream(session.endpoint, response),
+                    ended)
         if ended:
             self._drop_observation(obs, cancel=False)
 
@@ -151,7 +152,8 @@ class SharedObservations:
         if self.observations.get(obs.key) is not obs:
             return
         obs.last = reply.response
-        self.notify(set(obs.subscribers), reply.response, not reply.ok)
+        self.notify(set(obs.subscribers), self._from_upstream(reply.endpoint, reply.response),
+                    not reply.ok)
         if not reply.ok:
             self._drop_observation(obs, cancel=False)
 

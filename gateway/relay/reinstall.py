@@ -96,7 +96,8 @@ class Reinstallation:
             reply = await self._register(obs)
             if reply is not None:  # the state may have moved meanwhile
                 ended = reply.observe is None or not reply.ok
-                self.notify(set(obs.subscribers), reply.response, ended)
+                self.notify(set(obs.subscribers),
+                            self._from_upstream(reply.endpoint, reply.response), ended)
                 if ended:
                     self._drop_observation(obs, cancel=False)
         self._save()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from gateway.client.connect import NetworkError
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: Rows a status section lists (``count`` has the total).
 STATUS_ROWS = 1000
+#: Seconds ``reconnect`` waits for the outcome of the attempt it started.
+RECONNECT_WAIT = 20.0
 
 Subscriber = tuple[int, bytes]  # (downstream session id, observation token)
 
@@ -303,8 +305,42 @@ class GatewayRole(ServerRole):
                       "(installed, pending, withdrawing).", ("state",)
                       ).add_source(self._relayed_by_state)
         control.status_sections["mitigations"] = self._relayed_section
+        control.actions["reconnect"] = self._reconnect
         for hook in self.operation_hooks:
             hook(metrics, control)
+
+    async def _reconnect(self, request: Mapping[str, Any]) -> dict[str, object]:
+        """``dots-gateway reconnect [NAME]``: end the back-off wait and attempt now (NAME
+        first, moving there when connected elsewhere); the answer says how the attempt
+        went, waiting for it at most ``RECONNECT_WAIT`` seconds."""
+        upstream = self.relay.upstream
+        if upstream is None:
+            raise ValueError("no upstream client (terminal mode)")
+        name = request.get("upstream")
+        spec = None
+        if name is not None:
+            spec = upstream.find(str(name))
+            if spec is None:
+                known = [upstream.names.get((s.host, s.port)) or s.host
+                         for s in upstream.servers]
+                raise ValueError(f"no upstream named {name!r}; configured: "
+                                 f"{', '.join(known) or '-'}")
+        started = self.clock()
+        action = upstream.reconnect_now(spec)
+        log.info("control: reconnect %s: %s", name or "", action)
+        deadline = started + RECONNECT_WAIT
+        await asyncio.sleep(0.05)  # let the woken loop start its attempt
+        while self.clock() < deadline:
+            moved = spec is None or upstream.current_spec() is spec
+            if upstream.connected and moved:
+                break
+            if not upstream.establishing and (upstream.last_error_at or 0) > started:
+                break  # the attempt failed; the back-off decides the next one
+            await asyncio.sleep(0.1)
+        next_in = upstream.next_attempt_in
+        return {"action": action, "connected": upstream.connected, "in_use": upstream.name,
+                "last_error": upstream.last_error,
+                "next_attempt_in": None if next_in is None else round(next_in, 1)}
 
     def _upstream_stat(self, name: str) -> int:
         upstream = self.relay.upstream
@@ -403,9 +439,9 @@ class GatewayRole(ServerRole):
             except NetworkError as exc:
                 at = backoff.attempt_failed(self.clock())
                 log_event(log, logging.WARNING, "upstream.unreachable", "no upstream DOTS "
-                          "server reachable", reason=str(exc),
-                          retry_in=round(at - self.clock()))
-                await asyncio.sleep(max(1.0, at - self.clock()))
+                          "server reachable (`dots-gateway reconnect` tries now)",
+                          reason=str(exc), retry_in=round(at - self.clock()))
+                await upstream.backoff_wait(max(1.0, at - self.clock()))
                 continue
             backoff.succeeded()
 

@@ -110,7 +110,9 @@ def build_gateway_role(settings: Settings, core: DotsServerCore, servers: list[S
         upstream_credentials(settings), servers, state_dir=state_dir / "upstream",
         on_ready=relay.upstream_ready, is_mitigating=relay.mitigating,
         request_timeout=float(g.request_timeout), preferred_idle=preferred,
-        preferred_mitigating=preferred, backoff=ReconnectBackoff(g.reconnect_interval))
+        preferred_mitigating=preferred,
+        backoff=ReconnectBackoff(g.reconnect_interval, maximum=g.reconnect_max_interval),
+        names={(server_spec(u).host, u.port): u.name for u in settings.upstream if u.name})
     relay.upstream = upstream
     role = GatewayRole(core, relay, **role_options)
     if discovery is not None:

@@ -356,9 +356,11 @@ async def test_gateway_own_refusals_say_so(pkis: Pkis, tmp_path: Path) -> None:
             request = DotsRequest(Method.GET, path, hop_limit=1)
             reply = await client._send(request, confirmable=False)
             assert reply.dotted == "5.08" and "gw" in reply.diagnostic
-            # Upstream errors come back with their code: 4.04 for an unknown mid.
+            # Upstream errors come back with their code (4.04 for an unknown mid) and a
+            # diagnostic naming the hop that produced it (issue 20 §2).
             reply = await client.get(12345)
-            assert reply.code is Code.NOT_FOUND and not reply.diagnostic.startswith("gateway:")
+            assert reply.code is Code.NOT_FOUND
+            assert reply.diagnostic.startswith(f"upstream up0 (coaps://127.0.0.1:{up.port}): ")
             assert relay_of(gw).relayed.get("4.04") == 1
 
 

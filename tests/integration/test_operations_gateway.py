@@ -55,7 +55,9 @@ async def test_upstream_session_in_status_and_metrics(tmp_path: Path, pkis: Pkis
             upstreams = status["upstreams"]
             assert upstreams["connected"] is True  # type: ignore[index]
             assert upstreams["list"] == [  # type: ignore[index]
-                {"host": "127.0.0.1", "port": up.port, "transports": ["udp"]}]  # config default
+                {"name": "up0", "host": "127.0.0.1", "port": up.port,
+                 "transports": ["udp"], "in_use": True, "last_error": None,
+                 "last_error_age": None, "next_attempt_at": None}]  # config default: udp
             text = running.metrics.render()
             transport = row["transport"]
             assert f'dots_gateway_sessions{{side="upstream",transport="{transport}"}} 1\n' in text
