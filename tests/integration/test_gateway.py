@@ -313,11 +313,13 @@ async def test_failover_reinstalls_every_mitigation_and_restart_loses_none(
 
             a.proc.kill()  # no close_notify: the gateway finds out from its heartbeats
             a.proc.wait(5)
-            await wait_until(lambda: [row[1] for row in b.rows()] == mids, 30,
+            # The upstream saves each row before it answers, and the gateway counts the
+            # re-installation when the answer arrives: wait for both, not the rows alone.
+            await wait_until(lambda: [row[1] for row in b.rows()] == mids
+                             and relay.reinstalled == len(mids), 30,
                              "every mitigation re-installed on the second upstream")
             assert {(row[0], row[2], row[3]) for row in b.rows()} == {
                 (pkis.client_cuid, pkis.gateway_cuid, pkis.client_cuid)}
-            assert relay.reinstalled == len(mids)
             # The client kept its session and sees every request, through the new upstream.
             assert client.stats.sessions == 1 and client.connected
             got = await client.get()
