@@ -208,6 +208,15 @@ class DataStoreDatabase:
         (or its pending lifetime ran out). Satisfies ``AclCatalog.lookup``."""
         return self._live(cuid, "acls", acl_name)
 
+    def acl_names(self, cuid: str) -> list[str]:
+        """The names of client ``cuid``'s live ACLs. Makes this a ``ListingAclCatalog``: a
+        mitigation then also activates the client's 'activate-when-mitigating' ACLs that its
+        acl-list does not name (RFC 8783 §7.1)."""
+        client = self._clients.get(cuid)
+        if client is None:
+            return []
+        return [name for name in client.acls if self._live(cuid, "acls", name) is not None]
+
     def alias(self, cuid: str, alias_name: str) -> Mapping[str, Any] | None:
         """The alias ``alias_name`` of client ``cuid`` as RFC 8783 JSON, or None."""
         return self._live(cuid, "aliases", alias_name)

@@ -19,6 +19,10 @@ from tests.interop.peers import free_port
 from tests.support.daemon import serving
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Not named by the mitigation: active while a mitigation is (RFC 8783 §7.1).
+WHEN_MITIGATING = ("shape-web", "--destination", "2001:db8:6401::/48", "--protocol", "6",
+                   "--destination-port", "443", "--action", "drop", "--activation-type",
+                   "activate-when-mitigating")
 ALIAS = ("web", "--target-prefix", "2001:db8:6401::/48", "--protocol", "6", "--port", "443")
 ACL = ("block-dns", "--destination", "2001:db8:6401::/48", "--protocol", "17",
        "--destination-port", "53", "--action", "drop", "--activation-type",
@@ -55,6 +59,7 @@ def session(client: Client) -> None:
     assert client.data("register")["response"]["status"] == 201
     assert client.data("alias", "create", *ALIAS)["response"]["status"] == 201
     assert client.data("acl", "create", *ACL)["response"]["status"] == 201
+    assert client.data("acl", "create", *WHEN_MITIGATING)["response"]["status"] == 201
     created = client.signal("mitigate", "--alias", "web", "--acl", "block-dns:immediate",
                             "--lifetime", "3600", "--mid", "7")
     assert "2.01" in json.dumps(created), created
@@ -128,10 +133,11 @@ def test_terminal_server_session_survives_a_kill9(tmp_path: Path) -> None:
     journal = [json.loads(line) for line in
                (tmp_path / "state" / "mitigations.jsonl").read_text().splitlines()]
     applied = [e for e in journal if e["action"] == "apply" and e["mid"] == 7]
-    assert len(applied) == 2  # before and after the restart, the same ACL each time
+    assert len(applied) == 2  # before and after the restart, the same ACLs each time
     for entry in applied:
+        # The one the request activated, then the client's other activate-when-mitigating.
         assert [(a["name"], a["activation-type"]) for a in entry["acls"]] == [
-            ("block-dns", "immediate")]
+            ("block-dns", "immediate"), ("shape-web", "activate-when-mitigating")]
 
 
 def test_the_same_session_through_a_gateway(tmp_path: Path) -> None:
@@ -170,4 +176,4 @@ def test_the_same_session_through_a_gateway(tmp_path: Path) -> None:
     (applied,) = [e for e in journal if e["action"] == "apply"]
     assert applied["cuid"] == cuid(site)
     assert [(a["name"], a["activation-type"]) for a in applied["acls"]] == [
-        ("block-dns", "immediate")]
+        ("block-dns", "immediate"), ("shape-web", "activate-when-mitigating")]
