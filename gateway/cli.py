@@ -396,6 +396,16 @@ def _version(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+
+def _control_options(p: argparse.ArgumentParser, *, timeout: float) -> None:
+    """The options of a command that talks to the running daemon over its control socket."""
+    p.add_argument("--config", help="the daemon's configuration file (for its control socket)")
+    p.add_argument("--state-dir", help="the daemon's " + STATE_DIR_HELP)
+    p.add_argument("--socket", help="the control socket (default: control.socket)")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON")
+    p.add_argument("--timeout", type=float, default=timeout,
+                   help=f"seconds to wait for the daemon's answer (default {timeout:g})")
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dots-gateway",
@@ -422,22 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="sessions, mitigations, upstreams and anycast state of "
                        "the running daemon (over its control socket)")
-    p.add_argument("--config", help="the daemon's configuration file (for its control socket)")
-    p.add_argument("--state-dir", help="the daemon's " + STATE_DIR_HELP)
-    p.add_argument("--socket", help="the control socket (default: control.socket)")
-    p.add_argument("--json", action="store_true", help="machine-readable JSON")
-    p.add_argument("--timeout", type=float, default=5.0,
-                   help="seconds to wait for the daemon's answer (default 5)")
+    _control_options(p, timeout=5.0)
     p.set_defaults(func=_status)
 
     p = sub.add_parser("reload", help="make the running daemon re-read its configuration "
                        "(as SIGHUP does) and print what changed")
-    p.add_argument("--config", help="the daemon's configuration file (for its control socket)")
-    p.add_argument("--state-dir", help="the daemon's " + STATE_DIR_HELP)
-    p.add_argument("--socket", help="the control socket (default: control.socket)")
-    p.add_argument("--json", action="store_true", help="machine-readable JSON")
-    p.add_argument("--timeout", type=float, default=30.0,
-                   help="seconds to wait for the daemon's answer (default 30)")
+    _control_options(p, timeout=30.0)
     p.set_defaults(func=_reload)
 
     p = sub.add_parser("reconnect", help="gateway mode: connect upstream now instead of "
@@ -445,12 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "elsewhere)")
     p.add_argument("upstream", nargs="?", metavar="NAME",
                    help="an [[upstream]] name (or host) to try first")
-    p.add_argument("--config", help="the daemon's configuration file (for its control socket)")
-    p.add_argument("--state-dir", help="the daemon's " + STATE_DIR_HELP)
-    p.add_argument("--socket", help="the control socket (default: control.socket)")
-    p.add_argument("--json", action="store_true", help="machine-readable JSON")
-    p.add_argument("--timeout", type=float, default=30.0,
-                   help="seconds to wait for the daemon's answer (default 30)")
+    _control_options(p, timeout=30.0)
     p.set_defaults(func=_reconnect)
 
     p = sub.add_parser("tls-secrets", help="create (or --rotate) the shared cookie and "

@@ -188,20 +188,10 @@ class RequestSending:
                          later: Callable[[ClientSession, CoapMessage | None, Failure], None]
                          | None = None) -> CoapMessage | Failure:
         """One transmission: the response, or why none came."""
-        future: asyncio.Future[CoapMessage | Failure] = (
-            asyncio.get_running_loop().create_future())
-
-        def callback(response: CoapMessage | None, reason: Failure) -> None:
-            if not future.done():
-                future.set_result(response if response is not None else reason)
-            elif later is not None:
-                later(session, response, reason)
-
-        try:
-            token = session.send_request(message, callback, confirmable=confirmable,
-                                         lifetime=lifetime)
-        except ConnectionError:
+        started = self._start(session, message, confirmable, lifetime, later)
+        if started is None:
             return "closed"
+        _, token, future = started
         try:
             return await asyncio.wait_for(future, wait)
         except TimeoutError:
