@@ -33,7 +33,7 @@ from gateway.server.persistence import (
     PersistenceError,
     _transaction,
     check_integrity,
-    create_private_file,
+    connect_private,
 )
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,7 @@ class DataStoreDatabase:
         return cls(state_dir / DATABASE_NAME)
 
     def _open(self) -> sqlite3.Connection:
-        problem = create_private_file(self.path)
-        if problem is not None:
-            raise PersistenceError(problem)
-        try:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
-        except sqlite3.Error as exc:
-            raise PersistenceError(f"{self.path}: cannot open ({exc})") from None
+        db = connect_private(self.path)
         try:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master "
                                                "WHERE type='table'")}

@@ -130,6 +130,20 @@ class SchemaTooNew(PersistenceError):
     """The database was written by a newer dots-gateway; we refuse to touch it."""
 
 
+def connect_private(path: Path) -> sqlite3.Connection:
+    """A connection to the state file ``path``, created owner-only if it is new; no
+    implicit transactions (``isolation_level=None``: ours are explicit, one per save).
+    Raises ``PersistenceError`` saying what to check."""
+    problem = create_private_file(path)
+    if problem is not None:
+        raise PersistenceError(problem)
+    try:
+        return sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT)
+    except sqlite3.Error as exc:
+        raise PersistenceError(f"{path}: cannot open ({exc}); check the file's "
+                               "permissions and the file system") from None
+
+
 def create_private_file(path: Path) -> str | None:
     """Create ``path`` (and its directory) readable by the owner only, unless it exists; what
     went wrong, for the operator, or None. Client identities and targets live in our
@@ -181,15 +195,7 @@ class MitigationDatabase:
     # --- opening -----------------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
-        problem = create_private_file(self.path)
-        if problem is not None:
-            raise PersistenceError(problem)
-        # isolation_level=None: no implicit transactions; ours are explicit (one per save).
-        try:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
-        except sqlite3.Error as exc:
-            raise PersistenceError(f"{self.path}: cannot open ({exc}); check the file's "
-                                   "permissions and the file system") from None
+        db = connect_private(self.path)
         try:
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
