@@ -1,5 +1,6 @@
-# The two commands: `make run` (the gateway on embedded defaults) and `make test`.
-# Both build their own virtual environment, so they work on a fresh Debian machine as root.
+# The two commands: `make run` (the gateway on embedded defaults) and `make test`; and
+# `make demo` (root: the whole story in network namespaces, narrated, with a picture).
+# All build their own virtual environment, so they work on a fresh Debian machine as root.
 # `make run` installs only what the daemon needs, quietly; `make test` adds the test extras
 # and the Debian packages of the interop and lab tests. Each install has its own stamp.
 PYTHON ?= python3
@@ -7,15 +8,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
+DEMO_STAMP := $(VENV)/.installed-demo
 PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check --root-user-action=ignore
 # Debian packages. The daemon: libssl3 (our OpenSSL binding). The tests: libcoap3-bin
 # (interop peer), dnsmasq-base (discovery lab), nsd (authoritative server for the discovery
 # lab's signed zones), bird2 (anycast lab), autoconf/automake (to build DTLSSocket, aiocoap's
 # DTLS for the interop tests).
 RUN_DEBS := libssl3
-TEST_DEBS := libcoap3-bin dnsmasq-base nsd autoconf automake bird2
+TEST_DEBS := libcoap3-bin dnsmasq-base nsd autoconf automake bird2 curl
+# The demo: bird2 (router and edges), dnsmasq-base (DHCP with the DOTS options), iproute2.
+DEMO_DEBS := bird2 dnsmasq-base iproute2
 
-.PHONY: run test run-deps test-deps venv lint bench clean
+.PHONY: run test demo run-deps test-deps demo-deps venv lint bench soak clean
 
 # Installs the Debian packages named in $(1) that are missing: one line, and apt's own
 # output only when it fails.
@@ -34,6 +38,9 @@ run-deps:
 test-deps:
 	$(call install_debs,$(TEST_DEBS))
 
+demo-deps:
+	$(call install_debs,$(DEMO_DEBS))
+
 $(RUN_STAMP): pyproject.toml | run-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(PIP_INSTALL) --quiet -e .  # -qq: errors only
@@ -43,6 +50,11 @@ $(TEST_STAMP): $(RUN_STAMP) | test-deps
 	$(PIP_INSTALL) --upgrade pip
 	$(PIP_INSTALL) -e '.[test]'
 	touch $@
+
+# matplotlib (the `demo` extra) draws the picture.
+$(DEMO_STAMP): $(RUN_STAMP) | demo-deps
+	@$(PIP_INSTALL) -e '.[demo]'
+	@touch $@
 
 venv: $(TEST_STAMP)
 
@@ -55,6 +67,11 @@ test: $(TEST_STAMP)
 	$(BIN)/python -m pytest --durations=15 --cov=gateway/dots --cov=certs --cov=gateway.config \
 		--cov-report=term-missing:skip-covered --cov-fail-under=90
 
+# Root: namespaces, BIRD, dnsmasq and four daemons for 25-40 s, then all removed; the
+# timeline, the picture and the logs go to ./demo-output.
+demo: $(DEMO_STAMP)
+	@exec $(BIN)/dots-gateway demo --output demo-output
+
 # Numbers, not pass/fail: results go to tests/bench/RESULTS.md with the machine and date.
 bench: $(TEST_STAMP)
 	$(BIN)/python tests/bench/bench_transport.py
@@ -64,7 +81,13 @@ bench: $(TEST_STAMP)
 	$(BIN)/python tests/bench/bench_anycast.py
 	$(BIN)/python tests/bench/bench_coap.py
 	$(BIN)/python tests/bench/bench_gateway.py
+	$(BIN)/python tests/bench/bench_storm.py
 	$(BIN)/python tests/bench/bench_qblock.py
+
+# The long haul (issue 21): 50,000 DTLS sessions with heartbeats for 10 minutes on a server,
+# then 25,000 through a gateway; ~30 minutes. SOAK_ARGS overrides (e.g. --sessions 5000).
+soak: $(TEST_STAMP)
+	$(BIN)/python tests/bench/soak.py $(SOAK_ARGS)
 
 lint: $(TEST_STAMP)
 	$(PIP_INSTALL) -e '.[dev]'

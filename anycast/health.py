@@ -193,6 +193,9 @@ class HealthMachine:
 
     def _set_state(self, new: HealthState, event: HealthEvent, now: float) -> None:
         old, self.state = self.state, new
-        log.info("anycast health %s -> %s on %s (penalty %.2f, hold-down %.1f s left)",
-                 old.value, new.value, event.value, self.penalty(now),
-                 max(0.0, self.hold_until - now))
+        # The fields of gateway.eventlog's "anycast.health" event, given to logging directly:
+        # this module imports nothing but the standard library.
+        log.info("anycast health %s -> %s on %s", old.value, new.value, event.value, extra={
+            "event": "anycast.health", "old": old.value, "new": new.value, "cause": event.value,
+            "penalty": round(self.penalty(now), 2),
+            "hold_down": round(max(0.0, self.hold_until - now), 1)})

@@ -51,6 +51,7 @@ from anycast.checks import (
 from anycast.health import Announce, HealthMachine, HealthPolicy, HealthState
 from anycast.netlink import AddressHolder
 from gateway.config import AnycastBackend, AnycastSettings, Mode, Settings
+from gateway.eventlog import log_event
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,8 @@ class AnycastManager:
         self._want = False
         await self._sync(reason="drain")
         deadline = self.clock() + self.grace
-        log.info("anycast drain: route withdrawn; serving existing sessions for %.1f s",
-                 self.grace)
+        log_event(log, logging.INFO, "anycast.drain", "anycast drain: route withdrawn; serving "
+                  "existing sessions until the grace period ends", grace=self.grace)
         self._write_state()
         for hook in list(self.on_drain):
             try:
@@ -187,8 +188,8 @@ class AnycastManager:
             command = self.machine.observe(ok, self.clock())
             if command is not None:
                 self._want = isinstance(command, Announce)
-                log.info("anycast %s: %s", "announce" if self._want else "withdraw",
-                         command.reason)
+                log.debug("anycast %s: %s", "announce" if self._want else "withdraw",
+                          command.reason)  # anycast.route follows once it is done
             await self._sync(reason=command.reason if command is not None else "retry")
             self._write_state()
             next_at = max(next_at + self.interval, self.clock())
@@ -204,11 +205,14 @@ class AnycastManager:
             else:
                 await self.announcer.withdraw()
         except Exception as exc:  # HolderError, AnnounceError, netlink/OS errors alike
-            log.error("anycast %s failed (%s); retrying with the next check: %s",
-                      "announce" if self._want else "withdraw", reason, exc)
+            log_event(log, logging.ERROR, "anycast.route_failed", "anycast route change "
+                      "failed; retrying with the next check",
+                      action="announce" if self._want else "withdraw", reason=reason,
+                      error=str(exc))
             return
         self._told = self._want
-        log.info("anycast route %s (%s)", "announced" if self._want else "withdrawn", reason)
+        log_event(log, logging.INFO, "anycast.route", "anycast route changed",
+                  action="announced" if self._want else "withdrawn", reason=reason)
 
     def _addresses_ok(self) -> tuple[bool, str]:
         return self.holder.healthy, ("in place" if self.holder.healthy else
@@ -219,9 +223,11 @@ class AnycastManager:
                         for r in results if not r.ok)
         if failing != self._failing:
             if failing:
-                log.warning("anycast health check failed: %s", "; ".join(failing))
+                log_event(log, logging.WARNING, "anycast.check_failed", "anycast health check "
+                          "failed", checks="; ".join(failing))
             else:
-                log.info("anycast health checks pass again")
+                log_event(log, logging.INFO, "anycast.checks_passed", "anycast health checks "
+                          "pass again")
             self._failing = failing
 
     # --- the state file ----------------------------------------------------------------------

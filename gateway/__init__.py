@@ -12,6 +12,7 @@ checks that no import cycle exists):
 * ``gateway.client``, ``gateway.server``: the two DOTS roles.
 * ``gateway.relay``: gateway mode, built from both roles.
 * ``gateway.daemon`` (the process) and ``gateway.cli`` (``dots-gateway``): the entry points.
+* ``gateway.testing``: the testing kit (the daemon's server inside a test, a pytest plugin).
 """
 
 __version__ = "0.1.0"

@@ -2,9 +2,10 @@
 
 ``run`` (terminal or gateway mode) and ``server`` (always terminal) are the daemon;
 ``check-config FILE`` lists every problem with its key; ``certs init DIR`` makes the dev
-PKI; ``show-config`` prints the effective settings; ``status`` and ``reload`` ask a running
-daemon over its control socket (``gateway.ops.control``); ``drain`` signals one with ``[anycast]``
-(``anycast.control``); ``discover`` and ``dhcp-option`` come from ``gateway.discovery``.
+PKI; ``show-config`` prints the effective settings; ``status``, ``reload`` and ``reconnect``
+(gateway mode) ask a running daemon over its control socket (``gateway.ops.control``);
+``drain`` signals one with ``[anycast]`` (``anycast.control``); ``discover`` and
+``dhcp-option`` come from ``gateway.discovery``.
 """
 
 from __future__ import annotations
@@ -239,8 +240,8 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _ask_daemon(args: argparse.Namespace,
-                command: str) -> tuple[Settings | None, dict[str, Any] | None]:
+def _ask_daemon(args: argparse.Namespace, command: str,
+                **fields: object) -> tuple[Settings | None, dict[str, Any] | None]:
     """(the settings used, the daemon's answer to ``command`` on its control socket).
     Settings are None when the configuration is bad, the answer None when no daemon answers;
     either is said on stderr, with where the command looked."""
@@ -253,7 +254,7 @@ def _ask_daemon(args: argparse.Namespace,
         return None, None
     path = Path(args.socket) if args.socket else settings.control.socket
     try:
-        return settings, control.request(path, command, timeout=args.timeout)
+        return settings, control.request(path, command, timeout=args.timeout, **fields)
     except control.ControlUnavailable as exc:
         print(f"{command}: no daemon answers on the control socket: {exc}", file=sys.stderr)
         print(f"{command}: looked at {_socket_origin(args, settings)}", file=sys.stderr)
@@ -308,17 +309,43 @@ def _reload(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _reconnect(args: argparse.Namespace) -> int:
+    """``reconnect [NAME]``: the gateway's upstream attempts now (NAME first), not when its
+    back-off says; prints how the attempt went. Exit 0 when connected afterwards."""
+    fields = {} if args.upstream is None else {"upstream": args.upstream}
+    _, response = _ask_daemon(args, "reconnect", **fields)
+    if response is None:
+        return EXIT_FAILURE
+    if not response.get("ok"):
+        print(f"reconnect: {response.get('error')}", file=sys.stderr)
+        return EXIT_FAILURE
+    result = response.get("result", {})
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    elif result.get("connected"):
+        print(f"reconnect: {result.get('action')}; connected to {result.get('in_use')}")
+    else:
+        next_in = result.get("next_attempt_in")
+        print(f"reconnect: {result.get('action')}; not connected: "
+              f"{result.get('last_error') or 'no answer yet'}"
+              + ("" if next_in is None else f"; next attempt in {next_in:.0f} s"))
+    return EXIT_OK if result.get("connected") else EXIT_FAILURE
+
+
 def _tls_secrets(args: argparse.Namespace) -> int:
     from gateway.credentials import write_fleet_secrets
 
     directory = Path(args.directory)
+    if args.rotate:
+        return _rotate_tls_secrets(directory, args.keep)
     try:
         cookie, tickets = write_fleet_secrets(directory)
     except FileExistsError as exc:
         if Path(exc.filename) == directory:
             print(f"tls-secrets: {directory} exists and is not a directory", file=sys.stderr)
         else:
-            print(f"tls-secrets: {exc.filename} exists; remove it to make a new one",
+            print(f"tls-secrets: {exc.filename} exists; `dots-gateway tls-secrets --rotate "
+                  f"{directory}` adds a new secret and keeps the previous one",
                   file=sys.stderr)
         return EXIT_FAILURE
     except OSError as exc:
@@ -330,10 +357,54 @@ def _tls_secrets(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run as run_demo
+
+    return run_demo(Path(args.output))
+
+
+def _rotate_tls_secrets(directory: Path, keep: int) -> int:
+    from gateway.credentials import rotate_fleet_secrets
+
+    if keep < 1:
+        print("tls-secrets: --keep must be at least 1 (the previous secret stays accepted)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        rotated = rotate_fleet_secrets(directory, keep)
+    except FileNotFoundError as exc:
+        print(f"tls-secrets: {exc.filename}: no such file to rotate (make the first ones "
+              f"with `dots-gateway tls-secrets {directory}`)", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:
+        print(f"tls-secrets: {exc.filename or directory}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    except ValueError as exc:  # a file that is not a secret file: names file and line
+        print(f"tls-secrets: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for path, dropped in rotated:
+        print(f"{path}: new secret first, {keep} previous kept"
+              + (f", {dropped} older removed" if dropped else ""))
+    print("copy both to every node, then `dots-gateway reload` each: new tickets and cookies "
+          "use the new secret, those made with the previous one stay valid")
+    return EXIT_OK
+
+
 def _version(_args: argparse.Namespace) -> int:
     print(f"dots-gateway {__version__}")
     return EXIT_OK
 
+
+
+def _control_options(p: argparse.ArgumentParser, *, timeout: float) -> None:
+    """The options of a command that talks to the running daemon over its control socket."""
+    p.add_argument("--config", help="the daemon's configuration file (for its control socket)")
+    p.add_argument("--state-dir", help="the daemon's " + STATE_DIR_HELP)
+    p.add_argument("--socket", help="the control socket (default: control.socket)")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON")
+    p.add_argument("--timeout", type=float, default=timeout,
+                   help=f"seconds to wait for the daemon's answer (default {timeout:g})")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -361,26 +432,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="sessions, mitigations, upstreams and anycast state of "
                        "the running daemon (over its control socket)")
-    p.add_argument("--config", help="the daemon's configuration file (for its control socket)")
-    p.add_argument("--state-dir", help="the daemon's " + STATE_DIR_HELP)
-    p.add_argument("--socket", help="the control socket (default: control.socket)")
-    p.add_argument("--json", action="store_true", help="machine-readable JSON")
-    p.add_argument("--timeout", type=float, default=5.0,
-                   help="seconds to wait for the daemon's answer (default 5)")
+    _control_options(p, timeout=5.0)
     p.set_defaults(func=_status)
 
     p = sub.add_parser("reload", help="make the running daemon re-read its configuration "
                        "(as SIGHUP does) and print what changed")
-    p.add_argument("--config", help="the daemon's configuration file (for its control socket)")
-    p.add_argument("--state-dir", help="the daemon's " + STATE_DIR_HELP)
-    p.add_argument("--socket", help="the control socket (default: control.socket)")
-    p.add_argument("--json", action="store_true", help="machine-readable JSON")
-    p.add_argument("--timeout", type=float, default=30.0,
-                   help="seconds to wait for the daemon's answer (default 30)")
+    _control_options(p, timeout=30.0)
     p.set_defaults(func=_reload)
 
-    p = sub.add_parser("tls-secrets", help="create shared cookie and ticket-key files")
+    p = sub.add_parser("reconnect", help="gateway mode: connect upstream now instead of "
+                       "when the back-off allows (NAME first, moving there if connected "
+                       "elsewhere)")
+    p.add_argument("upstream", nargs="?", metavar="NAME",
+                   help="an [[upstream]] name (or host) to try first")
+    _control_options(p, timeout=30.0)
+    p.set_defaults(func=_reconnect)
+
+    p = sub.add_parser("tls-secrets", help="create (or --rotate) the shared cookie and "
+                       "ticket-key files")
     p.add_argument("directory")
+    p.add_argument("--rotate", action="store_true",
+                   help="put a new secret first in both existing files, keeping the previous")
+    p.add_argument("--keep", type=int, default=1,
+                   help="with --rotate: previous secrets kept after the new one (default 1)")
     p.set_defaults(func=_tls_secrets)
 
     p = sub.add_parser("check-config", help="validate a configuration file; list every problem")
@@ -402,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_certs_init)
 
     discovery_cli.register(sub)  # discover, dhcp-option
+
+    p = sub.add_parser("demo", help="the whole story in network namespaces (root): anycast "
+                       "edges, DHCP discovery, redirect, an edge failure and a drain")
+    p.add_argument("--output", default="demo-output", metavar="DIR",
+                   help="where timeline.txt, timeline.png and logs/ go (default demo-output)")
+    p.set_defaults(func=_demo)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=_version)

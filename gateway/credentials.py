@@ -274,6 +274,19 @@ def write_fleet_secrets(directory: Path) -> tuple[Path, Path]:
     return cookie, tickets
 
 
+def rotate_fleet_secrets(directory: Path, keep: int = 1) -> list[tuple[Path, int]]:
+    """A new first line in ``cookie.secret`` and ``ticket.keys`` of ``directory``, the
+    ``keep`` previous secrets kept below it; (file, secrets dropped) for each. Both files
+    are read and checked before either is changed."""
+    from gateway.transport.tls_context import TicketKey, TicketKeyRing, rotate_secret_file
+
+    files = ((directory / "cookie.secret", CookieSecrets.LENGTH, "cookie secret"),
+             (directory / "ticket.keys", TicketKey.LENGTH, "ticket key"))
+    CookieSecrets.from_file(files[0][0])
+    TicketKeyRing.from_file(files[1][0])
+    return [(path, rotate_secret_file(path, length, what, keep)) for path, length, what in files]
+
+
 @functools.lru_cache(maxsize=4096)
 def certificate_not_after(der: bytes) -> float:
     """The end of a certificate's validity, in seconds since the epoch."""

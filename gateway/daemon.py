@@ -16,9 +16,12 @@ short), then stop. Without it, nothing of that runs and pyroute2 is not even imp
 Operations: the control socket (``gateway.ops.control``; ``status``, ``reload``, and ``drain``
 with anycast) is bound first, because it is also the lock that keeps a second daemon off
 the same state directory; the metrics endpoint (``gateway.ops.metrics``) starts when
-``metrics.listen`` is set. ``start_server`` declares the metric families and status sections
-of the server it starts (``RunningServer.metrics`` and ``.control``) and calls the role's
-``register_operations`` hook, where the gateway role adds its upstream ones.
+``metrics.listen`` is set. With ``[data_channel]`` (on with the embedded defaults) it also
+serves the DOTS data channel over HTTPS (``gateway.server.data_http``; in gateway mode
+relayed upstream by ``gateway.relay.data_upstream``). ``start_server`` declares the metric
+families and status sections of the server it starts (``RunningServer.metrics`` and
+``.control``) and calls the role's ``register_operations`` hook, where the gateway role adds
+its upstream ones.
 """
 
 from __future__ import annotations
@@ -38,12 +41,19 @@ from gateway import __version__
 from gateway.config import Mode, Settings, Transport
 from gateway.core_settings import build_server_core, dev_client_rules, redirect_policy
 from gateway.credentials import Trust, datagram_limits, server_contexts, stream_limits
+from gateway.dots.authz import Authorizer
+from gateway.dots.filters import AclCatalog
 from gateway.dots.mitigation_lifecycle import ACTIVE_STATES
+from gateway.eventlog import log_event
 from gateway.ops.control import ControlProviders, ControlServer
-from gateway.ops.metrics import MetricsServer, Registry, daemon_metrics
+from gateway.ops.metrics import DaemonMetrics, MetricsServer, Registry, daemon_metrics
+from gateway.ops.process_metrics import register_process_metrics
+from gateway.relay.data_upstream import build_data_upstream, data_cdid
 from gateway.relay.role import GatewayRole
 from gateway.relay.startup import build_gateway_role, choose_mode
 from gateway.reloading import Reloader
+from gateway.server.data_http import DataChannelServer, start_data_channel
+from gateway.server.data_store import DataStoreDatabase
 from gateway.server.mitigator import Mitigator, build_mitigator
 from gateway.server.persistence import MitigationDatabase
 from gateway.server.role import ServerRole
@@ -75,6 +85,8 @@ class RunningServer:
     started_at: float = field(default_factory=time.time)
     #: The configuration in force and its reload (set by ``start_server``).
     reloader: Reloader | None = None
+    #: The RFC 8783 data channel (HTTPS), None when ``[data_channel]`` is off.
+    data: DataChannelServer | None = None
 
     @property
     def addresses(self) -> list[str]:
@@ -83,6 +95,8 @@ class RunningServer:
             out += [f"coaps://{a}" for a in self.dtls.bound]
         if self.tls is not None:
             out += [f"coaps+tcp://{a}" for a in self.tls.bound]
+        if self.data is not None:
+            out += self.data.urls
         return out
 
     async def stop(self) -> None:
@@ -94,15 +108,20 @@ class RunningServer:
             await self.dtls.stop()
         if self.tls is not None:
             await self.tls.stop()
+        if self.data is not None:
+            await self.data.aclose()
         await self.mitigator.aclose()  # scripts in flight finish; their reports are saved
         self.database.sync(self.role.core.store)
         self.database.close()
 
 
 async def start_server(settings: Settings, *,
-                       reread: Callable[[], Settings] | None = None) -> RunningServer:
+                       reread: Callable[[], Settings] | None = None,
+                       acl_catalog: AclCatalog | None = None) -> RunningServer:
     """Bind and start serving; raises (PortInUse, OpenSSLError, ...) on a bad start.
-    ``reread``: how a reload reads the configuration (default: ``settings.source`` again)."""
+    ``reread``: how a reload reads the configuration (default: ``settings.source`` again).
+    ``acl_catalog``: the clients' ACLs (the data channel's, RFC 8783) that mitigation
+    requests may activate (RFC 9133); None: no ACL exists, an acl-list naming one is 4.04."""
     contexts = server_contexts(settings)
     trust = Trust.load(contexts.dtls.credentials)
     if contexts.dev_pki is not None:
@@ -115,12 +134,20 @@ async def start_server(settings: Settings, *,
     # Saved mitigations come back before anything listens; the ApplyMitigation commands for
     # the active ones reach the mitigator with the role's first core outputs (tick or pump).
     database = MitigationDatabase.in_state_dir(settings.general.state_dir)
+    # The data channel's store (same file) before the role: it is also the signal channel's
+    # ACL catalog (RFC 9133) and alias book.
+    data_store = (DataStoreDatabase.in_state_dir(settings.general.state_dir)
+                  if settings.data_channel.enabled else None)
     trusted = frozenset(settings.trusted_gateways.identities)
+    mode, upstreams, discovery = await choose_mode(settings)
+    if acl_catalog is None and data_store is not None and mode is Mode.TERMINAL:
+        # RFC 9133: the ACLs a mitigation request activates are the ones the client made
+        # over our data channel. In gateway mode acl-lists are relayed: the upstream checks.
+        acl_catalog = data_store
     role_options: dict[str, Any] = dict(
         trusted_gateways=trusted, database=database, redirect=redirect_policy(settings),
         is_anycast=anycast_classifier(settings.anycast.addresses),
-        max_observations=settings.session.max_observations)
-    mode, upstreams, discovery = await choose_mode(settings)
+        max_observations=settings.session.max_observations, acl_catalog=acl_catalog)
     role: ServerRole
     if mode is Mode.GATEWAY:
         role = build_gateway_role(settings, core, upstreams, discovery, **role_options)
@@ -128,8 +155,10 @@ async def start_server(settings: Settings, *,
         role = ServerRole(core, **role_options)
     hosts = [(str(address), settings.server.port) for address in settings.server.addresses]
     dtls = tls = None
+    data: DataChannelServer | None = None
     try:
         database.restore_into(core.store, now)
+        database.restore_telemetry_into(core.telemetry)
         mitigator = build_mitigator(settings, role.mitigator_status)
         role.mitigator = mitigator
         if Transport.UDP in settings.server.transports:
@@ -138,14 +167,31 @@ async def start_server(settings: Settings, *,
         if Transport.TCP in settings.server.transports:
             tls = TlsServer(contexts.tls, role.on_session, stream_limits(settings.limits))
             await tls.start(hosts)
+        if settings.data_channel.enabled:
+            relay_options: dict[str, Any] = {}
+            if mode is Mode.GATEWAY:  # checked here, relayed upstream (RFC 8783 §3)
+                relay_options = dict(upstream=build_data_upstream(settings, discovery),
+                                     cdid=data_cdid(settings))
+            data = await start_data_channel(
+                settings, contexts.tls.credentials,
+                lambda: role.core.authorizer or Authorizer(()),  # no rules: nobody
+                lambda: frozenset(role.trusted_gateways), store=data_store, **relay_options)
+            # Aliases in mitigation requests (RFC 9132 §4.4.1.3): ours in terminal mode; in
+            # gateway mode they live upstream, which answers 4.00 for one it does not know.
+            store = data_store
+            assert store is not None
+            core.known_alias = ((lambda cuid, name: store.alias(cuid, name) is not None)
+                                if mode is Mode.TERMINAL else (lambda cuid, name: True))
     except BaseException:
         if dtls is not None:
             await dtls.stop()
         if tls is not None:
             await tls.stop()
+        if data_store is not None:
+            data_store.close()
         database.close()
         raise
-    server = RunningServer(role, dtls, tls, mitigator, database, mode=mode)
+    server = RunningServer(role, dtls, tls, mitigator, database, mode=mode, data=data)
     server.reloader = Reloader(server, settings, trust, reread)
     register_operations(server, settings)
     role.register_operations(server.metrics, server.control)
@@ -170,6 +216,12 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
     build.set(1, __version__, server.mode.value)
     server.metrics.gauge("dots_gateway_start_time_seconds", "Start of the daemon, in seconds "
                          "since the epoch.").set(round(server.started_at, 3))
+    register_process_metrics(server.metrics)
+    role.observe_request = lambda resource, seconds: m.request_duration.observe(
+        seconds, resource if resource in _RESOURCES else "other")  # a bounded label set
+    for endpoint, transport in ((server.dtls, "dtls"), (server.tls, "tls")):
+        if endpoint is not None:
+            endpoint.observe_handshake = _handshake_observer(m, transport)
     m.sessions.add_source(lambda: _session_counts(server))
     m.handshakes.add_source(lambda: _handshake_counts(server))
     m.heartbeats.add_source(lambda: {("downstream", k): v for k, v in role.heartbeats.items()})
@@ -186,8 +238,28 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
         "dots_gateway_mitigations_refused_total", "New mitigation requests refused with 5.03: "
         "their client held [mitigation] max_requests_per_client already."
     ).add_source(lambda: {(): role.core.store.refused_over_cap})
+    server.metrics.counter(
+        "dots_gateway_acl_activations_total", "ACL activation types set by mitigation "
+        "requests (RFC 9133), by result: done, failed (the request was answered 5.03).",
+        ("result",)
+    ).add_source(lambda: {("done",): role.core.acl_activations,
+                          ("failed",): role.core.failed_activations})
     m.save_failures.add_source(lambda: {("mitigations",): float(server.database.save_failures)})
+    if server.data is not None:
+        data = server.data
+        m.save_failures.add_source(lambda: {("data_channel",): float(data.store.save_failures)})
+        server.metrics.counter(
+            "dots_gateway_data_channel_requests_total", "Data-channel (RFC 8783) requests "
+            "answered, by HTTP status.", ("status",)
+        ).add_source(lambda: {(str(k),): float(v) for k, v in data.core.answered.items()})
+        server.metrics.gauge(
+            "dots_gateway_data_channel_entries", "Registered data-channel clients and their "
+            "aliases and ACLs.", ("kind",)
+        ).add_source(lambda: _data_entry_counts(data))
+        server.control.status_sections["data_channel"] = lambda: _data_section(data)
     m.unsaved_requests.add_source(lambda: {("mitigations",): float(role.core.unsaved_requests)})
+    m.saves.add_source(lambda: {("mitigations",): float(server.database.saves)})
+    m.fsyncs.add_source(lambda: {("mitigations",): float(server.database.fsyncs)})
     refused = server.metrics.counter(
         "dots_gateway_connections_refused_total", "New sessions refused by a limit, by "
         "transport and limit (sessions, handshakes, rate, source).", ("transport", "limit"))
@@ -225,6 +297,33 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
     reloader = server.reloader
     if reloader is not None:
         c.actions["reload"] = reloader.reload
+
+
+def _data_entry_counts(data: DataChannelServer) -> Mapping[tuple[str, ...], float]:
+    clients = data.store.clients().values()
+    counts: dict[tuple[str, ...], float] = {
+        ("clients",): float(len(clients)),
+        ("aliases",): float(sum(len(c.aliases) for c in clients)),
+        ("acls",): float(sum(len(c.acls) for c in clients))}
+    return counts
+
+
+def _data_section(data: DataChannelServer) -> dict[str, object]:
+    out: dict[str, object] = {"urls": data.urls}
+    if data.upstream is not None:  # gateway mode
+        servers: list[Any] = getattr(data.upstream, "servers", lambda: [])()
+        out["upstream"] = servers[0].url if servers else None
+    else:
+        out.update({k[0]: int(v) for k, v in _data_entry_counts(data).items()})
+    out["answered"] = {str(k): v for k, v in sorted(data.core.answered.items())}
+    return out
+#: The ``resource`` label of request durations: the signal channel's resources; any other
+#: path a client sends is counted as "other" (labels must not grow with client input).
+_RESOURCES = frozenset({"mitigate", "config", "hb"})
+
+
+def _handshake_observer(m: DaemonMetrics, transport: str) -> Callable[[float], None]:
+    return lambda seconds: m.handshake_duration.observe(seconds, "downstream", transport)
 
 
 def _dotted(code: int) -> str:
@@ -311,12 +410,14 @@ def _daemon_section(server: RunningServer, settings: Settings) -> dict[str, obje
 def _sessions_section(server: RunningServer) -> dict[str, object]:
     rows: list[dict[str, object]] = []
     sessions = list(server.role.sessions.values())
+    now = server.role.clock()
     for session in sessions[:STATUS_LIST_LIMIT]:
         requester = session.dots.requester
         rows.append({"side": "downstream", "transport": session.conn.kind.value,
                      "peer": str(session.conn.remote), "local": str(session.conn.local),
                      "client": session.identity, "cuid": requester.credential_id,
-                     "anycast": bool(server.is_anycast(session.conn.local))})
+                     "anycast": bool(server.is_anycast(session.conn.local)),
+                     **_session_liveness(session.dots.heartbeat, now)})
     upstream = _upstream_session(server)
     if upstream is not None:
         rows.append(upstream)
@@ -324,6 +425,18 @@ def _sessions_section(server: RunningServer) -> dict[str, object]:
     if len(sessions) > STATUS_LIST_LIMIT:
         out["truncated"] = True
     return out
+
+
+def _session_liveness(monitor: Any, now: float) -> dict[str, object]:
+    """``idle``: seconds since the client's last message; ``lost_in``: seconds left before
+    the signal is declared lost if nothing more arrives (RFC 9132 §4.7: missing-hb-allowed
+    x heartbeat-interval without any traffic; None with heartbeats off or once lost)."""
+    idle = max(0.0, now - monitor.last_traffic_at)
+    lost_in = None
+    if monitor.get_timer() is not None and monitor.interval:
+        window = monitor.missing_hb_allowed * monitor.interval
+        lost_in = max(0, int(window - idle))
+    return {"idle": int(idle), "lost_in": lost_in}
 
 
 def _mitigations_section(server: RunningServer) -> dict[str, object]:
@@ -336,8 +449,10 @@ def _mitigations_section(server: RunningServer) -> dict[str, object]:
         if len(rows) >= STATUS_LIST_LIMIT:
             continue
         scope = record.scope
+        # As a GET says it: a withdrawn active mitigation ends with its
+        # active-but-terminating period, whatever its lifetime.
         rows.append({"cuid": record.cuid, "mid": record.mid, "status": record.status.label,
-                     "lifetime": record.remaining_lifetime(now),
+                     "lifetime": record.lifetime_left(now),
                      "targets": [str(p) for p in scope.target_prefix] + list(
                          scope.target_fqdn)})
     out: dict[str, object] = {"count": count, "active": active, "list": rows}
@@ -366,16 +481,19 @@ def _upstreams_section(server: RunningServer) -> dict[str, object]:
     upstream = _upstream_client(server)
     if upstream is None:
         return {"count": 0, "list": []}
-    rows = [{"host": s.host, "port": s.port,
-             "transports": [t.value for t in s.transports]} for s in upstream.servers]
+    rows = upstream.status_rows()
     age = (None if upstream.last_error_at is None
            else round(upstream.clock() - upstream.last_error_at, 1))
     next_in = upstream.next_attempt_in
+    next_at = (None if next_in is None else time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + next_in)))
+    for row in rows:  # one attempt tries them all, in this order
+        row["next_attempt_at"] = next_at
     return {"count": len(rows), "in_use": upstream.name, "connected": upstream.connected,
             "failovers": upstream.failovers, "last_error": upstream.last_error,
             "last_error_age": age,
             "next_attempt_in": None if next_in is None else round(next_in, 1),
-            "list": rows}
+            "next_attempt_at": next_at, "list": rows}
 
 
 class Operations:
@@ -457,7 +575,7 @@ async def _serve(settings: Settings, ready: Any, ops: Operations,
         _announce(server, ready)
         await stop
     finally:
-        log.info("shutting down")
+        log_event(log, logging.INFO, "daemon.stopping", "shutting down")
         try:
             await server.stop()
             await ops.close()
@@ -468,7 +586,8 @@ async def _serve(settings: Settings, ready: Any, ops: Operations,
 
 def _announce(server: RunningServer, ready: Any) -> None:
     # One line each on the log and on stdout (where supervisors, tests and `make run` look).
-    log.info("serving %s", " ".join(server.addresses))
+    log_event(log, logging.INFO, "daemon.serving", "serving " + " ".join(server.addresses),
+              addresses=server.addresses, mode=server.mode.value)
     print("dots-gateway serving " + " ".join(server.addresses), flush=True)
     if ready is not None:
         ready(server)
@@ -527,7 +646,7 @@ async def _serve_anycast(settings: Settings, ready: Any, ops: Operations,
         log.info("%s: withdrawing the anycast route, then stopping", why)
         await anycast.drain(interrupted)
     finally:
-        log.info("shutting down")
+        log_event(log, logging.INFO, "daemon.stopping", "shutting down")
         try:
             await server.stop()
             await anycast.close()

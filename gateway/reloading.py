@@ -46,9 +46,10 @@ from gateway.core_settings import (
 )
 from gateway.credentials import ServerContexts, Trust, server_contexts
 from gateway.dots.authz import Authorizer
+from gateway.eventlog import log_event
 from gateway.ops.logsetup import configure_logging
 from gateway.relay.role import GatewayRole
-from gateway.relay.startup import server_spec, upstream_credentials
+from gateway.relay.startup import server_spec, upstream_credentials, upstream_names
 from gateway.server.standing import recheck
 
 if TYPE_CHECKING:
@@ -66,7 +67,8 @@ LIVE_SECTIONS = ("logging", "tls", "psk", "session", "mitigation", "clients",
 RESTART_FIELDS = {
     "mitigation": ("backend", "command"),
     "gateway": ("domain", "insert_cdid", "hop_limit", "identity", "request_timeout",
-                "heartbeat_interval", "missing_hb_allowed", "reconnect_interval"),
+                "heartbeat_interval", "missing_hb_allowed", "reconnect_interval",
+                "reconnect_max_interval"),
 }
 
 
@@ -93,6 +95,13 @@ def _stamp(path: Path | None) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def _failed(reason: str) -> ReloadError:
+    """The error a failed reload raises, logged once (config.reload_failed) whichever way
+    the reload was asked for (SIGHUP, the control socket)."""
+    log_event(log, logging.ERROR, "config.reload_failed", "reload failed", reason=reason)
+    return ReloadError(reason)
+
+
 class Reloader:
     """The daemon's configuration in force, and how it changes (see the module docstring)."""
 
@@ -116,13 +125,12 @@ class Reloader:
         except ConfigError as exc:
             problems = [str(e) for e in exc.errors]
             for problem in problems:
-                log.error("reload: %s", problem)
-            raise ReloadError("reload failed, keeping the running configuration: "
-                              + "; ".join(problems)) from None
+                log.error("reload: %s", problem)  # as check-config prints them
+            raise _failed("reload failed, keeping the running configuration: "
+                          + "; ".join(problems)) from None
         except Exception as exc:
-            log.error("reload: %s", exc)
-            raise ReloadError("reload failed, keeping the running configuration: "
-                              f"{exc}") from exc
+            raise _failed("reload failed, keeping the running configuration: "
+                          f"{exc}") from exc
         old = self.settings
         changed, needs_restart = self._differences(old, new)
         contexts, trust, upstream_creds = self._load_credentials(new)
@@ -132,17 +140,17 @@ class Reloader:
             "reloaded": ["credentials"] + (["upstream credentials"]
                                            if upstream_creds is not None else []),
             "withdrawn": [dataclasses.asdict(w) for w in withdrawn]}
-        log.info("configuration reloaded from %s: changed %s; needs a restart: %s; "
-                 "%d sessions withdrawn", new.source, ", ".join(changed) or "nothing",
-                 ", ".join(needs_restart) or "nothing", len(withdrawn))
+        log_event(log, logging.INFO, "config.reloaded", f"configuration reloaded from "
+                  f"{new.source}", source=new.source, changed=changed,
+                  needs_restart=needs_restart, withdrawn=len(withdrawn))
         return result
 
     def reload_logged(self) -> None:
         """SIGHUP: ``reload``, a failure logged (the running configuration stays)."""
         try:
             self.reload()
-        except ReloadError as exc:
-            log.error("%s", exc)
+        except ReloadError:
+            pass  # logged as config.reload_failed where it was raised
 
     def _differences(self, old: Settings, new: Settings) -> tuple[list[str], list[str]]:
         """(changed and applied, changed but kept until a restart), as ``section[.field]``."""
@@ -174,8 +182,7 @@ class Reloader:
             upstream = _upstream_client(self.server)
             creds = upstream_credentials(new) if upstream is not None else None
         except Exception as exc:
-            log.error("reload: %s", exc)
-            raise ReloadError(f"reload failed, keeping the old credentials: {exc}") from exc
+            raise _failed(f"reload failed, keeping the old credentials: {exc}") from exc
         return contexts, trust, creds
 
     def _apply(self, new: Settings, changed: list[str], contexts: ServerContexts, trust: Trust,
@@ -198,6 +205,9 @@ class Reloader:
         role.redirect = redirect_policy(new)
         if "upstream" in changed and upstream is not None:
             upstream.set_servers([server_spec(u) for u in new.upstream])
+            relay = getattr(role, "relay", None)
+            if relay is not None:
+                relay.upstream_names = upstream_names(new)
         authorizer = Authorizer([*client_rules(new), *dev_client_rules(contexts.dev_pki)])
         before = self.trust
         self.trust = trust
@@ -215,6 +225,12 @@ class Reloader:
             server.dtls.replace_context(contexts.dtls)
         if server.tls is not None:
             server.tls.context = contexts.tls
+        if server.data is not None:  # the data channel's HTTPS (stdlib ssl)
+            try:
+                server.data.reload_credentials(contexts.tls.credentials)
+            except (OSError, ValueError) as exc:
+                log.error("data channel: the new credentials could not be loaded (%s); it "
+                          "keeps the previous ones", exc)
         server.role.admit = lambda credential: trust.problem(credential, trust, time.time())
 
     # --- the CRL file ------------------------------------------------------------------------

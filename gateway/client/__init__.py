@@ -7,7 +7,8 @@ message layer (``session``), request/answer helpers (``messages``), Block2 reass
 (``heartbeats``), following redirects (``redirect``), and the channel that composes them
 with session establishment, resumption and back-off (``channel``); the persisted client
 state (``state``), the library API ``DotsClient`` (``role``) and the ``dots-client`` CLI
-(``cli``).
+(``cli``); the data channel's client (RFC 8783, HTTPS on aiohttp: ``data``) and its
+``dots-client data`` commands (``data_cli``).
 
 May import: ``gateway.dots``, ``gateway.coap``, ``gateway.transport``, ``certs``,
 ``redirect`` and ``gateway.ops.logsetup`` (the CLI's log format). Nothing of the server

@@ -63,6 +63,7 @@ from gateway.client.transmission import RequestSending, transmission_parameters
 from gateway.dots.client import DotsClientCore
 from gateway.dots.heartbeat import HeartbeatMonitor, ReconnectBackoff, Role
 from gateway.dots.session_config import ClientSessionConfig, SessionParameters
+from gateway.eventlog import log_event
 from gateway.transport.dtls_client import HandshakeError
 from gateway.transport.openssl_ffi import OpenSSLError
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind
@@ -116,6 +117,10 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
 
     #: Requests and observations one session may have open (a bound on our own memory).
     max_outstanding = 64
+
+    #: Called with the transport ("dtls", "tls") and the seconds each completed handshake
+    #: took (the gateway feeds its handshake histogram, side="upstream").
+    observe_handshake: Callable[[str, float], None] | None = None
 
     def __init__(self, credentials: ClientCredentials,
                  servers: Sequence[ServerSpec | str] | ServerSpec | str | None, *,
@@ -276,7 +281,8 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
         if self._closing:
             return
         self._note_error(f"session to {session.endpoint} lost: {reason}")
-        log.warning("signal channel to %s lost: %s", session.endpoint, reason)
+        log_event(log, logging.WARNING, "upstream.lost", "signal channel lost",
+                  upstream=session.endpoint.uri, reason=reason)
         if not self.reconnect:
             self._session_gone()
         elif self._reconnecting is None or self._reconnecting.done():
@@ -375,12 +381,16 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
                                 transmission_parameters(self.parameters()),
                                 max_outstanding=self.max_outstanding)
         opener = open_dtls if endpoint.transport is Transport.UDP else open_tls
+        started = time.perf_counter()
         try:
             connection = await opener(endpoint, self._context(endpoint.transport),
                                       session.data_received, session.connection_lost,
                                       resume=resume, timeout=self.handshake_timeout)
         except (HandshakeError, OSError, TimeoutError) as exc:
             raise NetworkError(str(exc) or type(exc).__name__) from None
+        if self.observe_handshake is not None:
+            self.observe_handshake("dtls" if endpoint.transport is Transport.UDP else "tls",
+                                   time.perf_counter() - started)
         session.attach(connection)
         return session
 
@@ -420,8 +430,8 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
             missing_hb_allowed=1 if session.reliable else params.missing_hb_allowed)
         self.core.heartbeat.under_attack = self.core.under_attack
         self._ready.set()
-        log.info("signal channel to %s established (%s) cuid=%s", session.endpoint,
-                 "resumed" if session.resumed else "full handshake", self.core.cuid)
+        log_event(log, logging.INFO, "upstream.connected", "signal channel established",
+                  upstream=session.endpoint.uri, cuid=self.core.cuid, resumed=session.resumed)
         self._arm()
 
     def _save_ticket(self, session: ClientSession) -> None:
@@ -435,7 +445,7 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
             now = self.clock()
             if not self.backoff.may_attempt(now):
                 assert self.backoff.next_attempt_at is not None
-                await asyncio.sleep(self.backoff.next_attempt_at - now)
+                await self.backoff_wait(self.backoff.next_attempt_at - now)
                 continue
             try:
                 await self._establish(resume=True)
@@ -448,6 +458,11 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
                 continue
             self.backoff.succeeded()
             return
+
+    async def backoff_wait(self, delay: float) -> None:
+        """Wait ``delay`` seconds for the next establishment attempt (a subclass may let
+        an operator cut it short)."""
+        await asyncio.sleep(max(0.0, delay))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -1,10 +1,12 @@
 """``dots-client``: the command-line DOTS client.
 
 Session commands talk to a DOTS server through ``gateway.client.role.DotsClient``:
-``config get|put``, ``mitigate``, ``efficacy``, ``withdraw``, ``get`` (``--observe``) and
-``hb``. Each request and its answer are printed as one JSON document in the RFC's notation
+``config get|put``, ``mitigate``, ``efficacy``, ``withdraw``, ``get`` (``--observe``),
+``hb`` and ``telemetry ...`` (RFC 9244, ``gateway.client.telemetry_cli``). Each request
+and its answer are printed as one JSON document in the RFC's notation
 (``--cbor`` adds the wire bytes in hex). ``encode``/``decode`` convert between that JSON and
 the CBOR wire form without any network, so requests can be fed to other CoAP tools.
+``data ...`` speaks the DOTS data channel (RFC 8783, HTTPS): ``gateway.client.data_cli``.
 
 Redirects (RFC 9132 §4.6) are followed: each one is noted on stderr, and the printed
 exchange is the one with the server that finally answered.
@@ -28,11 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
+from gateway.client.data_cli import add_data_parser
+from gateway.client.telemetry_cli import Tools, add_telemetry_parser, scope_telemetry_file
 from gateway.config.loading import DEFAULT_STATE_DIR  # the same ./state as dots-gateway
 from gateway.dots.codec import cbor_to_json, json_to_cbor
 from gateway.dots.errors import DotsProtocolError, DotsUsageError
 
 EXIT_OK, EXIT_DOTS_ERROR, EXIT_USAGE, EXIT_NETWORK = 0, 3, 2, 4
+#: Seconds for the handshake and for each answer. Behind a gateway a request may take the
+#: gateway's own upstream bound (``gateway.request_timeout``, default 10 s) before its 5.03:
+#: the client waits longer, so that answer is what it reports (issue 20 §4).
+DEFAULT_TIMEOUT = 15.0
 _CONFIG_OPTIONS = (  # (option, SessionParameters field, type)
     ("--heartbeat-interval", "heartbeat_interval", int),
     ("--missing-hb-allowed", "missing_hb_allowed", int),
@@ -41,6 +49,11 @@ _CONFIG_OPTIONS = (  # (option, SessionParameters field, type)
     ("--ack-timeout", "ack_timeout", Decimal),
     ("--ack-random-factor", "ack_random_factor", Decimal),
 )
+
+
+_TELEMETRY_HELP = ("JSON object of RFC 9244 attack telemetry to carry in the scope "
+                   '(e.g. {"ietf-dots-telemetry:total-attack-traffic": [{"unit": '
+                   '"megabit-ps", "peak-g": "900"}]}), or - for stdin')
 
 
 class UsageError(Exception):
@@ -66,8 +79,19 @@ def _name(source: str) -> str:
 
 
 def _encode(args: argparse.Namespace) -> int:
+    from gateway.dots.telemetry import body_from_json
+
     try:
-        data = json_to_cbor(_read(args.input).decode("utf-8"))
+        text = _read(args.input).decode("utf-8")
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            obj = None  # json_to_cbor names the JSON error
+        if isinstance(obj, dict) and any(str(k).startswith("ietf-dots-telemetry:")
+                                         for k in obj):
+            data = body_from_json(obj)  # an RFC 9244 /tm-setup or /tm body
+        else:
+            data = json_to_cbor(text)
     except UnicodeDecodeError as exc:
         raise UsageError(f"{_name(args.input)}: not UTF-8 text (byte {exc.start})") from None
     except DotsProtocolError as exc:
@@ -89,10 +113,16 @@ def _decode(args: argparse.Namespace) -> int:
             raw = bytes.fromhex(raw.decode("ascii"))
         except ValueError:  # UnicodeDecodeError included
             raise UsageError(f"{_name(args.input)}: not hex digits") from None
+    from gateway.dots.telemetry import body_to_json
+
     try:
-        print(json.dumps(cbor_to_json(raw), indent=2))
+        doc = cbor_to_json(raw)
     except DotsProtocolError as exc:
-        raise UsageError(f"{_name(args.input)}: {exc.diagnostic}") from None
+        try:
+            doc = body_to_json(raw)  # an RFC 9244 /tm-setup or /tm body
+        except DotsProtocolError:
+            raise UsageError(f"{_name(args.input)}: {exc.diagnostic}") from None
+    print(json.dumps(doc, indent=2))
     return EXIT_OK
 
 
@@ -153,7 +183,7 @@ def _client(args: argparse.Namespace, **options: Any) -> Any:
         from dataclasses import replace
 
         spec = replace(spec, server_name=args.server_name)
-    timeout = float(_option(args, "timeout", 10.0) or 10.0)
+    timeout = float(_option(args, "timeout", DEFAULT_TIMEOUT) or DEFAULT_TIMEOUT)
     state_dir = Path(_option(args, "state_dir") or DEFAULT_STATE_DIR)
     try:
         return DotsClient(credentials, spec, state_dir=state_dir, handshake_timeout=timeout,
@@ -187,8 +217,8 @@ def _document(reply: Any, *, cbor: bool) -> dict[str, Any]:
         resp["observe"] = reply.observe
     if response.max_age is not None:
         resp["max-age"] = response.max_age
-    if reply.message is not None:
-        resp["body"] = _body(response.payload)
+    if reply.message is not None or (response.payload and not response.diagnostic):
+        resp["body"] = _body(response.payload)  # a DOTS message, or telemetry (RFC 9244)
     elif response.payload:
         resp["diagnostic"] = reply.diagnostic
     if cbor and response.payload:
@@ -210,10 +240,15 @@ def _note_redirect(reply: Any) -> None:
 
 
 def _body(payload: bytes) -> Any:
+    from gateway.dots.telemetry import body_to_json
+
     try:
         return cbor_to_json(payload)
     except DotsProtocolError as exc:
-        return {"undecodable": exc.diagnostic, "hex": payload.hex()}
+        try:
+            return body_to_json(payload)
+        except DotsProtocolError:
+            return {"undecodable": exc.diagnostic, "hex": payload.hex()}
 
 
 def _print(reply: Any, args: argparse.Namespace) -> None:
@@ -268,10 +303,17 @@ async def _mitigate(args: argparse.Namespace) -> int:
         scope = make_scope(target_prefix=args.target_prefix or (),
                            target_port_range=[parse_port_range(p) for p in args.port or ()],
                            target_protocol=args.protocol or (), target_fqdn=args.fqdn or (),
-                           target_uri=args.uri or (), lifetime=args.lifetime,
-                           trigger_mitigation=False if args.no_trigger else None)
+                           target_uri=args.uri or (), alias_name=args.alias or (),
+                           lifetime=args.lifetime,
+                           trigger_mitigation=False if args.no_trigger else None,
+                           acl_list=args.acl)
     except (DotsProtocolError, DotsUsageError, ValueError) as exc:
         raise UsageError(getattr(exc, "diagnostic", str(exc))) from None
+    from dataclasses import replace
+
+    # Telemetry attributes join the scope's other extensions (RFC 9133's acl-list is one).
+    scope = replace(scope, extensions=scope.extensions
+                    + scope_telemetry_file(args.telemetry, UsageError))
     async with _client(args) as client:
         reply = await client.mitigate(scope, mid=args.mid)
         _print(reply, args)
@@ -282,13 +324,16 @@ async def _efficacy(args: argparse.Namespace) -> int:
     from gateway.dots.codes import AttackStatus
 
     status = AttackStatus.from_label(args.attack_status)
+    scope_telemetry_file(args.telemetry, UsageError)  # a bad file stops before connecting
     async with _client(args) as client:
         # §4.4.3: the update repeats the original parameters; the server has them.
         current = await client.get(args.mid)
         if not current.ok or len(current.scopes) != 1:
             _print(current, args)
             return _verdict(current)
-        reply = await client.efficacy_update(args.mid, current.scopes[0], status)
+        reply = await client.efficacy_update(
+            args.mid, current.scopes[0], status,
+            telemetry=scope_telemetry_file(args.telemetry, UsageError))
         _print(reply, args)
         return _verdict(reply)
 
@@ -383,7 +428,8 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     g = p.add_argument_group("connection")
     g.add_argument("--server", metavar="URI", default=default,
                    help="coaps://HOST[:PORT] (DTLS), coaps+tcp://HOST[:PORT] (TLS) or "
-                   "HOST[:PORT] (both, Happy Eyeballs); default: localhost, both, port 4646")
+                   "HOST[:PORT] (both, Happy Eyeballs); default: localhost, both, port 4646; "
+                   "for data: https://HOST[:PORT], default https://localhost:8443")
     g.add_argument("--server-name", default=default,
                    help="name the server certificate must match (default: the URI's host)")
     g.add_argument("--cert", default=default, help="client certificate chain (PEM)")
@@ -394,7 +440,9 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     g.add_argument("--state-dir", default=default,
                    help="mid counter and dev PKI (DIR/pki) (default: ./state)")
     g.add_argument("--timeout", type=float, default=default, metavar="S",
-                   help="seconds for the handshake and for each answer (default: 10)")
+                   help="seconds for the handshake and for each answer (default: "
+                   f"{DEFAULT_TIMEOUT:g}: longer than a gateway's own upstream bound, "
+                   "gateway.request_timeout = 10, so its 5.03 arrives first)")
     g.add_argument("--cbor", action="store_true", default=default,
                    help="also print the CBOR bodies in hex")
     g.add_argument("-v", "--verbose", action="store_true", default=default,
@@ -434,8 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mitigate", parents=common, help="request a mitigation (PUT)",
                        description="Request a mitigation (RFC 9132 §4.4.1). Give at least "
-                       "one target: --target-prefix, --fqdn or --uri. Each list option takes "
-                       "several values and may be repeated.")
+                       "one target: --target-prefix, --fqdn, --uri or --alias. Each list "
+                       "option takes several values and may be repeated. --acl with --mid of "
+                       "an active mitigation activates or deactivates filters during it "
+                       "(RFC 9133).")
     p.add_argument("--target-prefix", action="extend", nargs="+", metavar="PREFIX",
                    help="attacked prefix, e.g. 192.0.2.0/24 or 2001:db8::/48 (host bits zero)")
     p.add_argument("--port", action="extend", nargs="+", metavar="N|LOW-HIGH",
@@ -447,6 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attacked DNS name, e.g. www.example.com")
     p.add_argument("--uri", action="extend", nargs="+", metavar="URI",
                    help="attacked URI, e.g. https://www.example.com/")
+    p.add_argument("--alias", action="extend", nargs="+", metavar="NAME",
+                   help="target alias created over the data channel (RFC 8783)")
+    p.add_argument("--acl", action="extend", nargs="+", metavar="NAME[:TYPE]",
+                   help="ACL created over the data channel to control with this request "
+                   "(RFC 9133); TYPE is activate-when-mitigating (the default), immediate "
+                   "or deactivate")
     p.add_argument("--lifetime", type=int, default=3600, metavar="S",
                    help="seconds, -1 = until withdrawn (default 3600)")
     p.add_argument("--no-trigger", action="store_true",
@@ -454,12 +510,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mid", type=int,
                    help="refresh or change this request (default: a new mid, saved in "
                    "the state directory)")
+    p.add_argument("--telemetry", metavar="FILE", help=_TELEMETRY_HELP)
     p.set_defaults(func=_run, coroutine=_mitigate)
 
     p = sub.add_parser("efficacy", parents=common, help="efficacy update of a mitigation")
     p.add_argument("--mid", type=int, required=True)
     p.add_argument("--attack-status", required=True,
                    choices=["under-attack", "attack-successfully-mitigated"])
+    p.add_argument("--telemetry", metavar="FILE", help=_TELEMETRY_HELP)
     p.set_defaults(func=_run, coroutine=_efficacy)
 
     p = sub.add_parser("withdraw", parents=common, help="withdraw a mitigation (DELETE)")
@@ -474,6 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("hb", parents=common, help="send one heartbeat")
     p.set_defaults(func=_run, coroutine=_hb)
+
+    add_data_parser(sub, common)  # the data channel (RFC 8783): gateway.client.data_cli
+    add_telemetry_parser(sub, common, Tools(_client, _print, _verdict, _follow, UsageError,
+                                            _run))
     return parser
 
 

@@ -24,6 +24,7 @@ from gateway.coap.options import Block
 from gateway.dots.client import Outcome
 from gateway.dots.codes import Code, Method, Status
 from gateway.dots.errors import DotsUsageError
+from gateway.dots.filters import AclActivation, with_acl_list
 from gateway.dots.message import DotsRequest, DotsResponse
 from gateway.dots.model import (
     ConflictInformation,
@@ -142,9 +143,12 @@ def make_scope(*, target_prefix: Iterable[str] = (), target_port_range: Iterable
                target_protocol: Iterable[int] = (), target_fqdn: Iterable[str] = (),
                target_uri: Iterable[str] = (), alias_name: Iterable[str] = (),
                lifetime: int = DEFAULT_LIFETIME,
-               trigger_mitigation: bool | None = None) -> Scope:
+               trigger_mitigation: bool | None = None,
+               acl_list: Iterable[AclActivation | str] | None = None) -> Scope:
     """One mitigation request scope; invalid values raise ``InvalidValue`` (a 4.00 the server
-    would have answered), a missing target raises ``DotsUsageError``."""
+    would have answered), a missing target raises ``DotsUsageError``. ``acl_list``: ACLs
+    (created over the data channel) to activate or deactivate (RFC 9133), as
+    ``AclActivation`` or ``"NAME[:ACTIVATION-TYPE]"``; ``[]`` sends an empty acl-list."""
     ports = tuple(p if isinstance(p, PortRange) else
                   PortRange(p) if isinstance(p, int) else
                   PortRange(p[0], p[1] if p[1] != p[0] else None) for p in target_port_range)
@@ -163,6 +167,13 @@ def make_scope(*, target_prefix: Iterable[str] = (), target_port_range: Iterable
                              "target-uri or alias-name (RFC 9132 §4.4.1.1)")
     if lifetime == 0:
         raise DotsUsageError("a lifetime of 0 is invalid (RFC 9132 §4.4.1.1); -1 = indefinite")
+    if acl_list is not None:
+        acls = tuple(a if isinstance(a, AclActivation) else AclActivation.parse(a)
+                     for a in acl_list)
+        names = [a.acl_name for a in acls]
+        if len(set(names)) != len(names):
+            raise DotsUsageError("acl-list names an ACL twice")
+        scope = with_acl_list(scope, acls)
     return scope
 
 

@@ -24,6 +24,7 @@ from gateway.dots.codec import decode_message
 from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code
 from gateway.dots.errors import DotsProtocolError
 from gateway.dots.model import RedirectedSignal
+from gateway.eventlog import log_event
 from redirect.follow import Decision, Verdict
 
 log = logging.getLogger("gateway.client.channel")  # one logger for the channel's lines
@@ -89,16 +90,18 @@ class RedirectFollowing:
         except NetworkError as exc:
             self.follower.current = previous
             self.stats.redirects_failed += 1
-            log.warning("redirect not followed cuid=%s from=%s to=%s ttl=%d reason=%s: %s",
-                        self.cuid, origin, decision.server, decision.ttl, reason, exc)
+            log_event(log, logging.WARNING, "redirect.not_followed", "redirect not followed: "
+                      "the alternate server is unreachable", cuid=self.cuid, origin=origin.uri,
+                      target=decision.server, ttl=decision.ttl, reason=reason, error=str(exc))
             return False
         if self._closing:
             new.close("the client is closing")
             return False
         self.alternate = target
         self.stats.redirects_followed += 1
-        log.info("redirect followed cuid=%s from=%s to=%s (%s) ttl=%d reason=%s", self.cuid,
-                 origin, decision.server, new.endpoint, decision.ttl, reason)
+        log_event(log, logging.INFO, "redirect.followed", "redirect followed", cuid=self.cuid,
+                  origin=origin.uri, target=decision.server, endpoint=new.endpoint.uri,
+                  ttl=decision.ttl, reason=reason)
         await self._move_to(new)
         return True
 

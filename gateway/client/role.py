@@ -46,9 +46,10 @@ from gateway.client.session import ClientSession
 from gateway.client.transmission import NON_RETRY_INTERVAL, Failure
 from gateway.coap.message import CoapMessage
 from gateway.dots.codes import AttackStatus, Code, ConflictCause, Method
+from gateway.dots.filters import carry_acl_list
 from gateway.dots.heartbeat import ReconnectBackoff
 from gateway.dots.message import DotsRequest
-from gateway.dots.model import Scope, SignalConfig
+from gateway.dots.model import Extensions, Scope, SignalConfig
 from gateway.dots.session_config import SessionParameters
 from gateway.dots.uri import ContentFilter
 from gateway.transport.tls_context import ClientCredentials
@@ -188,7 +189,7 @@ class DotsClient(SignalChannel):
         reply = await self._mitigation(lambda: self.core.mitigation_request(scope, chosen),
                                        mid, timeout)
         if reply.ok:
-            self._scopes[mid] = scope
+            self._scopes[mid] = carry_acl_list(scope, self._scopes.get(mid))
         return reply
 
     async def refresh(self, mid: int, scope: Scope, *, timeout: float | None = None) -> Reply:
@@ -196,10 +197,12 @@ class DotsClient(SignalChannel):
         return await self.mitigate(scope, mid=mid, timeout=timeout)
 
     async def efficacy_update(self, mid: int, scope: Scope, attack_status: AttackStatus, *,
+                              telemetry: Extensions = (),
                               timeout: float | None = None) -> Reply:
         """PUT with the original parameters, ``attack-status`` and an empty If-Match (§4.4.3);
-        ``scope`` may be what a GET returned (server-only nodes are dropped). 2.04."""
-        body = request_scope(scope)
+        ``scope`` may be what a GET returned (server-only nodes are dropped). 2.04.
+        ``telemetry``: RFC 9244 §9.1 attributes (keys 204-207) to carry with it."""
+        body = replace(request_scope(scope), extensions=tuple(telemetry))
         return await self._mitigation(
             lambda: self.core.efficacy_update(mid, body, attack_status), mid, timeout)
 
@@ -222,6 +225,62 @@ class DotsClient(SignalChannel):
         """GET with Observe 0 (§4.4.2.1). ``first`` of the result is the registration reply;
         if that is not a 2.xx with Observe, the observation has already ended."""
         obs = Observation(lambda: self.core.retrieve(mid, content=content), mid,
+                          self._cancel_observation)
+        await self._register(obs, timeout, initial=True)
+        if not obs.ended:
+            self._observations.append(obs)
+        return obs
+
+    # --- telemetry (RFC 9244): bodies are CBOR, see gateway.dots.telemetry ---------------
+
+    async def telemetry_setup(self, body: bytes, *, tsid: int | None = None,
+                              timeout: float | None = None) -> Reply:
+        """PUT /tm-setup (CON, §7): 2.01 or 2.04. Without ``tsid`` a new one is allocated
+        and persisted (tsids increase monotonically, §7.1.2)."""
+        if tsid is None:
+            tsid = self.state.allocate_id("tsid")
+        else:
+            self.state.note_id("tsid", tsid)
+        return await self._send(self.core.telemetry_setup_put(body, tsid), confirmable=True,
+                                timeout=timeout)
+
+    async def telemetry_setup_get(self, tsid: int | None = None, *,
+                                  timeout: float | None = None) -> Reply:
+        """GET /tm-setup: limits, units and every setup (§7.1.1), or one tsid (§7.1.3)."""
+        return await self._send(self.core.telemetry_setup_get(tsid), confirmable=True,
+                                timeout=timeout)
+
+    async def telemetry_setup_delete(self, tsid: int | None = None, *,
+                                     timeout: float | None = None) -> Reply:
+        """DELETE one tsid, or all setups without one (§7.1.4, §7.4): 2.02."""
+        return await self._send(self.core.telemetry_setup_delete(tsid), confirmable=True,
+                                timeout=timeout)
+
+    async def telemetry(self, body: bytes, *, tmid: int | None = None,
+                        timeout: float | None = None) -> Reply:
+        """PUT /tm (§8.2): pre-or-ongoing-mitigation telemetry, 2.04. Without ``tmid`` a
+        new one is allocated and persisted."""
+        if tmid is None:
+            tmid = self.state.allocate_id("tmid")
+        else:
+            self.state.note_id("tmid", tmid)
+        return await self._send(self.core.telemetry_put(body, tmid), confirmable=False,
+                                timeout=timeout)
+
+    async def telemetry_get(self, tmid: int | None = None, *,
+                            timeout: float | None = None) -> Reply:
+        return await self._send(self.core.telemetry_get(tmid), confirmable=False,
+                                timeout=timeout)
+
+    async def telemetry_delete(self, tmid: int | None = None, *,
+                               timeout: float | None = None) -> Reply:
+        return await self._send(self.core.telemetry_delete(tmid), confirmable=False,
+                                timeout=timeout)
+
+    async def telemetry_observe(self, tmid: int | None = None, *,
+                                timeout: float | None = None) -> Observation:
+        """GET /tm with Observe 0 (RFC 9244 §8.3): notifications when it changes."""
+        obs = Observation(lambda: self.core.telemetry_get(tmid), None,
                           self._cancel_observation)
         await self._register(obs, timeout, initial=True)
         if not obs.ended:

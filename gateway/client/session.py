@@ -125,6 +125,17 @@ class ClientSession:
         self._arm()
         return token
 
+    def resend(self, token: bytes) -> bool:
+        """Send the NON request waiting on ``token`` again as the same message (same token
+        and Message ID, ``MessageLayer.resend_request``); False when it is not waiting any
+        more, over TLS (nothing is resent on a reliable transport), or when closed."""
+        if self.closed or not isinstance(self.layer, MessageLayer):
+            return False
+        if not self.layer.resend_request(token, self.clock()):
+            return False
+        self._flush()
+        return True
+
     def forget(self, token: bytes) -> None:
         """Stop waiting for ``token`` (no event; a later notification is answered RST)."""
         self._callbacks.pop(token, None)

@@ -74,6 +74,20 @@ class ClientState:
             data["next_sid"] = core.config.next_sid
         return sid
 
+    def allocate_id(self, name: str, at_least: int = 0) -> int:
+        """The next ``tsid`` or ``tmid`` (RFC 9244 §7.1.2, §8.2: they increase monotonically
+        like mids), persisted before it is returned; ``at_least``: an id the caller chose."""
+        if name not in ("tsid", "tmid"):
+            raise ValueError(f"no counter named {name!r}")
+        with self._transaction() as data:
+            ident = max(int(data.get(f"next_{name}", 0)), at_least)
+            data[f"next_{name}"] = ident + 1
+        return ident
+
+    def note_id(self, name: str, ident: int) -> None:
+        """An id used explicitly: never allocate it or a lower one."""
+        self.allocate_id(name, ident)
+
     def load_counters(self, core: DotsClientCore) -> None:
         data = self._read()
         core.next_mid = max(core.next_mid, int(data.get("next_mid", 0)))

@@ -99,36 +99,84 @@ class RequestSending:
                         attempts: int | None,
                         later: Callable[[ClientSession, CoapMessage | None, Failure], None]
                         | None, mid: int | None) -> tuple[Reply, ClientSession]:
-        """``_send`` without following redirects: the reply and the session it came on."""
-        deadline = self.clock() + limit
+        """``_send`` without following redirects: the reply and the session it came on.
+
+        A NON request over DTLS is sent again after 3 s of silence as the *same* message,
+        same token and Message ID: RFC 9132 §4.4.1 has a DOTS client repeat its NON
+        mitigation request at regular intervals until it gets a response (without an RTT
+        estimate at most one every 3 s) and says nothing of new tokens or Message IDs for
+        the repetitions; RFC 7252 §4.3 lets a sender transmit several copies of a NON
+        message, which the receiver processes once (§4.5, by Message ID); and a separate
+        response is matched by token alone (§5.3.2). So an answer that comes late, after
+        several copies (a gateway's 5.03 at the end of its own upstream bound), completes
+        the request, and a gateway in the path relays the request once, not once per copy.
+        Only a new session (the previous one closed) gets a new message and token. After
+        the last copy (``attempts``) the request keeps waiting for its answer until
+        ``limit``."""
+        started = self.clock()
+        deadline = started + limit
         label = request_label(request)
-        for attempt in range(1, (attempts or self.max_attempts) + 1):
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                break
-            session = await self._current_session(remaining)
-            remaining = deadline - self.clock()
-            if confirmable or session.reliable:
-                lifetime = remaining
-            else:
-                lifetime = min(NON_RETRY_INTERVAL, remaining)
-            if attempt > 1:
-                self.stats.retransmissions += 1
-                log.info("no answer to %s, sending it again (attempt %d)", label, attempt)
-            if self._q_block_fits(request, confirmable, session, later):
-                outcome = await self._send_q_block(session, request, remaining)
-                if outcome == "timeout":
-                    break  # the transfer resent what was missing until the deadline
-            else:
-                outcome = await self._send_once(session, coap_request(request), confirmable,
-                                                lifetime, remaining + 0.5, later)
-            if isinstance(outcome, CoapMessage):
-                return self._reply(request, outcome, session.endpoint, mid), session
-            if outcome == "timeout" and (confirmable or session.reliable):
-                break
-            if outcome in ("reset", "bad-option"):
-                raise NetworkError(f"{label}: the server rejected the message ({outcome})")
-        raise NetworkError(f"no answer to {label} within {limit:g} s")
+        most = attempts or self.max_attempts
+        sent = 0
+        pending: tuple[ClientSession, bytes, asyncio.Future[CoapMessage | Failure]] | None = None
+        try:
+            while sent <= most:
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    break
+                if pending is None:
+                    if sent >= most:
+                        break
+                    session = await self._current_session(remaining)
+                    remaining = deadline - self.clock()
+                    if remaining <= 0:
+                        break
+                    if sent:
+                        self.stats.retransmissions += 1
+                        log.info("no answer to %s, sending it again on a new session "
+                                 "(transmission %d)", label, sent + 1)
+                    sent += 1
+                    if self._q_block_fits(request, confirmable, session, later):
+                        # The transfer resends what is missing itself, until the deadline.
+                        outcome = await self._send_q_block(session, request, remaining)
+                        if isinstance(outcome, CoapMessage):
+                            return self._reply(request, outcome, session.endpoint, mid), session
+                        if outcome in ("reset", "bad-option"):
+                            raise NetworkError(f"{label}: the server rejected the message "
+                                               f"({outcome})")
+                        if outcome == "timeout":
+                            break
+                        continue  # closed (a new session next round) or changed: again
+                    pending = self._start(session, coap_request(request), confirmable,
+                                          remaining, later)
+                    if pending is None:
+                        continue  # closed meanwhile: the next round takes the new session
+                session, token, future = pending
+                resendable = not confirmable and not session.reliable and sent < most
+                wait = min(NON_RETRY_INTERVAL, remaining) if resendable else remaining
+                done, _ = await asyncio.wait({future}, timeout=wait)
+                if not done:
+                    if resendable and deadline > self.clock() and session.resend(token):
+                        sent += 1
+                        self.stats.retransmissions += 1
+                        log.info("no answer to %s, sending it again (transmission %d, same "
+                                 "token)", label, sent)
+                    continue
+                pending = None
+                outcome = future.result()
+                if isinstance(outcome, CoapMessage):
+                    return self._reply(request, outcome, session.endpoint, mid), session
+                if outcome == "timeout" and (confirmable or session.reliable):
+                    break
+                if outcome in ("reset", "bad-option"):
+                    raise NetworkError(f"{label}: the server rejected the message ({outcome})")
+        finally:
+            if pending is not None:
+                pending[0].forget(pending[1])
+        elapsed = self.clock() - started
+        copies = "" if sent <= 1 else f", sent {sent} times"
+        raise NetworkError(f"no answer to {label} in {elapsed:.0f} s (timeout {limit:g} s"
+                           f"{copies})")
 
     def _q_block_fits(self, request: DotsRequest, confirmable: bool, session: ClientSession,
                       later: object) -> bool:
@@ -161,11 +209,12 @@ class RequestSending:
                                          remaining + 0.5)
         return outcome
 
-    async def _send_once(self, session: ClientSession, message: CoapMessage, confirmable: bool,
-                         lifetime: float, wait: float,
-                         later: Callable[[ClientSession, CoapMessage | None, Failure], None]
-                         | None = None) -> CoapMessage | Failure:
-        """One transmission: the response, or why none came."""
+    def _start(self, session: ClientSession, message: CoapMessage, confirmable: bool,
+               lifetime: float,
+               later: Callable[[ClientSession, CoapMessage | None, Failure], None] | None
+               ) -> tuple[ClientSession, bytes, asyncio.Future[CoapMessage | Failure]] | None:
+        """Send ``message`` and return what to wait on (None: the session is closed). The
+        first answer resolves the future; later ones (notifications) go to ``later``."""
         future: asyncio.Future[CoapMessage | Failure] = (
             asyncio.get_running_loop().create_future())
 
@@ -179,7 +228,18 @@ class RequestSending:
             token = session.send_request(message, callback, confirmable=confirmable,
                                          lifetime=lifetime)
         except ConnectionError:
+            return None
+        return session, token, future
+
+    async def _send_once(self, session: ClientSession, message: CoapMessage, confirmable: bool,
+                         lifetime: float, wait: float,
+                         later: Callable[[ClientSession, CoapMessage | None, Failure], None]
+                         | None = None) -> CoapMessage | Failure:
+        """One transmission: the response, or why none came."""
+        started = self._start(session, message, confirmable, lifetime, later)
+        if started is None:
             return "closed"
+        _, token, future = started
         try:
             return await asyncio.wait_for(future, wait)
         except TimeoutError:

@@ -61,11 +61,14 @@ _AWAIT, _ACKED, _ANSWERED = Answer.AWAIT_ANSWER, Answer.ACKNOWLEDGED, Answer.ANS
 class _Exchange:
     """A request of ours awaiting its response, or an established observation."""
 
-    __slots__ = ("confirmable", "expires_at", "lifetime", "mid", "multiple", "observe", "token")
+    __slots__ = ("confirmable", "data", "expires_at", "lifetime", "mid", "multiple", "observe",
+                 "token")
 
     def __init__(self, token: bytes, mid: int, confirmable: bool, lifetime: float,
-                 expires_at: float | None, observe: bool, multiple: bool = False) -> None:
+                 expires_at: float | None, observe: bool, data: bytes = b"",
+                 multiple: bool = False) -> None:
         self.token = token
+        self.data = data  # a NON request as sent: its copies go out byte for byte
         self.mid = mid
         self.confirmable = confirmable
         self.lifetime = lifetime
@@ -200,9 +203,24 @@ class MessageLayer:
             expires_at = now + lifetime
         observe = msg.option(OptionNumber.OBSERVE) == b""  # Observe 0: register (RFC 7641)
         self._exchanges[token] = _Exchange(token, mid, confirmable, lifetime, expires_at,
-                                           observe, multiple)
+                                           observe, b"" if confirmable else data, multiple)
         self._datagrams.append(data)
         return token
+
+    def resend_request(self, token: bytes, now: float) -> bool:
+        """Send a NON request of ours again, as the same message: same Message ID and same
+        token. RFC 7252 §4.3: a sender MAY transmit multiple copies of a NON message, and
+        the Message ID lets the receiver act only once (§4.5, duplicate detection); the
+        answer is matched by token alone (§5.3.2), so whichever copy it answers completes
+        the exchange. False (nothing sent) when the request is not waiting any more or was
+        a CON (the retransmission timer resends those)."""
+        self._check_open()
+        exchange = self._exchanges.get(token)
+        if exchange is None or exchange.confirmable or not exchange.data:
+            return False
+        self._remember_non(exchange.mid, token, True)
+        self._datagrams.append(exchange.data)
+        return True
 
     def cancel_request(self, token: bytes) -> bool:
         """Forget a request or observation: no retransmission, no event. Later responses
@@ -472,6 +490,7 @@ class MessageLayer:
                 exchange.expires_at = now + exchange.lifetime
         elif exchange.observe and msg.code >> 5 == 2 and msg.has_option(OptionNumber.OBSERVE):
             exchange.expires_at = None  # RFC 7641 §3.1: observation established
+            exchange.data = b""  # answered: never sent again
         else:
             del self._exchanges[token]
         self._events.append(ResponseReceived(token, msg))

@@ -16,6 +16,7 @@ per group of sections, each with its settings types, defaults and reader functio
 * ``sessions``: ``[session]``, ``[mitigation]``, ``[[clients]]``, ``[trusted_gateways]``.
 * ``upstream``: ``[gateway]``, ``[[upstream]]``, ``[discovery]``.
 * ``anycast_redirect``: ``[anycast]``, ``[redirect]``.
+* ``data_channel``: ``[data_channel]`` (the RFC 8783 RESTCONF listener and its limits).
 * ``schema``: ``ConfigError`` and the typed readers with key paths (exact TOML types, ranges,
   unknown keys, value syntaxes); it knows no section.
 
@@ -37,6 +38,7 @@ from gateway.config.anycast_redirect import (
     RedirectSettings,
     RedirectTargetSettings,
 )
+from gateway.config.data_channel import DataChannelSettings
 from gateway.config.endpoints import (
     LimitSettings,
     PskEntry,
@@ -99,6 +101,7 @@ __all__ = [
     "ConfigError",
     "ConflictPolicy",
     "ControlSettings",
+    "DataChannelSettings",
     "DiscoveryAnycastSettings",
     "DiscoveryDhcpSettings",
     "DiscoveryMdnsSettings",

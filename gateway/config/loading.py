@@ -27,6 +27,7 @@ from gateway.config.anycast_redirect import (
     read_anycast,
     read_redirect,
 )
+from gateway.config.data_channel import DataChannelSettings, read_data_channel
 from gateway.config.endpoints import (
     LimitSettings,
     PskEntry,
@@ -93,6 +94,7 @@ class Settings:
     anycast: AnycastSettings = AnycastSettings()
     redirect: RedirectSettings = RedirectSettings()
     gateway: GatewaySettings = GatewaySettings()
+    data_channel: DataChannelSettings = DataChannelSettings()
 
 
 def load_config(
@@ -144,7 +146,7 @@ def parse_config(
 
 def default_settings(state_dir: Path | None = None) -> Settings:
     """The embedded defaults: what ``dots-gateway run`` uses without a config file."""
-    return _build({}, "<defaults>", None, state_dir or DEFAULT_STATE_DIR)
+    return _build({}, "<defaults>", None, state_dir or DEFAULT_STATE_DIR, embedded=True)
 
 
 def check_config(path: Path) -> list[str]:
@@ -162,6 +164,8 @@ def _build(
     base_dir: Path | None,
     state_dir: Path,
     state_dir_override: Path | None = None,
+    *,
+    embedded: bool = False,
 ) -> Settings:
     errors: list[ConfigError] = []
     root = Table(data, "", errors)
@@ -184,6 +188,8 @@ def _build(
     anycast = read_anycast(root.table("anycast"), server)
     redirect = read_redirect(root.table("redirect"))
     gateway = read_gateway(root.table("gateway"), base_dir)
+    data_channel = read_data_channel(root.table("data_channel"), server,
+                                     present=embedded or "data_channel" in data)
     root.finish()
     if errors:
         found = [ConfigError(e.key, e.message, source=source) for e in errors]
@@ -193,6 +199,6 @@ def _build(
     return Settings(
         source, general, logging, server, tls, psk, session, mitigation, clients,
         trusted_gateways, upstream, metrics, control, discovery, limits, anycast, redirect,
-        gateway,
+        gateway, data_channel,
     )  # fmt: skip
 

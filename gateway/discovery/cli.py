@@ -3,8 +3,10 @@
 ``discover`` runs the procedure once with the real I/O (or the one a test injects) and
 prints the ordered candidates with the mechanism behind each row, and, per interface x
 family, why the earlier mechanisms gave nothing. ``--json`` prints a list of candidate
-objects on stdout (the reasons go to stderr). Exit status: 0 with candidates, 1 without,
-2 for a usage or configuration error.
+objects on stdout (the reasons go to stderr). While it runs, stderr shows each mechanism
+as it finishes. When ``--timeout`` passes first, the lookups still pending are abandoned and
+what the finished mechanisms found is printed. Exit status: 0 with candidates, 1 without,
+2 for a usage or configuration error, 3 when cut short by ``--timeout`` (whatever was found).
 
 ``dhcp-option`` is for operators: the DOTS option bytes for given names and addresses, as
 hex and in dnsmasq and Kea syntax.
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from gateway.discovery.procedure import Procedure
     from gateway.discovery.settings import Overrides
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CUT_SHORT = 0, 1, 2, 3
 MECHANISM_NAMES = ("manual", "dhcp", "s-naptr", "dns-sd", "mdns", "anycast")
 
 # A test replaces this to run ``discover`` without touching the host's network.
@@ -59,7 +61,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dnssec", choices=("off", "prefer", "require"),
                    help="DNSSEC for DNS answers instead of discovery.dnssec (seed §11)")
     p.add_argument("--timeout", type=float, default=30.0,
-                   help="give up after this many seconds (default 30)")
+                   help="stop after this many seconds and print what was found so far "
+                   "(exit 3; default 30)")
     p.add_argument("--json", action="store_true", help="print a JSON list of candidates")
     p.set_defaults(func=run_discover)
 
@@ -136,13 +139,31 @@ async def _discover(settings: Settings, overrides: Overrides, args: argparse.Nam
     try:
         if isinstance(io, SystemIO):
             await io.start_mdns(sorted({s.interface for s in slots}))
-        procedure = Procedure(psettings, slots, time.monotonic())
-        engine = DiscoveryEngine(procedure, io)
+        started = time.monotonic()
+        procedure = Procedure(psettings, slots, started)
+        engine = DiscoveryEngine(procedure, io, on_event=_progress(started))
         candidates = await engine.run_once(time.monotonic() + args.timeout)
     finally:
         await io.close()
-    _print(procedure, candidates, args.json)
+    _print(procedure, candidates, args.json, engine.cut_short, args.timeout)
+    if engine.cut_short:
+        return EXIT_CUT_SHORT
     return EXIT_OK if candidates else EXIT_FAILURE
+
+
+def _progress(started: float) -> Callable[[object], None]:
+    """Progress on stderr: one line per mechanism as it finishes, with the time taken."""
+    from gateway.discovery.procedure import MechanismFinished
+
+    def show(event: object) -> None:
+        if isinstance(event, MechanismFinished):
+            o = event.outcome
+            found = f"{o.found} candidate(s)" if o.found else "nothing"
+            why = f" - {o.reason}" if o.reason and not o.found else ""
+            print(f"discover: {event.slot} {o.mechanism.value}: {found}{why} "
+                  f"({time.monotonic() - started:.1f} s)", file=sys.stderr, flush=True)
+
+    return show
 
 
 def _dnssec_summary(procedure: Procedure) -> list[str]:
@@ -159,10 +180,15 @@ def _dnssec_summary(procedure: Procedure) -> list[str]:
             + f"; {rejected} answer(s) refused"]
 
 
-def _print(procedure: Procedure, candidates: list[Candidate], as_json: bool) -> None:
+def _print(procedure: Procedure, candidates: list[Candidate], as_json: bool,
+           cut_short: Sequence[Any] = (), timeout: float = 0.0) -> None:
     now = time.monotonic()
     offset = time.time() - now
-    reasons = _reasons(procedure) + _dnssec_summary(procedure)
+    reasons = _reasons(procedure, cut_short, timeout) + _dnssec_summary(procedure)
+    if cut_short:
+        reasons.append(f"cut short: --timeout {timeout:g} s passed with lookups pending on "
+                       f"{', '.join(str(s) for s in cut_short)}; "
+                       f"{len(candidates)} candidate(s) from the mechanisms that finished")
     if as_json:
         print(json.dumps([c.to_json(now, offset) for c in candidates], indent=2))
         for line in reasons:
@@ -188,14 +214,27 @@ def _print(procedure: Procedure, candidates: list[Candidate], as_json: bool) -> 
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)) + "  " + row[-1])
 
 
-def _reasons(procedure: Procedure) -> list[str]:
+def _reasons(procedure: Procedure, cut_short: Sequence[Any] = (),
+             timeout: float = 0.0) -> list[str]:
+    from gateway.discovery.candidates import MECHANISM_ORDER
+
     lines = []
     for slot in procedure.slots:
         lines.append(f"{slot}:")
-        for outcome in procedure.outcomes(slot):
+        outcomes = (procedure.progress(slot)[1] if slot in cut_short
+                    else procedure.outcomes(slot))
+        for outcome in outcomes:
             found = f"{outcome.found} candidate(s)" if outcome.found else "nothing"
             why = f" - {outcome.reason}" if outcome.reason else ""
             lines.append(f"  {outcome.mechanism.value:8} {found}{why}")
+        if slot in cut_short:
+            done = {o.mechanism for o in outcomes}
+            pending = [m for m in MECHANISM_ORDER
+                       if m in procedure.settings.mechanisms and m not in done]
+            for number, mechanism in enumerate(pending):
+                why = (f"no answer within --timeout {timeout:g} s" if number == 0
+                       else "not tried: cut short")
+                lines.append(f"  {mechanism.value:8} cut short - {why}")
     return lines
 
 

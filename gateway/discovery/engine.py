@@ -40,6 +40,7 @@ from gateway.discovery.lookups import (
     Result,
 )
 from gateway.discovery.procedure import CandidatesFound, Event, Procedure, ProcedureSettings
+from gateway.eventlog import log_event
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -164,6 +165,8 @@ class DiscoveryEngine:
         self.on_event = on_event
         self._tasks: dict[asyncio.Task[Result], int] = {}
         self._wake = asyncio.Event()
+        #: The slots ``run_once`` left running at its deadline ([] when every run ended).
+        self.cut_short: list[Slot] = []
 
     def rerun(self, slot: Slot | None = None) -> None:
         """Run the procedure again now (lookups inside their retry wait stay skipped)."""
@@ -172,17 +175,23 @@ class DiscoveryEngine:
 
     async def run_once(self, deadline: float | None = None) -> list[Candidate]:
         """Start every slot and return when none is running (or at ``deadline``, monotonic):
-        what ``dots-gateway discover`` prints."""
+        what ``dots-gateway discover`` prints. A slot still running at the deadline gives
+        the candidates of its mechanisms that had finished (``cut_short`` names it)."""
         self.procedure.start(self.clock())
+        self.cut_short = []
         try:
             while self.procedure.busy or self._tasks:
                 timeout = None if deadline is None else deadline - self.clock()
                 if timeout is not None and timeout <= 0:
-                    log.warning("discovery: stopped at the deadline with lookups pending")
+                    self.cut_short = self.procedure.running()
+                    log.warning("discovery: stopped at the deadline with lookups pending "
+                                "(%s)", ", ".join(str(s) for s in self.cut_short))
                     break
                 await self._step(timeout)
         finally:
             await self._cancel()
+        if self.cut_short:
+            return self.procedure.candidates_so_far()
         return self.procedure.candidates()
 
     async def run_forever(self) -> None:
@@ -239,7 +248,8 @@ class DiscoveryEngine:
     def _drain_events(self) -> None:
         while (event := self.procedure.next_event()) is not None:
             if isinstance(event, CandidatesFound):
-                log.info("discovery %s: %d candidates", event.slot, len(event.candidates))
+                log_event(log, logging.INFO, "discovery.candidates", "discovery found "
+                          "candidates", slot=str(event.slot), count=len(event.candidates))
             if self.on_event is not None:
                 self.on_event(event)
 

@@ -170,7 +170,15 @@ class ValidityExpired:
     slot: Slot
 
 
-Event = CandidatesFound | NothingFound | ValidityExpired
+@dataclass(frozen=True, slots=True)
+class MechanismFinished:
+    """Event: one mechanism of a slot's run is done (progress; the run may go on)."""
+
+    slot: Slot
+    outcome: MechanismOutcome
+
+
+Event = CandidatesFound | NothingFound | ValidityExpired | MechanismFinished
 
 
 @dataclass(slots=True)
@@ -195,6 +203,9 @@ class _SlotRecord:
     timer_at: float | None = None
     runs: int = 0
     unvalidated: list[str] = field(default_factory=list)  # this run's unvalidated answers
+    #: The current run so far: candidates and outcomes of the mechanisms already done.
+    run_found: list[Candidate] = field(default_factory=list)
+    run_outcomes: list[MechanismOutcome] = field(default_factory=list)
 
 
 class Procedure:
@@ -301,6 +312,25 @@ class Procedure:
     def outcomes(self, slot: Slot) -> tuple[MechanismOutcome, ...]:
         return self._records[slot].outcomes
 
+    def running(self) -> list[Slot]:
+        """The slots whose run has not ended, in the order given."""
+        return [s for s in self._order if self._records[s].state is SlotState.RUNNING]
+
+    def candidates_so_far(self) -> list[Candidate]:
+        """Like ``candidates``, but a running slot gives what its current run found so far
+        (not its previous run's): what a run cut short at a deadline reports."""
+        out: list[Candidate] = []
+        for slot in self._order:
+            record = self._records[slot]
+            out += record.run_found if record.state is SlotState.RUNNING else record.candidates
+        return out
+
+    def progress(self, slot: Slot) -> tuple[tuple[Candidate, ...], tuple[MechanismOutcome, ...]]:
+        """A running slot's run so far: the candidates of the mechanisms already done (in
+        preference order) and their outcomes; what a run cut short at a deadline keeps."""
+        record = self._records[slot]
+        return tuple(record.run_found), tuple(record.run_outcomes)
+
     @property
     def slots(self) -> tuple[Slot, ...]:
         return tuple(self._order)
@@ -380,6 +410,7 @@ class Procedure:
     def _run(self, run: Run, record: _SlotRecord) -> Generator[Request, Result, None]:
         found: list[Candidate] = []
         outcomes: list[MechanismOutcome] = []
+        record.run_found, record.run_outcomes = found, outcomes
         enabled = set(self.settings.mechanisms)
         for mechanism in MECHANISM_ORDER:  # seed §5: the order is fixed, config only enables
             if mechanism not in enabled:
@@ -389,8 +420,10 @@ class Procedure:
                                                  "mechanism found candidates"))
                 continue
             candidates, reason = yield from self._mechanisms.step(mechanism, run)
-            outcomes.append(MechanismOutcome(mechanism, len(candidates), reason))
+            outcome = MechanismOutcome(mechanism, len(candidates), reason)
+            outcomes.append(outcome)
             found += candidates
+            self._events.append(MechanismFinished(run.slot, outcome))
         record.candidates = tuple(found)
         record.outcomes = tuple(outcomes)
         if found:

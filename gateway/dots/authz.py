@@ -5,14 +5,14 @@ identity or certificate subject). It must use the cuid derived from its credenti
 its rule allows others (a gateway may rewrite cuids, §4.4.1.1), and every target must lie
 in its rule's domain: prefixes inside its configured prefixes (§4.4.1.1: the server MUST
 validate that target prefixes are within the scope of the client domain), FQDNs inside its
-configured names. Aliases need the data channel, which this server does not run, so an
-alias can never have been created by the client: 4.00 (§4.4.1.3).
+configured names. An alias must be one the client created over the data channel (RFC 8783;
+its targets were checked then), else 4.00 (§4.4.1.3).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gateway.dots.errors import InvalidValue, NotAuthorized
@@ -61,13 +61,17 @@ class Authorizer:
         if cuid != requester.credential_id and not rule.allow_any_cuid:
             raise NotAuthorized(
                 f"cuid {cuid} is not the one derived from your credential "
-                f"({requester.credential_id}, RFC 9132 App. B)"
+                f"({requester.credential_id}, RFC 9132 App. B); a DOTS gateway relaying its "
+                f"clients' requests needs allow_any_cuid = true in its [[clients]] entry"
             )
         return rule
 
     @staticmethod
-    def check_targets(rule: ClientRule, scope: Scope) -> None:
-        """Every target inside the client's domain (4.01), no unknown alias (4.00)."""
+    def check_targets(rule: ClientRule, scope: Scope, *,
+                      known_alias: Callable[[str], bool] | None = None) -> None:
+        """Every target inside the client's domain (4.01), no unknown alias (4.00).
+        ``known_alias(name)``: the client created that alias over the data channel, whose
+        targets were checked against its domain then (None: no data channel)."""
         for prefix in scope.target_prefix:
             if not any(prefix.version == own.version and prefix.subnet_of(own)  # type: ignore[arg-type]
                        for own in rule.prefixes):
@@ -90,10 +94,14 @@ class Authorizer:
             if not inside:
                 raise NotAuthorized(f"target-uri {uri} is outside the domain of client "
                                     f"{rule.name}")
-        if scope.alias_name:
+        unknown = [name for name in scope.alias_name
+                   if known_alias is None or not known_alias(name)]
+        if unknown:
             raise InvalidValue(  # RFC 9132 §4.4.1.3: aliases the client did not create
-                "alias-name " + ", ".join(scope.alias_name) + " is unknown: aliases are "
-                "created over the DOTS data channel, which this server does not offer"
+                "alias-name " + ", ".join(unknown) + " is unknown: aliases are created over "
+                "the DOTS data channel" + (", which this server does not offer"
+                                           if known_alias is None else
+                                           " (RFC 8783), and this client has none by that name")
             )
 
 

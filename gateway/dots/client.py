@@ -131,6 +131,35 @@ class DotsClientCore:
     def config_delete(self, sid: int | None = None) -> DotsRequest:
         return DotsRequest(Method.DELETE, build_path(Resource.CONFIG, sid=sid))
 
+    # --- telemetry (RFC 9244; bodies are ready-made CBOR, see gateway.dots.telemetry) -------
+
+    def telemetry_setup_put(self, body: bytes, tsid: int) -> DotsRequest:
+        """PUT /tm-setup/cuid/tsid (§7.1.2): 2.01 or 2.04; 4.22 for values out of range."""
+        return DotsRequest(Method.PUT, build_path(Resource.TM_SETUP, cuid=self.cuid, tsid=tsid),
+                           payload=body, content_format=CONTENT_FORMAT_DOTS_CBOR)
+
+    def telemetry_setup_get(self, tsid: int | None = None) -> DotsRequest:
+        """GET /tm-setup: the server's limits and all setups (§7.1.1), or one tsid."""
+        return DotsRequest(Method.GET, build_path(Resource.TM_SETUP, cuid=self.cuid, tsid=tsid))
+
+    def telemetry_setup_delete(self, tsid: int | None = None) -> DotsRequest:
+        """DELETE one tsid (§7.1.4), or every setup of ours (§7.4)."""
+        return DotsRequest(Method.DELETE,
+                           build_path(Resource.TM_SETUP, cuid=self.cuid, tsid=tsid))
+
+    def telemetry_put(self, body: bytes, tmid: int) -> DotsRequest:
+        """PUT /tm/cuid/tmid: pre-or-ongoing-mitigation telemetry (§8.2): 2.04."""
+        return DotsRequest(Method.PUT, build_path(Resource.TM, cuid=self.cuid, tmid=tmid),
+                           payload=body, content_format=CONTENT_FORMAT_DOTS_CBOR)
+
+    def telemetry_get(self, tmid: int | None = None, *,
+                      observe: bool | None = None) -> DotsRequest:
+        return DotsRequest(Method.GET, build_path(Resource.TM, cuid=self.cuid, tmid=tmid),
+                           observe=None if observe is None else (0 if observe else 1))
+
+    def telemetry_delete(self, tmid: int | None = None) -> DotsRequest:
+        return DotsRequest(Method.DELETE, build_path(Resource.TM, cuid=self.cuid, tmid=tmid))
+
     def heartbeat_request(self, now: float) -> DotsRequest:
         body = Heartbeat(peer_hb_status=self.heartbeat.peer_hb_status(now))
         return DotsRequest(Method.PUT, build_path(Resource.HB), payload=encode_message(body),
@@ -151,7 +180,11 @@ class DotsClientCore:
         self.heartbeat.response_received(now)
         message: Message | None = None
         diagnostic = response.diagnostic
-        if response.payload and response.content_format == CONTENT_FORMAT_DOTS_CBOR:
+        telemetry = request.path[2:3] in (("tm",), ("tm-setup",))
+        if (response.payload and response.content_format == CONTENT_FORMAT_DOTS_CBOR
+                and not (telemetry and response.code.is_success)):
+            # Telemetry bodies (RFC 9244) are not RFC 9132 messages: the caller reads them
+            # with gateway.dots.telemetry; a redirect (5.03) still is one.
             try:
                 message = decode_message(response.payload)
             except DotsProtocolError as exc:

@@ -89,8 +89,11 @@ def encode_cbor(obj: Any) -> bytes:
 # --- plain CBOR objects -> checked tree ---------------------------------------------------------
 
 
-def tree_from_cbor(obj: Any) -> Tree:
+def tree_from_cbor(obj: Any, *, kinds: frozenset[int] = MESSAGE_KINDS) -> Tree:
     """Check a decoded CBOR object against the key table and return the tree.
+
+    ``kinds``: the top-level containers that make a message here (RFC 9244's telemetry
+    bodies are checked with their own, ``gateway.dots.telemetry``).
 
     Unknown comprehension-optional keys are kept (so a gateway can relay them); unknown
     comprehension-required keys are collected over the whole message and reported together.
@@ -101,7 +104,7 @@ def tree_from_cbor(obj: Any) -> Tree:
     tree = _map_from_cbor(obj, None, "message", unknown, 0)
     if unknown:
         raise UnknownRequiredKeys(unknown)
-    _check_single_message(tree)
+    _check_single_message(tree, kinds)
     return tree
 
 
@@ -239,14 +242,14 @@ def _checked_decimal(value: decimal.Decimal, where: str) -> decimal.Decimal:
     return quantized
 
 
-def _check_single_message(tree: Tree) -> None:
+def _check_single_message(tree: Tree, allowed: frozenset[int] = MESSAGE_KINDS) -> None:
     kinds = [k for k in tree if k in CHILDREN[None]]
-    if len(kinds) != 1 or kinds[0] not in MESSAGE_KINDS:
+    if len(kinds) != 1 or kinds[0] not in allowed:
         found = ", ".join(KEYS[k].name for k in kinds) or "none"
-        raise MalformedPayload(
-            "a DOTS message holds exactly one of mitigation-scope, signal-config, "
-            f"redirected-signal or heartbeat; found {found}"
-        )
+        expected = ("mitigation-scope, signal-config, redirected-signal or heartbeat"
+                    if allowed == MESSAGE_KINDS
+                    else " or ".join(sorted(KEYS[k].name for k in allowed)))
+        raise MalformedPayload(f"a DOTS message holds exactly one of {expected}; found {found}")
 
 
 def _cbor_type(value: Any) -> str:
@@ -329,10 +332,33 @@ def encode_message(message: Message) -> bytes:
 # --- JSON (RFC 7951 names, as in the RFC's examples) --------------------------------------------
 
 
-def tree_from_json(obj: Any) -> Tree:
+def tree_from_json(obj: Any, *, kinds: frozenset[int] = MESSAGE_KINDS) -> Tree:
     """JSON object (already parsed) -> checked tree, with the same errors as the CBOR path."""
     cbor_like = _json_map_to_cbor(obj, "message", 0)
-    return tree_from_cbor(cbor_like)
+    return tree_from_cbor(cbor_like, kinds=kinds)
+
+
+def extension_tree_from_json(obj: Any, kinds: frozenset[int]) -> Tree:
+    """JSON of a message of a later RFC (RFC 9244's telemetry bodies, whose values we keep
+    whole) -> checked tree. Strict: a value that does not fit the key table is an error
+    here, where the writer can fix it, not a value kept as written (as when relaying)."""
+    if not isinstance(obj, dict):
+        raise MalformedPayload("message: expected a JSON object")
+    cbor_like: dict[int, Any] = {}
+    for name, value in obj.items():
+        info = _info_for_json_name(name)
+        if info is None or info.key not in kinds:
+            raise MalformedPayload(f"message: unexpected attribute {name!r}")
+        cbor_like[info.key] = _opaque_from_json(value, info, 1)
+    return tree_from_cbor(cbor_like, kinds=kinds)
+
+
+def extension_value_from_json(name: str, value: Any) -> tuple[int, Any]:
+    """One attribute of a later RFC by its JSON name -> (key, CBOR value), strictly."""
+    info = _info_for_json_name(name)
+    if info is None or not info.opaque:
+        raise MalformedPayload(f"unknown extension attribute {name!r}")
+    return info.key, _opaque_from_json(value, info, 1)
 
 
 def _json_map_to_cbor(obj: Any, where: str, depth: int) -> dict[int, Any]:
@@ -564,8 +590,26 @@ def message_to_json(message: Message) -> dict[str, Any]:
 
 
 def json_to_cbor(text_or_obj: str | Mapping[str, Any]) -> bytes:
+    """A DOTS message in the RFC's JSON notation (text or parsed) -> application/dots+cbor
+    body. The message is checked as a server would check it: a ``DotsProtocolError``
+    (``MalformedPayload``, ``InvalidValue``...) names what is wrong."""
     return encode_message(message_from_json(text_or_obj))
 
 
 def cbor_to_json(data: bytes) -> dict[str, Any]:
+    """An application/dots+cbor body -> the RFC's JSON notation (``DotsProtocolError`` for a
+    body that is not one DOTS message); unknown comprehension-optional keys are kept."""
     return message_to_json(decode_message(data))
+
+
+# --- decimals inside values kept whole (RFC 9244's percentiles) ---------------------------------
+
+
+def decimal_from_cbor(value: Any, where: str) -> decimal.Decimal:
+    """A decimal64 with 2 fraction digits as received inside an opaque value (tag 4)."""
+    return _decimal_from_cbor(value, where)
+
+
+def decimal_to_cbor(value: decimal.Decimal) -> Any:
+    """The CBOR form (tag 4 ``[-2, mantissa]``) of a decimal64 with 2 fraction digits."""
+    return cbor2.CBORTag(_CBOR_TAG_DECIMAL_FRACTION, [-2, int(value.scaleb(2))])

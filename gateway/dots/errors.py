@@ -88,9 +88,10 @@ class UnknownRequiredKeys(DotsProtocolError):
 
 
 class RequiredKeysNotActedOn(UnknownRequiredKeys):
-    """Registered comprehension-required keys a DOTS server does not implement (RFC 9133's
-    acl-list, activation-type): a server answers as if it did not know them (RFC 9132 §6,
-    RFC 9133 §5) instead of silently ignoring what the client asked for. 4.00."""
+    """Registered comprehension-required keys a DOTS server does not implement: it answers
+    as if it did not know them (RFC 9132 §6) instead of silently ignoring what the client
+    asked for. 4.00. (RFC 9133's acl-list, the one such extension registered so far, is
+    acted on by the server core; the check stays for keys the table gains later.)"""
 
     def __init__(self, keys: Iterable[int], names: Iterable[str]) -> None:
         super().__init__(keys)

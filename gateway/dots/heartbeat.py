@@ -207,18 +207,24 @@ class ReconnectBackoff:
     The first attempt after a loss is immediate (resumption is cheap); after a failed
     attempt the next one waits ``interval`` seconds, never less than 60 (MUST NOT) and by
     default 300 (SHOULD NOT retry more often), plus up to 10% jitter so that many clients
-    that lost the same server do not return in lockstep.
+    that lost the same server do not return in lockstep. With a ``maximum`` above
+    ``interval`` the wait doubles after each failure up to ``maximum``, which it never
+    exceeds: there the jitter shortens the wait instead (never below ``interval``).
     """
 
     MINIMUM = 60
     RECOMMENDED = 300
 
     def __init__(self, interval: float = RECOMMENDED,
-                 jitter: Callable[[], float] = random.random) -> None:
+                 jitter: Callable[[], float] = random.random, *,
+                 maximum: float | None = None) -> None:
         if interval < self.MINIMUM:
             raise DotsUsageError(
                 f"reconnect interval below {self.MINIMUM} s violates RFC 9132 §4.7")
+        if maximum is not None and maximum < interval:
+            raise DotsUsageError(f"reconnect maximum {maximum} below the interval {interval}")
         self.interval = interval
+        self.maximum = maximum
         self._jitter = jitter
         self.next_attempt_at: float | None = None
         self.failures = 0
@@ -228,8 +234,20 @@ class ReconnectBackoff:
 
     def attempt_failed(self, now: float) -> float:
         self.failures += 1
-        self.next_attempt_at = now + self.interval * (1 + 0.1 * self._jitter())
+        self.next_attempt_at = now + self.wait()
         return self.next_attempt_at
+
+    def wait(self) -> float:
+        """Seconds from a failure (the ``failures``-th) to the next attempt."""
+        jitter = 0.1 * self._jitter()
+        if self.maximum is None:
+            return self.interval * (1 + jitter)
+        doublings = max(0, min(self.failures - 1, 32))
+        base = min(self.maximum, self.interval * float(1 << doublings))
+        wait = base * (1 + jitter)
+        if wait > self.maximum:
+            wait = max(self.interval, self.maximum * (1 - jitter))
+        return wait
 
     def succeeded(self) -> None:
         self.failures = 0

@@ -9,8 +9,10 @@ module prefix where the RFCs' JSON examples and the registry do.
 
 Keys of RFC 9132 are typed fields of ``gateway.dots.model``. The others are ``opaque``: the
 codec checks where they stand and their CBOR major type, then keeps their whole value as
-received, so a gateway relays them unchanged and ``dots-client`` shows them by name; we act
-on none of them (no ACL activation, no telemetry).
+received, so a gateway relays them unchanged and ``dots-client`` shows them by name. A
+server acts on RFC 9133's acl-list (``gateway.dots.filters`` reads it from the kept value);
+RFC 9244's telemetry bodies are checked and kept by ``gateway.dots.telemetry`` (numbers
+128-210 checked against the IANA table's order: see ``tests/unit/dots/test_cbor_registry.py``).
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from gateway.dots.errors import (
     NotFound,
     ServiceUnavailable,
 )
+from gateway.dots.filters import acl_list_of, merge_acl_lists, with_acl_list
 from gateway.dots.mitigation_conflicts import lost_to
 from gateway.dots.mitigation_lifecycle import (
     ACTIVE_STATES,
@@ -48,15 +49,18 @@ from gateway.dots.mitigation_lifecycle import (
     MitigationRemoved,
     MitigationState,
     MitigationStatusChanged,
+    MitigationTelemetry,
     Owner,
     Trigger,
+    UpdateFilters,
     WithdrawMitigation,
     next_state,
-    whole_seconds,
 )
 from gateway.dots.mitigation_records import MitigationRecords
 from gateway.dots.model import ConflictInformation, MitigationScope, Scope, Targets
+from gateway.dots.telemetry_checks import SCOPE_TELEMETRY as _SCOPE_TELEMETRY
 from gateway.dots.uri import ContentFilter
+from gateway.eventlog import log_event
 
 log = logging.getLogger(__name__)
 S, T = MitigationState, Trigger
@@ -231,10 +235,7 @@ class MitigationStore(MitigationRecords):
                 if record.transient_reports_left <= 0:
                     record.transient_status = None
                 self._touch(record)
-        lifetime = record.remaining_lifetime(now)
-        if record.terminate_at is not None:
-            left = whole_seconds(record.terminate_at - now)
-            lifetime = left if lifetime == INDEFINITE else min(lifetime, left)
+        lifetime = record.lifetime_left(now)
         config = content is not ContentFilter.NON_CONFIG
         state = content is not ContentFilter.CONFIG
         base = record.scope.targets() if config else Targets()
@@ -324,8 +325,8 @@ class MitigationStore(MitigationRecords):
         if held - superseded < cap:
             return
         self.refused_over_cap += 1
-        log.warning("mitigation refused cuid=%s: it holds %d requests, the cap is %d",
-                    cuid, held, cap)
+        log_event(log, logging.WARNING, "mitigation.refused", "mitigation refused: the "
+                  "client holds its cap of requests", cuid=cuid, held=held, cap=cap)
         # RFC 9132 §9: 5.03 is what a DOTS server answers when it is unable to handle a
         # request; a request over a resource cap is that, not a protocol violation (4.00) nor a
         # conflict (4.09). No Max-Age: room appears only when the client withdraws requests
@@ -349,25 +350,48 @@ class MitigationStore(MitigationRecords):
         assert requested is not None
         lifetime = self.policy.grant(requested)
         self._before_change((record.cuid, record.mid))
-        if record.state is S.DEACTIVATED:
+        # RFC 9133 §3.2: a refresh or efficacy update may activate or deactivate ACLs; one
+        # without an acl-list leaves the mitigation's as it was.
+        current = acl_list_of(record.scope)
+        update = acl_list_of(scope)
+        acls = current if update is None else merge_acl_lists(current, update)
+        filters_changed = acls != current
+        if filters_changed:
+            record.scope = with_acl_list(record.scope, acls)
+        reactivated = record.state is S.DEACTIVATED
+        if reactivated:
             if self._conflicts.other_clients(record.cuid, scope, now):
+                self._touch(record)
                 return PutResult(False, self._body(record, now))
             self._fire(record, T.REACTIVATED, now)
             record.conflict = None
             record.mitigation_start = self._epoch(now)
             self._set_status(record, Status.ATTACK_MITIGATION_IN_PROGRESS)
-            self._outputs.append(ApplyMitigation(record.cuid, record.mid, scope))
+            self._outputs.append(ApplyMitigation(record.cuid, record.mid,
+                                                 with_acl_list(scope, acls)))
+        elif filters_changed:
+            if record.state in ACTIVE_STATES:
+                self._outputs.append(UpdateFilters(record.cuid, record.mid, record.scope))
+            # Observers see the new acl-list in a notification (RFC 7641 §4.2: the state
+            # of the resource changed).
+            self._outputs.append(MitigationStatusChanged(record.cuid, record.mid,
+                                                         record.transient_status or
+                                                         record.status))
+            log.info("filters changed cuid=%s mid=%d acl-list=%s", record.cuid, record.mid,
+                     ",".join(f"{a.acl_name}:{a.activation_type}" for a in acls or ()) or "-")
         record.lifetime = lifetime
         record.expires_at = None if lifetime == INDEFINITE else now + lifetime
         record.scope = replace(record.scope, lifetime=requested, attack_status=None)
         self._touch(record)
         if efficacy_update:
-            log.info(
-                "efficacy update cuid=%s mid=%d attack-status=%s",
-                record.cuid,
-                record.mid,
-                scope.attack_status.label if scope.attack_status else "-",
-            )
+            log_event(log, logging.INFO, "mitigation.efficacy", "efficacy update",
+                      cuid=record.cuid, mid=record.mid,
+                      attack_status=scope.attack_status.label if scope.attack_status else None)
+        telemetry = tuple((k, v) for k, v in scope.extensions if k in _SCOPE_TELEMETRY)
+        if telemetry and not reactivated:  # a reactivation's ApplyMitigation carries it
+            # RFC 9244 §9.1: the mitigator gets the client's view of the attack.
+            self._outputs.append(MitigationTelemetry(record.cuid, record.mid, telemetry,
+                                                     scope.attack_status))
         return PutResult(False, self._body(record, now))
 
     def _create(self, cuid: str, mid: int, scope: Scope, owner: Owner, now: float) -> PutResult:
@@ -421,13 +445,8 @@ class MitigationStore(MitigationRecords):
         self._insert(record)
         self._owners.setdefault(cuid, owner)
         self._touch(record)
-        log.info(
-            "mitigation created cuid=%s mid=%d state=%s lifetime=%d",
-            cuid,
-            mid,
-            record.state.value,
-            lifetime,
-        )
+        log_event(log, logging.INFO, "mitigation.installed", "mitigation created", cuid=cuid,
+                  mid=mid, state=record.state.value, lifetime=lifetime)
         if record.state is S.MITIGATING:
             record.mitigation_start = self._epoch(now)
             self._outputs.append(ApplyMitigation(cuid, mid, record.scope))
@@ -464,14 +483,9 @@ class MitigationStore(MitigationRecords):
         old = record.state
         record.state = new
         self._touch(record)
-        log.info(
-            "mitigation cuid=%s mid=%d %s -> %s (%s)",
-            record.cuid,
-            record.mid,
-            old.value,
-            new.value,
-            trigger.value,
-        )
+        log_event(log, logging.INFO, "mitigation.state_changed", "mitigation state changed",
+                  cuid=record.cuid, mid=record.mid, old=old.value, new=new.value,
+                  reason=trigger.value)
         if new is S.ENDED:
             final = (
                 Status.ATTACK_MITIGATION_WITHDRAWN

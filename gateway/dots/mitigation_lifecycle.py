@@ -13,9 +13,11 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
-from gateway.dots.codes import Status
+from gateway.dots.codes import AttackStatus, Status
 from gateway.dots.errors import DotsUsageError
+from gateway.dots.filters import ActiveAcl
 from gateway.dots.model import ConflictInformation, Scope
 
 INDEFINITE = -1
@@ -160,6 +162,15 @@ class Mitigation:
             return INDEFINITE
         return whole_seconds(self.expires_at - now)
 
+    def lifetime_left(self, now: float) -> int:
+        """The lifetime a GET reports (RFC 9132 §4.4.2): the remaining lifetime, cut short by
+        the active-but-terminating period once the client withdrew the request."""
+        lifetime = self.remaining_lifetime(now)
+        if self.terminate_at is not None:
+            left = whole_seconds(self.terminate_at - now)
+            lifetime = left if lifetime == INDEFINITE else min(lifetime, left)
+        return lifetime
+
     def deadline(self) -> float | None:
         times = [t for t in (self.expires_at, self.terminate_at) if t is not None]
         return min(times) if times else None
@@ -175,6 +186,19 @@ class ApplyMitigation:
     cuid: str
     mid: int
     scope: Scope
+    #: The ACLs active for it (RFC 9133); the server core fills them in from its catalog.
+    acls: tuple[ActiveAcl, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateFilters:
+    """Command: an active mitigation's acl-list changed (RFC 9133 §3.2: a PUT activated or
+    deactivated ACLs); ``acls`` are the ones active now (filled in by the server core)."""
+
+    cuid: str
+    mid: int
+    scope: Scope
+    acls: tuple[ActiveAcl, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +229,19 @@ class MitigationRemoved:
     reason: Trigger
 
 
-StoreOutput = ApplyMitigation | WithdrawMitigation | MitigationStatusChanged | MitigationRemoved
+@dataclass(frozen=True, slots=True)
+class MitigationTelemetry:
+    """Command: telemetry for an active request, from a refresh or an efficacy update
+    (RFC 9244 §9.1): the keys 204-207 of the scope, as received, and its attack-status."""
+
+    cuid: str
+    mid: int
+    telemetry: tuple[tuple[int, Any], ...]
+    attack_status: AttackStatus | None = None
+
+
+StoreOutput = (ApplyMitigation | UpdateFilters | WithdrawMitigation | MitigationStatusChanged
+               | MitigationRemoved | MitigationTelemetry)
 
 
 def whole_seconds(remaining: float) -> int:

@@ -26,6 +26,7 @@ from gateway.dots.codec import decode_message, encode_message
 from gateway.dots.codes import CONTENT_FORMAT_TEXT, Code, ConflictCause
 from gateway.dots.conflict import ConflictingRequest
 from gateway.dots.errors import DotsProtocolError, MalformedPayload
+from gateway.dots.filters import carry_acl_list
 from gateway.dots.message import DotsResponse
 from gateway.dots.model import ConflictInformation, MitigationScope, Scope
 from gateway.dots.uri import DotsPath, Resource, build_path
@@ -76,11 +77,17 @@ def loop_report(identity: str, upstream: DotsResponse | None = None) -> DotsResp
                         CONTENT_FORMAT_TEXT)
 
 
+#: What a gateway relays upstream; config and hb are per hop (RFC 9132 §4.5, §4.7). RFC 9244
+#: §5.2: telemetry follows RFC 9132 §4.4.1's gateway rules (cdid) like mitigate.
+RELAYED = frozenset({Resource.MITIGATE, Resource.TM_SETUP, Resource.TM})
+
+
 def upstream_path(path: DotsPath, cdid: str | None) -> tuple[str, ...]:
-    """The mitigate Uri-Path for upstream: the client's cdid (if any) is always replaced."""
-    if path.resource is not Resource.MITIGATE:
-        raise ValueError("only mitigate requests are relayed")
-    return build_path(Resource.MITIGATE, cdid=cdid, cuid=path.cuid, mid=path.mid)
+    """The Uri-Path for upstream: the client's cdid (if any) is always replaced."""
+    if path.resource not in RELAYED:
+        raise ValueError("only mitigate and telemetry requests are relayed")
+    return build_path(path.resource, cdid=cdid, cuid=path.cuid, mid=path.mid, tsid=path.tsid,
+                      tmid=path.tmid)
 
 
 def gateway_error(exc: DotsProtocolError) -> DotsResponse:
@@ -107,6 +114,26 @@ def with_scope_changes(body: bytes, **changes: object) -> bytes:
     assert isinstance(message, MitigationScope)
     scope = replace(message.scope[0], **changes)  # type: ignore[arg-type]
     return encode_message(replace(message, scope=(scope,)))
+
+
+def carry_acl_list_body(previous: bytes, new: bytes) -> bytes:
+    """The body to keep for re-sending a refresh ``new`` of the request ``previous``: the
+    upstream server still applies the acl-list an earlier request set (RFC 9133 §3.2), so a
+    re-install elsewhere must carry it too. Bodies that do not decode are kept as they are
+    (the upstream server accepted ``new``; it is what we have)."""
+    if previous == new:
+        return new
+    try:
+        old_message, new_message = decode_message(previous), decode_message(new)
+        if not (isinstance(old_message, MitigationScope) and isinstance(new_message,
+                                                                       MitigationScope)):
+            return new
+        scope = carry_acl_list(new_message.scope[0], old_message.scope[0])
+    except (DotsProtocolError, IndexError):
+        return new
+    if scope is new_message.scope[0]:
+        return new
+    return encode_message(replace(new_message, scope=(scope, *new_message.scope[1:])))
 
 
 @dataclass

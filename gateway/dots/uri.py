@@ -1,4 +1,5 @@
-"""Signal-channel URIs: ``/.well-known/dots/{mitigate,config,hb}`` and their parameters.
+"""Signal-channel URIs: ``/.well-known/dots/{mitigate,config,hb,tm-setup,tm}`` and their
+parameters.
 
 Uri-Path options arrive as a sequence of segments. Parameters are segments of the form
 ``name=value`` after the resource name, with ordering rules from RFC 9132 §4.4.1.1-§4.7:
@@ -23,6 +24,8 @@ class Resource(enum.Enum):
     MITIGATE = "mitigate"
     CONFIG = "config"
     HB = "hb"
+    TM_SETUP = "tm-setup"  # RFC 9244 §7
+    TM = "tm"  # RFC 9244 §8
 
 
 class ContentFilter(enum.Enum):
@@ -40,9 +43,12 @@ class DotsPath:
     cuid: str | None = None
     mid: int | None = None
     sid: int | None = None
+    tsid: int | None = None
+    tmid: int | None = None
 
     def segments(self) -> tuple[str, ...]:
-        return build_path(self.resource, cdid=self.cdid, cuid=self.cuid, mid=self.mid, sid=self.sid)
+        return build_path(self.resource, cdid=self.cdid, cuid=self.cuid, mid=self.mid, sid=self.sid,
+                          tsid=self.tsid, tmid=self.tmid)
 
 
 # The order parameters must follow on each resource (RFC 9132 §4.4.1.1, §4.5.2, §4.7).
@@ -50,7 +56,11 @@ _ORDER: dict[Resource, tuple[str, ...]] = {
     Resource.MITIGATE: ("cdid", "cuid", "mid"),
     Resource.CONFIG: ("sid",),
     Resource.HB: (),
+    # RFC 9244 §7.1.2, §8.2: 'tsid'/'tmid' after 'cuid'; 'cdid' from gateways as on mitigate.
+    Resource.TM_SETUP: ("cdid", "cuid", "tsid"),
+    Resource.TM: ("cdid", "cuid", "tmid"),
 }
+
 
 
 def parse_path(segments: Sequence[str]) -> DotsPath:
@@ -95,16 +105,20 @@ def _parse(segments: tuple[str, ...]) -> DotsPath:
             raise InvalidPath(_misordered(name, allowed[position]))
         position = index
         values[name] = value
-    if "mid" in values and "cuid" not in values:
-        raise InvalidPath("'mid' must follow 'cuid' (RFC 9132 §4.4.1.1)")
+    for name in ("mid", "tsid", "tmid"):
+        if name in values and "cuid" not in values:
+            raise InvalidPath(f"'{name}' must follow 'cuid' (RFC 9132 §4.4.1.1, RFC 9244 §7.1.2)")
     if resource is Resource.MITIGATE and "cuid" not in values:
         raise InvalidPath("mitigation requests need the 'cuid' Uri-Path parameter")
+    if resource in (Resource.TM_SETUP, Resource.TM) and "cuid" not in values:
+        raise InvalidPath(f"{resource.value} requests need the 'cuid' Uri-Path parameter "
+                          "(RFC 9244 §7.1.2, §8.2)")
     return DotsPath(
         resource,
         cdid=values.get("cdid"),
         cuid=values.get("cuid"),
-        mid=_uint32(values["mid"], "mid") if "mid" in values else None,
-        sid=_uint32(values["sid"], "sid") if "sid" in values else None,
+        **{name: _uint32(values[name], name)
+           for name in ("mid", "sid", "tsid", "tmid") if name in values},
     )
 
 
@@ -136,19 +150,21 @@ def build_path(
     cuid: str | None = None,
     mid: int | None = None,
     sid: int | None = None,
+    tsid: int | None = None,
+    tmid: int | None = None,
 ) -> tuple[str, ...]:
     """The Uri-Path segments for a request; refuses combinations the RFC forbids."""
     from gateway.dots.errors import DotsUsageError
 
     segs = [*WELL_KNOWN, resource.value]
-    given = {"cdid": cdid, "cuid": cuid, "mid": mid, "sid": sid}
+    given = {"cdid": cdid, "cuid": cuid, "mid": mid, "sid": sid, "tsid": tsid, "tmid": tmid}
     for name, value in given.items():
         if value is not None and name not in _ORDER[resource]:
             raise DotsUsageError(f"{name} is not a parameter of {resource.value}")
         if value == "":
             raise DotsUsageError(f"{name} must not be empty")
-    if resource is Resource.MITIGATE and cuid is None:
-        raise DotsUsageError("mitigate paths need a cuid")
+    if resource in (Resource.MITIGATE, Resource.TM_SETUP, Resource.TM) and cuid is None:
+        raise DotsUsageError(f"{resource.value} paths need a cuid")
     for name in _ORDER[resource]:
         if given[name] is not None:
             segs.append(f"{name}={given[name]}")

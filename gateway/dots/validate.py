@@ -85,19 +85,22 @@ def validate_mitigation_request(message: Message, *, efficacy_update: bool) -> S
     return scope
 
 
-def refuse_required_keys_not_acted_on(message: Message) -> None:
+def refuse_required_keys_not_acted_on(message: Message,
+                                      acted_on: frozenset[int] = frozenset()) -> None:
     """For a server that terminates the request: the codec keeps registered keys we do not
-    act on (so a gateway can relay them), but a comprehension-required one (RFC 9133's
-    acl-list) asks for something this server does not do, so it is refused like an unknown
-    key (RFC 9132 §6) rather than silently ignored."""
+    act on (so a gateway can relay them), but a comprehension-required one asks for
+    something this server does not do, so it is refused like an unknown key (RFC 9132 §6)
+    rather than silently ignored. ``acted_on``: keys the caller handles in a scope entry
+    (the server core: RFC 9133's acl-list)."""
     if not isinstance(message, MitigationScope):
         return
     found: dict[int, str] = {}
-    for extensions in (message.outer_extensions, message.extensions,
-                       *(scope.extensions for scope in message.scope)):
+    for extensions, handled in ((message.outer_extensions, frozenset()),
+                                (message.extensions, frozenset()),
+                                *((scope.extensions, acted_on) for scope in message.scope)):
         for key, _ in extensions:
             info = KEYS.get(key)
-            if info is not None and info.comprehension_required:
+            if info is not None and info.comprehension_required and key not in handled:
                 found[key] = f"{key} ({info.name}, RFC {info.rfc})"
     if found:
         raise RequiredKeysNotActedOn(found, (found[k] for k in sorted(found)))

@@ -8,6 +8,7 @@ line::
                                                     "result": {"sessions": {...}, ...}}
     {"command": "status", "sections": ["sessions"]}
     {"command": "reload"}                       -> {"ok": true, "command": "reload", ...}
+    {"command": "reconnect", "upstream": "up0"} -> {"ok": true, ...} (gateway mode)
     anything else                               -> {"ok": false, "error": "..."}
 
 What there is to report and do comes from providers the daemon registers in
@@ -62,7 +63,7 @@ MAX_REQUESTS_PER_CONNECTION = 1000
 #: Bytes of one response the client reads at most (a status with 20,000 sessions is ~5 MB).
 MAX_RESPONSE = 64 * 1024 * 1024
 
-Provider = Callable[[], object]
+Provider = Callable[..., object]
 
 
 @dataclass
@@ -238,7 +239,9 @@ class ControlServer:
             raise _BadRequest(f"unknown command {command!r}; known: "
                               f"{', '.join(self.commands())}")
         log.info("control: %s", command)
-        result = action()
+        # An action that takes a parameter gets the request (its arguments, e.g. the
+        # upstream of ``reconnect``); the others are called bare.
+        result = action(request) if _takes_request(action) else action()
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -328,6 +331,13 @@ def _parse(line: bytes) -> tuple[str, dict[str, Any]]:
     if not isinstance(command, str) or not command:
         raise _BadRequest('missing "command" (a string)')
     return command, request
+
+
+def _takes_request(action: Callable[..., object]) -> bool:
+    try:
+        return bool(inspect.signature(action).parameters)
+    except (TypeError, ValueError):
+        return False
 
 
 def _error(message: str) -> dict[str, Any]:
@@ -447,12 +457,25 @@ def _table(rows: list[Any]) -> list[str]:
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
+    cells = [[_column_cell(c, row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["  " + "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     for r in cells:
         lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
     return [line.rstrip() for line in lines]
+
+
+#: Columns in seconds, shown as durations: what is left of a mitigation's lifetime (-1:
+#: indefinite, RFC 9132 §4.4.1), a session's time since its client's last message and
+#: before its signal is declared lost.
+DURATION_COLUMNS = frozenset({"lifetime", "idle", "lost_in"})
+
+
+def _column_cell(column: str, value: object) -> str:
+    if column in DURATION_COLUMNS and isinstance(value, int | float) and not isinstance(
+            value, bool):
+        return "indefinite" if value < 0 else _duration(value)
+    return _cell(value)
 
 
 def _cell(value: object) -> str:

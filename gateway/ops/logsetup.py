@@ -1,6 +1,9 @@
 """Process-wide logging: one line per event, key=value (default) or JSON.
 
-Configured once at start-up by the CLI. Library modules only call ``logging.getLogger``.
+Configured once at start-up by the CLI. Library modules only call ``logging.getLogger``;
+events with fields go through ``gateway.eventlog.log_event``, whose ``event`` name and fields
+arrive here as the record's extra attributes and become ``key=value`` pairs or JSON members
+(numbers and booleans stay numbers and booleans in JSON).
 """
 
 from __future__ import annotations
@@ -15,7 +18,43 @@ _RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asc
 
 
 def _extras(record: logging.LogRecord) -> dict[str, object]:
-    return {k: v for k, v in vars(record).items() if k not in _RESERVED}
+    return {k: v for k, v in vars(record).items() if k not in _RESERVED and k != "event"}
+
+
+def _head(formatter: logging.Formatter, record: logging.LogRecord) -> dict[str, object]:
+    """ts, level, logger, the event name when there is one, then msg."""
+    head: dict[str, object] = {
+        "ts": formatter.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+        "level": record.levelname.lower(),
+        "logger": record.name,
+    }
+    event = getattr(record, "event", None)
+    if event is not None:
+        head["event"] = event
+    head["msg"] = record.getMessage()
+    return head
+
+
+def _is_list(value: object) -> bool:
+    # A named tuple (an address) is one value: its str() is how it reads.
+    return isinstance(value, list | frozenset | set) or type(value) is tuple
+
+
+def _json_value(value: object) -> object:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if _is_list(value):
+        return [_json_value(v) for v in value]  # type: ignore[attr-defined]
+    return str(value)
+
+
+def _text(value: object) -> object:
+    """Lists as comma-separated values (``cuids=a,b``), booleans in lower case."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if _is_list(value):
+        return ",".join(str(v) for v in value)  # type: ignore[attr-defined]
+    return value
 
 
 def _quote(value: object) -> str:
@@ -27,27 +66,16 @@ def _quote(value: object) -> str:
 
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, object] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            **_extras(record),
-        }
+        fields = {**_head(self, record), **_extras(record)}
         if record.exc_info:
             fields["exc"] = self.formatException(record.exc_info)
-        return " ".join(f"{k}={_quote(v)}" for k, v in fields.items())
+        return " ".join(f"{k}={_quote(_text(v))}" for k, v in fields.items())
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, object] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            **{k: str(v) for k, v in _extras(record).items()},
-        }
+        fields = {**_head(self, record),
+                  **{k: _json_value(v) for k, v in _extras(record).items()}}
         if record.exc_info:
             fields["exc"] = self.formatException(record.exc_info)
         return json.dumps(fields, separators=(",", ":"))

@@ -17,6 +17,7 @@ This module knows nothing of the roles or transports; ``gateway.daemon`` wires t
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import math
 import re
@@ -132,6 +133,67 @@ class Gauge(Family):
         self.values.pop(labels, None)
 
 
+class Histogram(Family):
+    """Observations counted into fixed buckets (``le``, cumulative when rendered), with
+    their ``_sum`` and ``_count``. ``observe`` is one bisect and two dict updates."""
+
+    kind = "histogram"
+    __slots__ = ("buckets", "counts", "sums")
+
+    def __init__(self, name: str, help: str, labels: Labels = (),
+                 buckets: tuple[float, ...] = ()) -> None:
+        super().__init__(name, help, labels)
+        if "le" in labels:
+            raise ValueError(f"{name}: 'le' is the histogram's own label")
+        if not buckets or list(buckets) != sorted(set(buckets)) or not all(
+                math.isfinite(b) for b in buckets):
+            raise ValueError(f"{name}: buckets must be finite and strictly increasing")
+        self.buckets = tuple(float(b) for b in buckets)
+        #: Per label values: observations per bucket (not cumulative), the last one +Inf.
+        self.counts: dict[Labels, list[int]] = {}
+        self.sums: dict[Labels, float] = {}
+
+    def observe(self, value: float, *labels: str) -> None:
+        counts = self.counts.get(labels)
+        if counts is None:
+            counts = self.counts[labels] = [0] * (len(self.buckets) + 1)
+        counts[bisect.bisect_left(self.buckets, value)] += 1  # le: value <= bound
+        self.sums[labels] = self.sums.get(labels, 0.0) + value
+
+    def render(self, out: list[str]) -> None:
+        out.append(f"# HELP {self.name} {escape_help(self.help)}\n")
+        out.append(f"# TYPE {self.name} {self.kind}\n")
+        bounds = [format_value(b) for b in self.buckets] + ["+Inf"]
+        for key in sorted(self.counts):
+            if len(key) != len(self.labels):
+                if not self._warned:
+                    self._warned = True
+                    log.error("metric %s: sample %r does not match labels %r; left out",
+                              self.name, key, self.labels)
+                continue
+            pairs = "".join(f'{n}="{escape_label(str(v))}",'
+                            for n, v in zip(self.labels, key, strict=True))
+            total = 0
+            for bound, count in zip(bounds, self.counts[key], strict=True):
+                total += count
+                out.append(f'{self.name}_bucket{{{pairs}le="{bound}"}} {total}\n')
+            suffix = f"{{{pairs[:-1]}}}" if pairs else ""
+            out.append(f"{self.name}_sum{suffix} {format_value(self.sums[key])}\n")
+            out.append(f"{self.name}_count{suffix} {total}\n")
+
+
+#: Seconds; request handling on the loop is sub-millisecond unless a save waits for the disk.
+REQUEST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0)
+#: Seconds from a client's first handshake message to the session: a few ms on a LAN, more
+#: across the Internet, and up to the handshake deadline for a lossy path.
+HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                     10.0)
+#: Seconds from a relayed request to the upstream answer (bounded by gateway.request_timeout).
+UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0)
+
+
 class Registry:
     """The metric families of one daemon, rendered in registration order."""
 
@@ -148,6 +210,16 @@ class Registry:
         assert isinstance(family, Gauge)
         return family
 
+    def histogram(self, name: str, help: str, labels: Labels = (), *,
+                  buckets: tuple[float, ...]) -> Histogram:
+        family = self._register(Histogram, name, help, labels, buckets=buckets)
+        assert isinstance(family, Histogram)
+        return family
+
+    def names(self) -> list[str]:
+        """The registered family names, in registration order."""
+        return list(self._families)
+
     def get(self, name: str) -> Family | None:
         return self._families.get(name)
 
@@ -160,7 +232,8 @@ class Registry:
             family.render(out)
         return "".join(out)
 
-    def _register(self, cls: type[Family], name: str, help: str, labels: Labels) -> Family:
+    def _register(self, cls: type[Family], name: str, help: str, labels: Labels,
+                  **options: tuple[float, ...]) -> Family:
         """A second registration of the same name, type and labels returns the first one,
         so independent modules can declare a family they share."""
         labels = tuple(labels)
@@ -170,7 +243,7 @@ class Registry:
                 raise ValueError(f"metric {name} is already registered as {existing.kind} "
                                  f"with labels {existing.labels}")
             return existing
-        family = cls(name, help, labels)
+        family = cls(name, help, labels, **options)
         self._families[name] = family
         return family
 
@@ -213,6 +286,11 @@ class DaemonMetrics:
     mitigations_active: Gauge
     save_failures: Counter  # database
     unsaved_requests: Counter  # database
+    saves: Counter  # database
+    fsyncs: Counter  # database
+    request_duration: Histogram  # resource
+    handshake_duration: Histogram  # side, transport
+    relay_duration: Histogram  # upstream
 
 
 def daemon_metrics(registry: Registry) -> DaemonMetrics:
@@ -256,6 +334,28 @@ def daemon_metrics(registry: Registry) -> DaemonMetrics:
                                    "Mitigation requests answered 5.03 because their change "
                                    "could not be saved (and was undone), by database.",
                                    ("database",)),
+        saves=r.counter("dots_gateway_state_saves_total",
+                        "Transactions that saved state changes, by database.", ("database",)),
+        fsyncs=r.counter("dots_gateway_state_fsyncs_total",
+                         "fsyncs that made saved changes durable before their answers left, "
+                         "by database (mitigations: one per turn of the event loop, shared by "
+                         "the requests of that turn: group commit).", ("database",)),
+        request_duration=r.histogram(
+            "dots_gateway_request_duration_seconds",
+            "Time to handle a request this node answers itself, from its decoding to its "
+            "answer queued (mitigate in terminal mode, config, hb), by resource.",
+            ("resource",), buckets=REQUEST_BUCKETS),
+        handshake_duration=r.histogram(
+            "dots_gateway_handshake_duration_seconds",
+            "Completed (D)TLS handshakes, by side and transport: downstream, seconds from a "
+            "client's first handshake message (after the DTLS cookie exchange) to its session; "
+            "upstream, from the gateway's connect to its session.", ("side", "transport"),
+            buckets=HANDSHAKE_BUCKETS),
+        relay_duration=r.histogram(
+            "dots_gateway_relay_upstream_duration_seconds",
+            "Gateway mode: round trip of a relayed request to the upstream server that "
+            "answered it, by upstream (its configured name; a discovered one by address).",
+            ("upstream",), buckets=UPSTREAM_BUCKETS),
     )
 
 

@@ -33,28 +33,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway.client.connect import NetworkError
+from gateway.client.connect import Endpoint, NetworkError
 from gateway.client.messages import Reply
-from gateway.dots.codes import Code, Method
+from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, CONTENT_FORMAT_TEXT, Code, Method
 from gateway.dots.errors import MethodNotAllowed, MissingAttribute
 from gateway.dots.message import DotsRequest, DotsResponse, Requester
 from gateway.dots.model import Scope
 from gateway.dots.relay import (
     DEFAULT_HOP_LIMIT,
+    RELAYED,
     Domain,
     RelayedMitigation,
     RelayTable,
+    carry_acl_list_body,
     forward_hop_limit,
     loop_report,
     upstream_path,
     with_scope_changes,
 )
+from gateway.dots.telemetry import SETUP_MESSAGE, TELEMETRY_MESSAGE, decode_body
 from gateway.dots.uri import DotsPath, Resource, build_path
 from gateway.dots.validate import (
     decode_request_body,
     is_efficacy_update,
     validate_mitigation_request,
 )
+from gateway.eventlog import log_event
 from gateway.relay.observation import (
     ObservationKey,
     SharedObservations,
@@ -143,14 +147,29 @@ class GatewayRelay(SharedObservations, Reinstallation):
         self._reconcile_task: asyncio.Task[None] | None = None
         self._reconcile_again = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Configured ``[[upstream]] name`` by server spec: what metrics and logs call an
+        #: upstream (a discovered one goes by its address).
+        self.upstream_names: dict[Any, str] = {}
+        #: ``(upstream name, seconds)`` for each upstream answer to a relayed request (the
+        #: daemon feeds the round-trip histogram with it).
+        self.observe_upstream: Callable[[str, float], None] = lambda _name, _seconds: None
+
+    def upstream_name(self, upstream: UpstreamClient | None = None) -> str | None:
+        """The configured name of the upstream server in use (its address when it was
+        discovered); None when there is none."""
+        upstream = upstream or self.upstream
+        spec = upstream.current_spec() if upstream is not None else None
+        return None if spec is None else spec_label(spec, self.upstream_names)
 
     # --- checks that are the gateway's own ----------------------------------------------------
 
     def prepare(self, requester: Requester, path: DotsPath, request: DotsRequest) -> Prepared:
-        """Check a downstream mitigate request; raises ``DotsProtocolError`` with the answer
-        (``HopLimitReached`` for 5.08)."""
-        assert path.resource is Resource.MITIGATE and path.cuid is not None
+        """Check a downstream mitigate or telemetry request; raises ``DotsProtocolError``
+        with the answer (``HopLimitReached`` for 5.08)."""
+        assert path.resource in RELAYED and path.cuid is not None
         hop_limit = forward_hop_limit(request.hop_limit, self.settings.hop_limit)
+        if path.resource is not Resource.MITIGATE:
+            return self._prepare_telemetry(requester, path, request, hop_limit)
         if request.method not in (Method.GET, Method.PUT, Method.DELETE):
             raise MethodNotAllowed(f"{request.method.name} is not used on mitigate "
                                    "(GET, PUT and DELETE are)")
@@ -169,6 +188,26 @@ class GatewayRelay(SharedObservations, Reinstallation):
                            hop_limit=hop_limit, requester=None, observe=None)
         return Prepared(requester, path, upstream, scope)
 
+    def _prepare_telemetry(self, requester: Requester, path: DotsPath, request: DotsRequest,
+                           hop_limit: int) -> Prepared:
+        """RFC 9244 §5.2: relayed with the cdid like mitigate; the state is the upstream
+        server's (the gateway keeps none). A body that is not a telemetry message at all is
+        refused here; whether its values are acceptable is the upstream server's call."""
+        name = "tsid" if path.resource is Resource.TM_SETUP else "tmid"
+        if request.method not in (Method.GET, Method.PUT, Method.DELETE):
+            raise MethodNotAllowed(f"{request.method.name} is not used on "
+                                   f"{path.resource.value} (GET, PUT and DELETE are)")
+        if request.method is Method.PUT:
+            if (path.tsid if name == "tsid" else path.tmid) is None:
+                raise MissingAttribute(f"PUT on {path.resource.value} needs the '{name}' "
+                                       "Uri-Path parameter (RFC 9244 §7.1.2, §8.2)")
+            decode_body(request.payload, SETUP_MESSAGE if name == "tsid"
+                        else TELEMETRY_MESSAGE)
+        self.table.check_owner(path.cuid or "", requester.credential_id)
+        upstream = replace(request, path=upstream_path(path, self._cdid(requester, path)),
+                           hop_limit=hop_limit, requester=None, observe=None)
+        return Prepared(requester, path, upstream)
+
     def _cdid(self, requester: Requester, path: DotsPath) -> str | None:
         if self.settings.domain is Domain.CLIENT or not self.settings.insert_cdid:
             return None
@@ -183,6 +222,11 @@ class GatewayRelay(SharedObservations, Reinstallation):
     async def relay(self, prepared: Prepared) -> DotsResponse:
         """Send one prepared request upstream; the answer for the downstream client."""
         method = prepared.request.method
+        if prepared.path.resource is not Resource.MITIGATE:
+            # Telemetry: forwarded as it is; tm-setup is Confirmable (RFC 9244 §7).
+            reply = await self._forward(prepared.request, None,
+                                        confirmable=prepared.path.resource is Resource.TM_SETUP)
+            return self._answer(reply)
         if method is Method.PUT and prepared.scope_trigger is not None:
             return await self._put(prepared)
         if method is Method.DELETE:
@@ -224,7 +268,7 @@ class GatewayRelay(SharedObservations, Reinstallation):
             return self._answer(reply)  # withdrawn meanwhile: the DELETE decided
         if isinstance(reply, Reply) and reply.ok:
             granted = next((s.lifetime for s in reply.scopes if s.lifetime is not None), None)
-            record.body = prepared.request.payload
+            record.body = carry_acl_list_body(record.body, prepared.request.payload)
             record.lifetime = prepared.lifetime
             self.table.accepted(record, reply.endpoint.uri, granted, self.wall_clock())
             if not self._save():
@@ -264,22 +308,43 @@ class GatewayRelay(SharedObservations, Reinstallation):
         self._save()
         return self._answer(reply)
 
-    async def _forward(self, request: DotsRequest, mid: int | None) -> Reply | str:
+    async def _forward(self, request: DotsRequest, mid: int | None, *,
+                       confirmable: bool = False) -> Reply | str:
         """The upstream answer, or why there is none (for the gateway's own 5.03)."""
         upstream = self.upstream
         if upstream is None:
             return NO_ANSWER
+        if not upstream.session_expected:
+            # No session and none being established (the back-off holds the next attempt
+            # back): the gateway knows now that nothing will answer, so the client gets the
+            # 5.03 now rather than after a request timeout (issue 20 §4).
+            self._count("no-session")
+            why = upstream.last_error or "not established yet"
+            log.warning("relayed %s %s: no upstream session (%s)", request.method.name,
+                        "/".join(request.path[2:]), why)
+            return f"no upstream session ({why})"
         sent_at = upstream.clock()
+        bound = self.settings.request_timeout
         try:
-            reply = await upstream.forward(request, mid=mid,
-                                           timeout=self.settings.request_timeout)
+            # The bound holds even while a session is being established for this request
+            # (handshakes have their own timeouts, which could add up past it).
+            reply = await asyncio.wait_for(
+                upstream.forward(request, mid=mid, timeout=bound, confirmable=confirmable),
+                bound + 1.0)
+        except TimeoutError:
+            log.warning("relayed %s %s: no upstream answer within %g s",
+                        request.method.name, "/".join(request.path[2:]), bound)
+            self._count("no-answer")
+            return NO_ANSWER
         except UpstreamBusy as exc:
             log.warning("relayed %s: %s", request.method.name, exc)
             self._count("busy")
             return "the gateway is busy"
         except NetworkError as exc:
-            log.warning("relayed %s %s: no upstream answer (%s)", request.method.name,
-                        "/".join(request.path[2:]), exc)
+            log_event(log, logging.WARNING, "relay.no_answer", "no upstream answer to a "
+                      "relayed request", upstream=self.upstream_name(upstream),
+                      method=request.method.name, path="/" + "/".join(request.path[2:3]),
+                      reason=str(exc))
             self._count("no-answer")
             if upstream.connected and upstream.core.heartbeat.last_traffic_at < sent_at:
                 # Silent since the request left (not merely slow to answer this one): the
@@ -287,6 +352,9 @@ class GatewayRelay(SharedObservations, Reinstallation):
                 upstream.fail_over(f"no answer to a relayed request: {exc}")
             return NO_ANSWER
         self._count(reply.dotted)
+        # A redirect's alternate server is in no list: it goes by its URI.
+        self.observe_upstream(self.upstream_name(upstream) or reply.endpoint.uri,
+                              upstream.clock() - sent_at)
         if reply.raw_code == int(Code.SERVICE_UNAVAILABLE) and reply.redirect is None:
             # 5.03 without a redirect: this server cannot serve us now; try the next one
             # for later requests (this answer still goes back, with its Max-Age).
@@ -308,7 +376,24 @@ class GatewayRelay(SharedObservations, Reinstallation):
         if response.code.value != reply.raw_code:
             return DotsResponse(Code.BAD_GATEWAY, b"gateway: the upstream server answered "
                                 b"with an unknown response code", 0)
-        return response
+        return self._from_upstream(reply.endpoint, response)
+
+    def _from_upstream(self, endpoint: Endpoint, response: DotsResponse) -> DotsResponse:
+        """An upstream error says which hop produced it: its diagnostic is prefixed with
+        ``upstream <name> (<uri>): `` (issue 20 §2: a client of the gateway must tell the
+        provider's refusal from the gateway's, whose diagnostics start with ``gateway:``).
+        Success bodies and RFC-defined CBOR bodies (4.09 conflict information) travel
+        unchanged."""
+        if response.code.is_success or response.content_format == CONTENT_FORMAT_DOTS_CBOR:
+            return response
+        upstream = self.upstream
+        hop = upstream.label(endpoint) if upstream is not None else endpoint.uri
+        text = response.payload.decode("utf-8", "replace")
+        prefix = f"upstream {hop}: "
+        # RFC 7252 §5.5.2: a diagnostic payload is UTF-8 text; its Content-Format stays.
+        return replace(response, payload=(prefix + (text or response.code.dotted)).encode(),
+                       content_format=response.content_format
+                       if response.content_format == CONTENT_FORMAT_TEXT else None)
 
     async def _withdraw(self, record: RelayedMitigation) -> None:
         """Take back upstream a request the gateway could not record as accepted."""
@@ -379,3 +464,12 @@ class GatewayRelay(SharedObservations, Reinstallation):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._save()
+
+
+def spec_label(spec: Any, names: dict[Any, str]) -> str:
+    """``names[spec]``, else ``host:port`` (``[v6]:port``)."""
+    name = names.get(spec)
+    if name:
+        return name
+    host = f"[{spec.host}]" if ":" in spec.host else spec.host
+    return f"{host}:{spec.port}"

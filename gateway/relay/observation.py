@@ -62,15 +62,18 @@ class SharedObservations:
         as a plain response and may poll or register again (re-registering ourselves with
         a server that declines would only repeat the refusal)."""
         request = replace(prepared.request, observe=0, hop_limit=None)
-        key: ObservationKey = (cdid_of(request.path), prepared.cuid, prepared.path.mid,
-                               request.query)
+        # The resource is part of what is observed: mitigate and tm (RFC 9244 §8.3) of the
+        # same client are different observations; ``mid`` is the tmid on tm.
+        ident = prepared.path.mid if prepared.path.tmid is None else prepared.path.tmid
+        key: ObservationKey = (cdid_of(request.path), prepared.cuid, ident,
+                               (prepared.path.resource.value, *request.query))
         obs = self.observations.get(key)
         if obs is not None and obs.last is not None and obs.session is not None \
                 and not obs.session.closed:
             obs.subscribers.add(subscriber)
             return obs.last, True
         if obs is None:
-            obs = UpstreamObservation(key, request, prepared.path.mid)
+            obs = UpstreamObservation(key, request, ident)
             self.observations[key] = obs
         obs.subscribers.add(subscriber)
         reply = await self._register(obs)
@@ -92,8 +95,8 @@ class SharedObservations:
 
     async def _register(self, obs: UpstreamObservation) -> Reply | None:
         upstream = self.upstream
-        if upstream is None:
-            return None
+        if upstream is None or not upstream.session_expected:
+            return None  # no session and none coming now: the 5.03 at once (issue 20 §4)
 
         def later(session: ClientSession, message: CoapMessage | None, _why: str) -> None:
             self._notification(obs, session, message)
@@ -131,7 +134,8 @@ class SharedObservations:
             return
         obs.last = response
         # RFC 7641 §3.2: without Observe the upstream observation ended; observers learn so.
-        self.notify(set(obs.subscribers), response, ended)
+        self.notify(set(obs.subscribers), self._from_upstream(session.endpoint, response),
+                    ended)
         if ended:
             self._drop_observation(obs, cancel=False)
 
@@ -148,7 +152,8 @@ class SharedObservations:
         if self.observations.get(obs.key) is not obs:
             return
         obs.last = reply.response
-        self.notify(set(obs.subscribers), reply.response, not reply.ok)
+        self.notify(set(obs.subscribers), self._from_upstream(reply.endpoint, reply.response),
+                    not reply.ok)
         if not reply.ok:
             self._drop_observation(obs, cancel=False)
 

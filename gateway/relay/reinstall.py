@@ -34,6 +34,7 @@ from gateway.dots.message import DotsRequest
 from gateway.dots.model import MitigationScope
 from gateway.dots.relay import RelayedMitigation
 from gateway.dots.uri import Resource, build_path
+from gateway.eventlog import log_event
 
 log = logging.getLogger("gateway.relay.forwarding")  # one logger for the relay's lines
 
@@ -95,7 +96,8 @@ class Reinstallation:
             reply = await self._register(obs)
             if reply is not None:  # the state may have moved meanwhile
                 ended = reply.observe is None or not reply.ok
-                self.notify(set(obs.subscribers), reply.response, ended)
+                self.notify(set(obs.subscribers),
+                            self._from_upstream(reply.endpoint, reply.response), ended)
                 if ended:
                     self._drop_observation(obs, cancel=False)
         self._save()
@@ -228,8 +230,8 @@ class Reinstallation:
             granted = next((s.lifetime for s in reply.scopes if s.lifetime is not None), None)
             self.table.accepted(record, reply.endpoint.uri, granted, now)
             self.reinstalled += 1
-            log.info("re-installed cuid=%s mid=%d on %s", record.cuid, record.mid,
-                     reply.endpoint.uri)
+            log_event(log, logging.INFO, "mitigation.reinstalled", "mitigation re-installed "
+                      "upstream", upstream=reply.endpoint.uri, cuid=record.cuid, mid=record.mid)
         elif reply.raw_code >> 5 == 5:
             # Not a refusal: the server could not say now. Keep it; the list is asked for
             # again later and settles it.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from gateway.client.connect import NetworkError
@@ -28,22 +28,25 @@ from gateway.dots.authz import Authorizer
 from gateway.dots.codes import CONTENT_FORMAT_TEXT, Code, Method
 from gateway.dots.errors import DotsProtocolError
 from gateway.dots.message import DotsRequest, DotsResponse
-from gateway.dots.relay import HopLimitReached, gateway_error
+from gateway.dots.relay import RELAYED, HopLimitReached, gateway_error
 from gateway.dots.server import DotsServerCore, SessionLost
 from gateway.dots.uri import DotsPath, Resource, parse_path, parse_query
+from gateway.eventlog import log_event
 from gateway.ops.control import ControlProviders
 from gateway.ops.metrics import Registry, daemon_metrics
-from gateway.relay.forwarding import GatewayRelay, Prepared
+from gateway.relay.forwarding import GatewayRelay, Prepared, spec_label
 from gateway.server.blocks import _block2
 from gateway.server.observe import Observation, _asked_szx
 from gateway.server.qblock import notification_block, send_answer
-from gateway.server.role import ServerRole
+from gateway.server.role import ServerRole, log_answer
 from gateway.server.session import SignalSession, _dots_request
 
 log = logging.getLogger(__name__)
 
 #: Rows a status section lists (``count`` has the total).
 STATUS_ROWS = 1000
+#: Seconds ``reconnect`` waits for the outcome of the attempt it started.
+RECONNECT_WAIT = 20.0
 
 Subscriber = tuple[int, bytes]  # (downstream session id, observation token)
 
@@ -77,7 +80,7 @@ class GatewayRole(ServerRole):
             path = parse_path(tuple(msg.uri_path))
         except DotsProtocolError:
             path = None
-        if path is None or path.resource is not Resource.MITIGATE:
+        if path is None or path.resource not in RELAYED:
             super()._answer(session, msg, key, now)  # config and hb are per hop (§4.5, §4.7)
             return
         session.dots.heartbeat.traffic_received(now)
@@ -85,14 +88,11 @@ class GatewayRole(ServerRole):
         try:
             prepared = self._prepare(session, msg, path, request)
         except HopLimitReached:
-            log.warning("hop limit reached: cuid=%s from %s (a gateway loop?)", path.cuid,
-                        session.conn.remote)
+            log_event(log, logging.WARNING, "relay.hop_limit", "hop limit reached (a gateway "
+                      "loop?)", peer=session.conn.remote, cuid=path.cuid)
             self._respond(session, msg, key, self.relay.hop_limit_report(), None, now)
             return
-        except DotsProtocolError as exc:
-            log.info("relay refused %s /%s from %s: %s %s", request.method.name,
-                     "/".join(msg.uri_path), session.conn.remote, exc.code.dotted,
-                     exc.diagnostic)
+        except DotsProtocolError as exc:  # logged by _respond (request.answered)
             self._respond(session, msg, key, gateway_error(exc), None, now)
             return
         session.dots.cuids.add(prepared.cuid)
@@ -114,7 +114,9 @@ class GatewayRole(ServerRole):
         rule = authorizer.check_cuid(requester, path.cuid) if authorizer is not None else None
         prepared = self.relay.prepare(requester, path, request)
         if rule is not None and prepared.scope is not None:
-            Authorizer.check_targets(rule, prepared.scope)
+            known, cuid = self.core.known_alias, path.cuid
+            Authorizer.check_targets(rule, prepared.scope, known_alias=None if known is None
+                                     else lambda name: known(cuid, name))
         if request.method is Method.GET:
             parse_query(request.query)  # 4.00 for a bad filter, before anything leaves
         return prepared
@@ -140,8 +142,10 @@ class GatewayRole(ServerRole):
                 response, kept = await self.relay.subscribe(prepared, subscriber)
                 if kept and not session.closed:
                     content = parse_query(prepared.request.query)
+                    telemetry = path.resource is Resource.TM
                     session.observations[msg.token] = Observation(
-                        msg.token, prepared.cuid, path.mid, content, last_sent=self.clock(),
+                        msg.token, prepared.cuid, path.tmid if telemetry else path.mid,
+                        content, last_sent=self.clock(), telemetry=telemetry,
                         szx=_asked_szx(msg))
                     self._relayed[subscriber] = None
                     observe = 1
@@ -152,7 +156,9 @@ class GatewayRole(ServerRole):
                     self._unsubscribe(session, msg.token)  # RFC 7641 §3.6
                 response = await self.relay.relay(prepared)
         except Exception:
-            log.exception("relaying %s from %s failed", msg, session.conn.remote)
+            log_event(log, logging.ERROR, "request.failed", "relaying a request failed",
+                      exc_info=True, peer=session.conn.remote,
+                      method=_method_name(msg.code), path="/" + "/".join(msg.uri_path))
             response = DotsResponse(Code.INTERNAL_SERVER_ERROR,
                                     b"gateway: internal error; the gateway logged it",
                                     CONTENT_FORMAT_TEXT)
@@ -172,6 +178,10 @@ class GatewayRole(ServerRole):
         coap = msg.response(int(response.code), payload=payload,
                             content_format=response.content_format, max_age=response.max_age,
                             observe=observe)
+        if response.code >= 0x80:
+            log_answer(session, _method_name(msg.code), tuple(msg.uri_path), response)
+        elif msg.code in (int(Method.PUT), int(Method.DELETE)):
+            self._log_relayed(session, msg, response)
         try:
             if isinstance(session.layer, MessageLayer):
                 send_answer(session.layer, key, msg, coap, payload, now,
@@ -184,6 +194,20 @@ class GatewayRole(ServerRole):
         self._sync_transmission(session)
         session.flush()
         self._arm(session)
+
+    def _log_relayed(self, session: SignalSession, msg: CoapMessage,
+                     response: DotsResponse) -> None:
+        """``mitigation.relayed``: a client's mitigation change accepted upstream (or, for a
+        DELETE while no upstream answers, accepted by the gateway to pass on later)."""
+        if not log.isEnabledFor(logging.INFO):
+            return
+        fields = dict(segment.partition("=")[::2] for segment in msg.uri_path
+                      if segment.startswith(("cuid=", "mid=")))
+        code = int(response.code)
+        log_event(log, logging.INFO, "mitigation.relayed", "mitigation request relayed",
+                  peer=session.conn.remote, cuid=fields.get("cuid"), mid=fields.get("mid"),
+                  method=_method_name(msg.code), code=f"{code >> 5}.{code & 31:02d}",
+                  upstream=self.relay.upstream_name())
 
     # --- observations ------------------------------------------------------------------------
 
@@ -251,6 +275,14 @@ class GatewayRole(ServerRole):
         relay = self.relay
         m.relayed_requests.add_source(
             lambda: {(code,): float(n) for code, n in relay.relayed.items()})
+        relay.observe_upstream = lambda name, seconds: m.relay_duration.observe(seconds, name)
+        if relay.upstream is not None:
+            relay.upstream.observe_handshake = (
+                lambda transport, seconds: m.handshake_duration.observe(seconds, "upstream",
+                                                                        transport))
+        # The mitigations the gateway has installed upstream and that are acting (the core's
+        # own store, which the daemon counts, holds none in gateway mode).
+        m.mitigations_active.add_source(lambda: {(): float(self._relayed_active())})
         m.upstream_health.add_source(self._upstream_health)
         m.heartbeats.add_source(self._upstream_heartbeats)
         database = relay.database
@@ -277,8 +309,42 @@ class GatewayRole(ServerRole):
                       "(installed, pending, withdrawing).", ("state",)
                       ).add_source(self._relayed_by_state)
         control.status_sections["mitigations"] = self._relayed_section
+        control.actions["reconnect"] = self._reconnect
         for hook in self.operation_hooks:
             hook(metrics, control)
+
+    async def _reconnect(self, request: Mapping[str, Any]) -> dict[str, object]:
+        """``dots-gateway reconnect [NAME]``: end the back-off wait and attempt now (NAME
+        first, moving there when connected elsewhere); the answer says how the attempt
+        went, waiting for it at most ``RECONNECT_WAIT`` seconds."""
+        upstream = self.relay.upstream
+        if upstream is None:
+            raise ValueError("no upstream client (terminal mode)")
+        name = request.get("upstream")
+        spec = None
+        if name is not None:
+            spec = upstream.find(str(name))
+            if spec is None:
+                known = [upstream.names.get((s.host, s.port)) or s.host
+                         for s in upstream.servers]
+                raise ValueError(f"no upstream named {name!r}; configured: "
+                                 f"{', '.join(known) or '-'}")
+        started = self.clock()
+        action = upstream.reconnect_now(spec)
+        log.info("control: reconnect %s: %s", name or "", action)
+        deadline = started + RECONNECT_WAIT
+        await asyncio.sleep(0.05)  # let the woken loop start its attempt
+        while self.clock() < deadline:
+            moved = spec is None or upstream.current_spec() is spec
+            if upstream.connected and moved:
+                break
+            if not upstream.establishing and (upstream.last_error_at or 0) > started:
+                break  # the attempt failed; the back-off decides the next one
+            await asyncio.sleep(0.1)
+        next_in = upstream.next_attempt_in
+        return {"action": action, "connected": upstream.connected, "in_use": upstream.name,
+                "last_error": upstream.last_error,
+                "next_attempt_in": None if next_in is None else round(next_in, 1)}
 
     def _upstream_stat(self, name: str) -> int:
         upstream = self.relay.upstream
@@ -290,7 +356,8 @@ class GatewayRole(ServerRole):
             return {}
         # Usable = the one the session is up with; the others are untried or failed.
         current = upstream.current_spec()
-        return {(_label(spec),): float(spec is current) for spec in upstream.servers}
+        names = self.relay.upstream_names
+        return {(spec_label(spec, names),): float(spec is current) for spec in upstream.servers}
 
     def _upstream_heartbeats(self) -> dict[tuple[str, ...], float]:
         upstream = self.relay.upstream
@@ -302,6 +369,13 @@ class GatewayRole(ServerRole):
                 ("upstream", "missed"): float(max(0, stats.heartbeats_sent
                                                   - stats.heartbeats_answered)),
                 ("upstream", "received"): float(stats.server_heartbeats)}
+
+    def _relayed_active(self) -> int:
+        now = self.relay.wall_clock()
+        return sum(1 for r in self.relay.table
+                   if r.confirmed and not r.withdrawing
+                   and (r.trigger_mitigation or r.activated_by_loss)
+                   and (r.expires_at is None or r.expires_at > now))
 
     def _relayed_by_state(self) -> dict[tuple[str, ...], float]:
         counts = {"installed": 0.0, "pending": 0.0, "withdrawing": 0.0}
@@ -368,9 +442,10 @@ class GatewayRole(ServerRole):
                 await upstream.connect()
             except NetworkError as exc:
                 at = backoff.attempt_failed(self.clock())
-                log.warning("no upstream DOTS server reachable (%s); next attempt in %.0f s",
-                            exc, at - self.clock())
-                await asyncio.sleep(max(1.0, at - self.clock()))
+                log_event(log, logging.WARNING, "upstream.unreachable", "no upstream DOTS "
+                          "server reachable (`dots-gateway reconnect` tries now)",
+                          reason=str(exc), retry_in=round(at - self.clock()))
+                await upstream.backoff_wait(max(1.0, at - self.clock()))
                 continue
             backoff.succeeded()
 
@@ -405,6 +480,8 @@ class _BadOption(DotsProtocolError):
     code = Code.BAD_OPTION
 
 
-def _label(spec: Any) -> str:
-    host = f"[{spec.host}]" if ":" in spec.host else spec.host
-    return f"{host}:{spec.port}"
+def _method_name(code: int) -> str:
+    try:
+        return Method(code).name
+    except ValueError:
+        return str(code)

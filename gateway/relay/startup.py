@@ -22,9 +22,10 @@ from gateway.dots.heartbeat import ReconnectBackoff
 from gateway.dots.relay import Domain, RelayTable
 from gateway.dots.server import DotsServerCore
 from gateway.dots.session_config import SessionParameters
+from gateway.eventlog import log_event
 from gateway.ops.control import ControlProviders
 from gateway.ops.metrics import Registry
-from gateway.relay.forwarding import GatewayRelay, RelaySettings
+from gateway.relay.forwarding import GatewayRelay, RelaySettings, spec_label
 from gateway.relay.role import GatewayRole
 from gateway.relay.store import RelayDatabase
 from gateway.relay.upstream import UpstreamClient
@@ -71,6 +72,11 @@ def server_spec(upstream: UpstreamSettings) -> ServerSpec:
     return ServerSpec(host, upstream.port, (transport,), server_name=upstream.server_name)
 
 
+def upstream_names(settings: Settings) -> dict[ServerSpec, str]:
+    """``[[upstream]] name`` by server spec: the label of metrics and log fields."""
+    return {server_spec(u): u.name for u in settings.upstream}
+
+
 def _preferences(settings: Settings) -> SessionParameters | None:
     g = settings.gateway
     if not g.heartbeat_interval and not g.missing_hb_allowed:
@@ -98,12 +104,15 @@ def build_gateway_role(settings: Settings, core: DotsServerCore, servers: list[S
     table = RelayTable()
     table.restore(database.load())
     relay = GatewayRelay(relay_settings, table, database)
+    relay.upstream_names = upstream_names(settings)
     preferred = _preferences(settings)
     upstream = UpstreamClient(
         upstream_credentials(settings), servers, state_dir=state_dir / "upstream",
         on_ready=relay.upstream_ready, is_mitigating=relay.mitigating,
         request_timeout=float(g.request_timeout), preferred_idle=preferred,
-        preferred_mitigating=preferred, backoff=ReconnectBackoff(g.reconnect_interval))
+        preferred_mitigating=preferred,
+        backoff=ReconnectBackoff(g.reconnect_interval, maximum=g.reconnect_max_interval),
+        names={(server_spec(u).host, u.port): u.name for u in settings.upstream if u.name})
     relay.upstream = upstream
     role = GatewayRole(core, relay, **role_options)
     if discovery is not None:
@@ -111,7 +120,8 @@ def build_gateway_role(settings: Settings, core: DotsServerCore, servers: list[S
         role.background.append(discovery.run)
         role.operation_hooks.append(discovery.register_operations)
     log.info("gateway mode: %d relayed mitigations on record, upstream servers: %s "
-             "(domain %s, cdid %s)", len(table), ", ".join(s.host for s in servers) or "-",
+             "(domain %s, cdid %s)", len(table),
+             ", ".join(spec_label(s, relay.upstream_names) for s in servers) or "-",
              g.domain.value, "inserted" if g.insert_cdid and g.domain is GatewayDomain.SERVER
              else "not inserted")
     return role
@@ -179,7 +189,8 @@ class UpstreamDiscovery:
             await asyncio.wait_for(self.engine.run_once(time.monotonic() + deadline),
                                    deadline + 5)
         except (TimeoutError, OSError) as exc:
-            log.warning("discovery failed: %s", exc)
+            log_event(log, logging.WARNING, "discovery.failed", "discovery failed",
+                      reason=str(exc))
         return self.servers()
 
     async def run(self) -> None:
@@ -231,7 +242,8 @@ class UpstreamDiscovery:
             return
         servers = self.servers()
         if servers and servers != self.upstream.servers:
-            log.info("upstream servers now: %s", ", ".join(s.host for s in servers))
+            log_event(log, logging.INFO, "upstream.servers", "upstream servers changed",
+                      servers=[f"{s.host}:{s.port}" for s in servers])
             self.upstream.set_servers(servers)
 
 

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway.client.connect import NetworkError, ServerSpec, Transport
 from gateway.client.messages import Reply, coap_request
@@ -30,6 +31,7 @@ from gateway.coap.message import CoapMessage
 from gateway.dots.heartbeat import ReconnectBackoff
 from gateway.dots.message import DotsRequest
 from gateway.dots.session_config import SessionParameters
+from gateway.eventlog import log_event
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class UpstreamClient(DotsClient):
                  preferred_idle: SessionParameters | None = None,
                  preferred_mitigating: SessionParameters | None = None,
                  backoff: ReconnectBackoff | None = None,
+                 names: dict[tuple[str, int], str] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(credentials, list(servers), state_dir=state_dir,
                          request_timeout=request_timeout, handshake_timeout=handshake_timeout,
@@ -72,12 +75,118 @@ class UpstreamClient(DotsClient):
         self.failovers = 0
         self._connecting = asyncio.Lock()
         self._slots = asyncio.Semaphore(self.max_in_flight)
+        #: (host as configured, port) -> the ``[[upstream]]`` entry's name.
+        self.names = dict(names or {})
+        #: Establishments running now (start, re-establishment, ``reconnect``).
+        self.establishing = 0
+        #: Set by ``reconnect_now``: ends the back-off wait of whichever loop is waiting.
+        self._wake = asyncio.Event()
+        #: (host as configured, port) -> (why the latest attempt to it failed, when).
+        self.server_errors: dict[tuple[str, int], tuple[str, float]] = {}
 
     async def connect(self) -> None:
         # The daemon connects at start while the first relayed requests may already ask for
-        # a session: one establishment at a time, or two sessions race and one leaks.
+        # a session: one establishment at a time, or two sessions race and one leaks. One
+        # that waited for another's attempt to fail does not try again at once: the
+        # back-off decides when the next attempt runs (RFC 9132 §4.7).
+        waited = self._connecting.locked()
         async with self._connecting:
+            if waited and not self.connected and self.last_error is not None:
+                raise NetworkError(self.last_error)
             await super().connect()
+
+    async def _establish(self, *, resume: bool) -> None:
+        self.establishing += 1
+        try:
+            await super()._establish(resume=resume)
+        finally:
+            self.establishing -= 1
+
+    async def _attempt(self, endpoint: Any, resume: bytes | None = None) -> ClientSession:
+        try:
+            return await super()._attempt(endpoint, resume)
+        except NetworkError as exc:
+            index = _spec_index(self.servers, endpoint.address, endpoint.port,
+                                endpoint.server_name)
+            if index is not None:
+                spec = self.servers[index]
+                self.server_errors[(spec.host, spec.port)] = (
+                    f"{endpoint.uri}: {exc}", self.clock())
+            raise
+
+    def find(self, name: str) -> ServerSpec | None:
+        """The upstream server configured under ``name`` (or with that host)."""
+        for spec in self.servers:
+            if name in (self.names.get((spec.host, spec.port)), spec.host,
+                        f"{spec.host}:{spec.port}"):
+                return spec
+        return None
+
+    def prefer(self, spec: ServerSpec) -> None:
+        """Try ``spec`` first from the next establishment on."""
+        self.servers.remove(spec)
+        self.servers.insert(0, spec)
+
+    def status_rows(self) -> list[dict[str, object]]:
+        """One row per upstream server in the order they are tried, for ``status``: its
+        name, whether the session is to it, and why the latest attempt to it failed."""
+        current = self.current_spec()
+        now = self.clock()
+        rows: list[dict[str, object]] = []
+        for spec in self.servers:
+            error = self.server_errors.get((spec.host, spec.port))
+            rows.append({"name": self.names.get((spec.host, spec.port), ""),
+                         "host": spec.host, "port": spec.port,
+                         "transports": [t.value for t in spec.transports],
+                         "in_use": spec is current,
+                         "last_error": None if error is None else error[0],
+                         "last_error_age": None if error is None
+                         else round(now - error[1], 1)})
+        return rows
+
+    @property
+    def session_expected(self) -> bool:
+        """Whether a relayed request may get a session: one is up, or an establishment is
+        running now. False while the back-off holds the next attempt back: a request then
+        gets the gateway's 5.03 at once instead of waiting for its timeout."""
+        return self.connected or self.establishing > 0
+
+    def label(self, endpoint: Any) -> str:
+        """How diagnostics and logs name an upstream endpoint: the ``[[upstream]]`` name
+        it was configured under, with its URI."""
+        index = _spec_index(self.servers, endpoint.address, endpoint.port,
+                            endpoint.server_name)
+        name = None
+        if index is not None:
+            spec = self.servers[index]
+            name = self.names.get((spec.host, spec.port))
+        return f"{name} ({endpoint.uri})" if name else endpoint.uri
+
+    async def backoff_wait(self, delay: float) -> None:
+        """Sleep until the next establishment attempt, or until ``reconnect_now``."""
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), max(0.0, delay))
+        except TimeoutError:
+            pass
+
+    def reconnect_now(self, spec: ServerSpec | None = None) -> str:
+        """The operator's ``reconnect``: forget the back-off and attempt at once (``spec``
+        first; when connected to another server, move there). What it did, in words."""
+        if spec is not None and self.current_spec() is not spec:
+            self.prefer(spec)
+            if self.connected:
+                self.fail_over(f"the operator asked for {spec.host}:{spec.port}")
+                return f"moving to {spec.host}:{spec.port}"
+        if self.connected:
+            return f"connected to {self.name}: nothing to do"
+        if self.establishing:
+            return "an attempt is under way"
+        # Whichever loop waits (the daemon's first connection, or re-establishment after a
+        # loss; one of them runs while there is no session) wakes and attempts at once.
+        self.backoff.succeeded()
+        self._wake.set()
+        return "attempting now"
 
     def current_spec(self) -> ServerSpec | None:
         """The configured (or discovered) server the session in use goes to."""
@@ -108,8 +217,10 @@ class UpstreamClient(DotsClient):
 
     async def forward(self, request: DotsRequest, *, mid: int | None,
                       timeout: float | None = None,
-                      later: NotificationSink | None = None) -> Reply:
-        """Send a relayed request (NON, §4.4) and return the upstream answer as received.
+                      later: NotificationSink | None = None,
+                      confirmable: bool = False) -> Reply:
+        """Send a relayed request (NON, §4.4; CON for RFC 9244's tm-setup) and return the
+        upstream answer as received.
         Raises ``NetworkError`` when no upstream server answers in time, ``UpstreamBusy``
         when no slot freed up in that time."""
         limit = timeout if timeout is not None else self.request_timeout
@@ -120,8 +231,8 @@ class UpstreamClient(DotsClient):
                                f"{limit:g} s") from None
         try:
             # Block-wise answers come back whole (the channel joins them, RFC 7959).
-            return await self._send(request, confirmable=False, timeout=timeout, mid=mid,
-                                    later=later)
+            return await self._send(request, confirmable=confirmable, timeout=timeout,
+                                    mid=mid, later=later)
         finally:
             self._slots.release()
 
@@ -150,8 +261,9 @@ class UpstreamClient(DotsClient):
         self.leave_alternate(reason)  # a redirect's alternate is not preferred any more
         self._ticket = None
         self._ticket_endpoint = None
-        log.warning("upstream %s failed (%s): failing over to %s", current.uri, reason,
-                    self.servers[0].host if self.servers else "-")
+        log_event(log, logging.WARNING, "upstream.failover", "upstream failed: failing over",
+                  upstream=current.uri, reason=reason,
+                  next=f"{self.servers[0].host}:{self.servers[0].port}" if self.servers else None)
         self._lose(f"failover: {reason}")
 
     # --- hooks of the channel ----------------------------------------------------------------

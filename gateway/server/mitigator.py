@@ -1,4 +1,5 @@
-"""Mitigator backends: what happens to the store's ``ApplyMitigation`` / ``WithdrawMitigation``.
+"""Mitigator backends: what happens to the store's ``ApplyMitigation`` / ``UpdateFilters`` /
+``WithdrawMitigation``.
 
 The store decides *that* a scope is to be mitigated; a backend makes it so, or records it.
 ``log`` appends one JSON object per command to ``<state_dir>/mitigations.jsonl``;
@@ -12,13 +13,26 @@ The JSON object, one line::
 
     {"action": "apply", "cuid": "...", "mid": 123,
      "scope": {"target-prefix": ["192.0.2.0/24"], "lifetime": 3600, ...},
+     "acls": [{"name": "drop-udp", "activation-type": "immediate", "aces": {...}, ...}],
      "reason": null, "timestamp": "2024-05-01T12:00:00.000Z"}
 
 ``scope`` is the request's scope entry in the RFC 9132 JSON notation (RFC 7951 names). A
+request or efficacy update that carries RFC 9244 telemetry (§8.1 attributes: total traffic,
+total attack traffic and connections, attack details with top talkers) adds ``telemetry``
+with those attributes by their JSON names; a refresh or efficacy update of an active
+request that carries some is a command of its own, ``"action": "telemetry"`` (with
+``attack-status`` when the update had one): a script that only mitigates can ignore it. A
 withdraw carries the ``reason`` (the store's trigger, e.g. ``withdrawn``,
 ``lifetime-expired``) and the scope this backend applied, or null when it did not apply it
 in this process (a request that expired while the gateway was down). Scripts should key
 their state on (cuid, mid): two requests may cover the same targets.
+
+``acls`` are the filtering rules active for the mitigation (RFC 9133: named in its
+``acl-list`` with activation type ``immediate`` or ``activate-when-mitigating``), each the
+ACL's RFC 8783 JSON from the data channel with the activation type in force. An ``update``
+(action) says an active mitigation's ACLs changed (a PUT activated or deactivated some):
+``acls`` are the ones active now and ``deactivated-acls`` the names no longer active. A
+withdraw carries the ACLs this backend last applied for the request (to be removed).
 """
 
 from __future__ import annotations
@@ -40,13 +54,22 @@ from typing import Any, Protocol
 from gateway.config import Backend, ConfigError, Settings
 from gateway.dots.codec import message_to_json
 from gateway.dots.codes import Status
+from gateway.dots.filters import ActiveAcl
 from gateway.dots.keys import MODULE
-from gateway.dots.mitigation_lifecycle import ApplyMitigation, Counters, WithdrawMitigation
-from gateway.dots.model import MitigationScope, Scope
+from gateway.dots.mitigation_lifecycle import (
+    ApplyMitigation,
+    Counters,
+    MitigationTelemetry,
+    UpdateFilters,
+    WithdrawMitigation,
+)
+from gateway.dots.model import Extensions, MitigationScope, Scope
+from gateway.dots.telemetry import scope_telemetry, scope_telemetry_json
+from gateway.eventlog import log_event
 
 log = logging.getLogger(__name__)
 
-MitigatorCommand = ApplyMitigation | WithdrawMitigation
+MitigatorCommand = ApplyMitigation | UpdateFilters | WithdrawMitigation | MitigationTelemetry
 #: ``on_status(cuid, mid, status, counters)``; counters None: the report carried none.
 StatusCallback = Callable[[str, int, Status, Counters | None], None]
 
@@ -99,26 +122,50 @@ class _Backend:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.stats = MitigatorStats()
-        #: Scopes applied in this process, so a withdraw can say what it withdraws.
-        self._applied: dict[tuple[str, int], Scope] = {}
+        #: Scopes and ACLs applied in this process, so a withdraw can say what it withdraws.
+        self._applied: dict[tuple[str, int], tuple[Scope, tuple[ActiveAcl, ...]]] = {}
 
     def describe(self, command: MitigatorCommand) -> dict[str, Any]:
         """The command as the JSON object both backends hand out."""
         key = (command.cuid, command.mid)
         scope: Scope | None
+        acls: tuple[ActiveAcl, ...] = ()
+        telemetry: Extensions = ()
+        extra: dict[str, Any] = {}
         if isinstance(command, ApplyMitigation):
-            self._applied[key] = command.scope
-            action, scope, reason = "apply", command.scope, None
+            self._applied[key] = (command.scope, command.acls)
+            action, scope, acls, reason = "apply", command.scope, command.acls, None
+            telemetry = command.scope.extensions
+        elif isinstance(command, UpdateFilters):
+            _, before = self._applied.get(key, (command.scope, ()))
+            self._applied[key] = (command.scope, command.acls)
+            action, scope, acls, reason = "update", command.scope, command.acls, None
+            now_active = {a.acl_name for a in acls}
+            extra["deactivated-acls"] = sorted({a.acl_name for a in before} - now_active)
+        elif isinstance(command, MitigationTelemetry):
+            scope, acls = self._applied.get(key, (None, ()))
+            action, reason = "telemetry", None
+            telemetry = command.telemetry
+            if command.attack_status is not None:
+                extra["attack-status"] = command.attack_status.label
         else:
-            action, scope, reason = "withdraw", self._applied.pop(key, None), command.reason.value
-        return {
+            scope, acls = self._applied.pop(key, (None, ()))
+            action, reason = "withdraw", command.reason.value
+        entry = {
             "action": action,
             "cuid": command.cuid,
             "mid": command.mid,
             "scope": None if scope is None else scope_to_json(scope),
+            "acls": [acl.to_json() for acl in acls],
+            **extra,
             "reason": reason,
             "timestamp": _timestamp(self.clock()),
         }
+        if scope_telemetry(telemetry):
+            # RFC 9244 §8, §9.1: total-traffic, total-attack-traffic, total-attack-connection
+            # and attack-detail (top talkers) as the client sent them, in the RFC's JSON.
+            entry["telemetry"] = scope_telemetry_json(telemetry)
+        return entry
 
 
 def scope_to_json(scope: Scope) -> dict[str, Any]:
@@ -150,8 +197,9 @@ class LogMitigator(_Backend):
     def __call__(self, command: MitigatorCommand) -> None:
         self.stats.commands += 1
         entry = self.describe(command)
-        log.info("mitigator %s cuid=%s mid=%d%s", entry["action"], command.cuid, command.mid,
-                 f" reason={entry['reason']}" if entry["reason"] else "")
+        log_event(log, logging.INFO, "mitigator.command", f"mitigator {entry['action']}",
+                  action=entry["action"], cuid=command.cuid, mid=command.mid,
+                  reason=entry["reason"] or None)
         try:
             with self.path.open("a", encoding="utf-8") as journal:
                 journal.write(json.dumps(entry, separators=(",", ":"), default=str) + "\n")
@@ -227,6 +275,7 @@ class CommandMitigator(_Backend):
 
     async def _execute(self, entry: dict[str, Any]) -> None:
         what = f"{entry['action']} cuid={entry['cuid']} mid={entry['mid']}"
+        fields = {"action": entry["action"], "cuid": entry["cuid"], "mid": entry["mid"]}
         started = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -234,8 +283,8 @@ class CommandMitigator(_Backend):
                 stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=_LINE_LIMIT)
         except OSError as exc:
             self.stats.failures += 1
-            log.error("mitigator command %s for %s could not start: %s", self.argv[0], what,
-                      exc.strerror or exc)
+            log_event(log, logging.ERROR, "mitigator.failed", "mitigator command could not "
+                      "start", **fields, reason=f"{self.argv[0]}: {exc.strerror or exc}")
             return
         payload = (json.dumps(entry, separators=(",", ":"), default=str) + "\n").encode()
         try:
@@ -243,19 +292,21 @@ class CommandMitigator(_Backend):
         except TimeoutError:
             self.stats.timeouts += 1
             self.stats.failures += 1
-            log.error("mitigator command for %s still running after %g s: killed (pid %d)",
-                      what, self.timeout, proc.pid)
+            log_event(log, logging.ERROR, "mitigator.failed", f"mitigator command still "
+                      f"running after {self.timeout:g} s: killed", **fields,
+                      reason="timeout", pid=proc.pid)
             return
         finally:
             if proc.returncode is None:  # timed out, or we are being cancelled
                 await _kill(proc)
         if proc.returncode == 0:
-            log.info("mitigator command for %s done in %.2f s", what, time.monotonic() - started)
+            log_event(log, logging.INFO, "mitigator.command", "mitigator command done",
+                      **fields, seconds=round(time.monotonic() - started, 3))
         else:
             self.stats.failures += 1
-            log.error("mitigator command for %s failed with exit status %d%s", what,
-                      proc.returncode,
-                      " (killed by a signal)" if (proc.returncode or 0) < 0 else "")
+            log_event(log, logging.ERROR, "mitigator.failed", "mitigator command failed",
+                      **fields, exit_status=proc.returncode,
+                      reason="killed by a signal" if (proc.returncode or 0) < 0 else None)
 
     async def _converse(self, proc: asyncio.subprocess.Process, payload: bytes,
                         entry: dict[str, Any], what: str) -> None:

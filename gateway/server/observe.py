@@ -1,6 +1,7 @@
 """Observe on the server side: registrations, and the pacing of notifications.
 
-RFC 7641 observations of ``mitigate`` and of the session configuration (RFC 9132 §4.5.3),
+RFC 7641 observations of ``mitigate``, of the session configuration (RFC 9132 §4.5.3) and of
+pre-or-ongoing-mitigation telemetry (``tm``, RFC 9244 §8.3),
 kept per session, at most ``max_observations`` of them (RFC 7641 §4.1: a registration beyond
 it is answered without Observe); changes in the store mark the observations they concern, and
 marked ones are sent at most once every ``NOTIFICATION_INTERVAL`` per session, plus a periodic
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway.coap.errors import BadOptionError
 from gateway.coap.layer import MessageLayer
@@ -59,6 +60,9 @@ class Observation:
     content: ContentFilter
     sequence: int = 2
     last_sent: float = 0.0
+    #: An observation of ``/tm`` (RFC 9244 §8.3; ``mid`` holds the tmid) and not of
+    #: ``mitigate``.
+    telemetry: bool = False
     #: The block size (SZX) the registration asked for with Block2, if any (RFC 7959 §2.6).
     szx: int | None = None
 
@@ -105,6 +109,12 @@ class ObserveNotifications:
                                                           ContentFilter.ALL, last_sent=now,
                                                           szx=_asked_szx(msg))
             return 1
+        if path.resource is Resource.TM and path.cuid is not None:
+            # RFC 9244 §6: Observe MUST be supported on 'tm'.
+            session.observations[msg.token] = Observation(
+                msg.token, path.cuid, path.tmid, ContentFilter.ALL, last_sent=now,
+                telemetry=True)
+            return 1
         if path.resource is not Resource.MITIGATE or path.cuid is None:
             return None
         try:
@@ -126,9 +136,17 @@ class ObserveNotifications:
             if obs.cuid is not None and now - obs.last_sent >= PERIODIC_NOTIFICATION:
                 session.pending_notifications.add(token)
 
+    def _mark_telemetry_observers(self, cuids: set[str]) -> None:
+        for session in self.sessions.values():
+            for token, obs in session.observations.items():
+                if obs.telemetry and obs.cuid in cuids:
+                    session.pending_notifications.add(token)
+
     def _mark_observers(self, changed: dict[str, set[int]]) -> None:
         for session in self.sessions.values():
             for token, obs in session.observations.items():
+                if obs.telemetry:
+                    continue
                 mids = changed.get(obs.cuid) if obs.cuid is not None else None
                 if mids and (obs.mid is None or obs.mid in mids):
                     session.pending_notifications.add(token)
@@ -151,7 +169,7 @@ class ObserveNotifications:
 
     def _notification_cost(self, obs: Observation) -> int:
         """Mitigations the notification will list (the budget's unit)."""
-        if obs.cuid is None or obs.mid is not None:
+        if obs.cuid is None or obs.mid is not None or obs.telemetry:
             return 1
         return max(1, self.core.store.count(obs.cuid))
 
@@ -159,13 +177,18 @@ class ObserveNotifications:
         owner = Owner(session.dots.requester.credential_id)
         obs.last_sent = now
         try:
-            if obs.cuid is None:
-                body: Any = session.dots.config.get(None)
+            if obs.telemetry:
+                assert obs.cuid is not None
+                # A deleted tmid answers 4.04, which ends the observation (RFC 7641 §3.2).
+                payload = self.core.telemetry.tm_body(obs.cuid, obs.mid)
+            elif obs.cuid is None:
+                payload = encode_message(session.dots.config.get(None))
             else:
-                body = self.core.store.get(obs.cuid, obs.mid, owner, now, obs.content)
-            code, payload = Code.CONTENT, encode_message(body)
+                payload = encode_message(self.core.store.get(obs.cuid, obs.mid, owner, now,
+                                                             obs.content))
+            code = Code.CONTENT
         except DotsProtocolError as exc:
-            if obs.mid is None or obs.cuid is None:
+            if obs.mid is None or obs.cuid is None or obs.telemetry:
                 code, payload = exc.code, exc.diagnostic.encode()
             else:
                 # The request is gone: report its end once, then the observation ends.
@@ -174,6 +197,7 @@ class ObserveNotifications:
                 code, payload = Code.CONTENT, encode_message(final)
         obs.sequence = (obs.sequence + 1) % _OBSERVE_MODULUS
         ended = not code.is_success or (obs.cuid is not None and obs.mid is not None
+                                        and not obs.telemetry
                                         and self.core.store.lookup(obs.cuid, obs.mid) is None)
         anchor = CoapMessage(None, int(Method.GET), 0, obs.token)
         message = anchor.response(

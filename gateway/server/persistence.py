@@ -1,23 +1,30 @@
 """Saved mitigations: the server store's records in SQLite, so a restart keeps them.
 
 Owns ``<state_dir>/dots.sqlite`` and is the only ``sqlite3`` user. It turns
-``gateway.dots.mitigation_lifecycle.Mitigation`` records into rows and back, and nothing
-else: what a restored record means (expiry, re-applying) is decided by
-``MitigationStore.restore``. It must not import asyncio or the roles; the pure core must not
-import it.
+``gateway.dots.mitigation_lifecycle.Mitigation`` records into rows and back, and the RFC 9244
+telemetry a client installed (``gateway.dots.telemetry``: setups and pre-mitigation
+telemetry, written at once, before the answer), and nothing else: what a restored record
+means (expiry, re-applying) is decided by ``MitigationStore.restore``. It must not import
+asyncio or the roles; the pure core must not import it.
 
 Times: the store runs on the monotonic clock of its process, which means nothing to the
 next process, so every deadline is saved as epoch seconds (``monotonic + wall_offset``) and
 loaded back as ``epoch - wall_offset`` of the loading process. A lifetime keeps running
 while the gateway is down (RFC 9132 §4.4.1: it is the client's promise to refresh in time).
 
-Durability (``journal_mode=WAL``, ``synchronous=FULL``): a save returns only once its WAL
-frames are fsynced, so a success answer that follows it survives a crash of this process,
-of the kernel, a power loss and a file system the kernel turns read-only after an error
-(whose unwritten page cache is dropped: with ``synchronous=NORMAL`` acknowledged saves were
-lost that way, issue 17). A commit costs one fsync of the WAL; checkpoints run inline
-(SQLite's automatic ones). A save that fails (disk full, read-only, the file locked by
-another process) writes nothing: the role rolls the request back and answers 5.03.
+Durability, with group commit: a save is one SQLite transaction written to the WAL
+(``journal_mode=WAL``, ``synchronous=NORMAL``: no fsync per commit; checkpoints still sync
+the WAL before and the database after they copy), and ``make_durable`` fsyncs the WAL once
+for every save committed before it. The server role calls it before anything that depends
+on a save leaves (an answer, a notification, a mitigator command), so the requests one turn
+of the event loop handled share one fsync instead of paying one each (issue 21), and an
+acknowledged change survives a crash of this process, of the kernel, a power loss and a file
+system the kernel turns read-only after an error (whose unwritten page cache is dropped:
+acknowledging after an unsynced commit lost saves that way, issue 17). A save that fails
+(disk full, read-only, the file locked by another process) writes nothing: the role rolls
+the request back and answers 5.03. A failed fsync is different (the committed frames may
+be gone): the role stops the daemon rather than acknowledge them. Without WAL (a file
+system without shared memory) every commit is fsynced (``synchronous=FULL``).
 """
 
 from __future__ import annotations
@@ -44,12 +51,13 @@ from gateway.dots.mitigation_lifecycle import (
     Owner,
 )
 from gateway.dots.model import MitigationScope, Scope
+from gateway.dots.telemetry import Change, TelemetryStore
 
 log = logging.getLogger(__name__)
 
 DATABASE_NAME = "dots.sqlite"
 #: Bumped with every change of the tables below; a step in ``_MIGRATIONS`` goes with it.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -77,8 +85,20 @@ _SCHEMA = (
     # Per client: the active-but-terminating period after re-requests (RFC 9132 §4.4.4).
     "CREATE TABLE client (cuid TEXT PRIMARY KEY, termination_period INTEGER NOT NULL)",
 )
+# RFC 9244 telemetry of a client: kind 'setup' (ident: tsid) or 'tm' (ident: tmid); body is
+# the CBOR of the telemetry entry (gateway.dots.telemetry.Change).
+_TELEMETRY_TABLE = """CREATE TABLE telemetry (
+    cuid TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    ident INTEGER NOT NULL,
+    cdid TEXT,
+    body BLOB NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (cuid, kind, ident)
+)"""
+_SCHEMA = (*_SCHEMA, _TELEMETRY_TABLE)
 #: version -> statements that take a database from that version to the next.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: (_TELEMETRY_TABLE,)}
 
 _COLUMNS = (
     "cuid, mid, credential_id, cdid, scope, lifetime, expires_at, terminate_at, state, status, "
@@ -108,6 +128,20 @@ class PersistenceError(Exception):
 
 class SchemaTooNew(PersistenceError):
     """The database was written by a newer dots-gateway; we refuse to touch it."""
+
+
+def connect_private(path: Path) -> sqlite3.Connection:
+    """A connection to the state file ``path``, created owner-only if it is new; no
+    implicit transactions (``isolation_level=None``: ours are explicit, one per save).
+    Raises ``PersistenceError`` saying what to check."""
+    problem = create_private_file(path)
+    if problem is not None:
+        raise PersistenceError(problem)
+    try:
+        return sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT)
+    except sqlite3.Error as exc:
+        raise PersistenceError(f"{path}: cannot open ({exc}); check the file's "
+                               "permissions and the file system") from None
 
 
 def create_private_file(path: Path) -> str | None:
@@ -146,6 +180,12 @@ class MitigationDatabase:
         #: Monotonic time before which a background sync does not retry a failed write.
         self._retry_at = 0.0
         self._retry_delay = RETRY_FIRST
+        #: Commits whose WAL frames are not fsynced yet (``make_durable``).
+        self._unsynced = False
+        self._group_commit = False  # set by _open: WAL mode
+        #: The WAL file whose directory entry was fsynced (device, inode).
+        self._wal_known: tuple[int, int] | None = None
+        self.fsyncs = 0
         self._db = self._open()
 
     @classmethod
@@ -155,21 +195,15 @@ class MitigationDatabase:
     # --- opening -----------------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
-        problem = create_private_file(self.path)
-        if problem is not None:
-            raise PersistenceError(problem)
-        # isolation_level=None: no implicit transactions; ours are explicit (one per save).
-        try:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
-        except sqlite3.Error as exc:
-            raise PersistenceError(f"{self.path}: cannot open ({exc}); check the file's "
-                                   "permissions and the file system") from None
+        db = connect_private(self.path)
         try:
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
                 log.warning("%s: journal_mode is %s, not wal (file system without shared "
                             "memory?); saves are slower but as safe", self.path, mode)
-            db.execute("PRAGMA synchronous=FULL")  # see the module docstring
+            self._group_commit = mode == "wal"
+            # See the module docstring: NORMAL with our own fsync of the WAL, FULL without WAL.
+            db.execute(f"PRAGMA synchronous={'NORMAL' if self._group_commit else 'FULL'}")
             check_integrity(db)
             self._upgrade(db)
         except sqlite3.DatabaseError as exc:
@@ -254,6 +288,41 @@ class MitigationDatabase:
         except sqlite3.Error as exc:
             raise PersistenceError(f"{self.path}: save failed: {exc}") from exc
         self.saves += 1
+        self._unsynced = self._group_commit
+
+    @property
+    def unsynced(self) -> bool:
+        """Whether saves were committed since the last ``make_durable``."""
+        return self._unsynced
+
+    def make_durable(self) -> None:
+        """fsync the WAL: every save committed before this call survives a power loss.
+
+        Raises ``PersistenceError`` when the file system refuses; the committed saves may
+        then be lost, so nothing that depends on them may leave."""
+        if not self._unsynced:
+            return
+        wal = f"{self.path}-wal"
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                known = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if self._wal_known != (known.st_dev, known.st_ino):
+                # A new WAL file: its name must survive too (SQLite syncs the directory
+                # only in its own sync calls, which NORMAL skips for commits).
+                directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(directory)
+                finally:
+                    os.close(directory)
+                self._wal_known = (known.st_dev, known.st_ino)
+        except OSError as exc:
+            raise PersistenceError(f"{wal}: fsync failed: {exc}") from exc
+        self._unsynced = False
+        self.fsyncs += 1
 
     @property
     def pending(self) -> int:
@@ -262,9 +331,10 @@ class MitigationDatabase:
 
     def sync(self, store: MitigationStore, *, background: bool = False) -> bool:
         """Save what changed in ``store`` since the last call (``take_changes``), in one
-        transaction; True once it is on disk. On failure the changes are kept and written
-        by the next call; the error is logged and counted, never raised: the role answers
-        the request 5.03 (the store rolls it back) and goes on serving reads from memory.
+        transaction; True once it is committed (durable after ``make_durable``). On failure
+        the changes are kept and written by the next call; the error is logged and counted,
+        never raised: the role answers the request 5.03 (the store rolls it back) and goes
+        on serving reads from memory.
         ``background``: a timer's save, attempted only when the back-off allows."""
         records, removed = store.take_changes()
         for key in removed:
@@ -308,8 +378,10 @@ class MitigationDatabase:
         return True
 
     def close(self) -> None:
-        """Write what a failed ``sync`` kept, if it can, and close the file."""
+        """Write what a failed ``sync`` kept, if it can, make it durable, close the file."""
         self._flush()
+        with contextlib.suppress(PersistenceError):  # closing: SQLite's checkpoint syncs too
+            self.make_durable()
         self._db.close()
 
     # --- reading -----------------------------------------------------------------------------
@@ -355,6 +427,61 @@ class MitigationDatabase:
                 log.warning("%s: skipping saved termination period cuid=%r period=%r",
                             self.path, cuid, period)
         return periods
+
+    # --- telemetry (RFC 9244) ------------------------------------------------------------
+
+    def save_telemetry(self, changes: Iterable[Change]) -> bool:
+        """Write telemetry rows (a None body deletes) in one transaction; False
+        when it failed (logged, counted in ``save_failures``; nothing written): the request
+        is then answered 5.03 and its change not made."""
+        now = time.time()
+        rows = list(changes)
+        try:
+            with _transaction(self._db):
+                for change in rows:
+                    if change.body is None:
+                        self._db.execute(
+                            "DELETE FROM telemetry WHERE cuid = ? AND kind = ? AND ident = ?",
+                            (change.cuid, change.kind, change.ident))
+                    else:
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO telemetry VALUES (?, ?, ?, ?, ?, ?)",
+                            (change.cuid, change.kind, change.ident, change.cdid,
+                             change.body, now))
+        except sqlite3.Error as exc:
+            self.save_failures += 1
+            log.error("telemetry not saved (%d changes refused): %s: %s", len(rows),
+                      self.path, exc)
+            return False
+        self.saves += 1
+        self._unsynced = self._group_commit  # durable before the answer: make_durable
+        return True
+
+    def restore_telemetry_into(self, store: TelemetryStore) -> None:
+        """Load the saved telemetry into ``store``; a row that no longer decodes is
+        skipped with a warning and counted in ``skipped_rows``."""
+        try:
+            rows = self._db.execute("SELECT cuid, kind, ident, cdid, body FROM telemetry "
+                                    "ORDER BY cuid, kind, ident").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise PersistenceError(
+                f"{self.path}: cannot read the saved telemetry ({exc}); restore the file "
+                "from a backup, or move it aside to start without it") from None
+        kept = 0
+        for row in rows:
+            cuid, kind, ident, cdid, body = row
+            try:
+                if not (isinstance(cuid, str) and kind in ("setup", "tm") and _is_int(ident)
+                        and 0 <= ident <= UINT32_MAX and isinstance(body, bytes)
+                        and (cdid is None or isinstance(cdid, str))):
+                    raise ValueError("bad column values")
+                kept += store.restore([(cuid, kind, ident, cdid, body)])
+            except Exception as exc:  # any bad row: skip it, keep the others
+                self.skipped_rows += 1
+                log.warning("%s: skipping saved telemetry cuid=%r %s=%r: %s", self.path, cuid,
+                            "tsid" if kind == "setup" else "tmid", ident, exc)
+        if kept:
+            log.info("%s: %d telemetry entries restored", self.path, kept)
 
     def restore_into(self, store: MitigationStore, now: float) -> None:
         """Load everything and ``restore`` it into ``store`` (at start, on an empty store),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -37,19 +38,28 @@ from gateway.credentials import certificate_not_after, certificate_subject, peer
 from gateway.dots.codec import encode_message
 from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, Method, Status
 from gateway.dots.errors import DotsProtocolError
+from gateway.dots.filters import AclCatalog
 from gateway.dots.message import DotsResponse, Requester
 from gateway.dots.mitigation_lifecycle import (
     ApplyMitigation,
     Counters,
     MitigationRemoved,
     MitigationStatusChanged,
+    MitigationTelemetry,
+    UpdateFilters,
     WithdrawMitigation,
 )
 from gateway.dots.model import Heartbeat
-from gateway.dots.server import DotsServerCore, SendSessionHeartbeat, SessionLost
+from gateway.dots.server import (
+    DotsServerCore,
+    SendSessionHeartbeat,
+    SessionLost,
+    TelemetryChanged,
+)
 from gateway.dots.uri import Resource, build_path
+from gateway.eventlog import log_event
 from gateway.server.observe import DEFAULT_MAX_OBSERVATIONS, ObserveNotifications
-from gateway.server.persistence import MitigationDatabase
+from gateway.server.persistence import MitigationDatabase, PersistenceError
 from gateway.server.qblock import Respond, Whole, probe_answer, q_block1, send_answer
 from gateway.server.session import SignalSession, _dots_request, _transmission
 from gateway.server.standing import CredentialCheck, Standing
@@ -64,6 +74,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _CORE_TICK = 0.5
+#: Exit status when saved changes could not be made durable (sysexits' EX_IOERR).
+EXIT_UNSYNCED = 74
+
+
+def stop_unsynced(reason: str) -> None:
+    """A failed fsync may have lost committed saves (the kernel drops the pages it could not
+    write): acknowledging them would be a lie, and they cannot be rolled back any more. Stop
+    at once, as a crash would (nothing acknowledged depends on what was lost; clients repeat
+    what went unanswered, and a supervisor restarts the daemon on what is on disk)."""
+    log.critical("stopping: %s; answers that depend on it were not sent", reason)
+    logging.shutdown()
+    os._exit(EXIT_UNSYNCED)
 
 
 class ServerRole(ObserveNotifications):
@@ -75,8 +97,12 @@ class ServerRole(ObserveNotifications):
                  database: MitigationDatabase | None = None,
                  redirect: RedirectPolicy | None = None,
                  is_anycast: Callable[[str], bool] = lambda _local: False,
-                 max_observations: int = DEFAULT_MAX_OBSERVATIONS) -> None:
+                 max_observations: int = DEFAULT_MAX_OBSERVATIONS,
+                 acl_catalog: AclCatalog | None = None) -> None:
         self.core = core
+        if acl_catalog is not None:
+            # The data channel's ACLs (RFC 8783) that mitigation requests activate (RFC 9133).
+            core.acl_catalog = acl_catalog
         self.max_observations = max_observations
         self.observations_declined = 0
         self.redirect = redirect
@@ -88,6 +114,9 @@ class ServerRole(ObserveNotifications):
         #: answered, missed, received): plain counts that the metrics read when scraped.
         self.answered: dict[int, int] = {}
         self.heartbeats: dict[str, int] = {}
+        #: ``(resource, seconds)`` for each request answered here (the daemon feeds the
+        #: request-duration histogram with it).
+        self.observe_request: Callable[[str, float], None] = _ignore_duration
         self.trusted_gateways = trusted_gateways
         self.clock = clock
         self.mitigator = mitigator or log_mitigator
@@ -97,6 +126,11 @@ class ServerRole(ObserveNotifications):
         self.database = database
         if database is not None:
             core.save = lambda: database.sync(core.store)
+            core.save_telemetry = database.save_telemetry
+        #: Group commit: sessions whose answers wait for the fsync of ``_flush_batch``.
+        self._awaiting: dict[int, SignalSession] = {}  # by session id
+        self._batch: asyncio.Handle | None = None
+        self.on_unsynced: Callable[[str], None] = stop_unsynced
         self.sessions: dict[int, SignalSession] = {}
         self._tick: asyncio.TimerHandle | None = None
         #: Certificate deadlines and sessions closed because their standing ended.
@@ -116,6 +150,9 @@ class ServerRole(ObserveNotifications):
     def stop(self) -> None:
         if self._tick is not None:
             self._tick.cancel()
+        if self._batch is not None:  # answers that wait for their fsync leave first
+            self._batch.cancel()
+            self._flush_batch()
         for session in list(self.sessions.values()):
             session.conn.close("server shutting down")
 
@@ -139,9 +176,13 @@ class ServerRole(ObserveNotifications):
             layer = MessageLayer(parameters=_transmission(params))
         session = SignalSession(self, conn, dots, layer, identity.name)
         self.sessions[dots.id] = session
-        if log.isEnabledFor(logging.INFO):  # an enum's .value is a Python-level lookup
-            log.info("signal session opened peer=%s local=%s transport=%s client=%s cuid=%s",
-                     conn.remote, conn.local, conn.kind.value, identity.name, identity.cuid)
+        if log.isEnabledFor(logging.INFO):  # cipher and resumed are OpenSSL calls
+            secure = getattr(conn, "session", None)
+            log_event(log, logging.INFO, "session.established", "signal session opened",
+                      transport=conn.kind.value, peer=conn.remote, local=conn.local,
+                      client=identity.name, cuid=identity.cuid,
+                      cipher=getattr(secure, "cipher", None),
+                      resumed=getattr(secure, "resumed", None))
         session.flush()  # the TCP layer's CSM
         if credential.certificate is not None:
             self.standing.watch(dots.id, now + certificate_not_after(credential.certificate)
@@ -169,9 +210,10 @@ class ServerRole(ObserveNotifications):
         """Close ``session``: its credential or authorization ended (``standing.REASONS``)."""
         if session.closed:
             return
-        log.warning("signal session withdrawn peer=%s client=%s cuid=%s reason=%s: %s",
-                    session.conn.remote, session.identity,
-                    session.dots.requester.credential_id, reason, detail)
+        log_event(log, logging.WARNING, "session.withdrawn", "signal session withdrawn",
+                  transport=session.conn.kind.value, peer=session.conn.remote,
+                  client=session.identity, cuid=session.dots.requester.credential_id,
+                  reason=reason, detail=detail)
         self.standing.count(reason)
         session.conn.close(f"credential withdrawn: {detail}")
 
@@ -179,7 +221,9 @@ class ServerRole(ObserveNotifications):
         self.sessions.pop(session.dots.id, None)
         self.standing.forget(session.dots.id)
         self.core.close_session(session.dots)
-        log.info("signal session closed peer=%s reason=%s", session.conn.remote, reason)
+        log_event(log, logging.INFO, "session.closed", "signal session closed",
+                  transport=session.conn.kind.value, peer=session.conn.remote,
+                  cuid=session.dots.requester.credential_id, reason=reason)
 
     # --- the pump ----------------------------------------------------------------------------
 
@@ -214,10 +258,38 @@ class ServerRole(ObserveNotifications):
                 session.conn.close("released by the peer" if isinstance(event, ReleaseReceived)
                                    else f"aborted: {event.diagnostic}")
                 return
+        if self.database is not None and self.database.unsynced:
+            # Group commit: this session's answers wait for one fsync shared by every
+            # request of this turn of the event loop (``_flush_batch`` runs next turn).
+            self._awaiting[session.dots.id] = session
+            if self._batch is None:
+                self._batch = asyncio.get_running_loop().call_soon(self._flush_batch)
+            return
         self._core_outputs(now)
         self._notify_due(session, now)
         session.flush()
         self._arm(session)
+
+    def _flush_batch(self) -> None:
+        self._batch = None
+        sessions, self._awaiting = self._awaiting, {}
+        now = self.clock()
+        self._core_outputs(now)  # the one fsync, then the mitigator and the observers
+        for session in sessions.values():
+            if not session.closed:
+                self._notify_due(session, now)
+                session.flush()
+                self._arm(session)
+
+    def durable(self) -> None:
+        """Make every save so far durable: called before anything that depends on one leaves
+        (``SignalSession.flush``, ``_core_outputs``)."""
+        if self.database is None or not self.database.unsynced:
+            return
+        try:
+            self.database.make_durable()
+        except PersistenceError as exc:
+            self.on_unsynced(str(exc))
 
     def _request(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
                  now: float) -> None:
@@ -277,15 +349,20 @@ class ServerRole(ObserveNotifications):
     def _answer(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
                 now: float) -> None:
         """Answer a request from the local core (mitigate, config, hb)."""
+        started = time.perf_counter()
         request = _dots_request(msg, session.dots.requester)
         try:
             response = self.core.receive_request(session.dots, request, now)
         except DotsProtocolError as exc:  # the core answers these itself; belt and braces
             response = exc.to_response()
         except Exception:
-            log.exception("internal error answering %s from %s", msg, session.conn.remote)
+            log_event(log, logging.ERROR, "request.failed", "internal error answering a "
+                      "request", exc_info=True, peer=session.conn.remote,
+                      method=request.method.name, path="/" + "/".join(request.path))
             response = DotsResponse(Code.INTERNAL_SERVER_ERROR,
                                     b"internal error; the server logged it", 0)
+        if response is not None and response.code >= 0x80:
+            log_answer(session, request.method.name, request.path, response)
         if response is None:
             # RFC 9132 §4.4.3: silently ignored; a CON still needs its ACK to stop retries.
             if key.mtype is MessageType.CON and isinstance(session.layer, MessageLayer):
@@ -310,6 +387,8 @@ class ServerRole(ObserveNotifications):
         self._sync_transmission(session)
         if request.method in (Method.PUT, Method.DELETE) and request.path[2:3] == ("config",):
             self._mark_config_observers(session)
+        self.observe_request(request.path[2] if len(request.path) > 2 else "-",
+                             time.perf_counter() - started)
 
     def _persist(self) -> None:
         """Save the store's changes not caused by a request (timers, signal loss, mitigator
@@ -327,19 +406,24 @@ class ServerRole(ObserveNotifications):
 
     def _core_outputs(self, now: float) -> None:
         changed: dict[str, set[int]] = {}
+        telemetry: set[str] = set()
         removed: list[MitigationRemoved] = []
         # Collecting runs signal-loss processing too; then everything it and the requests
         # changed is saved before a response, notification or mitigator command leaves.
         events = list(self.core.events())
         self._persist()
+        self.durable()
         for event in events:
             if isinstance(event, MitigationStatusChanged):
                 changed.setdefault(event.cuid, set()).add(event.mid)
             elif isinstance(event, MitigationRemoved):
                 removed.append(event)
                 changed.setdefault(event.cuid, set()).add(event.mid)
-            elif isinstance(event, ApplyMitigation | WithdrawMitigation):
+            elif isinstance(event, ApplyMitigation | UpdateFilters | WithdrawMitigation
+                            | MitigationTelemetry):
                 self.mitigator(event)
+            elif isinstance(event, TelemetryChanged):
+                telemetry.add(event.cuid)
             elif isinstance(event, SendSessionHeartbeat):
                 target = self.sessions.get(event.session_id)
                 if target is not None:
@@ -351,6 +435,8 @@ class ServerRole(ObserveNotifications):
                     target.conn.close("signal lost: no traffic from the client")
         if changed:
             self._mark_observers(changed)
+        if telemetry:
+            self._mark_telemetry_observers(telemetry)
 
     def _client_lost(self, event: SessionLost) -> None:
         """A client's session went silent (its preconfigured requests were armed in the
@@ -367,9 +453,10 @@ class ServerRole(ObserveNotifications):
         if decision is not None:
             self.redirects[decision.reason.value] = self.redirects.get(decision.reason.value,
                                                                        0) + 1
-            log.info("redirect cuid=%s from=%s to=%s ttl=%d reason=%s",
-                     session.dots.requester.credential_id, session.conn.local,
-                     decision.target.name, decision.ttl, decision.reason.value)
+            log_event(log, logging.INFO, "redirect.sent", "redirect sent",
+                      peer=session.conn.remote, cuid=session.dots.requester.credential_id,
+                      local=session.conn.local, target=decision.target.name,
+                      ttl=decision.ttl, reason=decision.reason.value)
         return decision
 
     def start_drain(self, _deadline: float | None = None) -> None:
@@ -484,3 +571,28 @@ def log_mitigator(command: object) -> None:
     """The ``log`` mitigator backend: one line per command (issue 5 adds JSON lines/command)."""
     log.info("mitigator %s", command)
 
+
+def _ignore_duration(_resource: str, _seconds: float) -> None:
+    pass
+
+
+def log_answer(session: SignalSession, method: str, path: tuple[str, ...] | list[str],
+               response: DotsResponse) -> None:
+    """One ``request.answered`` event for an error answer (4.xx, 5.xx), with who asked
+    (peer, cuid) and what (method, path, mid), the code and its diagnostic."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    cuid = session.dots.requester.credential_id
+    mid = None
+    for segment in path:
+        name, _, value = segment.partition("=")
+        if name == "cuid" and value:
+            cuid = value
+        elif name == "mid" and value:
+            mid = value
+    code = int(response.code)
+    diagnostic = response.diagnostic[:300] or None
+    log_event(log, logging.INFO, "request.answered", "request answered with an error",
+              peer=session.conn.remote, cuid=cuid, mid=mid, method=method,
+              path="/" + "/".join(p for p in path if not p.startswith(("cuid=", "mid="))),
+              code=f"{code >> 5}.{code & 31:02d}", diagnostic=diagnostic)

@@ -103,6 +103,7 @@ class SignalSession:
     def flush(self) -> None:
         if self.closed:
             return
+        self.role.durable()  # nothing leaves before the saves it may depend on are on disk
         for chunk in outgoing(self.layer):
             try:
                 self.conn.send(chunk)

@@ -216,7 +216,8 @@ class DtlsServer(DtlsSessions):
                                                consume=False).refusal
                 if refusal is not None:
                     self._count_refusal(refusal)
-                    self._rate_limited_log(refusal, "no cookie for %s: %s", remote, refusal)
+                    self._rate_limited_event(refusal, "handshake.refused", "no cookie sent",
+                                             peer=remote, reason=refusal)
                     return
                 self.counters.hello_verify_requests += 1
                 self._send(sock, out, remote, local)
@@ -226,8 +227,8 @@ class DtlsServer(DtlsSessions):
                                        consume=True)
         if verdict.refusal is not None:
             self._count_refusal(verdict.refusal)
-            self._rate_limited_log(verdict.refusal, "refusing handshake from %s: %s", remote,
-                                   verdict.refusal)
+            self._rate_limited_event(verdict.refusal, "handshake.refused", "handshake refused",
+                                     peer=remote, reason=verdict.refusal)
             self._new_listener(free_old=True)
             return
         if verdict.evict is not None:

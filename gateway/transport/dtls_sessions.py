@@ -239,12 +239,9 @@ class DtlsSessions(EndpointBase):
         state = conn.session.state
         if state is State.FAILED:
             self.counters.handshakes_failed += 1
-            self._rate_limited_log(
-                "handshake-failed",
-                "dtls handshake from %s failed: %s",
-                conn.remote,
-                conn.session.failure,
-            )
+            self._rate_limited_event("handshake-failed", "handshake.failed", "handshake failed",
+                                     peer=conn.remote, local=conn.local,
+                                     reason=conn.session.failure)
             self._close(conn, conn.session.failure or "handshake failed", notify=False)
             return
         if state is State.ESTABLISHED:
@@ -300,9 +297,10 @@ class DtlsSessions(EndpointBase):
         self.counters.handshakes_completed += 1
         if conn.session.resumed:
             self.counters.sessions_resumed += 1
-        if log.isEnabledFor(logging.INFO):  # cipher and resumed are OpenSSL calls
-            log.info("dtls session established peer=%s local=%s cipher=%s resumed=%s",
-                     conn.remote, conn.local, conn.session.cipher, conn.session.resumed)
+        self._handshake_took(self.clock() - conn.created_at)
+        if log.isEnabledFor(logging.DEBUG):  # the role logs session.established
+            log.debug("dtls handshake completed peer=%s local=%s cipher=%s resumed=%s",
+                      conn.remote, conn.local, conn.session.cipher, conn.session.resumed)
         try:
             conn.handler = self.on_session(conn)
         except Exception:

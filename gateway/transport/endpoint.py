@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from gateway.eventlog import log_event
 from gateway.transport.memory import release_freed_memory
 from gateway.transport.tls_context import Kind, ServerContext
 
@@ -132,14 +133,29 @@ class EndpointBase:
         self.clock = clock
         self.executor = HandshakeWorkers(threads, f"{self.KIND.value}-handshake")
         self._log_suppressed_until: dict[str, float] = {}
+        #: Lines left out per key since its last line, reported on the next one.
+        self._log_suppressed: dict[str, int] = {}
         self._closed_at_last_trim = 0
+        #: Called with the seconds from a handshake's first message to its completion (the
+        #: daemon feeds a histogram with it); a plain callable keeps ``gateway.ops`` out.
+        self.observe_handshake: Callable[[float], None] | None = None
 
-    def _rate_limited_log(self, key: str, message: str, *args: object) -> None:
+    def _rate_limited_event(self, key: str, event: str, message: str,
+                            **fields: object) -> None:
+        """One warning per ``key`` per LOG_INTERVAL; the next line says how many occurrences
+        were left out (``suppressed``) so that a flood is visible without flooding."""
         now = self.clock()
         if self._log_suppressed_until.get(key, 0.0) > now:
+            self._log_suppressed[key] = self._log_suppressed.get(key, 0) + 1
             return
         self._log_suppressed_until[key] = now + LOG_INTERVAL
-        log.warning(message, *args)
+        suppressed = self._log_suppressed.pop(key, 0)
+        log_event(log, logging.WARNING, event, message, transport=self.KIND.value,
+                  suppressed=suppressed or None, **fields)
+
+    def _handshake_took(self, seconds: float) -> None:
+        if self.observe_handshake is not None:
+            self.observe_handshake(max(0.0, seconds))
 
     def _trim_after_closes(self, closed_total: int) -> None:
         """After sessions closed, hand their freed memory back (at most every few seconds)."""

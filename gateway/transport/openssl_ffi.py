@@ -139,6 +139,8 @@ ffi.cdef(
     int X509_STORE_CTX_get_error_depth(const X509_STORE_CTX *ctx);
     X509 *X509_STORE_CTX_get_current_cert(const X509_STORE_CTX *ctx);
     void X509_STORE_CTX_set_error(X509_STORE_CTX *ctx, int s);
+    int X509_STORE_CTX_get_error(const X509_STORE_CTX *ctx);
+    const char *X509_verify_cert_error_string(long n);
     int X509_STORE_load_file(X509_STORE *ctx, const char *file);
     int X509_STORE_set_flags(X509_STORE *ctx, unsigned long flags);
 

@@ -85,6 +85,7 @@ from gateway.transport.tls_context import (
     ServerContext,
     leaf_problem,
     ssl_address,
+    take_refusal,
 )
 
 log = logging.getLogger(__name__)
@@ -334,6 +335,7 @@ class SecureSession:
 
     def _progress(self) -> None:
         crypto.ERR_clear_error()
+        take_refusal()  # a refusal left by another session's step on this thread is not ours
         result = ssl.SSL_do_handshake(self._ssl)
         if result == 1:
             self._established()
@@ -341,7 +343,9 @@ class SecureSession:
         error = ssl.SSL_get_error(self._ssl, result)
         if error in (SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE):
             return
-        self._fail("handshake failed: " + (error_queue() or f"SSL error {error}"))
+        reason = "handshake failed: " + (error_queue() or f"SSL error {error}")
+        refusal = take_refusal()
+        self._fail(reason if refusal is None else f"{reason} ({refusal})")
 
     def _established(self) -> None:
         certificate = peer_certificate(self._ssl)
@@ -474,7 +478,9 @@ class SecureSession:
     def _fail(self, reason: str) -> None:
         self.state = State.FAILED
         self.failure = reason
-        log.info(
+        # Debug only: the endpoint that owns the session logs the event once (a server's
+        # handshake.failed, a client's HandshakeError), with the peer's address.
+        log.debug(
             "secure session failed kind=%s role=%s reason=%s",
             self.kind.value,
             "server" if self.is_server else "client",

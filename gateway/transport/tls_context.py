@@ -15,6 +15,7 @@ import hmac
 import logging
 import os
 import secrets
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,17 @@ from gateway.transport.openssl_ffi import (
 )
 
 log = logging.getLogger(__name__)
+
+#: The verify callback's refusal on this thread (handshakes run on worker threads), for the
+#: session to put in its failure reason: the endpoint logs that one line, with the peer.
+_refusals = threading.local()
+
+
+def take_refusal() -> str | None:
+    """The certificate refusal of the last handshake step on this thread, once."""
+    problem = getattr(_refusals, "problem", None)
+    _refusals.problem = None
+    return problem
 
 
 class Kind(enum.Enum):
@@ -108,6 +120,31 @@ def write_secret_file(path: Path, length: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_bytes(length).hex() + "\n")
+
+
+def rotate_secret_file(path: Path, length: int, what: str, keep: int = 1) -> int:
+    """Put a new secret on the first line of ``path`` and keep the ``keep`` previous ones
+    below it (the first signs or encrypts, all verify or decrypt, so what the fleet issued
+    before stays valid until the next rotation). The file is replaced atomically with mode
+    0600. Returns how many older secrets were dropped; ValueError for a file that is not a
+    secret file of this kind, OSError for one that cannot be read or written."""
+    if keep < 1:
+        raise ValueError("keep at least the previous secret (keep >= 1)")
+    previous = _read_secret_lines(path, length, what)
+    lines = [secrets.token_bytes(length).hex(), *(k.hex() for k in previous[:keep])]
+    temporary = path.with_name(f".{path.name}.rotating")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"# {what}s, newest first: the first is used, all are accepted\n")
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return max(0, len(previous) - keep)
 
 
 class CookieSecrets:
@@ -240,6 +277,11 @@ class _Context:
         @ffi.callback("int(int, X509_STORE_CTX *)")
         def verify(preverify_ok: int, store: Any) -> int:
             if not preverify_ok:
+                # OpenSSL's own verdict (unknown CA, expired, wrong purpose...): the error
+                # queue only says "certificate verify failed", so keep why for the log line.
+                code = crypto.X509_STORE_CTX_get_error(store)
+                _refusals.problem = ffi.string(
+                    crypto.X509_verify_cert_error_string(code)).decode("ascii", "replace")
                 return 0
             try:
                 if crypto.X509_STORE_CTX_get_error_depth(store) != 0:
@@ -251,7 +293,8 @@ class _Context:
                 problem = "certificate check failed"
             if problem is None:
                 return 1
-            log.info("peer certificate refused: %s", problem)
+            log.debug("peer certificate refused: %s", problem)
+            _refusals.problem = problem  # in the handshake's failure reason (take_refusal)
             crypto.X509_STORE_CTX_set_error(store, X509_V_ERR_INVALID_PURPOSE)
             return 0
 

@@ -85,9 +85,8 @@ class TlsConnection(asyncio.Protocol):
         self.remote = Address(peername[0], peername[1])
         refusal = self.server._admit(self)
         if refusal is not None:
-            self.server._rate_limited_log(
-                refusal, "refusing TLS connection from %s: %s", self.remote, refusal
-            )
+            self.server._rate_limited_event(refusal, "handshake.refused", "connection refused",
+                                            peer=self.remote, reason=refusal)
             self._teardown(refusal, notify=False)
 
     def data_received(self, data: bytes) -> None:
@@ -141,9 +140,9 @@ class TlsConnection(asyncio.Protocol):
         state = self.session.state
         if state is State.FAILED:
             self.server.counters.handshakes_failed += 1
-            self.server._rate_limited_log(
-                "tls-failed", "TLS handshake from %s failed: %s", self.remote, self.session.failure
-            )
+            self.server._rate_limited_event("tls-failed", "handshake.failed", "handshake failed",
+                                            peer=self.remote, local=self.local,
+                                            reason=self.session.failure)
             self._teardown(self.session.failure or "handshake failed", notify=False)
             return
         if state is State.ESTABLISHED and self.handler is None:
@@ -263,8 +262,9 @@ class TlsServer(EndpointBase):
         self.counters.handshakes_completed += 1
         if conn.session.resumed:
             self.counters.resumed += 1
-        log.info(
-            "tls session established peer=%s local=%s cipher=%s resumed=%s",
+        self._handshake_took(self.clock() - conn.created_at)
+        log.debug(  # the role logs session.established
+            "tls handshake completed peer=%s local=%s cipher=%s resumed=%s",
             conn.remote,
             conn.local,
             conn.session.cipher,

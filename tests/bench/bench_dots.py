@@ -29,6 +29,7 @@ from gateway.coap.message import CoapMessage  # noqa: E402
 from gateway.coap.udp_codec import decode_udp, encode_udp  # noqa: E402
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind  # noqa: E402
 from tests.bench.bench_transport import (  # noqa: E402
+    DAEMON,
     HB,
     HB_OPTIONS,
     Client,
@@ -52,9 +53,8 @@ def start_server(pki: Path, state: Path) -> tuple[subprocess.Popen[bytes], int]:
         f'[tls]\nca = "{pki}/ca.pem"\ncert = "{pki}/server.pem"\nkey = "{pki}/server.key"\n'
         f'[[clients]]\nname = "bench"\ncuid = "{cuid}"\nprefixes = ["0.0.0.0/0"]\n'
         "[limits]\nhandshakes_per_source = 100000\nmax_handshakes_per_source = 100000\n")
-    proc = subprocess.Popen(["taskset", "-c", "0", str(ROOT / ".venv/bin/dots-gateway"),
-                             "server", "--config", str(config)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(["taskset", "-c", "0", *DAEMON, "server", "--config", str(config)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     proc.stdout.readline()
     return proc, port

@@ -57,8 +57,10 @@ from certs.identity import cuid_from_certificate, derive_id  # noqa: E402
 from gateway.coap.message import CoapMessage  # noqa: E402
 from gateway.coap.udp_codec import decode_udp  # noqa: E402
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind  # noqa: E402
+from tests.bench import plots  # noqa: E402
 from tests.bench.bench_dots import Runner  # noqa: E402
 from tests.bench.bench_transport import (  # noqa: E402
+    DAEMON,
     Client,
     Generator,
     Server,
@@ -169,7 +171,7 @@ def start_upstream(tmp: Path, pkis: Pkis) -> Server:
         f'[[clients]]\nname = "direct"\ncuid = "{client}"\nprefixes = ["0.0.0.0/0"]\n'
         'allow_any_cuid = true\n'
         + LIMITS)
-    return start("server", [str(ROOT / ".venv/bin/dots-gateway"), "server", "--config",
+    return start("server", [*DAEMON, "server", "--config",
                             str(config)], SERVER_CPU, tmp / "upstream.log")
 
 
@@ -188,9 +190,9 @@ def start_gateway(tmp: Path, pkis: Pkis, upstream: Server, profile: Path | None)
         f'[[upstream]]\nname = "up"\naddress = "127.0.0.1"\nport = {upstream.port}\n'
         'reference_identifier = "localhost"\n')
     if profile is None:
-        argv = [str(ROOT / ".venv/bin/dots-gateway")]
+        argv = DAEMON
     else:
-        argv = [str(ROOT / ".venv/bin/python"), "-c", PROFILED_GATEWAY, str(profile)]
+        argv = [sys.executable, "-c", PROFILED_GATEWAY, str(profile)]
     return start("gateway", [*argv, "run", "--config", str(config)], GATEWAY_CPU,
                  tmp / "gateway.log")
 
@@ -596,6 +598,9 @@ def ms(value: float) -> str:
     return f"{value:.2f}"
 
 
+LATENCY_PNG = "gateway-latency.png"
+
+
 def codes_text(m: Measure) -> str:
     return ", ".join(f"{n} x {code}" for code, n in sorted(m.codes.items()) if n)
 
@@ -634,6 +639,10 @@ def write_results(path: Path, rows: list[Row], idle: dict[str, Idle],
             odd.update({k: v for k, v in m.codes.items() if not k.startswith("2.")})
             odd["resent"] += m.resent
             odd["missed paced slots"] += m.missed_slots
+    plots.latency_distributions(
+        path.parent / LATENCY_PNG, f"relay latency, paced at {args.rate:g} requests/s",
+        {f"{r.sessions:,} sessions, {r.kind}, {target}": r.paced[target].latencies
+         for r in rows if r.sessions == max(SESSION_COUNTS) for target in ("direct", "gateway")})
     update_section(path, "Gateway relay (tests/bench/bench_gateway.py)", [
         *machine_lines(),
         f"- {load}",
@@ -672,6 +681,8 @@ def write_results(path: Path, rows: list[Row], idle: dict[str, Idle],
         f" {worst:.2f} ms -> {'met' if worst <= TARGET_OVERHEAD_P99_MS else 'MISSED'}",
         f"- >= {TARGET_SESSIONS_PER_GIB:,} idle client sessions per GiB: {per_gib:,.0f}"
         f" -> {'met' if per_gib >= TARGET_SESSIONS_PER_GIB else 'MISSED'}",
+        "",
+        f"![relay latency]({LATENCY_PNG})",
         "",
         *FINDINGS,
     ])

@@ -37,11 +37,14 @@ from gateway.coap.message import CoapMessage  # noqa: E402
 from gateway.coap.udp_codec import decode_udp, encode_udp  # noqa: E402
 from gateway.transport.secure_session import SecureSession, State  # noqa: E402
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind  # noqa: E402
+from tests.bench import plots  # noqa: E402
 from tests.bench.results import machine_lines, update_section  # noqa: E402
 
 HB = bytes.fromhex("a11831a11833f5")
 HB_OPTIONS = CoapMessage.request(3, (".well-known", "dots", "hb"), content_format=271).options
 CLK = os.sysconf("SC_CLK_TCK")
+#: The daemon from this checkout, run by the interpreter that runs the bench (the venv's).
+DAEMON = [sys.executable, "-m", "gateway.cli"]
 
 
 # --- servers under test --------------------------------------------------------------------------
@@ -87,8 +90,8 @@ def start_ours(pki: Path, state: Path) -> Server:
         f'[tls]\nca = "{pki}/ca.pem"\ncert = "{pki}/server.pem"\nkey = "{pki}/server.key"\n'
         "[limits]\nmax_sessions = 100000\nmax_handshakes = 4096\n"
         "handshakes_per_source = 1000000\nmax_handshakes_per_source = 1000000\n")
-    proc = subprocess.Popen(["taskset", "-c", "0", str(ROOT / ".venv/bin/dots-gateway"),
-                             "server", "--config", str(config)],
+    proc = subprocess.Popen(["taskset", "-c", "0", *DAEMON, "server", "--config", str(config)],
+                            cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     proc.stdout.readline()  # "dots-gateway serving ..."
@@ -330,7 +333,9 @@ def interleaved_handshakes(servers: list[Server], ctx: ClientContext, quick: boo
     return results
 
 
-def run_phases(server: Server, ctx: ClientContext, quick: bool) -> dict[str, str]:
+def run_phases(server: Server, ctx: ClientContext, quick: bool,
+               latencies: dict[str, list[float]]) -> dict[str, str]:
+    """The measures of one server; raw latencies (ms) of each phase land in ``latencies``."""
     os.sched_setaffinity(0, {1})
     gen = Generator(ctx, server.port)
     results: dict[str, str] = {}
@@ -341,6 +346,7 @@ def run_phases(server: Server, ctx: ClientContext, quick: bool) -> dict[str, str
         cpu0 = server.cpu_seconds()
         n, lat = requests(gen, clients, window)
         cpu = server.cpu_seconds() - cpu0
+        latencies[f"{server.name}: requests, {sessions} sessions"] = lat
         results[f"requests/s ({sessions} sessions)"] = (
             f"{n / window:.0f} (server CPU {1e6 * cpu / max(n, 1):.0f} us each, "
             f"p50/p99 {pct(lat, 50):.2f}/{pct(lat, 99):.2f} ms)")
@@ -348,6 +354,7 @@ def run_phases(server: Server, ctx: ClientContext, quick: bool) -> dict[str, str
             gen.close(c)
 
     lat = storm_latency(gen, window)
+    latencies[f"{server.name}: requests during a handshake storm"] = lat
     results["request latency during a 32-wide handshake storm"] = (
         f"p50 {pct(lat, 50):.2f} ms, p99 {pct(lat, 99):.2f} ms ({len(lat)} probes)")
 
@@ -377,11 +384,12 @@ def main() -> None:
     ctx = ClientContext(Kind.DTLS, ClientCredentials(pki / "client.pem", pki / "client.key",
                                                      pki / "ca.pem"))
     servers = [s for s in (start_ours(pki, tmp), start_libcoap(pki)) if s is not None]
+    latencies: dict[str, list[float]] = {}
     try:
         table = interleaved_handshakes(servers, ctx, args.quick)
         for server in servers:
             print(f"== {server.name}", flush=True)
-            table[server.name].update(run_phases(server, ctx, args.quick))
+            table[server.name].update(run_phases(server, ctx, args.quick, latencies))
             for k, v in table[server.name].items():
                 print(f"  {k}: {v}", flush=True)
             write_results(args.results, table, args.quick)  # after each: partial runs count
@@ -389,6 +397,22 @@ def main() -> None:
         for server in servers:
             server.stop()
     shutil.rmtree(tmp, ignore_errors=True)
+    draw(args.results.parent, table, latencies)
+
+
+RATES_PNG = "transport-rates.png"
+LATENCY_PNG = "transport-latency.png"
+
+
+def draw(directory: Path, table: dict[str, dict[str, str]],
+         latencies: dict[str, list[float]]) -> None:
+    rates = {name: {row.replace(" (", "\n("): _leading_number(cell)
+                    for row, cell in rows.items() if "/s" in row}
+             for name, rows in table.items()}
+    plots.rates_against(directory / RATES_PNG, "DTLS server on one core: rates", rates,
+                        "per second")
+    plots.latency_distributions(directory / LATENCY_PNG, "DTLS server on one core: request "
+                                "latency", latencies)
 
 
 def write_results(path: Path, table: dict[str, dict[str, str]], quick: bool) -> None:
@@ -406,6 +430,8 @@ def write_results(path: Path, table: dict[str, dict[str, str]], quick: bool) -> 
         *[f"| {row} | " + " | ".join(table[n].get(row, "-") for n in names) + " |"
           for row in rows],
         *target_lines(table),
+        "",
+        f"![rates]({RATES_PNG}) ![latency]({LATENCY_PNG})",
         "",
         *FINDINGS,
     ])

@@ -313,11 +313,13 @@ async def test_failover_reinstalls_every_mitigation_and_restart_loses_none(
 
             a.proc.kill()  # no close_notify: the gateway finds out from its heartbeats
             a.proc.wait(5)
-            await wait_until(lambda: [row[1] for row in b.rows()] == mids, 30,
+            # The upstream saves each row before it answers, and the gateway counts the
+            # re-installation when the answer arrives: wait for both, not the rows alone.
+            await wait_until(lambda: [row[1] for row in b.rows()] == mids
+                             and relay.reinstalled == len(mids), 30,
                              "every mitigation re-installed on the second upstream")
             assert {(row[0], row[2], row[3]) for row in b.rows()} == {
                 (pkis.client_cuid, pkis.gateway_cuid, pkis.client_cuid)}
-            assert relay.reinstalled == len(mids)
             # The client kept its session and sees every request, through the new upstream.
             assert client.stats.sessions == 1 and client.connected
             got = await client.get()
@@ -356,9 +358,11 @@ async def test_gateway_own_refusals_say_so(pkis: Pkis, tmp_path: Path) -> None:
             request = DotsRequest(Method.GET, path, hop_limit=1)
             reply = await client._send(request, confirmable=False)
             assert reply.dotted == "5.08" and "gw" in reply.diagnostic
-            # Upstream errors come back with their code: 4.04 for an unknown mid.
+            # Upstream errors come back with their code (4.04 for an unknown mid) and a
+            # diagnostic naming the hop that produced it (issue 20 §2).
             reply = await client.get(12345)
-            assert reply.code is Code.NOT_FOUND and not reply.diagnostic.startswith("gateway:")
+            assert reply.code is Code.NOT_FOUND
+            assert reply.diagnostic.startswith(f"upstream up0 (coaps://127.0.0.1:{up.port}): ")
             assert relay_of(gw).relayed.get("4.04") == 1
 
 

@@ -65,10 +65,11 @@ def test_log_backend_appends_one_json_object_per_command(
     scope_json = {"target-prefix": ["192.0.2.0/24"], "target-port-range": [{"lower-port": 443}],
                   "target-protocol": [6], "lifetime": 3600}
     assert apply == {"action": "apply", "cuid": CUID, "mid": 7, "scope": scope_json,
-                     "reason": None, "timestamp": "2024-05-01T12:00:00.000Z"}
+                     "acls": [], "reason": None, "timestamp": "2024-05-01T12:00:00.000Z"}
     assert withdraw == {**apply, "action": "withdraw", "reason": "withdrawn"}
     assert unknown["scope"] is None and unknown["reason"] == "lifetime-expired"
-    assert f"mitigator apply cuid={CUID} mid=7" in caplog.text
+    assert any(getattr(r, "event", None) == "mitigator.command" and r.action == "apply"
+               and r.cuid == CUID and r.mid == 7 for r in caplog.records)
     assert mitigator.stats.commands == 3 and mitigator.stats.failures == 0
 
 
@@ -153,7 +154,9 @@ async def test_a_failing_script_is_logged_with_its_exit_status_and_counted(
     mitigator(WithdrawMitigation(CUID, 7, Trigger.WITHDRAWN))
     await mitigator.aclose()
     assert mitigator.stats.failures == 1 and mitigator.stats.timeouts == 0
-    assert f"withdraw cuid={CUID} mid=7 failed with exit status 3" in caplog.text
+    assert any(getattr(r, "event", None) == "mitigator.failed" and r.action == "withdraw"
+               and r.cuid == CUID and r.mid == 7 and r.exit_status == 3
+               for r in caplog.records)
     assert "router said no" in caplog.text
 
 

@@ -78,7 +78,8 @@ class Daemon:
         return int(self.proc.returncode)
 
 
-def write_config(directory: Path, port: int, metrics_port: int, pki: Path) -> Path:
+def write_config(directory: Path, port: int, metrics_port: int, pki: Path,
+                 extra: str = "") -> Path:
     cuid = cuid_from_certificate((pki / "client.pem").read_bytes())
     config = directory / "server.toml"
     config.write_text(
@@ -86,14 +87,17 @@ def write_config(directory: Path, port: int, metrics_port: int, pki: Path) -> Pa
         f'[server]\naddresses = ["127.0.0.1"]\nport = {port}\ntransports = ["udp", "tcp"]\n'
         f'[tls]\nca = "{pki}/ca.pem"\ncert = "{pki}/server.pem"\nkey = "{pki}/server.key"\n'
         f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
-        f'[[clients]]\nname = "ops-client"\ncuid = "{cuid}"\nprefixes = ["2001:db8::/32"]\n')
+        f'[[clients]]\nname = "ops-client"\ncuid = "{cuid}"\nprefixes = ["2001:db8::/32"]\n'
+        + extra)
     return config
 
 
-def start_daemon(directory: Path, pki: Path, *, port: int | None = None) -> Daemon:
+def start_daemon(directory: Path, pki: Path, *, port: int | None = None,
+                 extra_config: str = "") -> Daemon:
+    """``extra_config``: TOML appended to the file (more sections)."""
     port = port or free_port()
     metrics_port = free_port()
-    config = write_config(directory, port, metrics_port, pki)
+    config = write_config(directory, port, metrics_port, pki, extra_config)
     stderr = directory / "daemon.log"
     with open(stderr, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "server", "--config",

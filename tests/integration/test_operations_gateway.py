@@ -5,6 +5,7 @@ section; relayed requests and mitigations in the counters and the ``mitigations`
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -54,11 +55,14 @@ async def test_upstream_session_in_status_and_metrics(tmp_path: Path, pkis: Pkis
             upstreams = status["upstreams"]
             assert upstreams["connected"] is True  # type: ignore[index]
             assert upstreams["list"] == [  # type: ignore[index]
-                {"host": "127.0.0.1", "port": up.port, "transports": ["udp"]}]  # config default
+                {"name": "up0", "host": "127.0.0.1", "port": up.port,
+                 "transports": ["udp"], "in_use": True, "last_error": None,
+                 "last_error_age": None, "next_attempt_at": None}]  # config default: udp
             text = running.metrics.render()
             transport = row["transport"]
             assert f'dots_gateway_sessions{{side="upstream",transport="{transport}"}} 1\n' in text
-            assert f'dots_gateway_upstream_health{{upstream="127.0.0.1:{up.port}"}} 1\n' in text
+            # Labelled by the configured [[upstream]] name (it was the address before).
+            assert 'dots_gateway_upstream_health{upstream="up0"} 1\n' in text
 
             # A relayed request shows in the counters and in the status of the gateway.
             async with client_of(pkis, port, tmp_path / "client") as client:
@@ -75,4 +79,15 @@ async def test_upstream_session_in_status_and_metrics(tmp_path: Path, pkis: Pkis
             assert 'dots_gateway_relayed_requests_total{code="2.01"} 1\n' in text
             assert 'dots_gateway_relayed_mitigations{state="installed"} 1\n' in text
             assert "dots_gateway_upstream_failovers_total 0\n" in text
+            # The relayed mitigation is active: the gauge read 0 in gateway mode before.
+            assert "dots_gateway_mitigations_active 1\n" in text
+            # Its round trip to the upstream, under the upstream's name.
+            count = re.search(r'^dots_gateway_relay_upstream_duration_seconds_count'
+                              r'\{upstream="up0"\} (\d+)$', text, re.M)
+            assert count is not None and int(count[1]) >= 1, text
+            # The gateway's own handshake with the upstream server.
+            handshakes = re.search(r'^dots_gateway_handshake_duration_seconds_count'
+                                   rf'\{{side="upstream",transport="{transport}"\}} (\d+)$',
+                                   text, re.M)
+            assert handshakes is not None and int(handshakes[1]) >= 1, text
 

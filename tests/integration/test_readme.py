@@ -5,7 +5,7 @@ working directory, against ``dots-gateway run`` started there with the embedded 
 (what ``make run`` starts): port 4646, state in ``./state``. The installed console scripts
 (``dots-gateway``, ``dots-client``) are first on the PATH, with this checkout first on
 PYTHONPATH. ```text blocks are synopses and are not run. Skipped, with the reason, only when
-port 4646 is taken on the loopback addresses.
+port 4646 (or the data channel's 8443) is taken on the loopback addresses.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 PORT = 4646
+DATA_PORT = 8443  # the data channel's HTTPS (TCP only)
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
@@ -36,7 +37,7 @@ def blocks(kind: str) -> list[str]:
 def test_every_fenced_block_is_marked() -> None:
     """Runnable or synopsis, never left for a reader to guess."""
     langs = {lang for lang, _ in BLOCK.findall(README.read_text())}
-    assert "" not in langs and langs <= {"sh", "text", "toml", "json"}, langs
+    assert "" not in langs and langs <= {"sh", "text", "toml", "json", "python"}, langs
     assert len(blocks("sh")) >= 2
 
 
@@ -52,12 +53,13 @@ def test_readme_links_stay_in_the_repository() -> None:
 
 def _port_taken() -> str | None:
     for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
-        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        for kind, port in ((socket.SOCK_DGRAM, PORT), (socket.SOCK_STREAM, PORT),
+                           (socket.SOCK_STREAM, DATA_PORT)):
             with socket.socket(family, kind) as sock:
                 try:
-                    sock.bind((host, PORT))
+                    sock.bind((host, port))
                 except OSError as exc:
-                    return f"port {PORT} is taken on {host} ({exc.strerror})"
+                    return f"port {port} is taken on {host} ({exc.strerror})"
     return None
 
 

@@ -4,6 +4,8 @@ lost within the negotiated heartbeat bounds, which arms its preconfigured mitiga
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -12,11 +14,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cbor2
 import pytest
 
 from certs.devpki import init_dev_pki
 from certs.identity import cuid_from_certificate
-from tests.integration.test_bad_input import free_udp_port
+from tests.integration.test_bad_input import Peer, free_udp_port
+from tests.support.daemon import open_session
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -105,17 +109,28 @@ def test_killed_client_arms_its_preconfigured_mitigation(daemon: tuple[int, Path
     assert elapsed < 5.0, f"loss declared after {elapsed:.1f} s"
 
 
-def test_withdrawal_ends_after_active_but_terminating(daemon: tuple[int, Path]) -> None:
+async def test_withdrawal_ends_after_active_but_terminating(daemon: tuple[int, Path]) -> None:
     port, state = daemon
     created = subprocess.run(
         [str(BIN / "dots-client"), "--server", f"coaps://127.0.0.1:{port}", "--state-dir",
          str(state), "mitigate", "--target-prefix", "10.8.0.0/24", "--mid", "50"],
         capture_output=True, text=True, timeout=30)
     assert created.returncode == 0, created.stderr
-    withdrawn = subprocess.run(
-        [str(BIN / "dots-client"), "--server", f"coaps://127.0.0.1:{port}", "--state-dir",
-         str(state), "withdraw", "--mid", "50"], capture_output=True, text=True, timeout=30)
-    assert withdrawn.returncode == 0, withdrawn.stderr
-    assert status_of(port, state, 50) == "dots-client-withdrawn-mitigation"
-    time.sleep(2.0)  # active-but-terminating is 1 s here
-    assert status_of(port, state, 50) is None  # terminated and removed
+    # The withdrawal and the reads on one session, back to back: a second dots-client
+    # process takes longer to start on a busy machine than the 1 s of active-but-terminating.
+    conn, replies = await open_session(port, state / "pki")
+    peer = Peer(conn, replies, itertools.count(1))
+    cuid = cuid_from_certificate((state / "pki" / "client.pem").read_bytes())
+    path = f".well-known/dots/mitigate/cuid={cuid}/mid=50"
+    try:
+        assert (await peer.ask(4, path)).code == 0x42  # 2.02 Deleted
+        reply = await peer.ask(1, path)
+        assert reply.code == 0x45
+        scope = cbor2.loads(reply.payload)[1][2][0]
+        assert scope[16] == 5  # status: dots-client-withdrawn-mitigation (RFC 9132 Table 3)
+        deadline = time.monotonic() + 15.0  # 1 s, then the server's 0.5 s tick
+        while (await peer.ask(1, path)).code != 0x84:  # 4.04: terminated and removed
+            assert time.monotonic() < deadline, "still there after active-but-terminating"
+            await asyncio.sleep(0.2)
+    finally:
+        conn.close()

@@ -12,7 +12,8 @@ is for. Those legitimate differences, each checked or explained where it arises:
 * The gateway's own refusals (a request it checks before relaying: 4.00 for a body without
   lifetime, 4.01 for a target outside the client's prefixes) carry the same diagnostic as
   the server's, prefixed with ``gateway: `` so that an operator can tell who refused.
-  Errors the upstream server produced (4.04) come back unchanged.
+  Errors the upstream server produced (4.04) come back with their code, their diagnostic
+  prefixed with ``upstream <name> (<uri>): `` (issue 20 §2: the hop that produced it).
 * Hop-Limit (RFC 8768): the DOTS server is no proxy and ignores it (2.05); the gateway
   decrements it, so Hop-Limit 1 is answered 5.08 naming the gateway, and Hop-Limit 2 goes
   through (upstream with 1) with the same answer as the server's.
@@ -156,6 +157,10 @@ def sequence(cuid: str, mid: int, prefix: str) -> list[Step]:
     ]
 
 
+#: The prefix of a relayed upstream error: ``upstream <name> (<uri>): `` or ``upstream <uri>: ``.
+UPSTREAM_HOP = re.compile(r"^upstream (\S+ \([^)]*\)|\S+): ")
+
+
 class Peer(Protocol):
     async def send(self, path: str, port: int, step: Step) -> Outcome: ...
 
@@ -190,6 +195,12 @@ def differences(results: list[tuple[Step, dict[str, Outcome]]]) -> list[str]:
             else:
                 through = Outcome(through.code, through.content_format, through.max_age,
                                   through.body.removeprefix("gateway: "))
+        elif isinstance(through.body, str) and UPSTREAM_HOP.match(through.body):
+            # A relayed error names the hop that produced it (issue 20 §2); compare what
+            # the server said (an empty diagnostic becomes the code).
+            said = UPSTREAM_HOP.sub("", through.body, count=1)
+            through = Outcome(through.code, through.content_format, through.max_age,
+                              None if said == through.code else said)
         if direct.comparable() != through.comparable():
             problems.append(f"{step.name}: direct {direct} != through the gateway {through}")
     return problems

@@ -394,10 +394,11 @@ command_timeout = 1.0
     def served_by(self, client_local: str, timeout: float = 2.0) -> str | None:
         """The edge whose gateway logged the session from this client address and port."""
         deadline = time.monotonic() + timeout
-        needle = f"signal session opened peer={client_local} "
+        needle = f" peer={client_local} "
         while time.monotonic() < deadline:
             for edge in EDGES:
-                if needle in self.gateway_log(edge):
+                if any("event=session.established" in line and needle in line
+                       for line in self.gateway_log(edge).splitlines()):
                     return edge
             time.sleep(0.01)
         return None

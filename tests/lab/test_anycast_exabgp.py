@@ -221,7 +221,7 @@ def test_exabgp_dying_takes_the_route_and_the_gateway_with_it(alab: AnycastLab) 
     assert took < 1.0
     log = alab.gateway_log("edge1")
     assert "ExaBGP closed the API pipe" in log
-    assert "anycast withdraw failed" not in log  # no error retried every check
+    assert "event=anycast.route_failed" not in log  # no error retried every check
     assert "anycast addresses removed from anycast0" in log
     assert "Traceback" not in log
     # The addresses are gone; the interface stays when a respawned gateway adopted the one

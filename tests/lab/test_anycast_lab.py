@@ -150,8 +150,8 @@ class Transition:
     hold_down_left: float
 
 
-TRANSITION = re.compile(r"ts=(\S+) .*anycast health (\S+) -> (\S+) on (\S+) "
-                        r"\(penalty ([\d.]+), hold-down ([\d.]+) s left\)")
+TRANSITION = re.compile(r"ts=(\S+) .*event=anycast\.health .*old=(\S+) new=(\S+) cause=(\S+) "
+                        r"penalty=([\d.]+) hold_down=([\d.]+)")
 
 
 def health_transitions(alab: AnycastLab, edge: str) -> list[Transition]:

@@ -221,7 +221,7 @@ def test_coap_client_openssl_gets_a_well_formed_redirect_on_anycast(
             *(["-N"] if scheme == "coaps" else []),  # NON, as RFC 9132 §4.4 asks
             f"{scheme}://{host}:{PORT}/.well-known/dots/mitigate/cuid={cuid}/mid=7"]
     local = V4 if family == 4 else f"[{V6}]"
-    logged = (f"redirect cuid={cuid} from={local}:{PORT} to={name_of('edge1')} ttl={TTL} "
+    logged = (f"cuid={cuid} local={local}:{PORT} target={name_of('edge1')} ttl={TTL} "
               "reason=anycast")
     before = alab.gateway_log("edge1").count(logged)
     run = alab.lab.run(alab.ns["client"], *argv, check=False, timeout=15)
@@ -275,7 +275,7 @@ def test_redirected_client_keeps_its_session_when_the_anycast_route_moves(
         assert state["sid"] is not None  # the session configuration negotiated there
         mid = reply["mid"]
         log1 = alab.gateway_log("edge1")
-        assert (f"redirect cuid={cuid} from={V4}:{PORT} to={name_of('edge1')} ttl={TTL} "
+        assert (f"cuid={cuid} local={V4}:{PORT} target={name_of('edge1')} ttl={TTL} "
                 "reason=anycast") in log1
         address = reply["endpoint"]["address"]
         bracketed = f"[{address}]" if ":" in address else address
@@ -316,7 +316,8 @@ def test_redirected_client_keeps_its_session_when_the_anycast_route_moves(
         assert {k: after["stats"][k] for k in unchanged} == {k: state["stats"][k]
                                                              for k in unchanged}
         assert after["alternate"] == name_of("edge1")
-        assert f"signal session closed peer={state['local']} " not in alab.gateway_log("edge1")
+        assert not logged(alab.gateway_log("edge1"), "event=session.closed",
+                          f" peer={state['local']} ")
         assert alab.status("edge1")["sessions"] == {"anycast": 0, "unicast": 1}
     finally:
         client.close()
@@ -376,8 +377,8 @@ def test_redirect_loop_between_two_edges_leaves_the_client_on_a_provisioned_serv
         stats = state["stats"]
         assert (stats["redirects_followed"], stats["redirect_loops"]) == (1, 1), stats
         for edge, other in (("edge1", "edge2"), ("edge2", "edge1")):
-            assert logged(alab.gateway_log(edge), f"redirect cuid={cuid} from=",
-                          f"to={name_of(other)} ttl={TTL} reason=capacity"), edge
+            assert logged(alab.gateway_log(edge), "event=redirect.sent", f"cuid={cuid} local=",
+                          f"target={name_of(other)} ttl={TTL} reason=capacity"), edge
         warning = [line for line in client.log().splitlines() if "redirect loop" in line]
         assert warning and "WARNING" in warning[0] and f"to={name_of('edge1')}" in warning[0]
         assert f"trying {name_of('backup')}" in warning[0]

@@ -145,6 +145,30 @@ def test_non_request_answered_in_time() -> None:
     assert client.datagrams_to_send() == []  # no ACK for a NON
 
 
+def test_non_request_copies_keep_token_and_mid_and_a_late_answer_completes_it() -> None:
+    # RFC 7252 §4.3 copies of a NON, processed once by the receiver (§4.5), answered by
+    # token (§5.3.2): the answer to the first copy arriving after the third completes the
+    # request (issue 20 §4: a new token per retry dropped the gateway's late 5.03).
+    client, server = layer(), layer(mid=900)
+    token = client.send_request(CoapMessage.request(3, HB_PATH), 0.0, confirmable=False,
+                                lifetime=15.0)
+    [first] = client.datagrams_to_send()
+    assert client.resend_request(token, 3.0) and client.resend_request(token, 6.0)
+    copies = client.datagrams_to_send()
+    assert copies == [first, first]
+    for at, datagram in enumerate([first, *copies]):
+        server.receive(datagram, float(at))
+    [received] = events(server)  # one request, however many copies
+    server.send_response(received.key, received.message.response(163), 10.0)  # 5.03
+    [answer] = server.datagrams_to_send()
+    client.receive(answer, 10.0)
+    [event] = events(client)
+    assert isinstance(event, ResponseReceived) and event.token == token
+    assert not client.resend_request(token, 11.0)  # answered: nothing left to copy
+    con = client.send_request(CoapMessage.request(3, HB_PATH), 12.0, confirmable=True)
+    assert not client.resend_request(con, 12.5)  # the retransmission timer owns CONs
+
+
 def test_mid_and_token_allocation() -> None:
     client = layer(mid=0xFFFF, tokens=7, token_length=2)
     t1 = client.send_request(CoapMessage.request(1, ("a",)), 0.0)

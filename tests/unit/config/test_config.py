@@ -89,7 +89,13 @@ def test_default_session_and_mitigation_values() -> None:
 
 
 def test_empty_file_gives_the_defaults() -> None:
-    assert parse_config("") == dataclasses.replace(default_settings(), source="<string>")
+    # Except the data channel: a file opens only the listeners it names ([data_channel]).
+    defaults = default_settings()
+    assert defaults.data_channel.enabled
+    assert parse_config("") == dataclasses.replace(
+        defaults, source="<string>",
+        data_channel=dataclasses.replace(defaults.data_channel, enabled=False))
+    assert parse_config("[data_channel]\n").data_channel == defaults.data_channel
 
 
 def test_example_file_loads_without_errors() -> None:

@@ -21,7 +21,8 @@ def errors_of(text: str) -> list[str]:
 def test_gateway_defaults() -> None:
     g = parse_config("").gateway
     assert g.domain is GatewayDomain.SERVER and g.insert_cdid and g.hop_limit == 16
-    assert g.request_timeout == 10 and g.reconnect_interval == 300
+    assert g.request_timeout == 10 and g.reconnect_interval == 60
+    assert g.reconnect_max_interval == 300
     assert g.cert is None and g.psk_identity is None
 
 
@@ -53,6 +54,7 @@ def test_gateway_keys_are_read() -> None:
     ("hop_limit = 0", "gateway.hop_limit"),
     ("hop_limit = 256", "gateway.hop_limit"),
     ("reconnect_interval = 10", "gateway.reconnect_interval"),
+    ("reconnect_interval = 120\nreconnect_max_interval = 60", "gateway.reconnect_max_interval"),
     ('cert = "a.pem"', "gateway.key"),
     ('psk_identity = "gw"', "gateway.psk_key_hex"),
     ('psk_identity = "gw"\npsk_key_hex = "0011"', "gateway.psk_key_hex"),

@@ -219,3 +219,65 @@ def test_failure_kinds_have_config_keys() -> None:
 
     assert {k.value.replace("-", "_") for k in FailureKind} <= set(DISCOVERY_RETRY_DEFAULTS)
     assert LookupFailure(FailureKind.TIMEOUT).detail == ""
+
+
+# --- progress and the deadline (issue 20 item 11) ----------------------------------------------
+
+DHCP_FINDS = World(dhcp={Slot("eth0", Family.V4): DhcpInfo(4, servers=(DotsServer(
+    (ipaddress.IPv4Address("10.0.0.10"),), "d.example"),), access_domain="example.net")},
+    zone=SEED_ZONE)
+
+
+class DnsNeverAnswers(FakeIO):
+    async def dns(self, query: DnsQuery):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(3600)  # cancelled at the --timeout deadline
+
+
+def discover_stuck(argv: list[str]) -> int:
+    def factory(_interfaces, _settings):  # type: ignore[no-untyped-def]
+        return DnsNeverAnswers(DHCP_FINDS)
+
+    args = cli.build_parser().parse_args(["discover", *argv])
+    return int(args.func(args, io_factory=factory, interfaces=IFACES))
+
+
+def test_discover_shows_each_mechanism_on_stderr_as_it_finishes(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = discover(["--interface", "eth0", "--family", "6", "--collect-all", "--json",
+                        "--mechanism", "dhcp", "--mechanism", "s-naptr"],
+                       World(dhcp={Slot("eth0", Family.V6): DhcpInfo(
+                           6, access_domain="example.net")}, zone=SEED_ZONE))
+    err = capsys.readouterr().err.splitlines()
+    assert code == 0
+    progress = [line for line in err if line.startswith("discover: ")]
+    assert len(progress) == 2, err
+    assert progress[0].startswith("discover: eth0/ipv6 dhcp: nothing - the reply carried no")
+    assert progress[1].startswith("discover: eth0/ipv6 s-naptr: 3 candidate(s) (")
+    assert progress[1].endswith(" s)")
+
+
+def test_discover_keeps_what_finished_when_the_timeout_passes(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """DHCP found a server, then S-NAPTR waits on a DNS server that never answers: the
+    old code printed "no candidates" and exited 1, losing the DHCP answer."""
+    code = discover_stuck(["--interface", "eth0", "--family", "4", "--collect-all",
+                           "--mechanism", "dhcp", "--mechanism", "s-naptr",
+                           "--mechanism", "dns-sd", "--timeout", "0.5"])
+    out, err = capsys.readouterr()
+    assert code == 3, out + err
+    assert "discover: eth0/ipv4 dhcp: 2 candidate(s)" in err  # signal channel, UDP and TCP
+    assert "  dhcp     2 candidate(s)" in out
+    assert "  s-naptr  cut short - no answer within --timeout 0.5 s" in out
+    assert "  dns-sd   cut short - not tried: cut short" in out
+    assert "cut short: --timeout 0.5 s passed with lookups pending on eth0/ipv4" in out
+    assert "10.0.0.10" in out and "d.example" in out
+
+
+def test_discover_json_keeps_what_finished_when_the_timeout_passes(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code = discover_stuck(["--interface", "eth0", "--family", "4", "--collect-all", "--json",
+                           "--mechanism", "dhcp", "--mechanism", "s-naptr", "--timeout", "0.5"])
+    out, err = capsys.readouterr()
+    assert code == 3
+    assert {(r["mechanism"], r["address"]) for r in json.loads(out)} == {("dhcp", "10.0.0.10")}
+    assert "cut short" in err

@@ -30,6 +30,7 @@ from gateway.discovery.procedure import (
     CandidatesFound,
     Input,
     ManualServer,
+    MechanismFinished,
     NothingFound,
     Procedure,
     ProcedureSettings,
@@ -78,10 +79,12 @@ def drive(proc: Procedure, world: World, now: float) -> None:
     raise AssertionError("procedure did not settle")
 
 
-def events(proc: Procedure) -> list:  # type: ignore[type-arg]
+def events(proc: Procedure, *, progress: bool = False) -> list:  # type: ignore[type-arg]
+    """The events so far; the per-mechanism progress ones only with ``progress``."""
     out = []
     while (event := proc.next_event()) is not None:
-        out.append(event)
+        if progress or not isinstance(event, MechanismFinished):
+            out.append(event)
     return out
 
 
@@ -367,3 +370,16 @@ def test_rerun_while_running_is_ignored_and_unknown_ids_are_refused() -> None:
     assert proc.state(ETH6) is SlotState.EXHAUSTED and proc.state(ETH4) is SlotState.RUNNING
     with pytest.raises(DiscoveryUsageError):
         Procedure(settings(), [ETH4, ETH4], 0.0)
+
+
+def test_each_mechanism_run_is_reported_as_it_finishes() -> None:
+    """Progress events (``dots-gateway discover`` prints them): one per mechanism that ran,
+    before the slot's result; mechanisms not tried send none."""
+    world = World(dhcp={ETH4: DHCP_RI_ADDR})
+    proc = start(world, mechanisms=(Mechanism.MANUAL, Mechanism.DHCP, Mechanism.SNAPTR))
+    got = events(proc, progress=True)
+    assert [type(e).__name__ for e in got] == ["MechanismFinished", "MechanismFinished",
+                                               "CandidatesFound"]
+    assert [(e.outcome.mechanism, e.outcome.found) for e in got[:2]] == [
+        (Mechanism.MANUAL, 0), (Mechanism.DHCP, 2)]  # signal channel over UDP and TCP
+    assert proc.running() == []

@@ -448,3 +448,37 @@ def test_optional_keys_we_do_not_act_on_are_ignored_by_a_server() -> None:
     config = decode_message(cbor2.dumps(_body_with(32776, {36: 2})))
     assert isinstance(config, SignalConfig)
     refuse_required_keys_not_acted_on(config)
+
+
+# RFC 9244 §13.1 (IANA "DOTS Signal Channel CBOR Key Values"), in the order of its table:
+# the draft's TBA1-TBA85 (TBA47 and TBA48 were never used) became 128-210 in that order. The
+# numbers agree with go-dots' struct tags (82 of the 83 keys; it has no mid-list), the
+# implementation issue 19 tested against; checked for issue 19 item 2.
+RFC9244_IANA_ORDER = (
+    "tsid telemetry low-percentile mid-percentile high-percentile unit-config unit unit-status "
+    "total-pipe-capacity link-id pre-or-ongoing-mitigation total-traffic-normal "
+    "low-percentile-g mid-percentile-g high-percentile-g peak-g total-attack-traffic "
+    "total-traffic total-connection-capacity connection connection-client embryonic "
+    "embryonic-client connection-ps connection-client-ps request-ps request-client-ps "
+    "partial-request-max partial-request-client-max total-attack-connection connection-c "
+    "embryonic-c connection-ps-c request-ps-c attack-detail id attack-id attack-description "
+    "attack-severity start-time end-time source-count top-talker spoofed-status "
+    "partial-request-c total-attack-connection-protocol baseline current-config "
+    "max-config-values min-config-values supported-unit-classes server-originated-telemetry "
+    "telemetry-notify-interval tmid measurement-interval measurement-sample talker "
+    "source-prefix mid-list source-port-range source-icmp-type-range target capacity protocol "
+    "total-traffic-normal-per-protocol total-traffic-normal-per-port "
+    "total-connection-capacity-per-port total-traffic-protocol total-traffic-port "
+    "total-attack-traffic-protocol total-attack-traffic-port total-attack-connection-port port "
+    "supported-query-type vendor-id ietf-dots-telemetry:telemetry-setup "
+    "ietf-dots-telemetry:total-traffic ietf-dots-telemetry:total-attack-traffic "
+    "ietf-dots-telemetry:total-attack-connection ietf-dots-telemetry:attack-detail "
+    "ietf-dots-telemetry:telemetry current-g description-lang"
+).split()
+
+
+def test_rfc9244_keys_are_the_iana_table_in_order() -> None:
+    assert len(RFC9244_IANA_ORDER) == 83
+    assert [KEYS[key].name for key in range(128, 211)] == RFC9244_IANA_ORDER
+    assert all(KEYS[key].rfc == 9244 and not KEYS[key].comprehension_required
+               for key in range(128, 211))

@@ -133,3 +133,19 @@ def test_reconnect_backoff_respects_the_60_s_floor() -> None:
     assert not b.may_attempt(314.0) and b.may_attempt(315.0)
     b.succeeded()
     assert b.may_attempt(0.0) and b.failures == 0
+
+
+def test_reconnect_backoff_doubles_up_to_a_maximum_it_never_exceeds() -> None:
+    # Issue 20 §7: the next attempt was 327 s away after an upstream restart (a flat 300 s
+    # plus jitter); with a maximum the wait starts at the 60 s floor and is capped.
+    b = ReconnectBackoff(60, lambda: 1.0, maximum=300)
+    waits = []
+    for _ in range(6):
+        at = b.attempt_failed(1000.0)
+        waits.append(at - 1000.0)
+    assert waits == pytest.approx([66.0, 132.0, 264.0, 270.0, 270.0, 270.0])
+    assert all(60 <= w <= 300 for w in waits)
+    flat = ReconnectBackoff(60, lambda: 0.0, maximum=60)
+    assert [flat.attempt_failed(0.0) for _ in range(3)] == [60.0, 60.0, 60.0]
+    with pytest.raises(DotsUsageError):
+        ReconnectBackoff(120, maximum=60)

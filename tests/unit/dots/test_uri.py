@@ -199,7 +199,6 @@ NOT_FOUND = [
     pytest.param(path("mitigation", f"cuid={CUID}"), "unknown DOTS resource 'mitigation'",
                  id="unknown-resource"),
     pytest.param(path("HB"), "unknown DOTS resource 'HB'", id="uppercase-resource"),
-    pytest.param(path("tm"), "unknown DOTS resource 'tm'", id="telemetry-resource"),
 ]  # fmt: skip
 
 
@@ -269,3 +268,48 @@ def test_invalid_query(queries: list[str], fragment: str) -> None:
         parse_query(queries)
     assert info.value.code is Code.BAD_REQUEST
     assert fragment in info.value.diagnostic
+
+
+# --- RFC 9244 telemetry resources ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("segments", "expected"),
+    [
+        pytest.param(path("tm-setup", f"cuid={CUID}"), DotsPath(Resource.TM_SETUP, cuid=CUID),
+                     id="tm-setup-all"),
+        pytest.param(path("tm-setup", f"cuid={CUID}", "tsid=123"),
+                     DotsPath(Resource.TM_SETUP, cuid=CUID, tsid=123), id="tm-setup-tsid"),
+        pytest.param(path("tm", f"cdid={CDID}", f"cuid={CUID}", "tmid=567"),
+                     DotsPath(Resource.TM, cdid=CDID, cuid=CUID, tmid=567), id="tm-cdid-tmid"),
+    ],
+)
+def test_telemetry_paths_round_trip(segments: list[str], expected: DotsPath) -> None:
+    parsed = parse_path(segments)
+    assert parsed == expected
+    assert list(parsed.segments()) == segments
+
+
+@pytest.mark.parametrize(
+    ("segments", "fragment"),
+    [
+        pytest.param(path("tm-setup", "tsid=1"), "'tsid' must follow 'cuid'", id="tsid-alone"),
+        pytest.param(path("tm"), "tm requests need the 'cuid'", id="tm-no-cuid"),
+        pytest.param(path("tm", "tmid=1", f"cuid={CUID}"), "must not follow", id="tmid-first"),
+        pytest.param(path("tm", f"cuid={CUID}", "tsid=1"), "unknown Uri-Path parameter 'tsid'",
+                     id="tsid-on-tm"),
+        pytest.param(path("tm-setup", f"cuid={CUID}", "tsid=-1"), "unsigned 32-bit",
+                     id="negative-tsid"),
+        pytest.param(path("tm-setup", f"cuid={CUID}", "mid=1"),
+                     "unknown Uri-Path parameter 'mid'", id="mid-on-tm-setup"),
+    ],
+)
+def test_invalid_telemetry_paths(segments: list[str], fragment: str) -> None:
+    error = path_error(segments, InvalidPath)
+    assert fragment in error.diagnostic
+
+
+def test_telemetry_build_path_needs_cuid() -> None:
+    with pytest.raises(DotsUsageError):
+        build_path(Resource.TM, tmid=1)
+    assert build_path(Resource.TM, cuid=CUID, tmid=4)[-1] == "tmid=4"

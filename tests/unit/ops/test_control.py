@@ -170,3 +170,16 @@ def test_format_status_tables() -> None:
     assert "UPSTREAMS (0)" in lines
     assert "ANYCAST" in lines and "  state: announced" in lines
     assert "  checks: name=listening ok=yes" in lines
+
+
+def test_format_status_shows_lifetimes_and_liveness_as_durations() -> None:
+    text = format_status({
+        "sessions": {"count": 1, "list": [{"peer": "127.0.0.1:5000", "idle": 12,
+                                           "lost_in": 438}]},
+        "mitigations": {"count": 3, "active": 3, "list": [
+            {"mid": 1, "lifetime": 599}, {"mid": 2, "lifetime": -1},
+            {"mid": 3, "lifetime": None}]},
+    })
+    lines = [line.split() for line in text.splitlines()]
+    assert ["127.0.0.1:5000", "12s", "7m18s"] in lines
+    assert ["1", "9m59s"] in lines and ["2", "indefinite"] in lines and ["3", "-"] in lines

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.ops.metrics import (
+    Histogram,
     Registry,
     daemon_metrics,
     escape_help,
@@ -34,8 +35,10 @@ def check_exposition(text: str) -> None:
             assert "\n" not in line
         elif line.startswith("# TYPE "):
             _, _, name, kind = line.split(" ")
-            assert kind in ("counter", "gauge", "untyped") and name not in typed
+            assert kind in ("counter", "gauge", "histogram", "untyped") and name not in typed
             typed.add(name)
+            if kind == "histogram":
+                typed.update(f"{name}_{suffix}" for suffix in ("bucket", "sum", "count"))
         else:
             assert _SAMPLE.match(line), line
             assert line.split("{")[0].split(" ")[0] in typed
@@ -183,3 +186,72 @@ def test_the_readme_lists_every_metric_family_the_code_registers() -> None:
                             re.M))
     assert len(registered) > 20
     assert sorted(registered - listed) == []
+
+
+def test_a_histogram_renders_cumulative_buckets_sum_and_count() -> None:
+    r = Registry()
+    h = r.histogram("x_seconds", "Durations.", ("op",), buckets=(0.1, 1.0, 5.0))
+    for value in (0.05, 0.1, 0.7, 3.0, 60.0):
+        h.observe(value, "put")
+    h.observe(0.2, "get")
+    text = r.render()
+    check_exposition(text)
+    assert text == (
+        "# HELP x_seconds Durations.\n"
+        "# TYPE x_seconds histogram\n"
+        'x_seconds_bucket{op="get",le="0.1"} 0\n'
+        'x_seconds_bucket{op="get",le="1"} 1\n'
+        'x_seconds_bucket{op="get",le="5"} 1\n'
+        'x_seconds_bucket{op="get",le="+Inf"} 1\n'
+        'x_seconds_sum{op="get"} 0.2\n'
+        'x_seconds_count{op="get"} 1\n'
+        'x_seconds_bucket{op="put",le="0.1"} 2\n'  # le: 0.1 itself counts in le="0.1"
+        'x_seconds_bucket{op="put",le="1"} 3\n'
+        'x_seconds_bucket{op="put",le="5"} 4\n'
+        'x_seconds_bucket{op="put",le="+Inf"} 5\n'
+        'x_seconds_sum{op="put"} 63.85\n'
+        'x_seconds_count{op="put"} 5\n')
+    unlabelled = r.histogram("y_seconds", "Y.", buckets=(1.0,))
+    unlabelled.observe(2.0)
+    assert 'y_seconds_bucket{le="+Inf"} 1\ny_seconds_sum 2\ny_seconds_count 1\n' in r.render()
+
+
+@pytest.mark.parametrize("buckets", [(), (1.0, 1.0), (2.0, 1.0), (1.0, math.inf)])
+def test_histogram_buckets_must_be_finite_and_increasing(buckets: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError):
+        Histogram("x_seconds", "X.", (), buckets)
+    with pytest.raises(ValueError):
+        Histogram("x_seconds", "X.", ("le",), (1.0,))
+
+
+def test_process_metrics_from_a_proc_tree(tmp_path: Path) -> None:
+    import os
+
+    from gateway.ops.process_metrics import register_process_metrics
+
+    proc = tmp_path / "proc"
+    (proc / "self" / "fd").mkdir(parents=True)
+    for n in range(7):
+        (proc / "self" / "fd" / str(n)).touch()
+    (proc / "self" / "statm").write_text("2500 1000 300 10 0 800 0\n")
+    # A command name with spaces and parentheses must not shift the fields.
+    (proc / "self" / "stat").write_text(
+        "4242 (dots gw (x)) S 1 4242 4242 0 -1 4194560 " + " ".join(["0"] * 12)
+        + f" {1234 * os.sysconf('SC_CLK_TCK')} 99 99\n")
+    (proc / "stat").write_text("cpu  1 2 3\nbtime 1700000000\nprocesses 9\n")
+    r = Registry()
+    register_process_metrics(r, proc)
+    text = r.render()
+    check_exposition(text)
+    page = os.sysconf("SC_PAGE_SIZE")
+    assert f"process_resident_memory_bytes {1000 * page}\n" in text
+    assert f"process_virtual_memory_bytes {2500 * page}\n" in text
+    assert "process_open_fds 7\n" in text
+    assert "process_start_time_seconds 1700001234\n" in text
+    assert "# TYPE process_cpu_seconds_total counter\n" in text
+
+    empty = Registry()
+    register_process_metrics(empty, tmp_path / "no-proc")  # not Linux: no samples, no error
+    text = empty.render()
+    check_exposition(text)
+    assert "\nprocess_open_fds " not in text and "\nprocess_cpu_seconds_total " in text

@@ -22,6 +22,7 @@ from gateway.dots.mitigation import MitigationStore
 from gateway.dots.server import DotsServerCore
 from gateway.server.role import ServerRole
 from gateway.server.session import SignalSession
+from gateway.transport.tls_context import Kind
 
 CUID = "dz6pHjaADkaFTbjr0JGBpw"
 BASE = (".well-known", "dots", "mitigate", f"cuid={CUID}")
@@ -30,6 +31,7 @@ BASE = (".well-known", "dots", "mitigate", f"cuid={CUID}")
 class FakeConn:
     remote = "192.0.2.1:5000"
     local = "192.0.2.2:4646"
+    kind = Kind.DTLS
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []

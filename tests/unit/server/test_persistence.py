@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 import sqlite3
 import stat
 import subprocess
@@ -251,7 +253,8 @@ def test_new_file_is_wal_owner_only_and_versioned(db: MitigationDatabase) -> Non
     assert db.path.name == DATABASE_NAME
     assert stat.S_IMODE(db.path.stat().st_mode) == 0o600
     assert db._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: fsynced commits
+    # NORMAL: commits are not fsynced one by one; make_durable fsyncs the WAL (group commit).
+    assert db._db.execute("PRAGMA synchronous").fetchone()[0] == 1
     version = db._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     assert version == (str(SCHEMA_VERSION),)
 
@@ -346,3 +349,64 @@ def test_saves_survive_a_crash_of_the_process(tmp_path: Path) -> None:
     db = MitigationDatabase.in_state_dir(tmp_path)
     assert [(r.cuid, r.mid, r.expires_at) for r in db.load(WALL)] == [("c", 1, 600.0)]
     db.close()
+
+
+def test_make_durable_fsyncs_the_wal_once_for_the_saves_before_it(
+        db: MitigationDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    store = MitigationStore(wall_offset=WALL)
+    for mid in (1, 2):
+        store.put("c", mid, scope(f"192.0.2.{mid}/32"), Owner("cred"), 0.0)
+        assert db.sync(store)
+    assert db.unsynced and synced == []  # committed, not yet durable
+    db.make_durable()
+    # The WAL, then (a WAL file not seen before) its directory, so that its name survives.
+    assert synced == [f"{db.path}-wal", str(db.path.parent)]
+    assert not db.unsynced and db.fsyncs == 1
+    db.make_durable()  # nothing new: no fsync
+    store.put("c", 3, scope("192.0.2.3/32"), Owner("cred"), 0.0)
+    assert db.sync(store)
+    db.make_durable()
+    assert synced[2:] == [f"{db.path}-wal"] and db.fsyncs == 2
+
+
+def test_a_failed_fsync_is_an_error_and_the_saves_stay_unsynced(
+        db: MitigationDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_fsync(_fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    store = MitigationStore(wall_offset=WALL)
+    store.put("c", 1, scope("192.0.2.1/32"), Owner("cred"), 0.0)
+    assert db.sync(store)
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(PersistenceError, match="fsync failed"):
+        db.make_durable()
+    assert db.unsynced
+def test_acl_list_is_stored_with_the_mitigation_and_its_changes(tmp_path: Path) -> None:
+    """RFC 9133: the acl-list (as changed by a later PUT) survives a restart, and the
+    re-apply after it carries it."""
+    from gateway.dots.filters import AclActivation, acl_list_of, with_acl_list
+
+    first = MitigationStore(wall_offset=WALL)
+    first.put(CUID_A, 1, with_acl_list(scope("192.0.2.0/24"), (AclActivation("a", "immediate"),)),
+              A, now=100.0)
+    first.put(CUID_A, 1, with_acl_list(scope("192.0.2.0/24"), (AclActivation("a", "deactivate"),
+                                                               AclActivation("b"))), A, now=101.0)
+    db = MitigationDatabase.in_state_dir(tmp_path)
+    db.sync(first)
+    db.close()
+    second = MitigationStore(wall_offset=WALL)
+    db = MitigationDatabase.in_state_dir(tmp_path)
+    db.restore_into(second, now=102.0)
+    db.close()
+    expected = (AclActivation("a", "deactivate"), AclActivation("b"))
+    assert acl_list_of(second.get(CUID_A, 1, A, now=102.0).scope[0]) == expected
+    [apply] = [e for e in iter(second.next_event, None) if isinstance(e, ApplyMitigation)]
+    assert acl_list_of(apply.scope) == expected

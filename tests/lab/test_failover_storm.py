@@ -1,0 +1,37 @@
+"""The failover storm bench at a small scale, as a test: an anycast edge in gateway mode is
+killed (-9, with its BIRD) and every client of it resumes on the other edge with the fleet's
+shared ticket keys and finds its mitigation there (through the upstream server)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.lab.anycast_lab import missing_tools
+from tests.lab.netns import require_root
+
+pytestmark = [pytest.mark.root, pytest.mark.lab]
+ROOT = Path(__file__).resolve().parents[2]
+SESSIONS = 60
+
+
+def test_every_client_resumes_on_the_surviving_edge_and_keeps_its_mitigation(
+        tmp_path: Path) -> None:
+    why = require_root() or missing_tools()
+    if why:
+        pytest.skip(why)
+    results = tmp_path / "RESULTS.md"
+    run = subprocess.run([sys.executable, "tests/bench/bench_storm.py", "--sessions",
+                          str(SESSIONS), "--results", str(results)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    text = results.read_text()
+    assert f"- {SESSIONS} DTLS sessions on one edge" in text
+    assert re.search(rf"answered 2\.05 with it\): {SESSIONS} of {SESSIONS};", text), text
+    # Shared ticket keys: the other edge reads every ticket the dead one issued.
+    assert f"resumed with the shared ticket keys: {SESSIONS} (100.0%)" in text, text
+    assert "mitigations missing after the move: 0 (target 0)" in text
