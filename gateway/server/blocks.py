@@ -20,9 +20,12 @@ from gateway.dots.codes import Code
 #: SZX 6 = 1024 bytes, which with DTLS and CoAP overhead fits the 1280-byte IPv6 minimum.
 BLOCK_SZX = 6
 BLOCK_SIZE = 1 << (BLOCK_SZX + 4)
-#: How long blocks after the first are served from the first block's representation. Longer
-#: than any transfer takes; short enough that a client never sees data older than this.
-SNAPSHOT_TTL = 10.0
+#: How long after the last request of a transfer its later blocks are still served from the
+#: first block's representation (sliding: each request of the transfer renews it). Longer
+#: than the silences of a transfer under loss (Q-Block2 asks again after 4 s of silence,
+#: Block2 after 3 s: at 30% loss three silent rounds in a row are common enough that 10 s
+#: made transfers restart and fail); short enough that a stalled one is not kept long.
+SNAPSHOT_TTL = 30.0
 #: Transfers one session may have under way at once (a client fetches one list at a time).
 SNAPSHOTS_PER_SESSION = 4
 
