@@ -16,8 +16,10 @@ fewer runs than asked are then reported as such.
 
 Block2 mode is the client with ``q_block = False`` (what peers without Q-Block get): GETs go
 block by block, each a NON request sent again after 3 s of silence (RFC 9132 §4.4). A PUT
-larger than one datagram has no Block2 counterpart (we implement no RFC 7959 Block1), so
-that row is "n/a". A script, not a test: it prints and records numbers, never fails on them.
+larger than one datagram has no Block2 counterpart (our client implements no RFC 7959
+Block1: with ``q_block = False`` such a PUT fails at once, "no answer ... in 0 s", the
+datagram is never sent), so that row is "n/a". A script, not a test: it prints and
+records numbers, never fails on them.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ async def bench(args: argparse.Namespace) -> list[str]:
                                    lambda: client.mitigate(big, mid=MITIGATIONS + 1), args)
                     for loss in LOSSES:
                         rows.append(f"| PUT 1,000 prefixes | Block2 | {loss:.0%} | n/a | n/a "
-                                    "| - | no Block1 here: 4.13 |")
+                                    "| - | no Block1 in our client: fails at once, unsent |")
                     put = await client.mitigate(big, mid=MITIGATIONS + 1)
                     sizes[1] = len(put.request.payload)
                     print(f"GET body {sizes[0]} bytes, PUT body {sizes[1]} bytes")
