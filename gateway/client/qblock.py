@@ -97,8 +97,10 @@ class _Listener:
 
 
 async def q_get(session: ClientSession, message: CoapMessage, deadline: float,
-                clock: Callable[[], float]) -> CoapMessage | Failure:
-    """See the module docstring."""
+                clock: Callable[[], float],
+                on_resend: Callable[[], None] | None = None) -> CoapMessage | Failure:
+    """See the module docstring. ``on_resend`` is called for each request sent again after
+    a silence (the channel counts them as retransmissions)."""
     listener = _Listener(session)
 
     def ask(*blocks: Block, etag: bytes | None = None) -> None:
@@ -132,6 +134,8 @@ async def q_get(session: ClientSession, message: CoapMessage, deadline: float,
                 idle += 1
                 if idle > NON_MAX_RETRANSMIT:
                     return "timeout"
+                if on_resend is not None:
+                    on_resend()
                 if body is None:
                     ask(Block(0, True, SZX))
                     continue
@@ -183,8 +187,9 @@ async def q_get(session: ClientSession, message: CoapMessage, deadline: float,
 
 
 async def q_put(session: ClientSession, message: CoapMessage, deadline: float,
-                clock: Callable[[], float]) -> CoapMessage | Failure:
-    """See the module docstring."""
+                clock: Callable[[], float],
+                on_resend: Callable[[], None] | None = None) -> CoapMessage | Failure:
+    """See the module docstring; ``on_resend`` as for ``q_get``."""
     payload = message.payload
     size = 1 << (SZX + 4)
     count = block_count(len(payload), SZX)
@@ -220,6 +225,8 @@ async def q_put(session: ClientSession, message: CoapMessage, deadline: float,
                 idle += 1
                 if idle > NON_MAX_RETRANSMIT:
                     return "timeout"
+                if on_resend is not None:
+                    on_resend()
                 # The set's last block makes the server say where it stands; a refill round
                 # holds it too (see below), with the blocks asked for.
                 for num in round_ if refill else round_[-1:]:

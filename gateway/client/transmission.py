@@ -195,8 +195,14 @@ class RequestSending:
     async def _send_q_block(self, session: ClientSession, request: DotsRequest,
                             remaining: float) -> CoapMessage | Failure:
         transfer = q_get if request.method is Method.GET else q_put
+        label = request_label(request)
+
+        def resent() -> None:
+            self.stats.retransmissions += 1
+            log.info("no answer to %s, asking again (Q-Block)", label)
+
         outcome = await transfer(session, coap_request(request), self.clock() + remaining,
-                                 self.clock)
+                                 self.clock, resent)
         if isinstance(outcome, CoapMessage) and (
                 outcome.has_option(OptionNumber.Q_BLOCK2) or request.method is Method.PUT):
             self.stats.q_block_transfers += 1
