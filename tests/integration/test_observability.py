@@ -31,10 +31,10 @@ from tests.integration.test_operations import (
     CREATED,
     Daemon,
     call,
+    dev_daemon,
     heartbeat,
     http_get,
     mitigate,
-    start_daemon,
 )
 from tests.support.daemon import open_session
 from tests.unit.ops.test_eventlog import parse_logfmt
@@ -44,16 +44,9 @@ BAD_REQUEST = 0x80
 
 @pytest.fixture(params=["json", "kv"])
 def logging_daemon(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Daemon]:
-    pki = tmp_path / "tls"
-    init_dev_pki(pki)
-    running = start_daemon(tmp_path, pki, extra_config=f'[logging]\nformat = "{request.param}"\n')
-    running.log_format = request.param  # type: ignore[attr-defined]
-    try:
+    with dev_daemon(tmp_path, f'[logging]\nformat = "{request.param}"\n') as running:
+        running.log_format = request.param  # type: ignore[attr-defined]
         yield running
-    finally:
-        running.stop()
-        if running.proc.stdout is not None:
-            running.proc.stdout.close()
 
 
 def parsed_lines(daemon: Daemon) -> list[dict[str, Any]]:
@@ -165,15 +158,8 @@ async def test_events_are_fields_and_a_failed_handshake_is_one_line(
 
 @pytest.fixture
 def metrics_daemon(tmp_path: Path) -> Iterator[Daemon]:
-    pki = tmp_path / "tls"
-    init_dev_pki(pki)
-    running = start_daemon(tmp_path, pki)
-    try:
+    with dev_daemon(tmp_path) as running:
         yield running
-    finally:
-        running.stop()
-        if running.proc.stdout is not None:
-            running.proc.stdout.close()
 
 
 def families(body: str) -> dict[str, str]:
