@@ -56,9 +56,6 @@ class ParallelSessions:
     # --- inputs from the heartbeat side ------------------------------------------------------
 
     def _parallel_advised(self, now: float) -> None:
-        if self.parallel.state is ParallelState.IDLE and not self.parallel.old_silent:
-            log.warning("server silent during an attack: keeping the session and opening "
-                        "another in parallel (RFC 9132 §4.7)")
         self.parallel.advised(now)
         self._run_parallel(now)
 
@@ -93,7 +90,8 @@ class ParallelSessions:
                     continue
                 self.stats.parallel_attempts += 1
                 log_event(log, logging.WARNING, "upstream.parallel_opening",
-                          "server silent during an attack: opening a parallel session",
+                          "server silent during an attack: keeping the session, opening another "
+                          "in parallel (RFC 9132 §4.7)",
                           upstream=old.endpoint.uri, unanswered=self.core.heartbeat.outstanding)
                 task = asyncio.ensure_future(self._open_parallel(old))
                 self._parallel_task = task
