@@ -67,7 +67,10 @@ async def test_killed_server_is_replaced_by_the_parallel_session(
                 assert client.stats.signal_losses == 0
                 assert client.stats.parallel_dropped == 0
                 text = caplog.text
-                assert "upstream.parallel_opening" in text or "opening a parallel" in text
+                events = [getattr(r, "event", None) for r in caplog.records]
+                assert [e for e in events if e and e.startswith("upstream.parallel")] == [
+                    "upstream.parallel_opening", "upstream.parallel_established",
+                    "upstream.parallel_promoted"]  # one event per transition
                 # The mitigation was sent again on the parallel session: a refresh (2.04)
                 # of the request the new server restored from SQLite.
                 assert f"mid={created.mid} answered 2.04" in text, text[-3000:]
