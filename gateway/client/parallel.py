@@ -178,8 +178,17 @@ class ParallelSessions:
     async def _promote_parallel(self) -> None:
         new, old = self._parallel_session, self.session
         self._parallel_session = None
-        if new is None or new.closed or old is None or self._closing:
+        if old is None or self._closing:
             self.parallel.abandon()
+            return
+        if new is None or new.closed:
+            at = self.parallel.promotion_failed(self.clock())
+            self.stats.parallel_failures += 1
+            log_event(log, logging.WARNING, "upstream.parallel_failed",
+                      "parallel session ended before it could replace the old one",
+                      upstream=old.endpoint.uri, reason="the parallel session ended",
+                      retry_in=round(max(0.0, at - self.clock()), 1))
+            self._arm()
             return
         self.stats.parallel_promoted += 1
         log_event(log, logging.WARNING, "upstream.parallel_promoted",

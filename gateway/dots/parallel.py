@@ -170,6 +170,14 @@ class ParallelPlan:
         elif self.state is ParallelState.IDLE and self.old_silent:
             self._maybe_open(now)
 
+    def promotion_failed(self, now: float) -> float:
+        """The new session ended between its answer and its promotion: the old one is still
+        silent, so try again after the back-off. Returns when."""
+        self.state = ParallelState.IDLE
+        self.old_silent = True
+        self.confirm_at = None
+        return self.backoff.attempt_failed(now)
+
     def abandon(self) -> None:
         """The old session ended (closed, or replaced by other means): start afresh."""
         self.state = ParallelState.IDLE

@@ -120,6 +120,21 @@ def test_old_answer_resets_the_back_off() -> None:
     assert drain(p) == [OpenParallel()]
 
 
+def test_promotion_failing_keeps_the_old_session_silent_and_backs_off() -> None:
+    p = plan()
+    p.advised(0.0)
+    drain(p)
+    p.established(1.0)
+    p.parallel_answered(2.0)
+    drain(p)
+    p.handle_timer(5.0)
+    assert drain(p) == [PromoteParallel()]
+    assert p.promotion_failed(5.5) == 65.5
+    assert p.old_silent and p.get_timer() == 65.5
+    p.handle_timer(65.5)
+    assert drain(p) == [OpenParallel()]
+
+
 def test_abandon_returns_to_idle() -> None:
     p = plan()
     p.advised(0.0)
