@@ -117,3 +117,33 @@ async def test_old_session_coming_back_keeps_it_and_drops_the_parallel_one(
                              "heartbeats answered on the old session")
             assert (await client.get(created.mid, timeout=10)).code is Code.CONTENT
             assert not observation.ended
+
+
+async def test_unreachable_server_keeps_the_old_session_and_backs_off(
+        pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.client.channel")
+    port = free_port()
+    (tmp_path / "server").mkdir()
+    config = write_server_config(tmp_path / "server", pki, port, transports=("udp",))
+    log = tmp_path / "server" / "server.log"
+    with serving("server", config, log) as server_a:
+        async with DotsClient(cert_credentials(pki), f"coaps://127.0.0.1:{port}",
+                              state_dir=tmp_path / "client", preferred_idle=ATTACK,
+                              preferred_mitigating=ATTACK, handshake_timeout=2) as client:
+            created = await client.mitigate(make_scope(target_prefix=["198.51.100.32/28"]))
+            assert created.code is Code.CREATED
+            client.set_under_attack(True)
+            old = client.session
+            os.kill(server_a.pid, signal.SIGKILL)
+            server_a.wait(10)
+            await wait_until(lambda: client.stats.parallel_failures == 1, 30,
+                             "the parallel attempt failing")
+            failed = [r for r in caplog.records
+                      if getattr(r, "event", None) == "upstream.parallel_failed"]
+            assert len(failed) == 1 and failed[0].retry_in >= 59  # §4.7: 60 s floor
+            # Nothing else is tried meanwhile; the old session is kept and heartbeated.
+            sent = client.stats.heartbeats_sent
+            await wait_until(lambda: client.stats.heartbeats_sent > sent + 2, 10,
+                             "heartbeats on the old session")
+            assert client.stats.parallel_attempts == 1
+            assert client.session is old and client.stats.signal_losses == 0
