@@ -30,7 +30,7 @@ from gateway.dots.codec import (
     tree_from_cbor,
     tree_to_json,
 )
-from gateway.dots.codes import Code
+from gateway.dots.codes import Code, ConflictCause
 from gateway.dots.errors import (
     DotsProtocolError,
     InvalidValue,
@@ -40,6 +40,7 @@ from gateway.dots.errors import (
     ServiceUnavailable,
     UnacceptableConfig,
 )
+from gateway.dots.message import DotsResponse
 from gateway.dots.model import PortRange, Scope, parse_prefix
 from gateway.dots.telemetry_checks import (
     ALIAS,
@@ -126,6 +127,30 @@ class TelemetryConflict(DotsProtocolError):
     """4.09: a newer request of the client already covers this one (lower tsid/tmid)."""
 
     code = Code.CONFLICT
+
+
+#: Keys of RFC 9132's conflict-information, as they stand inside a telemetry entry.
+_CONFLICT_INFORMATION, _CONFLICT_STATUS, _CONFLICT_CAUSE = 17, 18, 19
+#: RFC 9132 §10.6.3 value 1: this request is not installed, the other one stays.
+_REQUEST_INACTIVE_OTHER_ACTIVE = 1
+
+
+class DomainConflict(TelemetryConflict):
+    """4.09: another client of the same domain already installed this pipe or baseline
+    (RFC 9244 §7.2, §7.3). Unlike a stale tsid of the same client, the RFC asks for the
+    conflict-information in the body (application/dots+cbor), in the telemetry entry of
+    the refused tsid, as go-dots sends it; the diagnostic goes to the log only."""
+
+    def __init__(self, diagnostic: str, tsid: int, cause: ConflictCause) -> None:
+        super().__init__(diagnostic)
+        self.tsid = tsid
+        self.cause = cause
+
+    def to_response(self) -> DotsResponse:
+        info = {_CONFLICT_STATUS: _REQUEST_INACTIVE_OTHER_ACTIVE,
+                _CONFLICT_CAUSE: int(self.cause)}
+        body = _setup_message({}, [{TSID: self.tsid, _CONFLICT_INFORMATION: info}])
+        return DotsResponse.with_body(self.code, body)
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -279,6 +304,8 @@ class TelemetryStore:
                 state.setups[other_tsid] = Setup(kind, remaining, other.cdid)
                 changes.append(Change(cuid, "setup", other_tsid, other.cdid,
                                       encode_cbor(remaining)))
+        if cdid is not None and kind != CONFIG:
+            self._check_domain(cuid, tsid, kind, entry, cdid)
         created = tsid not in old.setups
         if created and len(state.setups) >= MAX_SETUPS:
             raise ServiceUnavailable(f"this client has {len(state.setups)} telemetry setups, "
@@ -290,6 +317,29 @@ class TelemetryStore:
                         if any(key in TARGET_KEYS for key in item))
         return Plan(cuid, state, tuple(changes), Code.CREATED if created else Code.CHANGED,
                     targets)
+
+    def _check_domain(self, cuid: str, tsid: int, kind: str, entry: Mapping[int, Any],
+                      cdid: str) -> None:
+        """RFC 9244 §7.2.1/§7.3.1: a pipe (same link-id) or baseline (same id or an
+        overlapping target) that another client of the same domain installed is refused
+        with 4.09, not replaced: the higher-tsid rule holds within one client only. The
+        domain is the cdid (RFC 9132 §4.4.1: what a server-domain gateway says of its
+        client's domain); a direct client has none, so the server cannot tell which
+        other clients share its domain and compares it with none."""
+        for other_cuid, other_client in sorted(self.clients.items()):
+            if other_cuid == cuid:
+                continue
+            for other_tsid, other in sorted(other_client.setups.items()):
+                if other.cdid != cdid or other.kind != kind:
+                    continue
+                if not setups_overlap(kind, entry, other.entry):
+                    continue
+                cause = (ConflictCause.OVERLAPPING_PIPES if kind == PIPE_KIND
+                         else ConflictCause.OVERLAPPING_TARGETS)
+                raise DomainConflict(
+                    f"{kind} of tsid {tsid} overlaps tsid {other_tsid} of client "
+                    f"{other_cuid} in the same domain (cdid {cdid}): "
+                    f"{cause.label} (RFC 9244 §7.2, §7.3)", tsid, cause)
 
     def plan_setup_delete(self, cuid: str, tsid: int | None) -> Plan:
         """DELETE one tsid (§7.1.4) or all of them (§7.4): 2.02 even when there was none."""
