@@ -45,6 +45,7 @@ from gateway.dots.model import PortRange, Scope, parse_prefix
 from gateway.dots.telemetry_checks import (
     ALIAS,
     BASELINE,
+    BASELINE_KIND,
     CONFIG,
     CURRENT_CONFIG,
     FQDN,
@@ -533,6 +534,17 @@ class TelemetryStore:
                 client.pre[ident] = PreMitigation(entry, cdid)
             count += 1
         return count
+
+
+def telemetry_counts(store: TelemetryStore) -> dict[tuple[str, ...], float]:
+    """Setups by kind and active tmids, every label present (a gauge that reads 0 rather
+    than vanishing when the last one goes)."""
+    counts = dict.fromkeys((CONFIG, PIPE_KIND, BASELINE_KIND, "pre-mitigation"), 0.0)
+    for client in store.clients.values():
+        for setup in client.setups.values():
+            counts[setup.kind] += 1
+        counts["pre-mitigation"] += len(client.pre)
+    return {(kind,): n for kind, n in counts.items()}
 
 
 def target_scope(node: Mapping[int, Any]) -> Scope:
