@@ -9,8 +9,11 @@ from typing import Any
 import cbor2
 import pytest
 
-from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, ConflictCause
-from gateway.dots.telemetry import DomainConflict, TelemetryStore, body_from_json
+from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code, ConflictCause, Method
+from gateway.dots.message import DotsRequest, Requester
+from gateway.dots.server import DotsServerCore
+from gateway.dots.telemetry import DomainConflict, TelemetryStore, body_from_json, body_to_json
+from gateway.dots.uri import Resource, build_path
 
 SETUP = "ietf-dots-telemetry:telemetry-setup"
 ALICE, BOB = "alice-cuid-aaaaaaaaaaa", "bob-cuid-bbbbbbbbbbbbbb"
@@ -79,7 +82,7 @@ def test_baseline_of_another_client_of_the_domain_is_overlapping_targets() -> No
 
 @pytest.mark.parametrize(("alice_cdid", "bob_cdid"), [
     ("example.com", "example.net"),  # two domains
-    (None, None),  # direct clients: the server knows no shared domain
+    (None, None),  # no domain given to the store: compared with none
     ("example.com", None),
 ])
 def test_other_domains_and_direct_clients_do_not_conflict(alice_cdid: str | None,
@@ -109,3 +112,26 @@ def test_configuration_is_per_client_and_never_conflicts() -> None:
     config = setup_body({"current-config": {"low-percentile": "5.00"}})
     install(store, ALICE, 1, config, "example.com")
     assert install(store, BOB, 1, config, "example.com") is Code.CREATED
+
+
+def test_server_core_clients_behind_one_client_domain_gateway_share_a_domain() -> None:
+    """Through the server core: the domain is the cdid a trusted gateway gave, else the
+    session's credential, which every client behind a client-domain gateway shares."""
+    server = DotsServerCore()
+    gateway = server.open_session(Requester("client-domain-gateway"), 0.0)
+    elsewhere = server.open_session(Requester("another-domain"), 0.0)
+
+    def put(session: object, cuid: str, tsid: int):  # type: ignore[no-untyped-def]
+        request = DotsRequest(Method.PUT, build_path(Resource.TM_SETUP, cuid=cuid, tsid=tsid),
+                              payload=pipe("link1"))
+        return server.receive_request(session, request, 0.0)  # type: ignore[arg-type]
+
+    assert put(gateway, ALICE, 1).code is Code.CREATED
+    refused = put(gateway, BOB, 1)
+    assert refused.code is Code.CONFLICT
+    assert refused.content_format == CONTENT_FORMAT_DOTS_CBOR
+    (entry,) = body_to_json(refused.payload)[SETUP]["telemetry"]
+    assert entry == {"tsid": 1, "conflict-information": {
+        "conflict-status": "request-inactive-other-active",
+        "conflict-cause": "overlapping-pipes"}}
+    assert put(elsewhere, "carol-cuid-ccccccccccccc", 1).code is Code.CREATED
