@@ -110,6 +110,7 @@ class SharedObservations:
             return None
         obs.session, obs.token = upstream.session, reply.token
         obs.last = reply.response
+        self._note_statuses(obs, reply.response)
         return reply
 
     def _notification(self, obs: UpstreamObservation, session: ClientSession,

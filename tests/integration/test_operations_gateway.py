@@ -79,6 +79,15 @@ async def test_upstream_session_in_status_and_metrics(tmp_path: Path, pkis: Pkis
                 (scope,) = listed.scopes
                 assert scope.status is not None
                 reported = scope.status.label
+                # So does the answer to an Observe registration relayed upstream (the
+                # gateway forgets the status first, to see this path fill it again).
+                table = running.role.relay.table  # type: ignore[attr-defined]
+                table.get(client.cuid, created.mid).status = None
+                observation = await client.observe(created.mid)
+                assert observation.first.code is Code.CONTENT
+                assert (f'dots_gateway_mitigations{{status="{reported}"}} 1\n'
+                        in running.metrics.render())
+                await observation.cancel()
             status = status_of(running)
             mitigations = status["mitigations"]
             assert mitigations["count"] == 1 and mitigations["active"] == 1  # type: ignore[index]
