@@ -64,10 +64,12 @@ class ConflictCause(LabelledEnum):
     OVERLAPPING_TARGETS = 1
     CONFLICT_WITH_ACCEPTLIST = 2
     CUID_COLLISION = 3
-    #: RFC 9244 §13 (IANA, "DOTS Signal Channel Conflict Cause Codes") registers the next
-    #: free value, 4, for a total-pipe-capacity that overlaps another client's of the same
-    #: domain (§7.2). go-dots sends 5: its enum keeps an unregistered UNDEFINED at 4
-    #: (dots_server/models/mitigation_scope.go), which is not the registry's number.
+    #: RFC 9244's IANA section adds 'overlapping-pipes' to "DOTS Signal Channel Conflict
+    #: Cause Codes" (https://www.iana.org/assignments/dots) as the next free value, 4, for
+    #: a total-pipe-capacity that overlaps another client's of the same domain (§7.2).
+    #: go-dots sends 5 because its enum keeps an unregistered UNDEFINED at 4
+    #: (dots_server/models/mitigation_scope.go: ... CUID_COLLISION, UNDEFINED,
+    #: OVERLAPPING_PIPE_SCOPE), not because the registry says so.
     OVERLAPPING_PIPES = 4
 
 
