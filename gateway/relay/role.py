@@ -279,6 +279,10 @@ class GatewayRole(ServerRole):
         # The mitigations the gateway has installed upstream and that are acting (the core's
         # own store, which the daemon counts, holds none in gateway mode).
         m.mitigations_active.add_source(lambda: {(): float(self._relayed_active())})
+        # By status as the upstream last reported it in a GET answer or notification that
+        # passed through ('unknown' until one did): the same family as in terminal mode.
+        m.mitigations.add_source(
+            lambda: {(label,): float(n) for label, n in relay.table.by_status().items()})
         m.upstream_health.add_source(self._upstream_health)
         m.heartbeats.add_source(self._upstream_heartbeats)
         database = relay.database
