@@ -44,6 +44,7 @@ from gateway.credentials import Trust, datagram_limits, server_contexts, stream_
 from gateway.dots.authz import Authorizer
 from gateway.dots.filters import AclCatalog
 from gateway.dots.mitigation_lifecycle import ACTIVE_STATES
+from gateway.dots.telemetry import telemetry_counts
 from gateway.eventlog import log_event
 from gateway.ops.control import ControlProviders, ControlServer
 from gateway.ops.metrics import DaemonMetrics, MetricsServer, Registry, daemon_metrics
@@ -228,6 +229,12 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
     m.requests.add_source(lambda: {(_dotted(c),): v for c, v in role.answered.items()})
     m.redirects.add_source(lambda: {(k,): v for k, v in role.redirects.items()})
     m.mitigations.add_source(lambda: _mitigation_counts(server))
+    server.metrics.gauge(
+        "dots_gateway_telemetry_entries", "RFC 9244 telemetry held for clients, by kind: "
+        "setups (telemetry-config, pipe, baseline: one per tsid) and pre-mitigation (one "
+        "per active tmid). Terminal mode; a gateway keeps none (its upstream does).",
+        ("kind",)
+    ).add_source(lambda: telemetry_counts(role.core.telemetry))
     m.mitigations_active.add_source(lambda: {(): sum(
         1 for r in role.core.store.records() if r.state in ACTIVE_STATES)})
     server.metrics.counter(
@@ -319,7 +326,7 @@ def _data_section(data: DataChannelServer) -> dict[str, object]:
     return out
 #: The ``resource`` label of request durations: the signal channel's resources; any other
 #: path a client sends is counted as "other" (labels must not grow with client input).
-_RESOURCES = frozenset({"mitigate", "config", "hb"})
+_RESOURCES = frozenset({"mitigate", "config", "hb", "tm-setup", "tm"})
 
 
 def _handshake_observer(m: DaemonMetrics, transport: str) -> Callable[[float], None]:

@@ -53,6 +53,11 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "upstream.unreachable": ("reason", "retry_in"),
     "upstream.failover": ("upstream", "next", "reason"),
     "upstream.servers": ("servers",),
+    "upstream.parallel_opening": ("upstream", "unanswered"),
+    "upstream.parallel_established": ("upstream", "resumed"),
+    "upstream.parallel_failed": ("upstream", "reason", "retry_in"),
+    "upstream.parallel_promoted": ("upstream", "replaced"),
+    "upstream.parallel_dropped": ("upstream", "reason"),
     "mitigation.reinstalled": ("upstream", "cuid", "mid"),
     # client side redirects (dots-client and the gateway's upstream side)
     "redirect.followed": ("cuid", "origin", "target", "endpoint", "ttl", "reason"),

@@ -56,12 +56,14 @@ from gateway.client.connect import (
 )
 from gateway.client.heartbeats import HeartbeatKeeping
 from gateway.client.messages import Reply
+from gateway.client.parallel import ParallelSessions
 from gateway.client.redirect import RedirectFollowing
 from gateway.client.session import ClientSession
 from gateway.client.state import ClientState
 from gateway.client.transmission import RequestSending, transmission_parameters
 from gateway.dots.client import DotsClientCore
 from gateway.dots.heartbeat import HeartbeatMonitor, ReconnectBackoff, Role
+from gateway.dots.parallel import ParallelPlan
 from gateway.dots.session_config import ClientSessionConfig, SessionParameters
 from gateway.eventlog import log_event
 from gateway.transport.dtls_client import HandshakeError
@@ -108,11 +110,17 @@ class ClientStats:
     redirect_returns: int = 0
     #: Large GETs and PUTs carried in Q-Block2/Q-Block1 (RFC 9177) to their answer.
     q_block_transfers: int = 0
+    #: Parallel sessions opened while the server was silent during an attack (§4.7), those
+    #: that failed, replaced the old session, or were dropped because it answered.
+    parallel_attempts: int = 0
+    parallel_failures: int = 0
+    parallel_promoted: int = 0
+    parallel_dropped: int = 0
     #: The endpoints of the latest connection attempts, newest last.
     attempts: deque[str] = field(default_factory=lambda: deque(maxlen=32))
 
 
-class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
+class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing, ParallelSessions):
     """Sessions and transmission for a DOTS client (see the module docstring)."""
 
     #: Requests and observations one session may have open (a bound on our own memory).
@@ -129,7 +137,8 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
                  preferred_idle: SessionParameters | None,
                  preferred_mitigating: SessionParameters | None, reconnect: bool,
                  backoff: ReconnectBackoff | None, on_redirect: Callable[[Reply], None] | None,
-                 new_cuid: Callable[[], str], clock: Callable[[], float]) -> None:
+                 new_cuid: Callable[[], str], clock: Callable[[], float],
+                 parallel_backoff: ReconnectBackoff | None = None) -> None:
         if servers is None:
             servers = [ServerSpec("localhost")]
         elif isinstance(servers, ServerSpec | str):
@@ -188,6 +197,10 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
         self._reconnecting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        #: Attack time, server silent: a second session alongside (§4.7, ``parallel``).
+        self.parallel = ParallelPlan(parallel_backoff)
+        self._parallel_session: ClientSession | None = None
+        self._parallel_task: asyncio.Task[Any] | None = None
 
     # --- hooks for the role ------------------------------------------------------------------
 
@@ -249,6 +262,7 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._abandon_parallel("the client is closing")
         tasks = [t for t in (*self._tasks, self._reconnecting) if t is not None]
         for task in tasks:
             task.cancel()
@@ -275,6 +289,7 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
         self._save_ticket(session)
         self.session = None
         self._ready.clear()
+        self._abandon_parallel(f"the old session ended: {reason}")
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -405,11 +420,12 @@ class SignalChannel(RequestSending, HeartbeatKeeping, RedirectFollowing):
             self._contexts[transport] = context
         return context
 
-    def _install(self, session: ClientSession) -> None:
+    def _install(self, session: ClientSession, *,
+                 replaced_reason: str = "moved to another DOTS server") -> None:
         now = self.clock()
         replaced, self.session = self.session, session
         if replaced is not None and replaced is not session:
-            replaced.close("moved to another DOTS server")  # one session at a time
+            replaced.close(replaced_reason)  # one session at a time
         server = (session.endpoint.server_name, session.endpoint.port)
         self.relocated = self._last_server is not None and server != self._last_server
         self._last_server = server

@@ -55,6 +55,7 @@ class HeartbeatKeeping:
             heartbeat = validate_heartbeat(decode_request_body(request))
             if session is self.session:
                 self.core.heartbeat.peer_heartbeat_received(now, heartbeat.peer_hb_status)
+                self._parallel_old_alive(now)  # its heartbeats reach us: the link is back
             self.stats.server_heartbeats += 1
             response = DotsResponse(Code.CHANGED)
         except DotsProtocolError as exc:
@@ -83,7 +84,8 @@ class HeartbeatKeeping:
         if self._closing or self.session is None:
             return
         deadlines = [t for t in (self.core.heartbeat.get_timer(), self._refresh_due_at(),
-                                 self._return_due_at()) if t is not None]
+                                 self._return_due_at(), self._parallel_due_at())
+                     if t is not None]
         if deadlines:
             delay = max(0.0, min(deadlines) - self.clock())
             self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
@@ -99,12 +101,14 @@ class HeartbeatKeeping:
             elif isinstance(event, HeartbeatMissed):
                 log.info("heartbeat unanswered (%d in a row)", event.outstanding)
             elif isinstance(event, ParallelSessionAdvised):
-                log.warning("server silent during an attack: keeping the session "
-                            "(a parallel session is not implemented)")
+                self._parallel_advised(now)  # §4.7: keep this one, open another alongside
             elif isinstance(event, SignalLost):
                 log.warning("signal lost: %d heartbeats unanswered", monitor.outstanding)
                 self._lose("heartbeats unanswered")
                 return
+        parallel_at = self._parallel_due_at()
+        if parallel_at is not None and now >= parallel_at:
+            self._parallel_timer(now)
         refresh_at = self._refresh_due_at()
         if refresh_at is not None and now >= refresh_at:
             self._refresh_now()
@@ -123,6 +127,8 @@ class HeartbeatKeeping:
         def answered(response: CoapMessage | None, _reason: Failure) -> None:
             if response is not None:
                 self.stats.heartbeats_answered += 1
+                if session is self.session:
+                    self._parallel_old_alive(self.clock())
                 reply = self._reply(request, response, session.endpoint, None)
                 if reply.redirect is not None and not self._closing:
                     self._spawn(self._follow_later(reply, session, "heartbeat"))

@@ -46,6 +46,7 @@ from gateway.client.session import ClientSession
 from gateway.client.transmission import NON_RETRY_INTERVAL, Failure
 from gateway.coap.message import CoapMessage
 from gateway.dots.codes import AttackStatus, Code, ConflictCause, Method
+from gateway.dots.errors import DotsUsageError
 from gateway.dots.filters import carry_acl_list
 from gateway.dots.heartbeat import ReconnectBackoff
 from gateway.dots.message import DotsRequest
@@ -76,7 +77,9 @@ class DotsClient(SignalChannel):
     winner; without it they live as long as this object. ``negotiate`` runs the session
     configuration negotiation on every new session with ``preferred_idle`` /
     ``preferred_mitigating`` (clamped into the server's limits). ``reconnect`` re-establishes
-    a lost session (else operations connect again on demand).
+    a lost session (else operations connect again on demand). Under attack a silent server
+    gets a parallel session instead (``gateway.client.parallel``); ``parallel_backoff``
+    spaces failed attempts (default: ``ReconnectBackoff()``).
     """
 
     def __init__(self, credentials: ClientCredentials,
@@ -89,14 +92,15 @@ class DotsClient(SignalChannel):
                  negotiate: bool = True, reconnect: bool = True,
                  backoff: ReconnectBackoff | None = None,
                  on_redirect: Callable[[Reply], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 parallel_backoff: ReconnectBackoff | None = None) -> None:
         super().__init__(credentials, servers, state_dir=state_dir, cuid=cuid,
                          attempt_delay=attempt_delay, handshake_timeout=handshake_timeout,
                          request_timeout=request_timeout, max_attempts=max_attempts,
                          preferred_idle=preferred_idle,
                          preferred_mitigating=preferred_mitigating, reconnect=reconnect,
                          backoff=backoff, on_redirect=on_redirect, new_cuid=new_cuid,
-                         clock=clock)
+                         clock=clock, parallel_backoff=parallel_backoff)
         self.negotiate = negotiate
         #: The sid of the configuration installed on the current session, if any.
         self.sid: int | None = None
@@ -462,6 +466,24 @@ class DotsClient(SignalChannel):
             if not reply.ok:
                 log.warning("sending mitigation mid=%d again: %s %s", mid, reply.dotted,
                             reply.diagnostic)
+
+    def _parallel_requests(self) -> list[DotsRequest]:
+        """§4.7: the active mitigation requests, for a parallel session: same cuid and mid,
+        the remaining lifetime (a refresh where the server has them, 2.01 where not)."""
+        self._mitigating()  # drops expired requests
+        now = self.clock()
+        requests = []
+        for mid, scope in self._scopes.items():
+            if mid not in self._active:
+                continue
+            expires_at = self._active[mid]
+            if expires_at is not None:
+                scope = replace(scope, lifetime=max(1, math.ceil(expires_at - now)))
+            try:
+                requests.append(self.core.mitigation_request(scope, mid))
+            except DotsUsageError as exc:
+                log.warning("mitigation mid=%d not sent on the parallel session: %s", mid, exc)
+        return requests
 
     def _redirect_not_followed(self, reply: Reply) -> None:
         # No move: the servers ended these observations with a 5.03; tell their readers.

@@ -510,6 +510,11 @@ def _opaque_scalar_to_json(value: Any, info: KeyInfo) -> Any:
     if type(value) is int and value >= 0:
         if kind is Kind.ENUM and info.labels is not None and value in info.labels:
             return info.labels[value]
+        if kind is Kind.ENUM and info.labels is None and info.enum is not None \
+                and value in info.enum._value2member_map_:
+            # An RFC 9132 enumeration inside a telemetry body (the conflict-information
+            # of a 4.09 on /tm-setup): its label, as everywhere else.
+            return info.enum(value).label
         if info.json_string and kind is not Kind.DECIMAL64:
             return str(value)
     if (kind is Kind.DECIMAL64 and isinstance(value, cbor2.CBORTag)

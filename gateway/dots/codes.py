@@ -59,11 +59,18 @@ class ConflictStatus(LabelledEnum):
 
 
 class ConflictCause(LabelledEnum):
-    """'conflict-cause' (key 19), RFC 9132 §10.6.4."""
+    """'conflict-cause' (key 19), RFC 9132 §10.6.4, and RFC 9244's addition."""
 
     OVERLAPPING_TARGETS = 1
     CONFLICT_WITH_ACCEPTLIST = 2
     CUID_COLLISION = 3
+    #: RFC 9244's IANA section adds 'overlapping-pipes' to "DOTS Signal Channel Conflict
+    #: Cause Codes" (https://www.iana.org/assignments/dots) as the next free value, 4, for
+    #: a total-pipe-capacity that overlaps another client's of the same domain (§7.2).
+    #: go-dots sends 5 because its enum keeps an unregistered UNDEFINED at 4
+    #: (dots_server/models/mitigation_scope.go: ... CUID_COLLISION, UNDEFINED,
+    #: OVERLAPPING_PIPE_SCOPE), not because the registry says so.
+    OVERLAPPING_PIPES = 4
 
 
 class AttackStatus(LabelledEnum):

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from gateway.dots.codec import decode_message, encode_message
-from gateway.dots.codes import CONTENT_FORMAT_TEXT, Code, ConflictCause
+from gateway.dots.codes import CONTENT_FORMAT_TEXT, Code, ConflictCause, Status
 from gateway.dots.conflict import ConflictingRequest
 from gateway.dots.errors import DotsProtocolError, MalformedPayload
 from gateway.dots.filters import carry_acl_list
@@ -159,6 +159,10 @@ class RelayedMitigation:
     #: A preconfigured request the gateway activated upstream because the client's session
     #: was lost (see ``GatewayRelay`` and the README); refreshes are rewritten to match.
     activated_by_loss: bool = False
+    #: Its status (RFC 9132 Table 3) as the upstream server last reported it, in the answer
+    #: to a GET or a notification that passed through the gateway; None until one did.
+    #: Not saved: after a restart the next GET or notification says it again.
+    status: Status | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -274,6 +278,43 @@ class RelayTable:
         record.confirmed = True
         record.upstream = upstream
         self.touch(record)
+
+    def note_statuses(self, cuid: str, message: object) -> int:
+        """An upstream answer or notification listing ``cuid``'s requests (a decoded
+        ``MitigationScope``; anything else is ignored): keep each one's status for the
+        metrics. Returns how many records were updated."""
+        if not isinstance(message, MitigationScope):
+            return 0
+        noted = 0
+        for scope in message.scope:
+            record = (self._records.get((cuid, scope.mid)) if scope.mid is not None
+                      else None)
+            if record is not None and scope.status is not None:
+                record.status = scope.status
+                noted += 1
+        return noted
+
+    def note_status_payload(self, cuid: str, payload: bytes) -> int:
+        """``note_statuses`` for a raw notification body (one that does not decode says
+        nothing and changes nothing)."""
+        if not payload:
+            return 0
+        try:
+            message = decode_message(payload)
+        except DotsProtocolError:
+            return 0
+        return self.note_statuses(cuid, message)
+
+    def by_status(self) -> dict[str, int]:
+        """Requests installed upstream by the status it last reported ('unknown' while it
+        has said none yet); requests not accepted anywhere are not counted."""
+        counts: dict[str, int] = {}
+        for record in self._records.values():
+            if not record.confirmed:
+                continue
+            label = record.status.label if record.status is not None else "unknown"
+            counts[label] = counts.get(label, 0) + 1
+        return counts
 
     def expire(self, now: float) -> list[RelayedMitigation]:
         """Drop requests whose lifetime ran out (the upstream server drops them too)."""

@@ -395,13 +395,15 @@ class DotsServerCore:
             body = store.setup_body(path.cuid, ident) if setup else store.tm_body(path.cuid,
                                                                                  ident)
             return DotsResponse.with_body(Code.CONTENT, body)
-        cdid = self._owner(session, path).cdid
+        owner = self._owner(session, path)
+        cdid = owner.cdid
         plan: Plan
         if request.method is Method.PUT:
             if ident is None:
                 raise MissingAttribute(f"PUT on {path.resource.value} needs the '{name}' "
                                        "Uri-Path parameter (RFC 9244 §7.1.2, §8.2)")
-            plan = (store.plan_setup_put(path.cuid, ident, request.payload, cdid) if setup
+            plan = (store.plan_setup_put(path.cuid, ident, request.payload, cdid,
+                                         domain=cdid or owner.credential_id) if setup
                     else store.plan_tm_put(path.cuid, ident, request.payload, cdid))
         elif request.method is Method.DELETE:
             plan = (store.plan_setup_delete(path.cuid, ident) if setup

@@ -30,7 +30,7 @@ from gateway.dots.codec import (
     tree_from_cbor,
     tree_to_json,
 )
-from gateway.dots.codes import Code
+from gateway.dots.codes import Code, ConflictCause
 from gateway.dots.errors import (
     DotsProtocolError,
     InvalidValue,
@@ -40,10 +40,12 @@ from gateway.dots.errors import (
     ServiceUnavailable,
     UnacceptableConfig,
 )
+from gateway.dots.message import DotsResponse
 from gateway.dots.model import PortRange, Scope, parse_prefix
 from gateway.dots.telemetry_checks import (
     ALIAS,
     BASELINE,
+    BASELINE_KIND,
     CONFIG,
     CURRENT_CONFIG,
     FQDN,
@@ -128,6 +130,30 @@ class TelemetryConflict(DotsProtocolError):
     code = Code.CONFLICT
 
 
+#: Keys of RFC 9132's conflict-information, as they stand inside a telemetry entry.
+_CONFLICT_INFORMATION, _CONFLICT_STATUS, _CONFLICT_CAUSE = 17, 18, 19
+#: RFC 9132 §10.6.3 value 1: this request is not installed, the other one stays.
+_REQUEST_INACTIVE_OTHER_ACTIVE = 1
+
+
+class DomainConflict(TelemetryConflict):
+    """4.09: another client of the same domain already installed this pipe or baseline
+    (RFC 9244 §7.2, §7.3). Unlike a stale tsid of the same client, the RFC asks for the
+    conflict-information in the body (application/dots+cbor), in the telemetry entry of
+    the refused tsid, as go-dots sends it; the diagnostic goes to the log only."""
+
+    def __init__(self, diagnostic: str, tsid: int, cause: ConflictCause) -> None:
+        super().__init__(diagnostic)
+        self.tsid = tsid
+        self.cause = cause
+
+    def to_response(self) -> DotsResponse:
+        info = {_CONFLICT_STATUS: _REQUEST_INACTIVE_OTHER_ACTIVE,
+                _CONFLICT_CAUSE: int(self.cause)}
+        body = _setup_message({}, [{TSID: self.tsid, _CONFLICT_INFORMATION: info}])
+        return DotsResponse.with_body(self.code, body)
+
+
 # --- decoding -------------------------------------------------------------------------------
 
 
@@ -192,6 +218,9 @@ class Setup:
     kind: str
     entry: Mapping[int, Any]
     cdid: str | None = None
+    #: The client domain it belongs to, for conflicts between clients (``plan_setup_put``);
+    #: None for rows saved before it was kept: then compared with none.
+    domain: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +250,7 @@ class Change:
     ident: int
     cdid: str | None
     body: bytes | None
+    domain: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,8 +285,12 @@ class TelemetryStore:
     # --- /tm-setup ---------------------------------------------------------------------------
 
     def plan_setup_put(self, cuid: str, tsid: int, payload: bytes,
-                       cdid: str | None = None) -> Plan:
-        """PUT /tm-setup/cuid/tsid (§7.1.2, §7.2.1, §7.3.1): 2.01 for a new tsid, 2.04."""
+                       cdid: str | None = None, domain: str | None = None) -> Plan:
+        """PUT /tm-setup/cuid/tsid (§7.1.2, §7.2.1, §7.3.1): 2.01 for a new tsid, 2.04.
+        ``domain`` names the client's domain (the server core passes the cdid a trusted
+        gateway gave, else the credential of the session: every client behind a
+        client-domain gateway shares the gateway's); default: the cdid."""
+        domain = domain if domain is not None else cdid
         node = decode_body(payload, SETUP_MESSAGE)
         kind, entry = self._checked_setup(node)
         old = self._client(cuid)
@@ -276,20 +310,45 @@ class TelemetryStore:
                 del state.setups[other_tsid]
                 changes.append(Change(cuid, "setup", other_tsid, other.cdid, None))
             else:
-                state.setups[other_tsid] = Setup(kind, remaining, other.cdid)
+                state.setups[other_tsid] = Setup(kind, remaining, other.cdid, other.domain)
                 changes.append(Change(cuid, "setup", other_tsid, other.cdid,
-                                      encode_cbor(remaining)))
+                                      encode_cbor(remaining), other.domain))
+        if domain is not None and kind != CONFIG:
+            self._check_domain(cuid, tsid, kind, entry, domain)
         created = tsid not in old.setups
         if created and len(state.setups) >= MAX_SETUPS:
             raise ServiceUnavailable(f"this client has {len(state.setups)} telemetry setups, "
                                      f"the limit; reuse or delete a tsid", _RETRY_AFTER)
         stored = stored_pipe(entry) if kind == PIPE_KIND else entry
-        state.setups[tsid] = Setup(kind, stored, cdid)
-        changes.append(Change(cuid, "setup", tsid, cdid, encode_cbor(stored)))
+        state.setups[tsid] = Setup(kind, stored, cdid, domain)
+        changes.append(Change(cuid, "setup", tsid, cdid, encode_cbor(stored), domain))
         targets = tuple(target_scope(item) for item in entry.get(BASELINE, ())
                         if any(key in TARGET_KEYS for key in item))
         return Plan(cuid, state, tuple(changes), Code.CREATED if created else Code.CHANGED,
                     targets)
+
+    def _check_domain(self, cuid: str, tsid: int, kind: str, entry: Mapping[int, Any],
+                      domain: str) -> None:
+        """RFC 9244 §7.2.1/§7.3.1: a pipe (same link-id) or baseline (same id or an
+        overlapping target) that another client of the same domain installed is refused
+        with 4.09, not replaced: the higher-tsid rule holds within one client only.
+        Clients are of one domain when their cdid (RFC 9132 §4.4.1.2: what a server-domain
+        gateway says of its client's domain) or, without one, the credential they came
+        with (a client-domain gateway's, shared by every client behind it) is the same."""
+        for other_cuid, other_client in sorted(self.clients.items()):
+            if other_cuid == cuid:
+                continue
+            for other_tsid, other in sorted(other_client.setups.items()):
+                if other.domain != domain or other.kind != kind:
+                    continue
+                if not setups_overlap(kind, entry, other.entry):
+                    continue
+                cause = (ConflictCause.OVERLAPPING_PIPES if kind == PIPE_KIND
+                         else ConflictCause.OVERLAPPING_TARGETS)
+                raise DomainConflict(
+                    f"{kind} of tsid {tsid} overlaps tsid {other_tsid} of client "
+                    f"{other_cuid} of the same client domain: "
+                    f"{cause.label} (RFC 9244 §7.2, §7.3)", tsid, cause)
 
     def plan_setup_delete(self, cuid: str, tsid: int | None) -> Plan:
         """DELETE one tsid (§7.1.4) or all of them (§7.4): 2.02 even when there was none."""
@@ -465,11 +524,13 @@ class TelemetryStore:
 
     # --- persistence -------------------------------------------------------------------------
 
-    def restore(self, rows: Iterable[tuple[str, str, int, str | None, bytes]]) -> int:
-        """Load saved rows (cuid, kind, ident, cdid, body); returns how many were kept.
-        A row that no longer decodes raises ``DotsProtocolError`` for the caller to skip."""
+    def restore(self, rows: Iterable[tuple[str, str, int, str | None, bytes, str | None]]
+                ) -> int:
+        """Load saved rows (cuid, kind, ident, cdid, body, domain); returns how many were
+        kept. A row that no longer decodes raises ``DotsProtocolError`` for the caller to
+        skip."""
         count = 0
-        for cuid, kind, ident, cdid, body in rows:
+        for cuid, kind, ident, cdid, body, domain in rows:
             entry = decode_cbor(body)
             if not isinstance(entry, dict):
                 raise MalformedPayload(f"saved telemetry {kind} {ident} is not a map")
@@ -478,11 +539,22 @@ class TelemetryStore:
                 kinds = [SETUP_KIND[k] for k in entry if k in SETUP_KIND]
                 if len(kinds) != 1:
                     raise MalformedPayload(f"saved telemetry setup {ident} has no setup type")
-                client.setups[ident] = Setup(kinds[0], entry, cdid)
+                client.setups[ident] = Setup(kinds[0], entry, cdid, domain)
             else:
                 client.pre[ident] = PreMitigation(entry, cdid)
             count += 1
         return count
+
+
+def telemetry_counts(store: TelemetryStore) -> dict[tuple[str, ...], float]:
+    """Setups by kind and active tmids, every label present (a gauge that reads 0 rather
+    than vanishing when the last one goes)."""
+    counts = dict.fromkeys((CONFIG, PIPE_KIND, BASELINE_KIND, "pre-mitigation"), 0.0)
+    for client in store.clients.values():
+        for setup in client.setups.values():
+            counts[setup.kind] += 1
+        counts["pre-mitigation"] += len(client.pre)
+    return {(kind,): n for kind, n in counts.items()}
 
 
 def target_scope(node: Mapping[int, Any]) -> Scope:

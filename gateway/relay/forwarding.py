@@ -232,6 +232,8 @@ class GatewayRelay(SharedObservations, Reinstallation):
         if method is Method.DELETE:
             return await self._delete(prepared)
         reply = await self._forward(prepared.request, prepared.path.mid)
+        if method is Method.GET and isinstance(reply, Reply) and reply.ok:
+            self.table.note_statuses(prepared.cuid, reply.message)
         return self._answer(reply)
 
     async def _put(self, prepared: Prepared) -> DotsResponse:

@@ -24,6 +24,7 @@ from gateway.coap.errors import BadOptionError
 from gateway.coap.message import CoapMessage
 from gateway.dots.codes import Code
 from gateway.dots.message import DotsRequest, DotsResponse
+from gateway.dots.uri import Resource
 
 if TYPE_CHECKING:
     from gateway.relay.forwarding import Prepared
@@ -109,6 +110,7 @@ class SharedObservations:
             return None
         obs.session, obs.token = upstream.session, reply.token
         obs.last = reply.response
+        self._note_statuses(obs, reply.response)
         return reply
 
     def _notification(self, obs: UpstreamObservation, session: ClientSession,
@@ -133,6 +135,7 @@ class SharedObservations:
             self._spawn(self._refetch(obs))
             return
         obs.last = response
+        self._note_statuses(obs, response)
         # RFC 7641 §3.2: without Observe the upstream observation ended; observers learn so.
         self.notify(set(obs.subscribers), self._from_upstream(session.endpoint, response),
                     ended)
@@ -152,10 +155,18 @@ class SharedObservations:
         if self.observations.get(obs.key) is not obs:
             return
         obs.last = reply.response
+        self._note_statuses(obs, reply.response)
         self.notify(set(obs.subscribers), self._from_upstream(reply.endpoint, reply.response),
                     not reply.ok)
         if not reply.ok:
             self._drop_observation(obs, cancel=False)
+
+    def _note_statuses(self, obs: UpstreamObservation, response: DotsResponse) -> None:
+        """A mitigation notification says the statuses the upstream reports now (for
+        ``dots_gateway_mitigations{status}``)."""
+        _cdid, cuid, _ident, (resource, *_query) = obs.key
+        if resource == Resource.MITIGATE.value and response.code.is_success:
+            self.table.note_status_payload(cuid, response.payload)
 
     def unsubscribe(self, subscriber: tuple[int, bytes]) -> None:
         for obs in list(self.observations.values()):

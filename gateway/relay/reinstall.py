@@ -168,6 +168,7 @@ class Reinstallation:
         if reply.code is Code.NOT_FOUND:
             return {}  # RFC 9132 §4.4.2: 4.04 when the client has no request there
         if reply.ok and isinstance(reply.message, MitigationScope):
+            self.table.note_statuses(cuid, reply.message)
             return {s.mid: s.lifetime for s in reply.scopes if s.mid is not None}
         self._unreadable(reply, f"the list of cuid={cuid}")
         return None

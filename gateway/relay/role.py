@@ -283,6 +283,10 @@ class GatewayRole(ServerRole):
         # The mitigations the gateway has installed upstream and that are acting (the core's
         # own store, which the daemon counts, holds none in gateway mode).
         m.mitigations_active.add_source(lambda: {(): float(self._relayed_active())})
+        # By status as the upstream last reported it in a GET answer or notification that
+        # passed through ('unknown' until one did): the same family as in terminal mode.
+        m.mitigations.add_source(
+            lambda: {(label,): float(n) for label, n in relay.table.by_status().items()})
         m.upstream_health.add_source(self._upstream_health)
         m.heartbeats.add_source(self._upstream_heartbeats)
         database = relay.database
@@ -292,6 +296,10 @@ class GatewayRole(ServerRole):
         metrics.counter("dots_gateway_upstream_failovers_total",
                         "Times the gateway gave up on an upstream server and moved on."
                         ).add_source(lambda: {(): float(self._upstream_stat("failovers"))})
+        metrics.counter("dots_gateway_upstream_parallel_sessions_total",
+                        "Parallel sessions to the upstream server while it was silent during "
+                        "an attack (RFC 9132 §4.7), by outcome.", ("outcome",)
+                        ).add_source(self._upstream_parallel)
         metrics.counter("dots_gateway_relay_reinstalled_total",
                         "Mitigation requests re-installed on an upstream server (failover, "
                         "restart).").add_source(lambda: {(): float(relay.reinstalled)})
@@ -345,6 +353,16 @@ class GatewayRole(ServerRole):
         return {"action": action, "connected": upstream.connected, "in_use": upstream.name,
                 "last_error": upstream.last_error,
                 "next_attempt_in": None if next_in is None else round(next_in, 1)}
+
+    def _upstream_parallel(self) -> dict[tuple[str, ...], float]:
+        upstream = self.relay.upstream
+        if upstream is None:
+            return {}
+        stats = upstream.stats
+        return {("opened",): float(stats.parallel_attempts),
+                ("failed",): float(stats.parallel_failures),
+                ("promoted",): float(stats.parallel_promoted),
+                ("dropped",): float(stats.parallel_dropped)}
 
     def _upstream_stat(self, name: str) -> int:
         upstream = self.relay.upstream

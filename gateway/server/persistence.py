@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 DATABASE_NAME = "dots.sqlite"
 #: Bumped with every change of the tables below; a step in ``_MIGRATIONS`` goes with it.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -96,9 +96,12 @@ _TELEMETRY_TABLE = """CREATE TABLE telemetry (
     updated_at REAL NOT NULL,
     PRIMARY KEY (cuid, kind, ident)
 )"""
-_SCHEMA = (*_SCHEMA, _TELEMETRY_TABLE)
+# The client domain of a setup (gateway.dots.telemetry.Setup.domain): RFC 9244 conflicts
+# between clients of one domain hold across a restart. NULL in rows saved before.
+_TELEMETRY_DOMAIN = "ALTER TABLE telemetry ADD COLUMN domain TEXT"
+_SCHEMA = (*_SCHEMA, _TELEMETRY_TABLE, _TELEMETRY_DOMAIN)
 #: version -> statements that take a database from that version to the next.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {1: (_TELEMETRY_TABLE,)}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: (_TELEMETRY_TABLE,), 2: (_TELEMETRY_DOMAIN,)}
 
 _COLUMNS = (
     "cuid, mid, credential_id, cdid, scope, lifetime, expires_at, terminate_at, state, status, "
@@ -445,9 +448,10 @@ class MitigationDatabase:
                             (change.cuid, change.kind, change.ident))
                     else:
                         self._db.execute(
-                            "INSERT OR REPLACE INTO telemetry VALUES (?, ?, ?, ?, ?, ?)",
+                            "INSERT OR REPLACE INTO telemetry (cuid, kind, ident, cdid, "
+                            "body, updated_at, domain) VALUES (?, ?, ?, ?, ?, ?, ?)",
                             (change.cuid, change.kind, change.ident, change.cdid,
-                             change.body, now))
+                             change.body, now, change.domain))
         except sqlite3.Error as exc:
             self.save_failures += 1
             log.error("telemetry not saved (%d changes refused): %s: %s", len(rows),
@@ -461,21 +465,22 @@ class MitigationDatabase:
         """Load the saved telemetry into ``store``; a row that no longer decodes is
         skipped with a warning and counted in ``skipped_rows``."""
         try:
-            rows = self._db.execute("SELECT cuid, kind, ident, cdid, body FROM telemetry "
-                                    "ORDER BY cuid, kind, ident").fetchall()
+            rows = self._db.execute("SELECT cuid, kind, ident, cdid, body, domain "
+                                    "FROM telemetry ORDER BY cuid, kind, ident").fetchall()
         except sqlite3.DatabaseError as exc:
             raise PersistenceError(
                 f"{self.path}: cannot read the saved telemetry ({exc}); restore the file "
                 "from a backup, or move it aside to start without it") from None
         kept = 0
         for row in rows:
-            cuid, kind, ident, cdid, body = row
+            cuid, kind, ident, cdid, body, domain = row
             try:
                 if not (isinstance(cuid, str) and kind in ("setup", "tm") and _is_int(ident)
                         and 0 <= ident <= UINT32_MAX and isinstance(body, bytes)
-                        and (cdid is None or isinstance(cdid, str))):
+                        and (cdid is None or isinstance(cdid, str))
+                        and (domain is None or isinstance(domain, str))):
                     raise ValueError("bad column values")
-                kept += store.restore([(cuid, kind, ident, cdid, body)])
+                kept += store.restore([(cuid, kind, ident, cdid, body, domain)])
             except Exception as exc:  # any bad row: skip it, keep the others
                 self.skipped_rows += 1
                 log.warning("%s: skipping saved telemetry cuid=%r %s=%r: %s", self.path, cuid,

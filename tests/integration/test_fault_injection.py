@@ -518,11 +518,15 @@ async def reconnected(gw: Daemon, limit: float = 60.0) -> None:
         await asyncio.sleep(1.0)
 
 
-async def reinstalled(gw: Daemon, count: int) -> None:
-    """Wait until the gateway logged ``count`` more re-installations."""
-    base = gw.log_text().count("event=mitigation.reinstalled")
-    await eventually(lambda: gw.log_text().count("event=mitigation.reinstalled") >= base + count,
-                     60)
+def reinstall_count(gw: Daemon) -> int:
+    return gw.log_text().count("event=mitigation.reinstalled")
+
+
+async def reinstalled(gw: Daemon, count: int, since: int | None = None) -> None:
+    """Wait until the gateway logged ``count`` more re-installations than ``since`` (default:
+    now; pass the count from before the fault when the wait starts after recovery began)."""
+    base = reinstall_count(gw) if since is None else since
+    await eventually(lambda: reinstall_count(gw) >= base + count, 60)
 
 
 async def test_gateway_and_upstream_kill9_at_random_points(tmp_path: Path, pkis: Pkis) -> None:
@@ -565,11 +569,12 @@ async def test_gateway_and_upstream_kill9_at_random_points(tmp_path: Path, pkis:
         await book.check(c, f"seed {SEED}: upstream killed after {delay:.2f} s")
 
         # the upstream vanishes and comes back with its state wiped: re-installed
+        before = reinstall_count(gw)
         upstream.kill9()
         wipe(tmp_path / "up")
         upstream.start()
-        await reconnected(gw)
-        await reinstalled(gw, len(book.acked))
+        await reconnected(gw)  # re-installations may start while this waits: count from before
+        await reinstalled(gw, len(book.acked), since=before)
         await book.check(c, f"seed {SEED}: upstream state wiped")
         c.close()
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from certs.devpki import init_dev_pki
+from gateway.dots.telemetry import body_from_json
 from gateway.eventlog import EVENTS
 from gateway.transport.dtls_client import HandshakeError, connect_dtls
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind
@@ -31,10 +32,10 @@ from tests.integration.test_operations import (
     CREATED,
     Daemon,
     call,
+    dev_daemon,
     heartbeat,
     http_get,
     mitigate,
-    start_daemon,
 )
 from tests.support.daemon import open_session
 from tests.unit.ops.test_eventlog import parse_logfmt
@@ -44,16 +45,9 @@ BAD_REQUEST = 0x80
 
 @pytest.fixture(params=["json", "kv"])
 def logging_daemon(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Daemon]:
-    pki = tmp_path / "tls"
-    init_dev_pki(pki)
-    running = start_daemon(tmp_path, pki, extra_config=f'[logging]\nformat = "{request.param}"\n')
-    running.log_format = request.param  # type: ignore[attr-defined]
-    try:
+    with dev_daemon(tmp_path, f'[logging]\nformat = "{request.param}"\n') as running:
+        running.log_format = request.param  # type: ignore[attr-defined]
         yield running
-    finally:
-        running.stop()
-        if running.proc.stdout is not None:
-            running.proc.stdout.close()
 
 
 def parsed_lines(daemon: Daemon) -> list[dict[str, Any]]:
@@ -165,15 +159,8 @@ async def test_events_are_fields_and_a_failed_handshake_is_one_line(
 
 @pytest.fixture
 def metrics_daemon(tmp_path: Path) -> Iterator[Daemon]:
-    pki = tmp_path / "tls"
-    init_dev_pki(pki)
-    running = start_daemon(tmp_path, pki)
-    try:
+    with dev_daemon(tmp_path) as running:
         yield running
-    finally:
-        running.stop()
-        if running.proc.stdout is not None:
-            running.proc.stdout.close()
 
 
 def families(body: str) -> dict[str, str]:
@@ -196,6 +183,17 @@ async def test_process_metrics_and_latency_histograms(metrics_daemon: Daemon) ->
     try:
         assert await heartbeat(conn, replies, 1) == CHANGED
         assert await mitigate(conn, replies, daemon.cuid, 2) == CREATED
+        # RFC 9244: a pipe capacity (2.01) and pre-mitigation telemetry (2.04).
+        pipe = body_from_json({"ietf-dots-telemetry:telemetry-setup": {"telemetry": [
+            {"total-pipe-capacity": [{"link-id": "l1", "capacity": "10",
+                                      "unit": "gigabit-ps"}]}]}})
+        assert await call(conn, replies, 3, (".well-known", "dots", "tm-setup",
+                                             f"cuid={daemon.cuid}", "tsid=1"), pipe) == CREATED
+        tm = body_from_json({"ietf-dots-telemetry:telemetry": {"pre-or-ongoing-mitigation": [
+            {"target": {"target-prefix": ["2001:db8:6401::/64"]},
+             "total-attack-traffic": [{"unit": "megabit-ps", "peak-g": "900"}]}]}})
+        assert await call(conn, replies, 4, (".well-known", "dots", "tm",
+                                             f"cuid={daemon.cuid}", "tmid=1"), tm) == CHANGED
     finally:
         conn.close()
     status, body = await http_get(daemon.metrics_port)
@@ -219,13 +217,18 @@ async def test_process_metrics_and_latency_histograms(metrics_daemon: Daemon) ->
         assert kinds[name] == "histogram", name
     # One hb and one mitigate answered here, each in its own series; buckets are cumulative
     # and end with +Inf = _count.
-    for resource in ("hb", "mitigate"):
+    for resource in ("hb", "mitigate", "tm-setup", "tm"):
         label = f'resource="{resource}"'
         count = values[f"dots_gateway_request_duration_seconds_count{{{label}}}"]
         assert count == 1
         assert values[f'dots_gateway_request_duration_seconds_bucket{{{label},le="+Inf"}}'] \
             == count
         assert 0 < values[f"dots_gateway_request_duration_seconds_sum{{{label}}}"] < 5
+    # The telemetry held, by kind: every kind present, 0 when none.
+    assert kinds["dots_gateway_telemetry_entries"] == "gauge"
+    assert {kind: values[f'dots_gateway_telemetry_entries{{kind="{kind}"}}']
+            for kind in ("telemetry-config", "pipe", "baseline", "pre-mitigation")} == {
+        "telemetry-config": 0, "pipe": 1, "baseline": 0, "pre-mitigation": 1}
     dtls = 'side="downstream",transport="dtls"'
     assert values[f"dots_gateway_handshake_duration_seconds_count{{{dtls}}}"] == 1
     buckets = [(float(m[1]) if m[1] != "+Inf" else float("inf"), v)

@@ -92,6 +92,20 @@ def write_config(directory: Path, port: int, metrics_port: int, pki: Path,
     return config
 
 
+@contextlib.contextmanager
+def dev_daemon(tmp_path: Path, extra_config: str = "") -> Iterator[Daemon]:
+    """``start_daemon`` on a dev PKI of its own in ``tmp_path/tls``, always stopped."""
+    pki = tmp_path / "tls"
+    init_dev_pki(pki)
+    running = start_daemon(tmp_path, pki, extra_config=extra_config)
+    try:
+        yield running
+    finally:
+        running.stop()
+        if running.proc.stdout is not None:
+            running.proc.stdout.close()
+
+
 def start_daemon(directory: Path, pki: Path, *, port: int | None = None,
                  extra_config: str = "") -> Daemon:
     """``extra_config``: TOML appended to the file (more sections)."""
@@ -112,15 +126,8 @@ def start_daemon(directory: Path, pki: Path, *, port: int | None = None,
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    pki = tmp_path / "tls"
-    init_dev_pki(pki)
-    running = start_daemon(tmp_path, pki)
-    try:
+    with dev_daemon(tmp_path) as running:
         yield running
-    finally:
-        running.stop()
-        if running.proc.stdout is not None:
-            running.proc.stdout.close()
 
 
 # --- helpers -----------------------------------------------------------------------------------

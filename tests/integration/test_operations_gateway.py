@@ -69,6 +69,25 @@ async def test_upstream_session_in_status_and_metrics(tmp_path: Path, pkis: Pkis
                 created = await client.mitigate(make_scope(target_prefix=["192.0.2.0/28"],
                                                            lifetime=600))
                 assert created.code is Code.CREATED
+                # Installed, and the upstream has said nothing of its status yet.
+                assert ('dots_gateway_mitigations{status="unknown"} 1\n'
+                        in running.metrics.render())
+                # A GET passing through the gateway carries the upstream's status: the gauge
+                # counts the relayed request under it (it read nothing in gateway mode).
+                listed = await client.get(created.mid)
+                assert listed.code is Code.CONTENT
+                (scope,) = listed.scopes
+                assert scope.status is not None
+                reported = scope.status.label
+                # So does the answer to an Observe registration relayed upstream (the
+                # gateway forgets the status first, to see this path fill it again).
+                table = running.role.relay.table  # type: ignore[attr-defined]
+                table.get(client.cuid, created.mid).status = None
+                observation = await client.observe(created.mid)
+                assert observation.first.code is Code.CONTENT
+                assert (f'dots_gateway_mitigations{{status="{reported}"}} 1\n'
+                        in running.metrics.render())
+                await observation.cancel()
             status = status_of(running)
             mitigations = status["mitigations"]
             assert mitigations["count"] == 1 and mitigations["active"] == 1  # type: ignore[index]
@@ -81,6 +100,8 @@ async def test_upstream_session_in_status_and_metrics(tmp_path: Path, pkis: Pkis
             assert "dots_gateway_upstream_failovers_total 0\n" in text
             # The relayed mitigation is active: the gauge read 0 in gateway mode before.
             assert "dots_gateway_mitigations_active 1\n" in text
+            assert f'dots_gateway_mitigations{{status="{reported}"}} 1\n' in text, text
+            assert 'dots_gateway_mitigations{status="unknown"}' not in text
             # Its round trip to the upstream, under the upstream's name.
             count = re.search(r'^dots_gateway_relay_upstream_duration_seconds_count'
                               r'\{upstream="up0"\} (\d+)$', text, re.M)

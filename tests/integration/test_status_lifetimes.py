@@ -14,12 +14,11 @@ from typing import Any
 
 import pytest
 
-from certs.devpki import init_dev_pki
 from gateway.coap.codes import MessageType
 from gateway.coap.message import CoapMessage
 from gateway.coap.udp_codec import decode_udp, encode_udp
 from gateway.dots.codec import json_to_cbor
-from tests.integration.test_operations import Daemon, dots_gateway, heartbeat, start_daemon
+from tests.integration.test_operations import Daemon, dev_daemon, dots_gateway, heartbeat
 from tests.support.daemon import open_session
 
 PUT, DELETE = 3, 4
@@ -28,15 +27,8 @@ CREATED, DELETED = 65, 66  # 2.01, 2.02
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    pki = tmp_path / "tls"
-    init_dev_pki(pki)
-    running = start_daemon(tmp_path, pki)
-    try:
+    with dev_daemon(tmp_path) as running:
         yield running
-    finally:
-        running.stop()
-        if running.proc.stdout is not None:
-            running.proc.stdout.close()
 
 
 async def request(conn: Any, replies: asyncio.Queue[bytes], mid: int, code: int,

@@ -156,3 +156,43 @@ def test_mitigation_telemetry_reaches_the_mitigator(pki: Path, state: Path,
         detail = telemetry["ietf-dots-telemetry:attack-detail"][0]
         assert detail["top-talker"]["talker"][0]["source-prefix"] == "203.0.113.7/32"
     assert journal[1]["attack-status"] == "under-attack"
+
+
+async def test_clients_of_one_domain_conflict_on_a_pipe_over_dtls(pki: Path,
+                                                                  tmp_path: Path) -> None:
+    """RFC 9244 §7.2 against a real server: two cuids behind one credential (the dev PSK
+    client, allowed any cuid like a client-domain gateway) name the same link: the second
+    gets 4.09 with conflict-information (cause overlapping-pipes, 4); a client with its own
+    credential is another domain and may name it; once the first deletes its setup the
+    link is free. Survives a restart (the domain is saved)."""
+    from gateway.client.role import DotsClient, new_cuid
+    from gateway.dots.codes import CONTENT_FORMAT_DOTS_CBOR, Code
+    from gateway.dots.telemetry import body_from_json, body_to_json
+    from tests.integration.test_client_role import cert_credentials, psk_credentials
+
+    setup = body_from_json({SETUP: {"telemetry": [{"total-pipe-capacity": [
+        {"link-id": "edge-1", "capacity": "10", "unit": "gigabit-ps"}]}]}})
+    server_dir = tmp_path / "server"
+    first_cuid, second_cuid = new_cuid(), new_cuid()
+    with running_server(server_dir, pki) as server:
+        async with DotsClient(psk_credentials(pki), server.uri(), state_dir=tmp_path / "a",
+                              cuid=first_cuid, negotiate=False) as first:
+            assert (await first.telemetry_setup(setup, tsid=1)).code is Code.CREATED
+        async with DotsClient(cert_credentials(pki), server.uri(), state_dir=tmp_path / "c",
+                              negotiate=False) as other_domain:
+            assert (await other_domain.telemetry_setup(setup, tsid=1)).code is Code.CREATED
+    with running_server(server_dir, pki) as server:
+        async with DotsClient(psk_credentials(pki), server.uri(), state_dir=tmp_path / "b",
+                              cuid=second_cuid, negotiate=False) as second:
+            refused = await second.telemetry_setup(setup, tsid=7)
+            assert refused.code is Code.CONFLICT, refused
+            assert refused.response.content_format == CONTENT_FORMAT_DOTS_CBOR
+            (entry,) = body_to_json(refused.response.payload)[SETUP]["telemetry"]
+            assert entry == {"tsid": 7, "conflict-information": {
+                "conflict-status": "request-inactive-other-active",
+                "conflict-cause": "overlapping-pipes"}}
+            async with DotsClient(psk_credentials(pki), server.uri(),
+                                  state_dir=tmp_path / "a", cuid=first_cuid,
+                                  negotiate=False) as first:
+                assert (await first.telemetry_setup_delete(1)).code is Code.DELETED
+            assert (await second.telemetry_setup(setup, tsid=7)).code is Code.CREATED

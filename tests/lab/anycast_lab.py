@@ -38,6 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from certs.devpki import init_dev_pki
+from gateway.demo.topology import (
+    BGP_TIMERS,
+    EDGE_BIRD,
+    ROUTER_BIRD_EDGE,
+    ROUTER_BIRD_HEAD,
+    Edge,
+)
 from tests.lab.netns import Lab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,40 +61,10 @@ INTERVAL, RISE, FALL, HOLD_DOWN, GRACE = 0.1, 3, 2, 1.5, 2.0
 #: would be cut short there (4.2 waits as long as it takes).
 EXABGP_GRACE = 1.5
 
-BGP_TIMERS = """\
-  connect delay time 1; connect retry time 2; error wait time 1, 5;
-  hold time 6; keepalive time 2;"""
-
-EDGE_BIRD = """\
-router id {e4};
-log stderr all;
-protocol device {{ }}
-include "{snippet}";
-template bgp up {{
-  local as 65046;
-{timers}
-}}
-protocol bgp up4 from up {{ neighbor {r4} as 65000;
-  ipv4 {{ import none; export where proto = "dots_anycast4"; }}; }}
-protocol bgp up6 from up {{ neighbor {r6} as 65000;
-  ipv6 {{ import none; export where proto = "dots_anycast6"; }}; }}
-"""
-
-ROUTER_BIRD = """\
-router id 10.46.9.1;
-log stderr all;
-protocol device { }
-protocol kernel { ipv4 { export all; }; }
-protocol kernel { ipv6 { export all; }; }
-template bgp edge {
-  local as 65000;
-@TIMERS@
-}
-protocol bgp e1v4 from edge { neighbor 10.46.1.2 as 65046; ipv4 { import all; export none; }; }
-protocol bgp e1v6 from edge { neighbor fd00:46:1::2 as 65046; ipv6 { import all; export none; }; }
-protocol bgp e2v4 from edge { neighbor 10.46.2.2 as 65046; ipv4 { import all; export none; }; }
-protocol bgp e2v6 from edge { neighbor fd00:46:2::2 as 65046; ipv6 { import all; export none; }; }
-""".replace("@TIMERS@", BGP_TIMERS)
+#: The BIRD configuration is the demo's (gateway/demo/topology.py), for these two edges.
+LAB_EDGES = {name: Edge(name, r4, e4, r6, e6) for name, (r4, e4, r6, e6) in EDGES.items()}
+ROUTER_BIRD = ROUTER_BIRD_HEAD + "".join(
+    ROUTER_BIRD_EDGE.format(n=f"e{name[-1]}", e=edge) for name, edge in LAB_EDGES.items())
 
 
 def missing_tools() -> str | None:
@@ -177,8 +154,7 @@ class AnycastLab:
             if node == "router":
                 conf.write_text(ROUTER_BIRD)
             else:
-                r4, e4, r6, _ = EDGES[node]
-                conf.write_text(EDGE_BIRD.format(e4=e4, r4=r4, r6=r6, snippet=snippet,
+                conf.write_text(EDGE_BIRD.format(e=LAB_EDGES[node], snippet=snippet,
                                                  timers=BGP_TIMERS))
             self.lab.popen(self.ns[node], ["bird", "-f", "-c", str(conf), "-s", self.ctl(node)],
                            f"bird-{node}.log")

@@ -194,3 +194,25 @@ def test_rewritten_bodies_keep_registered_keys_we_do_not_act_on() -> None:
     assert rewritten.lifetime == 5
     assert rewritten.extensions == ((53, acl_list), (205, telemetry))
     assert with_scope_changes(extended) == extended
+
+
+def test_relay_table_counts_installed_requests_by_the_upstream_status() -> None:
+    from gateway.dots.codes import Status
+
+    table = RelayTable()
+    installed, pending, other = record(mid=1), record(mid=2), record(cuid="c2", mid=1)
+    for r in (installed, pending, other):
+        table.put(r)
+    table.accepted(installed, "up0", 600, now=0.0)
+    table.accepted(other, "up0", 600, now=0.0)
+    assert table.by_status() == {"unknown": 2}  # the pending one is installed nowhere
+    answer = MitigationScope((Scope(mid=1, status=Status.ATTACK_SUCCESSFULLY_MITIGATED),
+                              Scope(mid=9, status=Status.ATTACK_STOPPED)))  # 9: not ours
+    assert table.note_statuses("c1", answer) == 1
+    assert table.by_status() == {"attack-successfully-mitigated": 1, "unknown": 1}
+    # A notification body, raw; one that does not decode changes nothing.
+    assert table.note_status_payload("c2", encode_message(MitigationScope(
+        (Scope(mid=1, status=Status.ATTACK_MITIGATION_IN_PROGRESS),)))) == 1
+    assert table.note_status_payload("c2", b"\xff not cbor") == 0
+    assert table.by_status() == {"attack-successfully-mitigated": 1,
+                                 "attack-mitigation-in-progress": 1}

@@ -269,7 +269,7 @@ def test_restore_reads_back_what_plans_write() -> None:
                  lambda: store.plan_tm_put(CUID, 9, tm_body("192.0.2.0/24"))):
         plan = make()
         store.apply(plan)
-        rows += [(c.cuid, c.kind, c.ident, c.cdid, c.body) for c in plan.changes]
+        rows += [(c.cuid, c.kind, c.ident, c.cdid, c.body, c.domain) for c in plan.changes]
     again = TelemetryStore()
     assert again.restore(rows) == 2
     assert again.setup_body(CUID, 5) == store.setup_body(CUID, 5)
