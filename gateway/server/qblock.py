@@ -202,6 +202,7 @@ def send_answer(layer: MessageLayer, key: RequestKey, request: CoapMessage,
     Observe but the peer probed for Q-Block on this session (``q_block_peer``: libcoap
     probes once, then sends its GETs without Q-Block2 and expects Q-Block2); else Block2
     as before (RFC 7959). Returns the number of datagrams (blocks) sent."""
+    response = _echo_block1(request, response)
     wanted = q_block2(request)
     if (not wanted and q_block_peer and len(payload) > 1 << (BLOCK_SZX + 4)
             and _requested_block2(request) is None and not request.has_option(
@@ -218,6 +219,19 @@ def send_answer(layer: MessageLayer, key: RequestKey, request: CoapMessage,
     for block in blocks[1:]:  # RFC 9177 §4.4: the rest of the burst as NON responses
         layer.send_notification(key.token, block, now, confirmable=False)
     return len(blocks)
+
+
+def _echo_block1(request: CoapMessage, response: CoapMessage) -> CoapMessage:
+    """RFC 7959 §2.3: the answer to a body's last Block1 block carries that block's Block1
+    (``gateway.server.block1`` reassembled the body and kept the option)."""
+    try:
+        block = request.block1
+    except BadOptionError:
+        return response
+    if block is None:
+        return response
+    return response.with_options(
+        (OptionNumber.BLOCK1, Block(block.num, False, block.szx).encode()))
 
 
 def _requested_block2(request: CoapMessage) -> Block | None:

@@ -58,6 +58,7 @@ from gateway.dots.server import (
 )
 from gateway.dots.uri import Resource, build_path
 from gateway.eventlog import log_event
+from gateway.server.block1 import block1
 from gateway.server.observe import DEFAULT_MAX_OBSERVATIONS, ObserveNotifications
 from gateway.server.persistence import MitigationDatabase, PersistenceError
 from gateway.server.qblock import Respond, Whole, probe_answer, q_block1, send_answer
@@ -304,8 +305,9 @@ class ServerRole(ObserveNotifications):
 
     def _q_block(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
                  now: float) -> CoapMessage | None:
-        """RFC 9177 before the core sees a request: the answer to a probe, the blocks of a
-        Q-Block1 body (None: answered or waiting here), else the request to answer."""
+        """Block-wise requests before the core sees them: the answer to a Q-Block probe
+        (RFC 9177), the blocks of a Q-Block1 or Block1 body (RFC 7959) (None: answered or
+        waiting here), else the request to answer."""
         assert isinstance(session.layer, MessageLayer)
         probe = probe_answer(msg)
         if probe is not None:
@@ -318,9 +320,13 @@ class ServerRole(ObserveNotifications):
             self.answered[probe.code] = self.answered.get(probe.code, 0) + 1
             return None
         block = q_block1(msg)
-        if block is None:
-            return msg
-        outcome = session.q_bodies.receive(msg, block, now)
+        if block is not None:
+            outcome = session.q_bodies.receive(msg, block, now)
+        else:
+            block = block1(msg)
+            if block is None:
+                return msg
+            outcome = session.block1_bodies.receive(msg, block, now)
         if isinstance(outcome, Whole):
             return outcome.message
         if isinstance(outcome, Respond):

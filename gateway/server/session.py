@@ -24,6 +24,7 @@ from gateway.coap.tcp_layer import TcpLayer
 from gateway.dots.codes import Method
 from gateway.dots.message import DotsRequest, Requester
 from gateway.dots.server import ServerSession
+from gateway.server.block1 import Block1Bodies
 from gateway.server.blocks import BLOCK_SIZE, BlockSnapshots
 from gateway.server.qblock import QBlockBodies
 
@@ -60,6 +61,8 @@ class SignalSession:
     block_snapshots: BlockSnapshots | None = None
     #: Request bodies arriving in Q-Block1 blocks (RFC 9177).
     q_bodies: QBlockBodies = field(default_factory=QBlockBodies)
+    #: Request bodies arriving in Block1 blocks (RFC 7959).
+    block1_bodies: Block1Bodies = field(default_factory=Block1Bodies)
     #: The peer probed for Q-Block on this session (RFC 9177 §4.1): its large GET answers
     #: go in Q-Block2 even when a request carries none.
     q_block_peer: bool = False
