@@ -339,7 +339,9 @@ def daemon_metrics(registry: Registry) -> DaemonMetrics:
         fsyncs=r.counter("dots_gateway_state_fsyncs_total",
                          "fsyncs that made saved changes durable before their answers left, "
                          "by database (mitigations: one per turn of the event loop, shared by "
-                         "the requests of that turn: group commit).", ("database",)),
+                         "the requests of that turn; relay: one shared by the relayed requests "
+                         "that saved while the previous one ran: group commit).",
+                         ("database",)),
         request_duration=r.histogram(
             "dots_gateway_request_duration_seconds",
             "Time to handle a request this node answers itself, from its decoding to its "

@@ -66,8 +66,9 @@ from gateway.relay.observation import (
     cdid_of,
 )
 from gateway.relay.reinstall import Reinstallation
-from gateway.relay.store import RelayDatabase
+from gateway.relay.store import RelayDatabase, RelayDatabaseError
 from gateway.relay.upstream import UpstreamBusy, UpstreamClient
+from gateway.server.role import stop_unsynced
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,8 @@ class GatewayRelay(SharedObservations, Reinstallation):
         self.reinstalled = 0
         #: Requests answered 5.03 because the relay table could not be saved.
         self.unsaved_requests = 0
+        #: Called when an fsync failed (``_durable``); stops the daemon as the server does.
+        self.on_unsynced: Callable[[str], None] = stop_unsynced
         #: Upstream answers that said nothing of what the server has (see ``reinstall``).
         self.unreadable = 0
         #: cuid -> attempts so far of asking an unreadable list again.
@@ -241,31 +244,34 @@ class GatewayRelay(SharedObservations, Reinstallation):
         cuid, mid = prepared.cuid, prepared.path.mid
         record = self.table.get(cuid, mid)
         new = record is None or record.withdrawing
-        if record is None or record.withdrawing:
-            replaced = record
-            record = RelayedMitigation(
-                cuid, mid, prepared.requester.credential_id,
-                cdid_of(prepared.request.path), prepared.request.payload,
-                bool(prepared.scope_trigger), prepared.lifetime)
-            self.table.put(record)
-            # On record before the request leaves (restart safety); if it cannot be, the
-            # request does not leave: nothing happened, the client retries.
-            if not self._save():
-                if replaced is not None:
-                    self.table.put(replaced)
-                else:
-                    self.table.remove(cuid, mid)
-                return self._not_saved(prepared)
-        request = prepared.request
-        if record.activated_by_loss:
-            # Upstream it is an immediate request now; the client's refresh must match.
-            request = replace(request, payload=with_scope_changes(request.payload,
-                                                                  trigger_mitigation=True))
-        self._in_flight.add(record.key)
+        # In flight from now on: a reconciliation while this request waits for its fsync
+        # or its upstream answer must neither forget nor re-send it.
+        self._in_flight.add((cuid, mid))
         try:
+            if record is None or record.withdrawing:
+                replaced = record
+                record = RelayedMitigation(
+                    cuid, mid, prepared.requester.credential_id,
+                    cdid_of(prepared.request.path), prepared.request.payload,
+                    bool(prepared.scope_trigger), prepared.lifetime)
+                self.table.put(record)
+                # On disk before the request leaves (restart safety); if it cannot be, the
+                # request does not leave: nothing happened, the client retries.
+                if not await self._persist():
+                    if self.table.get(cuid, mid) is record:
+                        if replaced is not None:
+                            self.table.put(replaced)
+                        else:
+                            self.table.remove(cuid, mid)
+                    return self._not_saved(prepared)
+            request = prepared.request
+            if record.activated_by_loss:
+                # Upstream it is an immediate request now; the client's refresh must match.
+                request = replace(request, payload=with_scope_changes(
+                    request.payload, trigger_mitigation=True))
             reply = await self._forward(request, mid)
         finally:
-            self._in_flight.discard(record.key)
+            self._in_flight.discard((cuid, mid))
         if self.table.get(cuid, mid) is not record:
             return self._answer(reply)  # withdrawn meanwhile: the DELETE decided
         if isinstance(reply, Reply) and reply.ok:
@@ -273,7 +279,7 @@ class GatewayRelay(SharedObservations, Reinstallation):
             record.body = carry_acl_list_body(record.body, prepared.request.payload)
             record.lifetime = prepared.lifetime
             self.table.accepted(record, reply.endpoint.uri, granted, self.wall_clock())
-            if not self._save():
+            if not await self._persist():
                 # Not on disk as accepted: after a crash the gateway would not re-install
                 # it, so the client must not be told it is. A new request is withdrawn
                 # upstream again (a refresh's earlier state is what the disk has).
@@ -284,7 +290,7 @@ class GatewayRelay(SharedObservations, Reinstallation):
                 return self._not_saved(prepared)
         elif new:
             self.table.remove(cuid, mid)
-            self._save()
+            self._save()  # nothing promised depends on it: the next fsync covers it
         return self._answer(reply)
 
     async def _delete(self, prepared: Prepared) -> DotsResponse:
@@ -295,7 +301,9 @@ class GatewayRelay(SharedObservations, Reinstallation):
             was_withdrawing = record.withdrawing
             record.withdrawing = True  # whatever happens next, never re-install it
             self.table.touch(record)
-            if not self._save():  # a DELETE is a write: on disk before it is answered
+            # A DELETE is a write: on disk before it goes upstream (a crash after the upstream
+            # removal must not re-install it) and before it is answered.
+            if not await self._persist():
                 record.withdrawing = was_withdrawing
                 self.table.touch(record)
                 return self._not_saved(prepared)
@@ -307,6 +315,7 @@ class GatewayRelay(SharedObservations, Reinstallation):
             # (RFC 9132 §4.4.4: a DELETE is always answered 2.02).
             return DotsResponse(Code.DELETED)
         self.table.remove(cuid, mid)
+        # Lost in a crash, the record stays withdrawing: the next session DELETEs it again.
         self._save()
         return self._answer(reply)
 
@@ -447,6 +456,23 @@ class GatewayRelay(SharedObservations, Reinstallation):
         if self.database is None:
             return True
         return self.database.sync(self.table, background=background)
+
+    async def _persist(self) -> bool:
+        """``_save``, then wait for its fsync (shared with concurrent requests); True once
+        the changes are durable: what depends on them may leave."""
+        return self._save() and await self._durable()
+
+    async def _durable(self) -> bool:
+        """Every save so far is on disk. A failed fsync stops the daemon (``on_unsynced``):
+        the commits it should have covered may be lost and cannot be rolled back."""
+        if self.database is None or not self.database.unsynced:
+            return True
+        try:
+            await self.database.durable()
+        except RelayDatabaseError as exc:
+            self.on_unsynced(str(exc))
+            return False  # only where on_unsynced returns (tests): nothing is acknowledged
+        return True
 
     def _count(self, label: str) -> None:
         self.relayed[label] = self.relayed.get(label, 0) + 1

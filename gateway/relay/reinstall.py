@@ -262,6 +262,9 @@ class Reinstallation:
         upstream = self.upstream
         if upstream is None:
             return  # installed as immediate by the next reconciliation (resend_body)
+        # The activation is on disk (client_lost saved it) before it changes the upstream.
+        if not await self._durable():
+            return
         path = build_path(Resource.MITIGATE, cdid=record.cdid, cuid=record.cuid, mid=record.mid)
         try:
             await upstream.forward(DotsRequest(Method.DELETE, path), mid=record.mid,

@@ -292,6 +292,8 @@ class GatewayRole(ServerRole):
         database = relay.database
         if database is not None:
             m.save_failures.add_source(lambda: {("relay",): float(database.save_failures)})
+            m.saves.add_source(lambda: {("relay",): float(database.saves)})
+            m.fsyncs.add_source(lambda: {("relay",): float(database.fsyncs)})
         m.unsaved_requests.add_source(lambda: {("relay",): float(relay.unsaved_requests)})
         metrics.counter("dots_gateway_upstream_failovers_total",
                         "Times the gateway gave up on an upstream server and moved on."

@@ -305,25 +305,10 @@ class MitigationDatabase:
         then be lost, so nothing that depends on them may leave."""
         if not self._unsynced:
             return
-        wal = f"{self.path}-wal"
         try:
-            fd = os.open(wal, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-                known = os.fstat(fd)
-            finally:
-                os.close(fd)
-            if self._wal_known != (known.st_dev, known.st_ino):
-                # A new WAL file: its name must survive too (SQLite syncs the directory
-                # only in its own sync calls, which NORMAL skips for commits).
-                directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(directory)
-                finally:
-                    os.close(directory)
-                self._wal_known = (known.st_dev, known.st_ino)
+            self._wal_known = fsync_wal(self.path, self._wal_known)
         except OSError as exc:
-            raise PersistenceError(f"{wal}: fsync failed: {exc}") from exc
+            raise PersistenceError(f"{self.path}-wal: fsync failed: {exc}") from exc
         self._unsynced = False
         self.fsyncs += 1
 
@@ -493,6 +478,27 @@ class MitigationDatabase:
         then save what restoring ended (records that expired while the gateway was down)."""
         store.restore(self.load(store.wall_offset), now, self.load_termination_periods())
         self.sync(store)
+
+
+def fsync_wal(path: Path, known: tuple[int, int] | None) -> tuple[int, int]:
+    """fsync the WAL of the database at ``path``, and its directory when the WAL is not the
+    file ``known`` (device, inode) any more; the WAL's (device, inode). Raises ``OSError``.
+    Used by both databases' group commit (this one's ``make_durable``, the relay's)."""
+    fd = os.open(f"{path}-wal", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        stat = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if known != (stat.st_dev, stat.st_ino):
+        # A new WAL file: its name must survive too (SQLite syncs the directory only in its
+        # own sync calls, which NORMAL skips for commits).
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    return stat.st_dev, stat.st_ino
 
 
 def check_integrity(db: sqlite3.Connection) -> None:
