@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+from gateway.client.block1 import block1_put, needs_block1
 from gateway.client.blocks import fetch_remaining
 from gateway.client.connect import Endpoint, NetworkError
 from gateway.client.messages import Reply, coap_request, dots_response, request_label
@@ -136,9 +137,10 @@ class RequestSending:
                         log.info("no answer to %s, sending it again on a new session "
                                  "(transmission %d)", label, sent + 1)
                     sent += 1
-                    if self._q_block_fits(request, confirmable, session, later):
+                    transfer = self._blockwise(request, confirmable, session, later)
+                    if transfer is not None:
                         # The transfer resends what is missing itself, until the deadline.
-                        outcome = await self._send_q_block(session, request, remaining)
+                        outcome = await transfer(session, request, remaining)
                         if isinstance(outcome, CoapMessage):
                             return self._reply(request, outcome, session.endpoint, mid), session
                         if outcome in ("reset", "bad-option"):
@@ -178,6 +180,32 @@ class RequestSending:
         raise NetworkError(f"no answer to {label} in {elapsed:.0f} s (timeout {limit:g} s"
                            f"{copies})")
 
+    def _blockwise(self, request: DotsRequest, confirmable: bool, session: ClientSession,
+                   later: object) -> Callable[[ClientSession, DotsRequest, float],
+                                              Awaitable[CoapMessage | Failure]] | None:
+        """How ``request`` goes when it does not go whole: Q-Block (RFC 9177), or a PUT body
+        too large for one datagram in Block1 blocks (RFC 7959); None: whole."""
+        if self._q_block_fits(request, confirmable, session, later):
+            return self._send_q_block
+        if (request.method is Method.PUT and later is None and not confirmable
+                and isinstance(session, ClientSession) and not session.reliable
+                and needs_block1(coap_request(request))):
+            return self._send_block1
+        return None
+
+    async def _send_block1(self, session: ClientSession, request: DotsRequest,
+                           remaining: float) -> CoapMessage | Failure:
+        label = request_label(request)
+
+        def resent() -> None:
+            self.stats.retransmissions += 1
+            log.info("no answer to %s, sending the block again (Block1)", label)
+
+        return await block1_put(
+            lambda block, wait: self._send_once(session, block, False, wait + 0.5, wait),
+            coap_request(request), self.clock() + remaining, self.clock,
+            attempts=self.max_attempts + 1, wait=NON_RETRY_INTERVAL, on_resend=resent)
+
     def _q_block_fits(self, request: DotsRequest, confirmable: bool, session: ClientSession,
                       later: object) -> bool:
         """Whether ``request`` goes in Q-Block (RFC 9177): a mitigation GET (not an Observe
@@ -210,6 +238,8 @@ class RequestSending:
             # RFC 9177 §4.1: a server without Q-Block rejects the critical option.
             log.info("server %s refused Q-Block: Block2 from now on", session.endpoint)
             session.q_block_refused = True
+            if request.method is Method.PUT and needs_block1(coap_request(request)):
+                return await self._send_block1(session, request, remaining)
             return await self._send_once(session, coap_request(request), False,
                                          min(NON_RETRY_INTERVAL, remaining),
                                          remaining + 0.5)

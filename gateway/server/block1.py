@@ -5,7 +5,8 @@ for the whole body, as ours did, answered a peer that splits a large mitigation 
 (libcoap's ``coap-client -b``, aiocoap) with "4.00 undecodable CBOR". ``Block1Bodies`` (one
 per session) reassembles such bodies, keyed by method, resource and Request-Tag (RFC 9175):
 blocks come one at a time, in order (RFC 7959 §2.5, atomic transfer), each answered 2.31
-Continue with the Block1 option echoed; the last one hands the whole request to the core,
+Continue with the Block1 option echoed (again for a block sent twice: the 2.31 was lost);
+the last one hands the whole request to the core,
 whose answer echoes the last block (``qblock.send_answer``). A block that does not follow its
 predecessor gets 4.08 Request Entity Incomplete, a body beyond ``MAX_BODY_BLOCKS`` blocks
 4.13 with Size1 (RFC 7959 §2.9). Partial bodies expire like Q-Block1 ones.
@@ -59,6 +60,11 @@ class Block1Bodies:
             while len(self._bodies) >= BODIES_PER_SESSION:  # the oldest gives way
                 del self._bodies[next(iter(self._bodies))]
             body = self._bodies[key] = Reassembly(block.szx, now)
+        elif (body is not None and block.more and block.num == body.highest
+              and block.szx == body.szx):
+            # The last block again: our 2.31 was lost and the client sent it once more.
+            return Respond(msg.response(CONTINUE).with_options(
+                (OptionNumber.BLOCK1, Block(block.num, True, block.szx).encode())))
         elif body is None or block.num != body.highest + 1 or block.szx != body.szx:
             # RFC 7959 §2.9.2: not the block that follows the ones we hold.
             self._bodies.pop(key, None)
