@@ -5,7 +5,8 @@
 
 Phase ``server``: one ``dots-gateway server`` (alone on CPU 0) holds SESSIONS DTLS sessions
 opened by load-generator processes (the other CPUs; each session its own UDP socket, sources
-spread over 127.x.y.z so that ephemeral ports never run out). Once every session is up, each
+spread over 127.x.y.z so that ephemeral ports never run out). Each session sends a heartbeat
+as soon as it is up, as a client's first request; once every session is up, each
 sends a DOTS heartbeat (NON PUT /.well-known/dots/hb, RFC 9132 §4.7) every INTERVAL seconds,
 start times spread evenly over the interval, and answers the heartbeats the server sends it.
 Phase ``gateway``: the same with SESSIONS/2 clients on a gateway (``mode = "gateway"``, CPU 1)
@@ -155,14 +156,22 @@ class LoadGenerator:
                 to_open -= 1
             for key, _ in self.selector.select(0.05):
                 peer: Peer = key.data
-                if peer in pending:
-                    self._read(peer)
+                records = self._read(peer)
+                if peer not in pending:  # up already: the answer to its first heartbeat
+                    now = time.monotonic()
+                    for record in records:
+                        self._record(peer, record, now)
             for peer in list(pending):
                 state = peer.session.state
                 if state is State.ESTABLISHED:
                     pending.discard(peer)
                     ready.append(peer)
                     self.count.established += 1
+                    # A client speaks as soon as its session is up (a heartbeat, as a DOTS
+                    # client's first request would be): until then the server must keep the
+                    # handshake's OpenSSL state, which a session that never spoke would
+                    # hold for its whole life.
+                    self.heartbeat(peer, time.monotonic())
                 elif state is State.HANDSHAKING:
                     timeout = peer.session.timeout()
                     if timeout is not None and timeout <= 0:
