@@ -263,6 +263,7 @@ class DtlsServer(DtlsSessions):
             self.replacements[key] = conn
             self.counters.handshakes_replacing += 1
         self.admission.started(remote.host, conn)
+        self.deadlines.started(conn)
         self.counters.handshakes_started += 1
         self._handshake_step(conn, b"")  # the ClientHello is already inside the SSL object
 
@@ -284,14 +285,24 @@ class DtlsServer(DtlsSessions):
     def _sweep(self) -> None:
         now = self.clock()
         deadline = self.admission.deadline()  # shorter when the handshake table fills up
-        for conn in [*self.sessions.values(), *self.replacements.values()]:
+        idle_timeout = self.limits.idle_timeout
+        for conn in list(self.deadlines.past_handshake_deadline(now, deadline)):
+            if not self._is_live(conn):
+                continue
             if conn.session.state is State.HANDSHAKING or conn.handler is None:
-                if now - conn.created_at >= deadline:
-                    self.counters.handshakes_timed_out += 1
-                    self._close(conn, "handshake deadline passed", notify=False)
-            elif now - conn.last_activity >= self.limits.idle_timeout:
+                self.counters.handshakes_timed_out += 1
+                self._close(conn, "handshake deadline passed", notify=False)
+            else:
+                self.deadlines.watch_idle(conn, conn.last_activity + idle_timeout)
+        for conn in list(self.deadlines.idle_candidates(now)):
+            if not self._is_live(conn):
+                continue
+            if now - conn.last_activity >= idle_timeout:
                 self.counters.sessions_idle_closed += 1
                 self._close(conn, "idle timeout", notify=True)
+            else:
+                self.deadlines.watch_idle(conn, conn.last_activity + idle_timeout)
+        self.deadlines.compact(len(self.sessions) + len(self.replacements), self._is_live)
         self._ssl_objects.free_dead()
         self._count_worker_sends()  # a last step's flight, counted after its result was taken
         self._trim_after_closes(self.counters.sessions_closed)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.transport.dtls_deadlines import SessionDeadlines
 from gateway.transport.dtls_ssl_objects import SslObjects
 from gateway.transport.endpoint import EndpointBase
 from gateway.transport.secure_session import PeerCredential, SecureSession, State
@@ -142,6 +143,8 @@ class DtlsSessions(EndpointBase):
         #: on the same port): the old session stays in ``sessions`` until the new one is
         #: established, then the new one takes its place (RFC 6347 §4.2.8).
         self.replacements: dict[Key, DtlsConnection] = {}
+        #: Handshake deadlines and idle timeouts, looked at without a pass over the table.
+        self.deadlines = SessionDeadlines()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ssl_objects = SslObjects()
         #: Handshake steps done by the workers, not yet taken up by the loop.

@@ -386,6 +386,36 @@ async def test_unfinished_handshakes_expire_and_caps_hold(dtls_server: DtlsServe
             s.close()
 
 
+async def test_idle_sessions_are_closed_and_active_ones_kept(pki: Path) -> None:
+    """The idle timeout, checked per session when due rather than by a pass over the whole
+    table every second: the silent session goes, the talking one stays."""
+    server = DtlsServer(server_context(Kind.DTLS, pki), Echo,
+                        Limits(handshake_deadline=1.0, idle_timeout=2.0))
+    await server.start([("127.0.0.1", 0)])
+    try:
+        address = server.bound[0]
+        ctx = cert_client(Kind.DTLS, pki)
+        _, silent = await roundtrip(connect_dtls, address.host, address.port, ctx)
+        echoes: list[bytes] = []
+        talking = await connect_dtls(address.host, address.port, ctx, echoes.append,
+                                     server_name="localhost", timeout=5)
+        deadline = time.monotonic() + 30
+        while server.counters.sessions_idle_closed == 0:
+            assert time.monotonic() < deadline, "the silent session was never closed"
+            talking.send(b"still here")
+            await asyncio.sleep(0.3)
+        assert server.counters.sessions_idle_closed == 1 and len(server.sessions) == 1
+        before = len(echoes)
+        talking.send(b"and now?")
+        while len(echoes) == before:
+            assert time.monotonic() < deadline, "the talking session was closed too"
+            await asyncio.sleep(0.05)
+        silent.close()
+        talking.close()
+    finally:
+        await server.stop()
+
+
 async def test_port_in_use_refuses_to_start(dtls_server: DtlsServer) -> None:
     taken = dtls_server.bound[0]
     with pytest.raises(PortInUse, match="already in use"):
