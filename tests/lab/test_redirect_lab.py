@@ -297,8 +297,8 @@ def test_redirected_client_keeps_its_session_when_the_anycast_route_moves(
         newcomer = alab.hb("udp", 4)  # the lab's probe: one heartbeat, no following
         assert newcomer.get("code") == "5.03", newcomer
         assert alab.served_by(newcomer["local"]) == "edge2"
-        assert logged(alab.gateway_log("edge2"), f"from={V4}:{PORT} to={name_of('edge2')} "
-                      f"ttl={TTL} reason=anycast")
+        assert logged(alab.gateway_log("edge2"), "event=redirect.sent",
+                      f"local={V4}:{PORT} target={name_of('edge2')} ttl={TTL} reason=anycast")
 
         # ... while the redirected client's session to edge1 goes on, untouched.
         beat = client.ask(op="hb")
