@@ -350,13 +350,15 @@ def start(alab: AnycastLab, pki_up: Path) -> subprocess.Popen[bytes]:
             alab.ns[edge], [sys.executable, "-m", "gateway.cli", "run", "--config",
                             str(alab.config(edge))], f"gateway-{edge}.log")
     alab.wait_established()
-    deadline = time.monotonic() + 60.0
+    deadline = time.monotonic() + 120.0  # a busy machine starts four daemons slowly
     while time.monotonic() < deadline:  # both edges announce: the storm has somewhere to go
         routes = alab.birdc("router", "show", "route", "for", V4)
         if all(f"via {e4} " in routes for _, e4, _, _ in EDGES.values()):
             return upstream
         time.sleep(0.1)
-    raise TimeoutError(f"the router does not learn the anycast route from both edges:\n{routes}")
+    logs = "\n".join(f"--- {edge}:\n{alab.gateway_log(edge)[-1500:]}" for edge in EDGES)
+    raise TimeoutError(f"the router does not learn the anycast route from both edges:\n"
+                       f"{routes}\n{logs}")
 
 
 def kill_edge(alab: AnycastLab, edge: str) -> None:
