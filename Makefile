@@ -9,6 +9,10 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 DEMO_STAMP := $(VENV)/.installed-demo
+# A newer OpenSSL 3.x than Debian 12's 3.0, for DOTS_GATEWAY_OPENSSL: the tests run the
+# transports on it too, and the benchmarks compare the two (deploy/openssl/fetch_openssl.py).
+OPENSSL_DIR := $(VENV)/openssl
+OPENSSL_STAMP := $(OPENSSL_DIR)/SOURCE
 PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check --root-user-action=ignore
 # Debian packages. The daemon: libssl3 (our OpenSSL binding). The tests: libcoap3-bin
 # (interop peer), dnsmasq-base (discovery lab), nsd (authoritative server for the discovery
@@ -19,7 +23,7 @@ TEST_DEBS := libcoap3-bin dnsmasq-base nsd autoconf automake bird2 curl
 # The demo: bird2 (router and edges), dnsmasq-base (DHCP with the DOTS options), iproute2.
 DEMO_DEBS := bird2 dnsmasq-base iproute2
 
-.PHONY: run test demo run-deps test-deps demo-deps venv lint bench soak clean
+.PHONY: run test demo run-deps test-deps demo-deps venv lint bench soak openssl clean
 
 # Installs the Debian packages named in $(1) that are missing: one line, and apt's own
 # output only when it fails.
@@ -56,6 +60,11 @@ $(DEMO_STAMP): $(RUN_STAMP) | demo-deps
 	@$(PIP_INSTALL) -e '.[demo]'
 	@touch $@
 
+$(OPENSSL_STAMP): deploy/openssl/fetch_openssl.py | $(RUN_STAMP)
+	$(BIN)/python deploy/openssl/fetch_openssl.py $(OPENSSL_DIR)
+
+openssl: $(OPENSSL_STAMP)
+
 venv: $(TEST_STAMP)
 
 # The daemon's state (dev PKI, database, control socket) goes to ./state, the default of
@@ -63,7 +72,7 @@ venv: $(TEST_STAMP)
 run: $(RUN_STAMP)
 	@exec $(BIN)/dots-gateway run
 
-test: $(TEST_STAMP)
+test: $(TEST_STAMP) $(OPENSSL_STAMP)
 	$(BIN)/python -m pytest --durations=15 --cov=gateway/dots --cov=certs --cov=gateway.config \
 		--cov-report=term-missing:skip-covered --cov-fail-under=90
 
@@ -73,7 +82,7 @@ demo: $(DEMO_STAMP)
 	@exec $(BIN)/dots-gateway demo --output demo-output
 
 # Numbers, not pass/fail: results go to tests/bench/RESULTS.md with the machine and date.
-bench: $(TEST_STAMP)
+bench: $(TEST_STAMP) $(OPENSSL_STAMP)
 	$(BIN)/python tests/bench/bench_transport.py
 	$(BIN)/python tests/bench/bench_handshake_flood.py
 	$(BIN)/python tests/bench/bench_dots.py
@@ -86,7 +95,7 @@ bench: $(TEST_STAMP)
 
 # The long haul (issue 21): 50,000 DTLS sessions with heartbeats for 10 minutes on a server,
 # then 25,000 through a gateway; ~30 minutes. SOAK_ARGS overrides (e.g. --sessions 5000).
-soak: $(TEST_STAMP)
+soak: $(TEST_STAMP) $(OPENSSL_STAMP)
 	$(BIN)/python tests/bench/soak.py $(SOAK_ARGS)
 
 lint: $(TEST_STAMP)

@@ -392,7 +392,9 @@ def _rotate_tls_secrets(directory: Path, keep: int) -> int:
 
 
 def _version(_args: argparse.Namespace) -> int:
-    print(f"dots-gateway {__version__}")
+    from gateway.transport.openssl_ffi import openssl_version
+
+    print(f"dots-gateway {__version__} ({openssl_version()})")
     return EXIT_OK
 
 

@@ -59,6 +59,7 @@ from gateway.server.mitigator import Mitigator, build_mitigator
 from gateway.server.persistence import MitigationDatabase
 from gateway.server.role import ServerRole
 from gateway.transport.dtls_server import DtlsServer
+from gateway.transport.openssl_ffi import openssl_version, openssl_version_number
 from gateway.transport.tls_stream import TlsServer
 from gateway.transport.udp import PortInUse
 
@@ -213,8 +214,9 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
     m = daemon_metrics(server.metrics)
     role = server.role
     build = server.metrics.gauge("dots_gateway_build_info", "Version and mode of the running "
-                                 "daemon (always 1).", ("version", "mode"))
-    build.set(1, __version__, server.mode.value)
+                                 "daemon, and the OpenSSL it runs on (always 1).",
+                                 ("version", "mode", "openssl"))
+    build.set(1, __version__, server.mode.value, openssl_version_number())
     server.metrics.gauge("dots_gateway_start_time_seconds", "Start of the daemon, in seconds "
                          "since the epoch.").set(round(server.started_at, 3))
     register_process_metrics(server.metrics)
@@ -594,7 +596,7 @@ async def _serve(settings: Settings, ready: Any, ops: Operations,
 def _announce(server: RunningServer, ready: Any) -> None:
     # One line each on the log and on stdout (where supervisors, tests and `make run` look).
     log_event(log, logging.INFO, "daemon.serving", "serving " + " ".join(server.addresses),
-              addresses=server.addresses, mode=server.mode.value)
+              addresses=server.addresses, mode=server.mode.value, openssl=openssl_version())
     print("dots-gateway serving " + " ".join(server.addresses), flush=True)
     if ready is not None:
         ready(server)

@@ -14,9 +14,10 @@ is freed. What an idle session keeps is then a few hundred bytes of keys and cou
 Sans-I/O: bytes in, bytes out. Only AEAD suites are handled; a connection with another
 suite (the CBC ECDHE-PSK suite) simply stays on OpenSSL.
 
-What a peer sends is framed as OpenSSL 3.0 frames it (``split_incoming``, measured against
-3.0.19 in our binding), so that a session delivers the same whether OpenSSL or we open its
-records. Records too short to authenticate under the session's suite (``shortest_fragment``)
+What a peer sends is framed as the loaded OpenSSL frames it (``split_incoming``, measured
+against 3.0.19 and 3.5.9 in our binding; ``FRAMING``), so that a session delivers the same
+whether OpenSSL or we open its records. On a release series not measured, no session is
+taken over. Records too short to authenticate under the session's suite (``shortest_fragment``)
 are the exception: OpenSSL 3.0 takes one of epoch 1 for an internal error and its connection
 reads nothing more, so a session OpenSSL holds (before the hand-over, a CBC suite, a client)
 is given its datagrams without them (``discard_short_records``), and our record layer drops
@@ -45,6 +46,8 @@ from typing import Any, NamedTuple
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 
+from gateway.transport import openssl_ffi
+
 DTLS_1_2 = b"\xfe\xfd"
 RECORD_HEADER = 13
 CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA = 20, 21, 22, 23
@@ -58,14 +61,41 @@ _WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 _MAX_FRAGMENT = 2**14 + 2048
 _MAX_SEQUENCE = 2**48 - 1
 _HEADER = struct.Struct("!B2sH6sH")
-#: OpenSSL 3.0 discards a record header whose length field exceeds this, and reads on from
-#: the end of that header (measured on 3.0.19: 17,728 is read as a record, 17,729 is not;
-#: SSL3_RT_MAX_ENCRYPTED_LENGTH with the compression allowance).
-_OPENSSL_MAX_LENGTH = 2**14 + 1024 + 320
-#: What OpenSSL 3.0 takes from a memory BIO at once (its read buffer less the alignment):
-#: a longer datagram is framed as consecutive datagrams of this size (measured on 3.0.19,
-#: contexts without compression).
-_OPENSSL_READ = 16717
+
+
+class Framing(NamedTuple):
+    """How a release series of OpenSSL frames the datagrams of an established session."""
+
+    #: A record header whose length field exceeds this is discarded alone, and the datagram
+    #: is read on from the end of that header.
+    longest_record: int
+    #: What OpenSSL takes from a memory BIO at once (its read buffer less the alignment):
+    #: a longer datagram is framed as consecutive datagrams of this size.
+    read_size: int
+
+
+#: Measured against each release in our binding (contexts without compression), with the
+#: differential tests of tests/unit/transport/test_dtls_records.py. 3.0.19: 17,728 is read
+#: as a record and 17,729 is not (SSL3_RT_MAX_ENCRYPTED_LENGTH with the compression
+#: allowance), reads of 16,717. 3.5.9 (the record layer rewritten in 3.2): 16,704 and 16,705
+#: (no compression allowance), reads of 16,721.
+FRAMING_BY_SERIES = {
+    (3, 0): Framing(longest_record=2**14 + 1024 + 320, read_size=16717),
+    (3, 5): Framing(longest_record=2**14 + 320, read_size=16721),
+}
+
+
+def _series() -> tuple[int, int]:
+    number = openssl_ffi.crypto.OpenSSL_version_num()
+    return number >> 28, (number >> 20) & 0xFF
+
+
+#: The framing of the OpenSSL this process runs on, or None for a series not measured: then
+#: our record layer never takes a session over (dtls_handover), and OpenSSL keeps every one.
+FRAMING: Framing | None = FRAMING_BY_SERIES.get(_series())
+#: What ``split_incoming`` frames by; a series not measured still gets 3.0's, so the shadow
+#: that runs beside OpenSSL before a hand-over has something to compare with.
+_FRAMING = FRAMING or FRAMING_BY_SERIES[(3, 0)]
 
 #: (type, epoch, sequence, header, fragment), as ``split_records`` and ``split_incoming``
 #: give them.
@@ -253,18 +283,19 @@ def split_records(datagram: bytes) -> list[Record]:
 
 
 def split_incoming(datagram: bytes) -> list[Record]:
-    """The records OpenSSL 3.0 reads from a datagram of an established DTLS 1.2 session
-    (``dtls1_get_record`` after the first packet): our record layer must accept exactly
+    """The records OpenSSL reads from a datagram of an established DTLS 1.2 session
+    (``dtls1_get_record`` after the first packet; 3.0 and 3.5 differ only in ``Framing``):
+    our record layer must accept exactly
     what OpenSSL would, so it frames a datagram as OpenSSL does, measured against it:
 
     - a header of another version is discarded alone (13 bytes), and the datagram is read
       on from the start of that record's body; an alert only needs the major version
       (0xfe), and is then read as a record of ours (OpenSSL puts the session's version in
       the additional data, not the header's, so a relabelled genuine alert is authentic);
-    - so is a header whose length exceeds ``_OPENSSL_MAX_LENGTH``;
+    - so is a header whose length exceeds ``Framing.longest_record``;
     - a header whose length runs past the end of the datagram, or a partial header, ends
       it: the rest is dumped (RFC 6347 §4.1.2.7);
-    - a datagram longer than ``_OPENSSL_READ`` is read as several.
+    - a datagram longer than ``Framing.read_size`` is read as several.
     """
     return [record for _, record in _incoming_with_offsets(datagram)]
 
@@ -272,13 +303,14 @@ def split_incoming(datagram: bytes) -> list[Record]:
 def _incoming_with_offsets(datagram: bytes) -> list[tuple[int, Record]]:
     """``split_incoming``, each record with the offset of its header in ``datagram``."""
     records = []
-    for start in range(0, len(datagram), _OPENSSL_READ):
-        chunk = datagram[start : start + _OPENSSL_READ]
+    longest, read_size = _FRAMING
+    for start in range(0, len(datagram), read_size):
+        chunk = datagram[start : start + read_size]
         offset = 0
         while offset + RECORD_HEADER <= len(chunk):
             kind, version, epoch, seq, length = _HEADER.unpack_from(chunk, offset)
             if (version != DTLS_1_2 and (kind != ALERT or version[0] != DTLS_1_2[0])) \
-                    or length > _OPENSSL_MAX_LENGTH:
+                    or length > longest:
                 offset += RECORD_HEADER
                 continue
             end = offset + RECORD_HEADER + length

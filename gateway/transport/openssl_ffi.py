@@ -1,4 +1,4 @@
-"""A minimal binding to the system's OpenSSL 3 (libssl.so.3), in cffi ABI mode.
+"""A minimal binding to OpenSSL 3 (the system's libssl.so.3 unless told), in cffi ABI mode.
 
 Why our own binding: no Python library serves DTLS with client certificates *and* PSK,
 lets us set shared session-ticket keys (RFC 9132 §7.1 wants stateless resumption, and an
@@ -7,6 +7,14 @@ lacks PSK and ticket-key APIs, so a prototype reached into its private internals
 only call OpenSSL's *public* C API, declared below exactly as in the OpenSSL 3.0 headers.
 Macros are spelled out as the ``*_ctrl`` calls they expand to, with the header's constants.
 
+Which OpenSSL: ``DOTS_GATEWAY_OPENSSL`` may name the directory of another OpenSSL 3.x build
+(its libssl and libcrypto, whatever their soname suffix). Every 3.x keeps 3.0's ABI, and the
+newer ones do a full DTLS handshake with ~40% fewer instructions than Debian 12's 3.0
+(tests/bench/RESULTS.md); the system's copy stays the default because it gets the
+distribution's security updates. It is an environment variable, not a configuration key,
+because the library is loaded once per process, before any configuration is read, and
+``dots-client`` needs the same choice.
+
 This is the only module that touches cffi; ``gateway.transport.tls_context`` and
 ``gateway.transport.secure_session`` build on it.
 """
@@ -14,7 +22,8 @@ This is the only module that touches cffi; ``gateway.transport.tls_context`` and
 from __future__ import annotations
 
 import ctypes.util
-from typing import Any
+import os
+from typing import Any, NoReturn
 
 import cffi
 
@@ -101,6 +110,7 @@ ffi.cdef(
     int SSL_free_buffers(SSL *ssl);
     int SSL_alloc_buffers(SSL *ssl);
     unsigned long OpenSSL_version_num(void);
+    const char *OpenSSL_version(int type);
     size_t SSL_get_client_random(const SSL *ssl, unsigned char *out, size_t outlen);
     size_t SSL_get_server_random(const SSL *ssl, unsigned char *out, size_t outlen);
     SSL_SESSION *SSL_get_session(const SSL *ssl);
@@ -207,9 +217,13 @@ OSSL_PARAM_UTF8_STRING = 4
 OSSL_PARAM_OCTET_STRING = 5
 OSSL_PARAM_UNMODIFIED = 2**64 - 1
 
-#: The OpenSSL we bind; Debian 12 ships 3.0.x as libssl3, which ``make`` makes sure exists.
+#: The OpenSSL we bind by default; Debian 12 ships 3.0.x as libssl3, which ``make`` makes
+#: sure exists.
 LIBSSL_NAME = "libssl.so.3"
 LIBCRYPTO_NAME = "libcrypto.so.3"
+#: The directory of another OpenSSL 3.x build to load instead (see the module's docstring).
+OPENSSL_DIR_VARIABLE = "DOTS_GATEWAY_OPENSSL"
+_OPENSSL_VERSION = 0  # OpenSSL_version()'s OPENSSL_VERSION: "OpenSSL 3.5.9 29 Sep 2026"
 
 
 def _load(name: str) -> Any:
@@ -222,9 +236,61 @@ def _load(name: str) -> Any:
         return ffi.dlopen(found)
 
 
-# libcrypto first so libssl's dependency resolves to the same copy.
-crypto = _load(LIBCRYPTO_NAME)
-ssl = _load(LIBSSL_NAME)
+def _refuse(directory: str, reason: str) -> NoReturn:
+    # An exit with the message, not an exception: this runs at import time in every command,
+    # and an operator's wrong path deserves one line naming the variable, not a traceback.
+    raise SystemExit(f"{OPENSSL_DIR_VARIABLE}={directory}: {reason}")
+
+
+def _library_in(directory: str, stem: str) -> str:
+    """The one ``stem*.so.3`` in ``directory`` (wheels bundle e.g. libssl-8b66dd34.so.3)."""
+    try:
+        names = sorted(n for n in os.listdir(directory)
+                       if n.startswith(stem) and n.endswith(".so.3"))
+    except OSError as exc:
+        _refuse(directory, f"cannot read the directory ({exc.strerror})")
+    if len(names) != 1:
+        _refuse(directory, f"expected exactly one {stem}*.so.3 there, found "
+                           f"{', '.join(names) or 'none'}")
+    return os.path.join(directory, names[0])
+
+
+def _load_chosen(directory: str) -> tuple[Any, Any]:
+    crypto_path = _library_in(directory, "libcrypto")
+    ssl_path = _library_in(directory, "libssl")
+    try:
+        # By full path: a build whose libcrypto has another soname loads beside the
+        # system's copy (which Python's own _ssl/_hashlib may hold) without mixing with it.
+        chosen_crypto, chosen_ssl = ffi.dlopen(crypto_path), ffi.dlopen(ssl_path)
+    except OSError as exc:
+        _refuse(directory, f"cannot load it: {exc}")
+    # libssl finds its libcrypto by its own soname and rpath: it must be this one, or keys and
+    # objects would cross between two copies of OpenSSL.
+    if (ffi.cast("void *", ffi.addressof(chosen_ssl, "OpenSSL_version_num"))
+            != ffi.cast("void *", ffi.addressof(chosen_crypto, "OpenSSL_version_num"))):
+        _refuse(directory, f"its libssl uses another libcrypto than {crypto_path}")
+    if chosen_crypto.OpenSSL_version_num() >> 28 != 3:
+        _refuse(directory, "not an OpenSSL 3.x build (the binding follows the 3.x ABI)")
+    return chosen_crypto, chosen_ssl
+
+
+if os.environ.get(OPENSSL_DIR_VARIABLE):
+    crypto, ssl = _load_chosen(os.environ[OPENSSL_DIR_VARIABLE])
+else:
+    # libcrypto first so libssl's dependency resolves to the same copy.
+    crypto = _load(LIBCRYPTO_NAME)
+    ssl = _load(LIBSSL_NAME)
+
+
+def openssl_version() -> str:
+    """The loaded OpenSSL's own version line, e.g. ``OpenSSL 3.0.13 30 Jan 2024``."""
+    return ffi.string(crypto.OpenSSL_version(_OPENSSL_VERSION)).decode("ascii", "replace")
+
+
+def openssl_version_number() -> str:
+    """``3.0.13``: the version as a metric label or log field carries it."""
+    number = crypto.OpenSSL_version_num()
+    return f"{number >> 28}.{(number >> 20) & 0xFF}.{(number >> 4) & 0xFF}"
 
 
 class OpenSSLError(Exception):

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.transport import dtls_records
 from gateway.transport.dtls_handover import HandOver
 from gateway.transport.dtls_records import (
     ALERT,
@@ -152,7 +153,8 @@ class SecureSession:
         self._shortest: int | None = None
         # Server, DTLS: the records of the handshake, then our record protection run beside
         # OpenSSL's as a shadow until it takes over (dtls_handover).
-        self._handover = HandOver() if self.is_server and self.kind is Kind.DTLS else None
+        self._handover = (HandOver() if self.is_server and self.kind is Kind.DTLS
+                          and dtls_records.FRAMING is not None else None)
         if ssl_ptr is None:
             ssl_ptr = ssl.SSL_new(context.ptr)
             if ssl_ptr == ffi.NULL:

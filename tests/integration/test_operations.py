@@ -31,6 +31,7 @@ from gateway.coap.udp_codec import decode_udp, encode_udp
 from gateway.dots.codec import json_to_cbor
 from gateway.ops import control
 from gateway.transport.dtls_client import HandshakeError
+from gateway.transport.openssl_ffi import openssl_version_number
 from tests.support.daemon import open_session
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -221,7 +222,8 @@ async def test_metrics_move_after_a_dtls_session(daemon: Daemon) -> None:
     # The heartbeat was the client's first application data: OpenSSL's state is gone.
     assert after['dots_gateway_dtls_sessions_by_record_layer{layer="gateway"}'] == 1
     assert after['dots_gateway_dtls_sessions_by_record_layer{layer="openssl"}'] == 0
-    assert after['dots_gateway_build_info{version="0.1.0",mode="terminal"}'] == 1
+    build = f'version="0.1.0",mode="terminal",openssl="{openssl_version_number()}"'
+    assert after["dots_gateway_build_info{" + build + "}"] == 1
     # A failed handshake counts too (an unknown CA).
     rogue = daemon.pki.parent / "rogue"
     init_dev_pki(rogue)

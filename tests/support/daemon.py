@@ -9,7 +9,7 @@ import select
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager
-def serving(command: str, config: Path, log: Path, *, timeout: float = 20.0
-            ) -> Iterator[subprocess.Popen[str]]:
+def serving(command: str, config: Path, log: Path, *, timeout: float = 20.0,
+            env: Mapping[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
     """``python -m gateway.cli COMMAND --config CONFIG`` with stderr appended to ``log``.
 
     Ready once it prints its "dots-gateway serving" line (``RuntimeError`` with the log's
@@ -30,7 +30,8 @@ def serving(command: str, config: Path, log: Path, *, timeout: float = 20.0
     with open(log, "a") as err:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", command, "--config",
                                  str(config)], cwd=ROOT, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=err, text=True)
+                                stdout=subprocess.PIPE, stderr=err, text=True,
+                                env=None if env is None else {**os.environ, **env})
     assert proc.stdout is not None
     try:
         ready, _, _ = select.select([proc.stdout], [], [], timeout)

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.transport import dtls_records
+from gateway.transport import dtls_records, openssl_ffi
 from gateway.transport.dtls_records import (
     ALERT,
     APPLICATION_DATA,
@@ -349,10 +349,10 @@ JUNK_RECORD = bytes.fromhex("17fefd0001000000000000" "0000")
 HANDOVER_SUITE = "ECDHE-ECDSA-AES128-GCM-SHA256"
 
 
-#: A header of another DTLS version, and the largest record length OpenSSL 3.0 reads (both
-#: measured against OpenSSL 3.0.19 in our binding, see split_incoming).
+#: A header of another DTLS version; the largest record length the loaded OpenSSL reads and
+#: what it takes from a memory BIO at once (measured per release series, see Framing).
 DTLS_1_0 = b"\xfe\xff"
-OPENSSL_MAX_LENGTH = 17728
+OPENSSL_MAX_LENGTH, OPENSSL_READ = dtls_records._FRAMING
 
 
 def header(kind: int, version: bytes, length: int, epoch: int = 1, seq: int = 9) -> bytes:
@@ -646,12 +646,12 @@ def _framing(case: str, m: list[bytes], bye: bytes) -> bytes:
         return header(APPLICATION_DATA, DTLS_1_2, length) + m[1] + bytes(length - len(m[1])) \
             + m[2]
     if case == "datagram-longer-than-openssl-reads":  # read as two datagrams
-        pad = 16717 - 2 * RECORD_HEADER
+        pad = OPENSSL_READ - 2 * RECORD_HEADER
         return header(APPLICATION_DATA, DTLS_1_2, pad) + bytes(pad) + m[1][:13] + m[1] + m[2]
     if case == "short-record":  # too short for the suite: kept from OpenSSL
         return _short(23, 7) + m[1] + _short(1, 8) + m[2]
     if case == "short-record-in-a-long-datagram":  # the rest framed as without it
-        pad = 16717 - 2 * RECORD_HEADER - 10
+        pad = OPENSSL_READ - 2 * RECORD_HEADER - 10
         return header(APPLICATION_DATA, DTLS_1_2, pad) + bytes(pad) + _short(10, 7) \
             + m[1][:13] + m[1] + m[2]
     if case == "close-notify-of-another-minor-version":  # alerts need only the major version
@@ -817,3 +817,23 @@ def test_an_error_openssl_reports_ends_the_session_instead_of_hiding_it(
     assert client.state is State.FAILED and "alert" in (client.failure or "")
     with pytest.raises(OpenSSLError):
         server.send(b"too late")
+
+
+def test_an_openssl_series_not_measured_keeps_every_session(
+    pki: Path, server_context: ServerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Our framing copies the loaded OpenSSL's, measured per release series; on another
+    # series OpenSSL keeps the session for its whole life, and it still delivers.
+    monkeypatch.setattr(dtls_records, "FRAMING", None)
+    client, server = connected(pki, server_context, HANDOVER_SUITE)
+    m = sealed_by(client, 3)
+    assert [server.feed(d) for d in m] == [[b"m0"], [b"m1"], [b"m2"]]
+    assert not handed_over(server)
+    server.send(b"back")
+    assert [client.feed(d) for d in server.take_output()] == [[b"back"]]
+
+
+def test_the_framing_is_the_loaded_openssls() -> None:
+    number = openssl_ffi.crypto.OpenSSL_version_num()
+    series = (number >> 28, (number >> 20) & 0xFF)
+    assert dtls_records.FRAMING == dtls_records.FRAMING_BY_SERIES.get(series)
