@@ -14,6 +14,7 @@ not a test: it reports numbers and never fails on them.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import resource
 import selectors
@@ -30,11 +31,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+#: The newer OpenSSL 3.x that ``make openssl`` puts in the venv. When it is there our server
+#: runs once on it and once on the system's, and the load generator runs on it: on Debian's
+#: 3.0 the single-threaded generator spends as much per handshake as a server, so it would
+#: cap the rates it measures.
+OPENSSL_VARIABLE = "DOTS_GATEWAY_OPENSSL"
+NEWER_OPENSSL = Path(sys.prefix) / "openssl"
+if (NEWER_OPENSSL / "SOURCE").exists():
+    os.environ.setdefault(OPENSSL_VARIABLE, str(NEWER_OPENSSL))
 
 from certs.devpki import init_dev_pki  # noqa: E402
 from gateway.coap.codes import MessageType  # noqa: E402
 from gateway.coap.message import CoapMessage  # noqa: E402
 from gateway.coap.udp_codec import decode_udp, encode_udp  # noqa: E402
+from gateway.transport.openssl_ffi import openssl_version_number  # noqa: E402
 from gateway.transport.secure_session import SecureSession, State  # noqa: E402
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind  # noqa: E402
 from tests.bench import plots  # noqa: E402
@@ -81,8 +91,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_ours(pki: Path, state: Path) -> Server:
+OURS = "dots-gateway"
+LIBCOAP = "libcoap coap-server-openssl"
+
+
+def start_ours(pki: Path, state: Path, openssl: Path | None = None) -> Server:
+    """Our server on the system's OpenSSL, or on the build in ``openssl``."""
     port = free_port()
+    state.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != OPENSSL_VARIABLE}
+    if openssl is not None:
+        env[OPENSSL_VARIABLE] = str(openssl)
     config = state / "bench.toml"
     config.write_text(
         f'[general]\nstate_dir = "{state}"\n[logging]\nlevel = "warning"\n'
@@ -91,11 +110,16 @@ def start_ours(pki: Path, state: Path) -> Server:
         "[limits]\nmax_sessions = 100000\nmax_handshakes = 4096\n"
         "handshakes_per_source = 1000000\nmax_handshakes_per_source = 1000000\n")
     proc = subprocess.Popen(["taskset", "-c", "0", *DAEMON, "server", "--config", str(config)],
-                            cwd=ROOT,
+                            cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     proc.stdout.readline()  # "dots-gateway serving ..."
-    return Server("dots-gateway", proc, port)
+    return Server(OURS if openssl is None else f"{OURS} on OpenSSL {newer_version(openssl)}",
+                  proc, port)
+
+
+def newer_version(directory: Path) -> str:
+    return (directory / "SOURCE").read_text().split()[1]  # "OpenSSL 3.5.9 from ..."
 
 
 def start_libcoap(pki: Path) -> Server | None:
@@ -383,7 +407,11 @@ def main() -> None:
     init_dev_pki(pki)
     ctx = ClientContext(Kind.DTLS, ClientCredentials(pki / "client.pem", pki / "client.key",
                                                      pki / "ca.pem"))
-    servers = [s for s in (start_ours(pki, tmp), start_libcoap(pki)) if s is not None]
+    newer = NEWER_OPENSSL if (NEWER_OPENSSL / "SOURCE").exists() else None
+    candidates = [start_ours(pki, tmp / "system"), start_libcoap(pki)]
+    if newer is not None:
+        candidates.insert(1, start_ours(pki, tmp / "newer", newer))
+    servers = [s for s in candidates if s is not None]
     latencies: dict[str, list[float]] = {}
     try:
         table = interleaved_handshakes(servers, ctx, args.quick)
@@ -422,6 +450,8 @@ def write_results(path: Path, table: dict[str, dict[str, str]], quick: bool) -> 
         *machine_lines(),
         "- servers pinned to CPU 0, load generator on CPU 1; DTLS 1.2, ECDHE-ECDSA P-256,"
         f" dev PKI; mode: {'quick' if quick else 'full'}",
+        f"- `{OURS}` and libcoap run on the system's OpenSSL {SYSTEM_OPENSSL}; the load"
+        f" generator (our binding) on OpenSSL {openssl_version_number()}",
         f"- handshakes/s: the servers take turns, window by window, {HANDSHAKE_ROUNDS} rounds;"
         " the median round is shown, every round's rate after it",
         "",
@@ -430,6 +460,7 @@ def write_results(path: Path, table: dict[str, dict[str, str]], quick: bool) -> 
         *[f"| {row} | " + " | ".join(table[n].get(row, "-") for n in names) + " |"
           for row in rows],
         *target_lines(table),
+        *issue21_target_lines(table),
         "",
         f"![rates]({RATES_PNG}) ![latency]({LATENCY_PNG})",
         "",
@@ -468,15 +499,57 @@ def _leading_number(cell: str) -> float:
     return float(cell.split()[0])
 
 
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def _server_cpu(cell: str) -> float:
+    """The server CPU of a rate cell, in microseconds ("server CPU 1.78 ms each")."""
+    value, unit = cell.split("server CPU ")[1].split()[:2]
+    return float(value) * (1000 if unit == "ms" else 1)
+
+
+def issue21_target_lines(table: dict[str, dict[str, str]]) -> list[str]:
+    """Issue 21 §3's CPU targets, for our server on each OpenSSL, judged from this run."""
+    theirs = table.get(LIBCOAP)
+    if theirs is None:
+        return []
+    lines = ["", "Targets (issue 21 §3, one server core):", ""]
+    for name in [n for n in table if n.startswith(OURS)]:
+        ours = table[name]
+        for row in [r for r in ours if r.startswith("handshakes/s")]:
+            cpu, ratio = _server_cpu(ours[row]), (_leading_number(ours[row])
+                                                  / _leading_number(theirs[row]))
+            lines.append(f"- {name}, {row}: server CPU per handshake <= 1.25 ms: "
+                         f"{cpu / 1000:.2f} ms -> {verdict(cpu <= 1250)}; >= 1.4x libcoap: "
+                         f"{ratio:.2f}x -> {verdict(ratio >= 1.4)}")
+        row = "requests/s (16 sessions)"
+        if row in ours and row in theirs:
+            cpu = _server_cpu(ours[row])
+            ratio = _leading_number(ours[row]) / _leading_number(theirs[row])
+            lines.append(f"- {name}, {row}: server CPU per request <= 30 us: {cpu:.0f} us ->"
+                         f" {verdict(cpu <= 30)}; >= 1.0x libcoap: {ratio:.2f}x -> "
+                         f"{verdict(ratio >= 1.0)}")
+    return lines
+
+
+def system_openssl() -> str:
+    """The version of the system's libcrypto.so.3 (the one libcoap and `make run` use)."""
+    library = ctypes.CDLL("libcrypto.so.3")
+    library.OpenSSL_version_num.restype = ctypes.c_ulong
+    number = library.OpenSSL_version_num()
+    return f"{number >> 28}.{(number >> 20) & 0xFF}.{(number >> 4) & 0xFF}"
+
+
+SYSTEM_OPENSSL = system_openssl()
+
+
 def target_lines(table: dict[str, dict[str, str]]) -> list[str]:
     """Issue 4's targets, judged from this run's own figures."""
-    ours, theirs = table.get("dots-gateway"), table.get("libcoap coap-server-openssl")
+    ours, theirs = table.get(OURS), table.get(LIBCOAP)
     if ours is None or theirs is None:
         return []
     lines = ["", "Targets (issue 4):", ""]
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "MISSED"
 
     for row in [r for r in ours if r.startswith("handshakes/s")]:
         a, b = _leading_number(ours[row]), _leading_number(theirs[row])
