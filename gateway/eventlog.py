@@ -70,7 +70,7 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "anycast.checks_passed": (),
     "anycast.drain": ("grace",),
     # operations
-    "daemon.serving": ("addresses", "mode"),
+    "daemon.serving": ("addresses", "mode", "openssl"),
     "daemon.stopping": (),
     "config.reloaded": ("source", "changed", "needs_restart", "withdrawn"),
     "config.reload_failed": ("reason",),
