@@ -469,6 +469,29 @@ def write_results(path: Path, table: dict[str, dict[str, str]], quick: bool) -> 
 
 
 FINDINGS = [
+    "Notes (2026-12-07, issue 21 §3):",
+    "",
+    "- Where a handshake's CPU goes (callgrind, instructions, so the busy machine does not"
+    " matter; one full mutual-auth ECDSA handshake between our client and our server in one"
+    " process, startup subtracted, client and server together): on OpenSSL 3.0.19 19.2 M"
+    " instructions, of which libcrypto 14.5 M, libc 3.4 M (OpenSSL's allocations and"
+    " copies), libssl 0.2 M, and Python with cffi, i.e. our binding and session code, 1.0 M"
+    " (5%). On OpenSSL 3.5.9 11.9 M in all (-38%): libcrypto 9.6 M, libc 0.9 M, ours the"
+    " same 1.0 M (8%). So the larger lever is OpenSSL's own handshake machinery, not the"
+    " binding: a compiled helper could save at most the 5-8%. Debian 12 has no newer"
+    " OpenSSL; `make openssl` takes 3.5 LTS from PyPI and `DOTS_GATEWAY_OPENSSL` loads it"
+    " (README). Our column on that build is the comparison in the table above. In the same"
+    " process the server's share, timed per thread on a loaded machine in alternating"
+    " runs, went from 2.5-2.6 ms on 3.0 to 1.2-1.7 ms on 3.5.",
+    "- What the daemon adds to OpenSSL's work per handshake (sockets, cookies, admission,"
+    " the nice-19 handshake workers and their hand-offs to the loop) was not cut further"
+    " this time; the workers' cost (~0.45 ms per handshake on one core, below) is the next"
+    " lever, traded against the storm latency they protect.",
+    "- 3.5 frames incoming datagrams differently from 3.0 (longest record 16,704 instead of"
+    " 17,728, reads of 16,721 instead of 16,717 bytes): the record layer's differential"
+    " tests failed 3 of their 10 framing cases on 3.5 until the framing followed the loaded"
+    " release (gateway/transport/dtls_records.py `FRAMING_BY_SERIES`).",
+    "",
     "Notes (2026-11-26):",
     "",
     "- Handshakes: both servers run the same OpenSSL 3.0 crypto (~0.95 ms of a server's CPU"
