@@ -90,7 +90,7 @@ bench: $(TEST_STAMP) $(OPENSSL_STAMP)
 	$(BIN)/python tests/bench/bench_anycast.py
 	$(BIN)/python tests/bench/bench_coap.py
 	$(BIN)/python tests/bench/bench_gateway.py
-	$(BIN)/python tests/bench/bench_storm.py
+	$(BIN)/python tests/bench/bench_storm.py --openssl $(OPENSSL_DIR)
 	$(BIN)/python tests/bench/bench_qblock.py
 
 # The long haul (issue 21): 50,000 DTLS sessions with heartbeats for 10 minutes on a server,

@@ -373,7 +373,11 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sessions", type=int, default=20_000)
     parser.add_argument("--results", type=Path, default=ROOT / "tests/bench/RESULTS.md")
+    parser.add_argument("--openssl", type=Path, default=None,
+                        help="run every process on this OpenSSL 3.x build (DOTS_GATEWAY_OPENSSL)")
     args = parser.parse_args()
+    if args.openssl is not None:
+        os.environ["DOTS_GATEWAY_OPENSSL"] = str(args.openssl.resolve())  # children inherit
     why = require_root() or missing_tools()
     if why:
         print(f"skipped: {why}")
@@ -425,8 +429,11 @@ def main() -> int:
     result = Storm(args.sessions, ready, setup_s, setups, moved - killed, moved, storms)
     lines = result.lines()
     print("\n".join(lines))
+    openssl = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "version"], cwd=ROOT, capture_output=True,
+        text=True, check=False).stdout.strip()
     update_section(args.results, "Failover storm (tests/bench/bench_storm.py)",
-                   [*machine_lines(), *lines])
+                   [*machine_lines(), f"- every process on: {openssl}", *lines])
     return 0
 
 
