@@ -18,6 +18,7 @@ Pure: the clock (wall time, because records outlive the process) is passed in.
 from __future__ import annotations
 
 import enum
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -37,6 +38,11 @@ DEFAULT_HOP_LIMIT = 16
 MAX_REMEMBERED_OWNERS = 100_000
 #: RFC 9132 §4.4.1: lifetime -1 is "indefinite".
 INDEFINITE = -1
+#: Rebuild the expiry heap when it holds more than this many entries per scheduled record
+#: (refreshes leave their earlier entries behind)...
+_HEAP_SLACK = 2
+#: ...and at least this many in all (small tables are never worth the rebuild).
+_HEAP_SLACK_MIN = 1024
 
 
 class Domain(enum.StrEnum):
@@ -136,9 +142,10 @@ def carry_acl_list_body(previous: bytes, new: bytes) -> bytes:
     return encode_message(replace(new_message, scope=(scope, *new_message.scope[1:])))
 
 
-@dataclass
+@dataclass(slots=True)
 class RelayedMitigation:
-    """A client's mitigation request as the gateway relayed it."""
+    """A client's mitigation request as the gateway relayed it (slots: a gateway may hold
+    a million of them)."""
 
     cuid: str
     mid: int
@@ -183,13 +190,25 @@ class RelayedMitigation:
 
 
 class RelayTable:
-    """The client mitigations this gateway answers for (see the module docstring)."""
+    """The client mitigations this gateway answers for (see the module docstring).
+
+    Nothing here passes over the whole table on a timer (a gateway may hold a million
+    records, issue 21): expiry is a heap of (expires_at, cuid, mid) looked at only when due,
+    and the records in force (what ``active`` asks, for every upstream message) are a set of
+    their own. Both follow the records through ``put``/``touch``/``accepted``/``remove``,
+    which every change in place goes through (``touch``: "save it").
+    """
 
     def __init__(self) -> None:
         self._records: dict[tuple[str, int], RelayedMitigation] = {}
         self._by_cuid: dict[str, set[int]] = {}
         self._owners: OrderedDict[str, str] = OrderedDict()
         self._changed: set[tuple[str, int]] = set()
+        #: (expires_at, cuid, mid); an entry is live while ``_expiry_at[key]`` equals it.
+        self._expiry: list[tuple[float, str, int]] = []
+        self._expiry_at: dict[tuple[str, int], float] = {}
+        #: Keys of confirmed, not withdrawing, immediate (or activated) records.
+        self._in_force: set[tuple[str, int]] = set()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -209,8 +228,14 @@ class RelayTable:
 
     def active(self, now: float) -> bool:
         """Whether any relayed request is in force (the upstream session then uses the
-        mitigating parameter set, RFC 9132 §4.5)."""
-        return any(self.is_mitigating(cuid, now) for cuid in self._by_cuid)
+        mitigating parameter set, RFC 9132 §4.5). Asked for every upstream message: looks
+        only at the records in force, and stops at the first unexpired one (expired ones
+        leave at the next ``expire``)."""
+        for key in self._in_force:
+            expires_at = self._records[key].expires_at
+            if expires_at is None or expires_at > now:
+                return True
+        return False
 
     def is_mitigating(self, cuid: str, now: float) -> bool:
         # Unsorted and stopping at the first active one: it runs for every session of the
@@ -251,15 +276,37 @@ class RelayTable:
         self._records[record.key] = record
         self._by_cuid.setdefault(record.cuid, set()).add(record.mid)
         self._changed.add(record.key)
+        self._index(record)
 
     def touch(self, record: RelayedMitigation) -> None:
         """``record`` was changed in place: save it."""
         if self._records.get(record.key) is record:
             self._changed.add(record.key)
+            self._index(record)
+
+    def _index(self, record: RelayedMitigation) -> None:
+        """Follow ``record``'s expiry and whether it is in force (see the class docstring)."""
+        key = record.key
+        if (record.confirmed and not record.withdrawing
+                and (record.trigger_mitigation or record.activated_by_loss)):
+            self._in_force.add(key)
+        else:
+            self._in_force.discard(key)
+        at = record.expires_at if record.confirmed else None
+        if at is None:
+            self._expiry_at.pop(key, None)  # its heap entry, if any, is dead now
+        elif self._expiry_at.get(key) != at:
+            self._expiry_at[key] = at
+            heapq.heappush(self._expiry, (at, record.cuid, record.mid))
+            if len(self._expiry) > max(_HEAP_SLACK_MIN, _HEAP_SLACK * len(self._expiry_at)):
+                self._expiry = [(t, c, m) for (c, m), t in self._expiry_at.items()]
+                heapq.heapify(self._expiry)
 
     def remove(self, cuid: str, mid: int) -> RelayedMitigation | None:
         record = self._records.pop((cuid, mid), None)
         if record is not None:
+            self._in_force.discard((cuid, mid))
+            self._expiry_at.pop((cuid, mid), None)
             mids = self._by_cuid.get(cuid)
             if mids is not None:
                 mids.discard(mid)
@@ -317,17 +364,25 @@ class RelayTable:
         return counts
 
     def expire(self, now: float) -> list[RelayedMitigation]:
-        """Drop requests whose lifetime ran out (the upstream server drops them too)."""
-        gone = [r for r in self._records.values()
-                if r.confirmed and r.expires_at is not None and r.expires_at <= now]
-        for record in gone:
-            self.remove(record.cuid, record.mid)
+        """Drop requests whose lifetime ran out (the upstream server drops them too). Costs
+        what is due, not the table: a tick with nothing due looks at one heap entry."""
+        gone = []
+        heap, scheduled = self._expiry, self._expiry_at
+        while heap and heap[0][0] <= now:
+            at, cuid, mid = heapq.heappop(heap)
+            if scheduled.get((cuid, mid)) != at:
+                continue  # refreshed, removed or no longer confirmed since it was pushed
+            del scheduled[(cuid, mid)]
+            record = self.remove(cuid, mid)
+            if record is not None:
+                gone.append(record)
         return gone
 
     def next_expiry(self) -> float | None:
-        times = [r.expires_at for r in self._records.values()
-                 if r.confirmed and r.expires_at is not None]
-        return min(times) if times else None
+        heap, scheduled = self._expiry, self._expiry_at
+        while heap and scheduled.get((heap[0][1], heap[0][2])) != heap[0][0]:
+            heapq.heappop(heap)  # dead entries on top: drop them for good
+        return heap[0][0] if heap else None
 
     def take_changes(self) -> list[tuple[tuple[str, int], RelayedMitigation | None]]:
         """Keys changed since the last call, with their record (None: removed)."""
@@ -339,3 +394,4 @@ class RelayTable:
         for record in records:
             self._records[record.key] = record
             self._by_cuid.setdefault(record.cuid, set()).add(record.mid)
+            self._index(record)
