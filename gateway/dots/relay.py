@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import enum
 import heapq
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from gateway.dots.codec import decode_message, encode_message
 from gateway.dots.codes import CONTENT_FORMAT_TEXT, Code, ConflictCause, Status
@@ -170,6 +170,9 @@ class RelayedMitigation:
     #: to a GET or a notification that passed through the gateway; None until one did.
     #: Not saved: after a restart the next GET or notification says it again.
     status: Status | None = None
+    #: (state, status label) as ``RelayTable`` counts it for its metrics; None: not counted.
+    counted: tuple[str, str | None] | None = field(default=None, init=False, repr=False,
+                                                   compare=False)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -209,6 +212,10 @@ class RelayTable:
         self._expiry_at: dict[tuple[str, int], float] = {}
         #: Keys of confirmed, not withdrawing, immediate (or activated) records.
         self._in_force: set[tuple[str, int]] = set()
+        #: Records by state and installed ones by upstream status (the metrics: a scrape
+        #: must not walk a million records either).
+        self._states: Counter[str] = Counter()
+        self._statuses: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -273,6 +280,9 @@ class RelayTable:
     # --- changes -----------------------------------------------------------------------------
 
     def put(self, record: RelayedMitigation) -> None:
+        previous = self._records.get(record.key)
+        if previous is not None and previous is not record:
+            self._count(previous, present=False)
         self._records[record.key] = record
         self._by_cuid.setdefault(record.cuid, set()).add(record.mid)
         self._changed.add(record.key)
@@ -287,6 +297,7 @@ class RelayTable:
     def _index(self, record: RelayedMitigation) -> None:
         """Follow ``record``'s expiry and whether it is in force (see the class docstring)."""
         key = record.key
+        self._count(record)
         if (record.confirmed and not record.withdrawing
                 and (record.trigger_mitigation or record.activated_by_loss)):
             self._in_force.add(key)
@@ -302,9 +313,32 @@ class RelayTable:
                 self._expiry = [(t, c, m) for (c, m), t in self._expiry_at.items()]
                 heapq.heapify(self._expiry)
 
+    def _count(self, record: RelayedMitigation, *, present: bool = True) -> None:
+        new = None
+        if present:
+            state = ("withdrawing" if record.withdrawing
+                     else "installed" if record.confirmed else "pending")
+            label = None
+            if record.confirmed:
+                label = record.status.label if record.status is not None else "unknown"
+            new = (state, label)
+        old = record.counted
+        if old == new:
+            return
+        if old is not None:
+            self._states[old[0]] -= 1
+            if old[1] is not None:
+                self._statuses[old[1]] -= 1
+        if new is not None:
+            self._states[new[0]] += 1
+            if new[1] is not None:
+                self._statuses[new[1]] += 1
+        record.counted = new
+
     def remove(self, cuid: str, mid: int) -> RelayedMitigation | None:
         record = self._records.pop((cuid, mid), None)
         if record is not None:
+            self._count(record, present=False)
             self._in_force.discard((cuid, mid))
             self._expiry_at.pop((cuid, mid), None)
             mids = self._by_cuid.get(cuid)
@@ -338,6 +372,7 @@ class RelayTable:
                       else None)
             if record is not None and scope.status is not None:
                 record.status = scope.status
+                self._count(record)
                 noted += 1
         return noted
 
@@ -355,13 +390,25 @@ class RelayTable:
     def by_status(self) -> dict[str, int]:
         """Requests installed upstream by the status it last reported ('unknown' while it
         has said none yet); requests not accepted anywhere are not counted."""
-        counts: dict[str, int] = {}
-        for record in self._records.values():
-            if not record.confirmed:
-                continue
-            label = record.status.label if record.status is not None else "unknown"
-            counts[label] = counts.get(label, 0) + 1
-        return counts
+        return {label: n for label, n in self._statuses.items() if n}
+
+    def by_state(self) -> dict[str, int]:
+        """Records by state: installed (accepted upstream), pending (in flight), withdrawing."""
+        return {state: self._states[state] for state in ("installed", "pending", "withdrawing")}
+
+    def in_force(self, now: float) -> int:
+        """How many relayed requests are in force (``is_mitigating``'s test per record), at
+        the cost of those whose expiry is due but not yet handled (``expire``), not of the
+        table: the heap is walked only where it holds times <= ``now``."""
+        heap, scheduled, due, stack = self._expiry, self._expiry_at, 0, [0]
+        while stack:
+            i = stack.pop()
+            if i < len(heap) and heap[i][0] <= now:
+                at, cuid, mid = heap[i]
+                if scheduled.get((cuid, mid)) == at and (cuid, mid) in self._in_force:
+                    due += 1
+                stack += (2 * i + 1, 2 * i + 2)
+        return len(self._in_force) - due
 
     def expire(self, now: float) -> list[RelayedMitigation]:
         """Drop requests whose lifetime ran out (the upstream server drops them too). Costs
@@ -392,6 +439,9 @@ class RelayTable:
     def restore(self, records: Iterable[RelayedMitigation]) -> None:
         """Load saved records (no change is recorded for them)."""
         for record in records:
+            previous = self._records.get(record.key)
+            if previous is not None and previous is not record:
+                self._count(previous, present=False)
             self._records[record.key] = record
             self._by_cuid.setdefault(record.cuid, set()).add(record.mid)
             self._index(record)

@@ -7,6 +7,8 @@ import random
 
 import pytest
 
+from gateway.dots.codes import Status
+from gateway.dots.model import MitigationScope, Scope
 from gateway.dots.relay import RelayTable
 from tests.unit.dots.test_relay_rules import record
 
@@ -34,6 +36,22 @@ def brute_active(table: RelayTable, now: float) -> bool:
     return any(table.is_mitigating(c, now) for c in table.cuids())
 
 
+def brute_counts(table: RelayTable, now: float) -> tuple[dict[str, int], dict[str, int], int]:
+    states = {"installed": 0, "pending": 0, "withdrawing": 0}
+    statuses: dict[str, int] = {}
+    in_force = 0
+    for r in table:
+        states["withdrawing" if r.withdrawing else "installed" if r.confirmed
+               else "pending"] += 1
+        if r.confirmed:
+            label = r.status.label if r.status is not None else "unknown"
+            statuses[label] = statuses.get(label, 0) + 1
+        if (r.confirmed and not r.withdrawing and (r.trigger_mitigation or r.activated_by_loss)
+                and (r.expires_at is None or r.expires_at > now)):
+            in_force += 1
+    return states, statuses, in_force
+
+
 def test_timer_calls_never_walk_the_table() -> None:
     table = RelayTable()
     for i in range(2000):
@@ -47,6 +65,12 @@ def test_timer_calls_never_walk_the_table() -> None:
     assert [r.mid for r in table.expire(now=104.0)] == [0, 1, 2, 3, 4]
     assert table.next_expiry() == 105.0
     assert table.active(now=104.0)
+    # The metrics too: 1,995 left, a third of them preconfigured (not in force), and those
+    # whose expiry is due but not yet handled do not count.
+    assert table.by_state() == {"installed": 1995, "pending": 0, "withdrawing": 0}
+    assert table.by_status() == {"unknown": 1995}
+    assert table.in_force(now=104.0) == sum(1 for i in range(5, 2000) if i % 3)
+    assert table.in_force(now=110.0) == sum(1 for i in range(11, 2000) if i % 3)
 
 
 def test_refreshes_do_not_grow_the_heap_without_bound() -> None:
@@ -101,11 +125,18 @@ def test_answers_match_a_full_scan_under_random_changes(seed: int) -> None:
         elif op < 0.75 and existing is not None:
             existing.activated_by_loss = True
             table.touch(existing)
-        elif op < 0.85:
+        elif op < 0.8:
             table.remove(*key)
+        elif op < 0.85:
+            scope = Scope(mid=key[1], status=rng.choice(list(Status)))
+            table.note_statuses(key[0], MitigationScope((scope,)))
         else:
             now += rng.choice([0.5, 1.0, 7.0, 40.0])
             due = brute_expired(table, now)
             assert {r.key for r in table.expire(now)} == due
         assert table.next_expiry() == brute_next(table)
         assert table.active(now) == brute_active(table, now)
+        later = now + rng.choice([0.0, 3.0, 100.0])  # some due, not yet expired
+        states, statuses, in_force = brute_counts(table, later)
+        assert (table.by_state(), table.by_status(), table.in_force(later)) == \
+            (states, statuses, in_force)
