@@ -82,6 +82,7 @@ demo: $(DEMO_STAMP)
 	@exec $(BIN)/dots-gateway demo --output demo-output
 
 # Numbers, not pass/fail: results go to tests/bench/RESULTS.md with the machine and date.
+# RECONCILE_ARGS: e.g. --records 1000000 for the issue's size (~10 minutes more per code).
 bench: $(TEST_STAMP) $(OPENSSL_STAMP)
 	$(BIN)/python tests/bench/bench_transport.py
 	$(BIN)/python tests/bench/bench_handshake_flood.py
@@ -90,6 +91,8 @@ bench: $(TEST_STAMP) $(OPENSSL_STAMP)
 	$(BIN)/python tests/bench/bench_anycast.py
 	$(BIN)/python tests/bench/bench_coap.py
 	$(BIN)/python tests/bench/bench_gateway.py
+	$(BIN)/python tests/bench/bench_gateway_scale.py
+	$(BIN)/python tests/bench/bench_relay_reconcile.py $(RECONCILE_ARGS)
 	$(BIN)/python tests/bench/bench_storm.py --openssl $(OPENSSL_DIR)
 	$(BIN)/python tests/bench/bench_qblock.py
 

@@ -59,6 +59,7 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "upstream.parallel_promoted": ("upstream", "replaced"),
     "upstream.parallel_dropped": ("upstream", "reason"),
     "mitigation.reinstalled": ("upstream", "cuid", "mid"),
+    "relay.reconciled": ("upstream", "clients", "records", "reinstalled", "seconds"),
     # client side redirects (dots-client and the gateway's upstream side)
     "redirect.followed": ("cuid", "origin", "target", "endpoint", "ttl", "reason"),
     "redirect.not_followed": ("cuid", "origin", "target", "ttl", "reason", "error"),

@@ -18,9 +18,10 @@ Pure: the clock (wall time, because records outlive the process) is passed in.
 from __future__ import annotations
 
 import enum
-from collections import OrderedDict
+import heapq
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from gateway.dots.codec import decode_message, encode_message
 from gateway.dots.codes import CONTENT_FORMAT_TEXT, Code, ConflictCause, Status
@@ -37,6 +38,13 @@ DEFAULT_HOP_LIMIT = 16
 MAX_REMEMBERED_OWNERS = 100_000
 #: RFC 9132 §4.4.1: lifetime -1 is "indefinite".
 INDEFINITE = -1
+#: The (state, status label) pairs records are counted as, shared (see ``RelayTable._count``).
+_COUNTED: dict[tuple[str, str | None], tuple[str, str | None]] = {}
+#: Rebuild the expiry heap when it holds more than this many entries per scheduled record
+#: (refreshes leave their earlier entries behind)...
+_HEAP_SLACK = 2
+#: ...and at least this many in all (small tables are never worth the rebuild).
+_HEAP_SLACK_MIN = 1024
 
 
 class Domain(enum.StrEnum):
@@ -136,9 +144,10 @@ def carry_acl_list_body(previous: bytes, new: bytes) -> bytes:
     return encode_message(replace(new_message, scope=(scope, *new_message.scope[1:])))
 
 
-@dataclass
+@dataclass(slots=True)
 class RelayedMitigation:
-    """A client's mitigation request as the gateway relayed it."""
+    """A client's mitigation request as the gateway relayed it (slots: a gateway may hold
+    a million of them)."""
 
     cuid: str
     mid: int
@@ -163,10 +172,15 @@ class RelayedMitigation:
     #: to a GET or a notification that passed through the gateway; None until one did.
     #: Not saved: after a restart the next GET or notification says it again.
     status: Status | None = None
+    #: (state, status label) as ``RelayTable`` counts it for its metrics; None: not counted.
+    counted: tuple[str, str | None] | None = field(default=None, init=False, repr=False,
+                                                   compare=False)
+    #: (cuid, mid), made once: the table's dict, sets and heap share this one tuple (a new
+    #: one per use was 112 bytes per record kept, at a million records).
+    key: tuple[str, int] = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.cuid, self.mid)
+    def __post_init__(self) -> None:
+        self.key = (self.cuid, self.mid)
 
     def remaining_lifetime(self, now: float) -> int:
         """The lifetime to ask for when re-sending: what is left of the granted one."""
@@ -183,13 +197,29 @@ class RelayedMitigation:
 
 
 class RelayTable:
-    """The client mitigations this gateway answers for (see the module docstring)."""
+    """The client mitigations this gateway answers for (see the module docstring).
+
+    Nothing here passes over the whole table on a timer (a gateway may hold a million
+    records, issue 21): expiry is a heap of (expires_at, cuid, mid) looked at only when due,
+    and the records in force (what ``active`` asks, for every upstream message) are a set of
+    their own. Both follow the records through ``put``/``touch``/``accepted``/``remove``,
+    which every change in place goes through (``touch``: "save it").
+    """
 
     def __init__(self) -> None:
         self._records: dict[tuple[str, int], RelayedMitigation] = {}
         self._by_cuid: dict[str, set[int]] = {}
         self._owners: OrderedDict[str, str] = OrderedDict()
         self._changed: set[tuple[str, int]] = set()
+        #: (expires_at, cuid, mid); an entry is live while ``_expiry_at[key]`` equals it.
+        self._expiry: list[tuple[float, str, int]] = []
+        self._expiry_at: dict[tuple[str, int], float] = {}
+        #: Keys of confirmed, not withdrawing, immediate (or activated) records.
+        self._in_force: set[tuple[str, int]] = set()
+        #: Records by state and installed ones by upstream status (the metrics: a scrape
+        #: must not walk a million records either).
+        self._states: Counter[str] = Counter()
+        self._statuses: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -209,8 +239,14 @@ class RelayTable:
 
     def active(self, now: float) -> bool:
         """Whether any relayed request is in force (the upstream session then uses the
-        mitigating parameter set, RFC 9132 §4.5)."""
-        return any(self.is_mitigating(cuid, now) for cuid in self._by_cuid)
+        mitigating parameter set, RFC 9132 §4.5). Asked for every upstream message: looks
+        only at the records in force, and stops at the first unexpired one (expired ones
+        leave at the next ``expire``)."""
+        for key in self._in_force:
+            expires_at = self._records[key].expires_at
+            if expires_at is None or expires_at > now:
+                return True
+        return False
 
     def is_mitigating(self, cuid: str, now: float) -> bool:
         # Unsorted and stopping at the first active one: it runs for every session of the
@@ -248,18 +284,67 @@ class RelayTable:
     # --- changes -----------------------------------------------------------------------------
 
     def put(self, record: RelayedMitigation) -> None:
+        previous = self._records.get(record.key)
+        if previous is not None and previous is not record:
+            self._count(previous, present=False)
         self._records[record.key] = record
         self._by_cuid.setdefault(record.cuid, set()).add(record.mid)
         self._changed.add(record.key)
+        self._index(record)
 
     def touch(self, record: RelayedMitigation) -> None:
         """``record`` was changed in place: save it."""
         if self._records.get(record.key) is record:
             self._changed.add(record.key)
+            self._index(record)
+
+    def _index(self, record: RelayedMitigation) -> None:
+        """Follow ``record``'s expiry and whether it is in force (see the class docstring)."""
+        key = record.key
+        self._count(record)
+        if (record.confirmed and not record.withdrawing
+                and (record.trigger_mitigation or record.activated_by_loss)):
+            self._in_force.add(key)
+        else:
+            self._in_force.discard(key)
+        at = record.expires_at if record.confirmed else None
+        if at is None:
+            self._expiry_at.pop(key, None)  # its heap entry, if any, is dead now
+        elif self._expiry_at.get(key) != at:
+            self._expiry_at[key] = at
+            heapq.heappush(self._expiry, (at, record.cuid, record.mid))
+            if len(self._expiry) > max(_HEAP_SLACK_MIN, _HEAP_SLACK * len(self._expiry_at)):
+                self._expiry = [(t, c, m) for (c, m), t in self._expiry_at.items()]
+                heapq.heapify(self._expiry)
+
+    def _count(self, record: RelayedMitigation, *, present: bool = True) -> None:
+        new = None
+        if present:
+            state = ("withdrawing" if record.withdrawing
+                     else "installed" if record.confirmed else "pending")
+            label = None
+            if record.confirmed:
+                label = record.status.label if record.status is not None else "unknown"
+            new = _COUNTED.setdefault((state, label), (state, label))  # one tuple per kind
+        old = record.counted
+        if old == new:
+            return
+        if old is not None:
+            self._states[old[0]] -= 1
+            if old[1] is not None:
+                self._statuses[old[1]] -= 1
+        if new is not None:
+            self._states[new[0]] += 1
+            if new[1] is not None:
+                self._statuses[new[1]] += 1
+        record.counted = new
 
     def remove(self, cuid: str, mid: int) -> RelayedMitigation | None:
         record = self._records.pop((cuid, mid), None)
         if record is not None:
+            self._count(record, present=False)
+            self._in_force.discard((cuid, mid))
+            self._expiry_at.pop((cuid, mid), None)
             mids = self._by_cuid.get(cuid)
             if mids is not None:
                 mids.discard(mid)
@@ -291,6 +376,7 @@ class RelayTable:
                       else None)
             if record is not None and scope.status is not None:
                 record.status = scope.status
+                self._count(record)
                 noted += 1
         return noted
 
@@ -308,26 +394,46 @@ class RelayTable:
     def by_status(self) -> dict[str, int]:
         """Requests installed upstream by the status it last reported ('unknown' while it
         has said none yet); requests not accepted anywhere are not counted."""
-        counts: dict[str, int] = {}
-        for record in self._records.values():
-            if not record.confirmed:
-                continue
-            label = record.status.label if record.status is not None else "unknown"
-            counts[label] = counts.get(label, 0) + 1
-        return counts
+        return {label: n for label, n in self._statuses.items() if n}
+
+    def by_state(self) -> dict[str, int]:
+        """Records by state: installed (accepted upstream), pending (in flight), withdrawing."""
+        return {state: self._states[state] for state in ("installed", "pending", "withdrawing")}
+
+    def in_force(self, now: float) -> int:
+        """How many relayed requests are in force (``is_mitigating``'s test per record), at
+        the cost of those whose expiry is due but not yet handled (``expire``), not of the
+        table: the heap is walked only where it holds times <= ``now``."""
+        heap, scheduled, due, stack = self._expiry, self._expiry_at, 0, [0]
+        while stack:
+            i = stack.pop()
+            if i < len(heap) and heap[i][0] <= now:
+                at, cuid, mid = heap[i]
+                if scheduled.get((cuid, mid)) == at and (cuid, mid) in self._in_force:
+                    due += 1
+                stack += (2 * i + 1, 2 * i + 2)
+        return len(self._in_force) - due
 
     def expire(self, now: float) -> list[RelayedMitigation]:
-        """Drop requests whose lifetime ran out (the upstream server drops them too)."""
-        gone = [r for r in self._records.values()
-                if r.confirmed and r.expires_at is not None and r.expires_at <= now]
-        for record in gone:
-            self.remove(record.cuid, record.mid)
+        """Drop requests whose lifetime ran out (the upstream server drops them too). Costs
+        what is due, not the table: a tick with nothing due looks at one heap entry."""
+        gone = []
+        heap, scheduled = self._expiry, self._expiry_at
+        while heap and heap[0][0] <= now:
+            at, cuid, mid = heapq.heappop(heap)
+            if scheduled.get((cuid, mid)) != at:
+                continue  # refreshed, removed or no longer confirmed since it was pushed
+            del scheduled[(cuid, mid)]
+            record = self.remove(cuid, mid)
+            if record is not None:
+                gone.append(record)
         return gone
 
     def next_expiry(self) -> float | None:
-        times = [r.expires_at for r in self._records.values()
-                 if r.confirmed and r.expires_at is not None]
-        return min(times) if times else None
+        heap, scheduled = self._expiry, self._expiry_at
+        while heap and scheduled.get((heap[0][1], heap[0][2])) != heap[0][0]:
+            heapq.heappop(heap)  # dead entries on top: drop them for good
+        return heap[0][0] if heap else None
 
     def take_changes(self) -> list[tuple[tuple[str, int], RelayedMitigation | None]]:
         """Keys changed since the last call, with their record (None: removed)."""
@@ -337,5 +443,9 @@ class RelayTable:
     def restore(self, records: Iterable[RelayedMitigation]) -> None:
         """Load saved records (no change is recorded for them)."""
         for record in records:
+            previous = self._records.get(record.key)
+            if previous is not None and previous is not record:
+                self._count(previous, present=False)
             self._records[record.key] = record
             self._by_cuid.setdefault(record.cuid, set()).add(record.mid)
+            self._index(record)

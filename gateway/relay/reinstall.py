@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from gateway.client.connect import NetworkError
 from gateway.client.messages import Reply
@@ -38,8 +39,11 @@ from gateway.eventlog import log_event
 
 log = logging.getLogger("gateway.relay.forwarding")  # one logger for the relay's lines
 
-#: Concurrent requests one reconciliation sends upstream (bounded fan-out).
-RECONCILE_PARALLELISM = 16
+#: Clients one reconciliation checks at once (bounded fan-out; each client's requests go
+#: one after the other, in mid order, RFC 9132 §4.4.1's overlap rule). 16 left the upstream
+#: server waiting on round trips (4,000 records: 13.9 s at 16, 9.7 s at 256, both CPUs busy
+#: then). 128: half of the upstream in-flight slots, live requests queue for the rest.
+RECONCILE_PARALLELISM = 128
 #: Times an unreadable list is asked for again on the same session before giving up (the
 #: records stay; the next upstream session checks again).
 RECHECK_ATTEMPTS = 8
@@ -74,21 +78,26 @@ class Reinstallation:
             return
         self.reconciliations += 1
         name = upstream.name
+        started, reinstalled = time.monotonic(), self.reinstalled
         self.table.expire(self.wall_clock())
         self._save()
         cuids = self.table.cuids()
+        records = len(self.table)
         log.info("upstream %s ready: checking %d clients' mitigations, %d observations",
                  name, len(cuids), len(self.observations))
-        limit = asyncio.Semaphore(RECONCILE_PARALLELISM)
+        queue = iter(cuids)
 
-        async def one(cuid: str) -> None:
-            async with limit:
+        async def worker() -> None:
+            # A fixed set of workers pulling from one iterator: a task per client waiting
+            # on a semaphore would be a million tasks (hundreds of MiB) for a big table.
+            for cuid in queue:
                 try:
                     await self._reconcile_client(cuid)
                 except NetworkError as exc:
                     log.warning("re-installing cuid=%s on %s failed: %s", cuid, name, exc)
 
-        await asyncio.gather(*(one(cuid) for cuid in cuids))
+        await asyncio.gather(*(worker() for _ in range(min(RECONCILE_PARALLELISM,
+                                                             len(cuids)))))
         for obs in list(self.observations.values()):
             if obs.session is not None and obs.session is upstream.session \
                     and not obs.session.closed:
@@ -101,6 +110,10 @@ class Reinstallation:
                 if ended:
                     self._drop_observation(obs, cancel=False)
         self._save()
+        log_event(log, logging.INFO, "relay.reconciled", "relayed requests checked on the "
+                  "new upstream session", upstream=name, clients=len(cuids), records=records,
+                  reinstalled=self.reinstalled - reinstalled,
+                  seconds=round(time.monotonic() - started, 3))
 
     async def _reconcile_client(self, cuid: str, *, recheck: bool = False) -> None:
         """Make the upstream server's view of ``cuid`` match the table. ``recheck``: a

@@ -391,19 +391,10 @@ class GatewayRole(ServerRole):
                 ("upstream", "received"): float(stats.server_heartbeats)}
 
     def _relayed_active(self) -> int:
-        now = self.relay.wall_clock()
-        return sum(1 for r in self.relay.table
-                   if r.confirmed and not r.withdrawing
-                   and (r.trigger_mitigation or r.activated_by_loss)
-                   and (r.expires_at is None or r.expires_at > now))
+        return self.relay.table.in_force(self.relay.wall_clock())
 
     def _relayed_by_state(self) -> dict[tuple[str, ...], float]:
-        counts = {"installed": 0.0, "pending": 0.0, "withdrawing": 0.0}
-        for record in self.relay.table:
-            state = ("withdrawing" if record.withdrawing
-                     else "installed" if record.confirmed else "pending")
-            counts[state] += 1
-        return {(state,): n for state, n in counts.items()}
+        return {(state,): float(n) for state, n in self.relay.table.by_state().items()}
 
     def _relayed_section(self) -> dict[str, object]:
         now = self.relay.wall_clock()

@@ -141,9 +141,11 @@ LIMITS = ("[limits]\nmax_sessions = 100000\nmax_handshakes = 4096\n"
           "handshakes_per_source = 1000000\nmax_handshakes_per_source = 1000000\n")
 
 
-def start(name: str, argv: list[str], cpu: int, log: Path) -> Server:
+def start(name: str, argv: list[str], cpu: int, log: Path, code: Path = ROOT) -> Server:
+    """``argv`` on ``cpu``, run from checkout ``code`` (another one: a baseline)."""
+    env = None if code == ROOT else dict(os.environ, PYTHONPATH=str(code))
     with open(log, "w") as err:
-        proc = subprocess.Popen(["taskset", "-c", str(cpu), *argv], cwd=ROOT,
+        proc = subprocess.Popen(["taskset", "-c", str(cpu), *argv], cwd=code, env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 30)
@@ -175,11 +177,12 @@ def start_upstream(tmp: Path, pkis: Pkis) -> Server:
                             str(config)], SERVER_CPU, tmp / "upstream.log")
 
 
-def start_gateway(tmp: Path, pkis: Pkis, upstream: Server, profile: Path | None) -> Server:
+def start_gateway(tmp: Path, pkis: Pkis, upstream: Server, profile: Path | None,
+                  code: Path = ROOT, name: str = "gateway") -> Server:
     down, up = pkis.down, pkis.up
-    config = tmp / "gateway.toml"
+    config = tmp / f"{name}.toml"
     config.write_text(
-        f'[general]\nmode = "gateway"\nstate_dir = "{tmp / "gateway"}"\n'
+        f'[general]\nmode = "gateway"\nstate_dir = "{tmp / name}"\n'
         'node_name = "bench-gw"\n[logging]\nlevel = "warning"\n'
         f'[server]\naddresses = ["127.0.0.1"]\nport = {free_port()}\ntransports = ["udp"]\n'
         f'[tls]\nca = "{down}/ca.pem"\ncert = "{down}/server.pem"\nkey = "{down}/server.key"\n'
@@ -193,8 +196,8 @@ def start_gateway(tmp: Path, pkis: Pkis, upstream: Server, profile: Path | None)
         argv = DAEMON
     else:
         argv = [sys.executable, "-c", PROFILED_GATEWAY, str(profile)]
-    return start("gateway", [*argv, "run", "--config", str(config)], GATEWAY_CPU,
-                 tmp / "gateway.log")
+    return start(name, [*argv, "run", "--config", str(config)], GATEWAY_CPU,
+                 tmp / f"{name}.log", code)
 
 
 def machine_busy_seconds() -> float:

@@ -1,0 +1,199 @@
+"""Relay overhead at 10,000 sessions, against the gateway of a baseline revision (issue 21).
+
+    .venv/bin/python tests/bench/bench_gateway_scale.py [--sessions 10000] [--rate 200]
+        [--seconds 5] [--baseline REV] [--no-baseline] [--results tests/bench/RESULTS.md]
+
+``bench_gateway.py``'s latency phase (its processes, PKIs, workload and open-loop driver) at
+a session count its interleaved run cannot reach: each session is a UDP socket of the load
+generator and the open file limit is 20,000 here, so the targets run one after the other,
+each with its own ``--sessions`` sessions (one cuid and one mitigation each), closed before
+the next: this checkout's gateway, the server directly, the gateway of ``--baseline`` (a git
+revision exported with ``git archive``, run against the same upstream server). For each,
+GET and PUT refresh paced at ``--rate`` requests/s in total (open loop, round robin: each
+session sends every sessions/rate seconds), ``--seconds`` each. Overhead = via a gateway -
+direct, per percentile; the baseline's in the same run gives the ratio (this machine's speed
+drifts). About five minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from certs.devpki import init_dev_pki  # noqa: E402
+from certs.identity import derive_id  # noqa: E402
+from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind  # noqa: E402
+from tests.bench.bench_dots import Runner  # noqa: E402
+from tests.bench.bench_gateway import (  # noqa: E402
+    LOAD_CPU,
+    Measure,
+    Pkis,
+    Workload,
+    create_mitigations,
+    drive,
+    machine_busy_seconds,
+    own_cpu_seconds,
+    report_profile,
+    start_gateway,
+    start_upstream,
+)
+from tests.bench.bench_relay_reconcile import BASELINE, export  # noqa: E402
+from tests.bench.bench_transport import Generator, Server, establish  # noqa: E402
+from tests.bench.results import machine_lines, update_section  # noqa: E402
+
+TARGET_OVERHEAD_P99_MS = 1.0
+KINDS = ("GET", "PUT")
+
+
+def measure_target(label: str, gen: Generator, work_target: str, cuid: str, sessions: int,
+                   servers: list[Server], seconds: float, rate: float
+                   ) -> dict[str, Measure]:
+    started = time.monotonic()
+    clients = establish(gen, sessions, seconds=max(120.0, sessions / 25))
+    if len(clients) < sessions * 0.9:
+        for c in clients:
+            gen.close(c)
+        raise TimeoutError(f"{label}: {len(clients)} of {sessions} sessions")
+    took = time.monotonic() - started
+    sessions = len(clients)  # a busy machine may leave a few out: measured with the rest
+    # The bench credential may use any cuid: each session stands for a client of its own.
+    cuids = [derive_id(f"bench-{work_target}-{i}".encode()) for i in range(sessions)]
+    work = Workload(Runner(gen, cuid), work_target, clients, cuids)
+    codes = create_mitigations(work, window=64)
+    print(f"  {label}: {sessions:,} sessions in {took:.0f} s, mitigations {dict(codes)}",
+          flush=True)
+    out = {}
+    for kind in KINDS:
+        m = drive(work, kind, seconds, servers, rate=rate)
+        out[kind] = m
+        print(f"  {label} {kind}: p50 {m.p(50):.2f} p99 {m.p(99):.2f} ms, {dict(m.codes)}, "
+              f"resent {m.resent}, missed {m.missed_slots}, CPU "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in m.cpu.items()), flush=True)
+    for c in clients:
+        gen.close(c)
+    time.sleep(1.0)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--baseline", default=BASELINE, help="git revision to compare with")
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--results", type=Path, default=ROOT / "tests/bench/RESULTS.md")
+    parser.add_argument("--gateway-only", action="store_true",
+                        help="only this checkout's gateway (experiments; RESULTS.md is not"
+                        " written)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="only this checkout's gateway, under cProfile (statistics in this"
+                        " directory; RESULTS.md is not written)")
+    args = parser.parse_args()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.sessions + 256 > hard:
+        raise SystemExit(f"--sessions {args.sessions}: the open file limit is {hard}")
+    tmp = Path(tempfile.mkdtemp(prefix="dots-bench-gw-scale-"))
+    pkis = Pkis(tmp / "pki-down", tmp / "pki-up", tmp / "pki-direct")
+    for pki in (pkis.down, pkis.up, pkis.direct):
+        init_dev_pki(pki)
+    began, busy0, own0 = time.monotonic(), machine_busy_seconds(), own_cpu_seconds()
+    upstream = start_upstream(tmp, pkis)
+    os.sched_setaffinity(0, {LOAD_CPU})
+    ctx = {name: ClientContext(Kind.DTLS, ClientCredentials(
+        pki / "client.pem", pki / "client.key", server_ca / "ca.pem"))
+        for name, pki, server_ca in (("gateway", pkis.down, pkis.down),
+                                     ("direct", pkis.direct, pkis.up))}
+    results: dict[str, dict[str, Measure]] = {}
+    ours = 0.0
+    try:
+        plan = [("this checkout", ROOT), ("direct", None)]
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+        if args.profile is not None or args.gateway_only:
+            plan = plan[:1]
+        elif not args.no_baseline:
+            plan.append((f"baseline {args.baseline}", export(args.baseline, tmp / "baseline")))
+        for label, code in plan:
+            if code is None:
+                gen = Generator(ctx["direct"], upstream.port)
+                results[label] = measure_target(label, gen, "direct", pkis.cuid(pkis.direct),
+                                                args.sessions, [upstream], args.seconds,
+                                                args.rate)
+                continue
+            name = "gateway" if code == ROOT else "gateway-baseline"
+            gw = start_gateway(tmp, pkis, upstream, args.profile, code, name)
+            try:
+                cpu0 = gw.cpu_seconds()
+                gen = Generator(ctx["gateway"], gw.port)
+                results[label] = measure_target(label, gen, "gateway", pkis.cuid(pkis.down),
+                                                args.sessions, [gw, upstream], args.seconds,
+                                                args.rate)
+                ours += gw.cpu_seconds() - cpu0
+            finally:
+                gw.stop()
+    finally:
+        upstream.stop()
+    elapsed = time.monotonic() - began
+    others = max(0.0, machine_busy_seconds() - busy0 - (own_cpu_seconds() - own0) - ours)
+    load = (f"{elapsed:.0f} s run; other processes (and the upstream server) used"
+            f" {others / elapsed:.2f} cores on average meanwhile (load average at the end"
+            f" {Path('/proc/loadavg').read_text().split()[0]})")
+    print(load)
+    if args.profile is not None:
+        report_profile(args.profile.resolve())
+    elif not args.gateway_only:
+        write_results(args.results, results, args, load)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_results(path: Path, results: dict[str, dict[str, Measure]],
+                  args: argparse.Namespace, load: str) -> None:
+    direct = results["direct"]
+    gateways = [label for label in results if label != "direct"]
+    rows = ["| path | request | p50 ms | p99 ms | overhead p50 / p99 ms | answers |",
+            "|---|---|---|---|---|---|"]
+    for label in ["direct", *gateways]:
+        for kind in KINDS:
+            m = results[label][kind]
+            over = ("" if label == "direct" else
+                    f"{m.p(50) - direct[kind].p(50):.2f} / {m.p(99) - direct[kind].p(99):.2f}")
+            rows.append(f"| {label} | {kind} | {m.p(50):.2f} | {m.p(99):.2f} | {over} | "
+                        + ", ".join(f"{n} x {c}" for c, n in sorted(m.codes.items()))
+                        + (f"; resent {m.resent}" if m.resent else "") + " |")
+    ours = gateways[0]
+    worst = max(results[ours][k].p(99) - direct[k].p(99) for k in KINDS)
+    lines = [f"- overhead p99 <= {TARGET_OVERHEAD_P99_MS:g} ms at {args.sessions:,} sessions"
+             f" (worst of GET and PUT): {worst:.2f} ms -> "
+             f"{'met' if worst <= TARGET_OVERHEAD_P99_MS else 'MISSED'}"]
+    if len(gateways) > 1:
+        base = max(results[gateways[1]][k].p(99) - direct[k].p(99) for k in KINDS)
+        lines.append(f"- same run, {gateways[1]}: {base:.2f} ms (ratio this checkout /"
+                     f" baseline {worst / base:.2f})" if base > 0 else
+                     f"- same run, {gateways[1]}: {base:.2f} ms")
+    update_section(path, "Gateway relay at scale (tests/bench/bench_gateway_scale.py)", [
+        *machine_lines(),
+        f"- {load}",
+        f"- bench_gateway.py's processes and paced phase at {args.sessions:,} sessions (one"
+        f" cuid and one mitigation each), {args.rate:g} requests/s in total, {args.seconds:g} s"
+        " per request kind; the targets one after the other (the load generator's open file"
+        " limit is 20,000): this checkout's gateway, direct, the baseline's gateway",
+        "",
+        *rows,
+        "",
+        *lines,
+    ])
+
+
+if __name__ == "__main__":
+    main()
