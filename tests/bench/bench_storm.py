@@ -95,6 +95,8 @@ class Session:
 class Tally:
     codes: dict[str, int] = field(default_factory=dict)
     failed_handshakes: int = 0
+    #: Sessions the server ended (an alert) after their handshake, before the answer.
+    closed: int = 0
     resent: int = 0
 
     def code(self, stage: str, code: int) -> None:
@@ -219,6 +221,14 @@ class StormClient:
                         if s.tries < 3:
                             retry = self.open(s.index, None, s.tries + 1)
                             active.add(retry)
+                elif s.session.state is not State.ESTABLISHED:
+                    # The server ended it before answering (an alert): start over, as a
+                    # client whose session is gone does, resuming if it can.
+                    self.tally.closed += 1
+                    active.discard(s)
+                    self.drop(s)
+                    if s.tries < 3:
+                        active.add(self.open(s.index, tickets.get(s.index), s.tries + 1))
                 elif now - s.sent_at > RESEND_AFTER:
                     self.tally.resent += 1
                     self.request(s, now)
@@ -269,7 +279,8 @@ def storm_client(pki: Path, first: int, count: int) -> None:
     print(json.dumps({"ready": len(good), "setup_s": setup_s,
                       "with_ticket": sum(s.ticket is not None for s in good),
                       "codes": client.tally.codes, "failed_handshakes":
-                      client.tally.failed_handshakes}), flush=True)
+                      client.tally.failed_handshakes, "closed": client.tally.closed}),
+          flush=True)
     for s in ready:  # edge1 is gone: the sockets go without a word
         client.drop(s)
     if sys.stdin.readline().strip() != "go":
@@ -283,7 +294,8 @@ def storm_client(pki: Path, first: int, count: int) -> None:
         "resumed": sum(s.resumed for s in ok),
         "missing": len(good) - len(ok),
         "codes": client.tally.codes, "failed_handshakes": client.tally.failed_handshakes,
-        "resent": client.tally.resent, "started": started}), flush=True)
+        "closed": client.tally.closed, "resent": client.tally.resent, "started": started}),
+        flush=True)
     for s in after:
         client.drop(s)
 
@@ -452,6 +464,7 @@ class Storm:
         resumed = sum(s.get("resumed", 0) for s in self.storms)
         missing = sum(s.get("missing", 0) for s in self.storms)
         failed = sum(s.get("failed_handshakes", 0) for s in self.storms)
+        closed = sum(s.get("closed", 0) for s in self.storms)
         started = min((s.get("started", self.moved) for s in self.storms), default=self.moved)
         span = (ok[-1] + self.moved - started) if ok else 0.0
         full_rate = self.ready / self.setup_s if self.setup_s else 0.0
@@ -472,7 +485,8 @@ class Storm:
             f" {len(ok):,} of {self.ready:,}; the last {last:.2f} s after the move (target"
             f" {TARGET_SECONDS:g} s: {verdict}); p50 {pct(ok, 50):.2f} s, p99 {pct(ok, 99):.2f} s",
             f"- resumed with the shared ticket keys: {resumed:,} ({resumed / max(len(ok), 1):.1%});"
-            f" handshakes refused and done again in full: {failed}; "
+            f" handshakes refused and done again in full: {failed}; sessions ended by the"
+            f" server before their answer and opened again: {closed}; "
             f"{len(ok) / span if span else 0:.0f} sessions/s during the storm (resumption + GET)"
             f" against {full_rate:.0f}/s at setup (full handshake + PUT)",
             f"- mitigations missing after the move: {missing} (target 0); answers: {codes}",
