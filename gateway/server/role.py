@@ -75,6 +75,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _CORE_TICK = 0.5
+_BODY_IN_BLOCKS = frozenset({OptionNumber.BLOCK1, OptionNumber.Q_BLOCK1})
+_GET = int(Method.GET)
 #: Exit status when saved changes could not be made durable (sysexits' EX_IOERR).
 EXIT_UNSYNCED = 74
 
@@ -309,6 +311,8 @@ class ServerRole(ObserveNotifications):
         (RFC 9177), the blocks of a Q-Block1 or Block1 body (RFC 7959) (None: answered or
         waiting here), else the request to answer."""
         assert isinstance(session.layer, MessageLayer)
+        if msg.code != _GET and not msg.has_any_option(_BODY_IN_BLOCKS):
+            return msg  # most requests: not a probe (a GET), and the body came whole
         probe = probe_answer(msg)
         if probe is not None:
             if msg.has_option(OptionNumber.Q_BLOCK2):
