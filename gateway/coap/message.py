@@ -184,7 +184,10 @@ class CoapMessage:
 
     def has_any_option(self, numbers: frozenset[int]) -> bool:
         """Whether any of these options is present (one scan, for several absent ones)."""
-        return any(n in numbers for n, _ in self.options)
+        for number, _ in self.options:
+            if number in numbers:
+                return True
+        return False
 
     # --- typed accessors for the options DOTS uses -------------------------------------------
 
