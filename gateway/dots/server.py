@@ -44,10 +44,10 @@ from gateway.dots.telemetry import Change, Plan, TelemetryStore
 from gateway.dots.uri import DotsPath, Resource, parse_path, parse_query
 from gateway.dots.validate import (
     decode_request_body,
+    heartbeat_body,
     is_efficacy_update,
     refuse_required_keys_not_acted_on,
     validate_config_request,
-    validate_heartbeat,
     validate_mitigation_request,
 )
 from gateway.eventlog import log_event
@@ -168,6 +168,8 @@ class DotsServerCore:
         self.sessions.pop(session.id, None)
 
     def mitigating(self, session: ServerSession) -> bool:
+        if not session.cuids:
+            return False  # a session that has asked for no mitigation (heartbeats alone)
         elsewhere = self.mitigating_elsewhere
         return any(self.store.is_mitigating(cuid) or (elsewhere is not None and elsewhere(cuid))
                    for cuid in session.cuids)
@@ -446,7 +448,7 @@ class DotsServerCore:
                    now: float) -> DotsResponse:
         if request.method is not Method.PUT:
             raise MethodNotAllowed(f"{request.method.name} is not used on hb (PUT is)")
-        heartbeat = validate_heartbeat(decode_request_body(request))
+        heartbeat = heartbeat_body(request)
         session.heartbeat.peer_heartbeat_received(now, heartbeat.peer_hb_status)
         return DotsResponse(Code.CHANGED)  # §4.7: 2.04 with an empty body
 

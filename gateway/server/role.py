@@ -14,6 +14,7 @@ This module is asyncio glue only: protocol decisions are made in ``gateway.dots`
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -77,6 +78,8 @@ log = logging.getLogger(__name__)
 _CORE_TICK = 0.5
 _BODY_IN_BLOCKS = frozenset({OptionNumber.BLOCK1, OptionNumber.Q_BLOCK1})
 _GET = int(Method.GET)
+#: A tuple made once (an ``A | B`` union in the isinstance call is built on every event).
+_MITIGATOR_COMMANDS = (ApplyMitigation, UpdateFilters, WithdrawMitigation, MitigationTelemetry)
 #: Exit status when saved changes could not be made durable (sysexits' EX_IOERR).
 EXIT_UNSYNCED = 74
 
@@ -415,29 +418,31 @@ class ServerRole(ObserveNotifications):
         self._core_outputs(now)
 
     def _core_outputs(self, now: float) -> None:
-        changed: dict[str, set[int]] = {}
-        telemetry: set[str] = set()
-        removed: list[MitigationRemoved] = []
         # Collecting runs signal-loss processing too; then everything it and the requests
         # changed is saved before a response, notification or mitigator command leaves.
         events = list(self.core.events())
         self._persist()
         self.durable()
+        if not events:
+            return  # after most requests
+        changed: dict[str, set[int]] = {}
+        telemetry: set[str] = set()
+        removed: list[MitigationRemoved] = []
         for event in events:
-            if isinstance(event, MitigationStatusChanged):
+            # The server's heartbeats first: on a timer tick, most events are these.
+            if isinstance(event, SendSessionHeartbeat):
+                target = self.sessions.get(event.session_id)
+                if target is not None:
+                    self._send_heartbeat(target, event.peer_hb_status, now)
+            elif isinstance(event, MitigationStatusChanged):
                 changed.setdefault(event.cuid, set()).add(event.mid)
             elif isinstance(event, MitigationRemoved):
                 removed.append(event)
                 changed.setdefault(event.cuid, set()).add(event.mid)
-            elif isinstance(event, ApplyMitigation | UpdateFilters | WithdrawMitigation
-                            | MitigationTelemetry):
+            elif isinstance(event, _MITIGATOR_COMMANDS):
                 self.mitigator(event)
             elif isinstance(event, TelemetryChanged):
                 telemetry.add(event.cuid)
-            elif isinstance(event, SendSessionHeartbeat):
-                target = self.sessions.get(event.session_id)
-                if target is not None:
-                    self._send_heartbeat(target, event.peer_hb_status, now)
             elif isinstance(event, SessionLost):
                 self._client_lost(event)
                 target = self.sessions.get(event.session_id)
@@ -491,9 +496,7 @@ class ServerRole(ObserveNotifications):
             session.flush()
 
     def _send_heartbeat(self, session: SignalSession, peer_hb_status: bool, now: float) -> None:
-        body = encode_message(Heartbeat(peer_hb_status))
-        request = CoapMessage.request(int(Method.PUT), build_path(Resource.HB),
-                                      content_format=CONTENT_FORMAT_DOTS_CBOR, payload=body)
+        request = _heartbeat_request(peer_hb_status)
         params = session.dots.config.parameters(self.core.mitigating(session.dots))
         lifetime = max(float(params.heartbeat_interval), 1.0)
         if isinstance(session.layer, MessageLayer):
@@ -575,6 +578,15 @@ class ServerRole(ObserveNotifications):
         except Exception:
             log.exception("server core timer failed")
         self._schedule_tick()
+
+
+@functools.cache
+def _heartbeat_request(peer_hb_status: bool) -> CoapMessage:
+    """The server's heartbeat (RFC 9132 §4.7), one of two immutable messages, made once
+    (the message layer gives each its own token and message ID)."""
+    return CoapMessage.request(int(Method.PUT), build_path(Resource.HB),
+                               content_format=CONTENT_FORMAT_DOTS_CBOR,
+                               payload=encode_message(Heartbeat(peer_hb_status)))
 
 
 def log_mitigator(command: object) -> None:
