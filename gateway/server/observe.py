@@ -49,6 +49,7 @@ NOTIFICATION_BUDGET = 64
 #: Observations per session unless configured (``[session] max_observations``).
 DEFAULT_MAX_OBSERVATIONS = 1024
 _OBSERVE_MODULUS = 1 << 24
+_GET = Method.GET  # per request: ``Method.X`` is a slow lookup in Python 3.11
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class ObserveNotifications:
                  response: DotsResponse, now: float) -> int | None:
         """Register or cancel an observation (RFC 7641) of ``mitigate``; the Observe value
         to put in the response, or None."""
-        if request.method is not Method.GET or request.observe is None:
+        if request.method is not _GET or request.observe is None:
             return None
         try:
             path = parse_path(request.path)

@@ -78,6 +78,10 @@ log = logging.getLogger(__name__)
 _CORE_TICK = 0.5
 _BODY_IN_BLOCKS = frozenset({OptionNumber.BLOCK1, OptionNumber.Q_BLOCK1})
 _GET = int(Method.GET)
+# Members as plain globals for the per-request paths: in Python 3.11 every ``Code.X`` goes
+# through EnumType.__getattr__'s slot (~0.1-0.2 us each, measured).
+_METHOD_GET, _PUT_DELETE = Method.GET, (Method.PUT, Method.DELETE)
+_CHANGED, _CONTENT = Code.CHANGED, Code.CONTENT
 #: A tuple made once (an ``A | B`` union in the isinstance call is built on every event).
 _MITIGATOR_COMMANDS = (ApplyMitigation, UpdateFilters, WithdrawMitigation, MitigationTelemetry)
 #: Exit status when saved changes could not be made durable (sysexits' EX_IOERR).
@@ -244,7 +248,7 @@ class ServerRole(ObserveNotifications):
             elif isinstance(event, ResponseReceived):
                 if event.token in session.heartbeat_tokens:
                     session.heartbeat_tokens.discard(event.token)
-                    answered = Code.CHANGED == event.message.code
+                    answered = _CHANGED == event.message.code
                     outcome = "answered" if answered else "missed"
                     self.heartbeats[outcome] = self.heartbeats.get(outcome, 0) + 1
                     if answered:
@@ -382,12 +386,12 @@ class ServerRole(ObserveNotifications):
                 session.layer.send_ack(key, now)
             return
         self.answered[response.code] = self.answered.get(response.code, 0) + 1
-        if request.path[2:3] == ("hb",) and response.code == Code.CHANGED:
+        if request.path[2:3] == ("hb",) and response.code == _CHANGED:
             self.heartbeats["received"] = self.heartbeats.get("received", 0) + 1
         observe = self._observe(session, msg, request, response, now)
         payload = response.payload
-        if (isinstance(session.layer, MessageLayer) and request.method is Method.GET
-                and response.code == Code.CONTENT):
+        if (isinstance(session.layer, MessageLayer) and request.method is _METHOD_GET
+                and response.code == _CONTENT):
             payload = session.block_payload(msg, payload, now)
         coap = msg.response(response.code, payload=payload,
                             content_format=response.content_format,
@@ -398,7 +402,7 @@ class ServerRole(ObserveNotifications):
         else:
             session.layer.send_response(key, coap, now)
         self._sync_transmission(session)
-        if request.method in (Method.PUT, Method.DELETE) and request.path[2:3] == ("config",):
+        if request.method in _PUT_DELETE and request.path[2:3] == ("config",):
             self._mark_config_observers(session)
         self.observe_request(request.path[2] if len(request.path) > 2 else "-",
                              time.perf_counter() - started)

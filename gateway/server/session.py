@@ -150,8 +150,9 @@ def _dots_request(msg: CoapMessage, requester: Requester) -> DotsRequest:
 
 def _method(code: int) -> Method:
     # A dictionary, not Method(code): the enum's call runs Python code on every request.
-    return _METHODS.get(code, Method.POST)  # any other method code: 4.05 from the core
+    return _METHODS.get(code, _POST)  # any other method code: 4.05 from the core
 
 
 _METHODS = {int(m): m for m in Method}
+_POST = Method.POST
 
