@@ -142,6 +142,7 @@ class ServerRole(ObserveNotifications):
         self._batch: asyncio.Handle | None = None
         self.on_unsynced: Callable[[str], None] = stop_unsynced
         self.sessions: dict[int, SignalSession] = {}
+        self.observing: dict[int, SignalSession] = {}  # see ObserveNotifications
         self._tick: asyncio.TimerHandle | None = None
         #: Certificate deadlines and sessions closed because their standing ended.
         self.standing = Standing()
@@ -229,6 +230,7 @@ class ServerRole(ObserveNotifications):
 
     def forget(self, session: SignalSession, reason: str) -> None:
         self.sessions.pop(session.dots.id, None)
+        self.observing.pop(session.dots.id, None)
         self.standing.forget(session.dots.id)
         self.core.close_session(session.dots)
         log_event(log, logging.INFO, "session.closed", "signal session closed",
@@ -570,9 +572,13 @@ class ServerRole(ObserveNotifications):
                 if expired is not None:
                     self.withdraw(expired, "certificate_expired",
                                   "its certificate expired")
-            # Only sessions with something to do: this sweep runs twice a second over every
-            # session, and requests wait while it runs.
-            for session in list(self.sessions.values()):
+            # Only sessions with observations (``observing``), not every session: requests
+            # wait while this runs, twice a second.
+            for session_id, session in list(self.observing.items()):
+                if session.closed or not (session.observations
+                                          or session.pending_notifications):
+                    self.observing.pop(session_id, None)  # forget() may have taken it first
+                    continue
                 if session.observations:
                     self._mark_periodic(session, now)
                 if session.pending_notifications:
