@@ -297,12 +297,12 @@ def split_incoming(datagram: bytes) -> list[Record]:
       it: the rest is dumped (RFC 6347 §4.1.2.7);
     - a datagram longer than ``Framing.read_size`` is read as several.
     """
-    if len(datagram) <= _OPENSSL_READ and len(datagram) >= RECORD_HEADER:
+    longest, read_size = _FRAMING
+    if RECORD_HEADER <= len(datagram) <= read_size:
         # The usual datagram, one whole record of ours (every request and heartbeat): the
         # general loop below would read it the same way, one record ending at the end.
         kind, version, epoch, seq, length = _HEADER.unpack_from(datagram)
-        if (version == DTLS_1_2 and length == len(datagram) - RECORD_HEADER
-                and length <= _OPENSSL_MAX_LENGTH):
+        if version == DTLS_1_2 and length == len(datagram) - RECORD_HEADER and length <= longest:
             return [(kind, epoch, int.from_bytes(seq, "big"), datagram[:RECORD_HEADER],
                      datagram[RECORD_HEADER:])]
     return [record for _, record in _incoming_with_offsets(datagram)]
