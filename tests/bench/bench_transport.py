@@ -636,7 +636,9 @@ FINDINGS = [
     " meanwhile) and each mitigation status change passed over every session to mark"
     " observers; both look at the sessions holding observations only now. Small soak (2,000"
     " sessions, 2 min, main then this branch, not interleaved, busy VM): daemon CPU per"
-    " heartbeat exchange 554 -> 505 us, worst 10 s window p99 121 -> 32 ms. At that size an"
+    " heartbeat exchange 554 -> 505 us, worst 10 s window p99 121 -> 32 ms (before the tick"
+    " change); a second pair with it 690 -> 487 us, 292 -> 32 ms (the load average moved"
+    " between 1.8 and 5.9 during these runs: indicative only). At that size an"
     " exchange's cost is mostly per wakeup: each heartbeat wakes the loop alone (epoll,"
     " recvmsg, sendto with the cross-CPU wakeup, the session's timer armed and cancelled),"
     " which batching cannot reach while heartbeats are spread over the interval.",
