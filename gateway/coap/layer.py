@@ -46,9 +46,9 @@ from gateway.coap.message import DEFAULT_MAX_MESSAGE_SIZE, CoapMessage
 from gateway.coap.options import (
     DEFAULT_KNOWN_OPTIONS,
     OptionNumber,
-    check_options,
     encode_uint,
     option_names,
+    options_to_refuse,
 )
 from gateway.coap.reliability import Retransmissions, TransmissionParameters
 from gateway.coap.tcp_layer import TcpLayer
@@ -389,7 +389,7 @@ class MessageLayer:
             self._seen.remember(mid, now + lifetime, msg.token, _ANSWERED, reply)
             self._drop(f"request of {size} bytes")
             return
-        bad, ignored = check_options(msg.options, self.known_options)
+        bad, ignored = options_to_refuse(msg.options, self.known_options)
         if bad:
             names = option_names(bad)
             if confirmable:  # RFC 7252 §5.4.1: 4.02 with a diagnostic payload
@@ -423,7 +423,7 @@ class MessageLayer:
                 self._datagrams.append(reset(mid))
             self._drop(f"response {format_code(msg.code)} for unknown token")
             return
-        bad, ignored = check_options(msg.options, self.known_options)
+        bad, ignored = options_to_refuse(msg.options, self.known_options)
         if bad:  # RFC 7252 §5.4.1: the response is rejected
             reply = reset(mid) if confirmable else None
             self._seen.remember(mid, expires_at, msg.token, _ANSWERED, reply)
@@ -460,7 +460,7 @@ class MessageLayer:
         self._retransmissions.pop(mid)
         if exchange is None:
             return
-        bad, ignored = check_options(msg.options, self.known_options)
+        bad, ignored = options_to_refuse(msg.options, self.known_options)
         if bad:  # RFC 7252 §5.4.1: reject; an ACK cannot be answered, so just fail
             self._fail(pending.token, "bad-option")
             return

@@ -48,6 +48,11 @@ class RequestOptions(NamedTuple):
     hop_limit: int | None  # None when absent or invalid (RFC 8768: one byte, 1-255)
 
 
+#: ``request_options`` by option tuple: the options of the requests a client repeats
+#: (heartbeats, refreshes) arrive as the same tuple (``udp_codec``), parsed once. Bounded.
+_request_options: dict[tuple[Option, ...], RequestOptions] = {}
+_REQUEST_OPTIONS = 1024
+
 _URI_PATH, _URI_QUERY, _IF_MATCH = OptionNumber.URI_PATH, OptionNumber.URI_QUERY, \
     OptionNumber.IF_MATCH
 _CONTENT_FORMAT, _OBSERVE, _HOP_LIMIT = OptionNumber.CONTENT_FORMAT, OptionNumber.OBSERVE, \
@@ -132,6 +137,9 @@ class CoapMessage:
         """The options a DOTS server reads from every request, in one pass over them (the
         typed accessors below scan once each; this runs for every request). Same values and
         errors as the accessors, except an invalid Hop-Limit, which is None here."""
+        cached = _request_options.get(self.options)
+        if cached is not None:
+            return cached
         path: list[bytes] = []
         query: list[bytes] = []
         if_match: list[bytes] = []
@@ -163,12 +171,23 @@ class CoapMessage:
             raise BadOptionError(OptionNumber.CONTENT_FORMAT, "uint longer than 2 bytes")
         if observe is not None and len(observe) > 3:
             raise BadOptionError(OptionNumber.OBSERVE, "uint longer than 3 bytes")
-        return RequestOptions(
+        found = RequestOptions(
             uri_path, uri_query,
             None if content_format is None else decode_uint(content_format),
             None if observe is None else decode_uint(observe),
             tuple(if_match),
             hop[0] if hop is not None and len(hop) == 1 and hop[0] else None)
+        if len(_request_options) >= _REQUEST_OPTIONS:
+            _request_options.clear()
+        _request_options[self.options] = found
+        return found
+
+    def has_any_option(self, numbers: frozenset[int]) -> bool:
+        """Whether any of these options is present (one scan, for several absent ones)."""
+        for number, _ in self.options:
+            if number in numbers:
+                return True
+        return False
 
     # --- typed accessors for the options DOTS uses -------------------------------------------
 

@@ -204,6 +204,29 @@ def check_options(
     return bad, ignored
 
 
+_NONE_TO_REFUSE: tuple[list[int], list[int]] = ([], [])
+#: Option tuples with nothing to refuse, by the set of known options they were checked
+#: against: ``check_options`` once per distinct option block (see ``udp_codec``). Bounded.
+_acceptable: dict[tuple[tuple[tuple[int, bytes], ...], frozenset[int]], bool] = {}
+_ACCEPTABLE = 1024
+
+
+def options_to_refuse(
+    options: tuple[tuple[int, bytes], ...], known: frozenset[int]
+) -> tuple[list[int], list[int]]:
+    """``check_options`` with the default specs, remembering option tuples that pass (the
+    same few on every request a client repeats). The lists returned must not be changed."""
+    key = (options, known)
+    if key in _acceptable:
+        return _NONE_TO_REFUSE
+    bad, ignored = check_options(options, known)
+    if not bad and not ignored:
+        if len(_acceptable) >= _ACCEPTABLE:
+            _acceptable.clear()
+        _acceptable[key] = True
+    return bad, ignored
+
+
 # --- value codecs ------------------------------------------------------------------------------
 
 

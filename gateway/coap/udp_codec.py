@@ -37,12 +37,29 @@ def decode_udp(data: bytes) -> CoapMessage:
     pos = 4 + tkl
     if len(data) < pos:
         raise CoapFormatError("truncated token", mtype=mtype, mid=mid)
-    try:
-        options, payload = decode_options(data, pos)
-    except CoapFormatError as exc:
-        exc.mtype, exc.mid = mtype, mid
-        raise
-    return unchecked_message(mtype, code, mid, data[4:pos], options, payload)
+    tail = data[pos:] if len(data) - pos <= _TAIL_CACHED else None
+    decoded = _tails.get(tail) if tail is not None else None
+    if decoded is None:
+        try:
+            decoded = decode_options(data, pos)
+        except CoapFormatError as exc:
+            exc.mtype, exc.mid = mtype, mid
+            raise
+        if tail is not None:
+            if len(_tails) >= _TAILS:
+                _tails.clear()
+            _tails[tail] = decoded
+    return unchecked_message(mtype, code, mid, data[4:pos], decoded[0], decoded[1])
+
+
+#: Options and payload by the bytes after the token, for short messages. Every heartbeat
+#: (and most other requests a client repeats) differs from the last one only in its message
+#: ID and token: its option block and body decode to the same values, so the decoded ones
+#: (immutable) are kept and shared. The same option tuple then also hits the caches keyed
+#: by it further up (``check_options``, ``request_options``). Bounded; emptied when full.
+_tails: dict[bytes, tuple[tuple[Option, ...], bytes]] = {}
+_TAILS = 1024
+_TAIL_CACHED = 64
 
 
 def encode_udp(msg: CoapMessage) -> bytes:

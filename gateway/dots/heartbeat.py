@@ -78,6 +78,13 @@ class ParallelSessionAdvised:
 
 HeartbeatOutput = SendHeartbeat | HeartbeatMissed | SignalLost | ParallelSessionAdvised
 
+# States as plain globals for the per-request calls (configure, get_timer): in Python 3.11
+# every ``HeartbeatState.X`` goes through EnumType.__getattr__'s slot (~0.1-0.2 us each).
+_DISABLED, _AWAIT_RESPONSE = HeartbeatState.DISABLED, HeartbeatState.AWAIT_RESPONSE
+_PEER_SILENT, _SIGNAL_LOST = HeartbeatState.PEER_SILENT, HeartbeatState.SIGNAL_LOST
+_SERVER = Role.SERVER
+_NOT_SENDING = (_DISABLED, _SIGNAL_LOST)
+
 
 class HeartbeatMonitor:
     """One side's heartbeat schedule and loss detector; drive it with events and ``now``."""
@@ -85,7 +92,7 @@ class HeartbeatMonitor:
     def __init__(self, role: Role, now: float, *, heartbeat_interval: int = 30,
                  missing_hb_allowed: int = 15) -> None:
         self.role = role
-        self.state = HeartbeatState.DISABLED
+        self.state = _DISABLED
         self.interval = 0
         self.missing_hb_allowed = missing_hb_allowed
         self.under_attack = False  # client side: set while the client sees an attack
@@ -103,8 +110,7 @@ class HeartbeatMonitor:
         return self._outputs.popleft() if self._outputs else None
 
     def get_timer(self) -> float | None:
-        return self.next_send_at if self.state not in (HeartbeatState.DISABLED,
-                                                       HeartbeatState.SIGNAL_LOST) else None
+        return self.next_send_at if self.state not in _NOT_SENDING else None
 
     # --- inputs ------------------------------------------------------------------------------
 
@@ -112,18 +118,18 @@ class HeartbeatMonitor:
         """Apply the parameter set in force (it changes with mitigation activity, §4.5)."""
         if missing_hb_allowed < 1:
             raise DotsUsageError("missing-hb-allowed must be at least 1")
-        if self.state is HeartbeatState.SIGNAL_LOST:
+        if self.state is _SIGNAL_LOST:
             return
         changed = heartbeat_interval != self.interval
         self.interval = heartbeat_interval
         self.missing_hb_allowed = missing_hb_allowed
         if heartbeat_interval == 0:
-            if self.state is not HeartbeatState.DISABLED:
+            if self.state is not _DISABLED:
                 self._fire(Input.DISABLE)
             self.next_send_at = None
             self.outstanding = 0
             return
-        if self.state is HeartbeatState.DISABLED:
+        if self.state is _DISABLED:
             self._fire(Input.ENABLE)
             self.next_send_at = now + heartbeat_interval
         elif changed:
@@ -139,21 +145,19 @@ class HeartbeatMonitor:
         self.last_traffic_at = now
         self.outstanding = 0
         self._advised_parallel = False
-        if self.state is HeartbeatState.PEER_SILENT:
+        if self.state is _PEER_SILENT:
             self._fire(Input.RESPONSE)
 
     def peer_heartbeat_received(self, now: float, peer_hb_status: bool) -> None:
         """The peer's own ``PUT /hb`` arrived; we answer it 2.04 elsewhere."""
         self.last_traffic_at = now
         self.last_peer_heartbeat_at = now
-        if self.role is Role.SERVER and not peer_hb_status and self.interval:
+        if self.role is _SERVER and not peer_hb_status and self.interval:
             # §4.7: the client does not hear our heartbeats; answer with one right away.
             self._outputs.append(SendHeartbeat(peer_hb_status=True))
 
     def handle_timer(self, now: float) -> None:
-        if self.next_send_at is None or now < self.next_send_at or self.state in (
-            HeartbeatState.DISABLED, HeartbeatState.SIGNAL_LOST
-        ):
+        if self.next_send_at is None or now < self.next_send_at or self.state in _NOT_SENDING:
             return
         if self.outstanding:
             self._outputs.append(HeartbeatMissed(self.outstanding))
@@ -173,9 +177,9 @@ class HeartbeatMonitor:
     # --- internals ---------------------------------------------------------------------------
 
     def _threshold_reached(self, now: float) -> None:
-        if self.state is HeartbeatState.AWAIT_RESPONSE:
+        if self.state is _AWAIT_RESPONSE:
             self._fire(Input.THRESHOLD_REACHED)
-        if self.role is Role.SERVER:
+        if self.role is _SERVER:
             window = self.missing_hb_allowed * self.interval
             if now - self.last_traffic_at >= window:  # §4.7: no traffic at all in the window
                 self._lose()

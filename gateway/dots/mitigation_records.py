@@ -103,6 +103,11 @@ class MitigationRecords:
     def owner_of(self, cuid: str) -> Owner | None:
         return self._owners.get(cuid)
 
+    @property
+    def changed(self) -> bool:
+        """Whether ``take_changes`` or ``take_client_changes`` has anything to give."""
+        return bool(self._touched or self._touched_clients)
+
     def take_changes(self) -> tuple[list[Mitigation], list[tuple[str, int]]]:
         """What to save since the last call: the records that were created or changed (the
         live objects, in their current state) and the keys of records that are gone.

@@ -133,3 +133,22 @@ def validate_heartbeat(message: Message) -> Heartbeat:
     if not isinstance(message, Heartbeat):
         raise MalformedPayload("a heartbeat body must be a heartbeat container")
     return message
+
+
+def heartbeat_body(request: DotsRequest) -> Heartbeat:
+    """The valid heartbeat a request carries (``decode_request_body`` and
+    ``validate_heartbeat``); the errors of those. Every client sends one of two bodies
+    (peer-hb-status true or false), so each distinct body is decoded once (the result is
+    immutable); only valid ones are kept, and at most a few."""
+    key = (request.content_format, request.payload)
+    heartbeat = _heartbeats.get(key)
+    if heartbeat is None:
+        heartbeat = validate_heartbeat(decode_request_body(request))
+        if len(_heartbeats) >= _HEARTBEATS:
+            _heartbeats.clear()
+        _heartbeats[key] = heartbeat
+    return heartbeat
+
+
+_heartbeats: dict[tuple[int | None, bytes], Heartbeat] = {}
+_HEARTBEATS = 64

@@ -143,10 +143,10 @@ class GatewayRole(ServerRole):
                 if kept and not session.closed:
                     content = parse_query(prepared.request.query)
                     telemetry = path.resource is Resource.TM
-                    session.observations[msg.token] = Observation(
+                    self._keep_observation(session, Observation(
                         msg.token, prepared.cuid, path.tmid if telemetry else path.mid,
                         content, last_sent=self.clock(), telemetry=telemetry,
-                        szx=_asked_szx(msg))
+                        szx=_asked_szx(msg)))
                     self._relayed[subscriber] = None
                     observe = 1
                 else:

@@ -324,6 +324,10 @@ class MitigationDatabase:
         never raised: the role answers the request 5.03 (the store rolls it back) and goes
         on serving reads from memory.
         ``background``: a timer's save, attempted only when the back-off allows."""
+        if not store.changed and not self._pending and not self._pending_clients:
+            # Most calls (the role saves after every request and timer): nothing to write.
+            self._wall_offset = store.wall_offset
+            return True
         records, removed = store.take_changes()
         for key in removed:
             self._pending[key] = None

@@ -202,6 +202,11 @@ def send_answer(layer: MessageLayer, key: RequestKey, request: CoapMessage,
     Observe but the peer probed for Q-Block on this session (``q_block_peer``: libcoap
     probes once, then sends its GETs without Q-Block2 and expects Q-Block2); else Block2
     as before (RFC 7959). Returns the number of datagrams (blocks) sent."""
+    if not q_block_peer and not request.has_any_option(_BLOCKWISE):
+        # Most requests: no block option to echo or to serve, one response (the path
+        # below decides the same after scanning the options once for each of them).
+        layer.send_response(key, _block2(response, None), now)
+        return 1
     response = _echo_block1(request, response)
     wanted = q_block2(request)
     if (not wanted and q_block_peer and len(payload) > 1 << (BLOCK_SZX + 4)
@@ -219,6 +224,9 @@ def send_answer(layer: MessageLayer, key: RequestKey, request: CoapMessage,
     for block in blocks[1:]:  # RFC 9177 §4.4: the rest of the burst as NON responses
         layer.send_notification(key.token, block, now, confirmable=False)
     return len(blocks)
+
+
+_BLOCKWISE = frozenset({OptionNumber.BLOCK1, OptionNumber.BLOCK2, OptionNumber.Q_BLOCK2})
 
 
 def _echo_block1(request: CoapMessage, response: CoapMessage) -> CoapMessage:

@@ -149,8 +149,10 @@ def _dots_request(msg: CoapMessage, requester: Requester) -> DotsRequest:
 
 
 def _method(code: int) -> Method:
-    try:
-        return Method(code)
-    except ValueError:
-        return Method.POST  # any other method code is answered 4.05 by the core
+    # A dictionary, not Method(code): the enum's call runs Python code on every request.
+    return _METHODS.get(code, _POST)  # any other method code: 4.05 from the core
+
+
+_METHODS = {int(m): m for m in Method}
+_POST = Method.POST
 

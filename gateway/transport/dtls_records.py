@@ -297,6 +297,14 @@ def split_incoming(datagram: bytes) -> list[Record]:
       it: the rest is dumped (RFC 6347 §4.1.2.7);
     - a datagram longer than ``Framing.read_size`` is read as several.
     """
+    longest, read_size = _FRAMING
+    if RECORD_HEADER <= len(datagram) <= read_size:
+        # The usual datagram, one whole record of ours (every request and heartbeat): the
+        # general loop below would read it the same way, one record ending at the end.
+        kind, version, epoch, seq, length = _HEADER.unpack_from(datagram)
+        if version == DTLS_1_2 and length == len(datagram) - RECORD_HEADER and length <= longest:
+            return [(kind, epoch, int.from_bytes(seq, "big"), datagram[:RECORD_HEADER],
+                     datagram[RECORD_HEADER:])]
     return [record for _, record in _incoming_with_offsets(datagram)]
 
 
@@ -408,7 +416,10 @@ class RecordProtection:
         self._next_write = seq + 1
         epoch_seq = self.epoch.to_bytes(2, "big") + seq.to_bytes(6, "big")
         aad = epoch_seq + bytes((content_type,)) + DTLS_1_2 + len(plaintext).to_bytes(2, "big")
-        explicit, nonce = self._nonce(self._write_iv, epoch_seq, None)
+        if self.suite.explicit_nonce_length:  # GCM, CCM: salt + epoch and sequence (_nonce)
+            explicit, nonce = epoch_seq, self._write_iv + epoch_seq
+        else:
+            explicit, nonce = self._nonce(self._write_iv, epoch_seq, None)
         cipher = self.suite.cipher(self._write_handle, self._write_key)
         body = explicit + cipher.encrypt(nonce, plaintext, aad)
         return (
@@ -466,8 +477,8 @@ class RecordProtection:
         """(explicit part sent in the record, full nonce)."""
         if self.suite.explicit_nonce_length == 0:
             # RFC 7905 §2: the IV XORed with the 64-bit epoch and sequence number.
-            padded = bytes(4) + epoch_seq
-            return b"", bytes(a ^ b for a, b in zip(iv, padded, strict=True))
+            mixed = int.from_bytes(iv, "big") ^ int.from_bytes(epoch_seq, "big")
+            return b"", mixed.to_bytes(len(iv), "big")
         if explicit is None:
             explicit = epoch_seq  # unique per record, as OpenSSL does too
         return explicit, iv + explicit
@@ -477,8 +488,10 @@ class RecordProtection:
         explicit_length = suite.explicit_nonce_length
         if len(fragment) < explicit_length + suite.tag_length:
             return None
-        explicit = fragment[:explicit_length] if explicit_length else None
-        _, nonce = self._nonce(self._read_iv, epoch_seq, explicit)
+        if explicit_length:  # GCM, CCM: salt + the record's explicit part (_nonce)
+            nonce = self._read_iv + fragment[:explicit_length]
+        else:
+            _, nonce = self._nonce(self._read_iv, epoch_seq, None)
         ciphertext = fragment[explicit_length:]
         plain_length = len(ciphertext) - suite.tag_length
         aad = epoch_seq + bytes((kind,)) + DTLS_1_2 + plain_length.to_bytes(2, "big")

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 _BIO_CTRL_RESET = 1
 _BATCH = 64  # datagrams per readiness callback: fairness between sockets
 _HANDSHAKE, _CHANGE_CIPHER_SPEC, _ALERT = 22, 20, 21  # record content types
+_HANDSHAKING = State.HANDSHAKING  # per datagram: ``State.X`` is a slow lookup in 3.11
 _REFUSAL_COUNTERS = {
     SESSION_LIMIT: "refused_session_limit",
     HANDSHAKE_LIMIT: "refused_handshake_limit",
@@ -153,11 +154,13 @@ class DtlsServer(DtlsSessions):
 
     def _datagram(self, sock: socket.socket, data: bytes, local: Address, remote: Address) -> None:
         conn = self.sessions.get((local, remote))
-        if conn is not None:
+        if conn is not None and (data[0] == _HANDSHAKE or self.replacements):
+            # Only a handshake record, or a new handshake beside an established session,
+            # can belong elsewhere (``_route``); application data goes to its session.
             conn = self._route(conn, data)
         if conn is not None:
             conn.last_activity = self.clock()
-            if conn.session.state is State.HANDSHAKING:
+            if conn.session.state is _HANDSHAKING:
                 self._handshake_step(conn, data)
             else:
                 self._application(conn, data)

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 #: wakes the loop first (its flight has already left; this is bookkeeping: the
 #: retransmission timer, the established session's handler).
 RESULT_DELAY = 0.01
+#: For the per-datagram path: ``State.X`` costs an EnumType.__getattr__ slot call in 3.11.
+_ENDED = (State.CLOSED, State.FAILED)
 
 
 @dataclass
@@ -330,7 +332,7 @@ class DtlsSessions(EndpointBase):
                     conn.handler.data_received(record)
                 except Exception:
                     log.exception("handler error for %s", conn.remote)
-        if conn.session.state in (State.CLOSED, State.FAILED):
+        if conn.session.state in _ENDED:
             self._close(conn, conn.session.failure or "peer closed", notify=True)
 
     def _flush(self, conn: DtlsConnection) -> None:

@@ -82,6 +82,9 @@ def open_udp_socket(
 _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: an IntFlag's & runs Python code
 
 
+_new_address = tuple.__new__  # Address(h, p) runs the named tuple's Python-level __new__
+
+
 def receive(sock: socket.socket) -> tuple[bytes, Address, Address] | None:
     """One datagram with its source and the local address it was sent to.
 
@@ -92,9 +95,28 @@ def receive(sock: socket.socket) -> tuple[bytes, Address, Address] | None:
         data, ancillary, flags, source = sock.recvmsg(MAX_DATAGRAM, _CMSG_SPACE)
     except (BlockingIOError, InterruptedError):
         return None
+    remote = _new_address(Address, source if len(source) == 2 else source[:2])
     if flags & _MSG_TRUNC:
-        return b"", Address(source[0], source[1]), _local_of(sock, ())
-    return data, Address(source[0], source[1]), _local_of(sock, ancillary)
+        return b"", remote, _local_of(sock, ())
+    if len(ancillary) == 1:
+        # The one PKTINFO of a datagram: the same few local addresses over and over, so
+        # their Address is looked up by the raw control data (keyed with the socket: the
+        # port is the socket's) instead of unpacked and formatted each time.
+        key = (sock.fileno(), ancillary[0])
+        local = _local_cache.get(key)
+        if local is None:
+            local = _local_of(sock, ancillary)
+            if len(_local_cache) >= _LOCAL_CACHE_SIZE:
+                _local_cache.clear()
+            _local_cache[key] = local
+        return data, remote, local
+    return data, remote, _local_of(sock, ancillary)
+
+
+#: PKTINFO control data (with the socket's fd) -> local Address; bounded, and emptied with
+#: ``forget`` (an fd number is reused by the next socket, perhaps on another port).
+_local_cache: dict[tuple[int, tuple[int, int, bytes]], Address] = {}
+_LOCAL_CACHE_SIZE = 1024
 
 
 def _local_of(sock: socket.socket, ancillary: object) -> Address:
@@ -125,6 +147,7 @@ def _bound(sock: socket.socket) -> tuple[str, int]:
 def forget(sock: socket.socket) -> None:
     """Drop cached facts about a socket before it is closed (its fd number will be reused)."""
     _bound_cache.pop(sock.fileno(), None)
+    _local_cache.clear()
 
 
 def send(sock: socket.socket, data: bytes, destination: Address, source: Address) -> bool:
