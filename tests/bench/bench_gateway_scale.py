@@ -219,6 +219,14 @@ FINDINGS = [
     " comes first; then a policy (freeze the long-lived session state, rarer full"
     " collections) can take the stalls away. Not done here; the same holds for"
     " `dots-gateway server` (the soak's heartbeat p99).",
+    "- The targets run minutes apart, so a change in the other jobs' load lands on one of"
+    " them: on 2026-12-07 at 15:49 this checkout's 10,000 sessions took 160 s to establish"
+    " and the baseline's 51 s (load fell meanwhile), and that run favours the baseline; at"
+    " 14:51 the same bench gave p99 overheads of 592 / 1,211 ms (GET / PUT) for this"
+    " checkout against 229 / 2,141 ms for the baseline (worst: 0.57x). The gateway's CPU in"
+    " the 5 s windows (both runs: ~2.8-3.2 s this checkout, ~2.9-3.6 s the baseline, the"
+    " background of 10,000 sessions included) is the steadier comparison. Either way the"
+    " 1 ms target is MISSED by two orders of magnitude on this machine.",
 ]
 
 
