@@ -120,6 +120,8 @@ class HandshakeWorkers(concurrent.futures.Executor):
                 fn(*args)
             except BaseException:  # jobs handle their own errors; this one escaped
                 log.exception("handshake job failed")
+            # Not kept while waiting for the next job: the last connection would stay alive.
+            del job, fn, args
 
 
 class EndpointBase:

@@ -187,9 +187,12 @@ class TlsConnection(asyncio.Protocol):
             self.session.free()
         if self.transport is not None:
             self.transport.close()
-        if notify and self.handler is not None:
+        # Dropped here, so that the connection and its session layers (which point back
+        # at it) are freed by reference counting, not left for a full garbage collection.
+        handler, self.handler = self.handler, None
+        if notify and handler is not None:
             try:
-                self.handler.connection_lost(reason)
+                handler.connection_lost(reason)
             except Exception:
                 log.exception("handler error on close for %s", self.remote)
 
