@@ -52,6 +52,16 @@ def test_is_anycast(local: object, expected: bool) -> None:
     assert anycast_classifier(ADDRS)(local) is expected
 
 
+def test_is_anycast_answers_the_same_when_it_remembers_and_after_forgetting() -> None:
+    # It keeps its answers per local address (asked for every session on each look); the
+    # store is bounded, so many addresses wrap it around.
+    is_anycast = anycast_classifier(ADDRS)
+    many = [Address(f"10.{i // 256}.{i % 256}.1", 4646) for i in range(600)]
+    for _ in range(2):
+        assert not any(is_anycast(local) for local in many)
+        assert is_anycast(Address("192.0.2.46", 4646)) and is_anycast(("192.0.2.46", 4646))
+
+
 def test_host_prefix() -> None:
     assert [host_prefix(a) for a in ADDRS] == ["192.0.2.46/32", "2001:db8::4646/128"]
 
