@@ -177,10 +177,18 @@ class StormClient:
         s.sent_at = now
 
     def answer_heartbeat(self, s: Session, message: CoapMessage) -> None:
+        if s.session.state is not State.ESTABLISHED:
+            return
         if message.mtype is MessageType.CON:  # RFC 9132 §4.7: 2.04, piggybacked
-            s.session.send(encode_udp(CoapMessage(MessageType.ACK, 68, message.mid,
-                                                  message.token)))
-            self.flush(s)
+            reply = CoapMessage(MessageType.ACK, 68, message.mid, message.token)
+        else:
+            # The server's heartbeats are NON (RFC 9132 §4.7): answered 2.04 NON. Left
+            # unanswered, the gateway took every session for lost after its missed
+            # heartbeats and spent the setup of 20,000 sessions on signal loss.
+            s.mid = (s.mid + 1) & 0xFFFF
+            reply = CoapMessage(MessageType.NON, 68, s.mid, message.token)
+        s.session.send(encode_udp(reply))
+        self.flush(s)
 
     def run(self, phase: str, tickets: dict[int, bytes | None], deadline: float
             ) -> list[Session]:
