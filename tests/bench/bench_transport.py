@@ -44,7 +44,9 @@ sys.path.insert(0, str(ROOT))
 #: cap the rates it measures.
 OPENSSL_VARIABLE = "DOTS_GATEWAY_OPENSSL"
 NEWER_OPENSSL = Path(sys.prefix) / "openssl"
-if (NEWER_OPENSSL / "SOURCE").exists():
+# Only when run as the bench: imported (soak.py, tests), it must not change what the
+# importer's later subprocesses load.
+if __name__ == "__main__" and (NEWER_OPENSSL / "SOURCE").exists():
     os.environ.setdefault(OPENSSL_VARIABLE, str(NEWER_OPENSSL))
 
 from certs.devpki import init_dev_pki  # noqa: E402

@@ -131,3 +131,17 @@ def test_the_record_layer_differential_tests_pass_on_the_newer_openssl() -> None
         cwd=ROOT, env={**os.environ, VARIABLE: str(NEWER)},
         capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stdout[-3000:]
+
+
+def test_importing_the_benches_leaves_the_choice_alone() -> None:
+    # The transport bench runs its load generator on the newer build; imported by the soak
+    # script (and so by its test), it once set the variable for the rest of the test run,
+    # and every daemon started after that ran on the newer OpenSSL.
+    env = {k: v for k, v in os.environ.items() if k != VARIABLE}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import os, tests.bench.soak, tests.bench.bench_transport; "
+         f"print(os.environ.get({VARIABLE!r}))"],
+        cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=60, check=False)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "None"
