@@ -228,6 +228,7 @@ def datagram_limits(limits: LimitSettings) -> Limits:
         handshake_deadline_min=float(limits.handshake_deadline_min),
         datagram_size=limits.pmtu - 48,  # IPv6 + UDP headers
         handshake_threads=limits.handshake_threads,
+        handshake_nice=limits.handshake_nice,
     )
 
 
@@ -238,6 +239,7 @@ def stream_limits(limits: LimitSettings) -> StreamLimits:
         handshake_deadline=float(limits.handshake_deadline),
         idle_timeout=float(limits.idle_timeout),
         handshake_threads=limits.handshake_threads,
+        handshake_nice=limits.handshake_nice,
     )
 
 

@@ -74,6 +74,10 @@ class LimitSettings:
     handshake_deadline_min: int = 4  # DTLS deadline when max_handshakes are all in use
     pmtu: int = 1280  # path MTU assumed for DTLS records (RFC 9132 §7.3)
     handshake_threads: int = 2
+    #: Niceness of the handshake threads: 19 lets the event loop (established sessions)
+    #: win every contest for a core; 0 gives them the loop's priority, for hosts where
+    #: other processes compete and handshakes must keep up.
+    handshake_nice: int = 19
 
 
 def read_server(t: Table) -> ServerSettings:
@@ -175,6 +179,7 @@ def read_limits(t: Table) -> LimitSettings:
         # IPv4's 576 is the smallest a DOTS agent may assume (RFC 9132 §7.3).
         pmtu=t.integer("pmtu", d.pmtu, 576, 65535),
         handshake_threads=t.integer("handshake_threads", d.handshake_threads, 1, 64),
+        handshake_nice=t.integer("handshake_nice", d.handshake_nice, 0, 19),
     )
     t.finish()
     return limits

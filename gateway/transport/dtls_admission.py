@@ -21,6 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from gateway.transport.endpoint import HANDSHAKE_NICE
 from gateway.transport.secure_session import DEFAULT_DATAGRAM_SIZE
 
 T = TypeVar("T")
@@ -39,6 +40,7 @@ class Limits:
     tracked_sources: int = 8192
     datagram_size: int = DEFAULT_DATAGRAM_SIZE
     handshake_threads: int = 2
+    handshake_nice: int = HANDSHAKE_NICE
     #: Concurrent handshakes per source address. A legitimate client has one at a time; a
     #: NAT in front of many has a few. 50 flooding sources at 8 stay under max_handshakes.
     max_handshakes_per_source: int = 8

@@ -67,7 +67,8 @@ class DtlsServer(DtlsSessions):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limits = limits or Limits()
-        super().__init__(context, on_session, self.limits.handshake_threads, clock=clock)
+        super().__init__(context, on_session, self.limits.handshake_threads, clock=clock,
+                         nice=self.limits.handshake_nice)
         self._sockets: list[socket.socket] = []
         self._listener: Any = None
         self.admission: Admission[DtlsConnection] = Admission(self.limits)

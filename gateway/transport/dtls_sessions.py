@@ -20,7 +20,7 @@ from typing import Protocol
 
 from gateway.transport.dtls_deadlines import SessionDeadlines
 from gateway.transport.dtls_ssl_objects import SslObjects
-from gateway.transport.endpoint import EndpointBase
+from gateway.transport.endpoint import HANDSHAKE_NICE, EndpointBase
 from gateway.transport.secure_session import PeerCredential, SecureSession, State
 from gateway.transport.tls_context import Kind, ServerContext, ssl_address
 from gateway.transport.udp import Address, send
@@ -136,8 +136,9 @@ class DtlsSessions(EndpointBase):
         threads: int,
         *,
         clock: Callable[[], float] = time.monotonic,
+        nice: int = HANDSHAKE_NICE,
     ) -> None:
-        super().__init__(context, threads, clock=clock)
+        super().__init__(context, threads, clock=clock, nice=nice)
         self.on_session = on_session
         self.counters = Counters()
         self.sessions: dict[Key, DtlsConnection] = {}

@@ -28,15 +28,18 @@ HANDSHAKE_NICE = 19
 LOG_INTERVAL = 10.0
 
 
-def lower_thread_priority() -> None:
+def lower_thread_priority(nice: int = HANDSHAKE_NICE) -> None:
     """Run handshake workers at a lower scheduling priority than the event loop.
 
     Threads only help when cores are free; when the process has one core (or all are busy),
     a storm of handshakes would otherwise take CPU time from the loop that serves
     established sessions. A nice value applies per thread on Linux (by its native id).
+    With ``nice`` 0 (or below the process's own) workers keep the process priority.
     """
+    if nice <= 0:
+        return
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HANDSHAKE_NICE)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except OSError:
         pass  # not permitted or not Linux: workers keep the process priority
 
@@ -50,8 +53,9 @@ class HandshakeWorkers(concurrent.futures.Executor):
     run_in_executor) serves the TLS server.
     """
 
-    def __init__(self, threads: int, name: str) -> None:
+    def __init__(self, threads: int, name: str, nice: int = HANDSHAKE_NICE) -> None:
         self._size = max(1, threads)
+        self._nice = nice
         self._name = name
         self._jobs: queue.SimpleQueue[tuple[Callable[..., object], tuple[object, ...]] | None]
         self._jobs = queue.SimpleQueue()
@@ -109,7 +113,7 @@ class HandshakeWorkers(concurrent.futures.Executor):
                 self._threads.append(thread)
 
     def _work(self) -> None:
-        lower_thread_priority()
+        lower_thread_priority(self._nice)
         jobs = self._jobs
         while True:
             job = jobs.get()
@@ -128,12 +132,13 @@ class EndpointBase:
     KIND: Kind
 
     def __init__(self, context: ServerContext, threads: int, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 nice: int = HANDSHAKE_NICE) -> None:
         if context.kind is not self.KIND:
             raise ValueError(f"{type(self).__name__} needs a {self.KIND.value.upper()} context")
         self.context = context
         self.clock = clock
-        self.executor = HandshakeWorkers(threads, f"{self.KIND.value}-handshake")
+        self.executor = HandshakeWorkers(threads, f"{self.KIND.value}-handshake", nice)
         self._log_suppressed_until: dict[str, float] = {}
         #: Lines left out per key since its last line, reported on the next one.
         self._log_suppressed: dict[str, int] = {}

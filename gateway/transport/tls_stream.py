@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from gateway.transport.dtls_client import ClientConnection, HandshakeError, await_handshake
 from gateway.transport.dtls_sessions import SessionHandler
-from gateway.transport.endpoint import EndpointBase
+from gateway.transport.endpoint import HANDSHAKE_NICE, EndpointBase
 from gateway.transport.openssl_ffi import OpenSSLError
 from gateway.transport.secure_session import PeerCredential, SecureSession, State
 from gateway.transport.tls_context import ClientContext, Kind, ServerContext
@@ -35,6 +35,7 @@ class StreamLimits:
     handshake_deadline: float = 20.0
     idle_timeout: float = 6 * 3600.0
     handshake_threads: int = 2
+    handshake_nice: int = HANDSHAKE_NICE
     #: Unsent bytes allowed per connection before we stop reading from it.
     write_buffer_high: int = 256 * 1024
 
@@ -209,7 +210,8 @@ class TlsServer(EndpointBase):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limits = limits or StreamLimits()
-        super().__init__(context, self.limits.handshake_threads, clock=clock)
+        super().__init__(context, self.limits.handshake_threads, clock=clock,
+                         nice=self.limits.handshake_nice)
         self.on_session = on_session
         self.counters = StreamCounters()
         self.connections: set[TlsConnection] = set()

@@ -41,6 +41,7 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--handshake-deadline", type=float, default=20.0)
     parser.add_argument("--idle-timeout", type=float, default=3600.0)
     parser.add_argument("--max-handshakes", type=int, default=4096)
+    parser.add_argument("--handshake-nice", type=int, default=Limits.handshake_nice)
     args = parser.parse_args(argv)
     psk = json.loads((args.pki / "psk.json").read_text())
     creds = ServerCredentials(
@@ -59,6 +60,7 @@ async def main(argv: list[str]) -> None:
             handshakes_per_source_per_second=1e9,
             handshake_burst=10**9,
             max_handshakes_per_source=10**9,
+            handshake_nice=args.handshake_nice,
         ),
     )
     tls = TlsServer(
@@ -68,6 +70,7 @@ async def main(argv: list[str]) -> None:
             handshake_deadline=args.handshake_deadline,
             idle_timeout=args.idle_timeout,
             max_handshakes=args.max_handshakes,
+            handshake_nice=args.handshake_nice,
         ),
     )
     await dtls.start([("127.0.0.1", 0)])

@@ -245,6 +245,8 @@ SINGLE_ERRORS = [
     ),
     # out of range
     ("port-0", "[server]\nport = 0", "server.port", "must be from 1 to 65535, got 0"),
+    ("handshake-nice", "[limits]\nhandshake_nice = 20", "limits.handshake_nice",
+     "must be from 0 to 19, got 20"),
     ("port-high", '[metrics]\nlisten = "127.0.0.1:65536"', "metrics.listen", "port '65536'"),
     (
         "uint16",

@@ -34,6 +34,13 @@ def test_posted_jobs_run_on_lower_priority_threads_and_survive_errors() -> None:
     assert all(nice == min(19, max(base, HANDSHAKE_NICE)) for _, nice in seen)
 
 
+def test_workers_at_nice_0_keep_the_process_priority() -> None:
+    workers = HandshakeWorkers(1, "test-handshake", nice=0)
+    nice = workers.submit(os.getpriority, os.PRIO_PROCESS, 0).result(5)
+    workers.shutdown(wait=True)
+    assert nice == os.getpriority(os.PRIO_PROCESS, 0)
+
+
 def test_submit_is_an_executor_for_run_in_executor() -> None:
     workers = HandshakeWorkers(1, "test-handshake")
     assert workers.submit(lambda a, b: a + b, 2, 3).result(5) == 5
