@@ -1,7 +1,8 @@
 """Saved mitigations: the server store's records in SQLite, so a restart keeps them.
 
-Owns ``<state_dir>/dots.sqlite`` and is the only ``sqlite3`` user. It turns
-``gateway.dots.mitigation_lifecycle.Mitigation`` records into rows and back, and the RFC 9244
+Owns ``<state_dir>/dots.sqlite`` and is the only ``sqlite3`` user. It saves
+``gateway.dots.mitigation_lifecycle.Mitigation`` records (as rows of
+``gateway.server.mitigation_rows``) and the RFC 9244
 telemetry a client installed (``gateway.dots.telemetry``: setups and pre-mitigation
 telemetry, written at once, before the answer), and nothing else: what a restored record
 means (expiry, re-applying) is decided by ``MitigationStore.restore``. It must not import
@@ -30,28 +31,17 @@ system without shared memory) every commit is fsynced (``synchronous=FULL``).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
-from gateway.dots.codec import decode_message, encode_message
-from gateway.dots.codes import Status
 from gateway.dots.mitigation import MitigationStore
-from gateway.dots.mitigation_lifecycle import (
-    INDEFINITE,
-    UINT32_MAX,
-    Counters,
-    Mitigation,
-    MitigationState,
-    Owner,
-)
-from gateway.dots.model import MitigationScope, Scope
+from gateway.dots.mitigation_lifecycle import UINT32_MAX, Mitigation
 from gateway.dots.telemetry import Change, TelemetryStore
+from gateway.server.mitigation_rows import COLUMNS, is_int, mitigation_from_row, mitigation_row
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +93,6 @@ _SCHEMA = (*_SCHEMA, _TELEMETRY_TABLE, _TELEMETRY_DOMAIN)
 #: version -> statements that take a database from that version to the next.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {1: (_TELEMETRY_TABLE,), 2: (_TELEMETRY_DOMAIN,)}
 
-_COLUMNS = (
-    "cuid, mid, credential_id, cdid, scope, lifetime, expires_at, terminate_at, state, status, "
-    "transient_status, transient_reports_left, mitigation_start, counters, conflict, updated_at"
-)
-_COUNTERS = (
-    ("bytes-dropped", "bytes_dropped"),
-    ("bps-dropped", "bps_dropped"),
-    ("pkts-dropped", "pkts_dropped"),
-    ("pps-dropped", "pps_dropped"),
-)
-_UINT64_MAX = 2**64 - 1
 #: Seconds a write waits for another process's lock on the file before it fails. The wait
 #: blocks the event loop, and a save of ours takes microseconds: a longer lock is someone
 #: else's (an operator's open transaction), and the request is better answered 5.03.
@@ -270,7 +249,8 @@ class MitigationDatabase:
         default) in one transaction. ``wall_offset`` is the store's (epoch - monotonic).
         Raises ``PersistenceError`` with nothing written when it fails."""
         updated_at = time.time()
-        rows = [_row(r, wall_offset, updated_at) for r in records]  # encode outside the lock
+        # Encoded outside the lock.
+        rows = [mitigation_row(r, wall_offset, updated_at) for r in records]
         removed = [(cuid, mid) for cuid, mid in removed_keys]
         periods = dict(termination_periods or {})
         try:
@@ -278,7 +258,7 @@ class MitigationDatabase:
                 # Deletions first: a key in both lists ends up saved.
                 self._db.executemany("DELETE FROM mitigation WHERE cuid = ? AND mid = ?", removed)
                 self._db.executemany(
-                    f"INSERT OR REPLACE INTO mitigation ({_COLUMNS}) "
+                    f"INSERT OR REPLACE INTO mitigation ({COLUMNS}) "
                     f"VALUES ({', '.join('?' * 16)})",
                     rows,
                 )
@@ -388,14 +368,14 @@ class MitigationDatabase:
         records = []
         try:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM mitigation ORDER BY cuid, mid").fetchall()
+                f"SELECT {COLUMNS} FROM mitigation ORDER BY cuid, mid").fetchall()
         except sqlite3.DatabaseError as exc:
             raise PersistenceError(
                 f"{self.path}: cannot read the saved mitigations ({exc}); restore the file "
                 "from a backup, or move it aside to start without them") from None
         for row in rows:
             try:
-                records.append(_record(row, wall_offset))
+                records.append(mitigation_from_row(row, wall_offset))
             except Exception as exc:  # any bad row, whatever is wrong with it: skip, go on
                 self.skipped_rows += 1
                 log.warning("%s: skipping saved mitigation cuid=%r mid=%r: %s",
@@ -412,7 +392,7 @@ class MitigationDatabase:
                 f"{self.path}: cannot read the saved periods ({exc}); restore the file from "
                 "a backup, or move it aside to start without the saved mitigations") from None
         for cuid, period in rows:
-            if isinstance(cuid, str) and _is_int(period) and 0 <= period <= UINT32_MAX:
+            if isinstance(cuid, str) and is_int(period) and 0 <= period <= UINT32_MAX:
                 periods[cuid] = period
             else:
                 self.skipped_rows += 1
@@ -464,7 +444,7 @@ class MitigationDatabase:
         for row in rows:
             cuid, kind, ident, cdid, body, domain = row
             try:
-                if not (isinstance(cuid, str) and kind in ("setup", "tm") and _is_int(ident)
+                if not (isinstance(cuid, str) and kind in ("setup", "tm") and is_int(ident)
                         and 0 <= ident <= UINT32_MAX and isinstance(body, bytes)
                         and (cdid is None or isinstance(cdid, str))
                         and (domain is None or isinstance(domain, str))):
@@ -525,117 +505,3 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-
-
-# --- rows ----------------------------------------------------------------------------------------
-
-
-def _row(record: Mitigation, wall_offset: float, updated_at: float) -> tuple[Any, ...]:
-    conflict = None
-    if record.conflict is not None:
-        conflict = encode_message(MitigationScope((Scope(conflict_information=record.conflict),)))
-    counters = {name: value for name, attr in _COUNTERS
-                if (value := getattr(record.counters, attr)) is not None}
-    return (
-        record.cuid,
-        record.mid,
-        record.owner.credential_id,
-        record.owner.cdid,
-        encode_message(MitigationScope((record.scope,))),
-        record.lifetime,
-        None if record.expires_at is None else record.expires_at + wall_offset,
-        None if record.terminate_at is None else record.terminate_at + wall_offset,
-        record.state.value,
-        int(record.status),
-        None if record.transient_status is None else int(record.transient_status),
-        record.transient_reports_left,
-        record.mitigation_start,
-        json.dumps(counters, separators=(",", ":")),
-        conflict,
-        updated_at,
-    )
-
-
-def _record(row: tuple[Any, ...], wall_offset: float) -> Mitigation:
-    (cuid, mid, credential_id, cdid, scope_cbor, lifetime, expires_at, terminate_at, state,
-     status, transient_status, transient_left, mitigation_start, counters, conflict) = row[:15]
-    if not isinstance(cuid, str) or not cuid:
-        raise ValueError(f"cuid {cuid!r} is not a non-empty string")
-    if not _is_int(mid) or not 0 <= mid <= UINT32_MAX:
-        raise ValueError(f"mid {mid!r} is not a uint32")
-    if not isinstance(credential_id, str) or not (cdid is None or isinstance(cdid, str)):
-        raise ValueError(f"owner {credential_id!r}/{cdid!r} is not text")
-    if not _is_int(lifetime) or not (lifetime == INDEFINITE or 0 <= lifetime <= UINT32_MAX):
-        raise ValueError(f"lifetime {lifetime!r} is neither -1 nor a uint32")
-    record_state = MitigationState(state)
-    if record_state is MitigationState.ENDED:
-        raise ValueError("state 'ended' is never saved")
-    expires = _deadline(expires_at, "expires_at", wall_offset)
-    terminate = _deadline(terminate_at, "terminate_at", wall_offset)
-    if record_state is MitigationState.TERMINATING and terminate is None:
-        raise ValueError("terminating without terminate_at")
-    if not (mitigation_start is None or _is_int(mitigation_start)):
-        raise ValueError(f"mitigation_start {mitigation_start!r} is not an integer")
-    if not _is_int(transient_left):
-        raise ValueError(f"transient_reports_left {transient_left!r} is not an integer")
-    return Mitigation(
-        cuid=cuid,
-        mid=mid,
-        owner=Owner(credential_id, cdid),
-        scope=_one_scope(scope_cbor, "scope"),
-        lifetime=lifetime,
-        expires_at=expires,
-        state=record_state,
-        status=Status(_checked_int(status, "status")),
-        mitigation_start=mitigation_start,
-        counters=_counters(counters),
-        conflict=None
-        if conflict is None
-        else _one_scope(conflict, "conflict").conflict_information,
-        terminate_at=terminate,
-        transient_status=None if transient_status is None
-        else Status(_checked_int(transient_status, "transient_status")),
-        transient_reports_left=transient_left,
-    )
-
-
-def _one_scope(data: Any, what: str) -> Scope:
-    if not isinstance(data, bytes):
-        raise ValueError(f"{what} is {type(data).__name__}, not CBOR bytes")
-    message = decode_message(data)  # the same checks as a request body
-    if not isinstance(message, MitigationScope) or len(message.scope) != 1:
-        raise ValueError(f"{what} is not a mitigation-scope with one entry")
-    return message.scope[0]
-
-
-def _counters(text: Any) -> Counters:
-    if not isinstance(text, str):
-        raise ValueError(f"counters {text!r} is not JSON text")
-    data = json.loads(text)
-    if not isinstance(data, dict) or set(data) - {name for name, _attr in _COUNTERS}:
-        raise ValueError(f"counters {text!r} is not an object of the four counters")
-    values = {}
-    for name, attr in _COUNTERS:
-        value = data.get(name)
-        if value is not None and not (_is_int(value) and 0 <= value <= _UINT64_MAX):
-            raise ValueError(f"counter {name} {value!r} is not a counter64")
-        values[attr] = value
-    return Counters(**values)
-
-
-def _deadline(epoch: Any, what: str, wall_offset: float) -> float | None:
-    if epoch is None:
-        return None
-    if not isinstance(epoch, int | float) or isinstance(epoch, bool) or epoch != epoch:
-        raise ValueError(f"{what} {epoch!r} is not a time")
-    return float(epoch) - wall_offset
-
-
-def _checked_int(value: Any, what: str) -> int:
-    if not _is_int(value):
-        raise ValueError(f"{what} {value!r} is not an integer")
-    return int(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
