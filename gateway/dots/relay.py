@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import itertools
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -216,6 +217,8 @@ class RelayTable:
         self._expiry_at: dict[tuple[str, int], float] = {}
         #: Keys of confirmed, not withdrawing, immediate (or activated) records.
         self._in_force: set[tuple[str, int]] = set()
+        #: Records in force per cuid (the clients a mitigation is in force for).
+        self._in_force_of: Counter[str] = Counter()
         #: Records by state and installed ones by upstream status (the metrics: a scrape
         #: must not walk a million records either).
         self._states: Counter[str] = Counter()
@@ -226,6 +229,10 @@ class RelayTable:
 
     def __iter__(self) -> Iterator[RelayedMitigation]:
         return iter(list(self._records.values()))
+
+    def first(self, limit: int) -> list[RelayedMitigation]:
+        """Up to ``limit`` records (the oldest first) without copying the whole table."""
+        return list(itertools.islice(self._records.values(), max(0, limit)))
 
     def get(self, cuid: str, mid: int) -> RelayedMitigation | None:
         return self._records.get((cuid, mid))
@@ -302,11 +309,8 @@ class RelayTable:
         """Follow ``record``'s expiry and whether it is in force (see the class docstring)."""
         key = record.key
         self._count(record)
-        if (record.confirmed and not record.withdrawing
-                and (record.trigger_mitigation or record.activated_by_loss)):
-            self._in_force.add(key)
-        else:
-            self._in_force.discard(key)
+        self._set_in_force(key, record.confirmed and not record.withdrawing
+                           and (record.trigger_mitigation or record.activated_by_loss))
         at = record.expires_at if record.confirmed else None
         if at is None:
             self._expiry_at.pop(key, None)  # its heap entry, if any, is dead now
@@ -316,6 +320,19 @@ class RelayTable:
             if len(self._expiry) > max(_HEAP_SLACK_MIN, _HEAP_SLACK * len(self._expiry_at)):
                 self._expiry = [(t, c, m) for (c, m), t in self._expiry_at.items()]
                 heapq.heapify(self._expiry)
+
+    def _set_in_force(self, key: tuple[str, int], in_force: bool) -> None:
+        if in_force:
+            if key not in self._in_force:
+                self._in_force.add(key)
+                self._in_force_of[key[0]] += 1
+        elif key in self._in_force:
+            self._in_force.discard(key)
+            left = self._in_force_of[key[0]] - 1
+            if left:
+                self._in_force_of[key[0]] = left
+            else:
+                del self._in_force_of[key[0]]
 
     def _count(self, record: RelayedMitigation, *, present: bool = True) -> None:
         new = None
@@ -343,7 +360,7 @@ class RelayTable:
         record = self._records.pop((cuid, mid), None)
         if record is not None:
             self._count(record, present=False)
-            self._in_force.discard((cuid, mid))
+            self._set_in_force((cuid, mid), False)
             self._expiry_at.pop((cuid, mid), None)
             mids = self._by_cuid.get(cuid)
             if mids is not None:
@@ -404,15 +421,29 @@ class RelayTable:
         """How many relayed requests are in force (``is_mitigating``'s test per record), at
         the cost of those whose expiry is due but not yet handled (``expire``), not of the
         table: the heap is walked only where it holds times <= ``now``."""
-        heap, scheduled, due, stack = self._expiry, self._expiry_at, 0, [0]
+        return len(self._in_force) - len(self._due_in_force(now))
+
+    def clients_in_force(self, now: float) -> int:
+        """How many cuids have a relayed request in force (``is_mitigating`` true), at the
+        same cost as ``in_force``."""
+        due = Counter(cuid for cuid, _mid in self._due_in_force(now))
+        return len(self._in_force_of) - sum(
+            1 for cuid, n in due.items() if self._in_force_of[cuid] == n)
+
+    def _due_in_force(self, now: float) -> set[tuple[str, int]]:
+        """Records in force whose expiry is due but not yet handled: the heap is walked
+        only where it holds times <= ``now``. A set: a record unconfirmed and confirmed
+        again with the same expiry has two live heap entries."""
+        heap, scheduled, stack = self._expiry, self._expiry_at, [0]
+        due: set[tuple[str, int]] = set()
         while stack:
             i = stack.pop()
             if i < len(heap) and heap[i][0] <= now:
                 at, cuid, mid = heap[i]
                 if scheduled.get((cuid, mid)) == at and (cuid, mid) in self._in_force:
-                    due += 1
+                    due.add((cuid, mid))
                 stack += (2 * i + 1, 2 * i + 2)
-        return len(self._in_force) - due
+        return due
 
     def expire(self, now: float) -> list[RelayedMitigation]:
         """Drop requests whose lifetime ran out (the upstream server drops them too). Costs
