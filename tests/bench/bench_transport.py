@@ -134,6 +134,9 @@ def start_ours(pki: Path, state: Path, openssl: Path | None = None, *, root: Pat
 def baseline_checkout(ref: str, parent: Path) -> Path:
     """A detached worktree of ``ref`` under ``parent`` (removed by ``drop_checkout``)."""
     path = parent / "baseline"
+    # A bench killed before drop_checkout left its worktree registered while its temporary
+    # directory went: forget such entries first so that they do not pile up in .git.
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False)
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(path),
                     ref], check=True)
     return path
