@@ -46,6 +46,7 @@ class GcRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pauses: Histogram | None = None
         self._installed = False
+        self._thresholds: tuple[int, int, int] = gc.get_threshold()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -58,8 +59,11 @@ class GcRuntime:
         gc.callbacks.append(self._on_collection)
         self._installed = True
         self._loop = asyncio.get_running_loop()
+        self._thresholds = gc.get_threshold()
+        gc.set_threshold(*self.policy.thresholds(self._thresholds))
         if self.policy.freeze:
             gc.collect()  # its stop callback freezes the survivors
+            _reset_long_lived_total()
         self._arm()
 
     def stop(self) -> None:
@@ -68,6 +72,7 @@ class GcRuntime:
             self._timer = None
         if self._installed:
             self._installed = False
+            gc.set_threshold(*self._thresholds)
             try:
                 gc.callbacks.remove(self._on_collection)
             except ValueError:
@@ -112,7 +117,8 @@ class GcRuntime:
         control.actions["gc-audit"] = lambda: self.audit("operator").as_dict()
 
     def snapshot(self) -> dict[str, object]:
-        return self.policy.snapshot(self.clock(), gc.get_freeze_count())
+        return {**self.policy.snapshot(self.clock(), gc.get_freeze_count()),
+                "thresholds": list(gc.get_threshold())}
 
     def audit(self, trigger: str = "timer") -> Audit:
         """Unfreeze everything and run one full collection now (on the loop: it stops it).
@@ -126,6 +132,8 @@ class GcRuntime:
             gc.collect()  # with the policy on, its stop callback freezes the survivors
         finally:
             result = policy.audit_finished(self.clock())
+        if policy.freeze:
+            _reset_long_lived_total()
         log_event(log, logging.INFO, "gc.audit", "garbage-collection audit",
                   examined=result.examined, collected=result.collected,
                   uncollectable=result.uncollectable, seconds=round(result.seconds, 6),
@@ -173,3 +181,11 @@ class GcRuntime:
 
 def _by_generation(values: list[int]) -> Mapping[Labels, float]:
     return {(g,): float(v) for g, v in zip(_GENERATIONS, values, strict=True)}
+
+
+def _reset_long_lived_total() -> None:
+    """One more full collection right after a freeze: it walks nothing (every generation is
+    empty), and CPython sets ``long_lived_total`` to its survivors, none. Otherwise it keeps
+    the size of the heap just frozen, and the next full collection would wait for a quarter
+    of that to be promoted and then walk it all: one long pause after every audit."""
+    gc.collect()

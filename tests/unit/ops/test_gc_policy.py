@@ -9,6 +9,7 @@ from gateway.config import parse_config
 from gateway.config.operations import GC_AUDIT_DEFAULT, GC_AUDIT_MIN
 from gateway.ops.gc_policy import (
     DEFAULT_AUDIT_INTERVAL,
+    FULL_THRESHOLD,
     MIN_AUDIT_INTERVAL,
     Collection,
     GcPolicy,
@@ -157,3 +158,11 @@ def test_gc_config_errors_name_the_key(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(text)
     assert message in str(info.value)
+
+
+def test_freezing_lowers_the_oldest_generations_threshold_only() -> None:
+    on = GcPolicy(freeze=True, audit_interval=None, now=0)
+    assert on.thresholds((700, 10, 10)) == (700, 10, FULL_THRESHOLD)
+    assert on.thresholds((0, 10, 10)) == (0, 10, 10)  # a disabled collector stays disabled
+    off = GcPolicy(freeze=False, audit_interval=None, now=0)
+    assert off.thresholds((700, 10, 10)) == (700, 10, 10)

@@ -23,10 +23,12 @@ def restore_gc() -> Iterator[None]:
     """Whatever a test freezes is unfrozen afterwards: the rest of the suite may count on
     ``gc.collect()`` reaching its cycles."""
     callbacks = list(gc.callbacks)
+    thresholds = gc.get_threshold()
     try:
         yield
     finally:
         gc.callbacks[:] = callbacks
+        gc.set_threshold(*thresholds)
         gc.unfreeze()
 
 
@@ -63,6 +65,18 @@ async def test_audit_reclaims_a_cycle_among_frozen_objects(restore_gc: None) -> 
     finally:
         runtime.stop()
     assert runtime._on_collection not in gc.callbacks
+
+
+async def test_thresholds_lowered_while_running_and_restored_at_stop(restore_gc: None) -> None:
+    gc.set_threshold(700, 10, 10)
+    runtime = GcRuntime(freeze=True, audit_interval=None)
+    runtime.register(Registry(), ControlProviders())
+    runtime.start()
+    try:
+        assert gc.get_threshold() == (700, 10, 0)
+    finally:
+        runtime.stop()
+    assert gc.get_threshold() == (700, 10, 10)
 
 
 async def test_pauses_are_measured_by_generation_and_off_freezes_nothing(
