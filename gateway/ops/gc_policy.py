@@ -74,9 +74,9 @@ class Collection:
 
 @dataclass(frozen=True, slots=True)
 class Audit:
-    """One audit: the objects that had been frozen and were looked at again, what the full
-    collection freed among everything (cyclic garbage that had been frozen, plus any the
-    collector had not reached yet), how long it stopped the interpreter, and who asked."""
+    """One audit: the objects that had been frozen and were looked at again, what its full
+    collection freed (an ordinary one runs just before it, so this is the cyclic garbage
+    that had been frozen), how long it stopped the interpreter, and who asked."""
 
     examined: int
     collected: int

@@ -125,6 +125,9 @@ class GcRuntime:
         An ordinary full collection comes first, walking only what is not frozen, so the
         audit's count is the garbage that had been frozen and not the young kind."""
         policy = self.policy
+        # (A collection another thread is in the middle of makes gc.collect() return at
+        # once: the audit then reports 0 and the next automatic full collection walks, and
+        # freezes, what was unfrozen: one long pause, nothing lost.)
         gc.collect()
         policy.audit_started(gc.get_freeze_count(), self.clock(), trigger)
         try:
