@@ -118,3 +118,27 @@ async def test_a_full_collection_leaves_later_ones_only_the_new_objects(
     finally:
         runtime.stop()
     del held
+
+
+async def test_the_audit_runs_on_the_loop_when_its_time_comes(restore_gc: None) -> None:
+    import asyncio
+
+    now = [0.0]
+    runtime = GcRuntime(freeze=True, audit_interval=60, clock=lambda: now[0])
+    registry, control = Registry(), ControlProviders()
+    runtime.register(registry, control)
+    now[0] = 60.0  # due as the runtime starts: the timer fires at the next turn
+    runtime.start()
+    try:
+        for _ in range(100):
+            if runtime.policy.audits:
+                break
+            await asyncio.sleep(0.01)
+        assert runtime.policy.audits == 1
+        assert runtime.policy.last_audit is not None
+        assert runtime.policy.last_audit.trigger == "timer"
+        assert runtime.policy.get_timer() == 120.0  # the next one, armed again
+        assert runtime._timer is not None
+    finally:
+        runtime.stop()
+    assert runtime._timer is None
