@@ -21,7 +21,8 @@ serves the DOTS data channel over HTTPS (``gateway.server.data_http``; in gatewa
 relayed upstream by ``gateway.relay.data_upstream``). ``start_server`` declares the metric
 families and status sections of the server it starts (``RunningServer.metrics`` and
 ``.control``) and calls the role's ``register_operations`` hook, where the gateway role adds
-its upstream ones.
+its upstream ones. ``serve()`` also runs the garbage-collection policy (``[gc]``,
+``gateway.ops.gc_runtime``) for the life of the process.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from gateway.dots.authz import Authorizer
 from gateway.dots.filters import AclCatalog
 from gateway.eventlog import log_event
 from gateway.ops.control import ControlProviders, ControlServer
+from gateway.ops.gc_runtime import GcRuntime
 from gateway.ops.metrics import MetricsServer, Registry
 from gateway.relay.data_upstream import build_data_upstream, data_cdid
 from gateway.relay.startup import build_gateway_role, choose_mode
@@ -210,6 +212,10 @@ class Operations:
             "pid": os.getpid(), "version": __version__, "state": "starting"}})
         self.control = ControlServer(settings.control.socket, starting)
         self.metrics: MetricsServer | None = None
+        # The process's garbage-collection policy ([gc], gateway.ops.gc_policy): part of
+        # the daemon's run, not of start_server, which tests also call in their own process.
+        self.gc = GcRuntime(freeze=settings.gc.freeze,
+                            audit_interval=float(settings.gc.audit_interval or 0) or None)
 
     async def open_control(self) -> None:
         """First thing at start: a live daemon on the socket means the state directory is
@@ -218,6 +224,8 @@ class Operations:
 
     async def attach(self, server: RunningServer) -> None:
         """Serve ``server``'s sections and metrics; PortInUse when metrics.listen is taken."""
+        self.gc.register(server.metrics, server.control)
+        self.gc.start()
         self.control.providers = server.control
         listen = self.settings.metrics.listen
         if listen is None:
@@ -237,6 +245,7 @@ class Operations:
 
     async def close(self) -> None:
         """Stop both (again: nothing happens)."""
+        self.gc.stop()
         if self.metrics is not None:
             await self.metrics.stop()
         await self.control.stop()

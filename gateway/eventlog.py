@@ -77,6 +77,7 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "config.reload_failed": ("reason",),
     "discovery.candidates": ("slot", "count"),
     "discovery.failed": ("reason",),
+    "gc.audit": ("examined", "collected", "uncollectable", "seconds", "trigger"),
 }
 
 

@@ -11,7 +11,7 @@ per group of sections, each with its settings types, defaults and reader functio
 
 * ``loading``: ``Settings``, ``load_config``, ``parse_config``, ``default_settings``,
   ``check_config``; reads the sections in the documented order and gathers their problems.
-* ``operations``: ``[general]``, ``[logging]``, ``[metrics]``, ``[control]``.
+* ``operations``: ``[general]``, ``[logging]``, ``[metrics]``, ``[control]``, ``[gc]``.
 * ``endpoints``: ``[server]``, ``[tls]``, ``[[psk]]``, ``[limits]``.
 * ``sessions``: ``[session]``, ``[mitigation]``, ``[[clients]]``, ``[trusted_gateways]``.
 * ``upstream``: ``[gateway]``, ``[[upstream]]``, ``[discovery]``.
@@ -56,6 +56,7 @@ from gateway.config.loading import (
 )
 from gateway.config.operations import (
     ControlSettings,
+    GcSettings,
     GeneralSettings,
     LogFormat,
     LoggingSettings,
@@ -109,6 +110,7 @@ __all__ = [
     "DnssecMode",
     "DnssecValidator",
     "GatewayDomain",
+    "GcSettings",
     "GatewaySettings",
     "GeneralSettings",
     "InterfaceKind",

@@ -40,10 +40,12 @@ from gateway.config.endpoints import (
 )
 from gateway.config.operations import (
     ControlSettings,
+    GcSettings,
     GeneralSettings,
     LoggingSettings,
     MetricsSettings,
     read_control,
+    read_gc,
     read_general,
     read_logging,
     read_metrics,
@@ -95,6 +97,7 @@ class Settings:
     redirect: RedirectSettings = RedirectSettings()
     gateway: GatewaySettings = GatewaySettings()
     data_channel: DataChannelSettings = DataChannelSettings()
+    gc: GcSettings = GcSettings()
 
 
 def load_config(
@@ -190,6 +193,7 @@ def _build(
     gateway = read_gateway(root.table("gateway"), base_dir)
     data_channel = read_data_channel(root.table("data_channel"), server,
                                      present=embedded or "data_channel" in data)
+    gc = read_gc(root.table("gc"))
     root.finish()
     if errors:
         found = [ConfigError(e.key, e.message, source=source) for e in errors]
@@ -199,6 +203,6 @@ def _build(
     return Settings(
         source, general, logging, server, tls, psk, session, mitigation, clients,
         trusted_gateways, upstream, metrics, control, discovery, limits, anycast, redirect,
-        gateway, data_channel,
+        gateway, data_channel, gc,
     )  # fmt: skip
 

@@ -1,8 +1,10 @@
-"""The sections about running the node: ``[general]``, ``[logging]``, ``[metrics]``, ``[control]``.
+"""The sections about running the node: ``[general]``, ``[logging]``, ``[metrics]``, ``[control]``,
+``[gc]``.
 
 Owns their settings types, defaults and readers: the state directory and mode, the node's
-name, log format and level, the metrics endpoint and the control socket path (which must fit
-a Unix socket address). Imports: standard library, ``gateway.config.schema``.
+name, log format and level, the metrics endpoint, the control socket path (which must fit
+a Unix socket address) and the garbage-collection policy (``gateway.ops.gc_policy``).
+Imports: standard library, ``gateway.config.schema``.
 """
 
 from __future__ import annotations
@@ -57,6 +59,21 @@ class ControlSettings:
     socket: Path
 
 
+#: ``[gc] audit_interval`` bounds, seconds (0: no periodic audit). The default and why:
+#: ``gateway.ops.gc_policy.DEFAULT_AUDIT_INTERVAL``; kept in step by a unit test.
+GC_AUDIT_DEFAULT = 3600
+GC_AUDIT_MIN = 60
+GC_AUDIT_MAX = 7 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class GcSettings:
+    #: Freeze the survivors of each full collection (off: CPython's own behaviour).
+    freeze: bool = True
+    #: Seconds between audits (unfreeze everything, one full collection); 0: none.
+    audit_interval: int = GC_AUDIT_DEFAULT
+
+
 def read_general(
     t: Table, base_dir: Path | None, default_state_dir: Path, override: Path | None = None
 ) -> GeneralSettings:
@@ -98,3 +115,16 @@ def read_control(t: Table, base_dir: Path | None, state_dir: Path) -> ControlSet
         )
     t.finish()
     return ControlSettings(socket)
+
+
+def read_gc(t: Table) -> GcSettings:
+    freeze = t.boolean("freeze", True)
+    interval = t.integer("audit_interval", GC_AUDIT_DEFAULT, 0, GC_AUDIT_MAX,
+                         " seconds (0: no periodic audit)")
+    if 0 < interval < GC_AUDIT_MIN:
+        # More often than that, the audits' full collections are the stalls again.
+        t.error("audit_interval", f"must be 0 (no periodic audit) or at least {GC_AUDIT_MIN} "
+                f"seconds, got {interval}")
+        interval = GC_AUDIT_DEFAULT
+    t.finish()
+    return GcSettings(freeze, interval)

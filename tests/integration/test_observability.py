@@ -274,8 +274,10 @@ async def test_every_metric_of_the_dashboard_is_one_the_daemon_exposes(
         tmp_path: Path) -> None:
     """The families a gateway-mode daemon registers (a superset of terminal mode's: the
     daemon's own, the relay's) plus the anycast ones (registered with ``[anycast]``, which
-    needs root and netlink: declared here the way the daemon does)."""
+    needs root and netlink: declared here the way the daemon does) and the garbage-collection
+    policy's (``serve()`` registers them, not ``start_server``: declared here too)."""
     from gateway.daemon import _anycast_metrics
+    from gateway.ops.gc_runtime import GcRuntime
     from tests.integration.test_client_role import free_port
     from tests.integration.test_gateway import Pkis, gateway, gateway_config
 
@@ -286,6 +288,7 @@ async def test_every_metric_of_the_dashboard_is_one_the_daemon_exposes(
     config = gateway_config(tmp_path, Pkis(down, up), free_port(), [f"127.0.0.1:{free_port()}"])
     async with gateway(config) as running:
         _anycast_metrics(running, _NoAnycast())
+        GcRuntime(freeze=True, audit_interval=None).register(running.metrics, running.control)
         registry = running.metrics
         exposed = set(registry.names())
         text = registry.render()
@@ -312,6 +315,7 @@ async def test_every_metric_of_the_dashboard_is_one_the_daemon_exposes(
             "dots_gateway_relay_upstream_duration_seconds", "process_cpu_seconds_total",
             "process_resident_memory_bytes", "process_open_fds",
             "dots_gateway_mitigations_active"} <= used
+    assert {"dots_gateway_gc_pause_seconds", "dots_gateway_gc_frozen_objects"} <= used
 
 
 async def test_gateway_events_carry_the_upstream_and_the_request(
