@@ -60,6 +60,7 @@ from gateway.dots.server import (
 from gateway.dots.uri import Resource, build_path
 from gateway.eventlog import log_event
 from gateway.server.block1 import block1
+from gateway.server.heartbeat_pacing import HeartbeatPacer
 from gateway.server.observe import DEFAULT_MAX_OBSERVATIONS, ObserveNotifications
 from gateway.server.persistence import MitigationDatabase, PersistenceError
 from gateway.server.qblock import Respond, Whole, probe_answer, q_block1, send_answer
@@ -144,6 +145,7 @@ class ServerRole(ObserveNotifications):
         self.sessions: dict[int, SignalSession] = {}
         self.observing: dict[int, SignalSession] = {}  # see ObserveNotifications
         self._tick: asyncio.TimerHandle | None = None
+        self._heartbeats_due = HeartbeatPacer(self._send_due_heartbeat)
         #: Certificate deadlines and sessions closed because their standing ended.
         self.standing = Standing()
         #: The check a new session's credential must pass ((reason, detail) or None): the
@@ -161,6 +163,7 @@ class ServerRole(ObserveNotifications):
     def stop(self) -> None:
         if self._tick is not None:
             self._tick.cancel()
+        self._heartbeats_due.cancel()
         if self._batch is not None:  # answers that wait for their fsync leave first
             self._batch.cancel()
             self._flush_batch()
@@ -437,9 +440,7 @@ class ServerRole(ObserveNotifications):
         for event in events:
             # The server's heartbeats first: on a timer tick, most events are these.
             if isinstance(event, SendSessionHeartbeat):
-                target = self.sessions.get(event.session_id)
-                if target is not None:
-                    self._send_heartbeat(target, event.peer_hb_status, now)
+                self._heartbeats_due.add(event.session_id, event.peer_hb_status)
             elif isinstance(event, MitigationStatusChanged):
                 changed.setdefault(event.cuid, set()).add(event.mid)
             elif isinstance(event, MitigationRemoved):
@@ -454,6 +455,7 @@ class ServerRole(ObserveNotifications):
                 target = self.sessions.get(event.session_id)
                 if target is not None:
                     target.conn.close("signal lost: no traffic from the client")
+        self._heartbeats_due.start()
         if changed:
             self._mark_observers(changed)
         if telemetry:
@@ -500,6 +502,11 @@ class ServerRole(ObserveNotifications):
                 session.layer.send_notification(token, note, now)
                 session.observations.pop(token, None)
             session.flush()
+
+    def _send_due_heartbeat(self, session_id: int, peer_hb_status: bool) -> None:
+        target = self.sessions.get(session_id)
+        if target is not None and not target.closed:
+            self._send_heartbeat(target, peer_hb_status, self.clock())
 
     def _send_heartbeat(self, session: SignalSession, peer_hb_status: bool, now: float) -> None:
         request = _heartbeat_request(peer_hb_status)
