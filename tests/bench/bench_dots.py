@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,9 @@ from tests.bench.bench_transport import (  # noqa: E402
 )
 from tests.bench.dots_load import Cycles, Runner  # noqa: E402
 from tests.bench.results import machine_lines, update_section  # noqa: E402
+from tests.bench.spy import buckets as spy_buckets  # noqa: E402
+from tests.bench.spy import py_spy  # noqa: E402
+from tests.bench.spy import record as spy_record  # noqa: E402
 
 SERVER_CPU, LOAD_CPU = 0, 1
 TARGET_RATE = 2000.0  # create+delete cycles/s over 100 sessions, saturated
@@ -167,6 +171,8 @@ class Turn:
     saves: float = float("nan")
     fsyncs: float = float("nan")
     seconds: float = 0.0
+    #: py-spy samples in all and per bucket (tests/bench/spy.py), for a profiled window.
+    profile: tuple[int, Counter[str]] | None = None
 
     def per_op_us(self) -> float:
         ops = self.cycles.cycles if self.cycles else self.heartbeats_s * self.seconds
@@ -174,7 +180,9 @@ class Turn:
 
 
 def run_turn(daemon: Daemon, phase: Phase, ctx: ClientContext, cuid: str,
-             seconds: float) -> Turn:
+             seconds: float, profile: Path | None = None) -> Turn:
+    """One window; with ``profile``, the daemon sampled by py-spy meanwhile (into that
+    file: see ``Turn.profile``)."""
     gen = Generator(ctx, daemon.server.port)
     clients = establish(gen, phase.sessions, seconds=60.0)
     turn = Turn(daemon.label, phase, len(clients))
@@ -185,6 +193,7 @@ def run_turn(daemon: Daemon, phase: Phase, ctx: ClientContext, cuid: str,
         runner.mid = daemon.mid
         (user0, sys0), own0 = user_sys(daemon.server), own_cpu_seconds()
         saves0, fsyncs0 = daemon.counters()
+        spy = None if profile is None else spy_record(daemon.server.proc.pid, seconds, profile)
         began = time.monotonic()
         if phase.heartbeats:
             turn.heartbeats_s = runner.heartbeats(clients, seconds)
@@ -198,6 +207,12 @@ def run_turn(daemon: Daemon, phase: Phase, ctx: ClientContext, cuid: str,
         daemon.mid = runner.mid
         saves, fsyncs = daemon.counters()
         turn.saves, turn.fsyncs = saves - saves0, fsyncs - fsyncs0
+        if spy is not None and profile is not None:
+            try:
+                spy.wait(seconds + 30)
+                turn.profile = spy_buckets(profile.read_text())
+            except (subprocess.TimeoutExpired, OSError):
+                spy.kill()
     finally:
         for c in clients:
             gen.close(c)
@@ -244,6 +259,8 @@ def main() -> None:
     parser.add_argument("--fsync-samples", type=int, default=100, help="per mitigation phase")
     parser.add_argument("--baseline", default=BASELINE, help="git revision to compare with")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="no extra windows of this checkout's server under py-spy")
     parser.add_argument("--results", type=Path, default=ROOT / "tests/bench/RESULTS.md")
     args = parser.parse_args()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -271,6 +288,7 @@ def main() -> None:
     began, busy0, own0 = time.monotonic(), machine_busy_seconds(), own_cpu_seconds()
     daemons: list[Daemon] = []
     turns: list[Turn] = []
+    profiled: list[Turn] = []
     fsync_ms: list[float] = []
     daemons_cpu = 0.0
     try:
@@ -287,6 +305,12 @@ def main() -> None:
                 if phase.heartbeats and daemon.label == TMPFS:
                     continue  # no saves: the same as this checkout's
                 turns.append(run_turn(daemon, phase, ctx, cuid, args.seconds))
+        if not args.no_profile and py_spy() is not None:
+            # Extra windows, after the measured ones: the table's figures are unsampled.
+            for phase in phases(args.sessions, args.rate)[1:3]:
+                print(f"== profile: {phase.name}", flush=True)
+                profiled.append(run_turn(daemons[0], phase, ctx, cuid, args.seconds,
+                                         tmp / "profile.txt"))
     finally:
         for daemon in daemons:
             if daemon.server.proc.poll() is None:
@@ -298,7 +322,7 @@ def main() -> None:
             f" meanwhile (load average {load0} before, "
             f"{Path('/proc/loadavg').read_text().split()[0]} after)")
     print(load)
-    lines = target_lines(turns, fsync_ms, args)
+    lines = target_lines(turns, fsync_ms, args) + profile_lines(profiled)
     for line in lines:
         print(line)
     write(args.results, turns, fsync_ms, [load, *notes], lines, args)
@@ -339,16 +363,14 @@ def target_lines(turns: list[Turn], fsync_ms: list[float],
                      f" {ratio(rate, sat_base.cycles.rate)})")
         lines.append(text)
         cpu = sat.per_op_us()
-        blocked = sat.fsyncs / sat.seconds * mean(fsync_ms) / 1000
         busy = sat.cpu_s / sat.seconds
         lines.append(
             f"  - where the time goes: daemon CPU {cpu:,.0f} us per cycle ({busy:.0%} of its"
             f" core, {sat.sys_s / max(sat.cpu_s, 1e-9):.0%} of it in the kernel), i.e. at"
-            f" most {1e6 / cpu:,.0f} cycles/s on one core"
-            f" from the CPU alone; {sat.fsyncs / sat.seconds:,.0f} fsyncs/s for"
-            f" {sat.saves / sat.seconds:,.0f} saves/s, each fsync on the event loop, so the"
-            f" loop waited ~{blocked:.0%} of the window on the disk (fsyncs/s x mean fsync);"
-            f" load generator {sat.load_cpu_s / sat.seconds:.0%} of its core"
+            f" most {1e6 / cpu:,.0f} cycles/s on one core from the CPU alone;"
+            f" {sat.fsyncs / sat.seconds:,.0f} fsyncs/s for {sat.saves / sat.seconds:,.0f}"
+            " saves/s, each fsync blocking the event loop (the rest of the window: see the"
+            f" profile below); load generator {sat.load_cpu_s / sat.seconds:.0%} of its core"
             + (f"; state on tmpfs (same code, fsync free): {sat_tmpfs.cycles.rate:,.0f}"
                " cycles/s" if sat_tmpfs is not None and sat_tmpfs.cycles is not None else ""))
     pac, pac_tmpfs = find(turns, OURS, paced), find(turns, TMPFS, paced)
@@ -382,8 +404,19 @@ def target_lines(turns: list[Turn], fsync_ms: list[float],
     return lines
 
 
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
+def profile_lines(profiled: list[Turn]) -> list[str]:
+    lines = []
+    for turn in profiled:
+        if turn.profile is None or not turn.profile[0]:
+            continue
+        total, found = turn.profile
+        rate = turn.cycles.rate if turn.cycles else 0.0
+        lines.append(
+            f"- where {OURS}'s server spent a {turn.phase.name} window (py-spy, an extra"
+            f" window after the measured ones, {total:,} samples, {rate:,.0f} cycles/s under"
+            " sampling): " + ", ".join(
+                f"{name} {n / total:.0%}" for name, n in found.most_common()))
+    return lines
 
 
 def cell(turn: Turn | None, row: str) -> str:

@@ -85,7 +85,10 @@ class Runner:
             while rate is not None and idle and now >= next_slot:
                 next_put(idle.pop(), now)
                 next_slot += 1.0 / rate
-            for client, records in self.gen.poll(0.0 if rate else 0.05):
+            # Paced: sleep in select until the next slot (the generator's CPU then says
+            # what it spent, not a busy wait; an answer still wakes it at once).
+            wait = 0.05 if rate is None or not idle else min(0.05, max(0.0, next_slot - now))
+            for client, records in self.gen.poll(wait):
                 for record in records:
                     reply = decode_udp(record)
                     if reply.code < 64:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.bench.spy import OTHER, buckets, py_spy
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -37,3 +39,22 @@ def test_bench_dots_writes_its_section_with_targets_and_baseline(tmp_path: Path)
     assert "- PUT p99 <= 2 ms at 40 cycles/s: " in text
     assert "same run (ratio " in text
     assert "fsync p50/p99" in text and "state on tmpfs (same code, fsync free)" in text
+    if py_spy() is not None:
+        assert "== profile: 4 sessions, saturated" in run.stdout
+
+
+def test_profile_samples_go_to_the_deepest_named_bucket() -> None:
+    raw = "\n".join([
+        # a row's CBOR encoding inside a save counts as CBOR, the save's own SQLite as the save
+        "main (gateway/cli.py:1);save (gateway/server/persistence.py:260);"
+        "encode_cbor (gateway/dots/codec.py:86) 3",
+        "main (gateway/cli.py:1);save (gateway/server/persistence.py:260) 2",
+        "main (gateway/cli.py:1);make_durable (gateway/server/persistence.py:289);"
+        "fsync_wal (gateway/server/persistence.py:473) 4",
+        "_find_and_load (<frozen importlib._bootstrap>:1) 1",
+        "not a sample line",
+    ])
+    total, found = buckets(raw)
+    assert total == 10
+    assert found == {"CBOR encode/decode": 3, "SQLite save (transaction, rows)": 2,
+                     "fsync of the WAL (waiting on the disk)": 4, OTHER: 1}
