@@ -209,8 +209,8 @@ def run_turn(daemon: Daemon, phase: Phase, ctx: ClientContext, cuid: str,
         turn.saves, turn.fsyncs = saves - saves0, fsyncs - fsyncs0
         if spy is not None and profile is not None:
             try:
-                spy.wait(seconds + 30)
-                turn.profile = spy_buckets(profile.read_text())
+                if spy.wait(seconds + 30) == 0:
+                    turn.profile = spy_buckets(profile.read_text())
             except (subprocess.TimeoutExpired, OSError):
                 spy.kill()
     finally:

@@ -43,6 +43,7 @@ def record(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | Non
     binary = py_spy()
     if binary is None:
         return None
+    out.unlink(missing_ok=True)  # a failed run must not leave an earlier window's samples
     return subprocess.Popen([binary, "record", "--pid", str(pid), "--nonblocking", "--rate",
                              "200", "--format", "raw", "--output", str(out), "--duration",
                              str(max(1, round(seconds)))],
