@@ -2,7 +2,8 @@
 heartbeat round trips over DTLS, against the server of a baseline revision (issue 21 §3).
 
     .venv/bin/python tests/bench/bench_dots.py [--seconds 10] [--sessions 100] [--rate 1000]
-        [--baseline REV] [--no-baseline] [--results tests/bench/RESULTS.md]
+        [--slower-rate 600] [--baseline REV] [--no-baseline] [--no-profile]
+        [--results tests/bench/RESULTS.md]
 
 Servers on CPU 0, load generator (single-threaded, epoll) on CPU 1, loopback only, every
 phase bounded in time. The daemons under test run side by side and take turns phase by
@@ -15,7 +16,7 @@ nothing there: the same code without the disk, for attribution).
 Phases: create+delete cycles (PUT, then DELETE of that mid; every one persisted before its
 answer; each session a client of its own, its own cuid and /24) on 1 session and on
 ``--sessions`` sessions saturated (one request outstanding per session), and on
-``--sessions`` sessions paced at ``--rate`` cycles/s (open loop); then
+``--sessions`` sessions paced at ``--rate`` and at ``--slower-rate`` cycles/s (open loop); then
 heartbeat round trips on 1 and 16 sessions. Measured with each window: the daemon's CPU
 (/proc/PID/stat), its saves and fsyncs (``dots_gateway_state_*_total`` on its metrics
 endpoint), the generator's CPU, and, before each mitigation phase, a sample of fsync
@@ -240,11 +241,15 @@ def summary(turn: Turn) -> str:
             f" fsyncs/s, answers {dict(c.codes)}")
 
 
-def phases(sessions: int, rate: float) -> list[Phase]:
+def phases(args: argparse.Namespace) -> list[Phase]:
+    """The windows in order; the target's two come second and third."""
+    sessions, rate, slower = args.sessions, args.rate, args.slower_rate
     return [
         Phase("1 session, saturated", 1),
         Phase(f"{sessions} sessions, saturated", sessions),
         Phase(f"{sessions} sessions, paced at {rate:,.0f} cycles/s", sessions, rate),
+        *([Phase(f"{sessions} sessions, paced at {slower:,.0f} cycles/s", sessions, slower)]
+          if slower else []),
         Phase("1 session", 1, heartbeats=True),
         Phase("16 sessions", 16, heartbeats=True),
     ]
@@ -256,6 +261,8 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=100, choices=range(1, 4097),
                         metavar="1..4096")
     parser.add_argument("--rate", type=float, default=1000.0, help="paced phase, cycles/s")
+    parser.add_argument("--slower-rate", type=float, default=600.0,
+                        help="a second paced phase (the rate of the 2026-11-25 figures); 0: none")
     parser.add_argument("--fsync-samples", type=int, default=100, help="per mitigation phase")
     parser.add_argument("--baseline", default=BASELINE, help="git revision to compare with")
     parser.add_argument("--no-baseline", action="store_true")
@@ -295,7 +302,7 @@ def main() -> None:
         for label, code, state in plan:
             daemons.append(start_daemon(label, code, pki, state))
         os.sched_setaffinity(0, {LOAD_CPU})
-        for i, phase in enumerate(phases(args.sessions, args.rate)):
+        for i, phase in enumerate(phases(args)):
             print(f"== {phase.name}{' (heartbeats)' if phase.heartbeats else ''}", flush=True)
             if not phase.heartbeats:
                 fsync_ms += fsync_latencies(daemons[0].state, args.fsync_samples)
@@ -307,7 +314,7 @@ def main() -> None:
                 turns.append(run_turn(daemon, phase, ctx, cuid, args.seconds))
         if not args.no_profile and py_spy() is not None:
             # Extra windows, after the measured ones: the table's figures are unsampled.
-            for phase in phases(args.sessions, args.rate)[1:3]:
+            for phase in phases(args)[1:3]:
                 print(f"== profile: {phase.name}", flush=True)
                 profiled.append(run_turn(daemons[0], phase, ctx, cuid, args.seconds,
                                          tmp / "profile.txt"))
@@ -345,7 +352,7 @@ def ratio(ours: float, base: float) -> str:
 def target_lines(turns: list[Turn], fsync_ms: list[float],
                  args: argparse.Namespace) -> list[str]:
     """Issue 21 §3's mitigation target, judged from this run, with where the time went."""
-    names = [p.name for p in phases(args.sessions, args.rate)]
+    names = [p.name for p in phases(args)]
     saturated, paced = names[1], names[2]
     base = next((t.daemon for t in turns if t.daemon.startswith("baseline")), None)
     fsync = (f"fsync p50/p99 {pct(fsync_ms, 50):.2f}/{pct(fsync_ms, 99):.2f} ms"
@@ -394,6 +401,16 @@ def target_lines(turns: list[Turn], fsync_ms: list[float],
                f" {pct(pac_tmpfs.cycles.put_ms, 50):.2f} ms" if pac_tmpfs is not None
                and pac_tmpfs.cycles is not None else "")
             + f"; daemon CPU {pac.per_op_us():,.0f} us per cycle")
+    slower = names[3] if args.slower_rate else None
+    if slower is not None and (low := find(turns, OURS, slower)) and low.cycles is not None:
+        low_base = find(turns, base, slower) if base else None
+        lines.append(
+            f"  - at {args.slower_rate:,.0f} cycles/s: PUT p99 {pct(low.cycles.put_ms, 99):.2f}"
+            f" ms ({low.cycles.rate:,.0f} cycles/s achieved)"
+            + (f"; {base} {pct(low_base.cycles.put_ms, 99):.2f} ms" if low_base is not None
+               and low_base.cycles is not None else "")
+            + (f"; state on tmpfs {pct(t.cycles.put_ms, 99):.2f} ms" if (t := find(
+                turns, TMPFS, slower)) is not None and t.cycles is not None else ""))
     if base is not None:  # what the code controls, whatever the disk
         cpu_ratios = [f"{name} {ratio(ours.per_op_us(), theirs.per_op_us())}"
                       for name in (saturated, paced)
@@ -457,7 +474,7 @@ def write(path: Path, turns: list[Turn], fsync_ms: list[float], notes: list[str]
           lines: list[str], args: argparse.Namespace) -> None:
     daemons = list(dict.fromkeys(t.daemon for t in turns))
     table = ["| measure | " + " | ".join(daemons) + " |", "|---|" + "---|" * len(daemons)]
-    for phase in phases(args.sessions, args.rate):
+    for phase in phases(args):
         for row in HEARTBEAT_ROWS if phase.heartbeats else MITIGATION_ROWS:
             table.append(f"| {row} ({phase.name}) | " + " | ".join(
                 cell(find(turns, d, phase.name), row) for d in daemons) + " |")

@@ -17,8 +17,8 @@ def test_bench_dots_writes_its_section_with_targets_and_baseline(tmp_path: Path)
     results = tmp_path / "RESULTS.md"
     run = subprocess.run(
         [sys.executable, "tests/bench/bench_dots.py", "--seconds", "0.5", "--sessions", "4",
-         "--rate", "40", "--fsync-samples", "5", "--baseline", "HEAD", "--results",
-         str(results)],
+         "--rate", "40", "--slower-rate", "20", "--fsync-samples", "5", "--baseline", "HEAD",
+         "--results", str(results)],
         cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     text = results.read_text()
@@ -29,7 +29,7 @@ def test_bench_dots_writes_its_section_with_targets_and_baseline(tmp_path: Path)
     # Every daemon created and deleted mitigations in every mitigation phase (a refusal, e.g.
     # a reused mid's 4.09, would show here), and answered heartbeats.
     for phase in ("1 session, saturated", "4 sessions, saturated",
-                  "4 sessions, paced at 40 cycles/s"):
+                  "4 sessions, paced at 40 cycles/s", "4 sessions, paced at 20 cycles/s"):
         for answers in rows[f"answers ({phase})"]:
             assert "PUT 2.01" in answers and "DELETE 2.02" in answers, (phase, answers)
             assert "4." not in answers and "5." not in answers, (phase, answers)
@@ -37,6 +37,7 @@ def test_bench_dots_writes_its_section_with_targets_and_baseline(tmp_path: Path)
                for v in rows["heartbeat round trips/s (16 sessions)"][:2])
     assert "- create+delete >= 2,000 cycles/s over 4 sessions: " in text
     assert "- PUT p99 <= 2 ms at 40 cycles/s: " in text
+    assert "  - at 20 cycles/s: PUT p99 " in text
     assert "same run (ratio " in text
     assert "fsync p50/p99" in text and "state on tmpfs (same code, fsync free)" in text
     if py_spy() is not None:
