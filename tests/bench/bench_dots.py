@@ -297,7 +297,7 @@ def main() -> None:
     turns: list[Turn] = []
     profiled: list[Turn] = []
     fsync_ms: list[float] = []
-    daemons_cpu = 0.0
+    load = ""
     try:
         for label, code, state in plan:
             daemons.append(start_daemon(label, code, pki, state))
@@ -312,6 +312,8 @@ def main() -> None:
                 if phase.heartbeats and daemon.label == TMPFS:
                     continue  # no saves: the same as this checkout's
                 turns.append(run_turn(daemon, phase, ctx, cuid, args.seconds))
+        load = machine_load(began, busy0, own0, load0, daemons)
+        print(load, flush=True)
         if not args.no_profile and py_spy() is not None:
             # Extra windows, after the measured ones: the table's figures are unsampled.
             for phase in phases(args)[1:3]:
@@ -320,15 +322,7 @@ def main() -> None:
                                          tmp / "profile.txt"))
     finally:
         for daemon in daemons:
-            if daemon.server.proc.poll() is None:
-                daemons_cpu += daemon.server.cpu_seconds()
             daemon.server.stop()
-    elapsed = time.monotonic() - began
-    others = max(0.0, machine_busy_seconds() - busy0 - (own_cpu_seconds() - own0) - daemons_cpu)
-    load = (f"{elapsed:.0f} s run; other processes used {others / elapsed:.2f} cores on average"
-            f" meanwhile (load average {load0} before, "
-            f"{Path('/proc/loadavg').read_text().split()[0]} after)")
-    print(load)
     lines = target_lines(turns, fsync_ms, args) + profile_lines(profiled)
     for line in lines:
         print(line)
@@ -336,6 +330,18 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     if shm is not None:
         shutil.rmtree(shm, ignore_errors=True)
+
+
+def machine_load(began: float, busy0: float, own0: float, load0: str,
+                 daemons: list[Daemon]) -> str:
+    """What the rest of the machine used during the measured windows (the daemons' start
+    counts as theirs)."""
+    elapsed = time.monotonic() - began
+    ours = sum(d.server.cpu_seconds() for d in daemons if d.server.proc.poll() is None)
+    others = max(0.0, machine_busy_seconds() - busy0 - (own_cpu_seconds() - own0) - ours)
+    return (f"{elapsed:.0f} s of measured windows; other processes used {others / elapsed:.2f}"
+            f" cores on average meanwhile (load average {load0} before,"
+            f" {Path('/proc/loadavg').read_text().split()[0]} after)")
 
 
 # --- results -----------------------------------------------------------------------------------
