@@ -423,7 +423,7 @@ def target_lines(turns: list[Turn], fsync_ms: list[float],
                       if (ours := find(turns, OURS, name)) is not None
                       and (theirs := find(turns, base, name)) is not None]
         lines.append(f"- daemon CPU per cycle against {base} in the same run: "
-                     + ", ".join(cpu_ratios))
+                     + "; ".join(cpu_ratios))
     return lines
 
 
