@@ -58,7 +58,6 @@ from gateway.coap.message import CoapMessage  # noqa: E402
 from gateway.coap.udp_codec import decode_udp  # noqa: E402
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind  # noqa: E402
 from tests.bench import plots  # noqa: E402
-from tests.bench.bench_dots import Runner  # noqa: E402
 from tests.bench.bench_transport import (  # noqa: E402
     DAEMON,
     Client,
@@ -68,6 +67,7 @@ from tests.bench.bench_transport import (  # noqa: E402
     free_port,
     pct,
 )
+from tests.bench.dots_load import Runner  # noqa: E402
 from tests.bench.results import machine_lines, update_section  # noqa: E402
 
 GATEWAY_CPU, SERVER_CPU, LOAD_CPU = 1, 0, 0

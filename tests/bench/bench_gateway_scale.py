@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT))
 from certs.devpki import init_dev_pki  # noqa: E402
 from certs.identity import derive_id  # noqa: E402
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind  # noqa: E402
-from tests.bench.bench_dots import Runner  # noqa: E402
 from tests.bench.bench_gateway import (  # noqa: E402
     LOAD_CPU,
     Measure,
@@ -48,6 +47,7 @@ from tests.bench.bench_gateway import (  # noqa: E402
 )
 from tests.bench.bench_relay_reconcile import BASELINE, export  # noqa: E402
 from tests.bench.bench_transport import Generator, Server, establish  # noqa: E402
+from tests.bench.dots_load import Runner  # noqa: E402
 from tests.bench.results import machine_lines, update_section  # noqa: E402
 
 TARGET_OVERHEAD_P99_MS = 1.0
