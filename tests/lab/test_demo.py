@@ -131,16 +131,23 @@ def test_demo_tells_the_whole_story_and_leaves_nothing(tmp_path: Path) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_interrupted_demo_cleans_up(tmp_path: Path, signum: signal.Signals) -> None:
     process = demo(tmp_path)
-    seen = ""
+    assert process.stdout is not None
+    # Straight from the pipe: readline() after select() reads a whole chunk into the file
+    # object's buffer and returns one line, and select() then waits for the next write
+    # while the rest waits in that buffer. On a busy machine the signal so went out only
+    # after the demo had finished (exit 0 instead of 130).
+    stdout, raw = process.stdout.fileno(), b""
     try:
         deadline = time.monotonic() + 60
-        while " anycast " not in seen and time.monotonic() < deadline:
-            ready, _, _ = select.select([process.stdout], [], [], 1.0)
+        # Whole lines only: what follows is read through the file object from there on.
+        while not (b" anycast " in raw and raw.endswith(b"\n")) and time.monotonic() < deadline:
+            ready, _, _ = select.select([stdout], [], [], 1.0)
             if ready:
-                line = process.stdout.readline()  # type: ignore[union-attr]
-                if not line:
+                chunk = os.read(stdout, 65536)
+                if not chunk:
                     break
-                seen += line
+                raw += chunk
+        seen = raw.decode()
         assert " anycast " in seen, seen
         process.send_signal(signum)
         rest, err = process.communicate(timeout=60)
