@@ -30,10 +30,12 @@ import argparse
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,7 @@ from gateway.coap.message import CoapMessage  # noqa: E402
 from gateway.coap.udp_codec import decode_udp, encode_udp  # noqa: E402
 from gateway.transport.secure_session import SecureSession, State  # noqa: E402
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind  # noqa: E402
+from tests.bench import spy  # noqa: E402
 from tests.bench.bench_anycast import RouterWatch, edge_extra  # noqa: E402
 from tests.bench.bench_transport import pct  # noqa: E402
 from tests.bench.results import machine_lines, update_section  # noqa: E402
@@ -381,6 +384,16 @@ def start(alab: AnycastLab, pki_up: Path) -> subprocess.Popen[bytes]:
                        f"{routes}\n{logs}")
 
 
+def profile_lines(raw: str, seconds: float) -> list[str]:
+    """The surviving edge's py-spy samples of the storm, as shares per bucket."""
+    total, found = spy.buckets(raw)
+    if not total:
+        return []
+    shares = ", ".join(f"{name} {count / total:.0%}" for name, count in found.most_common())
+    return [f"- where the surviving edge's time went in the storm's first {seconds:g} s"
+            f" (py-spy, {total:,} samples): {shares}"]
+
+
 def kill_edge(alab: AnycastLab, edge: str) -> None:
     alab.gateways[edge].send_signal(signal.SIGKILL)
     conf = str(alab.lab.dir / f"{edge}.conf")
@@ -393,6 +406,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sessions", type=int, default=20_000)
     parser.add_argument("--results", type=Path, default=ROOT / "tests/bench/RESULTS.md")
+    parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                        help="sample the surviving edge with py-spy for the storm's first"
+                             " SECONDS and report where its time went")
     parser.add_argument("--openssl", type=Path, default=None,
                         help="run every process on this OpenSSL 3.x build (DOTS_GATEWAY_OPENSSL)")
     args = parser.parse_args()
@@ -408,6 +424,7 @@ def main() -> int:
     pki_up = lab.dir / "pki-up"
     watch: RouterWatch | None = None
     clients: list[subprocess.Popen[str]] = []
+    profile: list[str] = []
     try:
         start(alab, pki_up)
         watch = RouterWatch(alab.ns["router"])
@@ -436,7 +453,13 @@ def main() -> int:
         for c in clients:
             c.stdin.write("go\n")  # type: ignore[union-attr]
             c.stdin.flush()  # type: ignore[union-attr]
+        sampler = (spy.record(alab.gateways[survivor].pid, args.profile, lab.dir / "storm.spy")
+                   if args.profile > 0 else None)
         storms = [json.loads(c.stdout.readline() or "{}") for c in clients]  # type: ignore[union-attr]
+        if sampler is not None and sampler.wait(args.profile + 30) == 0:
+            profile = profile_lines((lab.dir / "storm.spy").read_text(), args.profile)
+            # The stacks themselves, for a closer look than the buckets (not committed).
+            shutil.copy(lab.dir / "storm.spy", Path(tempfile.gettempdir()) / "storm.spy.txt")
     finally:
         if watch is not None:
             watch.close()
@@ -447,7 +470,7 @@ def main() -> int:
                 process.terminate()
         lab.close()
     result = Storm(args.sessions, ready, setup_s, setups, moved - killed, moved, storms)
-    lines = result.lines()
+    lines = result.lines() + profile
     print("\n".join(lines))
     openssl = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "version"], cwd=ROOT, capture_output=True,

@@ -24,6 +24,8 @@ BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sockets (recvmsg/sendto)", ("gateway/transport/udp.py",)),
     ("CoAP message layers", ("gateway/coap/",)),
     ("DOTS core (validation, store, conflicts)", ("gateway/dots/",)),
+    ("gateway relay (relay table, upstream sessions)", ("gateway/relay/",)),
+    ("anycast (address classification, health)", ("anycast/",)),
     ("server role, sessions, transport glue", ("gateway/server/", "gateway/transport/")),
     ("metrics and logging", ("gateway/ops/", "logging/")),
     ("event loop, select", ("asyncio/", "selectors.py")),
