@@ -158,3 +158,17 @@ def test_a_picture_that_fails_leaves_the_section_and_says_so(
     assert "| direct | GET |" in section and "overhead p99 <= 1 ms" in section
     assert f"({LATENCY_PNG} not drawn: RuntimeError: no fonts today)" in section
     assert not (tmp_path / LATENCY_PNG).exists()
+
+
+def test_the_transport_pictures_still_draw_with_the_shared_helpers(tmp_path: Path) -> None:
+    # bench_transport.py's rates and latencies go through the same helpers (changed here):
+    # a server without a measure gets no bar there, not a bar of 0.
+    from tests.bench.bench_transport import LATENCY_PNG, RATES_PNG, draw
+
+    table = {"this checkout": {"handshakes/s (full)": "557 (1.7 ms CPU)",
+                               "requests/s (16 sessions)": "9000 (61 us CPU)"},
+             "libcoap": {"handshakes/s (full)": "500 (1.8 ms CPU)"}}
+    draw(tmp_path, table, {"this checkout": latencies(2000, 0.4, 1),
+                           "libcoap": latencies(5000, 0.3, 2)})
+    assert_png(tmp_path / RATES_PNG)
+    assert_png(tmp_path / LATENCY_PNG)
