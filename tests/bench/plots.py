@@ -101,7 +101,7 @@ def _distributions(ax: Any, title: str, series: Mapping[str, Sequence[float]],
 
 def _few_decades(ax: Any) -> bool:
     low, high = ax.get_xlim()
-    return low > 0 and high / low < 100
+    return bool(low > 0 and high / low < 100)
 
 
 def latency_distributions(path: Path, title: str,
