@@ -39,7 +39,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from certs.devpki import init_dev_pki  # noqa: E402
 from certs.identity import cuid_from_certificate, derive_id  # noqa: E402
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind  # noqa: E402
+from tests.bench import dots_pictures  # noqa: E402
 from tests.bench.bench_gateway import (  # noqa: E402
     machine_busy_seconds,
     mitigation_body,
@@ -62,6 +63,7 @@ from tests.bench.bench_transport import (  # noqa: E402
     free_port,
     pct,
 )
+from tests.bench.disk_probe import FSYNC_WRITE, fs_type, fsync_latencies  # noqa: E402
 from tests.bench.dots_load import Cycles, Runner  # noqa: E402
 from tests.bench.results import machine_lines, update_section  # noqa: E402
 from tests.bench.spy import buckets as spy_buckets  # noqa: E402
@@ -74,8 +76,6 @@ TARGET_PUT_P99_MS = 2.0  # when paced at 1,000 cycles/s
 OURS = "this checkout"
 TMPFS = "this checkout, state on tmpfs"
 SHM = Path("/dev/shm")
-#: The WAL frames of one mitigation save are a few 4 KiB pages.
-FSYNC_WRITE = 8192
 #: Session i is a client of its own (the bench credential may use any cuid) with its own
 #: /24: create+delete cycles of distinct clients, none superseding another's request.
 IDENTITIES = [(derive_id(f"bench-dots-{i}".encode()),
@@ -127,25 +127,6 @@ def start_daemon(label: str, code: Path, pki: Path, state: Path) -> Daemon:
     return Daemon(label, server, metrics, state)
 
 
-def fsync_latencies(directory: Path, count: int, seconds: float = 5.0) -> list[float]:
-    """Milliseconds per fsync of a small append in ``directory`` (at most ``seconds``)."""
-    path = directory / "fsync-sample"
-    block = os.urandom(FSYNC_WRITE)
-    out: list[float] = []
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        deadline = time.monotonic() + seconds
-        while len(out) < count and time.monotonic() < deadline:
-            os.write(fd, block)
-            began = time.perf_counter()
-            os.fsync(fd)
-            out.append((time.perf_counter() - began) * 1000)
-    finally:
-        os.close(fd)
-        path.unlink()
-    return out
-
-
 # --- phases ------------------------------------------------------------------------------------
 
 
@@ -166,6 +147,7 @@ class Turn:
     sessions: int = 0
     cycles: Cycles | None = None
     heartbeats_s: float = 0.0
+    heartbeat_ms: list[float] = field(default_factory=list)  # each round trip's
     cpu_s: float = 0.0  # the daemon's, over the window
     sys_s: float = 0.0  # of which in the kernel (sockets, and fsync's journal work)
     load_cpu_s: float = 0.0  # the generator's
@@ -197,7 +179,7 @@ def run_turn(daemon: Daemon, phase: Phase, ctx: ClientContext, cuid: str,
         spy = None if profile is None else spy_record(daemon.server.proc.pid, seconds, profile)
         began = time.monotonic()
         if phase.heartbeats:
-            turn.heartbeats_s = runner.heartbeats(clients, seconds)
+            turn.heartbeats_s = runner.heartbeats(clients, seconds, turn.heartbeat_ms)
         else:
             turn.cycles = runner.mitigation_cycles(clients, seconds, phase.rate,
                                                    IDENTITIES[:len(clients)])
@@ -502,18 +484,10 @@ def write(path: Path, turns: list[Turn], fsync_ms: list[float], notes: list[str]
         "",
         *table,
         *lines,
+        "",
+        dots_pictures.draw(path.parent, turns),
         *FINDINGS,
     ])
-
-
-def fs_type(directory: Path) -> str:
-    """The file system type and device of ``directory`` (from /proc/self/mounts)."""
-    best = ("", "?", "?")
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        device, mount, kind = line.split()[:3]
-        if str(directory.resolve()).startswith(mount) and len(mount) >= len(best[0]):
-            best = (mount, kind, device)
-    return f"{best[1]} ({best[2]})"
 
 
 #: What the runs showed beyond the figures above; written with every run's figures. Dated:

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from certs.devpki import init_dev_pki  # noqa: E402
 from certs.identity import derive_id  # noqa: E402
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind  # noqa: E402
+from tests.bench import plots  # noqa: E402
 from tests.bench.bench_gateway import (  # noqa: E402
     LOAD_CPU,
     Measure,
@@ -181,6 +182,10 @@ def write_results(path: Path, results: dict[str, dict[str, Measure]],
         lines.append(f"- same run, {gateways[1]}: {base:.2f} ms (ratio this checkout /"
                      f" baseline {worst / base:.2f})" if base > 0 else
                      f"- same run, {gateways[1]}: {base:.2f} ms")
+    link = plots.drawn("relay latency at scale", path.parent / LATENCY_PNG, lambda png:
+                       plots.latency_panels(png, f"relay latency at {args.sessions:,} sessions,"
+                                            f" paced at {args.rate:g} requests/s (overhead:"
+                                            " the gap to direct)", latency_panels(results)))
     update_section(path, "Gateway relay at scale (tests/bench/bench_gateway_scale.py)", [
         *machine_lines(),
         f"- {load}",
@@ -193,8 +198,29 @@ def write_results(path: Path, results: dict[str, dict[str, Measure]],
         "",
         *lines,
         "",
+        link,
+        "",
         *FINDINGS,
     ])
+
+
+LATENCY_PNG = "gateway-scale-latency.png"
+
+
+def latency_panels(results: dict[str, dict[str, Measure]]) -> dict[str, dict[str, list[float]]]:
+    """Per request kind, the latencies of every path; a gateway's label carries its overhead
+    (the horizontal gap to direct's curve) at p50 and p99."""
+    direct = results["direct"]
+    panels: dict[str, dict[str, list[float]]] = {}
+    for kind in KINDS:
+        panel = panels.setdefault("GET mitigate" if kind == "GET" else "PUT refresh", {})
+        for label, by_kind in results.items():
+            m = by_kind[kind]
+            if label != "direct":
+                label += (f", overhead p50 {m.p(50) - direct[kind].p(50):.2f} / p99"
+                          f" {m.p(99) - direct[kind].p(99):.2f} ms")
+            panel[label] = m.latencies
+    return panels
 
 
 #: What profiling showed (py-spy on the gateway, gc.callbacks timing its collections, with

@@ -53,7 +53,7 @@ from gateway.coap.message import CoapMessage  # noqa: E402
 from gateway.coap.udp_codec import decode_udp, encode_udp  # noqa: E402
 from gateway.transport.secure_session import SecureSession, State  # noqa: E402
 from gateway.transport.tls_context import ClientContext, ClientCredentials, Kind  # noqa: E402
-from tests.bench import spy  # noqa: E402
+from tests.bench import plots, spy  # noqa: E402
 from tests.bench.bench_anycast import RouterWatch, edge_extra  # noqa: E402
 from tests.bench.bench_transport import pct  # noqa: E402
 from tests.bench.results import machine_lines, update_section  # noqa: E402
@@ -475,9 +475,13 @@ def main() -> int:
     openssl = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "version"], cwd=ROOT, capture_output=True,
         text=True, check=False).stdout.strip()
+    link = plots.drawn("failover storm", args.results.parent / STORM_PNG, result.draw)
     update_section(args.results, "Failover storm (tests/bench/bench_storm.py)",
-                   [*machine_lines(), f"- every process on: {openssl}", *lines])
+                   [*machine_lines(), f"- every process on: {openssl}", *lines, "", link])
     return 0
+
+
+STORM_PNG = "storm.png"
 
 
 @dataclass
@@ -490,8 +494,19 @@ class Storm:
     moved: float
     storms: list[dict[str, Any]]
 
+    def recovered(self) -> list[float]:
+        """Seconds from the route moving until each session worked again, in order (the
+        generators' clocks are the system's monotonic clock, like ``moved``)."""
+        return sorted(t - self.moved for s in self.storms for t in s.get("ok", []))
+
+    def draw(self, path: Path) -> None:
+        plots.recovery_timeline(
+            path, f"failover storm: {self.ready:,} sessions move to the other edge\n(resumed"
+            " with the shared ticket keys, else a full handshake)", self.recovered(),
+            self.ready, TARGET_SECONDS, "clients working again", "the route moved")
+
     def lines(self) -> list[str]:
-        ok = sorted(t - self.moved for s in self.storms for t in s.get("ok", []))
+        ok = self.recovered()
         resumed = sum(s.get("resumed", 0) for s in self.storms)
         missing = sum(s.get("missing", 0) for s in self.storms)
         failed = sum(s.get("failed_handshakes", 0) for s in self.storms)

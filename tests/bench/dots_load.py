@@ -116,8 +116,10 @@ class Runner:
         out.stalled = sum(1 for c in clients if id(c) in stage and end - c.sent_at > 1.0)
         return out
 
-    def heartbeats(self, clients: list[Client], seconds: float) -> float:
-        """Heartbeat round trips per second, each session sending its next on an answer."""
+    def heartbeats(self, clients: list[Client], seconds: float,
+                   latencies_ms: list[float] | None = None) -> float:
+        """Heartbeat round trips per second, each session sending its next on an answer;
+        each round trip's milliseconds are appended to ``latencies_ms`` if given."""
         start = time.monotonic()
         count = 0
         for c in clients:
@@ -126,5 +128,8 @@ class Runner:
             for client, records in self.gen.poll(0.05):
                 if any(decode_udp(r).code >= 64 for r in records):
                     count += 1
-                    self.send(client, 3, (), HB, HB_OPTIONS, time.monotonic())
+                    now = time.monotonic()
+                    if latencies_ms is not None:
+                        latencies_ms.append((now - client.sent_at) * 1000)
+                    self.send(client, 3, (), HB, HB_OPTIONS, now)
         return count / (time.monotonic() - start)

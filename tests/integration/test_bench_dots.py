@@ -11,6 +11,7 @@ from pathlib import Path
 from tests.bench.spy import OTHER, buckets, py_spy
 
 ROOT = Path(__file__).resolve().parents[2]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_dots_writes_its_section_with_targets_and_baseline(tmp_path: Path) -> None:
@@ -42,6 +43,12 @@ def test_bench_dots_writes_its_section_with_targets_and_baseline(tmp_path: Path)
     assert "fsync p50/p99" in text and "state on tmpfs (same code, fsync free)" in text
     if py_spy() is not None:
         assert "== profile: 4 sessions, saturated" in run.stdout
+    # Issue 21 §4: the pictures next to RESULTS.md, linked from the section.
+    section = text.split("## DOTS (tests/bench/bench_dots.py)", 1)[1]
+    for png in ("dots-latency.png", "dots-rates.png"):
+        assert f"]({png})" in section, section
+        data = (tmp_path / png).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000, (png, len(data))
 
 
 def test_profile_samples_go_to_the_deepest_named_bucket() -> None:

@@ -17,6 +17,7 @@ from tests.lab.netns import require_root
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 ROOT = Path(__file__).resolve().parents[2]
 SESSIONS = 60
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_every_client_resumes_on_the_surviving_edge_and_keeps_its_mitigation(
@@ -35,3 +36,7 @@ def test_every_client_resumes_on_the_surviving_edge_and_keeps_its_mitigation(
     # Shared ticket keys: the other edge reads every ticket the dead one issued.
     assert f"resumed with the shared ticket keys: {SESSIONS} (100.0%)" in text, text
     assert "mitigations missing after the move: 0 (target 0)" in text
+    # Issue 21 §4: the storm's timeline next to RESULTS.md, linked from the section.
+    assert "![failover storm](storm.png)" in text
+    data = (tmp_path / "storm.png").read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 10_000, len(data)
