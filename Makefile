@@ -93,7 +93,7 @@ bench: $(TEST_STAMP) $(OPENSSL_STAMP)
 	$(BIN)/python tests/bench/bench_gateway.py
 	$(BIN)/python tests/bench/bench_gateway_scale.py
 	$(BIN)/python tests/bench/bench_relay_reconcile.py $(RECONCILE_ARGS)
-	$(BIN)/python tests/bench/bench_storm.py --openssl $(OPENSSL_DIR)
+	$(BIN)/python tests/bench/bench_storm.py --openssl $(OPENSSL_DIR) --profile 10
 	$(BIN)/python tests/bench/bench_qblock.py
 
 # The long haul (issue 21): 50,000 DTLS sessions with heartbeats for 10 minutes on a server,

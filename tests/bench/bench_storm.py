@@ -394,6 +394,21 @@ def profile_lines(raw: str, seconds: float) -> list[str]:
             f" (py-spy, {total:,} samples): {shares}"]
 
 
+def pin(pid: int, cpu: int) -> None:
+    """Every thread of ``pid`` on ``cpu``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), {cpu})
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def kill_edge(alab: AnycastLab, edge: str) -> None:
     alab.gateways[edge].send_signal(signal.SIGKILL)
     conf = str(alab.lab.dir / f"{edge}.conf")
@@ -425,8 +440,14 @@ def main() -> int:
     watch: RouterWatch | None = None
     clients: list[subprocess.Popen[str]] = []
     profile: list[str] = []
+    edge_cpu = 0.0
     try:
-        start(alab, pki_up)
+        upstream = start(alab, pki_up)
+        # The issue's arrangement: an edge's core to itself, the generators (and the
+        # upstream server) on the other one. Threads started later inherit the mask.
+        for edge in EDGES:
+            pin(alab.gateways[edge].pid, 0)
+        pin(upstream.pid, 1)
         watch = RouterWatch(alab.ns["router"])
         shares = [(first, min(PER_PROCESS, args.sessions - first))
                   for first in range(0, args.sessions, PER_PROCESS)]
@@ -453,9 +474,11 @@ def main() -> int:
         for c in clients:
             c.stdin.write("go\n")  # type: ignore[union-attr]
             c.stdin.flush()  # type: ignore[union-attr]
+        edge_cpu = cpu_seconds(alab.gateways[survivor].pid)
         sampler = (spy.record(alab.gateways[survivor].pid, args.profile, lab.dir / "storm.spy")
                    if args.profile > 0 else None)
         storms = [json.loads(c.stdout.readline() or "{}") for c in clients]  # type: ignore[union-attr]
+        edge_cpu = cpu_seconds(alab.gateways[survivor].pid) - edge_cpu
         if sampler is not None and sampler.wait(args.profile + 30) == 0:
             profile = profile_lines((lab.dir / "storm.spy").read_text(), args.profile)
             # The stacks themselves, for a closer look than the buckets (not committed).
@@ -469,7 +492,8 @@ def main() -> int:
                 time.sleep(0.05)
                 process.terminate()
         lab.close()
-    result = Storm(args.sessions, ready, setup_s, setups, moved - killed, moved, storms)
+    result = Storm(args.sessions, ready, setup_s, setups, moved - killed, moved, storms,
+                   edge_cpu)
     lines = result.lines() + profile
     print("\n".join(lines))
     openssl = subprocess.run(
@@ -493,6 +517,8 @@ class Storm:
     kill_to_move_s: float
     moved: float
     storms: list[dict[str, Any]]
+    #: CPU seconds the surviving edge used from the clients' start until the last answer.
+    edge_cpu_s: float = 0.0
 
     def recovered(self) -> list[float]:
         """Seconds from the route moving until each session worked again, in order (the
@@ -535,6 +561,12 @@ class Storm:
             f" server before their answer and opened again: {closed}; "
             f"{len(ok) / span if span else 0:.0f} sessions/s during the storm (resumption + GET)"
             f" against {full_rate:.0f}/s at setup (full handshake + PUT)",
+            f"- the surviving edge (its own core) used {self.edge_cpu_s:.1f} s of CPU in the"
+            f" {span:.1f} s of the storm ({self.edge_cpu_s / span if span else 0:.0%} of its"
+            f" core): {1000 * self.edge_cpu_s / max(len(ok), 1):.2f} ms per session back"
+            f" (resumed handshake + relayed GET); at that cost one core brings back"
+            f" {len(ok) / self.edge_cpu_s if self.edge_cpu_s else 0:.0f} sessions/s, the target"
+            f" needs {self.ready / TARGET_SECONDS:.0f}/s",
             f"- mitigations missing after the move: {missing} (target 0); answers: {codes}",
         ]
 
