@@ -27,7 +27,7 @@ def test_every_client_resumes_on_the_surviving_edge_and_keeps_its_mitigation(
         pytest.skip(why)
     results = tmp_path / "RESULTS.md"
     run = subprocess.run([sys.executable, "tests/bench/bench_storm.py", "--sessions",
-                          str(SESSIONS), "--results", str(results)], cwd=ROOT,
+                          str(SESSIONS), "--results", str(results), "--profile", "1"], cwd=ROOT,
                          capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     text = results.read_text()
@@ -36,6 +36,11 @@ def test_every_client_resumes_on_the_surviving_edge_and_keeps_its_mitigation(
     # Shared ticket keys: the other edge reads every ticket the dead one issued.
     assert f"resumed with the shared ticket keys: {SESSIONS} (100.0%)" in text, text
     assert "mitigations missing after the move: 0 (target 0)" in text
+    # Where a miss's time goes: the surviving edge's CPU per session, and its profile.
+    cpu = re.search(r"used ([0-9.]+) s of CPU .* ([0-9.]+) ms per session back", text)
+    assert cpu and float(cpu.group(1)) > 0 and float(cpu.group(2)) > 0, text
+    assert re.search(r"where the surviving edge's time went .*py-spy, [0-9,]+ samples\): "
+                     r"\w", text), text
     # Issue 21 §4: the storm's timeline next to RESULTS.md, linked from the section.
     assert "![failover storm](storm.png)" in text
     data = (tmp_path / "storm.png").read_bytes()
