@@ -55,6 +55,11 @@ class SessionDeadlines:
             if conn is not None:
                 yield conn
 
+    def look_again(self, conn: Any, now: float) -> None:
+        """``conn``'s handshake gets another whole deadline from ``now``. ``now`` is no
+        earlier than any creation time in the queue, so the queue stays in order."""
+        self._young.append((now, weakref.ref(conn)))
+
     def watch_idle(self, conn: Any, at: float) -> None:
         heapq.heappush(self._idle, (at, next(self._seq), weakref.ref(conn)))
 

@@ -294,6 +294,13 @@ class DtlsServer(DtlsSessions):
             if not self._is_live(conn):
                 continue
             if conn.session.state is State.HANDSHAKING or conn.handler is None:
+                if conn.busy:
+                    # Its next step waits for our workers, not for the peer. In a failover
+                    # storm on a busy core, closing these made each client start over (a
+                    # resumed client already counts itself connected) and fed the storm.
+                    self.counters.handshakes_waiting_on_us += 1
+                    self.deadlines.look_again(conn, now)
+                    continue
                 self.counters.handshakes_timed_out += 1
                 self._close(conn, "handshake deadline passed", notify=False)
             else:

@@ -43,6 +43,9 @@ class Counters:
     handshakes_completed: int = 0
     handshakes_failed: int = 0
     handshakes_timed_out: int = 0
+    #: Handshakes past their deadline while their next step waited for our workers: given
+    #: another deadline rather than closed (the delay was ours, not the peer's).
+    handshakes_waiting_on_us: int = 0
     refused_session_limit: int = 0
     refused_handshake_limit: int = 0
     refused_rate_limit: int = 0

@@ -386,6 +386,70 @@ async def test_unfinished_handshakes_expire_and_caps_hold(dtls_server: DtlsServe
             s.close()
 
 
+async def test_a_handshake_waiting_for_our_workers_outlives_its_deadline(
+        dtls_server: DtlsServer, pki: Path) -> None:
+    # Issue 21's failover storm: with the handshake workers behind (nice 19 on a busy core),
+    # handshakes passed the deadline while their clients' flights waited in our queue, and
+    # were closed; a resumed client already counts itself connected, so each close sent it
+    # back into the storm (3,535 of 4,000 sessions at 512 in flight).
+    threads = dtls_server.limits.handshake_threads
+    release = threading.Event()
+    for _ in range(threads):  # every worker stuck: the next step waits in the queue
+        dtls_server.executor.post(release.wait, 30.0)
+    address = dtls_server.bound[0]
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    connecting = asyncio.ensure_future(connect_dtls(
+        address.host, address.port, cert_client(Kind.DTLS, pki),
+        lambda b: got.done() or got.set_result(b), server_name="localhost", timeout=30))
+    try:
+        # Past the 1 s deadline, and past the sweep (every second) that would close it.
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if dtls_server.counters.handshakes_started:
+                break
+        assert dtls_server.counters.handshakes_started == 1
+        await asyncio.sleep(2.5)
+        assert dtls_server.counters.handshakes_timed_out == 0  # not closed
+        assert dtls_server.counters.handshakes_waiting_on_us >= 1
+    finally:
+        release.set()
+    conn = await asyncio.wait_for(connecting, 30)
+    conn.send(b"ping")
+    assert await asyncio.wait_for(got, 10) == b"echo:ping"
+    assert dtls_server.counters.handshakes_timed_out == 0
+    conn.close()
+
+
+async def test_a_handshake_the_peer_abandons_still_expires(dtls_server: DtlsServer,
+                                                          pki: Path) -> None:
+    """The deadline still closes a handshake whose peer went quiet after the cookie."""
+    loop = asyncio.get_running_loop()
+    address = dtls_server.bound[0]
+    client = SecureSession(cert_client(Kind.DTLS, pki), server_name="localhost")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    try:
+        client.start()
+        for _ in range(2):  # ClientHello, then again with the cookie; then nothing more
+            for datagram in client.take_output():
+                await loop.sock_sendto(sock, datagram, (address.host, address.port))
+            client.feed(await asyncio.wait_for(loop.sock_recv(sock, 65535), 10))
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if dtls_server.counters.handshakes_started:
+                break
+        assert dtls_server.counters.handshakes_started == 1
+        for _ in range(100):  # deadline 1 s, sweep every 1 s: bounded generously
+            await asyncio.sleep(0.1)
+            if dtls_server.counters.handshakes_timed_out:
+                break
+        assert dtls_server.counters.handshakes_timed_out == 1
+        assert dtls_server.sessions == {}
+    finally:
+        client.free()
+        sock.close()
+
+
 async def test_idle_sessions_are_closed_and_active_ones_kept(pki: Path) -> None:
     """The idle timeout, checked per session when due rather than by a pass over the whole
     table every second: the silent session goes, the talking one stays."""

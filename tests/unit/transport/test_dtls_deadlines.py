@@ -25,6 +25,18 @@ def test_handshake_deadlines_pop_oldest_first_and_stop_at_the_first_in_time() ->
     assert list(deadlines.past_handshake_deadline(now=3.5, deadline=1.0)) == conns[2:3]
 
 
+def test_a_handshake_looked_at_again_gets_a_whole_deadline_and_keeps_the_order() -> None:
+    deadlines = SessionDeadlines()
+    early, late = Conn(0.0), Conn(3.0)
+    deadlines.started(early)
+    deadlines.started(late)
+    assert list(deadlines.past_handshake_deadline(now=2.0, deadline=2.0)) == [early]
+    deadlines.look_again(early, now=4.0)  # its step waited for our workers
+    assert list(deadlines.past_handshake_deadline(now=5.5, deadline=2.0)) == [late]
+    assert list(deadlines.past_handshake_deadline(now=5.9, deadline=2.0)) == []
+    assert list(deadlines.past_handshake_deadline(now=6.0, deadline=2.0)) == [early]
+
+
 def test_idle_checks_come_due_in_order_and_only_when_due() -> None:
     deadlines = SessionDeadlines()
     a, b = Conn(0.0), Conn(0.0)
