@@ -176,6 +176,8 @@ SUITES: dict[str, AeadSuite] = {
     )
 }
 _SHORTEST_OF_ALL = min(s.explicit_nonce_length + s.tag_length for s in SUITES.values())
+#: HandshakeType finished (RFC 5246 §7.4), the first byte of a DTLS handshake header.
+_FINISHED = b"\x14"
 #: The epoch of the keys of the first handshake, the only one with keys (no renegotiation).
 _KEYED_EPOCH = 1
 #: An epoch OpenSSL reads as no one's (``discard_short_records``).
@@ -453,8 +455,14 @@ class RecordProtection:
                 if plaintext:  # an empty record carries nothing (OpenSSL skips them too)
                     data.append(plaintext)
             elif kind == HANDSHAKE:
-                # After application data from the peer, a handshake message can only start
-                # a renegotiation (its Finished is long verified); we do not renegotiate.
+                if plaintext[:1] == _FINISHED:
+                    # The peer's Finished sent again: it finished a resumed handshake (it
+                    # sends the last flight) and our flight reached it twice (RFC 6347
+                    # §4.2.4). OpenSSL drops it; it starts nothing.
+                    dropped += 1
+                    continue
+                # Any other handshake message can only start a renegotiation (the peer's
+                # Finished is long verified); we do not renegotiate.
                 renegotiation = True
             elif len(plaintext) == 2 and (
                 plaintext[0] == ALERT_FATAL or plaintext[1] == CLOSE_NOTIFY

@@ -100,6 +100,8 @@ class Tally:
     failed_handshakes: int = 0
     #: Sessions the server ended (an alert) after their handshake, before the answer.
     closed: int = 0
+    #: Why those sessions ended, as the client saw it (state: failure), counted.
+    closed_why: dict[str, int] = field(default_factory=dict)
     resent: int = 0
 
     def code(self, stage: str, code: int) -> None:
@@ -236,6 +238,8 @@ class StormClient:
                     # The server ended it before answering (an alert): start over, as a
                     # client whose session is gone does, resuming if it can.
                     self.tally.closed += 1
+                    why = f"{s.session.state.value}: {s.session.failure or 'peer closed'}"
+                    self.tally.closed_why[why] = self.tally.closed_why.get(why, 0) + 1
                     active.discard(s)
                     self.drop(s)
                     if s.tries < 3:
@@ -305,7 +309,8 @@ def storm_client(pki: Path, first: int, count: int) -> None:
         "resumed": sum(s.resumed for s in ok),
         "missing": len(good) - len(ok),
         "codes": client.tally.codes, "failed_handshakes": client.tally.failed_handshakes,
-        "closed": client.tally.closed, "resent": client.tally.resent, "started": started}),
+        "closed": client.tally.closed, "closed_why": client.tally.closed_why,
+        "resent": client.tally.resent, "started": started}),
         flush=True)
     for s in after:
         client.drop(s)
@@ -542,9 +547,12 @@ class Storm:
         full_rate = self.ready / self.setup_s if self.setup_s else 0.0
         last = ok[-1] if ok else float("nan")
         codes: dict[str, int] = {}
+        why: dict[str, int] = {}
         for s in self.storms:
             for k, v in s.get("codes", {}).items():
                 codes[k] = codes.get(k, 0) + v
+            for k, v in s.get("closed_why", {}).items():
+                why[k] = why.get(k, 0) + v
         verdict = "met" if ok and len(ok) == self.ready and last <= TARGET_SECONDS else "MISSED"
         return [
             f"- {self.sessions:,} DTLS sessions on one edge (gateway mode, one mitigation each,"
@@ -558,7 +566,8 @@ class Storm:
             f" {TARGET_SECONDS:g} s: {verdict}); p50 {pct(ok, 50):.2f} s, p99 {pct(ok, 99):.2f} s",
             f"- resumed with the shared ticket keys: {resumed:,} ({resumed / max(len(ok), 1):.1%});"
             f" handshakes refused and done again in full: {failed}; sessions ended by the"
-            f" server before their answer and opened again: {closed}; "
+            f" server before their answer and opened again: {closed}"
+            f"{' ' + str(why) if why else ''}; "
             f"{len(ok) / span if span else 0:.0f} sessions/s during the storm (resumption + GET)"
             f" against {full_rate:.0f}/s at setup (full handshake + PUT)",
             f"- the surviving edge (its own core) used {self.edge_cpu_s:.1f} s of CPU in the"
