@@ -15,10 +15,12 @@ while the gateway is down (RFC 9132 §4.4.1: it is the client's promise to refre
 
 Durability, with group commit: a save is one SQLite transaction written to the WAL
 (``journal_mode=WAL``, ``synchronous=NORMAL``: no fsync per commit; checkpoints still sync
-the WAL before and the database after they copy), and ``make_durable`` fsyncs the WAL once
-for every save committed before it. The server role calls it before anything that depends
-on a save leaves (an answer, a notification, a mitigator command), so the requests one turn
-of the event loop handled share one fsync instead of paying one each (issue 21), and an
+the WAL before and the database after they copy), and ``await durable()`` fsyncs the WAL
+once for every save committed before that fsync started, in a worker thread so that the
+event loop keeps serving meanwhile (as the relay's store does; ``make_durable`` is the same
+on the caller's thread, for shutdown). The server role holds back anything that depends on
+a save (an answer, a notification, a mitigator command) until the fsync covering it has
+finished, so the requests handled while one fsync runs share the next (issue 21), and an
 acknowledged change survives a crash of this process, of the kernel, a power loss and a file
 system the kernel turns read-only after an error (whose unwritten page cache is dropped:
 acknowledging after an unsynced commit lost saves that way, issue 17). A save that fails
@@ -30,6 +32,7 @@ system without shared memory) every commit is fsynced (``synchronous=FULL``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -162,8 +165,11 @@ class MitigationDatabase:
         #: Monotonic time before which a background sync does not retry a failed write.
         self._retry_at = 0.0
         self._retry_delay = RETRY_FIRST
-        #: Commits whose WAL frames are not fsynced yet (``make_durable``).
-        self._unsynced = False
+        #: Group commit: commits so far, and how many of them a finished fsync covers.
+        self._committed = 0
+        self._synced = 0
+        self._fsync: asyncio.Future[None] | None = None  # the fsync under way (``durable``)
+        self._fsync_failed: str | None = None
         self._group_commit = False  # set by _open: WAL mode
         #: The WAL file whose directory entry was fsynced (device, inode).
         self._wal_known: tuple[int, int] | None = None
@@ -271,25 +277,70 @@ class MitigationDatabase:
         except sqlite3.Error as exc:
             raise PersistenceError(f"{self.path}: save failed: {exc}") from exc
         self.saves += 1
-        self._unsynced = self._group_commit
+        self._committed_one()
+
+    def _committed_one(self) -> None:
+        self._committed += 1
+        if not self._group_commit:
+            self._synced = self._committed  # synchronous=FULL: fsynced by the commit itself
 
     @property
     def unsynced(self) -> bool:
-        """Whether saves were committed since the last ``make_durable``."""
-        return self._unsynced
+        """Whether saves were committed that no finished fsync covers."""
+        return self._synced < self._committed
+
+    @property
+    def committed(self) -> int:
+        """Commits so far: what depends on them may leave once ``synced`` reaches this."""
+        return self._committed
+
+    @property
+    def synced(self) -> int:
+        """How many commits finished fsyncs cover (durable)."""
+        return self._synced
 
     def make_durable(self) -> None:
-        """fsync the WAL: every save committed before this call survives a power loss.
+        """fsync the WAL, on this thread: every save committed before this call survives a
+        power loss.
 
         Raises ``PersistenceError`` when the file system refuses; the committed saves may
         then be lost, so nothing that depends on them may leave."""
-        if not self._unsynced:
+        covers = self._committed
+        if self._synced >= covers:
             return
         try:
             self._wal_known = fsync_wal(self.path, self._wal_known)
         except OSError as exc:
             raise PersistenceError(f"{self.path}-wal: fsync failed: {exc}") from exc
-        self._unsynced = False
+        self._synced = max(self._synced, covers)
+        self.fsyncs += 1
+
+    async def durable(self) -> None:
+        """Return once every save committed before this call is durable: a barrier that
+        concurrent callers share. The fsync runs in a worker thread (the event loop goes on
+        serving, and commits); a caller whose commit came after the running fsync started
+        waits for the next one. Raises ``PersistenceError`` when an fsync failed, then and
+        ever after (a later fsync succeeding says nothing of the pages the kernel dropped)."""
+        target = self._committed
+        while self._synced < target:
+            if self._fsync_failed is not None:
+                raise PersistenceError(self._fsync_failed)
+            if self._fsync is None:
+                self._fsync = asyncio.ensure_future(self._run_fsync())
+                self._fsync.add_done_callback(_retrieve)  # every waiter may be gone
+            # Shielded: a cancelled waiter must not cancel the others' fsync.
+            await asyncio.shield(self._fsync)
+
+    async def _run_fsync(self) -> None:
+        covers = self._committed  # read before the fsync starts: these are on disk after it
+        try:
+            self._wal_known = await asyncio.to_thread(fsync_wal, self.path, self._wal_known)
+        except OSError as exc:
+            self._fsync_failed = f"{self.path}-wal: fsync failed: {exc}"
+            raise PersistenceError(self._fsync_failed) from exc
+        finally:
+            self._fsync = None
+        self._synced = max(self._synced, covers)
         self.fsyncs += 1
 
     @property
@@ -427,7 +478,7 @@ class MitigationDatabase:
                       self.path, exc)
             return False
         self.saves += 1
-        self._unsynced = self._group_commit  # durable before the answer: make_durable
+        self._committed_one()  # durable before the answer: see ``durable``
         return True
 
     def restore_telemetry_into(self, store: TelemetryStore) -> None:
@@ -462,6 +513,11 @@ class MitigationDatabase:
         then save what restoring ended (records that expired while the gateway was down)."""
         store.restore(self.load(store.wall_offset), now, self.load_termination_periods())
         self.sync(store)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def fsync_wal(path: Path, known: tuple[int, int] | None) -> tuple[int, int]:
