@@ -124,6 +124,9 @@ class _Backend:
         self.stats = MitigatorStats()
         #: Scopes and ACLs applied in this process, so a withdraw can say what it withdraws.
         self._applied: dict[tuple[str, int], tuple[Scope, tuple[ActiveAcl, ...]]] = {}
+        #: The JSON of each applied scope, made once (a withdraw names the scope its apply
+        #: did: the same object): key -> (scope, its JSON). Never mutated once made.
+        self._scope_json: dict[tuple[str, int], tuple[Scope, dict[str, Any]]] = {}
 
     def describe(self, command: MitigatorCommand) -> dict[str, Any]:
         """The command as the JSON object both backends hand out."""
@@ -151,11 +154,14 @@ class _Backend:
         else:
             scope, acls = self._applied.pop(key, (None, ()))
             action, reason = "withdraw", command.reason.value
+        scope_json = None if scope is None else self._json_of(key, scope)
+        if action == "withdraw":
+            self._scope_json.pop(key, None)
         entry = {
             "action": action,
             "cuid": command.cuid,
             "mid": command.mid,
-            "scope": None if scope is None else scope_to_json(scope),
+            "scope": scope_json,
             "acls": [acl.to_json() for acl in acls],
             **extra,
             "reason": reason,
@@ -166,6 +172,14 @@ class _Backend:
             # and attack-detail (top talkers) as the client sent them, in the RFC's JSON.
             entry["telemetry"] = scope_telemetry_json(telemetry)
         return entry
+
+    def _json_of(self, key: tuple[str, int], scope: Scope) -> dict[str, Any]:
+        cached = self._scope_json.get(key)
+        if cached is not None and cached[0] is scope:  # frozen: the same object, same JSON
+            return cached[1]
+        made = scope_to_json(scope)
+        self._scope_json[key] = (scope, made)
+        return made
 
 
 def scope_to_json(scope: Scope) -> dict[str, Any]:

@@ -43,8 +43,15 @@ from pathlib import Path
 
 from gateway.dots.mitigation import MitigationStore
 from gateway.dots.mitigation_lifecycle import UINT32_MAX, Mitigation
+from gateway.dots.model import Scope
 from gateway.dots.telemetry import Change, TelemetryStore
-from gateway.server.mitigation_rows import COLUMNS, is_int, mitigation_from_row, mitigation_row
+from gateway.server.mitigation_rows import (
+    COLUMNS,
+    encode_scope,
+    is_int,
+    mitigation_from_row,
+    mitigation_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +181,10 @@ class MitigationDatabase:
         #: The WAL file whose directory entry was fsynced (device, inode).
         self._wal_known: tuple[int, int] | None = None
         self.fsyncs = 0
+        #: The scope column of each saved record, made once: a DELETE, refresh or status
+        #: change saves the record again with the same (frozen) scope object. Key ->
+        #: (scope, CBOR); entries go with the keys a save removes.
+        self._scope_cbor: dict[tuple[str, int], tuple[Scope, bytes]] = {}
         self._db = self._open()
 
     @classmethod
@@ -256,8 +267,11 @@ class MitigationDatabase:
         Raises ``PersistenceError`` with nothing written when it fails."""
         updated_at = time.time()
         # Encoded outside the lock.
-        rows = [mitigation_row(r, wall_offset, updated_at) for r in records]
+        rows = [mitigation_row(r, wall_offset, updated_at, self._scope_column(r))
+                for r in records]
         removed = [(cuid, mid) for cuid, mid in removed_keys]
+        for key in removed:
+            self._scope_cbor.pop(key, None)
         periods = dict(termination_periods or {})
         try:
             with _transaction(self._db):
@@ -283,6 +297,15 @@ class MitigationDatabase:
         self._committed += 1
         if not self._group_commit:
             self._synced = self._committed  # synchronous=FULL: fsynced by the commit itself
+
+    def _scope_column(self, record: Mitigation) -> bytes:
+        key = (record.cuid, record.mid)
+        cached = self._scope_cbor.get(key)
+        if cached is not None and cached[0] is record.scope:
+            return cached[1]
+        made = encode_scope(record.scope)
+        self._scope_cbor[key] = (record.scope, made)
+        return made
 
     @property
     def unsynced(self) -> bool:

@@ -18,7 +18,13 @@ import pytest
 
 from gateway.config import Backend, ConfigError, default_settings
 from gateway.dots.codes import Status
-from gateway.dots.mitigation_lifecycle import ApplyMitigation, Counters, Trigger, WithdrawMitigation
+from gateway.dots.mitigation_lifecycle import (
+    ApplyMitigation,
+    Counters,
+    Trigger,
+    UpdateFilters,
+    WithdrawMitigation,
+)
 from gateway.dots.model import PortRange, Scope, parse_prefix
 from gateway.server.mitigator import (
     JOURNAL_NAME,
@@ -138,6 +144,23 @@ def test_log_backend_writes_again_once_the_journal_can_be_opened(tmp_path: Path)
     journal.parent.mkdir()
     mitigator(ApplyMitigation(CUID, 2, SCOPE))
     assert _lines(journal) == [("apply", 2)] and mitigator.stats.failures == 1
+    mitigator.close()
+
+
+def test_a_withdraw_names_the_scope_last_applied(tmp_path: Path) -> None:
+    """The scope's JSON is made once per applied scope (issue 21) and follows updates."""
+    journal = tmp_path / JOURNAL_NAME
+    mitigator = LogMitigator(journal, clock=lambda: EPOCH)
+    wider = dataclasses.replace(SCOPE, target_prefix=(parse_prefix("192.0.2.0/23"),))
+    mitigator(ApplyMitigation(CUID, 7, SCOPE))
+    mitigator(UpdateFilters(CUID, 7, wider))
+    mitigator(WithdrawMitigation(CUID, 7, Trigger.WITHDRAWN))
+    mitigator(ApplyMitigation(CUID, 7, SCOPE))  # the same mid again, after its withdraw
+    mitigator(WithdrawMitigation(CUID, 7, Trigger.WITHDRAWN))
+    scopes = [json.loads(line)["scope"]["target-prefix"]
+              for line in journal.read_text().splitlines()]
+    assert scopes == [["192.0.2.0/24"], ["192.0.2.0/23"], ["192.0.2.0/23"], ["192.0.2.0/24"],
+                      ["192.0.2.0/24"]]
     mitigator.close()
 
 
