@@ -32,7 +32,6 @@ system without shared memory) every commit is fsynced (``synchronous=FULL``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -52,6 +51,8 @@ from gateway.server.mitigation_rows import (
     mitigation_from_row,
     mitigation_row,
 )
+from gateway.server.wal_sync import WalSync
+from gateway.server.wal_sync import fsync_wal as fsync_wal  # the relay store imports it here
 
 log = logging.getLogger(__name__)
 
@@ -172,20 +173,14 @@ class MitigationDatabase:
         #: Monotonic time before which a background sync does not retry a failed write.
         self._retry_at = 0.0
         self._retry_delay = RETRY_FIRST
-        #: Group commit: commits so far, and how many of them a finished fsync covers.
-        self._committed = 0
-        self._synced = 0
-        self._fsync: asyncio.Future[None] | None = None  # the fsync under way (``durable``)
-        self._fsync_failed: str | None = None
         self._group_commit = False  # set by _open: WAL mode
-        #: The WAL file whose directory entry was fsynced (device, inode).
-        self._wal_known: tuple[int, int] | None = None
-        self.fsyncs = 0
         #: The scope column of each saved record, made once: a DELETE, refresh or status
         #: change saves the record again with the same (frozen) scope object. Key ->
         #: (scope, CBOR); entries go with the keys a save removes.
         self._scope_cbor: dict[tuple[str, int], tuple[Scope, bytes]] = {}
         self._db = self._open()
+        #: Group commit: counts commits, fsyncs the WAL (``durable``, ``make_durable``).
+        self._wal = WalSync(self.path, group_commit=self._group_commit)
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> MitigationDatabase:
@@ -294,9 +289,7 @@ class MitigationDatabase:
         self._committed_one()
 
     def _committed_one(self) -> None:
-        self._committed += 1
-        if not self._group_commit:
-            self._synced = self._committed  # synchronous=FULL: fsynced by the commit itself
+        self._wal.committed_one()
 
     def _scope_column(self, record: Mitigation) -> bytes:
         key = (record.cuid, record.mid)
@@ -310,61 +303,36 @@ class MitigationDatabase:
     @property
     def unsynced(self) -> bool:
         """Whether saves were committed that no finished fsync covers."""
-        return self._synced < self._committed
+        return self._wal.unsynced
 
     @property
     def committed(self) -> int:
         """Commits so far: what depends on them may leave once ``synced`` reaches this."""
-        return self._committed
+        return self._wal.committed
 
     @property
     def synced(self) -> int:
         """How many commits finished fsyncs cover (durable)."""
-        return self._synced
+        return self._wal.synced
+
+    @property
+    def fsyncs(self) -> int:
+        return self._wal.fsyncs
 
     def make_durable(self) -> None:
-        """fsync the WAL, on this thread: every save committed before this call survives a
-        power loss.
-
-        Raises ``PersistenceError`` when the file system refuses; the committed saves may
-        then be lost, so nothing that depends on them may leave."""
-        covers = self._committed
-        if self._synced >= covers:
-            return
+        """fsync the WAL on this thread (``WalSync.make_durable``); ``PersistenceError``."""
         try:
-            self._wal_known = fsync_wal(self.path, self._wal_known)
+            self._wal.make_durable()
         except OSError as exc:
             raise PersistenceError(f"{self.path}-wal: fsync failed: {exc}") from exc
-        self._synced = max(self._synced, covers)
-        self.fsyncs += 1
 
     async def durable(self) -> None:
-        """Return once every save committed before this call is durable: a barrier that
-        concurrent callers share. The fsync runs in a worker thread (the event loop goes on
-        serving, and commits); a caller whose commit came after the running fsync started
-        waits for the next one. Raises ``PersistenceError`` when an fsync failed, then and
-        ever after (a later fsync succeeding says nothing of the pages the kernel dropped)."""
-        target = self._committed
-        while self._synced < target:
-            if self._fsync_failed is not None:
-                raise PersistenceError(self._fsync_failed)
-            if self._fsync is None:
-                self._fsync = asyncio.ensure_future(self._run_fsync())
-                self._fsync.add_done_callback(_retrieve)  # every waiter may be gone
-            # Shielded: a cancelled waiter must not cancel the others' fsync.
-            await asyncio.shield(self._fsync)
-
-    async def _run_fsync(self) -> None:
-        covers = self._committed  # read before the fsync starts: these are on disk after it
+        """Once every save committed before this call is durable (``WalSync.durable``,
+        the fsync in a worker thread); ``PersistenceError`` when an fsync failed."""
         try:
-            self._wal_known = await asyncio.to_thread(fsync_wal, self.path, self._wal_known)
+            await self._wal.durable()
         except OSError as exc:
-            self._fsync_failed = f"{self.path}-wal: fsync failed: {exc}"
-            raise PersistenceError(self._fsync_failed) from exc
-        finally:
-            self._fsync = None
-        self._synced = max(self._synced, covers)
-        self.fsyncs += 1
+            raise PersistenceError(f"{self.path}-wal: fsync failed: {exc}") from exc
 
     @property
     def pending(self) -> int:
@@ -428,6 +396,7 @@ class MitigationDatabase:
         self._flush()
         with contextlib.suppress(PersistenceError):  # closing: SQLite's checkpoint syncs too
             self.make_durable()
+        self._wal.close()
         self._db.close()
 
     # --- reading -----------------------------------------------------------------------------
@@ -536,32 +505,6 @@ class MitigationDatabase:
         then save what restoring ended (records that expired while the gateway was down)."""
         store.restore(self.load(store.wall_offset), now, self.load_termination_periods())
         self.sync(store)
-
-
-def _retrieve(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-def fsync_wal(path: Path, known: tuple[int, int] | None) -> tuple[int, int]:
-    """fsync the WAL of the database at ``path``, and its directory when the WAL is not the
-    file ``known`` (device, inode) any more; the WAL's (device, inode). Raises ``OSError``.
-    Used by both databases' group commit (this one's ``make_durable``, the relay's)."""
-    fd = os.open(f"{path}-wal", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        stat = os.fstat(fd)
-    finally:
-        os.close(fd)
-    if known != (stat.st_dev, stat.st_ino):
-        # A new WAL file: its name must survive too (SQLite syncs the directory only in its
-        # own sync calls, which NORMAL skips for commits).
-        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    return stat.st_dev, stat.st_ino
 
 
 def check_integrity(db: sqlite3.Connection) -> None:

@@ -438,3 +438,21 @@ def test_a_record_saved_again_with_its_scope_reuses_the_encoded_scope(
     assert db.sync(store) and len(encoded) == 2
     (loaded,) = db.load(WALL)
     assert loaded.scope.target_prefix == (parse_prefix("198.51.100.0/24"),)
+
+
+async def test_durable_fsyncs_in_one_worker_thread_that_close_stops(tmp_path: Path) -> None:
+    import threading
+
+    def workers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "dots-db-fsync"]
+
+    db = MitigationDatabase.in_state_dir(tmp_path / "state")
+    store = MitigationStore(wall_offset=WALL)
+    for mid in (1, 2, 3):
+        store.put("c", mid, scope(f"192.0.2.{mid}/32"), Owner("cred"), 0.0)
+        assert db.sync(store) and db.unsynced
+        await db.durable()
+        assert not db.unsynced and db.fsyncs == mid
+    assert len(workers()) == 1  # started once, reused
+    db.close()
+    assert workers() == []
