@@ -36,8 +36,10 @@ COUNTERS = (
 UINT64_MAX = 2**64 - 1
 
 
-def mitigation_row(record: Mitigation, wall_offset: float, updated_at: float) -> tuple[Any, ...]:
-    """The row for ``record``, in ``COLUMNS`` order; deadlines as epoch seconds."""
+def mitigation_row(record: Mitigation, wall_offset: float, updated_at: float,
+                   scope_cbor: bytes | None = None) -> tuple[Any, ...]:
+    """The row for ``record``, in ``COLUMNS`` order; deadlines as epoch seconds.
+    ``scope_cbor``: ``encode_scope(record.scope)`` if the caller has it already."""
     conflict = None
     if record.conflict is not None:
         conflict = encode_message(MitigationScope((Scope(conflict_information=record.conflict),)))
@@ -48,7 +50,7 @@ def mitigation_row(record: Mitigation, wall_offset: float, updated_at: float) ->
         record.mid,
         record.owner.credential_id,
         record.owner.cdid,
-        encode_message(MitigationScope((record.scope,))),
+        encode_scope(record.scope) if scope_cbor is None else scope_cbor,
         record.lifetime,
         None if record.expires_at is None else record.expires_at + wall_offset,
         None if record.terminate_at is None else record.terminate_at + wall_offset,
@@ -57,10 +59,15 @@ def mitigation_row(record: Mitigation, wall_offset: float, updated_at: float) ->
         None if record.transient_status is None else int(record.transient_status),
         record.transient_reports_left,
         record.mitigation_start,
-        json.dumps(counters, separators=(",", ":")),
+        json.dumps(counters, separators=(",", ":")) if counters else "{}",
         conflict,
         updated_at,
     )
+
+
+def encode_scope(scope: Scope) -> bytes:
+    """The ``scope`` column: a mitigation-scope body with this one entry."""
+    return encode_message(MitigationScope((scope,)))
 
 
 def mitigation_from_row(row: tuple[Any, ...], wall_offset: float) -> Mitigation:

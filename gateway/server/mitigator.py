@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 from gateway.config import Backend, ConfigError, Settings
 from gateway.dots.codec import message_to_json
@@ -124,6 +124,9 @@ class _Backend:
         self.stats = MitigatorStats()
         #: Scopes and ACLs applied in this process, so a withdraw can say what it withdraws.
         self._applied: dict[tuple[str, int], tuple[Scope, tuple[ActiveAcl, ...]]] = {}
+        #: The JSON of each applied scope, made once (a withdraw names the scope its apply
+        #: did: the same object): key -> (scope, its JSON). Never mutated once made.
+        self._scope_json: dict[tuple[str, int], tuple[Scope, dict[str, Any]]] = {}
 
     def describe(self, command: MitigatorCommand) -> dict[str, Any]:
         """The command as the JSON object both backends hand out."""
@@ -151,11 +154,14 @@ class _Backend:
         else:
             scope, acls = self._applied.pop(key, (None, ()))
             action, reason = "withdraw", command.reason.value
+        scope_json = None if scope is None else self._json_of(key, scope)
+        if action == "withdraw":
+            self._scope_json.pop(key, None)
         entry = {
             "action": action,
             "cuid": command.cuid,
             "mid": command.mid,
-            "scope": None if scope is None else scope_to_json(scope),
+            "scope": scope_json,
             "acls": [acl.to_json() for acl in acls],
             **extra,
             "reason": reason,
@@ -166,6 +172,14 @@ class _Backend:
             # and attack-detail (top talkers) as the client sent them, in the RFC's JSON.
             entry["telemetry"] = scope_telemetry_json(telemetry)
         return entry
+
+    def _json_of(self, key: tuple[str, int], scope: Scope) -> dict[str, Any]:
+        cached = self._scope_json.get(key)
+        if cached is not None and cached[0] is scope:  # frozen: the same object, same JSON
+            return cached[1]
+        made = scope_to_json(scope)
+        self._scope_json[key] = (scope, made)
+        return made
 
 
 def scope_to_json(scope: Scope) -> dict[str, Any]:
@@ -186,13 +200,20 @@ def _timestamp(epoch: float) -> str:
 class LogMitigator(_Backend):
     """Appends each command to a JSON-lines journal and logs it; mitigates nothing itself.
 
-    The file is opened per command (rotation needs no signal) and not fsynced: it is a
-    record for operators and tests, not the state (that is ``dots.sqlite``).
+    The file stays open between commands (opening it per line cost ~30 us of the ~50 us a
+    command took, issue 21) and is not fsynced: it is a record for operators and tests, not
+    the state (that is ``dots.sqlite``). Rotation needs no signal: before each line the
+    path's (device, inode) is compared with the open file's (one ``stat``), and a journal
+    moved or removed (logrotate's move + create, or none) is closed and the path opened
+    anew, so no line goes to the old file after the rotation. ``copytruncate`` needs
+    nothing: the file is opened for appending, so lines go to the end of the truncated file.
     """
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__(clock)
         self.path = path
+        self._journal: TextIO | None = None
+        self._identity: tuple[int, int] | None = None  # the open file's (device, inode)
 
     def __call__(self, command: MitigatorCommand) -> None:
         self.stats.commands += 1
@@ -201,14 +222,46 @@ class LogMitigator(_Backend):
                   action=entry["action"], cuid=command.cuid, mid=command.mid,
                   reason=entry["reason"] or None)
         try:
-            with self.path.open("a", encoding="utf-8") as journal:
-                journal.write(json.dumps(entry, separators=(",", ":"), default=str) + "\n")
+            journal = self._current()
+            journal.write(json.dumps(entry, separators=(",", ":"), default=str) + "\n")
+            journal.flush()  # whole lines in the file as they happen, for tail -f and tests
         except OSError as exc:
             self.stats.failures += 1
+            self._close()  # reopened with the next command: writes resume by themselves
             log.error("mitigator journal %s not written: %s", self.path, exc.strerror or exc)
 
+    def _current(self) -> TextIO:
+        """The journal open at ``path`` now: the open one unless the path names another file
+        or none (rotated, removed). Raises ``OSError``."""
+        if self._journal is not None:
+            try:
+                stat = os.stat(self.path)
+                if (stat.st_dev, stat.st_ino) == self._identity:
+                    return self._journal
+            except FileNotFoundError:
+                pass  # moved away and not recreated: a new file at the path
+            self._close()
+        journal = self.path.open("a", encoding="utf-8")
+        try:
+            stat = os.fstat(journal.fileno())
+        except OSError:
+            journal.close()
+            raise
+        self._journal, self._identity = journal, (stat.st_dev, stat.st_ino)
+        return journal
+
+    def close(self) -> None:
+        """Close the journal (the next command opens it again)."""
+        self._close()
+
+    def _close(self) -> None:
+        journal, self._journal, self._identity = self._journal, None, None
+        if journal is not None:
+            with contextlib.suppress(OSError):  # a failed flush: the error was counted
+                journal.close()
+
     async def aclose(self) -> None:
-        return None
+        self._close()
 
 
 # --- command -------------------------------------------------------------------------------------

@@ -15,10 +15,12 @@ while the gateway is down (RFC 9132 §4.4.1: it is the client's promise to refre
 
 Durability, with group commit: a save is one SQLite transaction written to the WAL
 (``journal_mode=WAL``, ``synchronous=NORMAL``: no fsync per commit; checkpoints still sync
-the WAL before and the database after they copy), and ``make_durable`` fsyncs the WAL once
-for every save committed before it. The server role calls it before anything that depends
-on a save leaves (an answer, a notification, a mitigator command), so the requests one turn
-of the event loop handled share one fsync instead of paying one each (issue 21), and an
+the WAL before and the database after they copy), and ``await durable()`` fsyncs the WAL
+once for every save committed before that fsync started, in a worker thread so that the
+event loop keeps serving meanwhile (as the relay's store does; ``make_durable`` is the same
+on the caller's thread, for shutdown). The server role holds back anything that depends on
+a save (an answer, a notification, a mitigator command) until the fsync covering it has
+finished, so the requests handled while one fsync runs share the next (issue 21), and an
 acknowledged change survives a crash of this process, of the kernel, a power loss and a file
 system the kernel turns read-only after an error (whose unwritten page cache is dropped:
 acknowledging after an unsynced commit lost saves that way, issue 17). A save that fails
@@ -40,8 +42,17 @@ from pathlib import Path
 
 from gateway.dots.mitigation import MitigationStore
 from gateway.dots.mitigation_lifecycle import UINT32_MAX, Mitigation
+from gateway.dots.model import Scope
 from gateway.dots.telemetry import Change, TelemetryStore
-from gateway.server.mitigation_rows import COLUMNS, is_int, mitigation_from_row, mitigation_row
+from gateway.server.mitigation_rows import (
+    COLUMNS,
+    encode_scope,
+    is_int,
+    mitigation_from_row,
+    mitigation_row,
+)
+from gateway.server.wal_sync import WalSync
+from gateway.server.wal_sync import fsync_wal as fsync_wal  # the relay store imports it here
 
 log = logging.getLogger(__name__)
 
@@ -162,13 +173,14 @@ class MitigationDatabase:
         #: Monotonic time before which a background sync does not retry a failed write.
         self._retry_at = 0.0
         self._retry_delay = RETRY_FIRST
-        #: Commits whose WAL frames are not fsynced yet (``make_durable``).
-        self._unsynced = False
         self._group_commit = False  # set by _open: WAL mode
-        #: The WAL file whose directory entry was fsynced (device, inode).
-        self._wal_known: tuple[int, int] | None = None
-        self.fsyncs = 0
+        #: The scope column of each saved record, made once: a DELETE, refresh or status
+        #: change saves the record again with the same (frozen) scope object. Key ->
+        #: (scope, CBOR); entries go with the keys a save removes.
+        self._scope_cbor: dict[tuple[str, int], tuple[Scope, bytes]] = {}
         self._db = self._open()
+        #: Group commit: counts commits, fsyncs the WAL (``durable``, ``make_durable``).
+        self._wal = WalSync(self.path, group_commit=self._group_commit)
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> MitigationDatabase:
@@ -250,8 +262,11 @@ class MitigationDatabase:
         Raises ``PersistenceError`` with nothing written when it fails."""
         updated_at = time.time()
         # Encoded outside the lock.
-        rows = [mitigation_row(r, wall_offset, updated_at) for r in records]
+        rows = [mitigation_row(r, wall_offset, updated_at, self._scope_column(r))
+                for r in records]
         removed = [(cuid, mid) for cuid, mid in removed_keys]
+        for key in removed:
+            self._scope_cbor.pop(key, None)
         periods = dict(termination_periods or {})
         try:
             with _transaction(self._db):
@@ -271,26 +286,53 @@ class MitigationDatabase:
         except sqlite3.Error as exc:
             raise PersistenceError(f"{self.path}: save failed: {exc}") from exc
         self.saves += 1
-        self._unsynced = self._group_commit
+        self._committed_one()
+
+    def _committed_one(self) -> None:
+        self._wal.committed_one()
+
+    def _scope_column(self, record: Mitigation) -> bytes:
+        key = (record.cuid, record.mid)
+        cached = self._scope_cbor.get(key)
+        if cached is not None and cached[0] is record.scope:
+            return cached[1]
+        made = encode_scope(record.scope)
+        self._scope_cbor[key] = (record.scope, made)
+        return made
 
     @property
     def unsynced(self) -> bool:
-        """Whether saves were committed since the last ``make_durable``."""
-        return self._unsynced
+        """Whether saves were committed that no finished fsync covers."""
+        return self._wal.unsynced
+
+    @property
+    def committed(self) -> int:
+        """Commits so far: what depends on them may leave once ``synced`` reaches this."""
+        return self._wal.committed
+
+    @property
+    def synced(self) -> int:
+        """How many commits finished fsyncs cover (durable)."""
+        return self._wal.synced
+
+    @property
+    def fsyncs(self) -> int:
+        return self._wal.fsyncs
 
     def make_durable(self) -> None:
-        """fsync the WAL: every save committed before this call survives a power loss.
-
-        Raises ``PersistenceError`` when the file system refuses; the committed saves may
-        then be lost, so nothing that depends on them may leave."""
-        if not self._unsynced:
-            return
+        """fsync the WAL on this thread (``WalSync.make_durable``); ``PersistenceError``."""
         try:
-            self._wal_known = fsync_wal(self.path, self._wal_known)
+            self._wal.make_durable()
         except OSError as exc:
             raise PersistenceError(f"{self.path}-wal: fsync failed: {exc}") from exc
-        self._unsynced = False
-        self.fsyncs += 1
+
+    async def durable(self) -> None:
+        """Once every save committed before this call is durable (``WalSync.durable``,
+        the fsync in a worker thread); ``PersistenceError`` when an fsync failed."""
+        try:
+            await self._wal.durable()
+        except OSError as exc:
+            raise PersistenceError(f"{self.path}-wal: fsync failed: {exc}") from exc
 
     @property
     def pending(self) -> int:
@@ -354,6 +396,7 @@ class MitigationDatabase:
         self._flush()
         with contextlib.suppress(PersistenceError):  # closing: SQLite's checkpoint syncs too
             self.make_durable()
+        self._wal.close()
         self._db.close()
 
     # --- reading -----------------------------------------------------------------------------
@@ -427,7 +470,7 @@ class MitigationDatabase:
                       self.path, exc)
             return False
         self.saves += 1
-        self._unsynced = self._group_commit  # durable before the answer: make_durable
+        self._committed_one()  # durable before the answer: see ``durable``
         return True
 
     def restore_telemetry_into(self, store: TelemetryStore) -> None:
@@ -462,27 +505,6 @@ class MitigationDatabase:
         then save what restoring ended (records that expired while the gateway was down)."""
         store.restore(self.load(store.wall_offset), now, self.load_termination_periods())
         self.sync(store)
-
-
-def fsync_wal(path: Path, known: tuple[int, int] | None) -> tuple[int, int]:
-    """fsync the WAL of the database at ``path``, and its directory when the WAL is not the
-    file ``known`` (device, inode) any more; the WAL's (device, inode). Raises ``OSError``.
-    Used by both databases' group commit (this one's ``make_durable``, the relay's)."""
-    fd = os.open(f"{path}-wal", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        stat = os.fstat(fd)
-    finally:
-        os.close(fd)
-    if known != (stat.st_dev, stat.st_ino):
-        # A new WAL file: its name must survive too (SQLite syncs the directory only in its
-        # own sync calls, which NORMAL skips for commits).
-        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    return stat.st_dev, stat.st_ino
 
 
 def check_integrity(db: sqlite3.Connection) -> None:

@@ -60,9 +60,10 @@ from gateway.dots.server import (
 from gateway.dots.uri import Resource, build_path
 from gateway.eventlog import log_event
 from gateway.server.block1 import block1
+from gateway.server.group_commit import GroupCommit
 from gateway.server.heartbeat_pacing import HeartbeatPacer
 from gateway.server.observe import DEFAULT_MAX_OBSERVATIONS, ObserveNotifications
-from gateway.server.persistence import MitigationDatabase, PersistenceError
+from gateway.server.persistence import MitigationDatabase
 from gateway.server.qblock import Respond, Whole, probe_answer, q_block1, send_answer
 from gateway.server.session import SignalSession, _dots_request, _transmission
 from gateway.server.standing import CredentialCheck, Standing
@@ -99,7 +100,7 @@ def stop_unsynced(reason: str) -> None:
     os._exit(EXIT_UNSYNCED)
 
 
-class ServerRole(ObserveNotifications):
+class ServerRole(GroupCommit, ObserveNotifications):
     """Serve ``core`` on endpoints: give ``on_session`` to DtlsServer/TlsServer."""
 
     def __init__(self, core: DotsServerCore, *, trusted_gateways: frozenset[str] = frozenset(),
@@ -138,9 +139,7 @@ class ServerRole(ObserveNotifications):
         if database is not None:
             core.save = lambda: database.sync(core.store)
             core.save_telemetry = database.save_telemetry
-        #: Group commit: sessions whose answers wait for the fsync of ``_flush_batch``.
-        self._awaiting: dict[int, SignalSession] = {}  # by session id
-        self._batch: asyncio.Handle | None = None
+        self._init_group_commit()
         self.on_unsynced: Callable[[str], None] = stop_unsynced
         self.sessions: dict[int, SignalSession] = {}
         self.observing: dict[int, SignalSession] = {}  # see ObserveNotifications
@@ -164,9 +163,7 @@ class ServerRole(ObserveNotifications):
         if self._tick is not None:
             self._tick.cancel()
         self._heartbeats_due.cancel()
-        if self._batch is not None:  # answers that wait for their fsync leave first
-            self._batch.cancel()
-            self._flush_batch()
+        self._flush_held()  # what waits for its fsync leaves first
         for session in list(self.sessions.values()):
             session.conn.close("server shutting down")
 
@@ -233,6 +230,7 @@ class ServerRole(ObserveNotifications):
 
     def forget(self, session: SignalSession, reason: str) -> None:
         self.sessions.pop(session.dots.id, None)
+        self._forget_held(session.dots.id)
         self.observing.pop(session.dots.id, None)
         self.standing.forget(session.dots.id)
         self.core.close_session(session.dots)
@@ -269,42 +267,18 @@ class ServerRole(ObserveNotifications):
                 # RFC 8323 §5.5/§5.6: the peer is done with this connection (aiocoap's
                 # shutdown sends Release and waits for us to close).
                 self._persist()  # answers queued before the Release leave now
+                self.durable()  # on this thread: the connection closes right after
+                self._release()
                 session.flush()
                 session.conn.close("released by the peer" if isinstance(event, ReleaseReceived)
                                    else f"aborted: {event.diagnostic}")
                 return
-        if self.database is not None and self.database.unsynced:
-            # Group commit: this session's answers wait for one fsync shared by every
-            # request of this turn of the event loop (``_flush_batch`` runs next turn).
-            self._awaiting[session.dots.id] = session
-            if self._batch is None:
-                self._batch = asyncio.get_running_loop().call_soon(self._flush_batch)
-            return
+        # With saves not yet durable, the answers are held by ``send`` and the core's
+        # outputs by ``_core_outputs`` until the fsync that covers them has finished.
         self._core_outputs(now)
         self._notify_due(session, now)
         session.flush()
         self._arm(session)
-
-    def _flush_batch(self) -> None:
-        self._batch = None
-        sessions, self._awaiting = self._awaiting, {}
-        now = self.clock()
-        self._core_outputs(now)  # the one fsync, then the mitigator and the observers
-        for session in sessions.values():
-            if not session.closed:
-                self._notify_due(session, now)
-                session.flush()
-                self._arm(session)
-
-    def durable(self) -> None:
-        """Make every save so far durable: called before anything that depends on one leaves
-        (``SignalSession.flush``, ``_core_outputs``)."""
-        if self.database is None or not self.database.unsynced:
-            return
-        try:
-            self.database.make_durable()
-        except PersistenceError as exc:
-            self.on_unsynced(str(exc))
 
     def _request(self, session: SignalSession, msg: CoapMessage, key: RequestKey,
                  now: float) -> None:
@@ -428,12 +402,15 @@ class ServerRole(ObserveNotifications):
 
     def _core_outputs(self, now: float) -> None:
         # Collecting runs signal-loss processing too; then everything it and the requests
-        # changed is saved before a response, notification or mitigator command leaves.
+        # changed is saved, and durable, before a response, notification or mitigator
+        # command leaves (held in order by the group commit until then).
         events = list(self.core.events())
         self._persist()
-        self.durable()
-        if not events:
-            return  # after most requests
+        if not self.hold_events(events) and events:
+            self._dispatch(events)
+
+    def _dispatch(self, events: list[Any]) -> None:
+        """The core's outputs, once what they depend on is durable."""
         changed: dict[str, set[int]] = {}
         telemetry: set[str] = set()
         removed: list[MitigationRemoved] = []

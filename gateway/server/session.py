@@ -66,6 +66,9 @@ class SignalSession:
     #: The peer probed for Q-Block on this session (RFC 9177 §4.1): its large GET answers
     #: go in Q-Block2 even when a request carries none.
     q_block_peer: bool = False
+    #: Datagrams (or stream chunks) waiting for saves to be durable, in order, each with the
+    #: commit count it waits for (``ServerRole.send``).
+    held: list[tuple[int, list[bytes]]] = field(default_factory=list)
 
     def block_payload(self, msg: CoapMessage, payload: bytes, now: float) -> bytes:
         """The representation to answer ``msg`` from: see ``BlockSnapshots``."""
@@ -106,8 +109,13 @@ class SignalSession:
     def flush(self) -> None:
         if self.closed:
             return
-        self.role.durable()  # nothing leaves before the saves it may depend on are on disk
-        for chunk in outgoing(self.layer):
+        chunks = outgoing(self.layer)
+        if chunks:
+            # Held by the role until the saves the chunks may depend on are durable.
+            self.role.send(self, chunks)
+
+    def transmit(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
             try:
                 self.conn.send(chunk)
             except Exception as exc:  # a session that cannot send is finished

@@ -7,16 +7,24 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.config import Backend, ConfigError, default_settings
 from gateway.dots.codes import Status
-from gateway.dots.mitigation_lifecycle import ApplyMitigation, Counters, Trigger, WithdrawMitigation
+from gateway.dots.mitigation_lifecycle import (
+    ApplyMitigation,
+    Counters,
+    Trigger,
+    UpdateFilters,
+    WithdrawMitigation,
+)
 from gateway.dots.model import PortRange, Scope, parse_prefix
 from gateway.server.mitigator import (
     JOURNAL_NAME,
@@ -71,6 +79,89 @@ def test_log_backend_appends_one_json_object_per_command(
     assert any(getattr(r, "event", None) == "mitigator.command" and r.action == "apply"
                and r.cuid == CUID and r.mid == 7 for r in caplog.records)
     assert mitigator.stats.commands == 3 and mitigator.stats.failures == 0
+    mitigator.close()
+
+
+def _lines(path: Path) -> list[tuple[str, int]]:
+    return [(e["action"], e["mid"]) for e in map(json.loads, path.read_text().splitlines())]
+
+
+def test_log_backend_keeps_the_journal_open_between_commands(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[Path] = []
+    real_open = Path.open
+
+    def counting_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        opened.append(self)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    journal = tmp_path / JOURNAL_NAME
+    mitigator = LogMitigator(journal, clock=lambda: EPOCH)
+    for mid in range(1, 11):
+        mitigator(ApplyMitigation(CUID, mid, SCOPE))
+    assert opened == [journal]  # before issue 21: opened once per command
+    assert [mid for _, mid in _lines(journal)] == list(range(1, 11))
+    mitigator.close()
+
+
+@pytest.mark.parametrize("recreate", [True, False], ids=["move-create", "move"])
+def test_log_backend_follows_a_rotation_by_rename(tmp_path: Path, recreate: bool) -> None:
+    journal = tmp_path / JOURNAL_NAME
+    rotated = tmp_path / (JOURNAL_NAME + ".1")
+    mitigator = LogMitigator(journal, clock=lambda: EPOCH)
+    mitigator(ApplyMitigation(CUID, 1, SCOPE))
+    os.rename(journal, rotated)  # what logrotate does, then (``create``) a new empty file
+    if recreate:
+        journal.touch()
+    mitigator(WithdrawMitigation(CUID, 1, Trigger.WITHDRAWN))
+    mitigator(ApplyMitigation(CUID, 2, SCOPE))
+    assert _lines(rotated) == [("apply", 1)]
+    assert _lines(journal) == [("withdraw", 1), ("apply", 2)]
+    assert mitigator.stats.failures == 0
+    mitigator.close()
+
+
+def test_log_backend_survives_copytruncate(tmp_path: Path) -> None:
+    journal = tmp_path / JOURNAL_NAME
+    mitigator = LogMitigator(journal, clock=lambda: EPOCH)
+    mitigator(ApplyMitigation(CUID, 1, SCOPE))
+    (tmp_path / "copy").write_bytes(journal.read_bytes())
+    with journal.open("r+") as f:
+        f.truncate(0)
+    mitigator(ApplyMitigation(CUID, 2, SCOPE))
+    # Appending: the line starts the truncated file (no hole of NULs before it).
+    assert _lines(journal) == [("apply", 2)]
+    assert _lines(tmp_path / "copy") == [("apply", 1)]
+    mitigator.close()
+
+
+def test_log_backend_writes_again_once_the_journal_can_be_opened(tmp_path: Path) -> None:
+    journal = tmp_path / "sub" / JOURNAL_NAME  # its directory is missing: open() fails
+    mitigator = LogMitigator(journal, clock=lambda: EPOCH)
+    mitigator(ApplyMitigation(CUID, 1, SCOPE))
+    assert mitigator.stats.failures == 1
+    journal.parent.mkdir()
+    mitigator(ApplyMitigation(CUID, 2, SCOPE))
+    assert _lines(journal) == [("apply", 2)] and mitigator.stats.failures == 1
+    mitigator.close()
+
+
+def test_a_withdraw_names_the_scope_last_applied(tmp_path: Path) -> None:
+    """The scope's JSON is made once per applied scope (issue 21) and follows updates."""
+    journal = tmp_path / JOURNAL_NAME
+    mitigator = LogMitigator(journal, clock=lambda: EPOCH)
+    wider = dataclasses.replace(SCOPE, target_prefix=(parse_prefix("192.0.2.0/23"),))
+    mitigator(ApplyMitigation(CUID, 7, SCOPE))
+    mitigator(UpdateFilters(CUID, 7, wider))
+    mitigator(WithdrawMitigation(CUID, 7, Trigger.WITHDRAWN))
+    mitigator(ApplyMitigation(CUID, 7, SCOPE))  # the same mid again, after its withdraw
+    mitigator(WithdrawMitigation(CUID, 7, Trigger.WITHDRAWN))
+    scopes = [json.loads(line)["scope"]["target-prefix"]
+              for line in journal.read_text().splitlines()]
+    assert scopes == [["192.0.2.0/24"], ["192.0.2.0/23"], ["192.0.2.0/23"], ["192.0.2.0/24"],
+                      ["192.0.2.0/24"]]
+    mitigator.close()
 
 
 def test_log_backend_counts_a_journal_it_cannot_write(

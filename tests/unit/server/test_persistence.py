@@ -410,3 +410,49 @@ def test_acl_list_is_stored_with_the_mitigation_and_its_changes(tmp_path: Path) 
     assert acl_list_of(second.get(CUID_A, 1, A, now=102.0).scope[0]) == expected
     [apply] = [e for e in iter(second.next_event, None) if isinstance(e, ApplyMitigation)]
     assert acl_list_of(apply.scope) == expected
+
+
+def test_a_record_saved_again_with_its_scope_reuses_the_encoded_scope(
+        db: MitigationDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21: a DELETE (active-but-terminating) or a status change saves the record again
+    with the same scope: encoded once. A PUT with a new scope is encoded anew, and what is
+    loaded back is always the record's current scope."""
+    from gateway.server import persistence
+
+    encoded: list[Scope] = []
+    real = persistence.encode_scope
+
+    def counting(s: Scope) -> bytes:
+        encoded.append(s)
+        return real(s)
+
+    monkeypatch.setattr(persistence, "encode_scope", counting)
+    store = MitigationStore(wall_offset=WALL)
+    store.put(CUID_A, 1, scope("192.0.2.0/24"), A, 0.0)
+    assert db.sync(store) and len(encoded) == 1
+    store.delete(CUID_A, 1, A, 1.0)  # terminating: saved again, same scope
+    assert db.sync(store) and len(encoded) == 1
+    (loaded,) = db.load(WALL)
+    assert loaded.state is S.TERMINATING and loaded.scope == scope("192.0.2.0/24")
+    store.put(CUID_A, 1, scope("198.51.100.0/24"), A, 2.0)  # the same mid, a new scope
+    assert db.sync(store) and len(encoded) == 2
+    (loaded,) = db.load(WALL)
+    assert loaded.scope.target_prefix == (parse_prefix("198.51.100.0/24"),)
+
+
+async def test_durable_fsyncs_in_one_worker_thread_that_close_stops(tmp_path: Path) -> None:
+    import threading
+
+    def workers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "dots-db-fsync"]
+
+    db = MitigationDatabase.in_state_dir(tmp_path / "state")
+    store = MitigationStore(wall_offset=WALL)
+    for mid in (1, 2, 3):
+        store.put("c", mid, scope(f"192.0.2.{mid}/32"), Owner("cred"), 0.0)
+        assert db.sync(store) and db.unsynced
+        await db.durable()
+        assert not db.unsynced and db.fsyncs == mid
+    assert len(workers()) == 1  # started once, reused
+    db.close()
+    assert workers() == []
