@@ -57,10 +57,11 @@ from tests.bench import plots, spy  # noqa: E402
 from tests.bench.bench_anycast import RouterWatch, edge_extra  # noqa: E402
 from tests.bench.bench_transport import pct  # noqa: E402
 from tests.bench.results import machine_lines, update_section  # noqa: E402
-from tests.lab.anycast_lab import EDGES, V4, AnycastLab, missing_tools  # noqa: E402
+from tests.lab.anycast_lab import EDGES, INTERVAL, V4, AnycastLab, missing_tools  # noqa: E402
 from tests.lab.netns import Lab, cleanup_stale, require_root  # noqa: E402
 
 PORT = 4646
+HEALTH_INTERVAL = 1.0  # seconds: the configuration's default
 UPSTREAM_PORT = 4646
 CONTENT_DOTS = 271
 CREATED, CHANGED, CONTENT, SERVICE_UNAVAILABLE = 65, 68, 69, 163
@@ -360,6 +361,12 @@ def edge_config(alab: AnycastLab, edge: str, pki_up: Path, secrets: Path) -> Non
     text = text.replace("[general]\n", '[general]\nmode = "gateway"\n', 1)
     text = text.replace("[tls]\n", f'[tls]\ncookie_secret_file = "{secrets}/cookie.secret"\n'
                         f'ticket_key_file = "{secrets}/ticket.keys"\n', 1)
+    # The default health-check interval (1 s), not the lab's 0.1 s made for failover tests:
+    # the route moves with the BGP session here, and ten checks a second (each a command
+    # and a state file written with the session count) are no part of an edge's storm.
+    health = f"[anycast.health]\ninterval = {INTERVAL}\n"
+    assert health in text, "the lab's health section changed"
+    text = text.replace(health, f"[anycast.health]\ninterval = {HEALTH_INTERVAL}\n", 1)
     path.write_text(text + '[logging]\nlevel = "warning"\n')
 
 
@@ -561,7 +568,8 @@ class Storm:
             f"- {self.sessions:,} DTLS sessions on one edge (gateway mode, one mitigation each,"
             f" relayed to the upstream server and persisted), set up in {self.setup_s:.0f} s"
             f" ({full_rate:.0f} sessions/s including the PUT: full handshakes)",
-            f"- that edge killed (-9, gateway and BIRD): the router's FIB moved to the other"
+            f"- edges on the default health-check interval ({HEALTH_INTERVAL:g} s); that edge"
+            f" killed (-9, gateway and BIRD): the router's FIB moved to the other"
             f" {1000 * self.kill_to_move_s:.0f} ms later; the clients were told at that moment",
             "- working again on the other edge (handshake + GET of its mitigation answered 2.05"
             " with it):"

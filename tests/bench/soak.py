@@ -426,11 +426,38 @@ def run_phase(name: str, server: Server, pki: Path, sessions: int, minutes: floa
             if len(result.points) >= ticks:
                 break
     stop.set()
+    _fold_final_reports(result, reports, pending, workers)
     for p in procs:
         p.join(30)
         if p.is_alive():
             p.kill()
     return result
+
+
+def _fold_final_reports(result: PhaseResult, reports: Any, pending: dict[str, Any],
+                        workers: int) -> None:
+    """What the generators counted after their last report (each reports once more when
+    told to stop) goes into the last window: on a busy machine a generator's report can
+    arrive just after a window closes, and a short run has one window only."""
+    finals, deadline = 0, time.monotonic() + 30.0
+    while finals < workers and time.monotonic() < deadline:
+        try:
+            report = reports.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        _merge(pending, report)
+        finals += bool(report.get("final"))
+    if not result.points:
+        return
+    last = result.points[-1]
+    late = pending["latencies_ms"]
+    if late:
+        result.latencies_ms += late
+        last.p99_ms = max(last.p99_ms, pct(late, 99))  # conservative: not the merged p99
+    last.answered += pending["answered"]
+    last.unanswered += pending["unanswered"]
+    last.server_heartbeats += pending["server_heartbeats"]
+    last.lost += pending["lost"]
 
 
 def _empty_tick() -> dict[str, Any]:
