@@ -131,11 +131,15 @@ class RouterWatch:
         self.ipr.close()
 
 
-def log_times(log: str, needle: str) -> list[float]:
-    """Wall-clock times (s) of the gateway log lines containing ``needle``."""
+#: The structured log's event of a withdrawn route (``anycast.manager``).
+ROUTE_WITHDRAWN = ("event=anycast.route ", "action=withdrawn")
+
+
+def log_times(log: str, *needles: str) -> list[float]:
+    """Wall-clock times (s) of the gateway log lines containing every one of ``needles``."""
     out = []
     for line in log.splitlines():
-        if needle in line and line.startswith("ts="):
+        if line.startswith("ts=") and all(needle in line for needle in needles):
             stamp = line[3:].split(" ", 1)[0].rstrip("Z")
             out.append(datetime.datetime.fromisoformat(stamp)
                        .replace(tzinfo=datetime.UTC).timestamp())
@@ -158,7 +162,7 @@ def failover(alab: AnycastLab, watch: RouterWatch, rounds: int) -> dict[str, lis
         out["check"].append(moved - t0)
         time.sleep(0.2)  # the log line is written after the netlink call; CPUs are shared
         withdrawn = [to_monotonic(t) for t in
-                     log_times(alab.gateway_log("edge1"), "anycast route withdrawn (")]
+                     log_times(alab.gateway_log("edge1"), *ROUTE_WITHDRAWN)]
         withdrawn = [t for t in withdrawn if t >= t0 - 0.002]  # this round's (ms stamps)
         if withdrawn:
             out["withdraw"].append(moved - withdrawn[0])
@@ -346,7 +350,7 @@ def drain(alab: AnycastLab, watch: RouterWatch, sessions: int) -> dict[str, floa
     times = report.get("redirected", [])
     log = alab.gateway_log(edge)
     requested = log_times(log, "drain requested: withdrawing the anycast route")
-    withdrawn = log_times(log, "anycast route withdrawn (drain)")
+    withdrawn = log_times(log, *ROUTE_WITHDRAWN, "reason=drain")
     if len(times) < sessions or not exited or not requested or not withdrawn:
         raise RuntimeError(f"drain incomplete: {len(times)} redirects, exited {exited}\n"
                            + log[-3000:])
