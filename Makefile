@@ -83,8 +83,11 @@ demo: $(DEMO_STAMP)
 
 # Numbers, not pass/fail: results go to tests/bench/RESULTS.md with the machine and date.
 # RECONCILE_ARGS: e.g. --records 1000000 for the issue's size (~10 minutes more per code).
+# BENCH_BASELINE: the commit whose daemon the transport bench also runs (issue 21 compares
+# with it in the same run, as bench_dots, bench_gateway_scale and the reconcile bench do).
+BENCH_BASELINE ?= 1a6ad65
 bench: $(TEST_STAMP) $(OPENSSL_STAMP)
-	$(BIN)/python tests/bench/bench_transport.py
+	$(BIN)/python tests/bench/bench_transport.py --baseline-ref $(BENCH_BASELINE)
 	$(BIN)/python tests/bench/bench_handshake_flood.py
 	$(BIN)/python tests/bench/bench_dots.py
 	$(BIN)/python tests/bench/bench_limits.py
