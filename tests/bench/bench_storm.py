@@ -65,10 +65,14 @@ HEALTH_INTERVAL = 1.0  # seconds: the configuration's default
 UPSTREAM_PORT = 4646
 CONTENT_DOTS = 271
 CREATED, CHANGED, CONTENT, SERVICE_UNAVAILABLE = 65, 68, 69, 163
-#: Handshakes or requests one generator keeps outstanding. All of a dead edge's clients
-#: come back at once; at 128 per generator the edge sat partly idle (the rate measured
-#: was the generator's pacing), at 512 it is saturated.
-IN_FLIGHT = 512
+#: Handshakes or requests one generator keeps outstanding. In the storm all of a dead
+#: edge's clients come back at once: at 128 per generator the edge sat partly idle (the rate
+#: measured was the generator's pacing), at 512 it is saturated. The setup is no
+#: measurement: at 512 its full handshakes and relayed, persisted PUTs queued past the 3 s
+#: resend and the resends buried the edge (one 20,000-session setup still running after
+#: 11 minutes, against ~190 s at 128).
+STORM_IN_FLIGHT = 512
+SETUP_IN_FLIGHT = 128
 RESEND_AFTER = 3.0  # a CON without its answer (RFC 7252 §4.2 would say 2-3 s)
 #: Seconds for all sessions and mitigations: each PUT is made durable twice (the edge's relay
 #: state and the upstream server's store), one fsync each.
@@ -207,8 +211,9 @@ class StormClient:
         finished: list[Session] = []
         active: set[Session] = set()
         todo = sorted(tickets, reverse=True)
+        in_flight = SETUP_IN_FLIGHT if phase == "put" else STORM_IN_FLIGHT
         while (todo or active) and time.monotonic() < deadline:
-            while todo and len(active) < IN_FLIGHT:
+            while todo and len(active) < in_flight:
                 index = todo.pop()
                 active.add(self.open(index, tickets.get(index)))
             now = time.monotonic()
