@@ -202,10 +202,9 @@ def test_a_stale_handshake_record_in_the_datagram_does_not_hold_up_the_hand_over
     assert move(client, server) == [b"b"]
 
 
-def test_a_request_sharing_the_datagram_of_the_clients_finished(
-    pki: Path, server_context: ServerContext
-) -> None:
-    # Resumed: the client finishes last and may send its request in the same datagram.
+def resumed_up_to_the_clients_finished(pki: Path, server_context: ServerContext
+                                       ) -> tuple[SecureSession, SecureSession]:
+    """A resumed handshake up to the client's last flight, which is not delivered yet."""
     first, _ = connected(pki, server_context, HANDOVER_SUITE)
     ticket = first.session_ticket()
     assert ticket is not None
@@ -221,6 +220,14 @@ def test_a_request_sharing_the_datagram_of_the_clients_finished(
         for datagram in server.take_output():
             client.feed(datagram)
     assert client.state is State.ESTABLISHED and client.resumed
+    return client, server
+
+
+def test_a_request_sharing_the_datagram_of_the_clients_finished(
+    pki: Path, server_context: ServerContext
+) -> None:
+    # Resumed: the client finishes last and may send its request in the same datagram.
+    client, server = resumed_up_to_the_clients_finished(pki, server_context)
     (finished,) = client.take_output()
     client.send(b"early")
     (request,) = client.take_output()
@@ -846,23 +853,9 @@ def _resumed_and_answered(pki: Path, server_context: ServerContext, hand_over: b
                           ) -> tuple[SecureSession, SecureSession, list[bytes]]:
     """A resumed session with requests answered, and the server's retransmission of its
     flight (ServerHello .. Finished), made before the client's Finished reached it."""
-    first, _ = connected(pki, server_context, HANDOVER_SUITE)
-    ticket = first.session_ticket()
-    assert ticket is not None
-    client = client_for(pki, HANDOVER_SUITE)
-    client._set_resumption(ticket)
-    server = SecureSession(server_context)
+    client, server = resumed_up_to_the_clients_finished(pki, server_context)
     if not hand_over:
         server._may_hand_over = lambda: False  # type: ignore[method-assign]
-    client.start()
-    for _ in range(4):
-        if client.state is State.ESTABLISHED:
-            break
-        for datagram in client.take_output():
-            server.feed(datagram)
-        for datagram in server.take_output():
-            client.feed(datagram)
-    assert client.state is State.ESTABLISHED and client.resumed
     finished = client.take_output()  # held back: the server's timer fires first
     timeout = server.timeout()
     assert timeout is not None and timeout <= 2.0
