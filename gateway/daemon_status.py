@@ -105,9 +105,16 @@ def register_operations(server: RunningServer, settings: Settings) -> None:
         "the same address (a client restarted on its port, RFC 6347 §4.2.8)."
     ).add_source(lambda: {(): float(server.dtls.counters.sessions_replaced
                                     if server.dtls is not None else 0)})
+    server.metrics.counter(
+        "dots_gateway_handshake_deadlines_extended_total", "Handshakes past their deadline "
+        "whose next step was waiting for this node's handshake workers, given another "
+        "deadline instead of being closed, by transport: rising means the workers are behind "
+        "(a reconnect storm, or too few cores for [limits] handshake_threads).", ("transport",)
+    ).add_source(lambda: _extended_counts(server))
     dropped = server.metrics.counter(
-        "dots_gateway_datagrams_dropped_total", "Datagrams dropped before DTLS (garbage, "
-        "truncated).", ("reason",))
+        "dots_gateway_datagrams_dropped_total", "Datagrams dropped: garbage and truncated "
+        "before DTLS; resend, a handshake flight the client sent again while the same flight "
+        "still waited for the handshake workers.", ("reason",))
     dropped.add_source(lambda: _dropped_counts(server))
     record_layer = server.metrics.gauge(
         "dots_gateway_dtls_sessions_by_record_layer", "Established DTLS sessions by who "
@@ -204,11 +211,21 @@ def _refusal_counts(server: RunningServer) -> Mapping[tuple[str, ...], float]:
     return out
 
 
+def _extended_counts(server: RunningServer) -> Mapping[tuple[str, ...], float]:
+    out: dict[tuple[str, ...], float] = {}
+    if server.dtls is not None:
+        out[("dtls",)] = server.dtls.counters.handshakes_waiting_on_us
+    if server.tls is not None:
+        out[("tls",)] = server.tls.counters.handshakes_waiting_on_us
+    return out
+
+
 def _dropped_counts(server: RunningServer) -> Mapping[tuple[str, ...], float]:
     if server.dtls is None:
         return {}
     d = server.dtls.counters
-    return {("garbage",): d.dropped_garbage, ("truncated",): d.dropped_truncated}
+    return {("garbage",): d.dropped_garbage, ("truncated",): d.dropped_truncated,
+            ("resend",): d.handshake_resends_dropped}
 
 
 def _record_layer_counts(server: RunningServer) -> Mapping[tuple[str, ...], float]:

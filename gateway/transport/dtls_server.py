@@ -269,7 +269,8 @@ class DtlsServer(DtlsSessions):
         self.admission.started(remote.host, conn)
         self.deadlines.started(conn)
         self.counters.handshakes_started += 1
-        self._handshake_step(conn, b"")  # the ClientHello is already inside the SSL object
+        # The ClientHello is already inside the SSL object.
+        self._handshake_step(conn, b"", flight=data)
 
     def _count_refusal(self, refusal: str) -> None:
         name = _REFUSAL_COUNTERS[refusal]

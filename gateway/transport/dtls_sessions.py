@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.transport.dtls_deadlines import SessionDeadlines
 from gateway.transport.dtls_ssl_objects import SslObjects
 from gateway.transport.endpoint import HANDSHAKE_NICE, EndpointBase
 from gateway.transport.secure_session import PeerCredential, SecureSession, State
+from gateway.transport.session_deadlines import SessionDeadlines
 from gateway.transport.tls_context import Kind, ServerContext, ssl_address
 from gateway.transport.udp import Address, send
 
@@ -46,6 +46,9 @@ class Counters:
     #: Handshakes past their deadline while their next step waited for our workers: given
     #: another deadline rather than closed (the delay was ours, not the peer's).
     handshakes_waiting_on_us: int = 0
+    #: A handshake flight the peer sent again while the step on the same flight still
+    #: waited for our workers: dropped, as the answer to it is on its way.
+    handshake_resends_dropped: int = 0
     refused_session_limit: int = 0
     refused_handshake_limit: int = 0
     refused_rate_limit: int = 0
@@ -101,6 +104,8 @@ class DtlsConnection:
         #: The ClientHello.random this handshake started with: a ClientHello with another
         #: one is a new handshake (the client restarted), not a retransmission.
         self.client_random: bytes | None = None
+        #: The datagram the handshake step in a worker (or waiting for one) is working on.
+        self.step_input: bytes | None = None
 
     @property
     def kind(self) -> Kind:
@@ -169,10 +174,20 @@ class DtlsSessions(EndpointBase):
 
     # --- handshakes (worker threads) ---------------------------------------------------------
 
-    def _handshake_step(self, conn: DtlsConnection, data: bytes) -> None:
+    def _handshake_step(self, conn: DtlsConnection, data: bytes, *,
+                        flight: bytes | None = None) -> None:
+        """Run a handshake step on ``data`` in a worker (``flight``: the datagram, when the
+        SSL object already holds it)."""
         if conn.busy:
+            if _repeats_a_waiting_flight(conn, data):
+                # The peer's timer ran out while its flight waited in our queue. Feeding
+                # the copy to OpenSSL later costs a worker step and answers nothing. In a
+                # failover storm each client resends ~3 times while it waits.
+                self.counters.handshake_resends_dropped += 1
+                return
             _queue(conn, data)
             return
+        conn.step_input = flight if flight is not None else data
         conn.busy = True
         try:
             self.executor.post(self._handshake_job, conn, data)
@@ -239,6 +254,7 @@ class DtlsSessions(EndpointBase):
     def _handshake_done(self, conn: DtlsConnection, records: list[bytes],
                         error: Exception | None, retransmit_at: float | None) -> None:
         conn.busy = False
+        conn.step_input = None
         if not self._is_live(conn):
             return  # closed while the worker ran; already freed by _close
         if error is not None:
@@ -402,6 +418,43 @@ def _retransmit_deadline(session: SecureSession) -> float | None:
     """When (time.monotonic) to resend the session's last flight, or None."""
     delay = session.timeout()
     return None if delay is None else time.monotonic() + delay
+
+
+def _repeats_a_waiting_flight(conn: DtlsConnection, data: bytes) -> bool:
+    """Whether ``data`` is a handshake flight sent again whose first copy is still waiting:
+    in the running step or in the backlog."""
+    signature = flight_signature(data)
+    if signature is None:
+        return False
+    if conn.step_input and flight_signature(conn.step_input) == signature:
+        return True
+    return conn.backlog is not None and any(
+        flight_signature(waiting) == signature for waiting in conn.backlog)
+
+
+_CHANGE_CIPHER_SPEC_OR_HANDSHAKE = (20, 22)
+
+
+def flight_signature(data: bytes) -> bytes | None:
+    """What a handshake flight keeps when it is sent again (RFC 6347 §4.2.4): each record's
+    type, version, epoch and length, and the plaintext of epoch 0. A retransmission has new
+    record sequence numbers, and its encrypted Finished (epoch 1) new ciphertext of the
+    same length. None for a datagram with anything but handshake and change_cipher_spec
+    records (application data of equal length is not a repeat), or a torn record."""
+    parts = []
+    at, end = 0, len(data)
+    while at < end:
+        if end - at < 13 or data[at] not in _CHANGE_CIPHER_SPEC_OR_HANDSHAKE:
+            return None
+        body_end = at + 13 + int.from_bytes(data[at + 11:at + 13], "big")
+        if body_end > end:
+            return None
+        parts.append(data[at:at + 5])  # type, version, epoch
+        parts.append(data[at + 11:at + 13])  # length; the sequence number is skipped
+        if data[at + 3:at + 5] == b"\0\0":
+            parts.append(data[at + 13:body_end])
+        at = body_end
+    return b"".join(parts) if parts else None
 
 
 def _queue(conn: DtlsConnection, data: bytes) -> None:

@@ -22,6 +22,7 @@ from gateway.transport.dtls_sessions import SessionHandler
 from gateway.transport.endpoint import HANDSHAKE_NICE, EndpointBase
 from gateway.transport.openssl_ffi import OpenSSLError
 from gateway.transport.secure_session import PeerCredential, SecureSession, State
+from gateway.transport.session_deadlines import SessionDeadlines
 from gateway.transport.tls_context import ClientContext, Kind, ServerContext
 from gateway.transport.udp import IP_FREEBIND, IPV6_FREEBIND, Address, PortInUse
 
@@ -48,6 +49,9 @@ class StreamCounters:
     handshakes_completed: int = 0
     handshakes_failed: int = 0
     handshakes_timed_out: int = 0
+    #: Handshakes past their deadline while their next step waited for our workers: given
+    #: another deadline rather than closed (the delay was ours, not the peer's).
+    handshakes_waiting_on_us: int = 0
     closed: int = 0
     idle_closed: int = 0
     resumed: int = 0
@@ -68,6 +72,8 @@ class TlsConnection(asyncio.Protocol):
         self.created_at = server.clock()
         self.last_activity = self.created_at
         self.closed = False
+        #: Counted in the server's handshakes until established or closed.
+        self.handshaking = False
 
     @property
     def kind(self) -> Kind:
@@ -215,6 +221,12 @@ class TlsServer(EndpointBase):
         self.on_session = on_session
         self.counters = StreamCounters()
         self.connections: set[TlsConnection] = set()
+        #: Accepted connections not yet established: counted, not looked up (``_admit``
+        #: runs for every new connection, and a pass over 50,000 sessions each time made a
+        #: reconnect storm quadratic).
+        self._handshakes = 0
+        #: Handshake deadlines and idle timeouts, looked at without a pass over the table.
+        self.deadlines = SessionDeadlines()
         self._servers: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -250,20 +262,29 @@ class TlsServer(EndpointBase):
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     def handshaking(self) -> int:
-        return sum(1 for c in self.connections if c.handler is None)
+        return self._handshakes
 
     def _admit(self, conn: TlsConnection) -> str | None:
         if len(self.connections) >= self.limits.max_connections:
             self.counters.refused_connection_limit += 1
             return "connection limit reached"
-        if self.handshaking() >= self.limits.max_handshakes:
+        if self._handshakes >= self.limits.max_handshakes:
             self.counters.refused_handshake_limit += 1
             return "concurrent handshake limit reached"
         self.connections.add(conn)
         self.counters.accepted += 1
+        conn.handshaking = True
+        self._handshakes += 1
+        self.deadlines.started(conn)
         return None
 
+    def _handshake_over(self, conn: TlsConnection) -> None:
+        if conn.handshaking:
+            conn.handshaking = False
+            self._handshakes -= 1
+
     def _established(self, conn: TlsConnection) -> None:
+        self._handshake_over(conn)
         self.counters.handshakes_completed += 1
         if conn.session.resumed:
             self.counters.resumed += 1
@@ -282,19 +303,38 @@ class TlsServer(EndpointBase):
             conn.close("no handler")
 
     def _forget(self, conn: TlsConnection) -> None:
+        self._handshake_over(conn)
         if conn in self.connections:
             self.connections.discard(conn)
             self.counters.closed += 1
 
     def _sweep(self) -> None:
         now = self.clock()
-        for conn in list(self.connections):
-            if conn.handler is None and now - conn.created_at >= self.limits.handshake_deadline:
+        idle_timeout = self.limits.idle_timeout
+        for conn in list(self.deadlines.past_handshake_deadline(
+                now, self.limits.handshake_deadline)):
+            if conn.closed:
+                continue
+            if conn.handler is None:
+                if conn.busy:
+                    # Its next step waits for our workers, not for the peer: closing it
+                    # would send the client back into the storm that made us slow.
+                    self.counters.handshakes_waiting_on_us += 1
+                    self.deadlines.look_again(conn, now)
+                    continue
                 self.counters.handshakes_timed_out += 1
                 conn._teardown("handshake deadline passed", notify=False)
-            elif conn.handler is not None and now - conn.last_activity >= self.limits.idle_timeout:
+            else:
+                self.deadlines.watch_idle(conn, conn.last_activity + idle_timeout)
+        for conn in list(self.deadlines.idle_candidates(now)):
+            if conn.closed:
+                continue
+            if now - conn.last_activity >= idle_timeout:
                 self.counters.idle_closed += 1
                 conn.close("idle timeout")
+            else:
+                self.deadlines.watch_idle(conn, conn.last_activity + idle_timeout)
+        self.deadlines.compact(len(self.connections), lambda conn: not conn.closed)
         self._trim_after_closes(self.counters.closed)
         self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
 

@@ -19,7 +19,7 @@ import pytest
 from certs.devpki import init_dev_pki
 from gateway.transport import dtls_sessions as dtls_server_module
 from gateway.transport.dtls_client import HandshakeError, connect_dtls
-from gateway.transport.dtls_server import DtlsServer, Limits
+from gateway.transport.dtls_server import DtlsServer, Limits, client_hello_random
 from gateway.transport.endpoint import HandshakeWorkers
 from gateway.transport.openssl_ffi import ssl
 from gateway.transport.secure_session import SecureSession, State
@@ -420,6 +420,78 @@ async def test_a_handshake_waiting_for_our_workers_outlives_its_deadline(
     conn.close()
 
 
+async def test_a_flight_resent_while_its_first_copy_waits_for_our_workers_is_dropped(
+        dtls_server: DtlsServer, pki: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 21's failover storm: a client waits ~9 s in our worker queue and its timer
+    # resends its flight meanwhile (1 s, 2 s, 4 s). Each copy was queued and later fed to
+    # OpenSSL in a worker step of its own, which discarded it: work that answered nothing,
+    # on the core that was already behind.
+    loop = asyncio.get_running_loop()
+    address = dtls_server.bound[0]
+    steps_on_a_client_hello = 0
+    post = dtls_server.executor.post
+
+    def counting_post(fn: Any, /, *args: Any) -> None:
+        nonlocal steps_on_a_client_hello
+        if args and isinstance(args[-1], bytes) and client_hello_random(args[-1]) is not None:
+            steps_on_a_client_hello += 1
+        post(fn, *args)
+
+    monkeypatch.setattr(dtls_server.executor, "post", counting_post)
+    client = SecureSession(cert_client(Kind.DTLS, pki), server_name="localhost")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    release = threading.Event()
+    try:
+        client.start()
+        for datagram in client.take_output():
+            await loop.sock_sendto(sock, datagram, (address.host, address.port))
+        client.feed(await asyncio.wait_for(loop.sock_recv(sock, 65535), 10))  # the cookie
+        for _ in range(dtls_server.limits.handshake_threads):
+            post(release.wait, 30.0)  # every worker stuck: the next step waits in the queue
+        for datagram in client.take_output():  # the ClientHello with the cookie
+            await loop.sock_sendto(sock, datagram, (address.host, address.port))
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if dtls_server.counters.handshakes_started:
+                break
+        assert dtls_server.counters.handshakes_started == 1
+        timeout = client.timeout()
+        assert timeout is not None
+        await asyncio.sleep(timeout + 0.05)
+        client.handle_timeout()  # OpenSSL's own retransmission: new record sequence number
+        resent = client.take_output()
+        assert resent
+        for datagram in resent:
+            await loop.sock_sendto(sock, datagram, (address.host, address.port))
+        arrived = dtls_server.counters.datagrams_in + len(resent)
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if dtls_server.counters.datagrams_in >= arrived:
+                break
+        release.set()
+        for _ in range(20):  # the handshake goes on from the first copy alone
+            if client.state is not State.HANDSHAKING:
+                break
+            client.feed(await asyncio.wait_for(loop.sock_recv(sock, 65535), 10))
+            for datagram in client.take_output():
+                await loop.sock_sendto(sock, datagram, (address.host, address.port))
+        assert client.state is State.ESTABLISHED
+        client.send(b"ping")
+        for datagram in client.take_output():
+            await loop.sock_sendto(sock, datagram, (address.host, address.port))
+        answers: list[bytes] = []
+        while not answers:
+            answers = client.feed(await asyncio.wait_for(loop.sock_recv(sock, 65535), 10))
+        assert answers == [b"echo:ping"]
+        assert steps_on_a_client_hello == 0  # the first copy was inside the SSL object
+        assert dtls_server.counters.handshake_resends_dropped == len(resent)
+    finally:
+        release.set()
+        client.free()
+        sock.close()
+
+
 async def test_a_handshake_the_peer_abandons_still_expires(dtls_server: DtlsServer,
                                                           pki: Path) -> None:
     """The deadline still closes a handshake whose peer went quiet after the cookie."""
@@ -546,6 +618,39 @@ async def test_tls_unfinished_handshakes_are_closed_at_the_deadline(pki: Path) -
     finally:
         for w in writers:
             w.close()
+        await server.stop()
+
+
+async def test_a_tls_handshake_waiting_for_our_workers_outlives_its_deadline(pki: Path) -> None:
+    # The DTLS rule (issue 21's failover storm) for TLS: the delay was ours, not the peer's.
+    server = TlsServer(server_context(Kind.TLS, pki), Echo,
+                       StreamLimits(handshake_deadline=1.0, handshake_threads=1))
+    await server.start([("127.0.0.1", 0)])
+    address = server.bound[0]
+    release = threading.Event()
+    server.executor.submit(release.wait, 30.0)  # the only worker stuck
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    connecting = asyncio.ensure_future(connect_tls(
+        address.host, address.port, cert_client(Kind.TLS, pki),
+        lambda b: got.done() or got.set_result(b), server_name="localhost", timeout=30))
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if any(conn.busy for conn in server.connections):
+                break
+        assert server.handshaking() == 1
+        await asyncio.sleep(2.5)  # past the 1 s deadline and the sweep (every second)
+        assert server.counters.handshakes_timed_out == 0
+        assert server.counters.handshakes_waiting_on_us >= 1
+    finally:
+        release.set()
+    conn = await asyncio.wait_for(connecting, 30)
+    try:
+        conn.send(b"ping")
+        assert await asyncio.wait_for(got, 10) == b"echo:ping"
+        assert server.counters.handshakes_timed_out == 0 and server.handshaking() == 0
+    finally:
+        conn.close()
         await server.stop()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 
-from gateway.transport.dtls_deadlines import SessionDeadlines
+from gateway.transport.session_deadlines import SessionDeadlines
 
 
 class Conn:

@@ -1,12 +1,13 @@
-"""The DTLS server's two session deadlines without a pass over the whole session table.
+"""A server's two session deadlines without a pass over the whole session table (the DTLS
+server's and the TLS server's).
 
 The sweep used to look at every session once a second: ~8 ms at 3,000 sessions, so ~130 ms
 at 50,000, a stall of the event loop every second that every answer waiting behind it pays
 (issue 21's soak). Instead:
 
 * Handshake deadline: every connection enters ``young`` when it is created. The deadline is
-  the same for all at a given moment (``DtlsAdmission.deadline``), so the queue, in
-  creation order, is in deadline order: a sweep pops only those whose time has come, and
+  the same for all at a given moment (``DtlsAdmission.deadline``; fixed for TLS), so the
+  queue, in creation order, is in deadline order: a sweep pops only those whose time has come, and
   the ones that finished their handshake move on to the idle watch.
 * Idle timeout: a heap of (when to look again, connection). Activity only moves
   ``last_activity``; a popped connection that was active is pushed again at
