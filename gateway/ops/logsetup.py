@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import TextIO
@@ -24,7 +25,7 @@ def _extras(record: logging.LogRecord) -> dict[str, object]:
 def _head(formatter: logging.Formatter, record: logging.LogRecord) -> dict[str, object]:
     """ts, level, logger, the event name when there is one, then msg."""
     head: dict[str, object] = {
-        "ts": formatter.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+        "ts": _timestamp(formatter, record),
         "level": record.levelname.lower(),
         "logger": record.name,
     }
@@ -33,6 +34,16 @@ def _head(formatter: logging.Formatter, record: logging.LogRecord) -> dict[str, 
         head["event"] = event
     head["msg"] = record.getMessage()
     return head
+
+
+def _timestamp(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    # strftime once per second, not once per line: a busy daemon logs hundreds a second.
+    second = int(record.created)
+    cached = getattr(formatter, "_second", None)
+    if cached is None or cached[0] != second:
+        cached = (second, formatter.formatTime(record, "%Y-%m-%dT%H:%M:%S"))
+        formatter._second = cached  # type: ignore[attr-defined]
+    return f"{cached[1]}.{int(record.msecs):03d}Z"
 
 
 def _is_list(value: object) -> bool:
@@ -57,9 +68,15 @@ def _text(value: object) -> object:
     return value
 
 
+#: What a value may hold and still go out unquoted: word characters (``str.isalnum`` and
+#: ``_``) and a few that addresses, names and codes use. A regular expression: the
+#: per-character test it replaced was most of the cost of a log line.
+_PLAIN = re.compile(r"[\w\-.:/@\[\]+]+").fullmatch
+
+
 def _quote(value: object) -> str:
-    text = str(value)
-    if text and all(c.isalnum() or c in "-_.:/@[]+" for c in text):
+    text = value if type(value) is str else str(_text(value))
+    if _PLAIN(text):
         return text
     return json.dumps(text)  # quotes, and escapes newlines so one event stays one line
 
@@ -69,7 +86,7 @@ class KeyValueFormatter(logging.Formatter):
         fields = {**_head(self, record), **_extras(record)}
         if record.exc_info:
             fields["exc"] = self.formatException(record.exc_info)
-        return " ".join(f"{k}={_quote(_text(v))}" for k, v in fields.items())
+        return " ".join([f"{k}={_quote(v)}" for k, v in fields.items()])
 
 
 class JsonFormatter(logging.Formatter):
@@ -91,3 +108,10 @@ def configure_logging(fmt: str = "kv", level: str = "info", stream: TextIO | Non
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # The formatters print none of these, and each costs every record a lookup (the
+    # caller's frame and file name, the thread, the process): the logging HOWTO's
+    # "Optimization" section names these switches for this purpose.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False

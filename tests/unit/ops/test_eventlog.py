@@ -8,6 +8,7 @@ import ast
 import io
 import json
 import logging
+import os
 import pathlib
 import re
 
@@ -93,7 +94,11 @@ def test_logfmt_lines_parse_one_event_per_line() -> None:
     assert "ValueError: boom" in parsed[5]["exc"]
 
 
-def test_a_disabled_level_costs_no_record() -> None:
+def test_a_disabled_level_costs_no_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    # configure_logging turns the caller lookup off (no formatter of ours prints it); a
+    # program that embeds the package with its own logging set-up keeps it.
+    monkeypatch.setattr(logging, "_srcfile", os.path.normcase(logging.addLevelName.__code__
+                                                              .co_filename))
     log = logging.getLogger("gateway.test.quiet")
     log.setLevel(logging.WARNING)
     try:
@@ -171,3 +176,30 @@ def test_the_readme_documents_every_event(event: str) -> None:
     assert row is not None, f"README: no row for {event}"
     for field in EVENTS[event]:
         assert f"`{field}`" in row, f"README row of {event} lacks {field}"
+
+
+@pytest.mark.parametrize("value, written", [
+    ("plain-value_1.2:3/x@[y]+z", "plain-value_1.2:3/x@[y]+z"),
+    ("ünïcode", "ünïcode"),
+    ("", '""'),
+    ("two words", '"two words"'),
+    ("a=b", '"a=b"'),
+    ('say "hi"\n', '"say \\"hi\\"\\n"'),
+    (True, "true"),
+    (["a", "b c"], '"a,b c"'),
+    (("x", "y"), '"x,y"'),
+    (7, "7"),
+])
+def test_logfmt_values_are_bare_only_when_they_read_back_bare(value: object,
+                                                               written: str) -> None:
+    stream = io.StringIO()
+    configure_logging("kv", "info", stream)
+    try:
+        log_event(logging.getLogger("gateway.test.values"), logging.INFO, "signal.lost", "x",
+                  session=value)
+    finally:
+        configure_logging("kv", "info")
+    line = stream.getvalue().strip()
+    assert line.endswith(f" session={written}")
+    assert parse_logfmt(line)["session"] == (json.loads(written) if written.startswith('"')
+                                             else written)
