@@ -372,7 +372,43 @@ def edge_config(alab: AnycastLab, edge: str, pki_up: Path, secrets: Path) -> Non
     health = f"[anycast.health]\ninterval = {INTERVAL}\n"
     assert health in text, "the lab's health section changed"
     text = text.replace(health, f"[anycast.health]\ninterval = {HEALTH_INTERVAL}\n", 1)
-    path.write_text(text + '[logging]\nlevel = "warning"\n')
+    path.write_text(text + '[logging]\nlevel = "warning"\n'
+                    f'[metrics]\nlisten = "127.0.0.1:{METRICS_PORT}"\n')
+
+
+#: Each edge's metrics, on the loopback of its own namespace.
+METRICS_PORT = 9464
+#: The survivor's counters the storm section reports: (metric line prefix, what it says).
+EDGE_COUNTERS = {
+    'dots_gateway_handshakes_total{side="downstream",transport="dtls",result="completed"}':
+        "handshakes completed",
+    'dots_gateway_datagrams_dropped_total{reason="resend"}':
+        "flights the clients sent again while the first copy waited for the workers (dropped)",
+    'dots_gateway_handshake_deadlines_extended_total{transport="dtls"}':
+        "handshake deadlines extended (the next step waited for the workers)",
+    'dots_gateway_handshakes_total{side="downstream",transport="dtls",result="timed_out"}':
+        "handshakes timed out",
+}
+
+
+def edge_counters(alab: AnycastLab, edge: str) -> dict[str, float]:
+    """The ``EDGE_COUNTERS`` of ``edge``, scraped from its metrics endpoint ({} if none)."""
+    fetch = ("import urllib.request; print(urllib.request.urlopen("
+             f"'http://127.0.0.1:{METRICS_PORT}/metrics', timeout=10).read().decode())")
+    try:
+        text = alab.lab.run(alab.ns[edge], sys.executable, "-c", fetch, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return {}
+    return parse_counters(text)
+
+
+def parse_counters(text: str) -> dict[str, float]:
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in EDGE_COUNTERS:
+            found[name] = float(value)
+    return found
 
 
 def start(alab: AnycastLab, pki_up: Path) -> subprocess.Popen[bytes]:
@@ -461,6 +497,7 @@ def main() -> int:
     clients: list[subprocess.Popen[str]] = []
     profile: list[str] = []
     edge_cpu = 0.0
+    counters: dict[str, float] = {}
     try:
         upstream = start(alab, pki_up)
         # The issue's arrangement: an edge's core to itself, the generators (and the
@@ -499,6 +536,7 @@ def main() -> int:
                    if args.profile > 0 else None)
         storms = [json.loads(c.stdout.readline() or "{}") for c in clients]  # type: ignore[union-attr]
         edge_cpu = cpu_seconds(alab.gateways[survivor].pid) - edge_cpu
+        counters = edge_counters(alab, survivor)
         if sampler is not None and sampler.wait(args.profile + 30) == 0:
             profile = profile_lines((lab.dir / "storm.spy").read_text(), args.profile)
             # The stacks themselves, for a closer look than the buckets (not committed).
@@ -513,7 +551,7 @@ def main() -> int:
                 process.terminate()
         lab.close()
     result = Storm(args.sessions, ready, setup_s, setups, moved - killed, moved, storms,
-                   edge_cpu)
+                   edge_cpu, counters)
     lines = result.lines() + profile
     print("\n".join(lines))
     openssl = subprocess.run(
@@ -539,6 +577,8 @@ class Storm:
     storms: list[dict[str, Any]]
     #: CPU seconds the surviving edge used from the clients' start until the last answer.
     edge_cpu_s: float = 0.0
+    #: The surviving edge's ``EDGE_COUNTERS`` after the storm (it held no session before).
+    edge_counters: dict[str, float] = field(default_factory=dict)
 
     def recovered(self) -> list[float]:
         """Seconds from the route moving until each session worked again, in order (the
@@ -593,7 +633,16 @@ class Storm:
             f" {len(ok) / self.edge_cpu_s if self.edge_cpu_s else 0:.0f} sessions/s, the target"
             f" needs {self.ready / TARGET_SECONDS:.0f}/s",
             f"- mitigations missing after the move: {missing} (target 0); answers: {codes}",
+            *self.counter_lines(len(ok)),
         ]
+
+    def counter_lines(self, back: int) -> list[str]:
+        if not self.edge_counters:
+            return ["- the surviving edge's counters: not read (its metrics did not answer)"]
+        parts = [f"{what} {self.edge_counters.get(name, 0):,.0f}"
+                 f" ({self.edge_counters.get(name, 0) / max(back, 1):.2f} per session back)"
+                 for name, what in EDGE_COUNTERS.items()]
+        return ["- the surviving edge's counters after the storm: " + "; ".join(parts)]
 
 
 if __name__ == "__main__":
