@@ -20,8 +20,9 @@ router's namespace, reached over each edge's uplink; its own dev PKI, as a provi
    A session counts as working again when a GET of its mitigation is answered 2.05 with it.
 
 Reported: time from the route moving until every client works again (target 10 s), p50/p99,
-the share resumed, the resumed-handshake rate against the full-handshake rate of step 1, and
-mitigations missing after the move (target 0).
+the share resumed, the resumed-handshake rate against the full-handshake rate of step 1,
+sessions not working again after the move (target 0), and the surviving edge's CPU, handshake
+counters and profile.
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ RESEND_AFTER = 3.0  # a CON without its answer (RFC 7252 §4.2 would say 2-3 s)
 #: state and the upstream server's store), one fsync each.
 SETUP_LIMIT = 120.0
 SETUP_PER_SESSION = 0.1
-STORM_LIMIT = 120.0  # seconds for the move
+#: Seconds for the move: the bench's window, not the target. At ~150 sessions/s 20,000 take
+#: ~130 s; a window shorter than that reports queued sessions as not back.
+STORM_LIMIT = 240.0
 TARGET_SECONDS = 10.0
 #: Sessions per generator process: its sockets stay under the open-files limit.
 PER_PROCESS = 9_000
@@ -317,6 +320,10 @@ def storm_client(pki: Path, first: int, count: int) -> None:
         "ok": sorted(s.done_at for s in ok),
         "resumed": sum(s.resumed for s in ok),
         "missing": len(good) - len(ok),
+        # Of those: answered, but not with their mitigation (lost), or not answered at all
+        # when the bench's window closed (still queued).
+        "without_mitigation": len(after) - len(ok),
+        "unfinished": len(good) - len(after),
         "codes": client.tally.codes, "failed_handshakes": client.tally.failed_handshakes,
         "closed": client.tally.closed, "closed_why": client.tally.closed_why,
         "resent": client.tally.resent, "started": started}),
@@ -595,6 +602,8 @@ class Storm:
         ok = self.recovered()
         resumed = sum(s.get("resumed", 0) for s in self.storms)
         missing = sum(s.get("missing", 0) for s in self.storms)
+        lost = sum(s.get("without_mitigation", 0) for s in self.storms)
+        unfinished = sum(s.get("unfinished", 0) for s in self.storms)
         failed = sum(s.get("failed_handshakes", 0) for s in self.storms)
         closed = sum(s.get("closed", 0) for s in self.storms)
         started = min((s.get("started", self.moved) for s in self.storms), default=self.moved)
@@ -632,7 +641,9 @@ class Storm:
             f" (resumed handshake + relayed GET); at that cost one core brings back"
             f" {len(ok) / self.edge_cpu_s if self.edge_cpu_s else 0:.0f} sessions/s, the target"
             f" needs {self.ready / TARGET_SECONDS:.0f}/s",
-            f"- mitigations missing after the move: {missing} (target 0); answers: {codes}",
+            f"- not working again after the move: {missing} (target 0): answered without their"
+            f" mitigation {lost}, not answered when the bench's {STORM_LIMIT:g} s window"
+            f" closed {unfinished}; answers: {codes}",
             *self.counter_lines(len(ok)),
         ]
 
