@@ -566,11 +566,49 @@ def main() -> int:
         text=True, check=False).stdout.strip()
     link = plots.drawn("failover storm", args.results.parent / STORM_PNG, result.draw)
     update_section(args.results, "Failover storm (tests/bench/bench_storm.py)",
-                   [*machine_lines(), f"- every process on: {openssl}", *lines, "", link])
+                   [*machine_lines(), f"- every process on: {openssl}", *lines, "", link, "",
+                    *FINDINGS])
     return 0
 
 
 STORM_PNG = "storm.png"
+
+#: What profiling and the edge's counters showed; written with every run's figures. Dated:
+#: measure again when it changes.
+FINDINGS = [
+    "Where the time goes (2026-12-07 and 2026-12-08):",
+    "",
+    "- The storm used to collapse: clients whose sessions the surviving edge had just"
+    " resumed died with `no renegotiation` (3,410-3,535 of 4,000 with 512 outstanding per"
+    " generator). Our nice-19 handshake workers fell behind, our retransmission timer sent"
+    " our flight again, and the OpenSSL client answered by sending its CCS + Finished again"
+    " (RFC 6347 §4.2.4), which our record layer, holding the session already, took for a"
+    " renegotiation. A Finished sent again is now dropped, as OpenSSL drops it (differential"
+    " test in tests/unit/transport/test_dtls_records.py); since then no session ends.",
+    "- The edge's core is the limit: ~95% busy for the whole storm. At 4,000 sessions it"
+    " spent 2.25 ms of CPU per session back (433/s, the last back 9.4 s after the move); at"
+    " 20,000, 4.9-6.3 ms in four runs, at a rate flat from the first seconds (storm.png),"
+    " so not the sessions already held. The target needs 2,000/s, <= 0.5 ms per session.",
+    "- Resends are not the gap (2026-12-08): while a client waited in the edge's worker"
+    " queue its DTLS timer resent its flight, 27,424 times for 20,000 sessions (1.37 per"
+    " session, the edge's `datagrams_dropped_total{reason=\"resend\"}`). Each copy used to"
+    " cost a worker step of its own; it is now dropped on arrival. The CPU per session"
+    " stayed where it was (5.59 ms, against 5.59 and 6.27 ms in the two runs before).",
+    "- Where it goes (py-spy, the storm's first 10 s, by thread rather than by the innermost"
+    " frame as in the buckets above): 71% of the samples in the handshake workers, 28% in"
+    " the loop. In the workers: the `SSL_do_handshake` call 30%, deriving"
+    " our record layer's keys for the hand-over (the TLS PRF in Python) 8%, making listener"
+    " SSL objects 4%, the ticket-key callback 3%, and a dozen small OpenSSL calls (cipher"
+    " name, timers, output) at 2-3% each. perf put OpenSSL's own work (libcrypto + libssl)"
+    " at ~9% of the edge's CPU and the interpreter at ~66%. Each cffi call gives the GIL up"
+    " and takes it back, and the loop holds it on the same core: the per-handshake hand-offs"
+    " the issue's strace counted. The lever is fewer Python-to-C crossings per handshake"
+    " step (one compiled step per datagram), not OpenSSL.",
+    "- The generators keep 512 resumptions or GETs outstanding per process in the storm"
+    " (128 left the edge partly idle) and 128 in the setup (at 512 the setup's relayed,"
+    " persisted PUTs queued past the 3 s resend). The edges run the default 1 s"
+    " health-check interval, not the lab's 0.1 s.",
+]
 
 
 @dataclass
