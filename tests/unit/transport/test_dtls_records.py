@@ -29,6 +29,7 @@ from gateway.transport.dtls_records import (
     prf,
     split_records,
 )
+from gateway.transport.dtls_sessions import flight_signature
 from gateway.transport.openssl_ffi import OpenSSLError, ffi, ssl
 from gateway.transport.secure_session import SecureSession, State
 from gateway.transport.tls_context import (
@@ -897,3 +898,59 @@ def test_a_resumed_clients_finished_sent_again_is_ignored_as_openssl_ignores_it(
     assert move(client, server) == [b"after"]
     server.send(b"still here")
     assert move(server, client) == [b"still here"]
+
+
+# --- what a handshake flight sent again keeps (RFC 6347 §4.2.4): the server drops a resend
+# whose first copy still waits for its workers (dtls_sessions.flight_signature) ------------
+
+def sent_again(session: SecureSession) -> list[bytes]:
+    """The session's last flight as OpenSSL sends it again when its timer runs out."""
+    timeout = session.timeout()
+    assert timeout is not None and timeout <= 2.0
+    time.sleep(timeout + 0.05)
+    session.handle_timeout()
+    return session.take_output()
+
+
+def test_openssl_flights_sent_again_keep_their_signature(
+    pki: Path, server_context: ServerContext
+) -> None:
+    client, server = client_for(pki, HANDOVER_SUITE), SecureSession(server_context)
+    client.start()
+    hello = client.take_output()
+    hello_again = sent_again(client)
+    assert hello_again != hello  # new record sequence numbers
+    assert [flight_signature(d) for d in hello_again] == [flight_signature(d) for d in hello]
+    for datagram in hello:
+        server.feed(datagram)
+    for datagram in server.take_output():
+        client.feed(datagram)
+    # Certificate .. CertificateVerify, ChangeCipherSpec, and the encrypted Finished.
+    last = client.take_output()
+    last_again = sent_again(client)
+    assert last_again != last
+    signatures = [flight_signature(d) for d in last]
+    assert None not in signatures
+    assert [flight_signature(d) for d in last_again] == signatures
+    assert set(signatures).isdisjoint(flight_signature(d) for d in hello)
+    for datagram in last:
+        server.feed(datagram)
+    assert server.state is State.ESTABLISHED
+
+
+def test_application_data_and_torn_records_have_no_signature(
+    pki: Path, server_context: ServerContext
+) -> None:
+    client, _ = connected(pki, server_context, HANDOVER_SUITE)
+    client.send(b"ping")
+    (request,) = client.take_output()
+    assert flight_signature(request) is None  # equal lengths are not repeats
+    record = bytes((22, 0xFE, 0xFD, 0, 0)) + bytes(6) + (4).to_bytes(2, "big") + b"abcd"
+    assert flight_signature(record) is not None
+    assert flight_signature(record[:-1]) is None  # the length says more than is there
+    assert flight_signature(record[:12]) is None  # a torn header
+    assert flight_signature(record + request) is None  # a handshake, then data
+    assert flight_signature(b"") is None
+    other_sequence = record[:5] + (7).to_bytes(6, "big") + record[11:]
+    assert flight_signature(other_sequence) == flight_signature(record)
+    assert flight_signature(record[:-1] + b"e") != flight_signature(record)
